@@ -1,0 +1,252 @@
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include "ssa_common.h"
+
+#include <ATen/TensorOperators.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/bmm.h>
+#include <ATen/ops/ones_like.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros_like.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+
+namespace mtut {
+
+namespace {
+
+bool is_supported_float(at::ScalarType t) {
+  return t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble;
+}
+
+at::ScalarType compute_dtype_of(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+}  // namespace
+
+FeatInfo check_feats(at::TensorList feats) {
+  TORCH_CHECK_VALUE(
+      feats.size() >= 2, "mtut: feats must hold at least 2 modality feature maps [N, C_m, *S], got ",
+      feats.size());
+  FeatInfo info;
+  info.M = static_cast<int64_t>(feats.size());
+  for (size_t i = 0; i < feats.size(); ++i) {
+    const at::Tensor& f = feats[i];
+    TORCH_CHECK_VALUE(f.defined(), "mtut: feats[", i, "] is an undefined tensor");
+    TORCH_CHECK_TYPE(
+        is_supported_float(f.scalar_type()), "mtut: feats[", i,
+        "] must be a floating-point tensor (float16, bfloat16, float32 or float64), got ", f.scalar_type());
+    TORCH_CHECK_VALUE(
+        f.dim() >= 2, "mtut: feats[", i, "] must have shape [N, C, *S] (at least 2 dims), got shape ", f.sizes());
+    TORCH_CHECK_VALUE(
+        f.numel() > 0, "mtut: feats[", i, "] is empty (shape ", f.sizes(),
+        "); N, C and every spatiotemporal dim must be >= 1");
+    int64_t d = 1;
+    for (int64_t k = 2; k < f.dim(); ++k) d *= f.size(k);
+    if (i == 0) {
+      info.N = f.size(0);
+      info.d = d;
+      info.dtype = f.scalar_type();
+      info.compute_dtype = compute_dtype_of(info.dtype);
+    } else {
+      TORCH_CHECK_VALUE(
+          f.device() == feats[0].device(), "mtut: feats[", i, "] is on ", f.device(), " but feats[0] is on ",
+          feats[0].device(), "; all feature maps must be on one device");
+      TORCH_CHECK_TYPE(
+          f.scalar_type() == info.dtype, "mtut: feats[", i, "] has dtype ", f.scalar_type(), " but feats[0] has ",
+          info.dtype, "; all feature maps must share one dtype");
+      TORCH_CHECK_VALUE(
+          f.size(0) == info.N, "mtut: feats[", i, "] has batch size N = ", f.size(0), " but feats[0] has N = ",
+          info.N);
+      TORCH_CHECK_VALUE(
+          d == info.d, "mtut: feats[", i, "] has d = prod(spatiotemporal dims) = ", d, " (shape ", f.sizes(),
+          ") but feats[0] has d = ", info.d);
+    }
+    info.channels.push_back(f.size(1));
+  }
+  return info;
+}
+
+void check_eps(double eps) {
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, "mtut: eps must be a finite number >= 0, got ", eps);
+}
+
+void check_ce(const at::Tensor& ce, const FeatInfo& info, const at::Tensor& like) {
+  TORCH_CHECK_TYPE(
+      ce.is_floating_point(), "mtut: ce must be a floating-point tensor of per-sample losses, got ", ce.scalar_type());
+  TORCH_CHECK_VALUE(
+      ce.dim() == 2 && ce.size(0) == info.M && ce.size(1) == info.N, "mtut: ce must have shape [M, N] = [", info.M,
+      ", ", info.N, "] (one per-sample loss per modality and sample), got shape ", ce.sizes());
+  TORCH_CHECK_VALUE(
+      ce.device() == like.device(), "mtut: ce is on ", ce.device(), " but feats are on ", like.device());
+}
+
+void check_weight(const at::Tensor& weight, const FeatInfo& info, const at::Tensor& like) {
+  TORCH_CHECK_TYPE(weight.is_floating_point(), "mtut: weight must be a floating-point tensor, got ", weight.scalar_type());
+  TORCH_CHECK_VALUE(
+      weight.dim() == 3 && weight.size(0) == info.N && weight.size(1) == info.M && weight.size(2) == info.M,
+      "mtut: weight must have shape [N, M, M] = [", info.N, ", ", info.M, ", ", info.M, "], got shape ",
+      weight.sizes());
+  TORCH_CHECK_VALUE(
+      weight.device() == like.device(), "mtut: weight is on ", weight.device(), " but feats are on ", like.device());
+}
+
+void check_loss_args(double beta, double lambda, std::optional<double> pair_cap) {
+  TORCH_CHECK_VALUE(std::isfinite(beta) && beta >= 0, "mtut: beta must be a finite number >= 0, got ", beta);
+  TORCH_CHECK_VALUE(std::isfinite(lambda) && lambda >= 0, "mtut: lambda_ must be a finite number >= 0, got ", lambda);
+  TORCH_CHECK_VALUE(
+      !pair_cap.has_value() || *pair_cap >= 0, "mtut: pair_cap must be None or a number >= 0, got ", *pair_cap);
+}
+
+Distance parse_distance(std::string_view distance) {
+  if (distance == "rms") return Distance::Rms;
+  TORCH_CHECK_VALUE(distance == "fro2", "mtut: distance must be 'rms' or 'fro2', got '", std::string(distance), "'");
+  return Distance::Fro2;
+}
+
+// The cost model of algo="auto" (mirrored in mtut_ops/_validation.py:choose_algo).
+// Per sample, with C = sum_m C_m and P = M(M-1)/2 pairs:
+//   direct: the upper triangle of every K_m, d^2/2 * C multiply-adds, plus P squared
+//           differences per K entry          ~ d^2 (C + 2P)
+//   gram:   the upper blocks of [X_1..X_M][X_1..X_M]^T, d C^2 / 2 multiply-adds  ~ d C^2
+// The backward passes have the same ratio. So direct wins while d (C + 2P) <= C^2,
+// roughly while d <= C: I3D Mixed_5c (d = 392, C = 2 x 1024) is direct, Mixed_4f
+// (d = 3136, C = 2 x 832) and Mixed_3c (d = 25088) are gram.
+Algo resolve_algo(std::string_view algo, int64_t d, const std::vector<int64_t>& channels) {
+  if (algo == "direct") return Algo::Direct;
+  if (algo == "gram") return Algo::Gram;
+  TORCH_CHECK_VALUE(
+      algo == "auto", "mtut: algo must be 'auto', 'direct' or 'gram', got '", std::string(algo), "'");
+  int64_t C = 0;
+  for (int64_t c : channels) C += c;
+  const int64_t M = static_cast<int64_t>(channels.size());
+  const double direct_cost = static_cast<double>(d) * (static_cast<double>(C) + static_cast<double>(M * (M - 1)));
+  const double gram_cost = static_cast<double>(C) * static_cast<double>(C);
+  return direct_cost <= gram_cost ? Algo::Direct : Algo::Gram;
+}
+
+Normalized normalize_rows(const at::Tensor& feat, const FeatInfo& info, double eps) {
+  // reshape copies only when the layout requires it (non-contiguous inputs).
+  at::Tensor x = feat.reshape({feat.size(0), feat.size(1), info.d}).to(info.compute_dtype).contiguous();
+  at::Tensor norm = x.norm(2, {-1});
+  at::Tensor xh = x / norm.clamp_min(eps).unsqueeze(-1);
+  return {xh, norm};
+}
+
+at::Tensor normalize_rows_backward(const at::Tensor& grad_xh, const Normalized& nx, double eps, const at::Tensor& feat) {
+  at::Tensor r = nx.norm.unsqueeze(-1);
+  at::Tensor dot = (nx.xh * grad_xh).sum(-1, /*keepdim=*/true);
+  at::Tensor dx = at::where(r > eps, (grad_xh - nx.xh * dot) / r, grad_xh / eps);
+  return dx.reshape(feat.sizes()).to(feat.scalar_type());
+}
+
+at::Tensor correlation(const at::Tensor& feat, double eps) {
+  const FeatInfo info = check_feats({feat, feat});
+  check_eps(eps);
+  const Normalized nx = normalize_rows(feat, info, eps);
+  return at::bmm(nx.xh.transpose(1, 2), nx.xh).to(feat.scalar_type());
+}
+
+at::Tensor correlation_backward(const at::Tensor& grad, const at::Tensor& feat, double eps) {
+  const FeatInfo info = check_feats({feat, feat});
+  check_eps(eps);
+  TORCH_CHECK_VALUE(
+      grad.dim() == 3 && grad.size(0) == info.N && grad.size(1) == info.d && grad.size(2) == info.d,
+      "mtut: grad must have shape [N, d, d] = [", info.N, ", ", info.d, ", ", info.d, "], got ", grad.sizes());
+  const Normalized nx = normalize_rows(feat, info, eps);
+  at::Tensor g = grad.to(info.compute_dtype);
+  // K = Xh^T Xh, so dXh = Xh (g + g^T).
+  at::Tensor grad_xh = at::bmm(nx.xh, g + g.transpose(1, 2));
+  return normalize_rows_backward(grad_xh, nx, eps, feat);
+}
+
+at::Tensor focal_weight(const at::Tensor& ce, double beta) {
+  TORCH_CHECK_TYPE(
+      ce.is_floating_point(), "mtut: ce must be a floating-point tensor of per-sample losses, got ", ce.scalar_type());
+  TORCH_CHECK_VALUE(
+      ce.dim() == 2 && ce.size(0) >= 2 && ce.size(1) >= 1,
+      "mtut: ce must have shape [M, N] with M >= 2 modalities and N >= 1 samples, got shape ", ce.sizes());
+  TORCH_CHECK_VALUE(std::isfinite(beta) && beta >= 0, "mtut: beta must be a finite number >= 0, got ", beta);
+  at::Tensor c = ce.to(compute_dtype_of(ce.scalar_type())).t();  // [N, M]
+  at::Tensor diff = c.unsqueeze(2) - c.unsqueeze(1);               // [b, m, n] = ce[m, b] - ce[n, b]
+  return (diff.clamp_min(0) * beta).expm1();                       // clamp_min keeps NaN
+}
+
+namespace {
+
+at::Tensor call_pairwise_sqdist(at::TensorList feats, double eps, c10::string_view algo) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mtut::pairwise_sqdist", "")
+                       .typed<at::Tensor(at::TensorList, double, c10::string_view)>();
+  return op.call(feats, eps, algo);
+}
+
+std::vector<at::Tensor> call_sqdist_backward(
+    at::TensorList feats, const at::Tensor& weight, double eps, c10::string_view algo) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mtut::sqdist_backward", "")
+                       .typed<std::vector<at::Tensor>(at::TensorList, const at::Tensor&, double, c10::string_view)>();
+  return op.call(feats, weight, eps, algo);
+}
+
+// The per-pair pieces of the loss, from the pairwise squared distances.
+struct LossTerms {
+  at::Tensor rho;     // [N, M, M] focal weights
+  at::Tensor ddelta;  // [N, M, M] d delta / d S
+  at::Tensor terms;   // [M, M] lambda * mean_b(rho * delta), capped
+  at::Tensor active;  // [M, M] 1 where the cap lets the gradient through
+};
+
+LossTerms loss_terms(
+    at::TensorList feats, const at::Tensor& ce, double beta, double lambda, c10::string_view distance, double eps,
+    c10::string_view algo, std::optional<double> pair_cap) {
+  const FeatInfo info = check_feats(feats);
+  check_ce(ce, info, feats[0]);
+  check_eps(eps);
+  check_loss_args(beta, lambda, pair_cap);
+  const Distance dist = parse_distance(distance);
+  resolve_algo(algo, info.d, info.channels);  // rejects an unknown algo before any work
+
+  at::Tensor S = call_pairwise_sqdist(feats, eps, algo);
+  LossTerms t;
+  t.rho = focal_weight(ce, beta).to(S.scalar_type());
+  at::Tensor delta;
+  if (dist == Distance::Rms) {
+    at::Tensor root = S.sqrt();
+    delta = root / static_cast<double>(info.d);
+    // d delta / d S = 1 / (2 d sqrt(S)), defined as 0 at S == 0 (identical features); NaN stays NaN.
+    t.ddelta = at::where(S == 0, at::zeros_like(S), root.reciprocal() / (2.0 * static_cast<double>(info.d)));
+  } else {
+    delta = S;
+    t.ddelta = at::ones_like(S);
+  }
+  t.terms = (t.rho * delta).mean(0) * lambda;
+  if (pair_cap.has_value()) {
+    t.active = (t.terms <= *pair_cap).to(S.scalar_type());  // clamp's gradient rule: through at equality
+    t.terms = t.terms.clamp_max(*pair_cap);
+  } else {
+    t.active = at::ones_like(t.terms);
+  }
+  return t;
+}
+
+}  // namespace
+
+at::Tensor ssa_loss(
+    at::TensorList feats, const at::Tensor& ce, double beta, double lambda, c10::string_view distance, double eps,
+    c10::string_view algo, std::optional<double> pair_cap) {
+  return loss_terms(feats, ce, beta, lambda, distance, eps, algo, pair_cap).terms.sum();
+}
+
+std::vector<at::Tensor> ssa_loss_backward(
+    const at::Tensor& grad, at::TensorList feats, const at::Tensor& ce, double beta, double lambda,
+    c10::string_view distance, double eps, c10::string_view algo, std::optional<double> pair_cap) {
+  // S is recomputed rather than saved: the op's output is the scalar loss alone.
+  const LossTerms t = loss_terms(feats, ce, beta, lambda, distance, eps, algo, pair_cap);
+  const double n = static_cast<double>(feats[0].size(0));
+  at::Tensor weight = grad.to(t.rho.scalar_type()) * (lambda / n) * t.rho * t.ddelta * t.active.unsqueeze(0);
+  return call_sqdist_backward(feats, weight, eps, algo);
+}
+
+}  // namespace mtut

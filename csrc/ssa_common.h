@@ -1,0 +1,61 @@
+// Pieces shared by every device's kernels: input validation, the choice of
+// algorithm, the channel normalization and its backward, and the small
+// [N, M, M] arithmetic of the focal weight and the SSA loss. Everything here is
+// written with ATen ops, so it runs on any device.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <string_view>
+#include <vector>
+
+namespace mtut {
+
+enum class Algo { Direct, Gram };
+enum class Distance { Rms, Fro2 };
+
+// What the kernels need to know about a list of modality feature maps.
+struct FeatInfo {
+  int64_t N = 0;                  // batch
+  int64_t M = 0;                  // modalities
+  int64_t d = 0;                  // prod of the spatiotemporal dims
+  std::vector<int64_t> channels;  // C_m
+  at::ScalarType dtype;           // dtype of the inputs (all the same)
+  at::ScalarType compute_dtype;   // float for float16/bfloat16/float32, double for float64
+};
+
+// Checks feats (>= 2 modalities, floating, same N, d, dtype and device) and returns their shape facts.
+FeatInfo check_feats(at::TensorList feats);
+void check_eps(double eps);
+void check_ce(const at::Tensor& ce, const FeatInfo& info, const at::Tensor& like);
+void check_weight(const at::Tensor& weight, const FeatInfo& info, const at::Tensor& like);
+void check_loss_args(double beta, double lambda, std::optional<double> pair_cap);
+Distance parse_distance(std::string_view distance);
+
+// "direct", "gram", or "auto" resolved by the cost model (see choose_algo in ssa_common.cpp).
+Algo resolve_algo(std::string_view algo, int64_t d, const std::vector<int64_t>& channels);
+
+// Row (channel) L2 normalization of one modality, in its compute dtype.
+struct Normalized {
+  at::Tensor xh;    // [N, C, d] contiguous, rows of unit norm (or x / eps for rows of norm <= eps)
+  at::Tensor norm;  // [N, C] row norms r
+};
+Normalized normalize_rows(const at::Tensor& feat, const FeatInfo& info, double eps);
+// dx = (g - xh <xh, g>) / r where r > eps, else g / eps; returned as [N, C, *S] in feat's dtype.
+at::Tensor normalize_rows_backward(const at::Tensor& grad_xh, const Normalized& nx, double eps, const at::Tensor& feat);
+
+// Device-agnostic ops: the explicit correlation (the only op that builds d x d), the
+// focal weight, and the SSA loss (which calls pairwise_sqdist / sqdist_backward
+// through the dispatcher, so each device brings only those kernels).
+at::Tensor correlation(const at::Tensor& feat, double eps);
+at::Tensor correlation_backward(const at::Tensor& grad, const at::Tensor& feat, double eps);
+at::Tensor focal_weight(const at::Tensor& ce, double beta);
+at::Tensor ssa_loss(
+    at::TensorList feats, const at::Tensor& ce, double beta, double lambda, c10::string_view distance,
+    double eps, c10::string_view algo, std::optional<double> pair_cap);
+std::vector<at::Tensor> ssa_loss_backward(
+    const at::Tensor& grad, at::TensorList feats, const at::Tensor& ce, double beta, double lambda,
+    c10::string_view distance, double eps, c10::string_view algo, std::optional<double> pair_cap);
+
+}  // namespace mtut

@@ -1,0 +1,71 @@
+"""Which implementation runs an op: chosen by the inputs' device unless asked for.
+
+| backend     | device | what runs                                                  |
+|-------------|--------|------------------------------------------------------------|
+| "reference" | any    | mtut_ops.reference: the literal spec (builds d x d)        |
+| "cpu"       | cpu    | torch.ops.mtut.* C++ kernels (csrc/cpu)                    |
+| "cuda"      | cuda   | torch.ops.mtut.* CUDA kernels (csrc/cuda), when compiled   |
+| "triton"    | cuda   | Triton kernels (mtut_ops/triton), when triton is present   |
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Optional
+
+import torch
+
+BACKENDS = ("reference", "cpu", "cuda", "triton")
+
+
+def has_cuda_kernels() -> bool:
+    """True when the extension was built with its CUDA kernels."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key("mtut::pairwise_sqdist", "CUDA")
+
+
+def has_triton_kernels() -> bool:
+    """True when mtut_ops.triton registered its ops (triton importable)."""
+    return importlib.util.find_spec("triton") is not None and hasattr(torch.ops.mtut, "triton_ssa_loss")
+
+
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    device = torch.device(device)
+    out = ["reference"]
+    if device.type == "cpu":
+        out.append("cpu")
+        if has_triton_kernels() and triton_interpreted():
+            out.append("triton")
+    elif device.type == "cuda":
+        if has_cuda_kernels():
+            out.append("cuda")
+        if has_triton_kernels():
+            out.append("triton")
+    return out
+
+
+def pick_backend(backend: Optional[str], device: torch.device) -> str:
+    """The backend to run on ``device``: ``backend`` checked, or the default for the device."""
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"mtut: backend must be one of {BACKENDS} or None, got {backend!r}")
+    available = available_backends(device)
+    if backend is None:
+        for choice in ("cuda", "triton", "cpu"):  # fused kernels first; never the d x d reference by default
+            if choice in available:
+                return choice
+        raise RuntimeError(
+            f"mtut: no fused backend for tensors on {device}: the extension has no CUDA kernels and triton "
+            "is not available; rebuild with CUDA (FORCE_CUDA=1), install triton, or pass backend='reference' "
+            "(the slow spec, which builds d x d matrices)"
+        )
+    if backend not in available:
+        hint = {
+            "cpu": "it needs CPU tensors",
+            "cuda": "it needs CUDA tensors and an extension built with CUDA (FORCE_CUDA=1)",
+            "triton": "it needs triton and CUDA tensors (or CPU tensors with TRITON_INTERPRET=1)",
+        }.get(backend, "")
+        raise ValueError(f"mtut: backend {backend!r} cannot run on {device}: {hint}; available: {available}")
+    return backend

@@ -1,0 +1,70 @@
+"""The SSA loss of DESIGN.md §1, written literally: the oracle every backend is tested against.
+
+It materializes the d x d correlation matrices K_m, so it is only for small inputs (and
+for fp64 checks). Every function works in the dtype of its inputs.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def normalize(feat: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """[N, C, *S] -> Xh [N, C, d]: every channel row scaled to unit L2 norm over d = prod(S)."""
+    x = feat.reshape(feat.shape[0], feat.shape[1], -1)
+    return F.normalize(x, dim=-1, eps=eps)
+
+
+def correlation(feat: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """K = Xh^T Xh, [N, d, d]."""
+    xh = normalize(feat, eps)
+    return xh.transpose(1, 2) @ xh
+
+
+def pairwise_sqdist(feats: Sequence[torch.Tensor], eps: float = 1e-8) -> torch.Tensor:
+    """S[b, m, n] = ||K_m[b] - K_n[b]||_F^2, [N, M, M]; differentiable into every input."""
+    K = [correlation(f, eps) for f in feats]
+    rows = [torch.stack([((Km - Kn) ** 2).sum((-2, -1)) for Kn in K], dim=-1) for Km in K]
+    return torch.stack(rows, dim=1)
+
+
+def focal_weight(ce: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
+    """rho[b, m, n] = exp(beta * max(0, ce[m, b] - ce[n, b])) - 1 from ce [M, N]; no gradient."""
+    ce = ce.detach()
+    diff = ce.t().unsqueeze(2) - ce.t().unsqueeze(1)
+    return torch.exp(beta * diff.clamp(min=0)) - 1
+
+
+def rms_distance(S: torch.Tensor, d: int) -> torch.Tensor:
+    """delta = sqrt(S) / d, with the gradient defined as 0 where S == 0 (NaN stays NaN)."""
+    tiny = torch.finfo(S.dtype).tiny
+    return torch.where(S == 0, torch.zeros_like(S), S.clamp(min=tiny).sqrt()) / d
+
+
+def ssa_loss(
+    feats: Sequence[torch.Tensor],
+    ce: torch.Tensor,
+    beta: float = 2.0,
+    lambda_: float = 5e-3,
+    distance: str = "rms",
+    eps: float = 1e-8,
+    pair_cap: Optional[float] = None,
+) -> torch.Tensor:
+    """lambda * sum_{m != n} mean_b(rho_mn[b] * delta_mn[b]); term (m, n) sends gradient into X_m only."""
+    K = [correlation(f, eps) for f in feats]
+    d = K[0].shape[-1]
+    rho = focal_weight(ce, beta)
+    total = K[0].new_zeros(())
+    for m in range(len(feats)):
+        for n in range(len(feats)):
+            if m == n:
+                continue
+            S = ((K[m] - K[n].detach()) ** 2).sum((-2, -1))
+            delta = rms_distance(S, d) if distance == "rms" else S
+            term = lambda_ * (rho[:, m, n] * delta).mean()
+            if pair_cap is not None:
+                term = term.clamp(max=pair_cap)
+            total = total + term
+    return total
