@@ -170,7 +170,7 @@ at::Tensor focal_weight(const at::Tensor& ce, double beta) {
   TORCH_CHECK_VALUE(std::isfinite(beta) && beta >= 0, "mtut: beta must be a finite number >= 0, got ", beta);
   at::Tensor c = ce.to(compute_dtype_of(ce.scalar_type())).t();  // [N, M]
   at::Tensor diff = c.unsqueeze(2) - c.unsqueeze(1);               // [b, m, n] = ce[m, b] - ce[n, b]
-  return (diff.clamp_min(0) * beta).expm1();                       // clamp_min keeps NaN
+  return (diff.clamp_min(0) * beta).expm1().contiguous();          // clamp_min keeps NaN
 }
 
 namespace {

@@ -1,0 +1,59 @@
+"""Shared fixtures: backends to test, hypothesis profiles, input builders."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+import mtut_ops
+
+settings.register_profile(
+    "ci", max_examples=int(os.environ.get("MTUT_HYPOTHESIS_EXAMPLES", "30")), deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], derandomize=True,
+)
+settings.register_profile("dev", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("MTUT_HYPOTHESIS_PROFILE", "ci"))
+
+
+def _fused_backends():
+    """(backend, device) pairs of every fused implementation runnable here."""
+    out = [("cpu", "cpu")]
+    if torch.cuda.is_available():
+        out += [(b, "cuda") for b in mtut_ops.available_backends("cuda") if b != "reference"]
+    out += [(b, "cpu") for b in mtut_ops.available_backends("cpu") if b not in ("reference", "cpu")]
+    return out
+
+
+FUSED = _fused_backends()
+
+
+@pytest.fixture(scope="module", params=FUSED, ids=[f"{b}-{d}" for b, d in FUSED])
+def backend_device(request):
+    return request.param
+
+
+def make_feats(N, channels, spatial, dtype=torch.float64, device="cpu", noncontiguous=False, seed=0):
+    """M feature maps [N, C_m, *spatial]; non-contiguous ones are strided views of bigger tensors."""
+    g = torch.Generator().manual_seed(seed)
+    feats = []
+    for C in channels:
+        if noncontiguous:
+            # channels-last-like permutation plus a stride-2 slice: neither contiguous nor dense
+            big = torch.randn(N, *spatial, 2 * C, generator=g, dtype=torch.float64)
+            f = big[..., ::2].movedim(-1, 1)
+        else:
+            f = torch.randn(N, C, *spatial, generator=g, dtype=torch.float64)
+        feats.append(f.to(device=device, dtype=dtype))
+    return feats
+
+
+def make_ce(M, N, dtype=torch.float64, device="cpu", seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(M, N, generator=g, dtype=torch.float64) * 3).to(device=device, dtype=dtype)
+
+
+def leaf(feats):
+    # detach() keeps the strides, so non-contiguous inputs stay non-contiguous leaves
+    return [f.detach().requires_grad_() for f in feats]

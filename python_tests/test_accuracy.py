@@ -1,0 +1,197 @@
+"""Every fused backend against mtut_ops.reference: values and gradients, both algorithms.
+
+Tolerances, per dtype:
+* float64: the kernels and the reference differ only in rounding order; with unit rows,
+  every K and G entry is <= 1 in magnitude and carries an error <= d*u, so S (a sum of
+  <= (C_m + C_n)^2 such terms, squared) is off by <= ~4 d u (C_m + C_n)^2. We assert
+  a 10x margin on that bound, u = 2^-53 (it is ~1e-10 relative to the largest S).
+* float32 (and float16/bfloat16 inputs, computed in float32): the same bound with
+  u = 2^-24. The direct algorithm forms K_m - K_n element-wise; the Gram algorithm
+  subtracts norms of size up to (C_m + C_n)^2, and this is its worst-case error.
+Gradients are compared relative to the largest gradient entry with the same u-scaled margin.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import mtut_ops
+from mtut_ops import _validation as V
+from mtut_ops import reference as R
+
+from .conftest import leaf, make_ce, make_feats
+
+ALGOS = ["direct", "gram", "auto"]
+UNIT = {torch.float64: 2.0**-53, torch.float32: 2.0**-24}
+
+
+def sqdist_bound(channels, d, dtype):
+    """Worst-case |S - S_ref| per pair (see the module docstring), [M, M]."""
+    c = torch.tensor(channels, dtype=torch.float64)
+    u = UNIT[V.compute_dtype(dtype)]
+    return 40 * d * u * (c[:, None] + c[None, :]) ** 2
+
+
+@st.composite
+def shapes(draw, max_c=64, max_dims=3):
+    N = draw(st.integers(1, 4))
+    M = draw(st.integers(2, 4))
+    channels = draw(st.lists(st.integers(1, max_c), min_size=M, max_size=M))
+    spatial = draw(st.lists(st.integers(1, 8), min_size=0, max_size=max_dims))
+    return N, channels, spatial
+
+
+@given(shape=shapes(), algo=st.sampled_from(ALGOS), noncontig=st.booleans(), seed=st.integers(0, 2**16))
+def test_pairwise_sqdist_fp64_matches_reference(backend_device, shape, algo, noncontig, seed):
+    backend, device = backend_device
+    N, channels, spatial = shape
+    feats = make_feats(N, channels, spatial, device=device, noncontiguous=noncontig, seed=seed)
+    d = feats[0][0, 0].numel()
+    S = mtut_ops.pairwise_sqdist(feats, algo=algo, backend=backend)
+    ref = R.pairwise_sqdist([f.cpu() for f in feats])
+    assert S.shape == (N, len(channels), len(channels)) and S.dtype == torch.float64
+    err = (S.cpu() - ref).abs()
+    assert (err <= sqdist_bound(channels, d, torch.float64)).all(), err.max()
+    assert (S.diagonal(dim1=1, dim2=2) == 0).all()
+    assert torch.equal(S, S.transpose(1, 2))
+
+
+@given(shape=shapes(max_c=24), algo=st.sampled_from(ALGOS), noncontig=st.booleans(), seed=st.integers(0, 2**16))
+def test_pairwise_sqdist_grad_fp64_matches_reference(backend_device, shape, algo, noncontig, seed):
+    backend, device = backend_device
+    N, channels, spatial = shape
+    feats = make_feats(N, channels, spatial, device=device, noncontiguous=noncontig, seed=seed)
+    g = torch.randn(N, len(channels), len(channels), dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    ours, ref = leaf(feats), leaf([f.cpu() for f in feats])
+    (mtut_ops.pairwise_sqdist(ours, algo=algo, backend=backend) * g.to(device)).sum().backward()
+    (R.pairwise_sqdist(ref) * g).sum().backward()
+    for a, b in zip(ours, ref):
+        assert a.grad.shape == a.shape and a.grad.dtype == a.dtype
+        torch.testing.assert_close(a.grad.cpu(), b.grad, rtol=1e-9, atol=1e-9 * (1 + b.grad.abs().max().item()))
+
+
+@given(
+    shape=shapes(max_c=24),
+    algo=st.sampled_from(ALGOS),
+    distance=st.sampled_from(["rms", "fro2"]),
+    cap=st.sampled_from([None, 1e-3, 10.0]),
+    noncontig=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_ssa_loss_fp64_matches_reference(backend_device, shape, algo, distance, cap, noncontig, seed):
+    backend, device = backend_device
+    N, channels, spatial = shape
+    feats = make_feats(N, channels, spatial, device=device, noncontiguous=noncontig, seed=seed)
+    ce = make_ce(len(channels), N, device=device, seed=seed + 1)
+    ours, ref = leaf(feats), leaf([f.cpu() for f in feats])
+    L = mtut_ops.ssa_loss(ours, ce, lambda_=0.5, distance=distance, algo=algo, pair_cap=cap, backend=backend)
+    Lr = R.ssa_loss(ref, ce.cpu(), lambda_=0.5, distance=distance, pair_cap=cap)
+    assert L.shape == () and L.dtype == torch.float64
+    torch.testing.assert_close(L.cpu(), Lr, rtol=1e-9, atol=1e-12)
+    L.backward()
+    Lr.backward()
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a.grad.cpu(), b.grad, rtol=1e-8, atol=1e-10 * (1 + b.grad.abs().max().item()))
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_low_precision_inputs_within_bound(backend_device, algo, dtype):
+    backend, device = backend_device
+    channels, spatial = [48, 20, 33], [4, 5, 6]
+    feats = [f.to(dtype) for f in make_feats(3, channels, spatial, device=device, seed=7)]
+    ce = make_ce(3, 3, device=device)
+    # The reference sees exactly the rounded inputs, in float64.
+    ref_in = [f.detach().double().cpu() for f in feats]
+    S = mtut_ops.pairwise_sqdist(feats, algo=algo, backend=backend)
+    assert S.dtype == torch.float32
+    err = (S.double().cpu() - R.pairwise_sqdist(ref_in)).abs()
+    assert (err <= sqdist_bound(channels, 120, dtype)).all(), err.max()
+
+    ours, ref = leaf(feats), leaf(ref_in)
+    L = mtut_ops.ssa_loss(ours, ce, algo=algo, backend=backend)
+    Lr = R.ssa_loss(ref, ce.cpu())
+    assert L.dtype == torch.float32
+    torch.testing.assert_close(L.double().cpu(), Lr, rtol=1e-4, atol=1e-7)
+    L.backward()
+    Lr.backward()
+    for a, b in zip(ours, ref):
+        assert a.grad.dtype == dtype  # gradients come back in the input dtype
+        # fp32 arithmetic error, plus the final rounding of the exact gradient to dtype:
+        # half an ulp of |g|, and for float16 half the subnormal spacing 2^-24 (the
+        # gradients of a lambda = 5e-3 loss are ~1e-8, below float16's normal range).
+        fi = torch.finfo(dtype)
+        tol = 1e-4 * b.grad.abs().max() + fi.eps * b.grad.abs() + fi.smallest_normal * fi.eps
+        assert ((a.grad.double().cpu() - b.grad).abs() <= tol).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_gram_near_aligned_against_fp64(backend_device, dtype):
+    """X_n = X_m + 1e-4 noise: S is ~1e-8 of the norms that the Gram identity subtracts."""
+    backend, device = backend_device
+    base = make_feats(2, [32], [4, 4, 4], seed=3)[0]
+    noisy = base + 1e-4 * torch.randn(base.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    feats = [base.to(device, dtype), noisy.to(device, dtype)]
+    ref = R.pairwise_sqdist([f.double().cpu() for f in feats])[:, 0, 1]
+    S = mtut_ops.pairwise_sqdist(feats, algo="gram", backend=backend)[:, 0, 1].double().cpu()
+    assert (S >= 0).all()  # clamped, never negative
+    bound = sqdist_bound([32, 32], 64, dtype)[0, 1]
+    assert ((S - ref).abs() <= bound).all()
+    if dtype == torch.float64:
+        # fp64 norms keep the cancellation harmless: a tight relative match.
+        torch.testing.assert_close(S, ref, rtol=1e-6, atol=0)
+    # The direct algorithm has no cancellation at all.
+    S_direct = mtut_ops.pairwise_sqdist(feats, algo="direct", backend=backend)[:, 0, 1].double().cpu()
+    torch.testing.assert_close(S_direct, ref, rtol=1e-6 if dtype == torch.float64 else 2e-2, atol=0)
+
+
+def test_correlation_matches_reference(backend_device):
+    backend, device = backend_device
+    (f,) = make_feats(2, [5], [3, 4], device=device, noncontiguous=True)
+    ours, ref = leaf([f]), leaf([f.cpu()])
+    K = mtut_ops.correlation(ours[0], backend=backend)
+    Kr = R.correlation(ref[0])
+    torch.testing.assert_close(K.cpu(), Kr, rtol=1e-12, atol=1e-12)
+    g = torch.randn(Kr.shape, dtype=torch.float64)
+    (K * g.to(device)).sum().backward()
+    (Kr * g).sum().backward()
+    torch.testing.assert_close(ours[0].grad.cpu(), ref[0].grad, rtol=1e-10, atol=1e-12)
+
+
+def test_focal_weight_matches_reference(backend_device):
+    backend, device = backend_device
+    ce = make_ce(3, 5, device=device)
+    rho = mtut_ops.focal_weight(ce, beta=2.0, backend=backend)
+    torch.testing.assert_close(rho.cpu(), R.focal_weight(ce.cpu(), 2.0), rtol=1e-12, atol=1e-15)
+    # rho_mn > 0 exactly where network n does better than m on that sample.
+    better = ce.t().unsqueeze(2) > ce.t().unsqueeze(1)
+    assert torch.equal(rho > 0, better)
+
+
+def test_auto_matches_the_documented_cost_model(backend_device):
+    """algo='auto' inside the kernels picks what mtut_ops._validation.resolve_algo picks."""
+    backend, device = backend_device
+    for channels, spatial in [([16, 16], [2, 3]), ([4, 4], [8, 8]), ([40, 8], [7, 7])]:
+        feats = make_feats(2, channels, spatial, device=device, dtype=torch.float32)
+        choice = V.resolve_algo("auto", feats[0][0, 0].numel(), channels)
+        auto = torch.ops.mtut.pairwise_sqdist(feats, 1e-8, "auto") if backend in ("cpu", "cuda") else None
+        if auto is not None:
+            assert torch.equal(auto, torch.ops.mtut.pairwise_sqdist(feats, 1e-8, choice))
+    assert V.resolve_algo("auto", 392, [1024, 1024]) == "direct"  # I3D Mixed_5c at 224
+    assert V.resolve_algo("auto", 3136, [832, 832]) == "gram"  # Mixed_4f
+    assert V.resolve_algo("auto", 25088, [480, 480]) == "gram"  # Mixed_3c
+
+
+def test_gradient_flows_only_into_the_student(backend_device):
+    """A network better on every sample gets no SSA gradient; the worse one does."""
+    backend, device = backend_device
+    feats = leaf(make_feats(3, [6, 6], [3, 3], device=device))
+    ce = torch.tensor([[2.0, 3.0, 1.5], [0.5, 0.1, 0.2]], dtype=torch.float64, device=device)  # net 1 better
+    mtut_ops.ssa_loss(feats, ce, backend=backend).backward()
+    assert feats[0].grad.abs().max() > 0
+    assert torch.equal(feats[1].grad, torch.zeros_like(feats[1].grad))
+    ce_grad = ce.clone().requires_grad_()
+    out = mtut_ops.ssa_loss([f.detach() for f in feats], ce_grad, backend=backend)
+    assert not out.requires_grad or ce_grad.grad is None

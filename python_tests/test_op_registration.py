@@ -1,0 +1,111 @@
+"""torch.library.opcheck on every op, gradcheck in fp64, torch.compile(fullgraph=True)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mtut_ops
+from mtut_ops import reference as R
+
+from .conftest import leaf, make_ce, make_feats
+
+ALGOS = ["direct", "gram"]
+
+
+def _feats(device, noncontiguous=False, requires_grad=True):
+    feats = make_feats(2, [3, 5], [2, 3], device=device, noncontiguous=noncontiguous)
+    return leaf(feats) if requires_grad else feats
+
+
+@pytest.mark.parametrize("noncontiguous", [False, True])
+@pytest.mark.parametrize("algo", ALGOS)
+def test_opcheck_pairwise_sqdist_and_backward(backend_device, algo, noncontiguous):
+    backend, device = backend_device
+    if backend not in ("cpu", "cuda"):
+        pytest.skip("torch.ops.mtut ops are the cpu/cuda backends")
+    feats = _feats(device, noncontiguous)
+    torch.library.opcheck(torch.ops.mtut.pairwise_sqdist.default, (feats, 1e-8, algo))
+    weight = torch.rand(2, 2, 2, dtype=torch.float64, device=device)
+    torch.library.opcheck(torch.ops.mtut.sqdist_backward.default, ([f.detach() for f in feats], weight, 1e-8, algo))
+
+
+@pytest.mark.parametrize("cap", [None, 10.0])
+@pytest.mark.parametrize("algo", ALGOS)
+def test_opcheck_ssa_loss_and_backward(backend_device, algo, cap):
+    backend, device = backend_device
+    if backend not in ("cpu", "cuda"):
+        pytest.skip("torch.ops.mtut ops are the cpu/cuda backends")
+    feats, ce = _feats(device), make_ce(2, 2, device=device)
+    args = (2.0, 0.5, "rms", 1e-8, algo, cap)
+    torch.library.opcheck(torch.ops.mtut.ssa_loss.default, (feats, ce, *args))
+    grad = torch.tensor(1.0, dtype=torch.float64, device=device)
+    torch.library.opcheck(torch.ops.mtut.ssa_loss_backward.default, (grad, [f.detach() for f in feats], ce, *args))
+
+
+def test_opcheck_correlation_and_focal_weight(backend_device):
+    backend, device = backend_device
+    if backend not in ("cpu", "cuda"):
+        pytest.skip("torch.ops.mtut ops are the cpu/cuda backends")
+    feat = _feats(device, noncontiguous=True)[0]
+    torch.library.opcheck(torch.ops.mtut.correlation.default, (feat, 1e-8))
+    grad = torch.randn(2, 6, 6, dtype=torch.float64, device=device)
+    torch.library.opcheck(torch.ops.mtut.correlation_backward.default, (grad, feat.detach(), 1e-8))
+    ce = make_ce(3, 4, device=device).requires_grad_()
+    torch.library.opcheck(torch.ops.mtut.focal_weight.default, (ce, 2.0))
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_gradcheck(backend_device, algo):
+    backend, device = backend_device
+    feats = _feats(device)
+    ce = make_ce(2, 2, device=device)
+    assert torch.autograd.gradcheck(
+        lambda *fs: mtut_ops.pairwise_sqdist(list(fs), algo=algo, backend=backend), feats
+    )
+    # The SSA gradient is the student-only one (X_n constant in term (m, n)). With
+    # network m worse on every sample, term (m, n) is the only one that depends on X_m,
+    # so there the student-only gradient is the true derivative that gradcheck measures.
+    for m in range(2):
+        ce = torch.tensor([[0.4, 0.9], [0.4, 0.9]], dtype=torch.float64, device=device)
+        ce[m] += 0.7
+
+        def loss_of(x, m=m, ce=ce):
+            fs = [f.detach() for f in feats]
+            fs[m] = x
+            return mtut_ops.ssa_loss(fs, ce, lambda_=0.5, algo=algo, backend=backend)
+
+        assert torch.autograd.gradcheck(loss_of, (feats[m],))
+    assert torch.autograd.gradcheck(lambda f: mtut_ops.correlation(f, backend=backend), (feats[0],))
+
+
+@pytest.mark.parametrize("algo", ["direct", "gram", "auto"])
+def test_torch_compile_fullgraph_matches_eager(backend_device, algo):
+    backend, device = backend_device
+    torch._dynamo.reset()
+    feats = _feats(device)
+    ce = make_ce(2, 2, device=device)
+
+    def step(fs, ce):
+        return torch.ops.mtut.ssa_loss(fs, ce, 2.0, 0.5, "rms", 1e-8, algo, 10.0) if backend in ("cpu", "cuda") \
+            else mtut_ops.ssa_loss(fs, ce, lambda_=0.5, algo=algo, pair_cap=10.0, backend=backend)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager" if device == "cpu" else "inductor")
+    eager_feats, comp_feats = leaf(feats), leaf(feats)
+    L_eager = step(eager_feats, ce)
+    L_comp = compiled(comp_feats, ce)
+    torch.testing.assert_close(L_comp, L_eager, rtol=0, atol=0)
+    L_eager.backward()
+    L_comp.backward()
+    for a, b in zip(comp_feats, eager_feats):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+    torch.testing.assert_close(L_eager.cpu(), R.ssa_loss([f.cpu() for f in feats], ce.cpu(), lambda_=0.5, pair_cap=10.0))
+
+
+def test_compile_python_api_with_module(backend_device):
+    """The nn.Module path compiles too (validation runs at trace time)."""
+    backend, device = backend_device
+    torch._dynamo.reset()
+    crit = mtut_ops.SSALoss(lambda_=0.5, backend=backend)
+    feats, ce = _feats(device), make_ce(2, 2, device=device)
+    compiled = torch.compile(crit, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(feats, ce), crit(feats, ce), rtol=0, atol=0)
