@@ -195,3 +195,22 @@ def test_gradient_flows_only_into_the_student(backend_device):
     ce_grad = ce.clone().requires_grad_()
     out = mtut_ops.ssa_loss([f.detach() for f in feats], ce_grad, backend=backend)
     assert not out.requires_grad or ce_grad.grad is None
+
+
+@pytest.mark.parametrize("algo", ["direct", "gram"])
+def test_many_tiles_and_strips_fp64(backend_device, algo):
+    """d = 2625 spans several 256-row tiles and 2048-column strips, with ragged edges."""
+    backend, device = backend_device
+    feats = make_feats(1, [6, 3], [5, 25, 21], device=device, seed=11)
+    ce = torch.tensor([[1.0], [0.2]], dtype=torch.float64, device=device)
+    ours, ref = leaf(feats), leaf([f.cpu() for f in feats])
+    S = mtut_ops.pairwise_sqdist(feats, algo=algo, backend=backend)
+    Sr = R.pairwise_sqdist([f.cpu() for f in feats])
+    torch.testing.assert_close(S.cpu(), Sr, rtol=1e-10, atol=0)
+    L = mtut_ops.ssa_loss(ours, ce, lambda_=0.5, algo=algo, backend=backend)
+    Lr = R.ssa_loss(ref, ce.cpu(), lambda_=0.5)
+    torch.testing.assert_close(L.cpu(), Lr, rtol=1e-10, atol=0)
+    L.backward()
+    Lr.backward()
+    torch.testing.assert_close(ours[0].grad.cpu(), ref[0].grad, rtol=1e-8, atol=1e-12 * ref[0].grad.abs().max().item())
+    assert torch.equal(ours[1].grad, torch.zeros_like(ours[1].grad))  # the better network

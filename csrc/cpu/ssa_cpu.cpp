@@ -2,7 +2,7 @@
 // Matrix products go to BLAS (at::mm); the fused parts (square, subtract, reduce)
 // are plain loops. Reductions run in a fixed order, so results do not depend on the
 // number of threads. Nothing of size d x d is allocated: the direct algorithm
-// holds one kTile x kTile tile per modality per thread.
+// holds one kTile x kStrip strip per modality.
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include "ssa_common.h"
 
@@ -24,9 +24,8 @@ namespace mtut {
 namespace cpu {
 namespace {
 
-constexpr int64_t kTile = 256;
-
-int64_t num_tiles(int64_t d) { return (d + kTile - 1) / kTile; }
+constexpr int64_t kTile = 256;    // rows of a strip of K
+constexpr int64_t kStrip = 2048;  // columns of a strip: one strip is kTile x kStrip per modality
 
 // sum_ij a_ij^2 of a row-major view (stride(1) == 1), accumulated in double.
 template <typename T>
@@ -65,78 +64,95 @@ std::vector<int64_t> channel_offsets(const FeatInfo& info) {
 }
 
 // ---------------------------------------------------------------- direct (tiled)
+//
+// The d x d matrices are walked in strips of kTile rows I by up to kStrip columns J >= I
+// (the upper triangle: D is symmetric). The products run on the calling thread as wide
+// GEMMs that BLAS parallelizes; at::parallel_for only wraps the plain reduction loops
+// (never ATen calls: nested thread teams spin against each other on a busy machine).
+
+// Per-row partial sums of sum_c weight(c) (a_rc - b_rc)^2 over a [rows, cols] strip,
+// where the first `diag_cols` columns (the diagonal tile) count once and the rest twice.
+// Rows are summed in a fixed order afterwards, so the result is thread-count independent.
+template <typename T>
+double strip_sum_squared_difference(const at::Tensor& a, const at::Tensor& b, int64_t diag_cols) {
+  const int64_t rows = a.size(0), cols = a.size(1);
+  const T* pa = a.const_data_ptr<T>();
+  const T* pb = b.const_data_ptr<T>();
+  std::vector<double> row_sum(rows);
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const T* ra = pa + r * cols;
+      const T* rb = pb + r * cols;
+      double on = 0, off = 0;  // the difference is formed element-wise: no cancellation
+      for (int64_t c = 0; c < diag_cols; ++c) {
+        const double x = static_cast<double>(ra[c] - rb[c]);
+        on += x * x;
+      }
+      for (int64_t c = diag_cols; c < cols; ++c) {
+        const double x = static_cast<double>(ra[c] - rb[c]);
+        off += x * x;
+      }
+      row_sum[r] = on + 2.0 * off;  // an off-diagonal entry stands for its mirror too
+    }
+  });
+  double total = 0;
+  for (double v : row_sum) total += v;
+  return total;
+}
 
 template <typename T>
 at::Tensor sqdist_direct(const std::vector<Normalized>& nx, const FeatInfo& info) {
-  const int64_t N = info.N, M = info.M, d = info.d, nt = num_tiles(d);
-  const int64_t P = M * (M - 1) / 2;
-  std::vector<std::pair<int64_t, int64_t>> tile_pairs;  // upper triangle: D is symmetric
-  for (int64_t I = 0; I < nt; ++I)
-    for (int64_t J = I; J < nt; ++J) tile_pairs.emplace_back(I, J);
-  const int64_t per_sample = static_cast<int64_t>(tile_pairs.size());
-  std::vector<double> partial(N * per_sample * P, 0.0);
-
-  at::parallel_for(0, N * per_sample, 1, [&](int64_t begin, int64_t end) {
-    std::vector<at::Tensor> K(M);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / per_sample;
-      const auto [I, J] = tile_pairs[task % per_sample];
-      const int64_t i0 = I * kTile, ti = std::min(kTile, d - i0);
-      const int64_t j0 = J * kTile, tj = std::min(kTile, d - j0);
-      for (int64_t m = 0; m < M; ++m) {
-        const at::Tensor x = nx[m].xh.select(0, b);  // [C_m, d]
-        K[m] = at::mm(x.narrow(1, i0, ti).t(), x.narrow(1, j0, tj));
-      }
-      const double mult = I == J ? 1.0 : 2.0;  // an off-diagonal tile stands for its mirror too
-      int64_t p = 0;
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t n = m + 1; n < M; ++n) partial[task * P + p++] = mult * sum_squared_difference<T>(K[m], K[n]);
-    }
-  });
-
+  const int64_t N = info.N, M = info.M, d = info.d;
   at::Tensor S = at::zeros({N, M, M}, at::TensorOptions().dtype(at::kDouble));
   auto s = S.accessor<double, 3>();
+  std::vector<at::Tensor> K(M);
   for (int64_t b = 0; b < N; ++b) {
-    int64_t p = 0;
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = m + 1; n < M; ++n, ++p) {
-        double total = 0;
-        for (int64_t k = 0; k < per_sample; ++k) total += partial[(b * per_sample + k) * P + p];
-        s[b][m][n] = s[b][n][m] = total;
+    for (int64_t i0 = 0; i0 < d; i0 += kTile) {
+      const int64_t ti = std::min(kTile, d - i0);
+      for (int64_t j0 = i0; j0 < d; j0 += kStrip) {
+        const int64_t tj = std::min(kStrip, d - j0);
+        for (int64_t m = 0; m < M; ++m) {
+          const at::Tensor x = nx[m].xh.select(0, b);  // [C_m, d]
+          K[m] = at::mm(x.narrow(1, i0, ti).t(), x.narrow(1, j0, tj));  // [ti, tj] of K_m
+        }
+        const int64_t diag_cols = j0 == i0 ? ti : 0;
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t n = m + 1; n < M; ++n) s[b][m][n] += strip_sum_squared_difference<T>(K[m], K[n], diag_cols);
       }
+    }
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = m + 1; n < M; ++n) s[b][n][m] = s[b][m][n];
   }
   return S.to(info.compute_dtype);
 }
 
-// grad_xh[m] = sum_n w[b,m,n] * 4 Xh_m (K_m - K_n) = Xh_m E_m with
-// E_m = 4 (a_m K_m - sum_n w_mn K_n), a_m = sum_{n != m} w_mn, walked in column blocks I
-// (one task per sample and block, so tasks write disjoint columns) and row blocks J.
+// grad_xh[m] = sum_n w[b,m,n] * 4 Xh_m (K_m - K_n) = Xh_m E_m, E_m = 4 (a_m K_m - sum_n w_mn K_n),
+// a_m = sum_{n != m} w_mn. E_m is symmetric, so each upper strip E[I, J] serves twice:
+// grad[:, J] += Xh[:, I] E[I, J] and grad[:, I] += Xh[:, J] E[I, J]^T (the diagonal tile once).
 template <typename T>
 std::vector<at::Tensor> sqdist_grad_direct(
     const std::vector<Normalized>& nx, const FeatInfo& info, const at::Tensor& weight) {
-  const int64_t N = info.N, M = info.M, d = info.d, nt = num_tiles(d);
+  const int64_t N = info.N, M = info.M, d = info.d;
   auto w = weight.accessor<double, 3>();
   std::vector<at::Tensor> grads;
   for (int64_t m = 0; m < M; ++m) grads.push_back(at::zeros_like(nx[m].xh));
-
-  at::parallel_for(0, N * nt, 1, [&](int64_t begin, int64_t end) {
-    std::vector<at::Tensor> K(M);
-    std::vector<char> row_active(M), need_k(M);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / nt, I = task % nt;
-      const int64_t i0 = I * kTile, ti = std::min(kTile, d - i0);
-      bool any = false;
-      for (int64_t m = 0; m < M; ++m) row_active[m] = need_k[m] = 0;
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t n = 0; n < M; ++n)
-          if (n != m && w[b][m][n] != 0) row_active[m] = need_k[m] = need_k[n] = 1, any = true;
-      if (!any) continue;  // e.g. the better network of a pair gets no SSA gradient
-      for (int64_t J = 0; J < nt; ++J) {
-        const int64_t j0 = J * kTile, tj = std::min(kTile, d - j0);
+  std::vector<at::Tensor> K(M);
+  std::vector<char> row_active(M), need_k(M);
+  for (int64_t b = 0; b < N; ++b) {
+    bool any = false;
+    for (int64_t m = 0; m < M; ++m) row_active[m] = need_k[m] = 0;
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < M; ++n)
+        if (n != m && w[b][m][n] != 0) row_active[m] = need_k[m] = need_k[n] = 1, any = true;
+    if (!any) continue;  // e.g. the better network of a pair gets no SSA gradient
+    for (int64_t i0 = 0; i0 < d; i0 += kTile) {
+      const int64_t ti = std::min(kTile, d - i0);
+      for (int64_t j0 = i0; j0 < d; j0 += kStrip) {
+        const int64_t tj = std::min(kStrip, d - j0);
         for (int64_t m = 0; m < M; ++m) {
           if (!need_k[m]) continue;
           const at::Tensor x = nx[m].xh.select(0, b);
-          K[m] = at::mm(x.narrow(1, j0, tj).t(), x.narrow(1, i0, ti));  // [tj, ti]
+          K[m] = at::mm(x.narrow(1, i0, ti).t(), x.narrow(1, j0, tj));  // [ti, tj]
         }
         for (int64_t m = 0; m < M; ++m) {
           if (!row_active[m]) continue;
@@ -147,11 +163,15 @@ std::vector<at::Tensor> sqdist_grad_direct(
           for (int64_t n = 0; n < M; ++n)
             if (n != m && w[b][m][n] != 0) E.sub_(K[n], 4.0 * w[b][m][n]);
           const at::Tensor x = nx[m].xh.select(0, b);
-          grads[m].select(0, b).narrow(1, i0, ti).addmm_(x.narrow(1, j0, tj), E);
+          at::Tensor g = grads[m].select(0, b);
+          g.narrow(1, j0, tj).addmm_(x.narrow(1, i0, ti), E);  // rows I of E into columns J
+          const int64_t skip = j0 == i0 ? ti : 0;  // the diagonal tile is already complete
+          if (tj > skip)
+            g.narrow(1, i0, ti).addmm_(x.narrow(1, j0 + skip, tj - skip), E.narrow(1, skip, tj - skip).t());
         }
       }
     }
-  });
+  }
   return grads;
 }
 

@@ -1,0 +1,1 @@
+"""Benchmarks of the mtut ops against what users would otherwise run."""

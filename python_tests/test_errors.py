@@ -1,0 +1,106 @@
+"""Bad input gets a clear error naming the argument, from the API and from torch.ops.mtut alike."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mtut_ops
+
+from .conftest import make_ce, make_feats
+
+F2 = make_feats(2, [3, 4], [2, 3])
+CE = make_ce(2, 2)
+
+# (feats, ce, kwargs, exception type, message pattern)
+BAD_LOSS_INPUTS = {
+    "one modality": ([F2[0]], CE[:1], {}, ValueError, r"feats must hold at least 2"),
+    "batch differs": ([F2[0], make_feats(3, [4], [2, 3])[0]], CE, {}, ValueError, r"feats\[1\] has batch size N = 3"),
+    "d differs": ([F2[0], make_feats(2, [4], [3, 3])[0]], CE, {}, ValueError, r"feats\[1\] has d = .* = 9"),
+    "integer feats": ([F2[0], F2[1].long()], CE, {}, TypeError, r"feats\[1\] must be a floating-point"),
+    "complex feats": ([F2[0].cfloat(), F2[1].cfloat()], CE, {}, TypeError, r"feats\[0\] must be a floating-point"),
+    "dtypes differ": ([F2[0], F2[1].float()], CE, {}, TypeError, r"feats\[1\] has dtype"),
+    "1-d feats": ([F2[0], torch.randn(4, dtype=torch.float64)], CE, {}, ValueError, r"feats\[1\] must have shape \[N, C, \*S\]"),
+    "empty feats": ([F2[0], torch.randn(2, 0, 2, 3, dtype=torch.float64)], CE, {}, ValueError, r"feats\[1\] is empty"),
+    "ce transposed": (F2, make_ce(2, 3).t(), {}, ValueError, r"ce must have shape \[M, N\] = \[2, 2\]"),
+    "ce 1-d": (F2, CE.flatten(), {}, ValueError, r"ce must have shape \[M, N\]"),
+    "ce integer": (F2, CE.long(), {}, TypeError, r"ce must be a floating-point"),
+    "unknown distance": (F2, CE, {"distance": "l2"}, ValueError, r"distance must be 'rms' or 'fro2', got 'l2'"),
+    "unknown algo": (F2, CE, {"algo": "fast"}, ValueError, r"algo must be 'auto', 'direct' or 'gram', got 'fast'"),
+    "negative eps": (F2, CE, {"eps": -1e-8}, ValueError, r"eps must be a finite number >= 0"),
+    "nan eps": (F2, CE, {"eps": float("nan")}, ValueError, r"eps must be a finite number >= 0"),
+    "negative beta": (F2, CE, {"beta": -1.0}, ValueError, r"beta must be a finite number >= 0"),
+    "negative lambda": (F2, CE, {"lambda_": -1.0}, ValueError, r"lambda_ must be a finite number >= 0"),
+    "negative cap": (F2, CE, {"pair_cap": -1.0}, ValueError, r"pair_cap must be None or a number >= 0"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_LOSS_INPUTS, ids=list(BAD_LOSS_INPUTS))
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_api_rejects(case, backend):
+    feats, ce, kwargs, exc, pattern = BAD_LOSS_INPUTS[case]
+    with pytest.raises(exc, match=pattern):
+        mtut_ops.ssa_loss(feats, ce, backend=backend, **kwargs)
+
+
+@pytest.mark.parametrize("case", BAD_LOSS_INPUTS, ids=list(BAD_LOSS_INPUTS))
+def test_torch_ops_rejects(case):
+    """Callers of torch.ops.mtut.ssa_loss get the same message from the C++ checks."""
+    feats, ce, kwargs, exc, pattern = BAD_LOSS_INPUTS[case]
+    args = dict(beta=2.0, lambda_=5e-3, distance="rms", eps=1e-8, algo="auto", pair_cap=None)
+    args.update(kwargs)
+    with pytest.raises(exc, match=pattern):
+        torch.ops.mtut.ssa_loss(list(feats), ce, *args.values())
+
+
+def test_torch_ops_rejects_bad_weight_and_grad():
+    with pytest.raises(ValueError, match=r"weight must have shape \[N, M, M\] = \[2, 2, 2\]"):
+        torch.ops.mtut.sqdist_backward(F2, torch.zeros(2, 2), 1e-8, "gram")
+    with pytest.raises(ValueError, match=r"grad must have shape \[N, d, d\]"):
+        torch.ops.mtut.correlation_backward(torch.zeros(2, 3, 3), F2[0], 1e-8)
+    with pytest.raises(ValueError, match=r"ce must have shape \[M, N\] with M >= 2"):
+        torch.ops.mtut.focal_weight(torch.zeros(1, 3), 2.0)
+
+
+def test_ce_list_of_wrong_length_or_shape():
+    with pytest.raises(ValueError, match=r"ce_losses must be a tensor \[M, N\] or a list of M = 2"):
+        mtut_ops.ssa_loss(F2, [CE[0]])
+    with pytest.raises(ValueError, match=r"each of ce_losses must have shape \[N\] = \[2\]"):
+        mtut_ops.ssa_loss(F2, [CE[0], torch.zeros(3, dtype=torch.float64)])
+
+
+def test_feats_not_a_list():
+    with pytest.raises(TypeError, match=r"feats must be a list or tuple"):
+        mtut_ops.ssa_loss(torch.stack([F2[0], F2[0]]), CE)
+
+
+def test_unknown_or_unavailable_backend():
+    with pytest.raises(ValueError, match=r"backend must be one of"):
+        mtut_ops.ssa_loss(F2, CE, backend="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"backend 'cuda' cannot run on cpu"):
+            mtut_ops.ssa_loss(F2, CE, backend="cuda")
+
+
+def test_module_rejects_bad_config():
+    with pytest.raises(ValueError, match=r"algo must be"):
+        mtut_ops.SSALoss(algo="fastest")
+    with pytest.raises(ValueError, match=r"distance must be"):
+        mtut_ops.SSALoss(distance="cosine")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device")
+def test_tensors_on_different_devices():
+    feats = [F2[0], F2[1].cuda()]
+    with pytest.raises(ValueError, match=r"feats\[1\] is on cuda"):
+        mtut_ops.ssa_loss(feats, CE)
+    with pytest.raises(ValueError, match=r"ce is on cuda"):
+        mtut_ops.ssa_loss(F2, CE.cuda())
+
+
+def test_tensors_on_different_devices_meta():
+    """The same check without a GPU: a meta tensor is another device."""
+    feats = [F2[0], F2[1].to("meta")]
+    with pytest.raises(ValueError, match=r"feats\[1\] is on meta"):
+        mtut_ops.ssa_loss(feats, CE, backend="reference")
+    with pytest.raises(ValueError, match=r"ce is on meta"):
+        mtut_ops.ssa_loss(F2, CE.to("meta"), backend="cpu")
