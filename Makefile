@@ -31,6 +31,9 @@ build: $(VENV)/.deps
 test: build
 	$(PY) -m pytest python_tests -q
 
+demo: build
+	$(PY) -m examples.demo
+
 bench: build
 	$(PY) -m bench.bench_ssa --device cpu
 
