@@ -126,6 +126,15 @@ Algo resolve_algo(std::string_view algo, int64_t d, const std::vector<int64_t>& 
   return direct_cost <= gram_cost ? Algo::Direct : Algo::Gram;
 }
 
+namespace {
+
+// Row (channel) L2 normalization with ATen ops, for the explicit correlation only (the
+// CPU kernels of the loss fold 1 / max(||x||, eps) into their products instead).
+struct Normalized {
+  at::Tensor xh;    // [N, C, d] contiguous, rows of unit norm (or x / eps for rows of norm <= eps)
+  at::Tensor norm;  // [N, C] row norms r
+};
+
 Normalized normalize_rows(const at::Tensor& feat, const FeatInfo& info, double eps) {
   // reshape copies only when the layout requires it (non-contiguous inputs).
   at::Tensor x = feat.reshape({feat.size(0), feat.size(1), info.d}).to(info.compute_dtype).contiguous();
@@ -134,12 +143,15 @@ Normalized normalize_rows(const at::Tensor& feat, const FeatInfo& info, double e
   return {xh, norm};
 }
 
+// dx = (g - xh <xh, g>) / r where r > eps, else g / eps, as [N, C, *S] in the dtype of feat.
 at::Tensor normalize_rows_backward(const at::Tensor& grad_xh, const Normalized& nx, double eps, const at::Tensor& feat) {
   at::Tensor r = nx.norm.unsqueeze(-1);
   at::Tensor dot = (nx.xh * grad_xh).sum(-1, /*keepdim=*/true);
   at::Tensor dx = at::where(r > eps, (grad_xh - nx.xh * dot) / r, grad_xh / eps);
   return dx.reshape(feat.sizes()).to(feat.scalar_type());
 }
+
+}  // namespace
 
 at::Tensor correlation(const at::Tensor& feat, double eps) {
   const FeatInfo info = check_feats({feat, feat});
@@ -173,50 +185,29 @@ at::Tensor focal_weight(const at::Tensor& ce, double beta) {
   return (diff.clamp_min(0) * beta).expm1().contiguous();          // clamp_min keeps NaN
 }
 
-namespace {
-
-at::Tensor call_pairwise_sqdist(at::TensorList feats, double eps, c10::string_view algo) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("mtut::pairwise_sqdist", "")
-                       .typed<at::Tensor(at::TensorList, double, c10::string_view)>();
-  return op.call(feats, eps, algo);
-}
-
-std::vector<at::Tensor> call_sqdist_backward(
-    at::TensorList feats, const at::Tensor& weight, double eps, c10::string_view algo) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("mtut::sqdist_backward", "")
-                       .typed<std::vector<at::Tensor>(at::TensorList, const at::Tensor&, double, c10::string_view)>();
-  return op.call(feats, weight, eps, algo);
-}
-
-// The per-pair pieces of the loss, from the pairwise squared distances.
-struct LossTerms {
-  at::Tensor rho;     // [N, M, M] focal weights
-  at::Tensor ddelta;  // [N, M, M] d delta / d S
-  at::Tensor terms;   // [M, M] lambda * mean_b(rho * delta), capped
-  at::Tensor active;  // [M, M] 1 where the cap lets the gradient through
-};
-
-LossTerms loss_terms(
+FeatInfo check_loss_inputs(
     at::TensorList feats, const at::Tensor& ce, double beta, double lambda, c10::string_view distance, double eps,
     c10::string_view algo, std::optional<double> pair_cap) {
   const FeatInfo info = check_feats(feats);
   check_ce(ce, info, feats[0]);
   check_eps(eps);
   check_loss_args(beta, lambda, pair_cap);
-  const Distance dist = parse_distance(distance);
+  parse_distance(distance);
   resolve_algo(algo, info.d, info.channels);  // rejects an unknown algo before any work
+  return info;
+}
 
-  at::Tensor S = call_pairwise_sqdist(feats, eps, algo);
+LossTerms loss_terms(
+    const at::Tensor& S, const at::Tensor& ce, double beta, double lambda, c10::string_view distance, int64_t d,
+    std::optional<double> pair_cap) {
   LossTerms t;
   t.rho = focal_weight(ce, beta).to(S.scalar_type());
   at::Tensor delta;
-  if (dist == Distance::Rms) {
+  if (parse_distance(distance) == Distance::Rms) {
     at::Tensor root = S.sqrt();
-    delta = root / static_cast<double>(info.d);
+    delta = root / static_cast<double>(d);
     // d delta / d S = 1 / (2 d sqrt(S)), defined as 0 at S == 0 (identical features); NaN stays NaN.
-    t.ddelta = at::where(S == 0, at::zeros_like(S), root.reciprocal() / (2.0 * static_cast<double>(info.d)));
+    t.ddelta = at::where(S == 0, at::zeros_like(S), root.reciprocal() / (2.0 * static_cast<double>(d)));
   } else {
     delta = S;
     t.ddelta = at::ones_like(S);
@@ -231,22 +222,19 @@ LossTerms loss_terms(
   return t;
 }
 
-}  // namespace
+at::Tensor ssa_backward_weight(const LossTerms& t, const at::Tensor& grad, double lambda, int64_t N) {
+  return grad.to(t.rho.scalar_type()) * (lambda / static_cast<double>(N)) * t.rho * t.ddelta * t.active.unsqueeze(0);
+}
 
 at::Tensor ssa_loss(
     at::TensorList feats, const at::Tensor& ce, double beta, double lambda, c10::string_view distance, double eps,
     c10::string_view algo, std::optional<double> pair_cap) {
-  return loss_terms(feats, ce, beta, lambda, distance, eps, algo, pair_cap).terms.sum();
-}
-
-std::vector<at::Tensor> ssa_loss_backward(
-    const at::Tensor& grad, at::TensorList feats, const at::Tensor& ce, double beta, double lambda,
-    c10::string_view distance, double eps, c10::string_view algo, std::optional<double> pair_cap) {
-  // S is recomputed rather than saved: the op's output is the scalar loss alone.
-  const LossTerms t = loss_terms(feats, ce, beta, lambda, distance, eps, algo, pair_cap);
-  const double n = static_cast<double>(feats[0].size(0));
-  at::Tensor weight = grad.to(t.rho.scalar_type()) * (lambda / n) * t.rho * t.ddelta * t.active.unsqueeze(0);
-  return call_sqdist_backward(feats, weight, eps, algo);
+  const FeatInfo info = check_loss_inputs(feats, ce, beta, lambda, distance, eps, algo, pair_cap);
+  static auto pairwise_sqdist = c10::Dispatcher::singleton()
+                                    .findSchemaOrThrow("mtut::pairwise_sqdist", "")
+                                    .typed<at::Tensor(at::TensorList, double, c10::string_view)>();
+  const at::Tensor S = pairwise_sqdist.call(feats, eps, algo);
+  return loss_terms(S, ce, beta, lambda, distance, info.d, pair_cap).terms.sum();
 }
 
 }  // namespace mtut

@@ -36,26 +36,31 @@ Distance parse_distance(std::string_view distance);
 // "direct", "gram", or "auto" resolved by the cost model (see choose_algo in ssa_common.cpp).
 Algo resolve_algo(std::string_view algo, int64_t d, const std::vector<int64_t>& channels);
 
-// Row (channel) L2 normalization of one modality, in its compute dtype.
-struct Normalized {
-  at::Tensor xh;    // [N, C, d] contiguous, rows of unit norm (or x / eps for rows of norm <= eps)
-  at::Tensor norm;  // [N, C] row norms r
+// The per-pair pieces of the SSA loss, from the pairwise squared distances S [N, M, M].
+struct LossTerms {
+  at::Tensor rho;     // [N, M, M] focal weights
+  at::Tensor ddelta;  // [N, M, M] d delta / d S
+  at::Tensor terms;   // [M, M] lambda * mean_b(rho * delta), capped
+  at::Tensor active;  // [M, M] 1 where the cap lets the gradient through
 };
-Normalized normalize_rows(const at::Tensor& feat, const FeatInfo& info, double eps);
-// dx = (g - xh <xh, g>) / r where r > eps, else g / eps; returned as [N, C, *S] in feat's dtype.
-at::Tensor normalize_rows_backward(const at::Tensor& grad_xh, const Normalized& nx, double eps, const at::Tensor& feat);
+// Checks every argument of ssa_loss / ssa_loss_backward; returns the shape facts.
+FeatInfo check_loss_inputs(
+    at::TensorList feats, const at::Tensor& ce, double beta, double lambda, c10::string_view distance, double eps,
+    c10::string_view algo, std::optional<double> pair_cap);
+LossTerms loss_terms(
+    const at::Tensor& S, const at::Tensor& ce, double beta, double lambda, c10::string_view distance, int64_t d,
+    std::optional<double> pair_cap);
+// weight[b, m, n] = grad * lambda / N * rho * ddelta * active: what sqdist_backward takes.
+at::Tensor ssa_backward_weight(const LossTerms& t, const at::Tensor& grad, double lambda, int64_t N);
 
 // Device-agnostic ops: the explicit correlation (the only op that builds d x d), the
-// focal weight, and the SSA loss (which calls pairwise_sqdist / sqdist_backward
-// through the dispatcher, so each device brings only those kernels).
+// focal weight, and the SSA loss forward (which calls pairwise_sqdist through the
+// dispatcher). Each device brings pairwise_sqdist, sqdist_backward and ssa_loss_backward.
 at::Tensor correlation(const at::Tensor& feat, double eps);
 at::Tensor correlation_backward(const at::Tensor& grad, const at::Tensor& feat, double eps);
 at::Tensor focal_weight(const at::Tensor& ce, double beta);
 at::Tensor ssa_loss(
     at::TensorList feats, const at::Tensor& ce, double beta, double lambda, c10::string_view distance,
     double eps, c10::string_view algo, std::optional<double> pair_cap);
-std::vector<at::Tensor> ssa_loss_backward(
-    const at::Tensor& grad, at::TensorList feats, const at::Tensor& ce, double beta, double lambda,
-    c10::string_view distance, double eps, c10::string_view algo, std::optional<double> pair_cap);
 
 }  // namespace mtut

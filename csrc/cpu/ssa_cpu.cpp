@@ -1,23 +1,30 @@
-// CPU kernels of pairwise_sqdist and sqdist_backward, both algorithms of DESIGN.md §2.
-// Matrix products go to BLAS (at::mm); the fused parts (square, subtract, reduce)
-// are plain loops. Reductions run in a fixed order, so results do not depend on the
-// number of threads. Nothing of size d x d is allocated: the direct algorithm
-// holds one kTile x kStrip strip per modality.
+// CPU kernels of pairwise_sqdist, sqdist_backward and ssa_loss_backward: both algorithms
+// of DESIGN.md §2.
+//
+// Memory: the normalized rows Xh = diag(s) X, s = 1 / max(||x||, eps), are never built.
+// Every product needs s only as a per-channel factor: a K strip is (X_I s^2)^T X_J, a
+// Gram block is diag(s_m) X_m X_n^T diag(s_n), and every gradient contribution has
+// diag(s) on its left, so it is applied once, in the fused normalization backward.
+// Nothing of size d x d is allocated: the direct algorithm holds one kTile x kStrip
+// strip per modality.
+//
+// Threads: the products run on the calling thread as wide GEMMs that BLAS
+// parallelizes; at::parallel_for only wraps plain loops (never ATen calls: nested
+// thread teams spin against each other on a busy machine). Reductions are summed in a
+// fixed order, so results do not depend on the number of threads.
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include "ssa_common.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/ops/cat.h>
+#include <ATen/TensorOperators.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
-#include <ATen/TensorOperators.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <utility>
 #include <vector>
 
 namespace mtut {
@@ -25,54 +32,64 @@ namespace cpu {
 namespace {
 
 constexpr int64_t kTile = 256;    // rows of a strip of K
-constexpr int64_t kStrip = 2048;  // columns of a strip: one strip is kTile x kStrip per modality
+constexpr int64_t kStrip = 2048;  // columns of a strip
 
-// sum_ij a_ij^2 of a row-major view (stride(1) == 1), accumulated in double.
-template <typename T>
-double sum_squares(const at::Tensor& a) {
-  const int64_t rows = a.size(0), cols = a.size(1), ld = a.stride(0);
-  const T* p = a.const_data_ptr<T>();
-  double total = 0;
-  for (int64_t i = 0; i < rows; ++i) {
-    const T* row = p + i * ld;
-    double s = 0;
-    for (int64_t j = 0; j < cols; ++j) s += static_cast<double>(row[j]) * static_cast<double>(row[j]);
-    total += s;
+// One modality's rows and their normalization.
+struct Rows {
+  at::Tensor x;      // [N, C, d] contiguous, compute dtype (no copy for contiguous float/double input)
+  at::Tensor norm;   // [N, C] r = ||x||
+  at::Tensor scale;  // [N, C] s = 1 / max(r, eps)
+};
+
+std::vector<Rows> rows_of(at::TensorList feats, const FeatInfo& info, double eps) {
+  std::vector<Rows> out;
+  for (const auto& f : feats) {
+    at::Tensor x = f.reshape({f.size(0), f.size(1), info.d}).to(info.compute_dtype).contiguous();
+    at::Tensor norm = x.norm(2, {-1});  // as F.normalize computes it
+    out.push_back({x, norm, norm.clamp_min(eps).reciprocal()});
   }
-  return total;
+  return out;
 }
 
-// sum_ij (a_ij - b_ij)^2 of two contiguous tiles of one shape; the difference is formed
-// element-wise, so no cancellation between large terms.
+// dL/dx from dL/dXh = diag(s) graw, in place on graw (a [N, C, d] buffer):
+//   dx = (g - xh <xh, g>) / r where r > eps, else g / eps, with g = s graw, xh = s x.
 template <typename T>
-double sum_squared_difference(const at::Tensor& a, const at::Tensor& b) {
-  const int64_t n = a.numel();
-  const T* pa = a.const_data_ptr<T>();
-  const T* pb = b.const_data_ptr<T>();
-  double s = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const double diff = static_cast<double>(pa[i] - pb[i]);
-    s += diff * diff;
-  }
-  return s;
-}
-
-std::vector<int64_t> channel_offsets(const FeatInfo& info) {
-  std::vector<int64_t> off(info.M + 1, 0);
-  for (int64_t m = 0; m < info.M; ++m) off[m + 1] = off[m] + info.channels[m];
-  return off;
+at::Tensor normalize_backward_inplace(at::Tensor graw, const Rows& rows, double eps, const at::Tensor& feat) {
+  const int64_t R = graw.size(0) * graw.size(1), d = graw.size(2);
+  T* g = graw.mutable_data_ptr<T>();
+  const T* x = rows.x.const_data_ptr<T>();
+  const T* r = rows.norm.const_data_ptr<T>();
+  const T* s = rows.scale.const_data_ptr<T>();
+  at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      T* gi = g + i * d;
+      const T* xi = x + i * d;
+      const T si = s[i];
+      if (r[i] > eps) {
+        double dot = 0;
+        for (int64_t k = 0; k < d; ++k) dot += static_cast<double>(xi[k]) * static_cast<double>(gi[k]);
+        const T c = static_cast<T>(dot * si * si * si);  // <xh, g> times the s of xh
+        const T inv_r = T(1) / r[i];
+        for (int64_t k = 0; k < d; ++k) gi[k] = (si * gi[k] - c * xi[k]) * inv_r;
+      } else {
+        const T f = si / static_cast<T>(eps);
+        for (int64_t k = 0; k < d; ++k) gi[k] *= f;
+      }
+    }
+  });
+  return graw.reshape(feat.sizes()).to(feat.scalar_type());
 }
 
 // ---------------------------------------------------------------- direct (tiled)
-//
-// The d x d matrices are walked in strips of kTile rows I by up to kStrip columns J >= I
-// (the upper triangle: D is symmetric). The products run on the calling thread as wide
-// GEMMs that BLAS parallelizes; at::parallel_for only wraps the plain reduction loops
-// (never ATen calls: nested thread teams spin against each other on a busy machine).
+
+// X_I scaled by s^2 per channel: the left factor of the K strip (X_I s^2)^T X_J.
+at::Tensor left_factor(const Rows& rows, int64_t b, int64_t i0, int64_t ti) {
+  const at::Tensor s = rows.scale.select(0, b);
+  return rows.x.select(0, b).narrow(1, i0, ti) * (s * s).unsqueeze(1);
+}
 
 // Per-row partial sums of sum_c weight(c) (a_rc - b_rc)^2 over a [rows, cols] strip,
 // where the first `diag_cols` columns (the diagonal tile) count once and the rest twice.
-// Rows are summed in a fixed order afterwards, so the result is thread-count independent.
 template <typename T>
 double strip_sum_squared_difference(const at::Tensor& a, const at::Tensor& b, int64_t diag_cols) {
   const int64_t rows = a.size(0), cols = a.size(1);
@@ -85,12 +102,12 @@ double strip_sum_squared_difference(const at::Tensor& a, const at::Tensor& b, in
       const T* rb = pb + r * cols;
       double on = 0, off = 0;  // the difference is formed element-wise: no cancellation
       for (int64_t c = 0; c < diag_cols; ++c) {
-        const double x = static_cast<double>(ra[c] - rb[c]);
-        on += x * x;
+        const double v = static_cast<double>(ra[c] - rb[c]);
+        on += v * v;
       }
       for (int64_t c = diag_cols; c < cols; ++c) {
-        const double x = static_cast<double>(ra[c] - rb[c]);
-        off += x * x;
+        const double v = static_cast<double>(ra[c] - rb[c]);
+        off += v * v;
       }
       row_sum[r] = on + 2.0 * off;  // an off-diagonal entry stands for its mirror too
     }
@@ -100,21 +117,20 @@ double strip_sum_squared_difference(const at::Tensor& a, const at::Tensor& b, in
   return total;
 }
 
+// S over the upper triangle of D, in strips of kTile rows I by kStrip columns J >= I.
 template <typename T>
-at::Tensor sqdist_direct(const std::vector<Normalized>& nx, const FeatInfo& info) {
+at::Tensor sqdist_direct(const std::vector<Rows>& rows, const FeatInfo& info) {
   const int64_t N = info.N, M = info.M, d = info.d;
   at::Tensor S = at::zeros({N, M, M}, at::TensorOptions().dtype(at::kDouble));
   auto s = S.accessor<double, 3>();
-  std::vector<at::Tensor> K(M);
+  std::vector<at::Tensor> A(M), K(M);
   for (int64_t b = 0; b < N; ++b) {
     for (int64_t i0 = 0; i0 < d; i0 += kTile) {
       const int64_t ti = std::min(kTile, d - i0);
+      for (int64_t m = 0; m < M; ++m) A[m] = left_factor(rows[m], b, i0, ti);
       for (int64_t j0 = i0; j0 < d; j0 += kStrip) {
         const int64_t tj = std::min(kStrip, d - j0);
-        for (int64_t m = 0; m < M; ++m) {
-          const at::Tensor x = nx[m].xh.select(0, b);  // [C_m, d]
-          K[m] = at::mm(x.narrow(1, i0, ti).t(), x.narrow(1, j0, tj));  // [ti, tj] of K_m
-        }
+        for (int64_t m = 0; m < M; ++m) K[m] = at::mm(A[m].t(), rows[m].x.select(0, b).narrow(1, j0, tj));
         const int64_t diag_cols = j0 == i0 ? ti : 0;
         for (int64_t m = 0; m < M; ++m)
           for (int64_t n = m + 1; n < M; ++n) s[b][m][n] += strip_sum_squared_difference<T>(K[m], K[n], diag_cols);
@@ -126,17 +142,17 @@ at::Tensor sqdist_direct(const std::vector<Normalized>& nx, const FeatInfo& info
   return S.to(info.compute_dtype);
 }
 
-// grad_xh[m] = sum_n w[b,m,n] * 4 Xh_m (K_m - K_n) = Xh_m E_m, E_m = 4 (a_m K_m - sum_n w_mn K_n),
+// graw[m] with dL/dXh_m = diag(s_m) graw[m], for the weighted sum over n of dS_mn/dXh_m:
+// sum_n w_mn 4 Xh_m (K_m - K_n) = Xh_m E_m, E_m = 4 (a_m K_m - sum_n w_mn K_n),
 // a_m = sum_{n != m} w_mn. E_m is symmetric, so each upper strip E[I, J] serves twice:
-// grad[:, J] += Xh[:, I] E[I, J] and grad[:, I] += Xh[:, J] E[I, J]^T (the diagonal tile once).
+// columns J get X_I E[I, J] and columns I get X_J E[I, J]^T (the diagonal tile once).
 template <typename T>
-std::vector<at::Tensor> sqdist_grad_direct(
-    const std::vector<Normalized>& nx, const FeatInfo& info, const at::Tensor& weight) {
+std::vector<at::Tensor> sqdist_grad_direct(const std::vector<Rows>& rows, const FeatInfo& info, const at::Tensor& weight) {
   const int64_t N = info.N, M = info.M, d = info.d;
   auto w = weight.accessor<double, 3>();
-  std::vector<at::Tensor> grads;
-  for (int64_t m = 0; m < M; ++m) grads.push_back(at::zeros_like(nx[m].xh));
-  std::vector<at::Tensor> K(M);
+  std::vector<at::Tensor> graw;
+  for (int64_t m = 0; m < M; ++m) graw.push_back(at::zeros_like(rows[m].x));
+  std::vector<at::Tensor> A(M), K(M);
   std::vector<char> row_active(M), need_k(M);
   for (int64_t b = 0; b < N; ++b) {
     bool any = false;
@@ -147,13 +163,12 @@ std::vector<at::Tensor> sqdist_grad_direct(
     if (!any) continue;  // e.g. the better network of a pair gets no SSA gradient
     for (int64_t i0 = 0; i0 < d; i0 += kTile) {
       const int64_t ti = std::min(kTile, d - i0);
+      for (int64_t m = 0; m < M; ++m)
+        if (need_k[m]) A[m] = left_factor(rows[m], b, i0, ti);
       for (int64_t j0 = i0; j0 < d; j0 += kStrip) {
         const int64_t tj = std::min(kStrip, d - j0);
-        for (int64_t m = 0; m < M; ++m) {
-          if (!need_k[m]) continue;
-          const at::Tensor x = nx[m].xh.select(0, b);
-          K[m] = at::mm(x.narrow(1, i0, ti).t(), x.narrow(1, j0, tj));  // [ti, tj]
-        }
+        for (int64_t m = 0; m < M; ++m)
+          if (need_k[m]) K[m] = at::mm(A[m].t(), rows[m].x.select(0, b).narrow(1, j0, tj));  // [ti, tj]
         for (int64_t m = 0; m < M; ++m) {
           if (!row_active[m]) continue;
           double a = 0;
@@ -162,117 +177,182 @@ std::vector<at::Tensor> sqdist_grad_direct(
           at::Tensor E = K[m] * (4.0 * a);
           for (int64_t n = 0; n < M; ++n)
             if (n != m && w[b][m][n] != 0) E.sub_(K[n], 4.0 * w[b][m][n]);
-          const at::Tensor x = nx[m].xh.select(0, b);
-          at::Tensor g = grads[m].select(0, b);
+          const at::Tensor x = rows[m].x.select(0, b);
+          at::Tensor g = graw[m].select(0, b);
           g.narrow(1, j0, tj).addmm_(x.narrow(1, i0, ti), E);  // rows I of E into columns J
-          const int64_t skip = j0 == i0 ? ti : 0;  // the diagonal tile is already complete
+          const int64_t skip = j0 == i0 ? ti : 0;             // the diagonal tile is already complete
           if (tj > skip)
             g.narrow(1, i0, ti).addmm_(x.narrow(1, j0 + skip, tj - skip), E.narrow(1, skip, tj - skip).t());
         }
       }
     }
   }
-  return grads;
+  return graw;
 }
 
 // ---------------------------------------------------------------- gram
 
-// S_mn = ||G_mm||^2 - 2 ||G_mn||^2 + ||G_nn||^2 with G_mn = Xh_m Xh_n^T, from one product
-// per modality against the stacked Z = [Xh_m; ...; Xh_M] (all pairs share it). The norms
-// are accumulated in double and the difference is clamped at 0 (it is a difference of
-// large terms); NaN passes through the clamp.
-template <typename T>
-at::Tensor sqdist_gram(const std::vector<Normalized>& nx, const FeatInfo& info) {
-  const int64_t N = info.N, M = info.M;
-  const std::vector<int64_t> off = channel_offsets(info);
-  std::vector<at::Tensor> parts;
-  for (const auto& n : nx) parts.push_back(n.xh);
-  const at::Tensor Z = at::cat(parts, 1);  // [N, sum C, d]
-
-  at::Tensor S = at::zeros({N, M, M}, at::TensorOptions().dtype(at::kDouble));
-  auto s = S.accessor<double, 3>();
-  std::vector<double> t(M * M);
-  for (int64_t b = 0; b < N; ++b) {
-    for (int64_t m = 0; m < M; ++m) {
-      // [C_m, sum_{n >= m} C_n]: the blocks G_mn for n >= m.
-      const at::Tensor G = at::mm(nx[m].xh.select(0, b), Z.select(0, b).narrow(0, off[m], off[M] - off[m]).t());
-      for (int64_t n = m; n < M; ++n)
-        t[m * M + n] = sum_squares<T>(G.narrow(1, off[n] - off[m], info.channels[n]));
-    }
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = m + 1; n < M; ++n) {
-        const double v = t[m * M + m] - 2.0 * t[m * M + n] + t[n * M + n];
-        s[b][m][n] = s[b][n][m] = v < 0 ? 0.0 : v;
-      }
+// The unscaled Gram blocks X_m X_n^T (n >= m) of one sample, [C_m, C_n] each, at [m * M + n].
+std::vector<at::Tensor> gram_blocks(const std::vector<Rows>& rows, int64_t M, int64_t b) {
+  std::vector<at::Tensor> G(M * M);
+  for (int64_t m = 0; m < M; ++m) {
+    const at::Tensor xm = rows[m].x.select(0, b);
+    for (int64_t n = m; n < M; ++n) G[m * M + n] = at::mm(xm, rows[n].x.select(0, b).t());
   }
+  return G;
+}
+
+// ||diag(s_m) G diag(s_n)||_F^2 in double, rows summed in a fixed order.
+template <typename T>
+double scaled_sum_squares(const at::Tensor& G, const at::Tensor& sm, const at::Tensor& sn) {
+  const int64_t R = G.size(0), C = G.size(1);
+  const T* g = G.const_data_ptr<T>();
+  const T* a = sm.const_data_ptr<T>();
+  const T* c = sn.const_data_ptr<T>();
+  std::vector<double> row_sum(R);
+  at::parallel_for(0, R, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      double acc = 0;
+      for (int64_t j = 0; j < C; ++j) {
+        const double v = static_cast<double>(g[i * C + j]) * static_cast<double>(c[j]);
+        acc += v * v;
+      }
+      row_sum[i] = acc * static_cast<double>(a[i]) * static_cast<double>(a[i]);
+    }
+  });
+  double total = 0;
+  for (double v : row_sum) total += v;
+  return total;
+}
+
+// S_mn = ||G_mm||^2 - 2 ||G_mn||^2 + ||G_nn||^2 of one sample: a difference of large terms,
+// so the norms are accumulated in double and the result is clamped at 0 (NaN passes).
+template <typename T>
+void gram_sqdist_sample(const std::vector<at::Tensor>& G, const std::vector<Rows>& rows, int64_t M, int64_t b,
+                        at::TensorAccessor<double, 2> s) {
+  std::vector<double> t(M * M);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = m; n < M; ++n)
+      t[m * M + n] = scaled_sum_squares<T>(G[m * M + n], rows[m].scale.select(0, b), rows[n].scale.select(0, b));
+  for (int64_t m = 0; m < M; ++m) {
+    s[m][m] = 0;
+    for (int64_t n = m + 1; n < M; ++n) {
+      const double v = t[m * M + m] - 2.0 * t[m * M + n] + t[n * M + n];
+      s[m][n] = s[n][m] = v < 0 ? 0.0 : v;
+    }
+  }
+}
+
+template <typename T>
+at::Tensor sqdist_gram(const std::vector<Rows>& rows, const FeatInfo& info) {
+  at::Tensor S = at::zeros({info.N, info.M, info.M}, at::TensorOptions().dtype(at::kDouble));
+  auto s = S.accessor<double, 3>();
+  for (int64_t b = 0; b < info.N; ++b) gram_sqdist_sample<T>(gram_blocks(rows, info.M, b), rows, info.M, b, s[b]);
   return S.to(info.compute_dtype);
 }
 
-// grad_xh[m] = 4 (a_m G_mm Xh_m - sum_n w_mn G_mn Xh_n) = 4 (G_m,: scaled per column block) Z.
+// graw[m] += sum_n coef_n G_mn diag(s_n^2) X_n for one sample (coef_m = 4 a_m, coef_n = -4 w_mn),
+// so that dL/dXh_m = diag(s_m) graw[m] = 4 (a_m G_mm Xh_m - sum_n w_mn G_mn Xh_n).
 template <typename T>
-std::vector<at::Tensor> sqdist_grad_gram(
-    const std::vector<Normalized>& nx, const FeatInfo& info, const at::Tensor& weight) {
-  const int64_t N = info.N, M = info.M;
-  const std::vector<int64_t> off = channel_offsets(info);
-  std::vector<at::Tensor> parts;
-  for (const auto& n : nx) parts.push_back(n.xh);
-  const at::Tensor Z = at::cat(parts, 1);
-  auto w = weight.accessor<double, 3>();
-  std::vector<at::Tensor> grads;
-  for (int64_t m = 0; m < M; ++m) grads.push_back(at::zeros_like(nx[m].xh));
-
-  for (int64_t b = 0; b < N; ++b) {
-    const at::Tensor z = Z.select(0, b);
-    for (int64_t m = 0; m < M; ++m) {
-      double a = 0;
-      bool any = false;
-      for (int64_t n = 0; n < M; ++n)
-        if (n != m) a += w[b][m][n], any = any || w[b][m][n] != 0;
-      if (!any) continue;
-      at::Tensor G = at::mm(nx[m].xh.select(0, b), z.t());  // [C_m, sum C]
-      for (int64_t n = 0; n < M; ++n)
-        G.narrow(1, off[n], info.channels[n]).mul_(n == m ? 4.0 * a : -4.0 * w[b][m][n]);
-      at::Tensor out = grads[m].select(0, b);
-      at::mm_out(out, G, z);
+void gram_grad_sample(const std::vector<at::Tensor>& G, const std::vector<Rows>& rows, int64_t M, int64_t b,
+                      at::TensorAccessor<double, 2> w, std::vector<at::Tensor>& graw) {
+  for (int64_t m = 0; m < M; ++m) {
+    double a = 0;
+    bool any = false;
+    for (int64_t n = 0; n < M; ++n)
+      if (n != m) a += w[m][n], any = any || w[m][n] != 0;
+    if (!any) continue;
+    at::Tensor out = graw[m].select(0, b);
+    for (int64_t n = 0; n < M; ++n) {
+      const double coef = n == m ? 4.0 * a : -4.0 * w[m][n];
+      if (coef == 0) continue;
+      const at::Tensor sn = rows[n].scale.select(0, b);
+      const at::Tensor block = m <= n ? G[m * M + n] : G[n * M + m].t();  // G_mn = G_nm^T
+      out.addmm_(block * (sn * sn * coef).unsqueeze(0), rows[n].x.select(0, b));
     }
   }
-  return grads;
 }
 
 // ---------------------------------------------------------------- ops
-
-std::vector<Normalized> normalize_all(at::TensorList feats, const FeatInfo& info, double eps) {
-  std::vector<Normalized> nx;
-  for (const auto& f : feats) nx.push_back(normalize_rows(f, info, eps));
-  return nx;
-}
 
 at::Tensor pairwise_sqdist(at::TensorList feats, double eps, c10::string_view algo) {
   const FeatInfo info = check_feats(feats);
   check_eps(eps);
   const Algo a = resolve_algo(algo, info.d, info.channels);
-  const std::vector<Normalized> nx = normalize_all(feats, info, eps);
+  const std::vector<Rows> rows = rows_of(feats, info, eps);
   at::Tensor S;
   AT_DISPATCH_FLOATING_TYPES(info.compute_dtype, "mtut_pairwise_sqdist_cpu", [&] {
-    S = a == Algo::Direct ? sqdist_direct<scalar_t>(nx, info) : sqdist_gram<scalar_t>(nx, info);
+    S = a == Algo::Direct ? sqdist_direct<scalar_t>(rows, info) : sqdist_gram<scalar_t>(rows, info);
   });
   return S;
 }
 
-std::vector<at::Tensor> sqdist_backward(
-    at::TensorList feats, const at::Tensor& weight, double eps, c10::string_view algo) {
+template <typename T>
+std::vector<at::Tensor> finish_grads(std::vector<at::Tensor>& graw, const std::vector<Rows>& rows, double eps,
+                                     at::TensorList feats) {
+  std::vector<at::Tensor> grads;
+  for (size_t m = 0; m < graw.size(); ++m) grads.push_back(normalize_backward_inplace<T>(graw[m], rows[m], eps, feats[m]));
+  return grads;
+}
+
+std::vector<at::Tensor> sqdist_backward(at::TensorList feats, const at::Tensor& weight, double eps, c10::string_view algo) {
   const FeatInfo info = check_feats(feats);
   check_weight(weight, info, feats[0]);
   check_eps(eps);
   const Algo a = resolve_algo(algo, info.d, info.channels);
-  const std::vector<Normalized> nx = normalize_all(feats, info, eps);
+  const std::vector<Rows> rows = rows_of(feats, info, eps);
   const at::Tensor w = weight.to(at::kDouble).contiguous();
-  std::vector<at::Tensor> grads_xh;
-  AT_DISPATCH_FLOATING_TYPES(info.compute_dtype, "mtut_sqdist_backward_cpu", [&] {
-    grads_xh = a == Algo::Direct ? sqdist_grad_direct<scalar_t>(nx, info, w) : sqdist_grad_gram<scalar_t>(nx, info, w);
-  });
   std::vector<at::Tensor> grads;
-  for (int64_t m = 0; m < info.M; ++m) grads.push_back(normalize_rows_backward(grads_xh[m], nx[m], eps, feats[m]));
+  AT_DISPATCH_FLOATING_TYPES(info.compute_dtype, "mtut_sqdist_backward_cpu", [&] {
+    std::vector<at::Tensor> graw;
+    if (a == Algo::Direct) {
+      graw = sqdist_grad_direct<scalar_t>(rows, info, w);
+    } else {
+      for (const auto& r : rows) graw.push_back(at::zeros_like(r.x));
+      auto wa = w.accessor<double, 3>();
+      for (int64_t b = 0; b < info.N; ++b) gram_grad_sample<scalar_t>(gram_blocks(rows, info.M, b), rows, info.M, b, wa[b], graw);
+    }
+    grads = finish_grads<scalar_t>(graw, rows, eps, feats);
+  });
+  return grads;
+}
+
+// The fused backward of the SSA loss. It needs S again (the op's output is the scalar
+// alone): the direct algorithm recomputes it; the Gram algorithm keeps the Gram blocks
+// of every sample (N sum_{m<=n} C_m C_n values, less than the inputs where gram is the
+// algorithm of choice, d > C) and reads S off them, so its backward does no extra product.
+std::vector<at::Tensor> ssa_loss_backward(
+    const at::Tensor& grad, at::TensorList feats, const at::Tensor& ce, double beta, double lambda,
+    c10::string_view distance, double eps, c10::string_view algo, std::optional<double> pair_cap) {
+  const FeatInfo info = check_loss_inputs(feats, ce, beta, lambda, distance, eps, algo, pair_cap);
+  const Algo a = resolve_algo(algo, info.d, info.channels);
+  const std::vector<Rows> rows = rows_of(feats, info, eps);
+  std::vector<at::Tensor> grads;
+  AT_DISPATCH_FLOATING_TYPES(info.compute_dtype, "mtut_ssa_loss_backward_cpu", [&] {
+    std::vector<at::Tensor> graw;
+    if (a == Algo::Direct) {
+      const at::Tensor S = sqdist_direct<scalar_t>(rows, info);
+      const LossTerms t = loss_terms(S, ce, beta, lambda, distance, info.d, pair_cap);
+      graw = sqdist_grad_direct<scalar_t>(rows, info, ssa_backward_weight(t, grad, lambda, info.N).to(at::kDouble).contiguous());
+    } else {
+      std::vector<std::vector<at::Tensor>> G;
+      at::Tensor S = at::zeros({info.N, info.M, info.M}, at::TensorOptions().dtype(at::kDouble));
+      auto s = S.accessor<double, 3>();
+      for (int64_t b = 0; b < info.N; ++b) {
+        G.push_back(gram_blocks(rows, info.M, b));
+        gram_sqdist_sample<scalar_t>(G[b], rows, info.M, b, s[b]);
+      }
+      const LossTerms t = loss_terms(S.to(info.compute_dtype), ce, beta, lambda, distance, info.d, pair_cap);
+      const at::Tensor w = ssa_backward_weight(t, grad, lambda, info.N).to(at::kDouble).contiguous();
+      auto wa = w.accessor<double, 3>();
+      for (const auto& r : rows) graw.push_back(at::zeros_like(r.x));
+      for (int64_t b = 0; b < info.N; ++b) {
+        gram_grad_sample<scalar_t>(G[b], rows, info.M, b, wa[b], graw);
+        G[b].clear();  // release this sample's blocks early
+      }
+    }
+    grads = finish_grads<scalar_t>(graw, rows, eps, feats);
+  });
   return grads;
 }
 
@@ -287,5 +367,5 @@ TORCH_LIBRARY_IMPL(mtut, CPU, m) {
   m.impl("sqdist_backward", &mtut::cpu::sqdist_backward);
   m.impl("focal_weight", &mtut::focal_weight);
   m.impl("ssa_loss", &mtut::ssa_loss);
-  m.impl("ssa_loss_backward", &mtut::ssa_loss_backward);
+  m.impl("ssa_loss_backward", &mtut::cpu::ssa_loss_backward);
 }
