@@ -2,6 +2,7 @@
 
 In one process and one run, on one device, for named I3D shapes and two sweeps:
   mmpose-eager    the published mmpose formulation (builds every d x d K_m)
+  mtut-reference  mtut_ops.reference, the spec written literally (builds K too)
   mmpose-compile  the same under torch.compile
   gram-eager      a hand-written eager Gram-identity version (no d x d)
   mtut-<backend>-<algo>  our fused op, algo in direct / gram / auto
@@ -168,6 +169,7 @@ def impl_table(device: torch.device, algos=("direct", "gram", "auto")):
         "mmpose-compile": (torch.compile(lambda f, ce: mmpose_ssa_loss(f, ce)), "naive"),
         "gram-eager": (lambda f, ce: gram_identity_ssa_loss(f, ce), "gram"),
     }
+    impls["mtut-reference"] = (lambda f, ce: mtut_ops.ssa_loss(f, ce, pair_cap=10.0, backend="reference"), "naive")
     for backend in mtut_ops.available_backends(device):
         if backend == "reference":
             continue
