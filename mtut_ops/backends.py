@@ -18,6 +18,9 @@ import torch
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
 
+# A constant once the extension is loaded; torch.compile cannot trace the dispatcher query
+# (a graph break under fullgraph=True for every CUDA input), so it takes the result as is.
+@torch.compiler.assume_constant_result
 def has_cuda_kernels() -> bool:
     """True when the extension was built with its CUDA kernels."""
     return torch._C._dispatch_has_kernel_for_dispatch_key("mtut::pairwise_sqdist", "CUDA")
@@ -29,7 +32,8 @@ def has_triton_kernels() -> bool:
 
 
 def triton_interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """TRITON_INTERPRET set, read as triton reads it (1, true, on, yes, y)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes", "y")
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:

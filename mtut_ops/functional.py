@@ -44,8 +44,11 @@ def correlation(feat: torch.Tensor, eps: float = 1e-8, backend: Optional[str] = 
     """
     V.check_feats([feat, feat])
     V.check_eps(eps)
-    if pick_backend(backend, feat.device) == "reference":
+    chosen = pick_backend(backend, feat.device)
+    if chosen == "reference":
         return reference.correlation(feat, eps)
+    if chosen == "triton":
+        return _triton().correlation(feat, eps)
     return torch.ops.mtut.correlation(feat, eps)
 
 
@@ -82,8 +85,11 @@ def focal_weight(ce_losses: torch.Tensor, beta: float = 2.0, backend: Optional[s
     if not ce_losses.is_floating_point():
         raise TypeError(f"mtut: ce must be a floating-point tensor of per-sample losses, got {ce_losses.dtype}")
     V.check_loss_args(beta, 0.0, None)
-    if pick_backend(backend, ce_losses.device) == "reference":
+    chosen = pick_backend(backend, ce_losses.device)
+    if chosen == "reference":
         return reference.focal_weight(ce_losses, beta).to(V.compute_dtype(ce_losses.dtype))
+    if chosen == "triton":
+        return _triton().focal_weight(ce_losses.detach(), beta)
     return torch.ops.mtut.focal_weight(ce_losses.detach(), beta)
 
 
