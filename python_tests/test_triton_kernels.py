@@ -1,0 +1,337 @@
+"""The triton backend's kernels against mtut_ops.reference, on small shapes.
+
+Runs where the kernels can: on CUDA, or on CPU under the triton interpreter
+(TRITON_INTERPRET=1 set before mtut_ops is imported; python_tests/test_triton.py runs
+this file in such a subprocess, since the variable must be set before the @triton.jit
+functions are built). Elsewhere the module is skipped.
+
+The shapes cover N 1-2, M 2-3, C_m 1-20 differing per modality (20 > 16: two channel
+blocks of the interpreter's 16-wide config), d 1-40 with d not a multiple of the block
+(16 under the interpreter, 32/64 on a GPU), and non-contiguous inputs.
+
+Tolerances:
+* float64 inputs are computed in float64 throughout (tiles, dots, sums), like the cpu
+  backend: the kernels and the reference differ only in rounding order. Unit rows make
+  every K and G entry <= 1 with an error <= d u, so S (a sum of <= (C_m + C_n)^2 squared
+  such terms) is off by <= ~4 d u (C_m + C_n)^2; we assert 10x that, u = 2^-53, and
+  gradients to 1e-9 relative to their largest entry (it is ~1e-14 in practice).
+* float32 (and float16/bfloat16 inputs, computed in float32, dots in IEEE fp32): the same
+  S bound with u = 2^-24. The gradients are sums of <= C d products of entries <= 1, each
+  rounded at <= (C + d) u; for these random (far from aligned) inputs that is < 1e-5 of
+  the largest gradient entry, and we assert 1e-4 (the cpu backend's test_accuracy bound).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mtut_ops
+from mtut_ops import _validation as V
+from mtut_ops import reference as R
+from mtut_ops.backends import has_triton_kernels, triton_interpreted
+
+from .conftest import leaf, make_ce, make_feats
+
+if has_triton_kernels() and torch.cuda.is_available():
+    DEVICE = "cuda"
+elif has_triton_kernels() and triton_interpreted():
+    DEVICE = "cpu"
+else:
+    pytest.skip(
+        "triton kernels need CUDA or TRITON_INTERPRET=1 (python_tests/test_triton.py runs this file under the interpreter)",
+        allow_module_level=True,
+    )
+
+ALGOS = ["direct", "gram"]
+UNIT = {torch.float64: 2.0**-53, torch.float32: 2.0**-24}
+
+# (N, channels, spatial, non-contiguous)
+CASES = [
+    (1, [1, 4], [1], False),  # d = 1, a single channel
+    (2, [3, 5], [2, 3], True),  # d = 6
+    (2, [16, 7, 2], [4, 4], False),  # d = 16: exactly one interpreter block
+    (1, [9, 20], [17], True),  # d = 17, C = 20: two blocks each way
+    (2, [5, 12, 3], [5, 8], True),  # d = 40, M = 3
+]
+CASE_IDS = [f"N{n}-C{'_'.join(map(str, c))}-d{s}{'-nc' if nc else ''}" for n, c, s, nc in CASES]
+
+
+def sqdist_bound(channels, d, dtype):
+    c = torch.tensor(channels, dtype=torch.float64)
+    return 40 * d * UNIT[V.compute_dtype(dtype)] * (c[:, None] + c[None, :]) ** 2
+
+
+def feats_of(case, dtype=torch.float64, seed=0):
+    N, channels, spatial, noncontig = case
+    return make_feats(N, channels, spatial, dtype=dtype, device=DEVICE, noncontiguous=noncontig, seed=seed)
+
+
+def d_of(feats):
+    return feats[0][0, 0].numel()
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_pairwise_sqdist_and_grad_fp64(case, algo):
+    feats = feats_of(case)
+    if case[3]:
+        assert not feats[0].is_contiguous()
+    N, channels = case[0], case[1]
+    M = len(channels)
+    ours, ref = leaf(feats), leaf([f.cpu() for f in feats])
+    S = mtut_ops.pairwise_sqdist(ours, algo=algo, backend="triton")
+    Sr = R.pairwise_sqdist(ref)
+    assert S.shape == (N, M, M) and S.dtype == torch.float64 and S.device.type == DEVICE
+    assert ((S.detach().cpu() - Sr).abs() <= sqdist_bound(channels, d_of(feats), torch.float64)).all()
+    assert torch.equal(S, S.transpose(1, 2)) and (S.diagonal(dim1=1, dim2=2) == 0).all()
+
+    g = torch.randn(N, M, M, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    (S * g.to(DEVICE)).sum().backward()
+    (Sr * g).sum().backward()
+    for a, b in zip(ours, ref):
+        assert a.grad.shape == a.shape and a.grad.dtype == a.dtype
+        torch.testing.assert_close(a.grad.cpu(), b.grad, rtol=1e-9, atol=1e-9 * (1 + b.grad.abs().max().item()))
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_ssa_loss_and_grad_fp64(case, algo):
+    # distance and cap vary with the case, so every combination shows up without a full product
+    i = CASES.index(case)
+    distance = ["rms", "fro2"][i % 2]
+    cap = [None, 1e-3, None, 10.0, None][i]
+    feats = feats_of(case, seed=i)
+    ce = make_ce(len(case[1]), case[0], device=DEVICE, seed=i + 1)
+    ours, ref = leaf(feats), leaf([f.cpu() for f in feats])
+    L = mtut_ops.ssa_loss(ours, ce, lambda_=0.5, distance=distance, algo=algo, pair_cap=cap, backend="triton")
+    Lr = R.ssa_loss(ref, ce.cpu(), lambda_=0.5, distance=distance, pair_cap=cap)
+    assert L.shape == () and L.dtype == torch.float64
+    torch.testing.assert_close(L.detach().cpu(), Lr.detach(), rtol=1e-9, atol=1e-12)
+    L.backward()
+    Lr.backward()
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a.grad.cpu(), b.grad, rtol=1e-8, atol=1e-10 * (1 + b.grad.abs().max().item()))
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_low_precision_inputs_within_bound(algo, dtype):
+    channels, spatial = [13, 6, 18], [5, 7]
+    feats = [f.to(dtype) for f in make_feats(2, channels, spatial, device=DEVICE, seed=7)]
+    ce = make_ce(3, 2, device=DEVICE)
+    ref_in = [f.double().cpu() for f in feats]  # the reference sees exactly the rounded inputs
+    ours, ref = leaf(feats), leaf(ref_in)
+    S = mtut_ops.pairwise_sqdist([f.detach() for f in feats], algo=algo, backend="triton")
+    assert S.dtype == torch.float32
+    assert ((S.double().cpu() - R.pairwise_sqdist(ref_in)).abs() <= sqdist_bound(channels, 35, dtype)).all()
+    L = mtut_ops.ssa_loss(ours, ce, algo=algo, backend="triton")
+    Lr = R.ssa_loss(ref, ce.cpu())
+    assert L.dtype == torch.float32
+    torch.testing.assert_close(L.detach().double().cpu(), Lr.detach(), rtol=1e-4, atol=1e-7)
+    L.backward()
+    Lr.backward()
+    for a, b in zip(ours, ref):
+        assert a.grad.dtype == dtype
+        # plus the final rounding of the gradient to dtype (half an ulp, and for float16
+        # half its subnormal spacing: these gradients are ~1e-8)
+        fi = torch.finfo(dtype)
+        tol = 1e-4 * b.grad.abs().max() + fi.eps * b.grad.abs() + fi.smallest_normal * fi.eps
+        assert ((a.grad.double().cpu() - b.grad).abs() <= tol).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_gram_near_aligned_against_fp64(dtype):
+    """X_n = X_m + 1e-4 noise: S is ~1e-8 of the norms the Gram identity subtracts."""
+    base = make_feats(2, [20], [3, 9], seed=3)[0]
+    noisy = base + 1e-4 * torch.randn(base.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    feats = [base.to(DEVICE, dtype), noisy.to(DEVICE, dtype)]
+    ref = R.pairwise_sqdist([f.double().cpu() for f in feats])[:, 0, 1]
+    S = mtut_ops.pairwise_sqdist(feats, algo="gram", backend="triton")[:, 0, 1].double().cpu()
+    assert (S >= 0).all()
+    assert ((S - ref).abs() <= sqdist_bound([20, 20], 27, dtype)[0, 1]).all()
+    if dtype == torch.float64:
+        torch.testing.assert_close(S, ref, rtol=1e-6, atol=0)
+    S_direct = mtut_ops.pairwise_sqdist(feats, algo="direct", backend="triton")[:, 0, 1].double().cpu()
+    torch.testing.assert_close(S_direct, ref, rtol=1e-6 if dtype == torch.float64 else 2e-2, atol=0)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_deterministic_run_to_run(algo):
+    feats = make_feats(2, [20, 7, 11], [5, 8], device=DEVICE, dtype=torch.float32, noncontiguous=True)
+    ce = make_ce(3, 2, device=DEVICE, dtype=torch.float32)
+    runs = []
+    for _ in range(2):
+        xs = leaf(feats)
+        L = mtut_ops.ssa_loss(xs, ce, lambda_=0.5, algo=algo, backend="triton")
+        L.backward()
+        S = mtut_ops.pairwise_sqdist(feats, algo=algo, backend="triton")
+        runs.append([L, S] + [x.grad for x in xs])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_identical_inputs_give_exact_zeros(algo):
+    (f,) = make_feats(2, [7], [3, 7], device=DEVICE)  # d = 21 spans two blocks
+    feats = leaf([f, f.clone(), f.clone()])
+    S = mtut_ops.pairwise_sqdist([x.detach() for x in feats], algo=algo, backend="triton")
+    assert torch.equal(S, torch.zeros_like(S))
+    L = mtut_ops.ssa_loss(feats, make_ce(3, 2, device=DEVICE), algo=algo, backend="triton")
+    assert L.item() == 0.0
+    L.backward()
+    for x in feats:
+        assert torch.equal(x.grad, torch.zeros_like(x.grad))
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_zero_rows_follow_the_eps_rule(algo):
+    feats = make_feats(2, [5, 4], [3, 6], device=DEVICE)
+    feats[0][:, 1] = 0  # a dead channel: normalized to 0, like F.normalize
+    feats[1][0, :] = 0  # a whole dead sample
+    ce = make_ce(2, 2, device=DEVICE)
+    ours, ref = leaf(feats), leaf([f.cpu() for f in feats])
+    torch.testing.assert_close(
+        mtut_ops.pairwise_sqdist(feats, algo=algo, backend="triton").cpu(), R.pairwise_sqdist(ref).detach(),
+        rtol=1e-10, atol=1e-12,
+    )
+    L = mtut_ops.ssa_loss(ours, ce, lambda_=0.5, algo=algo, backend="triton")
+    Lr = R.ssa_loss(ref, ce.cpu(), lambda_=0.5)
+    torch.testing.assert_close(L.detach().cpu(), Lr.detach(), rtol=1e-10, atol=1e-14)
+    L.backward()
+    Lr.backward()
+    for a, b in zip(ours, ref):
+        assert torch.isfinite(a.grad).all()
+        torch.testing.assert_close(a.grad.cpu(), b.grad, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_nan_in_gives_nan_out(algo):
+    feats = make_feats(2, [4, 4, 3], [3, 3], device=DEVICE)
+    feats[0][1, 2, 0, 0] = float("nan")
+    S = mtut_ops.pairwise_sqdist(feats, algo=algo, backend="triton")
+    assert torch.isnan(S[1, 0, 1:]).all() and torch.isnan(S[1, 1:, 0]).all()
+    assert torch.isfinite(S[0]).all() and torch.isfinite(S[1, 1, 2])  # other samples and pairs untouched
+    xs = leaf(feats)
+    L = mtut_ops.ssa_loss(xs, make_ce(3, 2, device=DEVICE), algo=algo, backend="triton")
+    assert torch.isnan(L)
+    L.backward()
+    assert torch.isnan(xs[0].grad[1]).any()
+    ce = make_ce(3, 2, device=DEVICE)
+    ce[0, 0] = float("nan")
+    clean = make_feats(2, [4, 4, 3], [3, 3], device=DEVICE)
+    assert torch.isnan(mtut_ops.ssa_loss(clean, ce, algo=algo, backend="triton"))
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_gradient_flows_only_into_the_student(algo):
+    feats = leaf(make_feats(3, [6, 6], [3, 3], device=DEVICE))
+    ce = torch.tensor([[2.0, 3.0, 1.5], [0.5, 0.1, 0.2]], dtype=torch.float64, device=DEVICE)  # net 1 better
+    mtut_ops.ssa_loss(feats, ce, algo=algo, backend="triton").backward()
+    assert feats[0].grad.abs().max() > 0
+    assert torch.equal(feats[1].grad, torch.zeros_like(feats[1].grad))
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_gradcheck(algo):
+    feats = leaf(make_feats(1, [2, 3], [3], device=DEVICE))
+    assert torch.autograd.gradcheck(lambda *fs: torch.ops.mtut.triton_pairwise_sqdist(list(fs), 1e-8, algo), feats)
+    ce = torch.tensor([[1.1], [0.4]], dtype=torch.float64, device=DEVICE)  # network 0 worse: its term is all of X_0's
+
+    def loss_of(x):
+        return torch.ops.mtut.triton_ssa_loss([x, feats[1].detach()], ce, 2.0, 0.5, "rms", 1e-8, algo, None)
+
+    assert torch.autograd.gradcheck(loss_of, (feats[0],))
+
+
+def test_correlation_and_focal_weight():
+    (f,) = make_feats(2, [5], [3, 4], device=DEVICE, noncontiguous=True)
+    ours, ref = leaf([f]), leaf([f.cpu()])
+    K = mtut_ops.correlation(ours[0], backend="triton")
+    torch.testing.assert_close(K.detach().cpu(), R.correlation(ref[0]).detach(), rtol=1e-12, atol=1e-12)
+    ce = make_ce(3, 5, device=DEVICE)
+    rho = mtut_ops.focal_weight(ce, beta=2.0, backend="triton")
+    torch.testing.assert_close(rho.cpu(), R.focal_weight(ce.cpu(), 2.0), rtol=1e-12, atol=1e-15)
+
+
+def test_auto_picks_what_the_cost_model_picks():
+    for channels, spatial in [([16, 16], [2, 3]), ([4, 4], [8, 8])]:
+        feats = make_feats(1, channels, spatial, device=DEVICE, dtype=torch.float32)
+        choice = V.resolve_algo("auto", feats[0][0, 0].numel(), channels)
+        auto = torch.ops.mtut.triton_pairwise_sqdist(feats, 1e-8, "auto")
+        assert torch.equal(auto, torch.ops.mtut.triton_pairwise_sqdist(feats, 1e-8, choice))
+
+
+# ------------------------------------------------------------------ registration
+
+
+def _args(algo="gram", cap=None):
+    feats = leaf(make_feats(2, [3, 5], [2, 3], device=DEVICE))
+    return feats, make_ce(2, 2, device=DEVICE), (2.0, 0.5, "rms", 1e-8, algo, cap)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_opcheck(algo):
+    feats, ce, args = _args(algo, cap=10.0)
+    tests = ("test_schema", "test_autograd_registration", "test_faketensor")
+    torch.library.opcheck(torch.ops.mtut.triton_pairwise_sqdist.default, (feats, 1e-8, algo), test_utils=tests)
+    detached = [f.detach() for f in feats]
+    weight = torch.rand(2, 2, 2, dtype=torch.float64, device=DEVICE)
+    torch.library.opcheck(torch.ops.mtut.triton_sqdist_backward.default, (detached, weight, 1e-8, algo), test_utils=tests)
+    torch.library.opcheck(torch.ops.mtut.triton_ssa_loss.default, (feats, ce, *args), test_utils=tests)
+    grad = torch.tensor(1.0, dtype=torch.float64, device=DEVICE)
+    torch.library.opcheck(torch.ops.mtut.triton_ssa_loss_backward.default, (grad, detached, ce, *args), test_utils=tests)
+
+
+@pytest.mark.parametrize("algo", ["direct", "gram", "auto"])
+def test_torch_compile_fullgraph(algo):
+    """The API and the ops compile with fullgraph=True (no graph break) and match eager.
+
+    On CPU the kernels are interpreted and the ops are opaque custom ops (aot_eager); on
+    CUDA inductor traces into the kernels. Inductor autotunes the kernels anew and may
+    pick another block config than eager, hence a rounding-level tolerance there.
+    """
+    torch._dynamo.reset()
+    feats, ce, args = _args()
+
+    def step(fs, ce):
+        S = torch.ops.mtut.triton_pairwise_sqdist(fs, 1e-8, algo)
+        return mtut_ops.ssa_loss(fs, ce, lambda_=0.5, algo=algo, pair_cap=10.0, backend="triton") + S.sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager" if DEVICE == "cpu" else "inductor")
+    tol = dict(rtol=0, atol=0) if DEVICE == "cpu" else dict(rtol=1e-12, atol=0)
+    eager_feats, comp_feats = leaf(feats), leaf(feats)
+    L_eager, L_comp = step(eager_feats, ce), compiled(comp_feats, ce)
+    torch.testing.assert_close(L_comp, L_eager, **tol)
+    L_eager.backward()
+    L_comp.backward()
+    for a, b in zip(comp_feats, eager_feats):
+        torch.testing.assert_close(a.grad, b.grad, **tol)
+
+
+# ------------------------------------------------------------------ errors
+
+
+def test_ops_check_their_inputs():
+    """Called directly, the triton ops reject bad input with the API's messages."""
+    feats, ce, args = _args()
+    bad_feats = [feats[0].detach(), make_feats(3, [4], [2, 3], device=DEVICE)[0]]
+    with pytest.raises(ValueError, match=r"feats\[1\] has batch size N = 3"):
+        torch.ops.mtut.triton_pairwise_sqdist(bad_feats, 1e-8, "gram")
+    with pytest.raises(ValueError, match=r"algo must be 'auto', 'direct' or 'gram', got 'fast'"):
+        torch.ops.mtut.triton_pairwise_sqdist(feats, 1e-8, "fast")
+    with pytest.raises(ValueError, match=r"weight must have shape \[N, M, M\] = \[2, 2, 2\]"):
+        torch.ops.mtut.triton_sqdist_backward(feats, torch.zeros(2, 2, device=DEVICE), 1e-8, "gram")
+    with pytest.raises(ValueError, match=r"ce must have shape \[M, N\] = \[2, 2\]"):
+        torch.ops.mtut.triton_ssa_loss(feats, ce.t()[:1], *args)
+    with pytest.raises(ValueError, match=r"distance must be 'rms' or 'fro2', got 'l2'"):
+        torch.ops.mtut.triton_ssa_loss(feats, ce, 2.0, 0.5, "l2", 1e-8, "gram", None)
+    with pytest.raises(ValueError, match=r"pair_cap must be None or a number >= 0"):
+        torch.ops.mtut.triton_ssa_loss_backward(torch.tensor(1.0), feats, ce, 2.0, 0.5, "rms", 1e-8, "gram", -1.0)
+
+
+def test_api_errors_match_the_cpu_backend():
+    from .test_errors import BAD_LOSS_INPUTS
+
+    for name, (feats, ce, kwargs, exc, pattern) in BAD_LOSS_INPUTS.items():
+        feats = [f.to(DEVICE) for f in feats]
+        with pytest.raises(exc, match=pattern):
+            mtut_ops.ssa_loss(feats, ce.to(DEVICE), backend="triton", **kwargs)
