@@ -18,12 +18,15 @@ import torch
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
 
-# A constant once the extension is loaded; torch.compile cannot trace the dispatcher query
-# (a graph break under fullgraph=True for every CUDA input), so it takes the result as is.
-@torch.compiler.assume_constant_result
 def has_cuda_kernels() -> bool:
     """True when the extension was built with its CUDA kernels."""
-    return torch._C._dispatch_has_kernel_for_dispatch_key("mtut::pairwise_sqdist", "CUDA")
+    return _HAS_CUDA_KERNELS
+
+
+# Asked once (the package loads mtut_ops._C before this module): torch.compile reads a
+# module constant, but cannot trace the dispatcher query (a graph break under
+# fullgraph=True for every CUDA input).
+_HAS_CUDA_KERNELS = torch._C._dispatch_has_kernel_for_dispatch_key("mtut::pairwise_sqdist", "CUDA")
 
 
 def has_triton_kernels() -> bool:

@@ -4,10 +4,13 @@ of python_tests/test_triton_kernels.py under the triton interpreter on CPU.
 TRITON_INTERPRET must be set before the @triton.jit functions are built, i.e. before
 mtut_ops is imported, and it must not leak into the rest of the suite (it would put the
 slow interpreter under every backend test): so the kernel tests run in a subprocess
-with the variable set.
+with the variable set. Likewise, without a GPU the triton ops are only registered with
+MTUT_REGISTER_TRITON=1, so the test_op_* tests (tracing the GPU registration on fake
+CUDA tensors) run in a subprocess with that set.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -22,30 +25,41 @@ from mtut_ops.backends import has_triton_kernels, triton_interpreted
 from .conftest import FUSED, make_ce, make_feats
 
 ROOT = Path(__file__).resolve().parent.parent
-needs_triton = pytest.mark.skipif(not has_triton_kernels(), reason="triton is not installed")
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+# The triton_op registration (not the interpreter's custom ops) is live in this process.
+REGISTERED = has_triton_kernels() and not triton_interpreted()
+registered_ops = pytest.mark.skipif(not REGISTERED, reason="no triton ops registered here: see test_ops_without_a_gpu")
 
 
-def _run(code_or_args, env_extra=None, timeout=600):
-    """A fresh python (a -c string or argv) at the repository root, TRITON_INTERPRET only if given."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+def _run(args, env_extra=None, timeout=600):
+    """A fresh python (a -c string or argv) at the repository root; the mtut/triton
+    switches only as given."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "MTUT_REGISTER_TRITON")}
     env.update(env_extra or {})
-    args = ["-c", code_or_args] if isinstance(code_or_args, str) else code_or_args
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    args = ["-c", args] if isinstance(args, str) else args
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@needs_triton
+def _pytest(args, env_extra, timeout):
+    proc = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", *args], dict(env_extra, OMP_WAIT_POLICY="passive"),
+                timeout)
+    assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-4000:]
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "skipped" not in summary, proc.stdout[-2000:]
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 @pytest.mark.skipif(triton_interpreted(), reason="this process is interpreted: test_triton_kernels.py runs in it")
 def test_kernels_under_the_interpreter():
     """python_tests/test_triton_kernels.py on CPU with TRITON_INTERPRET=1 (a few minutes)."""
-    proc = _run(
-        ["-m", "pytest", "-q", "-p", "no:cacheprovider", "python_tests/test_triton_kernels.py"],
-        env_extra={"TRITON_INTERPRET": "1", "OMP_WAIT_POLICY": "passive"},
-        timeout=1200,
-    )
-    assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-4000:]
-    assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-2000:]
+    _pytest(["python_tests/test_triton_kernels.py"], {"TRITON_INTERPRET": "1"}, timeout=1200)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+@pytest.mark.skipif(has_triton_kernels(), reason="the ops are registered here: the test_op_* tests run in this process")
+def test_ops_without_a_gpu():
+    """The test_op_* tests below, in a process that registers the triton ops without a GPU."""
+    _pytest(["python_tests/test_triton.py", "-k", "test_op_"], {"MTUT_REGISTER_TRITON": "1"}, timeout=600)
 
 
 def test_import_without_triton():
@@ -68,22 +82,32 @@ def test_import_without_triton():
     assert "backend 'triton' cannot run on cpu: it needs triton and CUDA tensors" in proc.stdout
 
 
-@needs_triton
-@pytest.mark.skipif(triton_interpreted(), reason="the ops are plain custom ops under the interpreter")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the triton ops are registered")
+def test_import_stays_light_without_a_gpu():
+    """Registering triton_ops imports torch._dynamo (seconds): not for CPU-only users."""
+    proc = _run("import sys, mtut_ops; assert 'torch._dynamo' not in sys.modules, 'torch._dynamo imported'")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_cpu_tensors_need_the_interpreter():
     feats = make_feats(2, [3, 4], [2, 3])
-    assert "triton" not in mtut_ops.available_backends("cpu")
+    if not triton_interpreted():
+        assert "triton" not in mtut_ops.available_backends("cpu")
+        with pytest.raises(ValueError, match=r"backend 'triton' cannot run on cpu"):
+            mtut_ops.pairwise_sqdist(feats, backend="triton")
     assert ("triton", "cpu") not in FUSED  # the interpreter is kept out of the backend-wide tests
-    with pytest.raises(ValueError, match=r"backend 'triton' cannot run on cpu"):
-        mtut_ops.pairwise_sqdist(feats, backend="triton")
+
+
+@registered_ops
+def test_op_rejects_cpu_tensors_without_the_interpreter():
+    feats = make_feats(2, [3, 4], [2, 3])
     with pytest.raises(ValueError, match=r"the triton ops need CUDA tensors \(or CPU tensors with TRITON_INTERPRET=1\)"):
         torch.ops.mtut.triton_pairwise_sqdist(feats, 1e-8, "gram")
 
 
-@needs_triton
-@pytest.mark.skipif(triton_interpreted(), reason="the ops are plain custom ops under the interpreter")
+@registered_ops
 @pytest.mark.parametrize("algo", ["direct", "gram"])
-def test_triton_ops_decompose_into_kernel_launches(algo):
+def test_op_decomposes_into_kernel_launches(algo):
     """What torch.compile sees of the GPU registration, traced here without a GPU: the
     triton_ops decompose (AOTAutograd's functionalization) into torch ops and
     triton_kernel_wrapper_functional launches of our kernels, forward and backward.
@@ -126,9 +150,8 @@ def test_triton_ops_decompose_into_kernel_launches(algo):
         assert bwd == ["_gram_forward_kernel", "_gram_coef_kernel", "_gram_apply_kernel"]
 
 
-@needs_triton
-@pytest.mark.skipif(triton_interpreted(), reason="compile treats the interpreted ops as opaque")
-def test_dynamo_traces_the_api_without_graph_breaks():
+@registered_ops
+def test_op_dynamo_traces_the_api_without_graph_breaks():
     """torch.compile(fullgraph=True) over the Python API with backend='triton' traces to
     one graph holding the triton op (fake propagation runs the op's torch-and-launch body).
     The backend stops before running anything: there is no GPU here."""
@@ -159,9 +182,8 @@ def test_dynamo_traces_the_api_without_graph_breaks():
     assert calls == [torch.ops.mtut.triton_ssa_loss], calls
 
 
-@needs_triton
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_triton_is_a_default_on_cuda():
+@pytest.mark.skipif(not (torch.cuda.is_available() and has_triton_kernels()), reason="needs CUDA and triton")
+def test_triton_is_available_on_cuda():
     feats = make_feats(2, [3, 4], [2, 3], device="cuda")
     assert "triton" in mtut_ops.available_backends("cuda")
     mtut_ops.ssa_loss(feats, make_ce(2, 2, device="cuda"), backend="triton")

@@ -8,12 +8,26 @@ triton_sqdist_backward, triton_ssa_loss and triton_ssa_loss_backward (see ops.py
     gram.py      the gram algorithm: tiles of the shared Gram matrix, forward and backward
     ops.py       the triton_ops (torch.compile traces into them), autograd, the API's entry points
 
+The ops are registered where they can run: with CUDA, or on CPU under the triton
+interpreter (TRITON_INTERPRET=1). Set MTUT_REGISTER_TRITON=1 to register them anyway,
+e.g. to trace or export them on a host without a GPU. (Registering a triton_op imports
+torch._dynamo, seconds of import time that CPU-only users need not pay.)
+
 Importable without triton installed: it then registers nothing, and asking for
 backend="triton" gives a clear error (mtut_ops.backends.pick_backend).
 """
+import os
+
+import torch
+
 try:
-    import triton  # noqa: F401
+    import triton
 except ImportError:
-    pass
-else:
+    triton = None
+
+if triton is not None and (
+    torch.cuda.is_available()
+    or triton.knobs.runtime.interpret
+    or os.environ.get("MTUT_REGISTER_TRITON", "0") == "1"
+):
     from .ops import correlation, focal_weight, pairwise_sqdist, ssa_loss  # noqa: F401
