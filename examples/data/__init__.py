@@ -21,6 +21,7 @@ from .errors import (
 from .flow import load_flow, precompute_flow
 from .listfile import TEST_LIST, TRAIN_LIST, ClipRecord, SensorWindow, format_line, parse_line, read_list
 from .modalities import MODALITIES
+from .synthetic import DEFAULT_CLASSES, SyntheticConfig, generate
 from .transforms import (
     CenterCrop,
     Compose,
@@ -42,6 +43,7 @@ __all__ = [
     "CenterCrop",
     "ClipRecord",
     "Compose",
+    "DEFAULT_CLASSES",
     "FLIP_LABEL_MAP",
     "HandBoxCrop",
     "ListFormatError",
@@ -55,6 +57,7 @@ __all__ = [
     "RandomHorizontalFlip",
     "Resize",
     "SensorWindow",
+    "SyntheticConfig",
     "TEST_LIST",
     "TRAIN_LIST",
     "TemporalSample",
@@ -62,6 +65,7 @@ __all__ = [
     "VideoError",
     "build_transforms",
     "format_line",
+    "generate",
     "hflip",
     "load_boxes",
     "load_flow",

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from examples.data import SyntheticConfig, generate
 from examples.data.flow import flow_file, save_flow
 from examples.data.listfile import TRAIN_LIST, SensorWindow, format_line
 
@@ -82,3 +83,15 @@ def coord_root(tmp_path: Path) -> Path:
         lines.append(coord_line(rel, label0))
     (tmp_path / TRAIN_LIST).write_text("\n".join(lines) + "\n")
     return tmp_path
+
+
+TINY = SyntheticConfig(classes=(1, 2, 11), clips_per_class=4, subjects=2, test_subjects=1, frames=8, width=64,
+                       height=48, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(tmp_path_factory) -> Path:
+    """A tiny synthetic dataset (3 classes x 4 clips, 64x48, ~8-frame gestures); read only."""
+    root = tmp_path_factory.mktemp("tiny_synthetic")
+    generate(root, TINY, progress=False)
+    return root
