@@ -6,6 +6,8 @@ Public API::
     ds = NVGestureDataset(root, split="train", modalities=("rgb", "depth"),
                           transform=build_transforms(train=True, frames=32, size=112))
     item = ds[0]  # {"rgb": [3, 32, 112, 112], "depth": [1, 32, 112, 112], "label": int, "path": str}
+
+Command line: ``python -m examples.data {make-synthetic,compute-flow,show} --help``.
 """
 
 from .classes import CLASS_NAMES, FLIP_LABEL_MAP, MIRROR_PAIRS_1BASED, NUM_CLASSES
