@@ -26,17 +26,27 @@ from .. import _validation as V
 INTERPRETED = bool(triton.knobs.runtime.interpret)
 
 
-def autotune(configs: list, key: list, interpreted: "triton.Config", **kwargs):
-    """``triton.autotune`` over ``configs``; under the interpreter the one ``interpreted``
-    config instead, since benchmarking interpreted kernels would take minutes. Every
-    block size here is >= 16, the smallest tl.dot accepts on a GPU."""
-    return triton.autotune(configs=[interpreted] if INTERPRETED else configs, key=key, **kwargs)
+def launchers(kernel, configs: list, fp64_config, interpreted, key: list, **kwargs) -> tuple:
+    """Two launchers of one @triton.jit ``kernel``: autotuned over ``configs`` (for
+    float16, bfloat16 and float32 inputs), and fixed to ``fp64_config`` (float64 inputs).
+
+    Inductor re-autotunes the kernels it compiles and may pick another config than eager
+    mode did, i.e. another rounding: float64, the oracle dtype, gets one config so that
+    eager and compiled results agree bit for bit. Under the interpreter both use the one
+    ``interpreted`` config (benchmarking interpreted kernels would take minutes). Every
+    block size is >= 16, the smallest tl.dot accepts on a GPU."""
+    if INTERPRETED:
+        configs, fp64_config = [interpreted], interpreted
+    return (
+        triton.autotune(configs=configs, key=key, **kwargs)(kernel),
+        triton.autotune(configs=[fp64_config], key=key, **kwargs)(kernel),
+    )
 
 
-def min_block(configs: list, name: str) -> int:
-    """The smallest value of a block size over the configs in use (sizes the partial-sum
-    buffers, whose shape must not depend on the config autotuning picks)."""
-    return min(c.kwargs[name] for c in configs)
+def min_block(kernel, name: str) -> int:
+    """The smallest value of a block size over a launcher's configs (sizes the
+    partial-sum buffers, whose shape must not depend on the config autotuning picks)."""
+    return min(c.kwargs[name] for c in kernel.configs)
 
 
 def dot_precision(dtype: torch.dtype) -> str:

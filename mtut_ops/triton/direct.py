@@ -26,12 +26,13 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._common import Packed, autotune, dot_precision, min_block, on_device
+from ._common import Packed, dot_precision, launchers, min_block, on_device
 
 _CONFIGS = [
     triton.Config({"BLOCK_D": bd, "BLOCK_C": bc}, num_warps=w, num_stages=s)
     for bd, bc, w, s in [(32, 32, 4, 2), (64, 16, 4, 2), (64, 32, 4, 3), (64, 32, 8, 3), (64, 64, 8, 2)]
 ]
+_FP64_CONFIG = triton.Config({"BLOCK_D": 32, "BLOCK_C": 32}, num_warps=4, num_stages=2)
 _INTERPRETED_CONFIG = triton.Config({"BLOCK_D": 16, "BLOCK_C": 16})
 
 
@@ -52,10 +53,8 @@ def _k_tile(z, inv, c_start, c_end, offs_i, offs_j, mask_i, mask_j, d,
     return acc
 
 
-# reset_to_zero: a config with bigger tiles leaves the extra slots of a finer one alone.
-@autotune(_CONFIGS, key=["d", "C", "P"], interpreted=_INTERPRETED_CONFIG, reset_to_zero=["partial"])
 @triton.jit
-def _direct_forward_kernel(z, inv, offsets, pairs, partial, d, C, P, n_slots,
+def _direct_forward(z, inv, offsets, pairs, partial, d, C, P, n_slots,
                            BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
     """partial[b, p, tile] = sum over the tile (I, J), I <= J, of (K_m - K_n)^2 for pair p = (m, n)."""
     tile = tl.program_id(0)
@@ -84,11 +83,8 @@ def _direct_forward_kernel(z, inv, offsets, pairs, partial, d, C, P, n_slots,
         tl.store(partial + (b * P + p).to(tl.int64) * n_slots + tile, total.to(partial.dtype.element_ty))
 
 
-# No reset needed: whatever the config, a program either writes all of its columns of
-# rows m (the first row block stores, later ones add) or, with no weight, none of them.
-@autotune(_CONFIGS, key=["d", "C", "M"], interpreted=_INTERPRETED_CONFIG)
 @triton.jit
-def _direct_backward_kernel(z, inv, offsets, weight, out, d, C, M,
+def _direct_backward(z, inv, offsets, weight, out, d, C, M,
                             BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
     """out[b, c, J] = sum_I xh[c, I] E_m[I, J] for the channels c of modality m, E_m = 4 sum_n w_mn (K_m - K_n)."""
     tj = tl.program_id(0)
@@ -136,11 +132,23 @@ def _direct_backward_kernel(z, inv, offsets, weight, out, d, C, M,
             tl.debug_barrier()
 
 
+# reset_to_zero: a config with bigger tiles leaves the extra slots of a finer one alone.
+_direct_forward_kernel, _direct_forward_kernel_fp64 = launchers(
+    _direct_forward, _CONFIGS, _FP64_CONFIG, _INTERPRETED_CONFIG, key=["d", "C", "P"], reset_to_zero=["partial"]
+)
+# No reset needed: whatever the config, a program either writes all of its columns of
+# rows m (the first row block stores, later ones add) or, with no weight, none of them.
+_direct_backward_kernel, _direct_backward_kernel_fp64 = launchers(
+    _direct_backward, _CONFIGS, _FP64_CONFIG, _INTERPRETED_CONFIG, key=["d", "C", "M"]
+)
+
+
 def direct_forward(pk: Packed, pairs: torch.Tensor) -> torch.Tensor:
     """sum_{ij} (K_m - K_n)^2 per sample and pair of ``pairs`` ([P, 2] int32, m < n): [N, P] float64."""
     info = pk.info
     P = pairs.shape[0]
-    n_slots = triton.cdiv(info.d, min_block(_direct_forward_kernel.configs, "BLOCK_D")) ** 2
+    kernel = _direct_forward_kernel_fp64 if pk.inv.dtype == torch.float64 else _direct_forward_kernel
+    n_slots = triton.cdiv(info.d, min_block(kernel, "BLOCK_D")) ** 2
     # One slot per tile of the finest tiling; tiles below the diagonal (and the extra slots
     # of a coarser tiling) stay zero.
     partial = torch.zeros((info.N, P, n_slots), dtype=torch.float64, device=pk.z.device)
@@ -149,7 +157,7 @@ def direct_forward(pk: Packed, pairs: torch.Tensor) -> torch.Tensor:
         return (triton.cdiv(info.d, meta["BLOCK_D"]) ** 2, info.N, P)
 
     with on_device(pk.z):
-        wrap_triton(_direct_forward_kernel)[grid](
+        wrap_triton(kernel)[grid](
             pk.z, pk.inv, pk.offsets_t, pairs, partial, info.d, pk.C, P, n_slots,
             PRECISION=dot_precision(pk.inv.dtype),
         )
@@ -161,12 +169,13 @@ def direct_backward(pk: Packed, weight: torch.Tensor) -> torch.Tensor:
     info = pk.info
     out = torch.zeros((info.N, pk.C, info.d), dtype=pk.inv.dtype, device=pk.z.device)
     w = weight.to(pk.inv.dtype).contiguous()
+    kernel = _direct_backward_kernel_fp64 if pk.inv.dtype == torch.float64 else _direct_backward_kernel
 
     def grid(meta):
         return (triton.cdiv(info.d, meta["BLOCK_D"]), info.N, info.M)
 
     with on_device(pk.z):
-        wrap_triton(_direct_backward_kernel)[grid](
+        wrap_triton(kernel)[grid](
             pk.z, pk.inv, pk.offsets_t, w, out, info.d, pk.C, info.M,
             PRECISION=dot_precision(pk.inv.dtype),
         )

@@ -32,12 +32,13 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._common import INTERPRETED, Packed, autotune, dot_precision, min_block, on_device
+from ._common import INTERPRETED, Packed, dot_precision, launchers, min_block, on_device
 
 _CONFIGS = [
     triton.Config({"BLOCK_C": bc, "BLOCK_K": bk}, num_warps=w, num_stages=s)
     for bc, bk, w, s in [(32, 32, 4, 2), (32, 64, 4, 3), (64, 32, 4, 3), (64, 64, 8, 3)]
 ]
+_FP64_CONFIG = triton.Config({"BLOCK_C": 32, "BLOCK_K": 32}, num_warps=4, num_stages=2)
 _INTERPRETED_CONFIG = triton.Config({"BLOCK_C": 16, "BLOCK_K": 16})
 
 
@@ -63,10 +64,8 @@ def _g_tile(z, inv, offs_r, offs_c, mask_r, mask_c, d,
     return acc * s_r[:, None] * s_c[None, :]
 
 
-# reset_to_zero: a config with bigger tiles leaves the extra slots of a finer one alone.
-@autotune(_CONFIGS, key=["d", "C", "C_max"], interpreted=_INTERPRETED_CONFIG, reset_to_zero=["partial"])
 @triton.jit
-def _gram_forward_kernel(z, inv, offsets, blocks, partial, d, C, C_max, n_slots,
+def _gram_forward(z, inv, offsets, blocks, partial, d, C, C_max, n_slots,
                          BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """partial[b, q, tile] = ||tile (ta, tb) of the block G_mn||^2 for block q = (m, n), m <= n."""
     tile = tl.program_id(0)
@@ -90,9 +89,8 @@ def _gram_forward_kernel(z, inv, offsets, blocks, partial, d, C, C_max, n_slots,
         tl.store(slot, tl.sum(tl.sum(g * g, axis=1), axis=0))
 
 
-@autotune(_CONFIGS, key=["d", "C", "M"], interpreted=_INTERPRETED_CONFIG)
 @triton.jit
-def _gram_coef_kernel(z, inv, modality, coef, h, d, C, M,
+def _gram_coef(z, inv, modality, coef, h, d, C, M,
                       BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """h[b, r, c] = coef[b, mod(r), mod(c)] * G[r, c] * inv_c, from the upper tiles of G (both halves stored)."""
     tile = tl.program_id(0)
@@ -125,9 +123,8 @@ def _gram_coef_kernel(z, inv, modality, coef, h, d, C, M,
                      mask=tl.trans(mask))
 
 
-@autotune(_CONFIGS, key=["d", "C"], interpreted=_INTERPRETED_CONFIG)
 @triton.jit
-def _gram_apply_kernel(z, h, out, d, C,
+def _gram_apply(z, h, out, d, C,
                        BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
     """out[b, R, K] = sum_c h[b, R, c] x[b, c, K]  (= sum_c coef G[R, c] xh[c, K])."""
     tr = tl.program_id(0)
@@ -158,6 +155,18 @@ def _modality_of_rows(pk: Packed) -> torch.Tensor:
     return (rows[:, None] >= pk.offsets_t[None, 1:-1]).sum(1, dtype=torch.int32)
 
 
+# reset_to_zero: a config with bigger tiles leaves the extra slots of a finer one alone.
+_gram_forward_kernel, _gram_forward_kernel_fp64 = launchers(
+    _gram_forward, _CONFIGS, _FP64_CONFIG, _INTERPRETED_CONFIG, key=["d", "C", "C_max"], reset_to_zero=["partial"]
+)
+_gram_coef_kernel, _gram_coef_kernel_fp64 = launchers(
+    _gram_coef, _CONFIGS, _FP64_CONFIG, _INTERPRETED_CONFIG, key=["d", "C", "M"]
+)
+_gram_apply_kernel, _gram_apply_kernel_fp64 = launchers(
+    _gram_apply, _CONFIGS, _FP64_CONFIG, _INTERPRETED_CONFIG, key=["d", "C"]
+)
+
+
 def _upcast(pk: Packed) -> bool:
     """Upcast the dot operands to the compute dtype: only bfloat16 under the interpreter,
     which stores bfloat16 as uint16 and multiplies those integers in its dot."""
@@ -169,14 +178,15 @@ def gram_forward(pk: Packed) -> torch.Tensor:
     info = pk.info
     C_max = max(info.channels)
     blocks = [(m, n) for m in range(info.M) for n in range(m, info.M)]  # m <= n
-    n_slots = triton.cdiv(C_max, min_block(_gram_forward_kernel.configs, "BLOCK_C")) ** 2
+    kernel = _gram_forward_kernel_fp64 if pk.inv.dtype == torch.float64 else _gram_forward_kernel
+    n_slots = triton.cdiv(C_max, min_block(kernel, "BLOCK_C")) ** 2
     partial = torch.zeros((info.N, len(blocks), n_slots), dtype=torch.float64, device=pk.z.device)
 
     def grid(meta):
         return (triton.cdiv(C_max, meta["BLOCK_C"]) ** 2, info.N, len(blocks))
 
     with on_device(pk.z):
-        wrap_triton(_gram_forward_kernel)[grid](
+        wrap_triton(kernel)[grid](
             pk.z, pk.inv, pk.offsets_t, torch.tensor(blocks, dtype=torch.int32, device=pk.z.device), partial,
             info.d, pk.C, C_max, n_slots, PRECISION=dot_precision(pk.z.dtype), UPCAST=_upcast(pk),
         )
@@ -199,6 +209,9 @@ def gram_backward(pk: Packed, weight: torch.Tensor) -> torch.Tensor:
     h = torch.empty((info.N, C, C), dtype=pk.inv.dtype, device=pk.z.device)
     out = torch.empty((info.N, C, info.d), dtype=pk.inv.dtype, device=pk.z.device)
     modality = _modality_of_rows(pk)
+    fp64 = pk.inv.dtype == torch.float64
+    coef_kernel = _gram_coef_kernel_fp64 if fp64 else _gram_coef_kernel
+    apply_kernel = _gram_apply_kernel_fp64 if fp64 else _gram_apply_kernel
 
     def coef_grid(meta):
         return (triton.cdiv(C, meta["BLOCK_C"]) ** 2, info.N)
@@ -207,11 +220,11 @@ def gram_backward(pk: Packed, weight: torch.Tensor) -> torch.Tensor:
         return (triton.cdiv(C, meta["BLOCK_C"]), triton.cdiv(info.d, meta["BLOCK_K"]), info.N)
 
     with on_device(pk.z):
-        wrap_triton(_gram_coef_kernel)[coef_grid](
+        wrap_triton(coef_kernel)[coef_grid](
             pk.z, pk.inv, modality, coef, h, info.d, C, info.M, PRECISION=dot_precision(pk.z.dtype),
             UPCAST=_upcast(pk),
         )
-        wrap_triton(_gram_apply_kernel)[apply_grid](
+        wrap_triton(apply_kernel)[apply_grid](
             pk.z, h, out, info.d, C, PRECISION=dot_precision(pk.inv.dtype),
         )
     return out
