@@ -97,20 +97,46 @@ def _correlation_bwd(ctx, grad):
 torch.library.register_autograd(_lib + "correlation", _correlation_bwd, setup_context=_correlation_setup)
 
 
-def _pairwise_sqdist_setup(ctx, inputs, output):
-    feats, eps, algo = inputs
-    ctx.save_for_backward(*feats)
-    ctx.eps, ctx.algo = eps, algo
+def sqdist_autograd(backward_op):
+    """(backward, setup_context) of an op (feats, eps, algo) -> S [N, M, M] whose
+    first-argument partials are ``backward_op(feats, weight, eps, algo)``."""
+
+    def setup(ctx, inputs, output):
+        feats, eps, algo = inputs
+        ctx.save_for_backward(*feats)
+        ctx.eps, ctx.algo = eps, algo
+
+    def backward(ctx, grad):
+        # S_mn = S_nm both depend on X_m: its gradient is the first-argument partial weighted by g + g^T.
+        weight = grad + grad.transpose(1, 2)
+        return list(backward_op(list(ctx.saved_tensors), weight, ctx.eps, ctx.algo)), None, None
+
+    return backward, setup
 
 
-def _pairwise_sqdist_bwd(ctx, grad):
-    # S_mn = S_nm both depend on X_m: its gradient is the first-argument partial weighted by g + g^T.
-    weight = grad + grad.transpose(1, 2)
-    grads = torch.ops.mtut.sqdist_backward(list(ctx.saved_tensors), weight, ctx.eps, ctx.algo)
-    return list(grads), None, None
+def ssa_loss_autograd(backward_op):
+    """(backward, setup_context) of an op (feats, ce, beta, lambda_, distance, eps, algo, pair_cap)
+    -> loss whose backward is ``backward_op(grad, feats, ce, *args)``; ce gets no gradient."""
+
+    def setup(ctx, inputs, output):
+        feats, ce, *args = inputs
+        ctx.save_for_backward(ce, *feats)
+        ctx.args = args  # beta, lambda_, distance, eps, algo, pair_cap
+
+    def backward(ctx, grad):
+        ce, *feats = ctx.saved_tensors
+        grads = backward_op(grad, feats, ce, *ctx.args)
+        return (list(grads), None) + (None,) * len(ctx.args)
+
+    return backward, setup
 
 
-torch.library.register_autograd(_lib + "pairwise_sqdist", _pairwise_sqdist_bwd, setup_context=_pairwise_sqdist_setup)
+def _register(qualname, formulas):
+    backward, setup = formulas
+    torch.library.register_autograd(qualname, backward, setup_context=setup)
+
+
+_register(_lib + "pairwise_sqdist", sqdist_autograd(lambda *a: torch.ops.mtut.sqdist_backward(*a)))
 
 
 def _focal_weight_setup(ctx, inputs, output):
@@ -124,16 +150,4 @@ def _focal_weight_bwd(ctx, grad):
 torch.library.register_autograd(_lib + "focal_weight", _focal_weight_bwd, setup_context=_focal_weight_setup)
 
 
-def _ssa_loss_setup(ctx, inputs, output):
-    feats, ce, *args = inputs
-    ctx.save_for_backward(ce, *feats)
-    ctx.args = args  # beta, lambda_, distance, eps, algo, pair_cap
-
-
-def _ssa_loss_bwd(ctx, grad):
-    ce, *feats = ctx.saved_tensors
-    grads = torch.ops.mtut.ssa_loss_backward(grad, feats, ce, *ctx.args)
-    return (list(grads), None) + (None,) * len(ctx.args)
-
-
-torch.library.register_autograd(_lib + "ssa_loss", _ssa_loss_bwd, setup_context=_ssa_loss_setup)
+_register(_lib + "ssa_loss", ssa_loss_autograd(lambda *a: torch.ops.mtut.ssa_loss_backward(*a)))

@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 
 from .. import _validation as V
+from .._registration import sqdist_autograd, ssa_loss_autograd
 from ._common import INTERPRETED, check_device, normalize_backward, pack, pair_tables, to_square
 from .direct import direct_backward, direct_forward
 from .gram import gram_backward, gram_forward
@@ -189,33 +190,12 @@ _ssa_loss_op = _register(triton_ssa_loss, _fake_ssa_loss)
 _register(triton_ssa_loss_backward, _fake_ssa_loss_backward)
 
 
-def _pairwise_sqdist_setup(ctx, inputs, output):
-    feats, eps, algo = inputs
-    ctx.save_for_backward(*feats)
-    ctx.eps, ctx.algo = eps, algo
-
-
-def _pairwise_sqdist_bwd(ctx, grad):
-    # S_mn = S_nm both depend on X_m: its gradient is the first-argument partial weighted by g + g^T.
-    weight = grad + grad.transpose(1, 2)
-    grads = torch.ops.mtut.triton_sqdist_backward(list(ctx.saved_tensors), weight, ctx.eps, ctx.algo)
-    return list(grads), None, None
-
-
-def _ssa_loss_setup(ctx, inputs, output):
-    feats, ce, *args = inputs
-    ctx.save_for_backward(ce, *feats)
-    ctx.args = args  # beta, lambda_, distance, eps, algo, pair_cap
-
-
-def _ssa_loss_bwd(ctx, grad):
-    ce, *feats = ctx.saved_tensors
-    grads = torch.ops.mtut.triton_ssa_loss_backward(grad, feats, ce, *ctx.args)
-    return (list(grads), None) + (None,) * len(ctx.args)
-
-
-_pairwise_sqdist_op.register_autograd(_pairwise_sqdist_bwd, setup_context=_pairwise_sqdist_setup)
-_ssa_loss_op.register_autograd(_ssa_loss_bwd, setup_context=_ssa_loss_setup)
+# The same autograd formulas as the C++ ops, over the triton backward ops.
+for _op, (_backward, _setup) in (
+    (_pairwise_sqdist_op, sqdist_autograd(lambda *a: torch.ops.mtut.triton_sqdist_backward(*a))),
+    (_ssa_loss_op, ssa_loss_autograd(lambda *a: torch.ops.mtut.triton_ssa_loss_backward(*a))),
+):
+    _op.register_autograd(_backward, setup_context=_setup)
 
 
 # ------------------------------------------------------------------ what mtut_ops.functional calls
