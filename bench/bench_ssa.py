@@ -195,6 +195,13 @@ def bench_one(meter: Meter, shape: Shape, name: str, fn, algo: str, dtype, args)
             f"(limit {args.naive_limit_gb} GiB)"
         )
         return row
+    # Forward + backward is about 4 forwards of work; an algorithm far off its regime
+    # (direct at Mixed_3c: ~3.6 TFLOP a forward) is recorded, not run.
+    work = 4 * flops(shape, algo) / 1e9
+    if work > args.max_gflop:
+        row.status = "skipped"
+        row.note = (row.note + f"; not run: ~{work:,.0f} GFLOP per forward+backward (limit {args.max_gflop:,.0f})").lstrip("; ")
+        return row
     feats, ce = make_inputs(shape, dtype, device)
 
     def fwd():
@@ -375,6 +382,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--max-seconds", type=float, default=30.0, help="time budget per (shape, impl) after warm-up")
+    p.add_argument("--max-gflop", type=float, default=2000.0,
+                   help="skip (as 'skipped') an implementation whose forward+backward needs more GFLOP")
     p.add_argument("--naive-limit-gb", type=float, default=12.0, help="skip (as OOM) naive runs needing more")
     p.add_argument("--tag", default=None, help="name of the result files (default: <device>-<date>)")
     args = p.parse_args(argv)
