@@ -1,0 +1,122 @@
+"""Datasets and loaders for training: transforms, an in-memory clip cache, a
+subject-wise validation split carved from the training list."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from tqdm import tqdm
+
+from examples.data import Compose, HandBoxCrop, NVGestureDataset, Resize, build_transforms
+
+from .config import TrainConfig
+
+_SUBJECT = re.compile(r"subject(\d+)_r\d+")
+
+
+class CachedNVGesture(NVGestureDataset):
+    """An :class:`~examples.data.NVGestureDataset` that decodes every clip once.
+
+    The decoded window goes through ``prepare`` (deterministic steps: hand-box crop,
+    resize) and stays in memory, so each epoch only pays for the random steps of the
+    transform. Meant for small datasets (the synthetic one is ~100 MB cached at 72
+    pixels); fill it with :meth:`preload` before starting DataLoader workers so that
+    they share it.
+    """
+
+    def __init__(self, *args, prepare=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.prepare = prepare
+        self._cache: dict[int, dict] = {}
+
+    def load(self, index: int) -> dict:
+        if index not in self._cache:
+            sample = super().load(index)
+            self._cache[index] = self.prepare(sample) if self.prepare is not None else sample
+        sample = self._cache[index]
+        # Transforms replace the dict's entries (never the arrays in place): a shallow copy suffices.
+        return {**sample, "meta": {"fps": dict(sample["meta"]["fps"])}}
+
+    def preload(self, indices: Sequence[int] | None = None, progress: bool = False) -> None:
+        """Decode and cache ``indices`` (default: every clip)."""
+        indices = range(len(self)) if indices is None else indices
+        for i in tqdm(indices, desc=f"caching {self.split}", unit="clip", disable=not progress, leave=False):
+            self.load(i)
+
+
+def subject_of(clip_path: str) -> int:
+    """The subject number of a clip path ``.../subjectN_rK``."""
+    match = _SUBJECT.search(clip_path)
+    if match is None:
+        raise ValueError(f"clip path {clip_path!r} does not name a subject (subjectN_rK)")
+    return int(match.group(1))
+
+
+def split_by_subject(dataset: NVGestureDataset, held_out: int) -> tuple[list[int], list[int]]:
+    """Indices of (kept, held-out) clips, holding out the ``held_out`` highest-numbered subjects."""
+    subjects = [subject_of(r.path) for r in dataset.records]
+    distinct = sorted(set(subjects))
+    if not 0 < held_out < len(distinct):
+        raise ValueError(f"--val-subjects must be in 1..{len(distinct) - 1} (the training list has "
+                         f"{len(distinct)} subjects), got {held_out}")
+    val = set(distinct[-held_out:])
+    return [i for i, s in enumerate(subjects) if s not in val], [i for i, s in enumerate(subjects) if s in val]
+
+
+def _dataset(cfg: TrainConfig, split: str, train: bool) -> NVGestureDataset:
+    frames = cfg.frames if train else cfg.test_frames
+    if not cfg.cache:
+        transform = build_transforms(train, frames=frames, size=cfg.size, resize=cfg.resize, fps=cfg.fps,
+                                     flip=cfg.flip, boxes=cfg.hand_boxes)
+        return NVGestureDataset(cfg.data_root, split, cfg.modalities, transform)
+    # The cache holds clips already cropped to the hand and resized; the per-epoch
+    # transform's Resize is then a no-op and it only samples, crops, flips, normalizes.
+    resize = cfg.resize if cfg.resize is not None else round(cfg.size * 8 / 7)
+    prepare = Compose(([HandBoxCrop(cfg.hand_boxes)] if cfg.hand_boxes else []) + [Resize(resize)])
+    transform = build_transforms(train, frames=frames, size=cfg.size, resize=resize, fps=cfg.fps, flip=cfg.flip)
+    return CachedNVGesture(cfg.data_root, split, cfg.modalities, transform, prepare=prepare)
+
+
+def build_datasets(cfg: TrainConfig) -> dict[str, Dataset]:
+    """``{"train": ..., ["val": ...,] "test": ...}``.
+
+    With ``cfg.val_subjects`` the validation split is the last subjects of the training
+    list, with test transforms, and they are removed from training.
+    """
+    out: dict[str, Dataset] = {"train": _dataset(cfg, "train", train=True)}
+    if cfg.val_subjects:
+        keep, held = split_by_subject(out["train"], cfg.val_subjects)
+        out["val"] = Subset(_dataset(cfg, "train", train=False), held)
+        out["train"] = Subset(out["train"], keep)
+    out["test"] = _dataset(cfg, "test", train=False)
+    return out
+
+
+def preload(datasets: dict[str, Dataset], progress: bool = False) -> None:
+    """Fill the cache of every cached dataset (only the clips each split uses)."""
+    for ds in datasets.values():
+        base, indices = (ds.dataset, ds.indices) if isinstance(ds, Subset) else (ds, None)
+        if isinstance(base, CachedNVGesture):
+            base.preload(indices, progress)
+
+
+def train_loader(ds: Dataset, cfg: TrainConfig, rank: int, world: int) -> tuple[DataLoader, DistributedSampler]:
+    """Shuffled loader; the sampler's order depends only on (seed, epoch): call ``set_epoch``."""
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                        pin_memory=cfg.device.startswith("cuda"), persistent_workers=False)
+    return loader, sampler
+
+
+def eval_loader(ds: Dataset, cfg: TrainConfig, rank: int, world: int) -> DataLoader:
+    """This process's shard (every ``world``-th clip, no padding) in order; whole clips
+    (``test_frames`` None) have different lengths and go one at a time."""
+    shard = Subset(ds, list(range(rank, len(ds), world)))
+    batch = cfg.batch_size if cfg.test_frames is not None else 1
+    # Its own generator: evaluating must not draw from the global RNG the training run
+    # continues with (an exact resume may evaluate at other epochs than the first run).
+    return DataLoader(shard, batch_size=batch, shuffle=False, num_workers=cfg.workers,
+                      pin_memory=cfg.device.startswith("cuda"), generator=torch.Generator().manual_seed(0))

@@ -1,0 +1,258 @@
+"""The training loop: epochs, evaluation, checkpoints, resume, metric files, plots."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from examples.data import CLASS_NAMES, NUM_CLASSES
+
+from ..mtut_model import MTUTModel, SSAConfig
+from . import data as D
+from . import distributed as dd
+from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state, write_json_atomic
+from .config import RESUMABLE_CHANGES, Paths, TrainConfig, parse_pretrained, validate
+from .metrics import MetricsLog, summarize
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def build_model(cfg: TrainConfig, verbose: bool = True) -> MTUTModel:
+    """The MTUT model of ``cfg`` (pretrained weights loaded, their reports printed when ``verbose``)."""
+    ssa = SSAConfig(beta=cfg.beta, lambda_=cfg.lambda_, distance=cfg.distance, algo=cfg.algo, pair_cap=cfg.pair_cap)
+    model = MTUTModel(cfg.modalities, NUM_CLASSES, width=cfg.width, dropout=cfg.dropout,
+                      ssa_endpoints=cfg.ssa_endpoints, ssa=ssa)
+    paths = parse_pretrained(cfg.pretrained, cfg.modalities)
+    for m, report in model.load_pretrained(paths, stem=cfg.stem).items():
+        if verbose:
+            print(f"[pretrained] {m}: {paths[m]}: {str(report).replace(chr(10), '; ')}")
+    return model
+
+
+def _check_resumable(saved: Mapping, cfg: TrainConfig) -> None:
+    current = cfg.to_dict()
+    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in current.items()
+             if k not in RESUMABLE_CHANGES and _norm(saved.get(k)) != _norm(v)]
+    if diffs:
+        raise ValueError("--resume: the run was started with other settings (they would change its "
+                         "trajectory):\n  " + "\n  ".join(diffs))
+
+
+def _norm(v):
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
+class Trainer:
+    """Trains an :class:`~examples.mtut_model.MTUTModel` as ``cfg`` says.
+
+    One process, or one of several under ``torchrun`` (DDP). Every epoch ends with an
+    atomically written checkpoint (``last.pt``) holding the model, optimizer, scheduler,
+    grad scaler, the epoch and every process's RNG states, so ``resume=True`` continues
+    the same trajectory an uninterrupted run would follow.
+    """
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False):
+        validate(cfg)
+        self.cfg = cfg
+        self.rt = dd.setup(cfg.device, cfg.amp)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.paths = Paths(Path(cfg.out))
+        if self.paths.checkpoint.exists() and not resume:
+            raise ValueError(f"--out {cfg.out} already holds a run (last.pt): pass --resume to continue it, "
+                             "or choose another --out")
+        seed_everything(cfg.seed)  # the same initial weights in every process
+        self.model = build_model(cfg, verbose=self.rt.main).to(self.rt.device)
+        self.ddp = DistributedDataParallel(self.model, device_ids=[self.rt.device.index]
+                                           if self.rt.device.type == "cuda" else None) if self.rt.distributed else None
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(cfg.lr_steps), cfg.lr_gamma)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.rt.amp_dtype == torch.float16)
+        seed_everything(cfg.seed + 1000 * self.rt.rank)  # different augmentations per process
+        self.datasets = D.build_datasets(cfg)
+        self.train_loader, self.sampler = D.train_loader(self.datasets["train"], cfg, self.rt.rank, self.rt.world)
+        self.eval_loaders = {name: D.eval_loader(ds, cfg, self.rt.rank, self.rt.world)
+                             for name, ds in self.datasets.items() if name != "train"}
+        self.start_epoch = 1
+        history: list[dict] = []
+        if resume and self.paths.checkpoint.exists():
+            history = self._restore(load_checkpoint(self.paths.checkpoint))
+        elif resume:
+            raise FileNotFoundError(f"--resume: no checkpoint at {self.paths.checkpoint}")
+        self.log = MetricsLog(self.paths.metrics_json, self.paths.metrics_csv, history)
+
+    # ------------------------------------------------------------------ state
+
+    def _restore(self, ckpt: dict) -> list[dict]:
+        _check_resumable(ckpt["config"], self.cfg)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        states = ckpt["rng"]
+        if len(states) != self.rt.world:
+            raise ValueError(f"--resume: the checkpoint was written by {len(states)} processes, this run has "
+                             f"{self.rt.world}; resume with the same number to continue exactly")
+        set_rng_state(states[self.rt.rank])
+        self.start_epoch = ckpt["epoch"] + 1
+        if self.rt.main:
+            print(f"resumed {self.paths.checkpoint} after epoch {ckpt['epoch']}")
+        return ckpt["history"]
+
+    def _save(self, epoch: int) -> None:
+        states = dd.gather(rng_state(), self.rt)  # every process's RNG, captured after its epoch
+        if self.rt.main:
+            save_atomic({
+                "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": states,
+                "config": self.cfg.to_dict(), "history": self.log.rows,
+            }, self.paths.checkpoint)
+
+    # ------------------------------------------------------------------ loops
+
+    def _inputs(self, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        dev = self.rt.device
+        inputs = {m: batch[m].to(dev, non_blocking=True) for m in self.cfg.modalities}
+        return inputs, batch["label"].to(dev, non_blocking=True)
+
+    def _autocast(self):
+        return torch.autocast(self.rt.device.type, dtype=self.rt.amp_dtype, enabled=self.rt.amp_dtype is not None)
+
+    def train_epoch(self, epoch: int) -> dict:
+        """One pass over the training split; returns the epoch's mean losses and accuracies."""
+        cfg, model = self.cfg, self.ddp or self.model
+        use_ssa = epoch >= cfg.ssa_start and len(cfg.modalities) > 1
+        model.train()
+        self.sampler.set_epoch(epoch)
+        mods = cfg.modalities
+        # sums over samples: total, ssa, ce per modality, correct per modality, count
+        sums = np.zeros(3 + 2 * len(mods))
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{cfg.epochs}" + (" +SSA" if use_ssa else ""),
+                   unit="batch", leave=False, disable=not (cfg.progress and self.rt.main))
+        for batch in bar:
+            inputs, labels = self._inputs(batch)
+            with self._autocast():
+                out = model(inputs)
+            losses = self.model.loss(out, labels, ssa=use_ssa)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(losses.total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            n = len(labels)
+            correct = [float((out.logits[m].argmax(1) == labels).sum()) for m in mods]
+            sums += [losses.total.item() * n, losses.ssa.item() * n, n,
+                     *[losses.ce[m].item() * n for m in mods], *correct]
+            bar.set_postfix(loss=f"{losses.total.item():.3f}")
+        sums = np.asarray(dd.all_sum(sums.tolist(), self.rt))
+        count = max(sums[2], 1.0)
+        row = {"train/loss": sums[0] / count, "train/ssa": sums[1] / count}
+        row |= {f"train/ce/{m}": sums[3 + i] / count for i, m in enumerate(mods)}
+        row |= {f"train/top1/{m}": sums[3 + len(mods) + i] / count for i, m in enumerate(mods)}
+        return row
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict:
+        """Top-1 per modality and fused, and confusion matrices, on ``split`` (all processes)."""
+        self.model.eval()  # the plain model: DDP's forward would sync buffers across uneven shards
+        logits: dict[str, list[torch.Tensor]] = {m: [] for m in self.cfg.modalities}
+        labels: list[torch.Tensor] = []
+        bar = tqdm(self.eval_loaders[split], desc=f"eval {split}", unit="batch", leave=False,
+                   disable=not (self.cfg.progress and self.rt.main))
+        for batch in bar:
+            inputs, y = self._inputs(batch)
+            with self._autocast():
+                out = self.model(inputs)
+            for m in self.cfg.modalities:
+                logits[m].append(out.logits[m].float().cpu())
+            labels.append(y.cpu())
+        self.model.train()
+        parts = dd.gather(({m: torch.cat(v) if v else torch.empty(0, NUM_CLASSES) for m, v in logits.items()},
+                           torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)), self.rt)
+        scores = {m: torch.cat([p[0][m] for p in parts]) for m in self.cfg.modalities}
+        if len(scores) > 1:
+            scores["fused"] = MTUTModel.fuse(scores, self.cfg.fusion)
+        return summarize(scores, torch.cat([p[1] for p in parts]), NUM_CLASSES)
+
+    def run(self) -> dict:
+        """Train the remaining epochs, then evaluate; returns ``final_eval.json``'s content."""
+        cfg = self.cfg
+        results: dict[str, dict] = {}
+        try:
+            if self.rt.main and self.start_epoch == 1:
+                sizes = ", ".join(f"{k} {len(v)}" for k, v in self.datasets.items())
+                print(f"training {'+'.join(cfg.modalities)} on {cfg.data_root} ({sizes} clips), "
+                      f"{self.rt.world} process(es) on {self.rt.device}, out {cfg.out}")
+            D.preload(self.datasets, cfg.progress and self.rt.main)
+            for epoch in range(self.start_epoch, cfg.epochs + 1):
+                started = time.perf_counter()
+                lr = self.optimizer.param_groups[0]["lr"]
+                row = {"epoch": epoch, "lr": lr, **self.train_epoch(epoch)}
+                self.scheduler.step()
+                row["train/seconds"] = time.perf_counter() - started
+                if epoch == cfg.epochs:
+                    evals = results = {split: self.evaluate(split) for split in self.eval_loaders}
+                elif cfg.eval_every and epoch % cfg.eval_every == 0:
+                    # during training, watch the validation split when there is one, not the test split
+                    split = "val" if "val" in self.eval_loaders else "test"
+                    evals = {split: self.evaluate(split)}
+                else:
+                    evals = {}
+                for split, res in evals.items():
+                    row |= {f"{split}/top1/{k}": v for k, v in res["top1"].items()}
+                if self.rt.main:
+                    self.log.append(row)
+                    print(_epoch_line(row, cfg.ssa_start), flush=True)
+                self._save(epoch)
+            if not results:  # resumed a finished run: evaluate its final weights
+                results = {split: self.evaluate(split) for split in self.eval_loaders}
+            final = {"epochs": cfg.epochs, "modalities": list(cfg.modalities), "splits": results,
+                     "class_names": list(CLASS_NAMES), "config": cfg.to_dict()}
+            if self.rt.main:
+                self._write_outputs(final)
+            return final
+        finally:
+            dd.teardown(self.rt)
+
+    def _write_outputs(self, final: dict) -> None:
+        write_json_atomic(final, self.paths.final)
+        if self.cfg.plots:
+            from .plots import plot_accuracy, plot_confusion, plot_losses  # matplotlib only when plotting
+
+            rows = self.log.rows
+            plot_losses(rows, self.paths.root / "loss.png",
+                        self.cfg.ssa_start if len(self.cfg.modalities) > 1 else None)
+            plot_accuracy(rows, self.paths.root / "accuracy.png")
+            for split, res in final["splits"].items():
+                plot_confusion(res["confusion"], self.paths.root / f"confusion_{split}.png",
+                               f"{split} split, epoch {final['epochs']}")
+        for split, res in final["splits"].items():
+            accs = ", ".join(f"{k} {v:.3f}" for k, v in res["top1"].items())
+            print(f"{split} top-1 ({res['clips']} clips): {accs}")
+
+
+def _epoch_line(row: dict, ssa_start: int) -> str:
+    parts = [f"epoch {row['epoch']}", f"lr {row['lr']:.0e}", f"loss {row['train/loss']:.3f}"]
+    if row["epoch"] >= ssa_start and row["train/ssa"]:
+        parts.append(f"ssa {row['train/ssa']:.4f}")
+    parts += [f"{k.removeprefix('train/top1/')} {v:.2f}" for k, v in row.items() if k.startswith("train/top1/")]
+    parts += [f"{k.replace('/top1/', ' ')} {v:.3f}" for k, v in row.items() if "/top1/" in k and
+              not k.startswith("train/")]
+    parts.append(f"{row['train/seconds']:.0f}s")
+    return " | ".join(parts)
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Run (or resume) a training run; returns the final evaluation."""
+    return Trainer(cfg, resume).run()
