@@ -33,7 +33,8 @@ import torch
 from examples.data import SyntheticConfig, generate
 from examples.data.synthetic import INFO_FILE
 from examples.training import PRESETS, TrainConfig, train
-from examples.training.config import RESUMABLE_CHANGES
+from examples.training.checkpoint import load_checkpoint
+from examples.training.engine import check_resumable
 
 # The demo's dataset, fixed across training seeds: the generator's defaults (8 classes,
 # 168 train / 72 test clips, 160x120, RGB clutter at difficulty 0.6).
@@ -65,18 +66,23 @@ def run_config(data: Path, out: Path, modalities: tuple[str, ...], seed: int, th
 
 
 def run_once(cfg: TrainConfig) -> dict:
-    """Train (or reuse / resume) one run; returns its final evaluation."""
+    """Train one run, or reuse it when finished, or resume it when interrupted; a run
+    folder left by other settings is replaced."""
     out = Path(cfg.out)
-    final_path = out / "final_eval.json"
-    if final_path.is_file():
-        final = json.loads(final_path.read_text())
-        same = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES}
-        saved = {k: final["config"].get(k) for k in same}
-        if json.loads(json.dumps(same)) == saved:
-            print(f"reusing finished run {out}")
-            return final
-        shutil.rmtree(out)
-    return train(cfg, resume=(out / "last.pt").is_file())
+    checkpoint = out / "last.pt"
+    if checkpoint.is_file():
+        ckpt = load_checkpoint(checkpoint)
+        try:
+            check_resumable(ckpt["config"], cfg)
+        except ValueError:
+            print(f"{out} holds a run with other settings; starting over")
+            shutil.rmtree(out)
+        else:
+            final_path = out / "final_eval.json"
+            if ckpt["epoch"] == cfg.epochs and final_path.is_file():
+                print(f"reusing finished run {out}")
+                return json.loads(final_path.read_text())
+    return train(cfg, resume=checkpoint.is_file())
 
 
 def main(argv: list[str] | None = None) -> int:

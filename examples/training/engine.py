@@ -40,7 +40,9 @@ def build_model(cfg: TrainConfig, verbose: bool = True) -> MTUTModel:
     return model
 
 
-def _check_resumable(saved: Mapping, cfg: TrainConfig) -> None:
+def check_resumable(saved: Mapping, cfg: TrainConfig) -> None:
+    """Raise ``ValueError`` listing the settings of ``cfg`` that differ from a checkpoint's
+    ``saved`` config in ways that would change the run's trajectory."""
     current = cfg.to_dict()
     diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in current.items()
              if k not in RESUMABLE_CHANGES and _norm(saved.get(k)) != _norm(v)]
@@ -96,7 +98,7 @@ class Trainer:
     # ------------------------------------------------------------------ state
 
     def _restore(self, ckpt: dict) -> list[dict]:
-        _check_resumable(ckpt["config"], self.cfg)
+        check_resumable(ckpt["config"], self.cfg)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
