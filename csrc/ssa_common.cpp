@@ -126,15 +126,6 @@ Algo resolve_algo(std::string_view algo, int64_t d, const std::vector<int64_t>& 
   return direct_cost <= gram_cost ? Algo::Direct : Algo::Gram;
 }
 
-namespace {
-
-// Row (channel) L2 normalization with ATen ops, for the explicit correlation only (the
-// CPU kernels of the loss fold 1 / max(||x||, eps) into their products instead).
-struct Normalized {
-  at::Tensor xh;    // [N, C, d] contiguous, rows of unit norm (or x / eps for rows of norm <= eps)
-  at::Tensor norm;  // [N, C] row norms r
-};
-
 Normalized normalize_rows(const at::Tensor& feat, const FeatInfo& info, double eps) {
   // reshape copies only when the layout requires it (non-contiguous inputs).
   at::Tensor x = feat.reshape({feat.size(0), feat.size(1), info.d}).to(info.compute_dtype).contiguous();
@@ -143,15 +134,12 @@ Normalized normalize_rows(const at::Tensor& feat, const FeatInfo& info, double e
   return {xh, norm};
 }
 
-// dx = (g - xh <xh, g>) / r where r > eps, else g / eps, as [N, C, *S] in the dtype of feat.
 at::Tensor normalize_rows_backward(const at::Tensor& grad_xh, const Normalized& nx, double eps, const at::Tensor& feat) {
   at::Tensor r = nx.norm.unsqueeze(-1);
   at::Tensor dot = (nx.xh * grad_xh).sum(-1, /*keepdim=*/true);
   at::Tensor dx = at::where(r > eps, (grad_xh - nx.xh * dot) / r, grad_xh / eps);
   return dx.reshape(feat.sizes()).to(feat.scalar_type());
 }
-
-}  // namespace
 
 at::Tensor correlation(const at::Tensor& feat, double eps) {
   const FeatInfo info = check_feats({feat, feat});

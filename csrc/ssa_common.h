@@ -53,6 +53,17 @@ LossTerms loss_terms(
 // weight[b, m, n] = grad * lambda / N * rho * ddelta * active: what sqdist_backward takes.
 at::Tensor ssa_backward_weight(const LossTerms& t, const at::Tensor& grad, double lambda, int64_t N);
 
+// Row (channel) L2 normalization with ATen ops, for the explicit correlation and the CUDA
+// backward (the CPU kernels fold 1 / max(||x||, eps) into their products instead).
+struct Normalized {
+  at::Tensor xh;    // [N, C, d] contiguous, compute dtype, rows of unit norm (x / eps for rows of norm <= eps)
+  at::Tensor norm;  // [N, C] row norms r
+};
+Normalized normalize_rows(const at::Tensor& feat, const FeatInfo& info, double eps);
+// dL/dx = (g - xh <xh, g>) / r where r > eps, else g / eps, from g = dL/dxh [N, C, d];
+// shaped like feat [N, C, *S] and in its dtype.
+at::Tensor normalize_rows_backward(const at::Tensor& grad_xh, const Normalized& nx, double eps, const at::Tensor& feat);
+
 // Device-agnostic ops: the explicit correlation (the only op that builds d x d), the
 // focal weight, and the SSA loss forward (which calls pairwise_sqdist through the
 // dispatcher). Each device brings pairwise_sqdist, sqdist_backward and ssa_loss_backward.

@@ -1,0 +1,605 @@
+// CUDA kernels of pairwise_sqdist, sqdist_backward and ssa_loss_backward (DESIGN.md §2-§3).
+// correlation, focal_weight and the ssa_loss forward are the device-agnostic functions of
+// ssa_common.cpp, registered here for the CUDA key.
+//
+// Forward (pairwise_sqdist, and S inside ssa_loss): fused kernels, nothing d x d stored.
+//   direct: one block per 64 x 64 tile (I, J >= I) of D and sample; for every modality the
+//           tile of K = Xh^T Xh is accumulated over channels (tensor cores for fp16/bf16,
+//           TF32 when torch allows it), the normalization folded in as a per-channel scale
+//           while staging; the squared differences of every pair are reduced in registers
+//           into one partial sum per tile, and the partials are summed in a fixed order.
+//   gram:   one block per 64 x 64 tile of every Gram block G_mn = Xh_m Xh_n^T (n >= m),
+//           accumulated over d, squared and reduced the same way; S_mn = |G_mm|^2 -
+//           2 |G_mn|^2 + |G_nn|^2 from fp64 partials, clamped at 0.
+// No floating-point atomics: the same inputs give the same bits on every run.
+//
+// Backward: cuBLAS products (deterministic on one stream) over bounded buffers:
+//   direct: strips of kStripBudget entries of K_m and of E_m = 4 (a_m K_m - sum_n w_mn K_n),
+//           multiplied into Xh_m: dXh_m = Xh_m E_m;
+//   gram:   dXh_m = 4 (a_m G_mm Xh_m - sum_n w_mn G_mn Xh_n) from the [C_m, C_n] Gram blocks;
+// then the normalization backward. Nothing reads a value back to the host, so the ops can
+// be captured in CUDA graphs (torch.compile mode="reduce-overhead").
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include "ssa_common.h"
+#include "tile_core.cuh"
+
+#include <ATen/Context.h>
+#include <ATen/Dispatch.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/baddbmm.h>
+#include <ATen/ops/bmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/stack.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <torch/library.h>
+#ifndef MTUT_CUDA_EMULATE
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+namespace mtut {
+namespace cuda {
+namespace {
+
+// CUDA spelling of the ATen element types.
+template <typename T> struct Raw { using type = T; };
+template <> struct Raw<at::Half> { using type = __half; };
+template <> struct Raw<at::BFloat16> { using type = __nv_bfloat16; };
+
+// What a kernel computes in besides the MMA: fp64 for fp64 inputs, fp32 otherwise.
+template <typename Tin> using Cmp = std::conditional_t<std::is_same_v<Tin, double>, double, float>;
+
+template <typename C, typename T> __device__ __forceinline__ C load_as(const T* p) {
+  return static_cast<C>(to_float<T>(*p));
+}
+template <> __device__ __forceinline__ double load_as<double, double>(const double* p) { return *p; }
+
+#ifndef MTUT_CUDA_EMULATE
+// kernel<<<grid, block, 0, stream>>>(args...), then the launch error check.
+template <typename... KArgs, typename... Args>
+void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t stream, Args&&... args) {
+  kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+using DeviceScope = c10::cuda::CUDAGuard;
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+#else
+using emulation::launch;
+using DeviceScope = emulation::DeviceScope;
+cudaStream_t current_stream() { return nullptr; }
+#endif
+
+constexpr int kMaxGroup = 3;         // modalities whose K tiles one direct block holds at once
+constexpr int64_t kMaxGrid = 65535;  // grid.y and grid.z limit
+
+// ------------------------------------------------------------------ row scales
+
+// scale[b, c] = 1 / max(||x[b, c, :]||, eps): one warp per row, fp64 sum in a fixed order.
+template <typename Tin>
+__global__ void __launch_bounds__(kThreads) row_scale_kernel(
+    const Tin* __restrict__ x, int64_t sn, int64_t sc, int64_t sd, int64_t C, int64_t d, int64_t rows, double eps,
+    Cmp<Tin>* __restrict__ scale) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32;
+  if (row >= rows) return;  // whole warps leave together
+  const int lane = threadIdx.x % 32;
+  const Tin* p = x + (row / C) * sn + (row % C) * sc;
+  double acc = 0;
+  for (int64_t k = lane; k < d; k += 32) {
+    const double v = to_double<Tin>(p[k * sd]);
+    acc += v * v;
+  }
+  for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffffu, acc, offset);
+  if (lane == 0) {
+    const double r = sqrt(acc);
+    scale[row] = static_cast<Cmp<Tin>>(1.0 / (r < eps ? eps : r));  // NaN stays NaN, as clamp_min keeps it
+  }
+}
+
+// One modality's [N, C, d] view (any strides) and its row scales.
+template <typename Tin>
+struct Operand {
+  const Tin* x;
+  int64_t sn, sc, sd, C;
+  const Cmp<Tin>* scale;  // [N, C] contiguous
+};
+
+// ------------------------------------------------------------------ staging
+
+// sT[k * kLD + i] = Xh[c0 + k, p0 + i] (channel-major tile: the K = Xh^T Xh operands), zero outside.
+template <typename Core, typename Tin>
+__device__ __forceinline__ void stage_channels(typename Core::Stage* sT, const Operand<Tin>& op, int64_t b, int64_t c0,
+                                               int64_t p0, int64_t d) {
+  const Tin* x = op.x + b * op.sn;
+  const Cmp<Tin>* s = op.scale + b * op.C;
+  for (int e = threadIdx.x; e < Core::kBK * kTile; e += kThreads) {
+    const int k = e / kTile, i = e % kTile;  // consecutive threads read consecutive positions
+    const int64_t c = c0 + k, p = p0 + i;
+    Cmp<Tin> v = 0;
+    if (c < op.C && p < d) v = load_as<Cmp<Tin>>(x + c * op.sc + p * op.sd) * s[c];
+    sT[k * Core::kLD + i] = Core::stage(v);
+  }
+}
+
+// sT[k * kLD + i] = Xh[r0 + i, k0 + k] (position-major tile: the G = Xh Xh^T operands), zero outside.
+template <typename Core, typename Tin>
+__device__ __forceinline__ void stage_positions(typename Core::Stage* sT, const Operand<Tin>& op, int64_t b,
+                                                int64_t r0, int64_t k0, int64_t d) {
+  const Tin* x = op.x + b * op.sn;
+  const Cmp<Tin>* s = op.scale + b * op.C;
+  for (int e = threadIdx.x; e < Core::kBK * kTile; e += kThreads) {
+    const int i = e / Core::kBK, k = e % Core::kBK;  // consecutive threads read consecutive positions
+    const int64_t r = r0 + i, p = k0 + k;
+    Cmp<Tin> v = 0;
+    if (r < op.C && p < d) v = load_as<Cmp<Tin>>(x + r * op.sc + p * op.sd) * s[r];
+    sT[k * Core::kLD + i] = Core::stage(v);
+  }
+}
+
+// ------------------------------------------------------------------ direct forward
+
+template <typename Tin, int G>
+struct DirectArgs {
+  Operand<Tin> op[G];
+  int slot[G][G];    // pair (q1 < q2) of the group -> pair index in partial
+  int64_t d, tiles;  // tiles = ceil(d / kTile)
+  int64_t b0;        // first sample of this launch
+  int pairs;         // P = M (M - 1) / 2
+  double* partial;   // [N, tiles, tiles, P]; tiles below the diagonal stay 0
+};
+
+template <typename Tin, typename Core, int G>
+__global__ void __launch_bounds__(kThreads) direct_sqdist_kernel(const DirectArgs<Tin, G> args) {
+  const int64_t ti = blockIdx.x, tj = blockIdx.y, b = args.b0 + blockIdx.z;
+  if (tj < ti) return;  // D is symmetric: the upper triangle of tiles, off-diagonal ones twice
+  __shared__ __align__(128) typename Core::Stage sA[Core::kBK * Core::kLD];
+  __shared__ __align__(128) typename Core::Stage sB[Core::kBK * Core::kLD];
+  __shared__ double scratch[kThreads / 32];
+  Core acc[G];
+#pragma unroll
+  for (int q = 0; q < G; ++q) {
+    acc[q].zero();
+    for (int64_t c0 = 0; c0 < args.op[q].C; c0 += Core::kBK) {
+      stage_channels<Core>(sA, args.op[q], b, c0, ti * kTile, args.d);
+      stage_channels<Core>(sB, args.op[q], b, c0, tj * kTile, args.d);
+      __syncthreads();
+      acc[q].mma(sA, sB);
+      __syncthreads();
+    }
+  }
+  const double mirror = ti == tj ? 1.0 : 2.0;
+  double* out = args.partial + ((b * args.tiles + ti) * args.tiles + tj) * args.pairs;
+#pragma unroll
+  for (int q1 = 0; q1 < G; ++q1) {
+#pragma unroll
+    for (int q2 = q1 + 1; q2 < G; ++q2) {
+      typename Core::Acc local = 0;  // the tile's zero padding contributes 0 - 0
+#pragma unroll
+      for (int e = 0; e < Core::kElems; ++e) {
+        const typename Core::Acc v = acc[q1].elem(e) - acc[q2].elem(e);
+        local += v * v;
+      }
+      const double total = block_sum(static_cast<double>(local), scratch);
+      if (threadIdx.x == 0) out[args.slot[q1][q2]] = mirror * total;
+    }
+  }
+}
+
+// S[b, m, n] = S[b, n, m] = sum_t partial[b, t, p] for pair p = (m < n); one block per (p, b).
+template <typename Out>
+__global__ void __launch_bounds__(kThreads) sum_pair_partials_kernel(
+    const double* __restrict__ partial, int64_t count, int pairs, int M, Out* __restrict__ S) {
+  __shared__ double scratch[kThreads / 32];
+  const int p = blockIdx.x;
+  const int64_t b = blockIdx.y;
+  double acc = 0;
+  for (int64_t t = threadIdx.x; t < count; t += kThreads) acc += partial[(b * count + t) * pairs + p];
+  const double total = block_sum(acc, scratch);
+  if (threadIdx.x == 0) {
+    int m = 0, rest = p;  // p enumerates (m, n > m) with m major
+    while (rest >= M - 1 - m) rest -= M - 1 - m, ++m;
+    const int n = m + 1 + rest;
+    S[(b * M + m) * M + n] = S[(b * M + n) * M + m] = static_cast<Out>(total);
+  }
+}
+
+// ------------------------------------------------------------------ gram forward
+
+template <typename Tin>
+struct GramArgs {
+  Operand<Tin> a, b;  // rows of G come from a, columns from b
+  bool same;          // a is b: a diagonal block G_mm, upper tiles only
+  int64_t d, col_tiles, b0, stride;
+  double* partial;    // [N, stride] for this block; tile (pt, qt) at pt * col_tiles + qt
+};
+
+template <typename Tin, typename Core>
+__global__ void __launch_bounds__(kThreads) gram_sqnorm_kernel(const GramArgs<Tin> args) {
+  const int64_t pt = blockIdx.x, qt = blockIdx.y, b = args.b0 + blockIdx.z;
+  if (args.same && qt < pt) return;
+  __shared__ __align__(128) typename Core::Stage sA[Core::kBK * Core::kLD];
+  __shared__ __align__(128) typename Core::Stage sB[Core::kBK * Core::kLD];
+  __shared__ double scratch[kThreads / 32];
+  Core acc;
+  acc.zero();
+  for (int64_t k0 = 0; k0 < args.d; k0 += Core::kBK) {
+    stage_positions<Core>(sA, args.a, b, pt * kTile, k0, args.d);
+    stage_positions<Core>(sB, args.b, b, qt * kTile, k0, args.d);
+    __syncthreads();
+    acc.mma(sA, sB);
+    __syncthreads();
+  }
+  typename Core::Acc local = 0;
+#pragma unroll
+  for (int e = 0; e < Core::kElems; ++e) local += acc.elem(e) * acc.elem(e);
+  const double total = block_sum(static_cast<double>(local), scratch);
+  if (threadIdx.x == 0) args.partial[b * args.stride + pt * args.col_tiles + qt] = (args.same && qt != pt ? 2.0 : 1.0) * total;
+}
+
+// t[b, k] = sum of partial[k, b, :] (block k = (m <= n), m major); one block per (k, b).
+__global__ void __launch_bounds__(kThreads) sum_block_partials_kernel(
+    const double* __restrict__ partial, int64_t N, int64_t stride, int blocks, double* __restrict__ t) {
+  __shared__ double scratch[kThreads / 32];
+  const int k = blockIdx.x;
+  const int64_t b = blockIdx.y;
+  double acc = 0;
+  const double* p = partial + (static_cast<int64_t>(k) * N + b) * stride;
+  for (int64_t i = threadIdx.x; i < stride; i += kThreads) acc += p[i];
+  const double total = block_sum(acc, scratch);
+  if (threadIdx.x == 0) t[b * blocks + k] = total;
+}
+
+__host__ __device__ inline int block_index(int m, int n, int M) { return m * M - m * (m - 1) / 2 + (n - m); }
+
+// S_mn = t_mm - 2 t_mn + t_nn, clamped at 0 (a NaN passes): one thread per (b, m, n).
+template <typename Out>
+__global__ void combine_gram_kernel(const double* __restrict__ t, int64_t N, int M, Out* __restrict__ S) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= N * M * M) return;
+  const int64_t b = i / (M * M);
+  const int m = static_cast<int>((i / M) % M), n = static_cast<int>(i % M);
+  const int blocks = M * (M + 1) / 2;
+  double v = 0;
+  if (m != n) {
+    const int lo = m < n ? m : n, hi = m < n ? n : m;
+    const double* tb = t + b * blocks;
+    v = tb[block_index(lo, lo, M)] - 2.0 * tb[block_index(lo, hi, M)] + tb[block_index(hi, hi, M)];
+    v = v < 0 ? 0.0 : v;
+  }
+  S[i] = static_cast<Out>(v);
+}
+
+// ------------------------------------------------------------------ host side
+
+enum class CoreKind { Simt, Wmma, Tf32 };
+
+// Tensor cores from sm_80 (fp16/bf16; fp32 as TF32 only when torch's matmul precision allows it).
+CoreKind pick_core(at::ScalarType dtype, int device) {
+  int major = 0;
+#ifndef MTUT_CUDA_EMULATE
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+#else
+  major = emulation::compute_capability_major();  // the tests choose which cores run
+#endif
+  if (major < 8) return CoreKind::Simt;
+  if (dtype == at::kHalf || dtype == at::kBFloat16) return CoreKind::Wmma;
+  if (dtype == at::kFloat && at::globalContext().allowTF32CuBLAS()) return CoreKind::Tf32;
+  return CoreKind::Simt;
+}
+
+struct Prepared {
+  std::vector<at::Tensor> views;   // [N, C_m, d] views (copies only where no view exists)
+  std::vector<at::Tensor> scales;  // [N, C_m] compute dtype
+};
+
+template <typename T>
+Prepared prepare(at::TensorList feats, const FeatInfo& info, double eps, cudaStream_t stream) {
+  using Tin = typename Raw<T>::type;
+  Prepared p;
+  for (const auto& f : feats) {
+    at::Tensor v = f.reshape({info.N, f.size(1), info.d});
+    at::Tensor s = at::empty({info.N, f.size(1)}, f.options().dtype(info.compute_dtype));
+    const int64_t rows = info.N * f.size(1);
+    const int64_t blocks = (rows + kThreads / 32 - 1) / (kThreads / 32);
+    launch(row_scale_kernel<Tin>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), stream,
+           reinterpret_cast<const Tin*>(v.const_data_ptr<T>()), v.stride(0), v.stride(1), v.stride(2), f.size(1),
+           info.d, rows, eps, s.mutable_data_ptr<Cmp<Tin>>());
+    p.views.push_back(v);
+    p.scales.push_back(s);
+  }
+  return p;
+}
+
+template <typename T>
+Operand<typename Raw<T>::type> operand(const Prepared& p, size_t m) {
+  using Tin = typename Raw<T>::type;
+  const at::Tensor& v = p.views[m];
+  return {reinterpret_cast<const Tin*>(v.const_data_ptr<T>()), v.stride(0), v.stride(1), v.stride(2), v.size(1),
+          p.scales[m].const_data_ptr<Cmp<Tin>>()};
+}
+
+template <typename T, typename Core, int G>
+void launch_direct(const Prepared& p, const FeatInfo& info, const std::vector<int>& group, at::Tensor& partial,
+                   cudaStream_t stream) {
+  using Tin = typename Raw<T>::type;
+  DirectArgs<Tin, G> args{};
+  const int M = static_cast<int>(info.M);
+  for (int q = 0; q < G; ++q) args.op[q] = operand<T>(p, group[q]);
+  for (int q1 = 0; q1 < G; ++q1)
+    for (int q2 = q1 + 1; q2 < G; ++q2) {
+      const int m = group[q1], n = group[q2];  // m < n
+      args.slot[q1][q2] = m * (2 * M - m - 1) / 2 + (n - m - 1);
+    }
+  args.d = info.d;
+  args.tiles = (info.d + kTile - 1) / kTile;
+  args.pairs = M * (M - 1) / 2;
+  args.partial = partial.mutable_data_ptr<double>();
+  for (int64_t b0 = 0; b0 < info.N; b0 += kMaxGrid) {
+    args.b0 = b0;
+    const dim3 grid(static_cast<unsigned>(args.tiles), static_cast<unsigned>(args.tiles),
+                    static_cast<unsigned>(std::min(kMaxGrid, info.N - b0)));
+    launch(direct_sqdist_kernel<Tin, Core, G>, grid, dim3(kThreads), stream, args);
+  }
+}
+
+template <typename T, typename Core>
+void direct_groups(const Prepared& p, const FeatInfo& info, at::Tensor& partial, cudaStream_t stream) {
+  const int M = static_cast<int>(info.M);
+  if (M <= kMaxGroup) {  // every K tile computed once
+    std::vector<int> all(M);
+    for (int m = 0; m < M; ++m) all[m] = m;
+    if (M == 2) launch_direct<T, Core, 2>(p, info, all, partial, stream);
+    else launch_direct<T, Core, 3>(p, info, all, partial, stream);
+    return;
+  }
+  for (int m = 0; m < M; ++m)  // more modalities than registers for their tiles: pair by pair
+    for (int n = m + 1; n < M; ++n) launch_direct<T, Core, 2>(p, info, {m, n}, partial, stream);
+}
+
+template <typename T, typename Core>
+void launch_gram(const Prepared& p, const FeatInfo& info, at::Tensor& partial, int64_t stride, cudaStream_t stream) {
+  using Tin = typename Raw<T>::type;
+  const int M = static_cast<int>(info.M);
+  for (int m = 0; m < M; ++m)
+    for (int n = m; n < M; ++n) {
+      GramArgs<Tin> args{};
+      args.a = operand<T>(p, m);
+      args.b = operand<T>(p, n);
+      args.same = m == n;
+      args.d = info.d;
+      const int64_t row_tiles = (info.channels[m] + kTile - 1) / kTile;
+      args.col_tiles = (info.channels[n] + kTile - 1) / kTile;
+      args.stride = stride;
+      args.partial = partial.select(0, block_index(m, n, M)).mutable_data_ptr<double>();
+      for (int64_t b0 = 0; b0 < info.N; b0 += kMaxGrid) {
+        args.b0 = b0;
+        const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(args.col_tiles),
+                        static_cast<unsigned>(std::min(kMaxGrid, info.N - b0)));
+        launch(gram_sqnorm_kernel<Tin, Core>, grid, dim3(kThreads), stream, args);
+      }
+    }
+}
+
+// Calls f.template operator()<Core>() with the core chosen for T.
+template <typename T, typename F>
+void with_core(CoreKind kind, F&& f) {
+  using Tin = typename Raw<T>::type;
+  if constexpr (std::is_same_v<Tin, double>) {
+    f.template operator()<SimtCore<double>>();
+  } else if constexpr (std::is_same_v<Tin, float>) {
+    if (kind == CoreKind::Tf32) f.template operator()<Tf32Core>();
+    else f.template operator()<SimtCore<float>>();
+  } else {
+    if (kind == CoreKind::Wmma) f.template operator()<WmmaCore<Tin>>();
+    else f.template operator()<SimtCore<float>>();
+  }
+}
+
+at::Tensor sqdist_forward(at::TensorList feats, const FeatInfo& info, double eps, Algo algo) {
+  const DeviceScope guard(feats[0].device());
+  cudaStream_t stream = current_stream();
+  const int M = static_cast<int>(info.M);
+  const auto f64 = feats[0].options().dtype(at::kDouble);
+  at::Tensor S = at::zeros({info.N, info.M, info.M}, feats[0].options().dtype(info.compute_dtype));
+  const CoreKind kind = pick_core(info.dtype, feats[0].get_device());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, info.dtype, "mtut_pairwise_sqdist_cuda", [&] {
+    using Out = Cmp<typename Raw<scalar_t>::type>;
+    const Prepared p = prepare<scalar_t>(feats, info, eps, stream);
+    if (algo == Algo::Direct) {
+      const int64_t tiles = (info.d + kTile - 1) / kTile;
+      TORCH_CHECK_VALUE(tiles <= kMaxGrid, "mtut: algo='direct' on CUDA supports d <= ", kMaxGrid * kTile,
+                        " (prod of the spatiotemporal dims), got d = ", info.d, "; use algo='gram' or 'auto'");
+      const int pairs = M * (M - 1) / 2;
+      at::Tensor partial = at::zeros({info.N, tiles * tiles, pairs}, f64);
+      with_core<scalar_t>(kind, [&]<typename Core>() { direct_groups<scalar_t, Core>(p, info, partial, stream); });
+      launch(sum_pair_partials_kernel<Out>, dim3(pairs, static_cast<unsigned>(info.N)), dim3(kThreads), stream,
+             partial.const_data_ptr<double>(), tiles * tiles, pairs, M, S.mutable_data_ptr<Out>());
+    } else {
+      int64_t stride = 1;  // the most tiles of any block
+      for (int m = 0; m < M; ++m)
+        for (int n = m; n < M; ++n)
+          stride = std::max(stride, ((info.channels[m] + kTile - 1) / kTile) * ((info.channels[n] + kTile - 1) / kTile));
+      const int blocks = M * (M + 1) / 2;
+      at::Tensor partial = at::zeros({blocks, info.N, stride}, f64);
+      with_core<scalar_t>(kind, [&]<typename Core>() { launch_gram<scalar_t, Core>(p, info, partial, stride, stream); });
+      at::Tensor t = at::empty({info.N, blocks}, f64);
+      launch(sum_block_partials_kernel, dim3(blocks, static_cast<unsigned>(info.N)), dim3(kThreads), stream,
+             partial.const_data_ptr<double>(), info.N, stride, blocks, t.mutable_data_ptr<double>());
+      const int64_t count = info.N * M * M;
+      launch(combine_gram_kernel<Out>, dim3(static_cast<unsigned>((count + kThreads - 1) / kThreads)), dim3(kThreads),
+             stream, t.const_data_ptr<double>(), info.N, M, S.mutable_data_ptr<Out>());
+    }
+  });
+  return S;
+}
+
+// ------------------------------------------------------------------ backward (cuBLAS products)
+
+#ifndef MTUT_CUDA_EMULATE
+constexpr int64_t kStripBudget = int64_t(1) << 25;  // entries of one K strip [N, rows, d]
+#else
+constexpr int64_t kStripBudget = 1024;  // so that the tests' small shapes walk many strips
+#endif
+
+// dL/dXh_m = Xh_m E_m, E_m = 4 (a_m K_m - sum_{n != m} w_mn K_n), over strips of rows of E.
+std::vector<at::Tensor> direct_grad_xh(const std::vector<Normalized>& nx, const at::Tensor& w, const FeatInfo& info) {
+  const int64_t M = info.M, N = info.N, d = info.d;
+  const int64_t rows = std::clamp<int64_t>(kStripBudget / std::max<int64_t>(N * d, 1), 1, d);
+  std::vector<at::Tensor> coef_self(M), g(M);
+  for (int64_t m = 0; m < M; ++m) {
+    coef_self[m] = ((w.select(1, m).sum(1) - w.select(1, m).select(1, m)) * 4.0).view({N, 1, 1});
+    g[m] = at::zeros_like(nx[m].xh);
+  }
+  std::vector<at::Tensor> K(M);
+  for (int64_t i0 = 0; i0 < d; i0 += rows) {
+    const int64_t ti = std::min(rows, d - i0);
+    for (int64_t m = 0; m < M; ++m) K[m] = at::bmm(nx[m].xh.narrow(2, i0, ti).transpose(1, 2), nx[m].xh);  // [N, ti, d]
+    for (int64_t m = 0; m < M; ++m) {
+      at::Tensor E = K[m] * coef_self[m];
+      for (int64_t n = 0; n < M; ++n)
+        if (n != m) E.sub_(K[n] * (w.select(1, m).select(1, n) * 4.0).view({N, 1, 1}));
+      g[m].baddbmm_(nx[m].xh.narrow(2, i0, ti), E);  // rows I of E into every column
+    }
+  }
+  return g;
+}
+
+// The Gram blocks G_mn = Xh_m Xh_n^T, n >= m, at [m * M + n].
+std::vector<at::Tensor> gram_blocks(const std::vector<Normalized>& nx) {
+  const size_t M = nx.size();
+  std::vector<at::Tensor> G(M * M);
+  for (size_t m = 0; m < M; ++m)
+    for (size_t n = m; n < M; ++n) G[m * M + n] = at::bmm(nx[m].xh, nx[n].xh.transpose(1, 2));
+  return G;
+}
+
+// S from stored Gram blocks: fp64 squared norms, clamped at 0.
+at::Tensor sqdist_from_gram(const std::vector<at::Tensor>& G, const FeatInfo& info) {
+  const int64_t M = info.M;
+  std::vector<at::Tensor> t(M * M);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = m; n < M; ++n) t[m * M + n] = G[m * M + n].to(at::kDouble).square().sum({1, 2});
+  at::Tensor zero = at::zeros_like(t[0]);
+  std::vector<at::Tensor> rows;
+  for (int64_t m = 0; m < M; ++m) {
+    std::vector<at::Tensor> row;
+    for (int64_t n = 0; n < M; ++n) {
+      if (n == m) {
+        row.push_back(zero);
+        continue;
+      }
+      const int64_t lo = std::min(m, n), hi = std::max(m, n);
+      row.push_back((t[lo * M + lo] - t[lo * M + hi] * 2.0 + t[hi * M + hi]).clamp_min(0));
+    }
+    rows.push_back(at::stack(row, 1));
+  }
+  return at::stack(rows, 1).to(info.compute_dtype);
+}
+
+// dL/dXh_m = 4 (a_m G_mm Xh_m - sum_{n != m} w_mn G_mn Xh_n).
+std::vector<at::Tensor> gram_grad_xh(const std::vector<Normalized>& nx, const std::vector<at::Tensor>& G,
+                                     const at::Tensor& w, const FeatInfo& info) {
+  const int64_t M = info.M, N = info.N;
+  std::vector<at::Tensor> g(M);
+  for (int64_t m = 0; m < M; ++m) {
+    g[m] = at::zeros_like(nx[m].xh);
+    const at::Tensor wm = w.select(1, m);
+    for (int64_t n = 0; n < M; ++n) {
+      const at::Tensor coef = (n == m ? (wm.sum(1) - wm.select(1, m)) * 4.0 : wm.select(1, n) * -4.0).view({N, 1, 1});
+      const at::Tensor block = m <= n ? G[m * M + n] : G[n * M + m].transpose(1, 2);
+      g[m].baddbmm_(block * coef, nx[n].xh);
+    }
+  }
+  return g;
+}
+
+std::vector<Normalized> normalized(at::TensorList feats, const FeatInfo& info, double eps) {
+  std::vector<Normalized> nx;
+  for (const auto& f : feats) nx.push_back(normalize_rows(f, info, eps));
+  return nx;
+}
+
+std::vector<at::Tensor> finish(const std::vector<at::Tensor>& g, const std::vector<Normalized>& nx, double eps,
+                               at::TensorList feats) {
+  std::vector<at::Tensor> grads;
+  for (size_t m = 0; m < g.size(); ++m) grads.push_back(normalize_rows_backward(g[m], nx[m], eps, feats[m]));
+  return grads;
+}
+
+// ------------------------------------------------------------------ ops
+
+at::Tensor pairwise_sqdist(at::TensorList feats, double eps, c10::string_view algo) {
+  const FeatInfo info = check_feats(feats);
+  check_eps(eps);
+  return sqdist_forward(feats, info, eps, resolve_algo(algo, info.d, info.channels));
+}
+
+std::vector<at::Tensor> sqdist_backward(at::TensorList feats, const at::Tensor& weight, double eps, c10::string_view algo) {
+  const FeatInfo info = check_feats(feats);
+  check_weight(weight, info, feats[0]);
+  check_eps(eps);
+  const Algo a = resolve_algo(algo, info.d, info.channels);
+  const DeviceScope guard(feats[0].device());
+  const std::vector<Normalized> nx = normalized(feats, info, eps);
+  const at::Tensor w = weight.to(info.compute_dtype);
+  const std::vector<at::Tensor> g = a == Algo::Direct ? direct_grad_xh(nx, w, info) : gram_grad_xh(nx, gram_blocks(nx), w, info);
+  return finish(g, nx, eps, feats);
+}
+
+// The fused backward of the SSA loss: S again (the op's output is the scalar alone), from
+// the fused forward kernel (direct) or from the Gram blocks the gradient needs anyway (gram).
+std::vector<at::Tensor> ssa_loss_backward(
+    const at::Tensor& grad, at::TensorList feats, const at::Tensor& ce, double beta, double lambda,
+    c10::string_view distance, double eps, c10::string_view algo, std::optional<double> pair_cap) {
+  const FeatInfo info = check_loss_inputs(feats, ce, beta, lambda, distance, eps, algo, pair_cap);
+  const Algo a = resolve_algo(algo, info.d, info.channels);
+  const DeviceScope guard(feats[0].device());
+  const std::vector<Normalized> nx = normalized(feats, info, eps);
+  std::vector<at::Tensor> g;
+  if (a == Algo::Direct) {
+    const at::Tensor S = sqdist_forward(feats, info, eps, a);
+    const LossTerms t = loss_terms(S, ce, beta, lambda, distance, info.d, pair_cap);
+    g = direct_grad_xh(nx, ssa_backward_weight(t, grad, lambda, info.N), info);
+  } else {
+    const std::vector<at::Tensor> G = gram_blocks(nx);
+    const LossTerms t = loss_terms(sqdist_from_gram(G, info), ce, beta, lambda, distance, info.d, pair_cap);
+    g = gram_grad_xh(nx, G, ssa_backward_weight(t, grad, lambda, info.N), info);
+  }
+  return finish(g, nx, eps, feats);
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace mtut
+
+#ifdef MTUT_CUDA_EMULATE
+// The emulated kernels take CPU tensors; they get their own namespace so that they
+// never stand in for the real CPU kernels.
+TORCH_LIBRARY(mtut_emulated, m) {
+  m.def("pairwise_sqdist(Tensor[] feats, float eps, str algo) -> Tensor");
+  m.def("sqdist_backward(Tensor[] feats, Tensor weight, float eps, str algo) -> Tensor[]");
+  m.def(
+      "ssa_loss_backward(Tensor grad, Tensor[] feats, Tensor ce, float beta, float lambda_, "
+      "str distance, float eps, str algo, float? pair_cap) -> Tensor[]");
+}
+TORCH_LIBRARY_IMPL(mtut_emulated, CPU, m) {
+  m.impl("pairwise_sqdist", &mtut::cuda::pairwise_sqdist);
+  m.impl("sqdist_backward", &mtut::cuda::sqdist_backward);
+  m.impl("ssa_loss_backward", &mtut::cuda::ssa_loss_backward);
+}
+#else
+TORCH_LIBRARY_IMPL(mtut, CUDA, m) {
+  m.impl("correlation", &mtut::correlation);
+  m.impl("correlation_backward", &mtut::correlation_backward);
+  m.impl("pairwise_sqdist", &mtut::cuda::pairwise_sqdist);
+  m.impl("sqdist_backward", &mtut::cuda::sqdist_backward);
+  m.impl("focal_weight", &mtut::focal_weight);
+  m.impl("ssa_loss", &mtut::ssa_loss);
+  m.impl("ssa_loss_backward", &mtut::cuda::ssa_loss_backward);
+}
+#endif

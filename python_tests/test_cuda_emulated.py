@@ -1,0 +1,191 @@
+"""The CUDA kernels of csrc/cuda, run on the CPU (csrc/emulation/cuda_emulation.h).
+
+The emulation runs every CUDA thread of a block as a host thread, with real barriers and
+warp shuffles, and tensor-core fragments with a layout of its own. It checks what can go
+wrong without a GPU in sight: tile indexing and ragged edges, the staging of the
+normalized rows, the channel/position loops, the upper-triangle walk and its mirror
+factor, the per-pair slots, the fixed-order reductions, the choice of core, and the
+host code around the kernels (the backward included). It says nothing about speed,
+races or the hardware's fragment layout; python_tests run the real kernels on a GPU.
+
+Tolerances: the fp64 and exact-fp32 cores are held to test_accuracy's bound. The
+tensor-core cores see the normalized rows rounded to fp16/bf16/TF32 by design, so they
+are compared, under the same fp32 bound, with the exact S of those rounded rows.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtut_ops import reference as R
+
+from .conftest import leaf, make_ce, make_feats
+from .test_accuracy import sqdist_bound
+
+ROOT = Path(__file__).resolve().parents[1]
+EPS = 1e-8
+
+
+@pytest.fixture(scope="module")
+def emulated():
+    from torch.utils import cpp_extension
+
+    build = ROOT / "build" / "cuda_emulated"
+    build.mkdir(parents=True, exist_ok=True)
+    cpp_extension.load(
+        name="mtut_cuda_emulated",
+        sources=[str(ROOT / "csrc" / "emulation" / "ssa_cuda_emulated.cpp"), str(ROOT / "csrc" / "ssa_common.cpp")],
+        extra_include_paths=[str(ROOT / "csrc")],
+        extra_cflags=["-O2"],
+        build_directory=str(build),
+        is_python_module=False,
+    )
+    return torch.ops.mtut_emulated
+
+
+@pytest.fixture
+def core(request, monkeypatch):
+    """(sm, tf32): the emulated device's compute capability and torch's TF32 setting."""
+    sm, tf32 = request.param
+    monkeypatch.setenv("MTUT_EMULATED_SM", str(sm))
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    yield sm, tf32
+    torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def _tf32(x: torch.Tensor) -> torch.Tensor:
+    """cvt.rna.tf32.f32 on a float32 tensor: 10 mantissa bits, ties away from zero."""
+    bits = x.view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+def staged_rows(f: torch.Tensor, stage: torch.dtype | str) -> torch.Tensor:
+    """The [N, C, d] rows as the kernel stages them: x * s in the kernel's compute type,
+    s = 1 / max(||x||, eps) from an fp64 sum, rounded to the operand type."""
+    x = f.reshape(f.shape[0], f.shape[1], -1)
+    if f.dtype == torch.float64:
+        return x / x.norm(dim=-1, keepdim=True).clamp_min(EPS)
+    xf = x.float()
+    s = (1 / x.double().norm(dim=-1, keepdim=True).clamp_min(EPS)).float()
+    v = xf * s
+    if stage == "tf32":
+        return _tf32(v).double()
+    return v.to(stage).double()
+
+
+def exact_sqdist(rows: list[torch.Tensor]) -> torch.Tensor:
+    """S of the given rows in fp64, without normalizing them again."""
+    K = [r.transpose(1, 2) @ r for r in rows]
+    M = len(rows)
+    S = torch.zeros(rows[0].shape[0], M, M, dtype=torch.float64)
+    for m in range(M):
+        for n in range(M):
+            S[:, m, n] = (K[m] - K[n]).pow(2).sum((1, 2))
+    return S
+
+
+# (dtype, (sm, tf32)) -> what the staged operands are; None: exact (the reference itself)
+CASES = [
+    (torch.float64, (90, False), None),
+    (torch.float32, (90, False), None),
+    (torch.float32, (90, True), "tf32"),
+    (torch.float16, (90, False), torch.float16),
+    (torch.bfloat16, (90, False), torch.bfloat16),
+    (torch.float16, (75, False), torch.float32),  # before sm_80: the exact fp32 core
+    (torch.bfloat16, (75, False), torch.float32),
+]
+SHAPES = [
+    # N, channels, spatial: d = 70 and 65 cross the 64-wide tile; C = 70 crosses the channel
+    # chunk (16/32) and the 64-row Gram tile; M = 4 runs the pair-by-pair direct launches.
+    (2, [5, 70], [2, 5, 7]),
+    (1, [3, 40, 17], [65]),
+    (2, [4, 9, 2, 6], [3, 3]),
+    (1, [1, 2], []),  # d = 1
+]
+
+
+@pytest.mark.parametrize("algo", ["direct", "gram"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"N{s[0]}-C{'.'.join(map(str, s[1]))}-S{'x'.join(map(str, s[2]))}")
+@pytest.mark.parametrize(("dtype", "core", "stage"), [(d, c, s) for d, c, s in CASES],
+                         ids=[f"{str(d)[6:]}-sm{c[0]}{'-tf32' if c[1] else ''}" for d, c, _ in CASES], indirect=["core"])
+def test_pairwise_sqdist(emulated, algo, shape, dtype, core, stage):
+    N, channels, spatial = shape
+    feats = [f.to(dtype) for f in make_feats(N, channels, spatial, seed=len(channels))]
+    S = emulated.pairwise_sqdist(feats, EPS, algo)
+    assert S.shape == (N, len(channels), len(channels))
+    assert S.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    d = feats[0][0, 0].numel()
+    if stage is None:
+        ref = R.pairwise_sqdist([f.double() for f in feats])
+        bound = sqdist_bound(channels, d, dtype)
+    else:
+        ref = exact_sqdist([staged_rows(f, stage) for f in feats])
+        bound = sqdist_bound(channels, d, torch.float32)
+    err = (S.double() - ref).abs()
+    assert (err <= bound).all(), (err.max(), bound.min())
+    if stage in (torch.float16, torch.bfloat16, "tf32"):
+        # The rounded operands move S measurably; the kernel must follow them, not the exact rows.
+        moved = (ref - R.pairwise_sqdist([f.double() for f in feats])).abs().max()
+        if moved > 0:
+            assert err.max() < 0.1 * moved, (err.max(), moved)
+    assert torch.equal(S, S.transpose(1, 2)) and (S.diagonal(dim1=1, dim2=2) == 0).all()
+
+
+@pytest.mark.parametrize("core", [(90, False)], indirect=True)
+@pytest.mark.parametrize("algo", ["direct", "gram"])
+def test_noncontiguous_and_deterministic(emulated, core, algo):
+    feats = make_feats(2, [6, 33], [3, 23], noncontiguous=True, dtype=torch.float32, seed=5)
+    assert not feats[0].is_contiguous()
+    S1 = emulated.pairwise_sqdist(feats, EPS, algo)
+    S2 = emulated.pairwise_sqdist([f.contiguous() for f in feats], EPS, algo)
+    assert torch.equal(S1, S2)  # strided loads read the same values, summed in the same order
+    ref = R.pairwise_sqdist([f.double() for f in feats])
+    assert ((S1.double() - ref).abs() <= sqdist_bound([6, 33], 69, torch.float32)).all()
+
+
+@pytest.mark.parametrize("core", [(90, False)], indirect=True)
+def test_zero_rows_and_nan(emulated, core):
+    feats = make_feats(1, [3, 4], [2, 3], seed=2)
+    feats[0][0, 1] = 0  # a zero row: scale 1 / eps, xh = 0
+    S = emulated.pairwise_sqdist(feats, EPS, "direct")
+    torch.testing.assert_close(S, R.pairwise_sqdist(feats), rtol=1e-12, atol=1e-12)
+    feats[1][0, 2, 1, 1] = float("nan")
+    for algo in ("direct", "gram"):
+        assert emulated.pairwise_sqdist(feats, EPS, algo)[0, 0, 1].isnan()
+
+
+@pytest.mark.parametrize("core", [(90, False)], indirect=True)
+@pytest.mark.parametrize("algo", ["direct", "gram"])
+def test_backward_ops_fp64(emulated, core, algo):
+    """sqdist_backward and ssa_loss_backward against autograd through the reference."""
+    feats = make_feats(2, [5, 7, 3], [2, 35], seed=9)
+    g = torch.randn(2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    ref = leaf(feats)
+    (R.pairwise_sqdist(ref) * g).sum().backward()
+    grads = emulated.sqdist_backward(feats, g + g.transpose(1, 2), EPS, algo)
+    for a, b in zip(grads, ref):
+        torch.testing.assert_close(a, b.grad, rtol=1e-9, atol=1e-9 * b.grad.abs().max().item())
+
+    ce = make_ce(3, 2, seed=4)
+    ref = leaf(feats)
+    R.ssa_loss(ref, ce, lambda_=0.5, pair_cap=10.0).backward()
+    grads = emulated.ssa_loss_backward(torch.tensor(1.0, dtype=torch.float64), feats, ce, 2.0, 0.5, "rms", EPS, algo, 10.0)
+    for a, b in zip(grads, ref):
+        torch.testing.assert_close(a, b.grad, rtol=1e-8, atol=1e-10 * (1 + b.grad.abs().max().item()))
+
+
+@pytest.mark.parametrize("core", [(90, False)], indirect=True)
+def test_backward_strips(emulated, core):
+    """The direct backward in strips of rows: the emulated build's strip budget (1024
+    entries) cuts d = 203 into 41 strips of 5 rows, the last one ragged."""
+    feats = make_feats(1, [4, 3], [7, 29], seed=3)
+    ce = torch.tensor([[1.0], [0.1]], dtype=torch.float64)
+    ref = leaf(feats)
+    R.ssa_loss(ref, ce, lambda_=0.5).backward()
+    grads = emulated.ssa_loss_backward(torch.tensor(1.0, dtype=torch.float64), feats, ce, 2.0, 0.5, "rms", EPS, "direct", None)
+    torch.testing.assert_close(grads[0], ref[0].grad, rtol=1e-8, atol=1e-12 * ref[0].grad.abs().max().item())
+    assert torch.equal(grads[1], torch.zeros_like(grads[1]))  # the better network gets nothing
