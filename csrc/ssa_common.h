@@ -53,8 +53,8 @@ LossTerms loss_terms(
 // weight[b, m, n] = grad * lambda / N * rho * ddelta * active: what sqdist_backward takes.
 at::Tensor ssa_backward_weight(const LossTerms& t, const at::Tensor& grad, double lambda, int64_t N);
 
-// Row (channel) L2 normalization with ATen ops, for the explicit correlation and the CUDA
-// backward (the CPU kernels fold 1 / max(||x||, eps) into their products instead).
+// Row (channel) L2 normalization with ATen ops, for the explicit correlation (the loss
+// kernels fold 1 / max(||x||, eps) into their products instead).
 struct Normalized {
   at::Tensor xh;    // [N, C, d] contiguous, compute dtype, rows of unit norm (x / eps for rows of norm <= eps)
   at::Tensor norm;  // [N, C] row norms r

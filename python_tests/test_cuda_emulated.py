@@ -161,8 +161,9 @@ def test_zero_rows_and_nan(emulated, core):
 @pytest.mark.parametrize("core", [(90, False)], indirect=True)
 @pytest.mark.parametrize("algo", ["direct", "gram"])
 def test_backward_ops_fp64(emulated, core, algo):
-    """sqdist_backward and ssa_loss_backward against autograd through the reference."""
-    feats = make_feats(2, [5, 7, 3], [2, 35], seed=9)
+    """sqdist_backward and ssa_loss_backward against autograd through the reference, on
+    strided inputs (the kernels read x through its strides)."""
+    feats = make_feats(2, [5, 7, 3], [2, 35], seed=9, noncontiguous=True)
     g = torch.randn(2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     ref = leaf(feats)
     (R.pairwise_sqdist(ref) * g).sum().backward()
@@ -189,3 +190,26 @@ def test_backward_strips(emulated, core):
     grads = emulated.ssa_loss_backward(torch.tensor(1.0, dtype=torch.float64), feats, ce, 2.0, 0.5, "rms", EPS, "direct", None)
     torch.testing.assert_close(grads[0], ref[0].grad, rtol=1e-8, atol=1e-12 * ref[0].grad.abs().max().item())
     assert torch.equal(grads[1], torch.zeros_like(grads[1]))  # the better network gets nothing
+
+
+@pytest.mark.parametrize("core", [(90, False)], indirect=True)
+@pytest.mark.parametrize("algo", ["direct", "gram"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_backward_low_precision_inputs(emulated, core, algo, dtype):
+    """float32 gradients are finished in place, float16/bfloat16 ones into a new tensor;
+    a zero row (float32) takes the eps rule of the normalization backward."""
+    feats = [f.to(dtype) for f in make_feats(2, [6, 9], [5, 7], seed=6)]
+    if dtype == torch.float32:
+        feats[0][1, 2] = 0
+    ce = make_ce(2, 2, seed=3)
+    ref = leaf([f.double() for f in feats])
+    R.ssa_loss(ref, ce, lambda_=0.5).backward()
+    grads = emulated.ssa_loss_backward(torch.tensor(1.0), feats, ce.float(), 2.0, 0.5, "rms", EPS, algo, None)
+    # S comes from fp16/bf16 tensor-core operands in the direct algorithm (see test_accuracy)
+    u = torch.finfo(dtype).eps / 2 if (algo == "direct" and dtype != torch.float32) else 2.0**-24
+    rel = max(1e-4, 64 * u)
+    fi = torch.finfo(dtype)
+    for a, b in zip(grads, ref):
+        assert a.dtype == dtype and a.shape == b.shape
+        tol = rel * b.grad.abs().max() + fi.eps * b.grad.abs() + fi.smallest_normal * fi.eps
+        assert ((a.double() - b.grad).abs() <= tol).all(), ((a.double() - b.grad).abs() - tol).max()

@@ -13,12 +13,15 @@
 //           2 |G_mn|^2 + |G_nn|^2 from fp64 partials, clamped at 0.
 // No floating-point atomics: the same inputs give the same bits on every run.
 //
-// Backward: cuBLAS products (deterministic on one stream) over bounded buffers:
-//   direct: strips of kStripBudget entries of K_m and of E_m = 4 (a_m K_m - sum_n w_mn K_n),
-//           multiplied into Xh_m: dXh_m = Xh_m E_m;
-//   gram:   dXh_m = 4 (a_m G_mm Xh_m - sum_n w_mn G_mn Xh_n) from the [C_m, C_n] Gram blocks;
-// then the normalization backward. Nothing reads a value back to the host, so the ops can
-// be captured in CUDA graphs (torch.compile mode="reduce-overhead").
+// Backward: cuBLAS products (deterministic on one stream) over bounded buffers, on the raw
+// rows X (the normalization enters as per-channel factors, as in the CPU kernels):
+//   direct: strips of kStripBudget entries of K_n[I, :] = X_n[:, I]^T diag(s_n^2) X_n and of
+//           E_m = 4 (a_m K_m - sum_n w_mn K_n), multiplied into graw_m += X_m[:, I] E_m[I, :];
+//   gram:   graw_m = sum_n coef_mn P_mn diag(s_n^2) X_n from the [C_m, C_n] blocks P = X X^T;
+// then a fused normalization-backward kernel turns graw (dL/dXh = diag(s) graw) into
+// dL/dX, in place for float32/float64 inputs. Beyond the gradients themselves this holds
+// O(N M^2 C^2) (gram) or one strip (direct). Nothing reads a value back to the host, so
+// the ops can be captured in CUDA graphs (torch.compile mode="reduce-overhead").
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include "ssa_common.h"
 #include "tile_core.cuh"
@@ -29,6 +32,7 @@
 #include <ATen/ops/baddbmm.h>
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
@@ -60,6 +64,9 @@ template <typename C, typename T> __device__ __forceinline__ C load_as(const T* 
 }
 template <> __device__ __forceinline__ double load_as<double, double>(const double* p) { return *p; }
 
+template <typename Tin> __device__ __forceinline__ Tin from_compute(Cmp<Tin> v) { return from_float<Tin>(v); }
+template <> __device__ __forceinline__ double from_compute<double>(double v) { return v; }
+
 #ifndef MTUT_CUDA_EMULATE
 // kernel<<<grid, block, 0, stream>>>(args...), then the launch error check.
 template <typename... KArgs, typename... Args>
@@ -80,11 +87,12 @@ constexpr int64_t kMaxGrid = 65535;  // grid.y and grid.z limit
 
 // ------------------------------------------------------------------ row scales
 
-// scale[b, c] = 1 / max(||x[b, c, :]||, eps): one warp per row, fp64 sum in a fixed order.
+// norm[b, c] = ||x[b, c, :]|| and scale[b, c] = 1 / max(norm, eps): one warp per row, fp64
+// sum in a fixed order.
 template <typename Tin>
 __global__ void __launch_bounds__(kThreads) row_scale_kernel(
     const Tin* __restrict__ x, int64_t sn, int64_t sc, int64_t sd, int64_t C, int64_t d, int64_t rows, double eps,
-    Cmp<Tin>* __restrict__ scale) {
+    Cmp<Tin>* __restrict__ norm, Cmp<Tin>* __restrict__ scale) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32;
   if (row >= rows) return;  // whole warps leave together
   const int lane = threadIdx.x % 32;
@@ -97,7 +105,40 @@ __global__ void __launch_bounds__(kThreads) row_scale_kernel(
   for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffffu, acc, offset);
   if (lane == 0) {
     const double r = sqrt(acc);
+    norm[row] = static_cast<Cmp<Tin>>(r);
     scale[row] = static_cast<Cmp<Tin>>(1.0 / (r < eps ? eps : r));  // NaN stays NaN, as clamp_min keeps it
+  }
+}
+
+// The normalization backward, fused, one block per row (b, c). graw holds the gradient
+// with the row's scale s factored out, dL/dxh = s graw (every product of the backward has
+// diag(s) on its left). With xh = s x:
+//   r > eps:  dx = (dL/dxh - xh <xh, dL/dxh>) / r = (s / r) (graw - s^2 x <x, graw>)
+//   r <= eps: dx = dL/dxh / eps = (s / eps) graw
+// out may be graw itself (same dtype and layout): a row is read before it is written.
+template <typename Tin>
+__global__ void __launch_bounds__(kThreads) normalize_backward_kernel(
+    const Cmp<Tin>* graw, const Tin* __restrict__ x, int64_t sn, int64_t sc, int64_t sd, int64_t C, int64_t d,
+    const Cmp<Tin>* __restrict__ norm, const Cmp<Tin>* __restrict__ scale, double eps, Tin* out) {
+  using T = Cmp<Tin>;
+  __shared__ double scratch[kThreads / 32];
+  __shared__ double dot;
+  const int64_t row = blockIdx.x;
+  const T s = scale[row], r = norm[row];
+  const T* g = graw + row * d;
+  const Tin* xr = x + (row / C) * sn + (row % C) * sc;
+  Tin* o = out + row * d;
+  if (r > eps) {
+    double acc = 0;
+    for (int64_t k = threadIdx.x; k < d; k += kThreads) acc += to_double<Tin>(xr[k * sd]) * static_cast<double>(g[k]);
+    const double total = block_sum(acc, scratch);
+    if (threadIdx.x == 0) dot = total;
+    __syncthreads();
+    const T f = s / r, c = static_cast<T>(static_cast<double>(s) * s * dot);
+    for (int64_t k = threadIdx.x; k < d; k += kThreads) o[k] = from_compute<Tin>(f * (g[k] - c * load_as<T>(xr + k * sd)));
+  } else {
+    const T f = static_cast<T>(s / eps);
+    for (int64_t k = threadIdx.x; k < d; k += kThreads) o[k] = from_compute<Tin>(f * g[k]);
   }
 }
 
@@ -294,7 +335,8 @@ CoreKind pick_core(at::ScalarType dtype, int device) {
 
 struct Prepared {
   std::vector<at::Tensor> views;   // [N, C_m, d] views (copies only where no view exists)
-  std::vector<at::Tensor> scales;  // [N, C_m] compute dtype
+  std::vector<at::Tensor> norms;   // [N, C_m] compute dtype, r = ||x||
+  std::vector<at::Tensor> scales;  // [N, C_m] compute dtype, s = 1 / max(r, eps)
 };
 
 template <typename T>
@@ -303,13 +345,15 @@ Prepared prepare(at::TensorList feats, const FeatInfo& info, double eps, cudaStr
   Prepared p;
   for (const auto& f : feats) {
     at::Tensor v = f.reshape({info.N, f.size(1), info.d});
+    at::Tensor r = at::empty({info.N, f.size(1)}, f.options().dtype(info.compute_dtype));
     at::Tensor s = at::empty({info.N, f.size(1)}, f.options().dtype(info.compute_dtype));
     const int64_t rows = info.N * f.size(1);
     const int64_t blocks = (rows + kThreads / 32 - 1) / (kThreads / 32);
     launch(row_scale_kernel<Tin>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), stream,
            reinterpret_cast<const Tin*>(v.const_data_ptr<T>()), v.stride(0), v.stride(1), v.stride(2), f.size(1),
-           info.d, rows, eps, s.mutable_data_ptr<Cmp<Tin>>());
+           info.d, rows, eps, r.mutable_data_ptr<Cmp<Tin>>(), s.mutable_data_ptr<Cmp<Tin>>());
     p.views.push_back(v);
+    p.norms.push_back(r);
     p.scales.push_back(s);
   }
   return p;
@@ -400,134 +444,150 @@ void with_core(CoreKind kind, F&& f) {
   }
 }
 
-at::Tensor sqdist_forward(at::TensorList feats, const FeatInfo& info, double eps, Algo algo) {
-  const DeviceScope guard(feats[0].device());
-  cudaStream_t stream = current_stream();
+// S [N, M, M] (compute dtype) by the fused kernels, from prepared rows.
+template <typename T>
+at::Tensor sqdist_fused(const Prepared& p, const FeatInfo& info, Algo algo, const at::TensorOptions& options,
+                        cudaStream_t stream) {
+  using Out = Cmp<typename Raw<T>::type>;
   const int M = static_cast<int>(info.M);
-  const auto f64 = feats[0].options().dtype(at::kDouble);
-  at::Tensor S = at::zeros({info.N, info.M, info.M}, feats[0].options().dtype(info.compute_dtype));
-  const CoreKind kind = pick_core(info.dtype, feats[0].get_device());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, info.dtype, "mtut_pairwise_sqdist_cuda", [&] {
-    using Out = Cmp<typename Raw<scalar_t>::type>;
-    const Prepared p = prepare<scalar_t>(feats, info, eps, stream);
-    if (algo == Algo::Direct) {
-      const int64_t tiles = (info.d + kTile - 1) / kTile;
-      TORCH_CHECK_VALUE(tiles <= kMaxGrid, "mtut: algo='direct' on CUDA supports d <= ", kMaxGrid * kTile,
-                        " (prod of the spatiotemporal dims), got d = ", info.d, "; use algo='gram' or 'auto'");
-      const int pairs = M * (M - 1) / 2;
-      at::Tensor partial = at::zeros({info.N, tiles * tiles, pairs}, f64);
-      with_core<scalar_t>(kind, [&]<typename Core>() { direct_groups<scalar_t, Core>(p, info, partial, stream); });
-      launch(sum_pair_partials_kernel<Out>, dim3(pairs, static_cast<unsigned>(info.N)), dim3(kThreads), stream,
-             partial.const_data_ptr<double>(), tiles * tiles, pairs, M, S.mutable_data_ptr<Out>());
-    } else {
-      int64_t stride = 1;  // the most tiles of any block
-      for (int m = 0; m < M; ++m)
-        for (int n = m; n < M; ++n)
-          stride = std::max(stride, ((info.channels[m] + kTile - 1) / kTile) * ((info.channels[n] + kTile - 1) / kTile));
-      const int blocks = M * (M + 1) / 2;
-      at::Tensor partial = at::zeros({blocks, info.N, stride}, f64);
-      with_core<scalar_t>(kind, [&]<typename Core>() { launch_gram<scalar_t, Core>(p, info, partial, stride, stream); });
-      at::Tensor t = at::empty({info.N, blocks}, f64);
-      launch(sum_block_partials_kernel, dim3(blocks, static_cast<unsigned>(info.N)), dim3(kThreads), stream,
-             partial.const_data_ptr<double>(), info.N, stride, blocks, t.mutable_data_ptr<double>());
-      const int64_t count = info.N * M * M;
-      launch(combine_gram_kernel<Out>, dim3(static_cast<unsigned>((count + kThreads - 1) / kThreads)), dim3(kThreads),
-             stream, t.const_data_ptr<double>(), info.N, M, S.mutable_data_ptr<Out>());
-    }
-  });
+  const auto f64 = options.dtype(at::kDouble);
+  at::Tensor S = at::zeros({info.N, info.M, info.M}, options.dtype(info.compute_dtype));
+  const CoreKind kind = pick_core(info.dtype, options.device().index());
+  if (algo == Algo::Direct) {
+    const int64_t tiles = (info.d + kTile - 1) / kTile;
+    TORCH_CHECK_VALUE(tiles <= kMaxGrid, "mtut: algo='direct' on CUDA supports d <= ", kMaxGrid * kTile,
+                      " (prod of the spatiotemporal dims), got d = ", info.d, "; use algo='gram' or 'auto'");
+    const int pairs = M * (M - 1) / 2;
+    at::Tensor partial = at::zeros({info.N, tiles * tiles, pairs}, f64);
+    with_core<T>(kind, [&]<typename Core>() { direct_groups<T, Core>(p, info, partial, stream); });
+    launch(sum_pair_partials_kernel<Out>, dim3(pairs, static_cast<unsigned>(info.N)), dim3(kThreads), stream,
+           partial.const_data_ptr<double>(), tiles * tiles, pairs, M, S.mutable_data_ptr<Out>());
+    return S;
+  }
+  int64_t stride = 1;  // the most tiles of any block
+  for (int m = 0; m < M; ++m)
+    for (int n = m; n < M; ++n)
+      stride = std::max(stride, ((info.channels[m] + kTile - 1) / kTile) * ((info.channels[n] + kTile - 1) / kTile));
+  const int blocks = M * (M + 1) / 2;
+  at::Tensor partial = at::zeros({blocks, info.N, stride}, f64);
+  with_core<T>(kind, [&]<typename Core>() { launch_gram<T, Core>(p, info, partial, stride, stream); });
+  at::Tensor t = at::empty({info.N, blocks}, f64);
+  launch(sum_block_partials_kernel, dim3(blocks, static_cast<unsigned>(info.N)), dim3(kThreads), stream,
+         partial.const_data_ptr<double>(), info.N, stride, blocks, t.mutable_data_ptr<double>());
+  const int64_t count = info.N * M * M;
+  launch(combine_gram_kernel<Out>, dim3(static_cast<unsigned>((count + kThreads - 1) / kThreads)), dim3(kThreads),
+         stream, t.const_data_ptr<double>(), info.N, M, S.mutable_data_ptr<Out>());
   return S;
 }
 
 // ------------------------------------------------------------------ backward (cuBLAS products)
 
 #ifndef MTUT_CUDA_EMULATE
-constexpr int64_t kStripBudget = int64_t(1) << 25;  // entries of one K strip [N, rows, d]
+constexpr int64_t kStripBudget = int64_t(1) << 24;  // entries of one K strip [N, rows, d]
 #else
 constexpr int64_t kStripBudget = 1024;  // so that the tests' small shapes walk many strips
 #endif
 
-// dL/dXh_m = Xh_m E_m, E_m = 4 (a_m K_m - sum_{n != m} w_mn K_n), over strips of rows of E.
-std::vector<at::Tensor> direct_grad_xh(const std::vector<Normalized>& nx, const at::Tensor& w, const FeatInfo& info) {
+// The rows in the compute dtype for the products: the input itself for float/double
+// (a view), a converted copy for float16/bfloat16 (whose products could overflow).
+std::vector<at::Tensor> compute_rows(const Prepared& p, const FeatInfo& info) {
+  std::vector<at::Tensor> x;
+  for (const auto& v : p.views) x.push_back(v.to(info.compute_dtype));
+  return x;
+}
+
+at::Tensor column(const at::Tensor& v) { return v.unsqueeze(-1); }  // [N, C] -> [N, C, 1]
+
+// graw_m with dL/dXh_m = diag(s_m) graw_m for dL/dXh_m = Xh_m E_m, E_m = 4 (a_m K_m -
+// sum_{n != m} w_mn K_n), over strips of rows I of E: K_n[I, :] = X_n[:, I]^T diag(s_n^2) X_n
+// and graw_m += X_m[:, I] E_m[I, :].
+std::vector<at::Tensor> direct_grad_raw(const Prepared& p, const std::vector<at::Tensor>& x, const at::Tensor& w,
+                                        const FeatInfo& info) {
   const int64_t M = info.M, N = info.N, d = info.d;
   const int64_t rows = std::clamp<int64_t>(kStripBudget / std::max<int64_t>(N * d, 1), 1, d);
-  std::vector<at::Tensor> coef_self(M), g(M);
+  std::vector<at::Tensor> coef_self(M), g(M), s2(M);
   for (int64_t m = 0; m < M; ++m) {
     coef_self[m] = ((w.select(1, m).sum(1) - w.select(1, m).select(1, m)) * 4.0).view({N, 1, 1});
-    g[m] = at::zeros_like(nx[m].xh);
+    g[m] = at::zeros({N, info.channels[m], d}, x[m].options().memory_format(at::MemoryFormat::Contiguous));
+    s2[m] = column(p.scales[m] * p.scales[m]);
   }
   std::vector<at::Tensor> K(M);
   for (int64_t i0 = 0; i0 < d; i0 += rows) {
     const int64_t ti = std::min(rows, d - i0);
-    for (int64_t m = 0; m < M; ++m) K[m] = at::bmm(nx[m].xh.narrow(2, i0, ti).transpose(1, 2), nx[m].xh);  // [N, ti, d]
+    for (int64_t m = 0; m < M; ++m) K[m] = at::bmm((x[m].narrow(2, i0, ti) * s2[m]).transpose(1, 2), x[m]);  // [N, ti, d]
     for (int64_t m = 0; m < M; ++m) {
       at::Tensor E = K[m] * coef_self[m];
       for (int64_t n = 0; n < M; ++n)
         if (n != m) E.sub_(K[n] * (w.select(1, m).select(1, n) * 4.0).view({N, 1, 1}));
-      g[m].baddbmm_(nx[m].xh.narrow(2, i0, ti), E);  // rows I of E into every column
+      g[m].baddbmm_(x[m].narrow(2, i0, ti), E);
     }
   }
   return g;
 }
 
-// The Gram blocks G_mn = Xh_m Xh_n^T, n >= m, at [m * M + n].
-std::vector<at::Tensor> gram_blocks(const std::vector<Normalized>& nx) {
-  const size_t M = nx.size();
-  std::vector<at::Tensor> G(M * M);
+// The unscaled Gram blocks P_mn = X_m X_n^T [N, C_m, C_n], n >= m, at [m * M + n].
+std::vector<at::Tensor> raw_gram_blocks(const std::vector<at::Tensor>& x) {
+  const size_t M = x.size();
+  std::vector<at::Tensor> P(M * M);
   for (size_t m = 0; m < M; ++m)
-    for (size_t n = m; n < M; ++n) G[m * M + n] = at::bmm(nx[m].xh, nx[n].xh.transpose(1, 2));
-  return G;
+    for (size_t n = m; n < M; ++n) P[m * M + n] = at::bmm(x[m], x[n].transpose(1, 2));
+  return P;
 }
 
-// S from stored Gram blocks: fp64 squared norms, clamped at 0.
-at::Tensor sqdist_from_gram(const std::vector<at::Tensor>& G, const FeatInfo& info) {
+// S from the blocks: G_mn = diag(s_m) P_mn diag(s_n), fp64 squared norms, clamped at 0.
+at::Tensor sqdist_from_gram(const std::vector<at::Tensor>& P, const Prepared& p, const FeatInfo& info) {
   const int64_t M = info.M;
   std::vector<at::Tensor> t(M * M);
   for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = m; n < M; ++n) t[m * M + n] = G[m * M + n].to(at::kDouble).square().sum({1, 2});
-  at::Tensor zero = at::zeros_like(t[0]);
+    for (int64_t n = m; n < M; ++n)
+      t[m * M + n] = (P[m * M + n] * column(p.scales[m]) * p.scales[n].unsqueeze(1)).to(at::kDouble).square().sum({1, 2});
+  const at::Tensor zero = at::zeros_like(t[0]);
   std::vector<at::Tensor> rows;
   for (int64_t m = 0; m < M; ++m) {
     std::vector<at::Tensor> row;
     for (int64_t n = 0; n < M; ++n) {
-      if (n == m) {
-        row.push_back(zero);
-        continue;
-      }
       const int64_t lo = std::min(m, n), hi = std::max(m, n);
-      row.push_back((t[lo * M + lo] - t[lo * M + hi] * 2.0 + t[hi * M + hi]).clamp_min(0));
+      row.push_back(n == m ? zero : (t[lo * M + lo] - t[lo * M + hi] * 2.0 + t[hi * M + hi]).clamp_min(0));
     }
     rows.push_back(at::stack(row, 1));
   }
   return at::stack(rows, 1).to(info.compute_dtype);
 }
 
-// dL/dXh_m = 4 (a_m G_mm Xh_m - sum_{n != m} w_mn G_mn Xh_n).
-std::vector<at::Tensor> gram_grad_xh(const std::vector<Normalized>& nx, const std::vector<at::Tensor>& G,
-                                     const at::Tensor& w, const FeatInfo& info) {
+// graw_m with dL/dXh_m = diag(s_m) graw_m = 4 (a_m G_mm Xh_m - sum_{n != m} w_mn G_mn Xh_n):
+// graw_m = sum_n coef_mn P_mn diag(s_n^2) X_n.
+std::vector<at::Tensor> gram_grad_raw(const Prepared& p, const std::vector<at::Tensor>& x,
+                                      const std::vector<at::Tensor>& P, const at::Tensor& w, const FeatInfo& info) {
   const int64_t M = info.M, N = info.N;
   std::vector<at::Tensor> g(M);
   for (int64_t m = 0; m < M; ++m) {
-    g[m] = at::zeros_like(nx[m].xh);
+    g[m] = at::zeros({N, info.channels[m], info.d}, x[m].options().memory_format(at::MemoryFormat::Contiguous));
     const at::Tensor wm = w.select(1, m);
     for (int64_t n = 0; n < M; ++n) {
       const at::Tensor coef = (n == m ? (wm.sum(1) - wm.select(1, m)) * 4.0 : wm.select(1, n) * -4.0).view({N, 1, 1});
-      const at::Tensor block = m <= n ? G[m * M + n] : G[n * M + m].transpose(1, 2);
-      g[m].baddbmm_(block * coef, nx[n].xh);
+      const at::Tensor block = m <= n ? P[m * M + n] : P[n * M + m].transpose(1, 2);
+      g[m].baddbmm_(block * (p.scales[n] * p.scales[n]).unsqueeze(1) * coef, x[n]);
     }
   }
   return g;
 }
 
-std::vector<Normalized> normalized(at::TensorList feats, const FeatInfo& info, double eps) {
-  std::vector<Normalized> nx;
-  for (const auto& f : feats) nx.push_back(normalize_rows(f, info, eps));
-  return nx;
-}
-
-std::vector<at::Tensor> finish(const std::vector<at::Tensor>& g, const std::vector<Normalized>& nx, double eps,
-                               at::TensorList feats) {
+// dL/dfeats from the graw buffers: the fused normalization backward, in place when the
+// input is in the compute dtype (float32/float64), else into a new tensor of the input dtype.
+template <typename T>
+std::vector<at::Tensor> finish(std::vector<at::Tensor>& graw, const Prepared& p, const FeatInfo& info, double eps,
+                               at::TensorList feats, cudaStream_t stream) {
+  using Tin = typename Raw<T>::type;
   std::vector<at::Tensor> grads;
-  for (size_t m = 0; m < g.size(); ++m) grads.push_back(normalize_rows_backward(g[m], nx[m], eps, feats[m]));
+  for (size_t m = 0; m < graw.size(); ++m) {
+    const at::Tensor& v = p.views[m];
+    at::Tensor out = info.dtype == info.compute_dtype ? graw[m] : at::empty_like(graw[m], v.options());
+    launch(normalize_backward_kernel<Tin>, dim3(static_cast<unsigned>(info.N * v.size(1))), dim3(kThreads), stream,
+           graw[m].const_data_ptr<Cmp<Tin>>(), reinterpret_cast<const Tin*>(v.const_data_ptr<T>()), v.stride(0),
+           v.stride(1), v.stride(2), v.size(1), info.d, p.norms[m].const_data_ptr<Cmp<Tin>>(),
+           p.scales[m].const_data_ptr<Cmp<Tin>>(), eps, reinterpret_cast<Tin*>(out.mutable_data_ptr<T>()));
+    grads.push_back(out.view(feats[m].sizes()));
+  }
   return grads;
 }
 
@@ -536,7 +596,14 @@ std::vector<at::Tensor> finish(const std::vector<at::Tensor>& g, const std::vect
 at::Tensor pairwise_sqdist(at::TensorList feats, double eps, c10::string_view algo) {
   const FeatInfo info = check_feats(feats);
   check_eps(eps);
-  return sqdist_forward(feats, info, eps, resolve_algo(algo, info.d, info.channels));
+  const Algo a = resolve_algo(algo, info.d, info.channels);
+  const DeviceScope guard(feats[0].device());
+  cudaStream_t stream = current_stream();
+  at::Tensor S;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, info.dtype, "mtut_pairwise_sqdist_cuda", [&] {
+    S = sqdist_fused<scalar_t>(prepare<scalar_t>(feats, info, eps, stream), info, a, feats[0].options(), stream);
+  });
+  return S;
 }
 
 std::vector<at::Tensor> sqdist_backward(at::TensorList feats, const at::Tensor& weight, double eps, c10::string_view algo) {
@@ -545,32 +612,46 @@ std::vector<at::Tensor> sqdist_backward(at::TensorList feats, const at::Tensor& 
   check_eps(eps);
   const Algo a = resolve_algo(algo, info.d, info.channels);
   const DeviceScope guard(feats[0].device());
-  const std::vector<Normalized> nx = normalized(feats, info, eps);
+  cudaStream_t stream = current_stream();
   const at::Tensor w = weight.to(info.compute_dtype);
-  const std::vector<at::Tensor> g = a == Algo::Direct ? direct_grad_xh(nx, w, info) : gram_grad_xh(nx, gram_blocks(nx), w, info);
-  return finish(g, nx, eps, feats);
+  std::vector<at::Tensor> grads;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, info.dtype, "mtut_sqdist_backward_cuda", [&] {
+    const Prepared p = prepare<scalar_t>(feats, info, eps, stream);
+    const std::vector<at::Tensor> x = compute_rows(p, info);
+    std::vector<at::Tensor> g = a == Algo::Direct ? direct_grad_raw(p, x, w, info)
+                                                  : gram_grad_raw(p, x, raw_gram_blocks(x), w, info);
+    grads = finish<scalar_t>(g, p, info, eps, feats, stream);
+  });
+  return grads;
 }
 
-// The fused backward of the SSA loss: S again (the op's output is the scalar alone), from
-// the fused forward kernel (direct) or from the Gram blocks the gradient needs anyway (gram).
+// The fused backward of the SSA loss. It needs S again (the op's output is the scalar
+// alone): the direct algorithm reruns the fused forward kernel; the Gram algorithm reads
+// S off the Gram blocks that its gradient needs anyway.
 std::vector<at::Tensor> ssa_loss_backward(
     const at::Tensor& grad, at::TensorList feats, const at::Tensor& ce, double beta, double lambda,
     c10::string_view distance, double eps, c10::string_view algo, std::optional<double> pair_cap) {
   const FeatInfo info = check_loss_inputs(feats, ce, beta, lambda, distance, eps, algo, pair_cap);
   const Algo a = resolve_algo(algo, info.d, info.channels);
   const DeviceScope guard(feats[0].device());
-  const std::vector<Normalized> nx = normalized(feats, info, eps);
-  std::vector<at::Tensor> g;
-  if (a == Algo::Direct) {
-    const at::Tensor S = sqdist_forward(feats, info, eps, a);
-    const LossTerms t = loss_terms(S, ce, beta, lambda, distance, info.d, pair_cap);
-    g = direct_grad_xh(nx, ssa_backward_weight(t, grad, lambda, info.N), info);
-  } else {
-    const std::vector<at::Tensor> G = gram_blocks(nx);
-    const LossTerms t = loss_terms(sqdist_from_gram(G, info), ce, beta, lambda, distance, info.d, pair_cap);
-    g = gram_grad_xh(nx, G, ssa_backward_weight(t, grad, lambda, info.N), info);
-  }
-  return finish(g, nx, eps, feats);
+  cudaStream_t stream = current_stream();
+  std::vector<at::Tensor> grads;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, info.dtype, "mtut_ssa_loss_backward_cuda", [&] {
+    const Prepared p = prepare<scalar_t>(feats, info, eps, stream);
+    const std::vector<at::Tensor> x = compute_rows(p, info);
+    std::vector<at::Tensor> g;
+    if (a == Algo::Direct) {
+      const at::Tensor S = sqdist_fused<scalar_t>(p, info, a, feats[0].options(), stream);
+      const LossTerms t = loss_terms(S, ce, beta, lambda, distance, info.d, pair_cap);
+      g = direct_grad_raw(p, x, ssa_backward_weight(t, grad, lambda, info.N), info);
+    } else {
+      const std::vector<at::Tensor> P = raw_gram_blocks(x);
+      const LossTerms t = loss_terms(sqdist_from_gram(P, p, info), ce, beta, lambda, distance, info.d, pair_cap);
+      g = gram_grad_raw(p, x, P, ssa_backward_weight(t, grad, lambda, info.N), info);
+    }
+    grads = finish<scalar_t>(g, p, info, eps, feats, stream);
+  });
+  return grads;
 }
 
 }  // namespace

@@ -1,0 +1,122 @@
+"""What only a GPU can show about the CUDA kernels (skipped without one).
+
+The rest of the suite runs every op test on CUDA too (conftest.FUSED); the kernels'
+logic is also checked on the CPU through the emulation (test_cuda_emulated.py).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mtut_ops
+from mtut_ops import reference as R
+
+from .conftest import leaf, make_ce, make_feats
+from .test_accuracy import sqdist_bound
+
+pytestmark = pytest.mark.skipif(
+    not (torch.cuda.is_available() and mtut_ops.backends.has_cuda_kernels()),
+    reason="needs a GPU and the extension built with its CUDA kernels (make test-gpu)",
+)
+
+
+@pytest.mark.parametrize("algo", ["direct", "gram"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bit_identical_run_to_run(algo, dtype):
+    feats = leaf([f.to("cuda", dtype) for f in make_feats(3, [96, 130], [4, 7, 9], seed=1)])
+    ce = make_ce(2, 3, device="cuda")
+    runs = []
+    for _ in range(3):
+        for f in feats:
+            f.grad = None
+        S = mtut_ops.pairwise_sqdist(feats, algo=algo, backend="cuda")
+        mtut_ops.ssa_loss(feats, ce, algo=algo, backend="cuda").backward()
+        runs.append([S.detach().clone()] + [f.grad.clone() for f in feats])
+    for later in runs[1:]:
+        for a, b in zip(runs[0], later):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("algo", ["direct", "gram"])
+def test_side_stream_and_cuda_graphs(algo):
+    """On a side stream, and captured by torch.compile(mode='reduce-overhead') (CUDA
+    graphs), the results equal eager ones on the default stream."""
+    feats = [f.to("cuda", torch.float32) for f in make_feats(2, [64, 80], [3, 8, 8], seed=2)]
+    ce = make_ce(2, 2, device="cuda", dtype=torch.float32)
+    eager = mtut_ops.ssa_loss(feats, ce, algo=algo, backend="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        on_side = mtut_ops.ssa_loss(feats, ce, algo=algo, backend="cuda")
+    torch.cuda.current_stream().wait_stream(side)
+    assert torch.equal(on_side, eager)
+
+    def step(fs, c):
+        fs = [f.detach().requires_grad_() for f in fs]
+        loss = mtut_ops.ssa_loss(fs, c, algo=algo, backend="cuda")
+        return loss, torch.autograd.grad(loss, fs)
+
+    compiled = torch.compile(step, mode="reduce-overhead")
+    ref_loss, ref_grads = step(feats, ce)
+    for _ in range(3):  # warm-up, record, replay
+        loss, grads = compiled(feats, ce)
+    torch.testing.assert_close(loss, ref_loss, rtol=0, atol=0)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("algo", ["direct", "gram"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_with_1024_channels_stay_finite(algo, dtype):
+    """C = 1024: the Gram norms reach C^2 ~ 1e6, past float16's range; accumulation in
+    fp32/fp64 keeps everything finite and within the tensor-core bound."""
+    feats = [f.to("cuda", dtype) for f in make_feats(2, [1024, 1024], [2, 3, 3], seed=3)]
+    S = mtut_ops.pairwise_sqdist(feats, algo=algo, backend="cuda")
+    assert torch.isfinite(S).all()
+    ref = R.pairwise_sqdist([f.double().cpu() for f in feats])
+    assert ((S.double().cpu() - ref).abs() <= sqdist_bound([1024, 1024], 18, dtype, "cuda")).all()
+    fs = leaf(feats)
+    loss = mtut_ops.ssa_loss(fs, make_ce(2, 2, device="cuda"), algo=algo, backend="cuda")
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(f.grad).all() for f in fs)
+
+
+def test_tf32_only_when_torch_allows_it():
+    feats = [f.to("cuda", torch.float32) for f in make_feats(2, [256, 256], [4, 7, 7], seed=4)]
+    ref = R.pairwise_sqdist([f.double().cpu() for f in feats])
+    before = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        exact = mtut_ops.pairwise_sqdist(feats, algo="direct", backend="cuda").double().cpu()
+        torch.backends.cuda.matmul.allow_tf32 = True
+        tf32 = mtut_ops.pairwise_sqdist(feats, algo="direct", backend="cuda").double().cpu()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    err_exact, err_tf32 = (exact - ref).abs().max(), (tf32 - ref).abs().max()
+    assert err_exact <= sqdist_bound([256, 256], 196, torch.float32).max()
+    assert err_tf32 > err_exact  # the TF32 path ran (10-bit operands)
+    assert err_tf32 <= 40 * 196 * 2.0**-11 * 512**2
+
+
+def test_large_d_peak_memory():
+    """N=6, C=480, 32x28x28 (d = 25088): one fp32 K per sample would be 2.5 GB, the
+    reference needs tens of GB. Forward + backward must stay within O(N M C^2) beyond
+    the inputs and their gradients."""
+    N, C, spatial = 6, 480, (32, 28, 28)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    feats = [torch.randn(N, C, *spatial, device="cuda", generator=g).requires_grad_() for _ in range(2)]
+    ce = torch.tensor([[2.0, 1.0] * 3, [1.0, 2.0] * 3], device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    loss = mtut_ops.ssa_loss(feats, ce, backend="cuda")  # auto -> gram
+    loss.backward()
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    inputs = sum(f.numel() * f.element_size() for f in feats)
+    gram = N * (2 * C) ** 2 * 4
+    assert torch.isfinite(loss) and all(torch.isfinite(f.grad).all() for f in feats)
+    # the gradients (the size of the inputs) are returned, finished in place; the rest is
+    # Gram blocks and their scaled temporaries
+    assert extra <= inputs + 8 * gram + 64 * 2**20, (extra, inputs, gram)
+    assert extra < 4 * spatial[0] ** 2 * (28 * 28) ** 2  # far below one d x d fp32 matrix per sample
