@@ -9,12 +9,15 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.14.1
 export MAX_JOBS ?= 2
 export TORCH_CUDA_ARCH_LIST ?= 9.0
-# torch's build helper needs CUDA_HOME to find libcudart when a CUDA toolkit is present.
+# With a CUDA toolkit present the CUDA kernels are compiled, or the build fails (FORCE_CUDA):
+# CI has nvcc but no GPU, and must still prove that csrc/cuda compiles. torch's build
+# helper needs CUDA_HOME to find libcudart.
 ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
 export CUDA_HOME ?= /usr/local/cuda
+export FORCE_CUDA ?= 1
 endif
 
-.PHONY: setup build test test-fast demo bench clean
+.PHONY: setup build test test-fast demo bench test-gpu bench-gpu clean
 
 $(VENV)/.deps: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +39,19 @@ demo: build
 
 bench: build
 	$(PY) -m bench.bench_ssa --device cpu
+
+# On a GPU machine whose python already has torch, pytest and hypothesis (no venv, no
+# downloads): builds the CUDA kernels for the visible GPU and runs the whole suite, which
+# then tests every op on CUDA too. bench-gpu writes bench/results/cuda-<date>.*
+GPU_PYTHON ?= python3
+GPU_ARCH = $(shell $(GPU_PYTHON) -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
+test-gpu:
+	FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$(GPU_ARCH)" MAX_JOBS=$$(nproc) $(GPU_PYTHON) setup.py build_ext --inplace
+	$(GPU_PYTHON) -m pytest python_tests -q
+
+bench-gpu:
+	$(GPU_PYTHON) -m bench.bench_ssa --device cuda --dtype float32 bfloat16
+	$(GPU_PYTHON) -m bench.bench_train_step --device cuda
 
 clean:
 	rm -rf build *.egg-info mtut_ops/_C*.so

@@ -1,6 +1,8 @@
 """torch.library.opcheck on every op, gradcheck in fp64, torch.compile(fullgraph=True)."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -109,3 +111,12 @@ def test_compile_python_api_with_module(backend_device):
     feats, ce = _feats(device), make_ce(2, 2, device=device)
     compiled = torch.compile(crit, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(feats, ce), crit(feats, ce), rtol=0, atol=0)
+
+
+@pytest.mark.skipif(os.environ.get("FORCE_CUDA") != "1", reason="the build was not asked to compile csrc/cuda")
+def test_cuda_kernels_are_compiled_in():
+    """With FORCE_CUDA=1 (make test where nvcc exists, i.e. CI) the extension carries the
+    CUDA kernels, and it imports and runs on the CPU without a GPU."""
+    assert mtut_ops.backends.has_cuda_kernels()
+    for op in ("pairwise_sqdist", "sqdist_backward", "ssa_loss", "ssa_loss_backward", "focal_weight", "correlation"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"mtut::{op}", "CUDA"), op
