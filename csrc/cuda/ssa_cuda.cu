@@ -231,6 +231,13 @@ __global__ void __launch_bounds__(kThreads) direct_sqdist_kernel(const DirectArg
   }
 }
 
+// sum_{t < count} p[t * step] over the block in a fixed order; valid in thread 0.
+__device__ __forceinline__ double block_sum_strided(const double* p, int64_t count, int64_t step, double* scratch) {
+  double acc = 0;
+  for (int64_t t = threadIdx.x; t < count; t += kThreads) acc += p[t * step];
+  return block_sum(acc, scratch);
+}
+
 // S[b, m, n] = S[b, n, m] = sum_t partial[b, t, p] for pair p = (m < n); one block per (p, b).
 template <typename Out>
 __global__ void __launch_bounds__(kThreads) sum_pair_partials_kernel(
@@ -238,9 +245,7 @@ __global__ void __launch_bounds__(kThreads) sum_pair_partials_kernel(
   __shared__ double scratch[kThreads / 32];
   const int p = blockIdx.x;
   const int64_t b = blockIdx.y;
-  double acc = 0;
-  for (int64_t t = threadIdx.x; t < count; t += kThreads) acc += partial[(b * count + t) * pairs + p];
-  const double total = block_sum(acc, scratch);
+  const double total = block_sum_strided(partial + b * count * pairs + p, count, pairs, scratch);
   if (threadIdx.x == 0) {
     int m = 0, rest = p;  // p enumerates (m, n > m) with m major
     while (rest >= M - 1 - m) rest -= M - 1 - m, ++m;
@@ -288,10 +293,7 @@ __global__ void __launch_bounds__(kThreads) sum_block_partials_kernel(
   __shared__ double scratch[kThreads / 32];
   const int k = blockIdx.x;
   const int64_t b = blockIdx.y;
-  double acc = 0;
-  const double* p = partial + (static_cast<int64_t>(k) * N + b) * stride;
-  for (int64_t i = threadIdx.x; i < stride; i += kThreads) acc += p[i];
-  const double total = block_sum(acc, scratch);
+  const double total = block_sum_strided(partial + (static_cast<int64_t>(k) * N + b) * stride, stride, 1, scratch);
   if (threadIdx.x == 0) t[b * blocks + k] = total;
 }
 
