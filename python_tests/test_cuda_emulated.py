@@ -39,7 +39,7 @@ def emulated():
         name="mtut_cuda_emulated",
         sources=[str(ROOT / "csrc" / "emulation" / "ssa_cuda_emulated.cpp"), str(ROOT / "csrc" / "ssa_common.cpp")],
         extra_include_paths=[str(ROOT / "csrc")],
-        extra_cflags=["-O2"],
+        extra_cflags=["-O2", "-std=c++20"],  # the emulation's std::barrier; torch may default to C++17
         build_directory=str(build),
         is_python_module=False,
     )

@@ -431,18 +431,21 @@ void launch_gram(const Prepared& p, const FeatInfo& info, at::Tensor& partial, i
     }
 }
 
-// Calls f.template operator()<Core>() with the core chosen for T.
+template <typename Core> struct CoreTag { using type = Core; };
+
+// Calls f(CoreTag<Core>{}) with the core chosen for T (C++17: a generic lambda, not a
+// templated one, so that torch versions building extensions as C++17 compile it too).
 template <typename T, typename F>
 void with_core(CoreKind kind, F&& f) {
   using Tin = typename Raw<T>::type;
   if constexpr (std::is_same_v<Tin, double>) {
-    f.template operator()<SimtCore<double>>();
+    f(CoreTag<SimtCore<double>>{});
   } else if constexpr (std::is_same_v<Tin, float>) {
-    if (kind == CoreKind::Tf32) f.template operator()<Tf32Core>();
-    else f.template operator()<SimtCore<float>>();
+    if (kind == CoreKind::Tf32) f(CoreTag<Tf32Core>{});
+    else f(CoreTag<SimtCore<float>>{});
   } else {
-    if (kind == CoreKind::Wmma) f.template operator()<WmmaCore<Tin>>();
-    else f.template operator()<SimtCore<float>>();
+    if (kind == CoreKind::Wmma) f(CoreTag<WmmaCore<Tin>>{});
+    else f(CoreTag<SimtCore<float>>{});
   }
 }
 
@@ -461,7 +464,7 @@ at::Tensor sqdist_fused(const Prepared& p, const FeatInfo& info, Algo algo, cons
                       " (prod of the spatiotemporal dims), got d = ", info.d, "; use algo='gram' or 'auto'");
     const int pairs = M * (M - 1) / 2;
     at::Tensor partial = at::zeros({info.N, tiles * tiles, pairs}, f64);
-    with_core<T>(kind, [&]<typename Core>() { direct_groups<T, Core>(p, info, partial, stream); });
+    with_core<T>(kind, [&](auto core) { direct_groups<T, typename decltype(core)::type>(p, info, partial, stream); });
     launch(sum_pair_partials_kernel<Out>, dim3(pairs, static_cast<unsigned>(info.N)), dim3(kThreads), stream,
            partial.const_data_ptr<double>(), tiles * tiles, pairs, M, S.mutable_data_ptr<Out>());
     return S;
@@ -472,7 +475,7 @@ at::Tensor sqdist_fused(const Prepared& p, const FeatInfo& info, Algo algo, cons
       stride = std::max(stride, ((info.channels[m] + kTile - 1) / kTile) * ((info.channels[n] + kTile - 1) / kTile));
   const int blocks = M * (M + 1) / 2;
   at::Tensor partial = at::zeros({blocks, info.N, stride}, f64);
-  with_core<T>(kind, [&]<typename Core>() { launch_gram<T, Core>(p, info, partial, stride, stream); });
+  with_core<T>(kind, [&](auto core) { launch_gram<T, typename decltype(core)::type>(p, info, partial, stride, stream); });
   at::Tensor t = at::empty({info.N, blocks}, f64);
   launch(sum_block_partials_kernel, dim3(blocks, static_cast<unsigned>(info.N)), dim3(kThreads), stream,
          partial.const_data_ptr<double>(), info.N, stride, blocks, t.mutable_data_ptr<double>());
