@@ -238,13 +238,13 @@ __device__ __forceinline__ double block_sum_strided(const double* p, int64_t cou
   return block_sum(acc, scratch);
 }
 
-// S[b, m, n] = S[b, n, m] = sum_t partial[b, t, p] for pair p = (m < n); one block per (p, b).
+// S[b, m, n] = S[b, n, m] = sum_t partial[b, t, p] for pair p = (m < n); one block per (b, p).
 template <typename Out>
 __global__ void __launch_bounds__(kThreads) sum_pair_partials_kernel(
     const double* __restrict__ partial, int64_t count, int pairs, int M, Out* __restrict__ S) {
   __shared__ double scratch[kThreads / 32];
-  const int p = blockIdx.x;
-  const int64_t b = blockIdx.y;
+  const int64_t b = blockIdx.x;  // grid.x: any N
+  const int p = blockIdx.y;
   const double total = block_sum_strided(partial + b * count * pairs + p, count, pairs, scratch);
   if (threadIdx.x == 0) {
     int m = 0, rest = p;  // p enumerates (m, n > m) with m major
@@ -287,12 +287,12 @@ __global__ void __launch_bounds__(kThreads) gram_sqnorm_kernel(const GramArgs<Ti
   if (threadIdx.x == 0) args.partial[b * args.stride + pt * args.col_tiles + qt] = (args.same && qt != pt ? 2.0 : 1.0) * total;
 }
 
-// t[b, k] = sum of partial[k, b, :] (block k = (m <= n), m major); one block per (k, b).
+// t[b, k] = sum of partial[k, b, :] (block k = (m <= n), m major); one block per (b, k).
 __global__ void __launch_bounds__(kThreads) sum_block_partials_kernel(
     const double* __restrict__ partial, int64_t N, int64_t stride, int blocks, double* __restrict__ t) {
   __shared__ double scratch[kThreads / 32];
-  const int k = blockIdx.x;
-  const int64_t b = blockIdx.y;
+  const int64_t b = blockIdx.x;
+  const int k = blockIdx.y;
   const double total = block_sum_strided(partial + (static_cast<int64_t>(k) * N + b) * stride, stride, 1, scratch);
   if (threadIdx.x == 0) t[b * blocks + k] = total;
 }
@@ -465,7 +465,7 @@ at::Tensor sqdist_fused(const Prepared& p, const FeatInfo& info, Algo algo, cons
     const int pairs = M * (M - 1) / 2;
     at::Tensor partial = at::zeros({info.N, tiles * tiles, pairs}, f64);
     with_core<T>(kind, [&](auto core) { direct_groups<T, typename decltype(core)::type>(p, info, partial, stream); });
-    launch(sum_pair_partials_kernel<Out>, dim3(pairs, static_cast<unsigned>(info.N)), dim3(kThreads), stream,
+    launch(sum_pair_partials_kernel<Out>, dim3(static_cast<unsigned>(info.N), pairs), dim3(kThreads), stream,
            partial.const_data_ptr<double>(), tiles * tiles, pairs, M, S.mutable_data_ptr<Out>());
     return S;
   }
@@ -477,7 +477,7 @@ at::Tensor sqdist_fused(const Prepared& p, const FeatInfo& info, Algo algo, cons
   at::Tensor partial = at::zeros({blocks, info.N, stride}, f64);
   with_core<T>(kind, [&](auto core) { launch_gram<T, typename decltype(core)::type>(p, info, partial, stride, stream); });
   at::Tensor t = at::empty({info.N, blocks}, f64);
-  launch(sum_block_partials_kernel, dim3(blocks, static_cast<unsigned>(info.N)), dim3(kThreads), stream,
+  launch(sum_block_partials_kernel, dim3(static_cast<unsigned>(info.N), blocks), dim3(kThreads), stream,
          partial.const_data_ptr<double>(), info.N, stride, blocks, t.mutable_data_ptr<double>());
   const int64_t count = info.N * M * M;
   launch(combine_gram_kernel<Out>, dim3(static_cast<unsigned>((count + kThreads - 1) / kThreads)), dim3(kThreads),
