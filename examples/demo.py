@@ -37,7 +37,7 @@ from examples.training.checkpoint import load_checkpoint
 from examples.training.engine import check_resumable
 
 # The demo's dataset, fixed across training seeds: the generator's defaults (8 classes,
-# 168 train / 72 test clips, 160x120, RGB clutter at difficulty 0.6).
+# 168 train / 72 test clips, 160x120, RGB clutter at the default difficulty, 0.5).
 RGB_DIFFICULTY = SyntheticConfig().rgb_difficulty
 RUNS = {"rgb": ("rgb",), "mtut": ("rgb", "depth")}
 
