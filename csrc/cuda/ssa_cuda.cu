@@ -82,6 +82,8 @@ using DeviceScope = emulation::DeviceScope;
 cudaStream_t current_stream() { return nullptr; }
 #endif
 
+constexpr int64_t tiles_of(int64_t n) { return (n + kTile - 1) / kTile; }  // 64-wide tiles covering n
+
 constexpr int kMaxGroup = 3;         // modalities whose K tiles one direct block holds at once
 constexpr int64_t kMaxGrid = 65535;  // grid.y and grid.z limit
 
@@ -382,7 +384,7 @@ void launch_direct(const Prepared& p, const FeatInfo& info, const std::vector<in
       args.slot[q1][q2] = m * (2 * M - m - 1) / 2 + (n - m - 1);
     }
   args.d = info.d;
-  args.tiles = (info.d + kTile - 1) / kTile;
+  args.tiles = tiles_of(info.d);
   args.pairs = M * (M - 1) / 2;
   args.partial = partial.mutable_data_ptr<double>();
   for (int64_t b0 = 0; b0 < info.N; b0 += kMaxGrid) {
@@ -418,8 +420,8 @@ void launch_gram(const Prepared& p, const FeatInfo& info, at::Tensor& partial, i
       args.b = operand<T>(p, n);
       args.same = m == n;
       args.d = info.d;
-      const int64_t row_tiles = (info.channels[m] + kTile - 1) / kTile;
-      args.col_tiles = (info.channels[n] + kTile - 1) / kTile;
+      const int64_t row_tiles = tiles_of(info.channels[m]);
+      args.col_tiles = tiles_of(info.channels[n]);
       args.stride = stride;
       args.partial = partial.select(0, block_index(m, n, M)).mutable_data_ptr<double>();
       for (int64_t b0 = 0; b0 < info.N; b0 += kMaxGrid) {
@@ -459,7 +461,7 @@ at::Tensor sqdist_fused(const Prepared& p, const FeatInfo& info, Algo algo, cons
   at::Tensor S = at::zeros({info.N, info.M, info.M}, options.dtype(info.compute_dtype));
   const CoreKind kind = pick_core(info.dtype, options.device().index());
   if (algo == Algo::Direct) {
-    const int64_t tiles = (info.d + kTile - 1) / kTile;
+    const int64_t tiles = tiles_of(info.d);
     TORCH_CHECK_VALUE(tiles <= kMaxGrid, "mtut: algo='direct' on CUDA supports d <= ", kMaxGrid * kTile,
                       " (prod of the spatiotemporal dims), got d = ", info.d, "; use algo='gram' or 'auto'");
     const int pairs = M * (M - 1) / 2;
@@ -472,7 +474,7 @@ at::Tensor sqdist_fused(const Prepared& p, const FeatInfo& info, Algo algo, cons
   int64_t stride = 1;  // the most tiles of any block
   for (int m = 0; m < M; ++m)
     for (int n = m; n < M; ++n)
-      stride = std::max(stride, ((info.channels[m] + kTile - 1) / kTile) * ((info.channels[n] + kTile - 1) / kTile));
+      stride = std::max(stride, tiles_of(info.channels[m]) * tiles_of(info.channels[n]));
   const int blocks = M * (M + 1) / 2;
   at::Tensor partial = at::zeros({blocks, info.N, stride}, f64);
   with_core<T>(kind, [&](auto core) { launch_gram<T, typename decltype(core)::type>(p, info, partial, stride, stream); });
@@ -503,27 +505,46 @@ std::vector<at::Tensor> compute_rows(const Prepared& p, const FeatInfo& info) {
 
 at::Tensor column(const at::Tensor& v) { return v.unsqueeze(-1); }  // [N, C] -> [N, C, 1]
 
-// graw_m with dL/dXh_m = diag(s_m) graw_m for dL/dXh_m = Xh_m E_m, E_m = 4 (a_m K_m -
-// sum_{n != m} w_mn K_n), over strips of rows I of E: K_n[I, :] = X_n[:, I]^T diag(s_n^2) X_n
-// and graw_m += X_m[:, I] E_m[I, :].
+// coef[m * M + n], [N, 1, 1]: the weight of pair (m, n) in dL/dXh_m, for both algorithms:
+// coef_mm = 4 a_m with a_m = sum_{n != m} w_mn, and coef_mn = -4 w_mn (n != m).
+std::vector<at::Tensor> pair_coefficients(const at::Tensor& w, const FeatInfo& info) {
+  const int64_t M = info.M, N = info.N;
+  std::vector<at::Tensor> coef(M * M);
+  for (int64_t m = 0; m < M; ++m) {
+    const at::Tensor wm = w.select(1, m);
+    for (int64_t n = 0; n < M; ++n)
+      coef[m * M + n] = (n == m ? (wm.sum(1) - wm.select(1, m)) * 4.0 : wm.select(1, n) * -4.0).view({N, 1, 1});
+  }
+  return coef;
+}
+
+// s_m^2 of every modality, [N, C_m].
+std::vector<at::Tensor> squared_scales(const Prepared& p) {
+  std::vector<at::Tensor> s2;
+  for (const auto& s : p.scales) s2.push_back(s * s);
+  return s2;
+}
+
+// graw_m with dL/dXh_m = diag(s_m) graw_m for dL/dXh_m = Xh_m E_m, E_m = sum_n coef_mn K_n
+// = 4 (a_m K_m - sum_{n != m} w_mn K_n), over strips of rows I of E:
+// K_n[I, :] = X_n[:, I]^T diag(s_n^2) X_n and graw_m += X_m[:, I] E_m[I, :].
 std::vector<at::Tensor> direct_grad_raw(const Prepared& p, const std::vector<at::Tensor>& x, const at::Tensor& w,
                                         const FeatInfo& info) {
   const int64_t M = info.M, N = info.N, d = info.d;
   const int64_t rows = std::clamp<int64_t>(kStripBudget / std::max<int64_t>(N * d, 1), 1, d);
-  std::vector<at::Tensor> coef_self(M), g(M), s2(M);
-  for (int64_t m = 0; m < M; ++m) {
-    coef_self[m] = ((w.select(1, m).sum(1) - w.select(1, m).select(1, m)) * 4.0).view({N, 1, 1});
+  const std::vector<at::Tensor> coef = pair_coefficients(w, info), s2 = squared_scales(p);
+  std::vector<at::Tensor> g(M);
+  for (int64_t m = 0; m < M; ++m)
     g[m] = at::zeros({N, info.channels[m], d}, x[m].options().memory_format(at::MemoryFormat::Contiguous));
-    s2[m] = column(p.scales[m] * p.scales[m]);
-  }
   std::vector<at::Tensor> K(M);
   for (int64_t i0 = 0; i0 < d; i0 += rows) {
     const int64_t ti = std::min(rows, d - i0);
-    for (int64_t m = 0; m < M; ++m) K[m] = at::bmm((x[m].narrow(2, i0, ti) * s2[m]).transpose(1, 2), x[m]);  // [N, ti, d]
+    for (int64_t m = 0; m < M; ++m)
+      K[m] = at::bmm((x[m].narrow(2, i0, ti) * column(s2[m])).transpose(1, 2), x[m]);  // [N, ti, d]
     for (int64_t m = 0; m < M; ++m) {
-      at::Tensor E = K[m] * coef_self[m];
+      at::Tensor E = K[m] * coef[m * M + m];
       for (int64_t n = 0; n < M; ++n)
-        if (n != m) E.sub_(K[n] * (w.select(1, m).select(1, n) * 4.0).view({N, 1, 1}));
+        if (n != m) E.add_(K[n] * coef[m * M + n]);
       g[m].baddbmm_(x[m].narrow(2, i0, ti), E);
     }
   }
@@ -559,19 +580,18 @@ at::Tensor sqdist_from_gram(const std::vector<at::Tensor>& P, const Prepared& p,
   return at::stack(rows, 1).to(info.compute_dtype);
 }
 
-// graw_m with dL/dXh_m = diag(s_m) graw_m = 4 (a_m G_mm Xh_m - sum_{n != m} w_mn G_mn Xh_n):
-// graw_m = sum_n coef_mn P_mn diag(s_n^2) X_n.
+// graw_m with dL/dXh_m = diag(s_m) graw_m = sum_n coef_mn G_mn Xh_n
+// = 4 (a_m G_mm Xh_m - sum_{n != m} w_mn G_mn Xh_n): graw_m = sum_n coef_mn P_mn diag(s_n^2) X_n.
 std::vector<at::Tensor> gram_grad_raw(const Prepared& p, const std::vector<at::Tensor>& x,
                                       const std::vector<at::Tensor>& P, const at::Tensor& w, const FeatInfo& info) {
   const int64_t M = info.M, N = info.N;
+  const std::vector<at::Tensor> coef = pair_coefficients(w, info), s2 = squared_scales(p);
   std::vector<at::Tensor> g(M);
   for (int64_t m = 0; m < M; ++m) {
     g[m] = at::zeros({N, info.channels[m], info.d}, x[m].options().memory_format(at::MemoryFormat::Contiguous));
-    const at::Tensor wm = w.select(1, m);
     for (int64_t n = 0; n < M; ++n) {
-      const at::Tensor coef = (n == m ? (wm.sum(1) - wm.select(1, m)) * 4.0 : wm.select(1, n) * -4.0).view({N, 1, 1});
       const at::Tensor block = m <= n ? P[m * M + n] : P[n * M + m].transpose(1, 2);
-      g[m].baddbmm_(block * (p.scales[n] * p.scales[n]).unsqueeze(1) * coef, x[n]);
+      g[m].baddbmm_(block * s2[n].unsqueeze(1) * coef[m * M + n], x[n]);
     }
   }
   return g;
