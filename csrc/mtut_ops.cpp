@@ -1,6 +1,10 @@
-// The schemas of every mtut op, in one place. Kernels live in cpu/ and cuda/;
-// the fake (meta) implementations and autograd formulas are registered from Python
+// The schemas of every mtut op, in one place, and the registrations that serve every
+// device: the device-agnostic ops, the composites, and autocast. The kernels of
+// sqdist_forward and sqdist_backward live in cpu/ and cuda/; the fake (meta)
+// implementations, autograd formulas and vmap rules are registered from Python
 // (mtut_ops/_registration.py).
+#include "ssa_common.h"
+
 #include <torch/library.h>
 
 #ifdef MTUT_PYTHON_MODULE
@@ -21,12 +25,21 @@ TORCH_LIBRARY(mtut, m) {
   m.def("correlation(Tensor feat, float eps) -> Tensor");
   m.def("correlation_backward(Tensor grad, Tensor feat, float eps) -> Tensor");
 
-  // feats: M tensors [N, C_m, *S] -> S [N, M, M], S[b,m,n] = ||K_m[b] - K_n[b]||_F^2.
+  // What each backend provides. feats: M tensors [N, C_m, *S] ->
+  //   S [N, M, M], S[b,m,n] = ||K_m[b] - K_n[b]||_F^2 (compute dtype), and `saved`: what
+  //   the backward reuses when for_backward is set (the cpu backend's Gram blocks for
+  //   algo gram, [N, sum_{m<=n} C_m C_n]; otherwise an empty tensor).
+  // directed picks the autograd formula: false, S_mn = S_nm depends on both inputs
+  // (weight g + g^T); true, term (m, n) sends gradient into X_m only (weight g).
+  m.def("sqdist_forward(Tensor[] feats, float eps, str algo, bool directed, bool for_backward) -> (Tensor, Tensor)");
+  // For each m with needs_grad[m]: sum_n weight[:, m, n] * dS_mn/dX_m with X_n held
+  // constant (the partial in the first argument). An empty tensor for the others.
+  m.def(
+      "sqdist_backward(Tensor[] feats, Tensor saved, Tensor weight, float eps, str algo, bool[] needs_grad) "
+      "-> Tensor[]");
+
+  // S [N, M, M] for all pairs, differentiable into every input (the symmetric distances).
   m.def("pairwise_sqdist(Tensor[] feats, float eps, str algo) -> Tensor");
-  // For each m: sum_n weight[:, m, n] * dS_mn/dX_m with X_n held constant
-  // (the partial in the first argument only). Serves both pairwise_sqdist's
-  // backward (weight = g + g^T) and ssa_loss's (student-only gradient).
-  m.def("sqdist_backward(Tensor[] feats, Tensor weight, float eps, str algo) -> Tensor[]");
 
   // ce [M, N] per-sample classification losses -> rho [N, M, M],
   // rho[b,m,n] = exp(beta * max(0, ce[m,b] - ce[n,b])) - 1. Carries no gradient.
@@ -34,10 +47,47 @@ TORCH_LIBRARY(mtut, m) {
 
   // The MTUT SSA loss (a scalar): lambda_ * sum_{m != n} mean_b(rho_mn[b] * delta_mn[b]),
   // each pair term optionally capped at pair_cap; gradient into X_m only for term (m, n).
+  // ssa_loss_from_sqdist is its arithmetic over given squared distances S [N, M, M]
+  // (d = the number of positions, for "rms").
+  m.def(
+      "ssa_loss_from_sqdist(Tensor S, Tensor ce, float beta, float lambda_, str distance, SymInt d, "
+      "float? pair_cap) -> Tensor");
   m.def(
       "ssa_loss(Tensor[] feats, Tensor ce, float beta, float lambda_, str distance, float eps, "
       "str algo, float? pair_cap) -> Tensor");
-  m.def(
-      "ssa_loss_backward(Tensor grad, Tensor[] feats, Tensor ce, float beta, float lambda_, "
-      "str distance, float eps, str algo, float? pair_cap) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(mtut, CompositeExplicitAutograd, m) {
+  m.impl("correlation", &mtut::correlation);
+  m.impl("correlation_backward", &mtut::correlation_backward);
+  m.impl("focal_weight", &mtut::focal_weight);
+}
+
+// The composites decompose for autograd and, under vmap, for the batching rules of
+// their parts (without the FuncTorchBatchedDecomposition entry vmap would loop).
+#define MTUT_COMPOSITES(m)                                       \
+  m.impl("pairwise_sqdist", &mtut::pairwise_sqdist);             \
+  m.impl("ssa_loss_from_sqdist", &mtut::ssa_loss_from_sqdist);   \
+  m.impl("ssa_loss", &mtut::ssa_loss)
+
+TORCH_LIBRARY_IMPL(mtut, CompositeImplicitAutograd, m) {
+  MTUT_COMPOSITES(m);
+}
+
+TORCH_LIBRARY_IMPL(mtut, FuncTorchBatchedDecomposition, m) {
+  MTUT_COMPOSITES(m);
+}
+
+// Inside an autocast region every mtut op runs as it does outside (see without_autocast).
+#define MTUT_WITHOUT_AUTOCAST(m)                                                                      \
+  for (const char* name : {"correlation", "correlation_backward", "sqdist_forward", "sqdist_backward", \
+                           "pairwise_sqdist", "focal_weight", "ssa_loss_from_sqdist", "ssa_loss"})    \
+  m.impl(name, torch::CppFunction::makeFromBoxedFunction<&mtut::without_autocast>())
+
+TORCH_LIBRARY_IMPL(mtut, AutocastCPU, m) {
+  MTUT_WITHOUT_AUTOCAST(m);
+}
+
+TORCH_LIBRARY_IMPL(mtut, AutocastCUDA, m) {
+  MTUT_WITHOUT_AUTOCAST(m);
 }

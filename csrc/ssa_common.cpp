@@ -4,9 +4,10 @@
 #include <ATen/TensorOperators.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/bmm.h>
-#include <ATen/ops/ones_like.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros_like.h>
+#include <c10/core/GradMode.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -21,6 +22,45 @@ bool is_supported_float(at::ScalarType t) {
 
 at::ScalarType compute_dtype_of(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// The mtut ops the composites call, through the dispatcher (so autograd, autocast,
+// vmap and tracing see them).
+const auto& sqdist_forward_op() {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mtut::sqdist_forward", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(at::TensorList, double, c10::string_view, bool, bool)>();
+  return op;
+}
+
+const auto& focal_weight_op() {
+  static auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("mtut::focal_weight", "").typed<at::Tensor(const at::Tensor&, double)>();
+  return op;
+}
+
+const auto& ssa_loss_from_sqdist_op() {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mtut::ssa_loss_from_sqdist", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double, double, c10::string_view,
+                                         c10::SymInt, std::optional<double>)>();
+  return op;
+}
+
+// Whether autograd will ask for the backward of an op over feats: then sqdist_forward
+// also returns what its backward reuses.
+bool for_backward(at::TensorList feats) {
+  if (!c10::GradMode::is_enabled()) return false;
+  for (const auto& f : feats)
+    if (f.defined() && f.requires_grad()) return true;
+  return false;
+}
+
+// d = prod of the spatiotemporal dims, symbolic under torch.compile's dynamic shapes.
+c10::SymInt sym_positions(const at::Tensor& f) {
+  c10::SymInt d = 1;
+  for (int64_t k = 2; k < f.dim(); ++k) d = d * f.sym_size(k);
+  return d;
 }
 
 }  // namespace
@@ -72,15 +112,7 @@ void check_eps(double eps) {
   TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, "mtut: eps must be a finite number >= 0, got ", eps);
 }
 
-void check_ce(const at::Tensor& ce, const FeatInfo& info, const at::Tensor& like) {
-  TORCH_CHECK_TYPE(
-      ce.is_floating_point(), "mtut: ce must be a floating-point tensor of per-sample losses, got ", ce.scalar_type());
-  TORCH_CHECK_VALUE(
-      ce.dim() == 2 && ce.size(0) == info.M && ce.size(1) == info.N, "mtut: ce must have shape [M, N] = [", info.M,
-      ", ", info.N, "] (one per-sample loss per modality and sample), got shape ", ce.sizes());
-  TORCH_CHECK_VALUE(
-      ce.device() == like.device(), "mtut: ce is on ", ce.device(), " but feats are on ", like.device());
-}
+
 
 void check_weight(const at::Tensor& weight, const FeatInfo& info, const at::Tensor& like) {
   TORCH_CHECK_TYPE(weight.is_floating_point(), "mtut: weight must be a floating-point tensor, got ", weight.scalar_type());
@@ -90,6 +122,25 @@ void check_weight(const at::Tensor& weight, const FeatInfo& info, const at::Tens
       weight.sizes());
   TORCH_CHECK_VALUE(
       weight.device() == like.device(), "mtut: weight is on ", weight.device(), " but feats are on ", like.device());
+}
+
+void check_ce(const at::Tensor& ce, const c10::SymInt& M, const c10::SymInt& N, const at::Tensor& like) {
+  TORCH_CHECK_TYPE(
+      ce.is_floating_point(), "mtut: ce must be a floating-point tensor of per-sample losses, got ", ce.scalar_type());
+  TORCH_CHECK_VALUE(
+      ce.dim() == 2 && ce.sym_size(0) == M && ce.sym_size(1) == N, "mtut: ce must have shape [M, N] = [", M, ", ", N,
+      "] (one per-sample loss per modality and sample), got shape ", ce.sym_sizes());
+  TORCH_CHECK_VALUE(
+      ce.device() == like.device(), "mtut: ce is on ", ce.device(), " but feats are on ", like.device());
+}
+
+Needs check_needs_grad(const c10::List<bool>& needs_grad, const FeatInfo& info) {
+  TORCH_CHECK_VALUE(
+      static_cast<int64_t>(needs_grad.size()) == info.M, "mtut: needs_grad must hold one flag per modality (M = ",
+      info.M, "), got ", needs_grad.size());
+  Needs needs;
+  for (bool v : needs_grad) needs.push_back(v);
+  return needs;
 }
 
 void check_loss_args(double beta, double lambda, std::optional<double> pair_cap) {
@@ -105,7 +156,7 @@ Distance parse_distance(std::string_view distance) {
   return Distance::Fro2;
 }
 
-// The cost model of algo="auto" (mirrored in mtut_ops/_validation.py:choose_algo).
+// The cost model of algo="auto" (mirrored in mtut_ops/_validation.py:resolve_algo).
 // Per sample, with C = sum_m C_m and P = M(M-1)/2 pairs:
 //   direct: the upper triangle of every K_m, d^2/2 * C multiply-adds, plus P squared
 //           differences per K entry          ~ d^2 (C + 2P)
@@ -124,6 +175,24 @@ Algo resolve_algo(std::string_view algo, int64_t d, const std::vector<int64_t>& 
   const double direct_cost = static_cast<double>(d) * (static_cast<double>(C) + static_cast<double>(M * (M - 1)));
   const double gram_cost = static_cast<double>(C) * static_cast<double>(C);
   return direct_cost <= gram_cost ? Algo::Direct : Algo::Gram;
+}
+
+int64_t kept_gram_size(const std::vector<int64_t>& channels) {
+  int64_t q = 0;
+  for (size_t m = 0; m < channels.size(); ++m)
+    for (size_t n = m; n < channels.size(); ++n) q += channels[m] * channels[n];
+  return q;
+}
+
+void check_saved(const at::Tensor& saved, const FeatInfo& info, Algo a, const at::Tensor& like) {
+  if (saved.numel() == 0) return;
+  TORCH_CHECK_VALUE(
+      a == Algo::Gram && saved.dim() == 2 && saved.size(0) == info.N &&
+          saved.size(1) == kept_gram_size(info.channels) && saved.scalar_type() == info.compute_dtype &&
+          saved.device() == like.device(),
+      "mtut: saved must be empty or what sqdist_forward returned for these feats with algo 'gram' ([N, ",
+      kept_gram_size(info.channels), "] in ", info.compute_dtype, "), got shape ", saved.sizes(), " and ",
+      saved.scalar_type());
 }
 
 Normalized normalize_rows(const at::Tensor& feat, const FeatInfo& info, double eps) {
@@ -165,64 +234,63 @@ at::Tensor focal_weight(const at::Tensor& ce, double beta) {
   TORCH_CHECK_TYPE(
       ce.is_floating_point(), "mtut: ce must be a floating-point tensor of per-sample losses, got ", ce.scalar_type());
   TORCH_CHECK_VALUE(
-      ce.dim() == 2 && ce.size(0) >= 2 && ce.size(1) >= 1,
-      "mtut: ce must have shape [M, N] with M >= 2 modalities and N >= 1 samples, got shape ", ce.sizes());
+      ce.dim() == 2 && ce.sym_size(0) >= 2 && ce.sym_size(1) >= 1,
+      "mtut: ce must have shape [M, N] with M >= 2 modalities and N >= 1 samples, got shape ", ce.sym_sizes());
   TORCH_CHECK_VALUE(std::isfinite(beta) && beta >= 0, "mtut: beta must be a finite number >= 0, got ", beta);
   at::Tensor c = ce.to(compute_dtype_of(ce.scalar_type())).t();  // [N, M]
   at::Tensor diff = c.unsqueeze(2) - c.unsqueeze(1);               // [b, m, n] = ce[m, b] - ce[n, b]
   return (diff.clamp_min(0) * beta).expm1().contiguous();          // clamp_min keeps NaN
 }
 
-FeatInfo check_loss_inputs(
-    at::TensorList feats, const at::Tensor& ce, double beta, double lambda, c10::string_view distance, double eps,
-    c10::string_view algo, std::optional<double> pair_cap) {
-  const FeatInfo info = check_feats(feats);
-  check_ce(ce, info, feats[0]);
-  check_eps(eps);
+at::Tensor pairwise_sqdist(at::TensorList feats, double eps, c10::string_view algo) {
+  return std::get<0>(sqdist_forward_op().call(feats, eps, algo, /*directed=*/false, for_backward(feats)));
+}
+
+at::Tensor ssa_loss_from_sqdist(
+    const at::Tensor& S, const at::Tensor& ce, double beta, double lambda, c10::string_view distance,
+    c10::SymInt d, std::optional<double> pair_cap) {
   check_loss_args(beta, lambda, pair_cap);
-  parse_distance(distance);
-  resolve_algo(algo, info.d, info.channels);  // rejects an unknown algo before any work
-  return info;
-}
-
-LossTerms loss_terms(
-    const at::Tensor& S, const at::Tensor& ce, double beta, double lambda, c10::string_view distance, int64_t d,
-    std::optional<double> pair_cap) {
-  LossTerms t;
-  t.rho = focal_weight(ce, beta).to(S.scalar_type());
-  at::Tensor delta;
-  if (parse_distance(distance) == Distance::Rms) {
-    at::Tensor root = S.sqrt();
-    delta = root / static_cast<double>(d);
-    // d delta / d S = 1 / (2 d sqrt(S)), defined as 0 at S == 0 (identical features); NaN stays NaN.
-    t.ddelta = at::where(S == 0, at::zeros_like(S), root.reciprocal() / (2.0 * static_cast<double>(d)));
-  } else {
-    delta = S;
-    t.ddelta = at::ones_like(S);
+  const Distance dist = parse_distance(distance);
+  check_ce(ce, S.sym_size(1), S.sym_size(0), S);
+  TORCH_CHECK_TYPE(
+      S.scalar_type() == at::kFloat || S.scalar_type() == at::kDouble,
+      "mtut: S must be a float32 or float64 tensor of squared distances, got ", S.scalar_type());
+  TORCH_CHECK_VALUE(
+      S.dim() == 3 && S.sym_size(1) == S.sym_size(2), "mtut: S must have shape [N, M, M], got shape ", S.sym_sizes());
+  TORCH_CHECK_VALUE(d >= 1, "mtut: d (the number of positions) must be >= 1, got ", d);
+  const at::Tensor rho = focal_weight_op().call(ce, beta).to(S.scalar_type());  // no gradient into ce
+  at::Tensor delta = S;
+  if (dist == Distance::Rms) {
+    // delta = sqrt(S) / d, with d delta / d S defined as 0 at S == 0 (identical features:
+    // loss 0, gradient 0, never NaN): where() selects the constant 0 there, so the infinite
+    // derivative of sqrt at 0 is dropped, not multiplied by 0. A NaN S stays NaN, and so
+    // does its gradient.
+    delta = at::where(S == 0, at::zeros_like(S), S).sqrt().div(c10::Scalar(d));
   }
-  t.terms = (t.rho * delta).mean(0) * lambda;
-  if (pair_cap.has_value()) {
-    t.active = (t.terms <= *pair_cap).to(S.scalar_type());  // clamp's gradient rule: through at equality
-    t.terms = t.terms.clamp_max(*pair_cap);
-  } else {
-    t.active = at::ones_like(t.terms);
-  }
-  return t;
-}
-
-at::Tensor ssa_backward_weight(const LossTerms& t, const at::Tensor& grad, double lambda, int64_t N) {
-  return grad.to(t.rho.scalar_type()) * (lambda / static_cast<double>(N)) * t.rho * t.ddelta * t.active.unsqueeze(0);
+  at::Tensor terms = (rho * delta).mean(0) * lambda;            // [M, M]; the diagonal is 0
+  if (pair_cap.has_value()) terms = terms.clamp_max(*pair_cap);  // mmpose's cap; gradient through at equality
+  return terms.sum();
 }
 
 at::Tensor ssa_loss(
     at::TensorList feats, const at::Tensor& ce, double beta, double lambda, c10::string_view distance, double eps,
     c10::string_view algo, std::optional<double> pair_cap) {
-  const FeatInfo info = check_loss_inputs(feats, ce, beta, lambda, distance, eps, algo, pair_cap);
-  static auto pairwise_sqdist = c10::Dispatcher::singleton()
-                                    .findSchemaOrThrow("mtut::pairwise_sqdist", "")
-                                    .typed<at::Tensor(at::TensorList, double, c10::string_view)>();
-  const at::Tensor S = pairwise_sqdist.call(feats, eps, algo);
-  return loss_terms(S, ce, beta, lambda, distance, info.d, pair_cap).terms.sum();
+  TORCH_CHECK_VALUE(
+      feats.size() >= 2, "mtut: feats must hold at least 2 modality feature maps [N, C_m, *S], got ", feats.size());
+  // The cheap checks first: a bad ce or loss argument fails before the distances are computed.
+  TORCH_CHECK_VALUE(feats[0].dim() >= 2, "mtut: feats[0] must have shape [N, C, *S] (at least 2 dims), got shape ",
+                    feats[0].sym_sizes());
+  check_ce(ce, static_cast<int64_t>(feats.size()), feats[0].sym_size(0), feats[0]);
+  check_loss_args(beta, lambda, pair_cap);
+  parse_distance(distance);
+  // Term (m, n) sends gradient into X_m only: the directed distances.
+  const at::Tensor S = std::get<0>(sqdist_forward_op().call(feats, eps, algo, /*directed=*/true, for_backward(feats)));
+  return ssa_loss_from_sqdist_op().call(S, ce, beta, lambda, distance, sym_positions(feats[0]), pair_cap);
+}
+
+void without_autocast(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack* stack) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  op.callBoxed(stack);
 }
 
 }  // namespace mtut

@@ -1,13 +1,18 @@
 // Pieces shared by every device's kernels: input validation, the choice of
-// algorithm, the channel normalization and its backward, and the small
-// [N, M, M] arithmetic of the focal weight and the SSA loss. Everything here is
-// written with ATen ops, so it runs on any device.
+// algorithm, the row normalization for the explicit correlation, and the
+// device-agnostic ops (correlation, focal weight) and composites (the SSA loss over
+// the squared distances). Everything here is written with ATen ops, so it runs on any
+// device; each device brings only sqdist_forward and sqdist_backward.
 #pragma once
 
+#include <ATen/core/List.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/SymInt.h>
 
 #include <optional>
 #include <string_view>
+#include <tuple>
 #include <vector>
 
 namespace mtut {
@@ -28,35 +33,22 @@ struct FeatInfo {
 // Checks feats (>= 2 modalities, floating, same N, d, dtype and device) and returns their shape facts.
 FeatInfo check_feats(at::TensorList feats);
 void check_eps(double eps);
-void check_ce(const at::Tensor& ce, const FeatInfo& info, const at::Tensor& like);
+// ce: the per-sample losses [M, N] (sizes symbolic where the composites call it).
+void check_ce(const at::Tensor& ce, const c10::SymInt& M, const c10::SymInt& N, const at::Tensor& like);
 void check_weight(const at::Tensor& weight, const FeatInfo& info, const at::Tensor& like);
+// needs_grad: one flag per modality (sqdist_backward skips the modalities without one).
+using Needs = std::vector<char>;
+Needs check_needs_grad(const c10::List<bool>& needs_grad, const FeatInfo& info);
 void check_loss_args(double beta, double lambda, std::optional<double> pair_cap);
 Distance parse_distance(std::string_view distance);
 
-// "direct", "gram", or "auto" resolved by the cost model (see choose_algo in ssa_common.cpp).
+// "direct", "gram", or "auto" resolved by the cost model (see resolve_algo in ssa_common.cpp).
 Algo resolve_algo(std::string_view algo, int64_t d, const std::vector<int64_t>& channels);
-
-// The per-pair pieces of the SSA loss, from the pairwise squared distances S [N, M, M].
-struct LossTerms {
-  at::Tensor rho;     // [N, M, M] focal weights
-  at::Tensor ddelta;  // [N, M, M] d delta / d S
-  at::Tensor terms;   // [M, M] lambda * mean_b(rho * delta), capped
-  at::Tensor active;  // [M, M] 1 where the cap lets the gradient through
-};
-// Checks every argument of ssa_loss / ssa_loss_backward; returns the shape facts.
-FeatInfo check_loss_inputs(
-    at::TensorList feats, const at::Tensor& ce, double beta, double lambda, c10::string_view distance, double eps,
-    c10::string_view algo, std::optional<double> pair_cap);
-LossTerms loss_terms(
-    const at::Tensor& S, const at::Tensor& ce, double beta, double lambda, c10::string_view distance, int64_t d,
-    std::optional<double> pair_cap);
-// weight[b, m, n] = grad * lambda / N * rho * ddelta * active: what sqdist_backward takes.
-at::Tensor ssa_backward_weight(const LossTerms& t, const at::Tensor& grad, double lambda, int64_t N);
 
 // Row (channel) L2 normalization with ATen ops, for the explicit correlation (the loss
 // kernels fold 1 / max(||x||, eps) into their products instead).
 struct Normalized {
-  at::Tensor xh;    // [N, C, d] contiguous, compute dtype, rows of unit norm (x / eps for rows of norm <= eps)
+  at::Tensor xh;    // [N, C, d] contiguous, compute dtype (x / eps for rows of norm <= eps)
   at::Tensor norm;  // [N, C] row norms r
 };
 Normalized normalize_rows(const at::Tensor& feat, const FeatInfo& info, double eps);
@@ -64,14 +56,37 @@ Normalized normalize_rows(const at::Tensor& feat, const FeatInfo& info, double e
 // shaped like feat [N, C, *S] and in its dtype.
 at::Tensor normalize_rows_backward(const at::Tensor& grad_xh, const Normalized& nx, double eps, const at::Tensor& feat);
 
-// Device-agnostic ops: the explicit correlation (the only op that builds d x d), the
-// focal weight, and the SSA loss forward (which calls pairwise_sqdist through the
-// dispatcher). Each device brings pairwise_sqdist, sqdist_backward and ssa_loss_backward.
+// Device-agnostic ops, registered once (CompositeExplicitAutograd): the explicit
+// correlation (the only op that builds d x d) and its backward, and the focal weight.
 at::Tensor correlation(const at::Tensor& feat, double eps);
 at::Tensor correlation_backward(const at::Tensor& grad, const at::Tensor& feat, double eps);
 at::Tensor focal_weight(const at::Tensor& ce, double beta);
+
+// The composites (CompositeImplicitAutograd): written with ATen ops and calls of the
+// mtut ops through the dispatcher, so autograd, torch.compile, vmap and autocast see
+// their parts. Symbolic-shape safe (sizes are read as SymInt).
+//   pairwise_sqdist        = sqdist_forward(feats, directed=false)[0]
+//   ssa_loss_from_sqdist   = the loss arithmetic over S (focal weight, distance, cap, mean, lambda)
+//   ssa_loss               = ssa_loss_from_sqdist(sqdist_forward(feats, directed=true)[0], ...)
+at::Tensor pairwise_sqdist(at::TensorList feats, double eps, c10::string_view algo);
+at::Tensor ssa_loss_from_sqdist(
+    const at::Tensor& S, const at::Tensor& ce, double beta, double lambda, c10::string_view distance,
+    c10::SymInt d, std::optional<double> pair_cap);
 at::Tensor ssa_loss(
     at::TensorList feats, const at::Tensor& ce, double beta, double lambda, c10::string_view distance,
     double eps, c10::string_view algo, std::optional<double> pair_cap);
+
+// The number of Gram entries sqdist_forward keeps for the backward when it keeps
+// them (the cpu backend, algorithm gram): the blocks G_mn, n >= m, of one sample,
+// sum_{m <= n} C_m C_n.
+int64_t kept_gram_size(const std::vector<int64_t>& channels);
+// Checks sqdist_backward's `saved`: empty, or the kept blocks of these feats (algo gram).
+void check_saved(const at::Tensor& saved, const FeatInfo& info, Algo algo, const at::Tensor& like);
+
+// The boxed kernel every mtut op registers for the Autocast keys: autocast is switched
+// off for the op and everything it calls (the kernels' own at::mm / at::bmm, the
+// composites' arithmetic), so inside an autocast region an op runs as it does outside;
+// the ops handle 16-bit inputs themselves.
+void without_autocast(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack* stack);
 
 }  // namespace mtut

@@ -1,153 +1,300 @@
-"""Fake (meta) implementations and autograd formulas of the torch.ops.mtut ops.
+"""Fake (meta) implementations, autograd formulas and vmap rules of the torch.ops.mtut ops.
 
-The kernels are registered in C++ (csrc/cpu, csrc/cuda); here each op gets the shape
-function torch.compile and opcheck need, and its backward, which is itself a
-registered op.
+The schemas, kernels, composites and autocast rules are registered in C++ (csrc/); here
+each backend op gets what torch.compile, autograd and torch.func need:
+
+* a fake implementation (shapes only; the checks of ``_validation``);
+* an autograd formula whose backward is itself a registered op, and, on every backward
+  op, a formula that refuses double backward with a clear error;
+* a vmap rule that folds the vmapped dimension into the batch N (every op is per sample).
+
+The composites (``ssa_loss``, ``ssa_loss_from_sqdist``, ``pairwise_sqdist``) need none of
+this: they decompose into ``sqdist_forward``, ``focal_weight`` and ATen ops.
+
+The autograd kernels are registered by :func:`register_autograd` below rather than by
+``torch.library.register_autograd``, whose generated ``autograd.Function`` refuses the
+``torch.func`` transforms (pytorch/pytorch#170834): ours builds a single-level node, as
+functorch does for its own transform-local nodes, so ``torch.func.grad`` and
+``vmap(grad(...))`` work over the ops.
 """
 from __future__ import annotations
 
+from typing import Callable, Optional, Sequence
+
 import torch
+from torch.autograd.function import _SingleLevelFunction
+from torch._functorch.utils import enable_single_level_autograd_function
 
 from . import _validation as V
 
-_lib = "mtut::"
+_NS = "mtut"
+_lib = torch.library.Library(_NS, "FRAGMENT")  # the Autograd kernels registered here
 
 
-def _sq_info(feats, eps, algo):
+# ------------------------------------------------------------------ autograd machinery
+
+
+def _flatten(args: Sequence) -> tuple[list, list]:
+    """Arguments -> (flat list, layout): a Tensor[] argument becomes its tensors, so that
+    autograd sees every tensor as an input of the node."""
+    flat, layout = [], []
+    for a in args:
+        if isinstance(a, (list, tuple)) and len(a) > 0 and all(isinstance(t, torch.Tensor) for t in a):
+            layout.append(len(a))
+            flat.extend(a)
+        else:
+            layout.append(None)
+            flat.append(a)
+    return flat, layout
+
+
+def _unflatten(flat: Sequence, layout: list) -> list:
+    out, i = [], 0
+    for n in layout:
+        if n is None:
+            out.append(flat[i])
+            i += 1
+        else:
+            out.append(list(flat[i : i + n]))
+            i += n
+    return out
+
+
+def register_autograd(
+    qualname: str,
+    setup: Callable,
+    backward: Callable,
+    lib: torch.library.Library = _lib,
+) -> None:
+    """The Autograd kernel of op ``qualname``.
+
+    ``setup(ctx, args, output)`` saves what the backward needs (``args`` as the op takes
+    them, Tensor[] as lists); ``backward(ctx, *grads)`` returns one gradient per argument
+    (a list for a Tensor[] argument, None where there is none). ``ctx.needs_input_grad``
+    is given in the same structure (a list of bools for a Tensor[] argument)."""
+    op = torch._library.utils.lookup_op(qualname)
+
+    class Node(_SingleLevelFunction):
+        @staticmethod
+        def forward(ctx, layout, *flat):
+            args = _unflatten(flat, layout)
+            with torch._C._AutoDispatchBelowAutograd():
+                out = op(*args)
+            ctx.layout = layout
+            setup(ctx, args, out)
+            # autograd.Function returns tensors or tuples of them, not lists (Tensor[] outputs)
+            return tuple(out) if isinstance(out, list) else out
+
+        @staticmethod
+        def backward(ctx, *grads):
+            ctx.needs = _unflatten(ctx.needs_input_grad[1:], ctx.layout)
+            structured = backward(ctx, *grads)
+            flat = []
+            for n, g in zip(ctx.layout, structured):
+                flat.extend([g] if n is None else (g if g is not None else [None] * n))
+            return (None, *flat)
+
+    returns_list = op._schema.returns[0].type.kind() == "ListType"
+
+    def kernel(*args):
+        flat, layout = _flatten(args)
+        if not (torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in flat)):
+            with torch._C._AutoDispatchBelowAutograd():
+                return op(*args)
+        with enable_single_level_autograd_function():
+            out = Node.apply(layout, *flat)
+        return list(out) if returns_list else out
+
+    lib.impl(qualname.split("::")[1], kernel, "Autograd")
+
+
+def _no_saving(ctx, args, output):
+    pass
+
+
+def refuse_double_backward(qualname: str, of: str, lib: torch.library.Library = _lib) -> None:
+    """Autograd kernel of a backward op: it runs, but differentiating it raises."""
+
+    def backward(ctx, *grads):
+        raise NotImplementedError(
+            f"mtut: double backward of {of} is not supported (its backward op {qualname} has no derivative); "
+            "differentiate the loss once (no create_graph=True through it), or use mtut_ops.reference"
+        )
+
+    register_autograd(qualname, _no_saving, backward, lib)
+
+
+def sqdist_formulas(backward_op: Callable) -> tuple[Callable, Callable]:
+    """(setup, backward) of an op (feats, eps, algo, directed, for_backward) -> (S, saved)
+    whose first-argument partials are ``backward_op(feats, saved, weight, eps, algo, needs_grad)``."""
+
+    def setup(ctx, args, output):
+        feats, eps, algo, directed, _ = args
+        S, saved = output
+        ctx.save_for_backward(*feats, saved)
+        ctx.mark_non_differentiable(saved)
+        ctx.eps, ctx.algo, ctx.directed = eps, algo, directed
+
+    def backward(ctx, grad_S, _grad_saved):
+        *feats, saved = ctx.saved_tensors
+        needs = list(ctx.needs[0])
+        if grad_S is None or not any(needs):
+            return None, None, None, None, None
+        # directed: term (m, n) flows into X_m only (weight g); else S_mn = S_nm depends on
+        # both inputs (weight g + g^T). The diagonal of the weight plays no part.
+        weight = grad_S if ctx.directed else grad_S + grad_S.transpose(1, 2)
+        grads = backward_op(feats, saved, weight, ctx.eps, ctx.algo, needs)
+        # a modality that needs no gradient got an empty tensor and no work
+        return [g if n else None for g, n in zip(grads, needs)], None, None, None, None
+
+    return setup, backward
+
+
+# ------------------------------------------------------------------ vmap machinery
+
+
+def _fold(x: Optional[torch.Tensor], bdim: Optional[int], batch: int) -> Optional[torch.Tensor]:
+    """[..B..] at bdim -> the batch B folded into dim 0 (N): [B * N, ...]."""
+    if x is None:
+        return None
+    x = x.movedim(bdim, 0) if bdim is not None else x.expand(batch, *x.shape)
+    return x.reshape(batch * x.shape[1], *x.shape[2:])
+
+
+def _unfold(y: torch.Tensor, batch: int) -> torch.Tensor:
+    return y.reshape(batch, y.shape[0] // batch, *y.shape[1:])
+
+
+def _per_sample_outputs(outputs: Sequence[torch.Tensor], batch: int):
+    """Unfolds each output; an empty tensor (nothing computed) stays unbatched."""
+    out = [(_unfold(y, batch), 0) if y.numel() > 0 else (y, None) for y in outputs]
+    return [y for y, _ in out], [d for _, d in out]
+
+
+def _sqdist_vmap(op):
+    def rule(info, in_dims, feats, eps, algo, directed, for_backward):
+        B = info.batch_size
+        S, saved = op([_fold(f, d, B) for f, d in zip(feats, in_dims[0])], eps, algo, directed, for_backward)
+        outs, dims = _per_sample_outputs([S, saved], B)
+        return tuple(outs), tuple(dims)
+
+    return rule
+
+
+def _sqdist_backward_vmap(op):
+    def rule(info, in_dims, feats, saved, weight, eps, algo, needs_grad):
+        B = info.batch_size
+        saved = _fold(saved, in_dims[1], B) if saved.numel() > 0 else saved
+        grads = op([_fold(f, d, B) for f, d in zip(feats, in_dims[0])], saved, _fold(weight, in_dims[2], B), eps, algo,
+                   needs_grad)
+        return _per_sample_outputs(grads, B)
+
+    return rule
+
+
+def register_sqdist(forward_op: str, backward_op: str, lib: torch.library.Library = _lib) -> None:
+    """Autograd formulas and vmap rules of a backend's (sqdist_forward, sqdist_backward) pair."""
+    fwd = torch._library.utils.lookup_op(forward_op)
+    bwd = torch._library.utils.lookup_op(backward_op)
+    register_autograd(forward_op, *sqdist_formulas(lambda *a: bwd(*a)), lib)
+    refuse_double_backward(backward_op, forward_op, lib)
+    torch.library.register_vmap(forward_op, _sqdist_vmap(fwd), lib=lib)
+    torch.library.register_vmap(backward_op, _sqdist_backward_vmap(bwd), lib=lib)
+
+
+# ------------------------------------------------------------------ fakes of the C++ ops
+
+
+@torch.library.register_fake(f"{_NS}::sqdist_forward")
+def _sqdist_forward_fake(feats, eps, algo, directed, for_backward):
     info = V.check_feats(feats)
     V.check_eps(eps)
-    V.resolve_algo(algo, info.d, info.channels)
-    return info
+    V.check_algo(algo)
+    S = feats[0].new_empty((info.N, info.M, info.M), dtype=info.compute_dtype)
+    # The cpu kernels keep the Gram blocks for the backward (csrc/cpu/ssa_cpu.cpp); the
+    # cuda ones recompute them.
+    keeps = for_backward and info.device.type == "cpu" and V.resolve_algo(algo, info.d, info.channels) == "gram"
+    saved_shape = (info.N, V.kept_gram_size(info.channels)) if keeps else (0,)
+    return S, feats[0].new_empty(saved_shape, dtype=info.compute_dtype)
 
 
-# ------------------------------------------------------------------ fakes
+@torch.library.register_fake(f"{_NS}::sqdist_backward")
+def _sqdist_backward_fake(feats, saved, weight, eps, algo, needs_grad):
+    info = V.check_feats(feats)
+    V.check_weight(weight, info)
+    V.check_eps(eps)
+    V.check_algo(algo)
+    V.check_needs_grad(needs_grad, info)
+    return [f.new_empty(f.shape) if need else f.new_empty((0,)) for f, need in zip(feats, needs_grad)]
 
 
-@torch.library.register_fake(_lib + "correlation")
+@torch.library.register_fake(f"{_NS}::correlation")
 def _correlation_fake(feat, eps):
     info = V.check_feats([feat, feat])
     V.check_eps(eps)
     return feat.new_empty((info.N, info.d, info.d))
 
 
-@torch.library.register_fake(_lib + "correlation_backward")
+@torch.library.register_fake(f"{_NS}::correlation_backward")
 def _correlation_backward_fake(grad, feat, eps):
+    info = V.check_feats([feat, feat])
+    V.check_eps(eps)
     return feat.new_empty(feat.shape)
 
 
-@torch.library.register_fake(_lib + "pairwise_sqdist")
-def _pairwise_sqdist_fake(feats, eps, algo):
-    info = _sq_info(feats, eps, algo)
-    return feats[0].new_empty((info.N, info.M, info.M), dtype=info.compute_dtype)
-
-
-@torch.library.register_fake(_lib + "sqdist_backward")
-def _sqdist_backward_fake(feats, weight, eps, algo):
-    _sq_info(feats, eps, algo)
-    return [f.new_empty(f.shape) for f in feats]
-
-
-@torch.library.register_fake(_lib + "focal_weight")
+@torch.library.register_fake(f"{_NS}::focal_weight")
 def _focal_weight_fake(ce, beta):
-    if not ce.is_floating_point():
-        raise TypeError(f"mtut: ce must be a floating-point tensor of per-sample losses, got {ce.dtype}")
-    if ce.dim() != 2 or ce.shape[0] < 2:
-        raise ValueError(
-            f"mtut: ce must have shape [M, N] with M >= 2 modalities and N >= 1 samples, got shape {list(ce.shape)}"
-        )
+    V.check_focal_ce(ce)
     V.check_loss_args(beta, 0.0, None)
     M, N = ce.shape
     return ce.new_empty((N, M, M), dtype=V.compute_dtype(ce.dtype))
 
 
-def _loss_info(feats, ce, beta, lambda_, distance, eps, algo, pair_cap):
-    info = _sq_info(feats, eps, algo)
-    V.check_ce(ce, info)
-    V.check_loss_args(beta, lambda_, pair_cap)
-    V.check_distance(distance)
-    return info
+# ------------------------------------------------------------------ autograd and vmap of the C++ ops
+
+register_sqdist(f"{_NS}::sqdist_forward", f"{_NS}::sqdist_backward")
 
 
-@torch.library.register_fake(_lib + "ssa_loss")
-def _ssa_loss_fake(feats, ce, beta, lambda_, distance, eps, algo, pair_cap):
-    info = _loss_info(feats, ce, beta, lambda_, distance, eps, algo, pair_cap)
-    return feats[0].new_empty((), dtype=info.compute_dtype)
-
-
-@torch.library.register_fake(_lib + "ssa_loss_backward")
-def _ssa_loss_backward_fake(grad, feats, ce, beta, lambda_, distance, eps, algo, pair_cap):
-    _loss_info(feats, ce, beta, lambda_, distance, eps, algo, pair_cap)
-    return [f.new_empty(f.shape) for f in feats]
-
-
-# ------------------------------------------------------------------ autograd
-
-
-def _correlation_setup(ctx, inputs, output):
-    feat, eps = inputs
+def _correlation_setup(ctx, args, output):
+    feat, eps = args
     ctx.save_for_backward(feat)
     ctx.eps = eps
 
 
-def _correlation_bwd(ctx, grad):
+def _correlation_backward(ctx, grad):
     (feat,) = ctx.saved_tensors
     return torch.ops.mtut.correlation_backward(grad, feat, ctx.eps), None
 
 
-torch.library.register_autograd(_lib + "correlation", _correlation_bwd, setup_context=_correlation_setup)
+register_autograd(f"{_NS}::correlation", _correlation_setup, _correlation_backward)
+refuse_double_backward(f"{_NS}::correlation_backward", f"{_NS}::correlation")
 
 
-def sqdist_autograd(backward_op):
-    """(backward, setup_context) of an op (feats, eps, algo) -> S [N, M, M] whose
-    first-argument partials are ``backward_op(feats, weight, eps, algo)``."""
-
-    def setup(ctx, inputs, output):
-        feats, eps, algo = inputs
-        ctx.save_for_backward(*feats)
-        ctx.eps, ctx.algo = eps, algo
-
-    def backward(ctx, grad):
-        # S_mn = S_nm both depend on X_m: its gradient is the first-argument partial weighted by g + g^T.
-        weight = grad + grad.transpose(1, 2)
-        return list(backward_op(list(ctx.saved_tensors), weight, ctx.eps, ctx.algo)), None, None
-
-    return backward, setup
-
-
-def ssa_loss_autograd(backward_op):
-    """(backward, setup_context) of an op (feats, ce, beta, lambda_, distance, eps, algo, pair_cap)
-    -> loss whose backward is ``backward_op(grad, feats, ce, *args)``; ce gets no gradient."""
-
-    def setup(ctx, inputs, output):
-        feats, ce, *args = inputs
-        ctx.save_for_backward(ce, *feats)
-        ctx.args = args  # beta, lambda_, distance, eps, algo, pair_cap
-
-    def backward(ctx, grad):
-        ce, *feats = ctx.saved_tensors
-        grads = backward_op(grad, feats, ce, *ctx.args)
-        return (list(grads), None) + (None,) * len(ctx.args)
-
-    return backward, setup
-
-
-def _register(qualname, formulas):
-    backward, setup = formulas
-    torch.library.register_autograd(qualname, backward, setup_context=setup)
-
-
-_register(_lib + "pairwise_sqdist", sqdist_autograd(lambda *a: torch.ops.mtut.sqdist_backward(*a)))
-
-
-def _focal_weight_setup(ctx, inputs, output):
-    pass
-
-
-def _focal_weight_bwd(ctx, grad):
+def _focal_weight_backward(ctx, grad):
     return None, None  # rho is a constant weight: no gradient flows into the classification losses
 
 
-torch.library.register_autograd(_lib + "focal_weight", _focal_weight_bwd, setup_context=_focal_weight_setup)
+register_autograd(f"{_NS}::focal_weight", _no_saving, _focal_weight_backward)
 
 
-_register(_lib + "ssa_loss", ssa_loss_autograd(lambda *a: torch.ops.mtut.ssa_loss_backward(*a)))
+def _correlation_vmap(info, in_dims, feat, eps):
+    return _unfold(torch.ops.mtut.correlation(_fold(feat, in_dims[0], info.batch_size), eps), info.batch_size), 0
+
+
+def _correlation_backward_vmap(info, in_dims, grad, feat, eps):
+    B = info.batch_size
+    return _unfold(torch.ops.mtut.correlation_backward(_fold(grad, in_dims[0], B), _fold(feat, in_dims[1], B), eps), B), 0
+
+
+def _focal_weight_vmap(info, in_dims, ce, beta):
+    # ce [B, M, N] -> [M, B * N]: the samples of every batch entry side by side
+    B, bdim = info.batch_size, in_dims[0]
+    ce = ce.movedim(bdim, 0) if bdim is not None else ce.expand(B, *ce.shape)
+    M, N = ce.shape[1], ce.shape[2]
+    rho = torch.ops.mtut.focal_weight(ce.transpose(0, 1).reshape(M, B * N), beta)
+    return rho.reshape(B, N, M, M), 0
+
+
+torch.library.register_vmap(f"{_NS}::correlation", _correlation_vmap, lib=_lib)
+torch.library.register_vmap(f"{_NS}::correlation_backward", _correlation_backward_vmap, lib=_lib)
+torch.library.register_vmap(f"{_NS}::focal_weight", _focal_weight_vmap, lib=_lib)

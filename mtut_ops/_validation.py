@@ -1,20 +1,27 @@
-"""Input checks and the algorithm cost model, shared by every Python-side path.
+"""Input checks and the algorithm cost model: the one Python place for them.
 
-The C++ kernels make the same checks with the same messages (csrc/ssa_common.cpp) for
-callers of ``torch.ops.mtut.*``; these run in the Python API (every backend) and in the
-fake implementations, so that errors read the same eagerly and under ``torch.compile``.
+The API (``functional.py``, ``modules.py``), the fake implementations and the triton
+ops call these; the C++ kernels make the same checks with the same messages
+(``csrc/ssa_common.cpp``) for callers of ``torch.ops.mtut.*``, so errors read the same
+eagerly and under ``torch.compile``.
+
+Every check works on symbolic sizes and scalars too (``torch.compile(dynamic=True)``):
+a condition on a symbolic value goes through ``torch._check_*``, which raises at once
+when the value is concrete and otherwise records a runtime assertion instead of
+specializing the shape; nothing here calls ``int()`` on a size.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
 DISTANCES = ("rms", "fro2")
 ALGOS = ("auto", "direct", "gram")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_SYMBOLIC = (torch.SymInt, torch.SymFloat)
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,15 @@ def _prod(sizes) -> int:
     return d
 
 
+def _value_check(cond, message: Callable[[], str]) -> None:
+    """ValueError(message()) unless cond. A symbolic cond (torch.compile's dynamic shapes)
+    becomes a runtime assertion instead of a guard; its message cannot hold symbolic values."""
+    if isinstance(cond, torch.SymBool):
+        torch._check_value(cond)
+    elif not cond:
+        raise ValueError(message())
+
+
 def check_feats(feats: Sequence[torch.Tensor]) -> FeatInfo:
     if isinstance(feats, torch.Tensor) or not isinstance(feats, (list, tuple)):
         raise TypeError(
@@ -61,10 +77,10 @@ def check_feats(feats: Sequence[torch.Tensor]) -> FeatInfo:
             )
         if f.dim() < 2:
             raise ValueError(f"mtut: feats[{i}] must have shape [N, C, *S] (at least 2 dims), got shape {list(f.shape)}")
-        if f.numel() == 0:
-            raise ValueError(
-                f"mtut: feats[{i}] is empty (shape {list(f.shape)}); N, C and every spatiotemporal dim must be >= 1"
-            )
+        _value_check(
+            f.numel() != 0,
+            lambda: f"mtut: feats[{i}] is empty (shape {list(f.shape)}); N, C and every spatiotemporal dim must be >= 1",
+        )
         d = _prod(f.shape[2:])
         if first is None:
             first = FeatInfo(f.shape[0], len(feats), d, (), f.dtype, f.device)
@@ -79,13 +95,15 @@ def check_feats(feats: Sequence[torch.Tensor]) -> FeatInfo:
                     f"mtut: feats[{i}] has dtype {f.dtype} but feats[0] has {first.dtype}; "
                     "all feature maps must share one dtype"
                 )
-            if f.shape[0] != first.N:
-                raise ValueError(f"mtut: feats[{i}] has batch size N = {f.shape[0]} but feats[0] has N = {first.N}")
-            if d != first.d:
-                raise ValueError(
-                    f"mtut: feats[{i}] has d = prod(spatiotemporal dims) = {d} (shape {list(f.shape)}) "
-                    f"but feats[0] has d = {first.d}"
-                )
+            _value_check(
+                f.shape[0] == first.N,
+                lambda: f"mtut: feats[{i}] has batch size N = {f.shape[0]} but feats[0] has N = {first.N}",
+            )
+            _value_check(
+                d == first.d,
+                lambda: f"mtut: feats[{i}] has d = prod(spatiotemporal dims) = {d} (shape {list(f.shape)}) "
+                f"but feats[0] has d = {first.d}",
+            )
         channels.append(f.shape[1])
     return FeatInfo(first.N, first.M, first.d, tuple(channels), first.dtype, first.device)
 
@@ -95,27 +113,74 @@ def check_ce(ce: torch.Tensor, info: FeatInfo) -> None:
         raise TypeError(f"mtut: ce must be a tensor [M, N] of per-sample losses, got {type(ce).__name__}")
     if not ce.is_floating_point():
         raise TypeError(f"mtut: ce must be a floating-point tensor of per-sample losses, got {ce.dtype}")
-    if ce.dim() != 2 or ce.shape[0] != info.M or ce.shape[1] != info.N:
-        raise ValueError(
+    def message():
+        return (
             f"mtut: ce must have shape [M, N] = [{info.M}, {info.N}] (one per-sample loss per modality and sample), "
             f"got shape {list(ce.shape)}"
         )
+
+    if ce.dim() != 2:
+        raise ValueError(message())
+    _value_check(ce.shape[0] == info.M, message)
+    _value_check(ce.shape[1] == info.N, message)
     if ce.device != info.device:
         raise ValueError(f"mtut: ce is on {ce.device} but feats are on {info.device}")
 
 
+def check_focal_ce(ce: torch.Tensor) -> None:
+    """ce of focal_weight: [M, N], M >= 2, N >= 1, floating."""
+    message = f"mtut: ce must have shape [M, N] with M >= 2 modalities and N >= 1 samples, got shape "
+    if not isinstance(ce, torch.Tensor):
+        raise ValueError(message + type(ce).__name__)
+    if ce.dim() != 2:
+        raise ValueError(message + str(list(ce.shape)))
+    if not ce.is_floating_point():
+        raise TypeError(f"mtut: ce must be a floating-point tensor of per-sample losses, got {ce.dtype}")
+    _value_check(ce.shape[0] >= 2, lambda: message + str(list(ce.shape)))
+    _value_check(ce.shape[1] >= 1, lambda: message + str(list(ce.shape)))
+
+
+def check_weight(weight: torch.Tensor, info: FeatInfo) -> None:
+    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+        raise TypeError(f"mtut: weight must be a floating-point tensor, got {getattr(weight, 'dtype', type(weight))}")
+    def message():
+        return f"mtut: weight must have shape [N, M, M] = [{info.N}, {info.M}, {info.M}], got shape {list(weight.shape)}"
+
+    if weight.dim() != 3:
+        raise ValueError(message())
+    for have, want in zip(weight.shape, (info.N, info.M, info.M)):
+        _value_check(have == want, message)
+    if weight.device != info.device:
+        raise ValueError(f"mtut: weight is on {weight.device} but feats are on {info.device}")
+
+
+def check_needs_grad(needs_grad: Sequence[bool], info: FeatInfo) -> None:
+    if len(needs_grad) != info.M:
+        raise ValueError(f"mtut: needs_grad must hold one flag per modality (M = {info.M}), got {len(needs_grad)}")
+
+
+def _check_number(value, name: str, rule: str) -> None:
+    """value >= 0 and finite; for a symbolic value the sign becomes a runtime assertion."""
+    if isinstance(value, _SYMBOLIC):
+        _value_check(value >= 0, lambda: "")
+        return
+    # (value == value: not NaN; written without math.isfinite, which torch.compile does not trace)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value == value and 0 <= value < math.inf):
+        raise ValueError(f"mtut: {name} must be {rule}, got {value}")
+
+
 def check_eps(eps: float) -> None:
-    if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"mtut: eps must be a finite number >= 0, got {eps}")
+    _check_number(eps, "eps", "a finite number >= 0")
 
 
 def check_loss_args(beta: float, lambda_: float, pair_cap: Optional[float]) -> None:
-    if not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta < 0:
-        raise ValueError(f"mtut: beta must be a finite number >= 0, got {beta}")
-    if not isinstance(lambda_, (int, float)) or not math.isfinite(lambda_) or lambda_ < 0:
-        raise ValueError(f"mtut: lambda_ must be a finite number >= 0, got {lambda_}")
-    if pair_cap is not None and (not isinstance(pair_cap, (int, float)) or not pair_cap >= 0):
-        raise ValueError(f"mtut: pair_cap must be None or a number >= 0, got {pair_cap}")
+    _check_number(beta, "beta", "a finite number >= 0")
+    _check_number(lambda_, "lambda_", "a finite number >= 0")
+    if pair_cap is not None:
+        if isinstance(pair_cap, _SYMBOLIC):
+            _value_check(pair_cap >= 0, lambda: "")
+        elif isinstance(pair_cap, bool) or not isinstance(pair_cap, (int, float)) or not pair_cap >= 0:
+            raise ValueError(f"mtut: pair_cap must be None or a number >= 0, got {pair_cap}")
 
 
 def check_distance(distance: str) -> None:
@@ -123,17 +188,38 @@ def check_distance(distance: str) -> None:
         raise ValueError(f"mtut: distance must be 'rms' or 'fro2', got {distance!r}")
 
 
+def check_algo(algo: str) -> None:
+    if algo not in ALGOS:
+        raise ValueError(f"mtut: algo must be 'auto', 'direct' or 'gram', got {algo!r}")
+
+
+def check_loss_inputs(feats, ce, beta, lambda_, distance, eps, algo, pair_cap) -> FeatInfo:
+    """Every argument of ssa_loss (cheap checks only: no kernel runs)."""
+    info = check_feats(feats)
+    check_ce(ce, info)
+    check_loss_args(beta, lambda_, pair_cap)
+    check_distance(distance)
+    check_eps(eps)
+    check_algo(algo)
+    return info
+
+
 def resolve_algo(algo: str, d: int, channels: Sequence[int]) -> str:
     """'direct' or 'gram'; 'auto' by the cost model of csrc/ssa_common.cpp:resolve_algo.
 
     Per sample, with C = sum(channels) and P = M(M-1)/2 pairs, the direct algorithm costs
     about d^2 (C + 2P) and the Gram algorithm about d C^2 (forward and backward alike),
-    so direct is chosen while d (C + 2P) <= C^2, i.e. roughly while d <= C.
+    so direct is chosen while d (C + 2P) <= C^2, i.e. roughly while d <= C. On symbolic
+    sizes the comparison becomes a guard (a recompile only where the choice flips).
     """
-    if algo in ("direct", "gram"):
-        return algo
+    check_algo(algo)
     if algo != "auto":
-        raise ValueError(f"mtut: algo must be 'auto', 'direct' or 'gram', got {algo!r}")
-    C = sum(int(c) for c in channels)
+        return algo
+    C = sum(channels)
     M = len(channels)
-    return "direct" if int(d) * (C + M * (M - 1)) <= C * C else "gram"
+    return "direct" if d * (C + M * (M - 1)) <= C * C else "gram"
+
+
+def kept_gram_size(channels: Sequence[int]):
+    """sum_{m <= n} C_m C_n: the Gram entries per sample the cpu backend keeps (csrc/ssa_common.cpp)."""
+    return sum(channels[m] * channels[n] for m in range(len(channels)) for n in range(m, len(channels)))

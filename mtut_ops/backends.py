@@ -26,12 +26,12 @@ def has_cuda_kernels() -> bool:
 # Asked once (the package loads mtut_ops._C before this module): torch.compile reads a
 # module constant, but cannot trace the dispatcher query (a graph break under
 # fullgraph=True for every CUDA input).
-_HAS_CUDA_KERNELS = torch._C._dispatch_has_kernel_for_dispatch_key("mtut::pairwise_sqdist", "CUDA")
+_HAS_CUDA_KERNELS = torch._C._dispatch_has_kernel_for_dispatch_key("mtut::sqdist_forward", "CUDA")
 
 
 def has_triton_kernels() -> bool:
     """True when mtut_ops.triton registered its ops (triton importable)."""
-    return importlib.util.find_spec("triton") is not None and hasattr(torch.ops.mtut, "triton_ssa_loss")
+    return importlib.util.find_spec("triton") is not None and hasattr(torch.ops.mtut, "triton_sqdist_forward")
 
 
 def triton_interpreted() -> bool:

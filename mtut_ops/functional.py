@@ -1,7 +1,8 @@
-"""The functional API: validated, backend-dispatching wrappers over torch.ops.mtut."""
+"""The functional API: validated wrappers over the ops, dispatched through one backend table."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
@@ -12,6 +13,58 @@ from .backends import pick_backend
 Losses = Union[torch.Tensor, Sequence[torch.Tensor]]
 
 
+@dataclass(frozen=True)
+class _Ops:
+    """What a backend runs for each API function (arguments as the torch.ops.mtut ops take them)."""
+
+    pairwise_sqdist: Callable  # (feats, eps, algo) -> S [N, M, M]
+    ssa_loss: Callable  # (feats, ce, beta, lambda_, distance, eps, algo, pair_cap) -> loss
+    correlation: Callable  # (feat, eps) -> K [N, d, d]
+    focal_weight: Callable  # (ce, beta) -> rho [N, M, M]
+
+
+def _reference_ops() -> _Ops:
+    def as_compute(x, like):
+        return x.to(V.compute_dtype(like.dtype))
+
+    return _Ops(
+        pairwise_sqdist=lambda feats, eps, algo: as_compute(reference.pairwise_sqdist(feats, eps), feats[0]),
+        ssa_loss=lambda feats, ce, beta, lambda_, distance, eps, algo, cap: as_compute(
+            reference.ssa_loss(feats, ce, beta, lambda_, distance, eps, cap), feats[0]
+        ),
+        correlation=reference.correlation,
+        focal_weight=lambda ce, beta: as_compute(reference.focal_weight(ce, beta), ce),
+    )
+
+
+def _native_ops() -> _Ops:
+    """The C++ ops: the cpu kernels for CPU tensors, the cuda kernels for CUDA tensors."""
+    return _Ops(
+        pairwise_sqdist=lambda *a: torch.ops.mtut.pairwise_sqdist(*a),
+        ssa_loss=lambda *a: torch.ops.mtut.ssa_loss(*a),
+        correlation=lambda *a: torch.ops.mtut.correlation(*a),
+        focal_weight=lambda *a: torch.ops.mtut.focal_weight(*a),
+    )
+
+
+def _triton_ops() -> _Ops:
+    from . import triton as triton_ops  # imported lazily: triton is optional
+
+    return _Ops(
+        pairwise_sqdist=triton_ops.pairwise_sqdist,
+        ssa_loss=triton_ops.ssa_loss,
+        correlation=lambda *a: torch.ops.mtut.correlation(*a),  # device-agnostic: builds d x d anyway
+        focal_weight=lambda *a: torch.ops.mtut.focal_weight(*a),
+    )
+
+
+_BACKEND_OPS = {"reference": _reference_ops, "cpu": _native_ops, "cuda": _native_ops, "triton": _triton_ops}
+
+
+def _ops(backend: Optional[str], device: torch.device) -> _Ops:
+    return _BACKEND_OPS[pick_backend(backend, device)]()
+
+
 def _stack_ce(ce_losses: Losses, info: V.FeatInfo) -> torch.Tensor:
     if isinstance(ce_losses, (list, tuple)):
         if len(ce_losses) != info.M or not all(isinstance(c, torch.Tensor) for c in ce_losses):
@@ -19,20 +72,18 @@ def _stack_ce(ce_losses: Losses, info: V.FeatInfo) -> torch.Tensor:
                 f"mtut: ce_losses must be a tensor [M, N] or a list of M = {info.M} tensors [N], "
                 f"got a {type(ce_losses).__name__} of {len(ce_losses)}"
             )
-        shapes = {tuple(c.shape) for c in ce_losses}
-        if shapes != {(info.N,)}:
-            raise ValueError(f"mtut: each of ce_losses must have shape [N] = [{info.N}], got shapes {sorted(shapes)}")
+        def message():
+            return f"mtut: each of ce_losses must have shape [N] = [{info.N}], got shapes {[list(c.shape) for c in ce_losses]}"
+
+        for c in ce_losses:
+            if c.dim() != 1:
+                raise ValueError(message())
+            V._value_check(c.shape[0] == info.N, message)
         ce_losses = torch.stack([c.detach() for c in ce_losses])
     elif isinstance(ce_losses, torch.Tensor):
         ce_losses = ce_losses.detach()
     V.check_ce(ce_losses, info)
     return ce_losses
-
-
-def _triton():
-    from . import triton as triton_ops  # imported lazily: triton is optional
-
-    return triton_ops
 
 
 def correlation(feat: torch.Tensor, eps: float = 1e-8, backend: Optional[str] = None) -> torch.Tensor:
@@ -44,12 +95,7 @@ def correlation(feat: torch.Tensor, eps: float = 1e-8, backend: Optional[str] = 
     """
     V.check_feats([feat, feat])
     V.check_eps(eps)
-    chosen = pick_backend(backend, feat.device)
-    if chosen == "reference":
-        return reference.correlation(feat, eps)
-    if chosen == "triton":
-        return _triton().correlation(feat, eps)
-    return torch.ops.mtut.correlation(feat, eps)
+    return _ops(backend, feat.device).correlation(feat, eps)
 
 
 def pairwise_sqdist(
@@ -64,13 +110,8 @@ def pairwise_sqdist(
     """
     info = V.check_feats(feats)
     V.check_eps(eps)
-    V.resolve_algo(algo, info.d, info.channels)
-    chosen = pick_backend(backend, info.device)
-    if chosen == "reference":
-        return reference.pairwise_sqdist(feats, eps).to(info.compute_dtype)
-    if chosen == "triton":
-        return _triton().pairwise_sqdist(list(feats), eps, algo)
-    return torch.ops.mtut.pairwise_sqdist(list(feats), eps, algo)
+    V.check_algo(algo)
+    return _ops(backend, info.device).pairwise_sqdist(list(feats), eps, algo)
 
 
 def focal_weight(ce_losses: torch.Tensor, beta: float = 2.0, backend: Optional[str] = None) -> torch.Tensor:
@@ -79,18 +120,9 @@ def focal_weight(ce_losses: torch.Tensor, beta: float = 2.0, backend: Optional[s
     ce_losses [M, N] per-sample classification losses -> [N, M, M]. rho_mn > 0 only where
     network n does better than m on sample b. It carries no gradient.
     """
-    if not isinstance(ce_losses, torch.Tensor) or ce_losses.dim() != 2 or ce_losses.shape[0] < 2:
-        shape = list(ce_losses.shape) if isinstance(ce_losses, torch.Tensor) else type(ce_losses).__name__
-        raise ValueError(f"mtut: ce must have shape [M, N] with M >= 2 modalities and N >= 1 samples, got {shape}")
-    if not ce_losses.is_floating_point():
-        raise TypeError(f"mtut: ce must be a floating-point tensor of per-sample losses, got {ce_losses.dtype}")
+    V.check_focal_ce(ce_losses)
     V.check_loss_args(beta, 0.0, None)
-    chosen = pick_backend(backend, ce_losses.device)
-    if chosen == "reference":
-        return reference.focal_weight(ce_losses, beta).to(V.compute_dtype(ce_losses.dtype))
-    if chosen == "triton":
-        return _triton().focal_weight(ce_losses.detach(), beta)
-    return torch.ops.mtut.focal_weight(ce_losses.detach(), beta)
+    return _ops(backend, ce_losses.device).focal_weight(ce_losses.detach(), beta)
 
 
 def ssa_loss(
@@ -112,7 +144,8 @@ def ssa_loss(
         S_mn[b]   = ||K_m[b] - K_n[b]||_F^2,  K_m = Xh_m^T Xh_m  (d x d, never built)
 
     In term (m, n) the gradient flows into X_m only: network m is pulled toward the
-    correlation structure of n where n classifies sample b better.
+    correlation structure of n where n classifies sample b better. Inputs that do not
+    require grad (a frozen teacher network's features) cost no gradient work.
 
     Args:
         feats: M >= 2 feature maps [N, C_m, *S] (e.g. I3D Mixed_5c [N, 1024, 8, 7, 7]).
@@ -124,19 +157,11 @@ def ssa_loss(
         pair_cap: cap every ordered pair's term at this value (mmpose uses 10); None: no cap.
         backend: "cpu", "cuda", "triton", "reference", or None for the device's default.
 
-    Returns a 0-dim tensor, float32 (float64 for float64 feats).
+    Returns a 0-dim tensor, float32 (float64 for float64 feats). Inside an autocast
+    region it computes exactly as outside (float16/bfloat16 inputs are handled by the op).
     """
     info = V.check_feats(feats)
     ce = _stack_ce(ce_losses, info)
-    V.check_loss_args(beta, lambda_, pair_cap)
-    V.check_distance(distance)
-    V.check_eps(eps)
-    V.resolve_algo(algo, info.d, info.channels)
+    V.check_loss_inputs(feats, ce, beta, lambda_, distance, eps, algo, pair_cap)
     pair_cap = None if pair_cap is None else float(pair_cap)
-    args = (float(beta), float(lambda_), distance, float(eps), algo, pair_cap)
-    chosen = pick_backend(backend, info.device)
-    if chosen == "reference":
-        return reference.ssa_loss(feats, ce, beta, lambda_, distance, eps, pair_cap).to(info.compute_dtype)
-    if chosen == "triton":
-        return _triton().ssa_loss(list(feats), ce, *args)
-    return torch.ops.mtut.ssa_loss(list(feats), ce, *args)
+    return _ops(backend, info.device).ssa_loss(list(feats), ce, beta, lambda_, distance, eps, algo, pair_cap)

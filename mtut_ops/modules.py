@@ -34,8 +34,7 @@ class SSALoss(nn.Module):
         V.check_loss_args(beta, lambda_, pair_cap)
         V.check_distance(distance)
         V.check_eps(eps)
-        if algo not in V.ALGOS:
-            raise ValueError(f"mtut: algo must be 'auto', 'direct' or 'gram', got {algo!r}")
+        V.check_algo(algo)
         self.beta, self.lambda_, self.distance, self.eps = beta, lambda_, distance, eps
         self.algo, self.pair_cap, self.backend = algo, pair_cap, backend
 

@@ -38,9 +38,9 @@ def focal_weight(ce: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
 
 
 def rms_distance(S: torch.Tensor, d: int) -> torch.Tensor:
-    """delta = sqrt(S) / d, with the gradient defined as 0 where S == 0 (NaN stays NaN)."""
-    tiny = torch.finfo(S.dtype).tiny
-    return torch.where(S == 0, torch.zeros_like(S), S.clamp(min=tiny).sqrt()) / d
+    """delta = sqrt(S) / d, with the gradient defined as 0 where S == 0 (where() selects the
+    constant there, dropping sqrt's infinite derivative); NaN stays NaN, gradient included."""
+    return torch.where(S == 0, torch.zeros_like(S), S).sqrt() / d
 
 
 def ssa_loss(

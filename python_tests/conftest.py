@@ -21,8 +21,12 @@ def _fused_backends():
     """(backend, device) pairs of every fused implementation runnable here.
 
     Triton on CPU (TRITON_INTERPRET=1) is left out: the interpreter is far too slow for
-    the whole suite; python_tests/test_triton*.py test it on small shapes instead.
+    the whole suite; python_tests/test_triton*.py test it on small shapes instead, and
+    run chosen files in a subprocess with MTUT_TEST_BACKEND=triton, where it is the one
+    backend.
     """
+    if os.environ.get("MTUT_TEST_BACKEND") == "triton":
+        return [("triton", "cuda" if torch.cuda.is_available() else "cpu")]
     out = [("cpu", "cpu")]
     if torch.cuda.is_available():
         out += [(b, "cuda") for b in mtut_ops.available_backends("cuda") if b != "reference"]

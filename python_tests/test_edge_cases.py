@@ -75,8 +75,11 @@ def test_nan_in_gives_nan_out(backend_device, algo):
     S = mtut_ops.pairwise_sqdist(feats, algo=algo, backend=backend)
     assert torch.isnan(S[1, 0, 1]) and torch.isnan(S[1, 1, 0])
     assert torch.isfinite(S[0]).all()  # the other sample is untouched
-    L = mtut_ops.ssa_loss(feats, make_ce(2, 2, device=device), algo=algo, backend=backend)
+    xs = leaf(feats)
+    L = mtut_ops.ssa_loss(xs, make_ce(2, 2, device=device), algo=algo, backend=backend)
     assert torch.isnan(L)
+    L.backward()
+    assert torch.isnan(xs[0].grad[1]).any() or torch.isnan(xs[1].grad[1]).any()  # the NaN shows in the gradient too
     ce = make_ce(2, 2, device=device)
     ce[0, 0] = float("nan")
     assert torch.isnan(mtut_ops.ssa_loss(make_feats(2, [4, 4], [3, 3], device=device), ce, algo=algo, backend=backend))

@@ -53,8 +53,13 @@ def test_torch_ops_rejects(case):
 
 
 def test_torch_ops_rejects_bad_weight_and_grad():
+    none = torch.empty(0, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"weight must have shape \[N, M, M\] = \[2, 2, 2\]"):
-        torch.ops.mtut.sqdist_backward(F2, torch.zeros(2, 2), 1e-8, "gram")
+        torch.ops.mtut.sqdist_backward(F2, none, torch.zeros(2, 2), 1e-8, "gram", [True, True])
+    with pytest.raises(ValueError, match=r"needs_grad must hold one flag per modality \(M = 2\), got 3"):
+        torch.ops.mtut.sqdist_backward(F2, none, torch.zeros(2, 2, 2), 1e-8, "gram", [True, True, False])
+    with pytest.raises(ValueError, match=r"saved must be empty or what sqdist_forward returned"):
+        torch.ops.mtut.sqdist_backward(F2, torch.zeros(2, 5), torch.zeros(2, 2, 2), 1e-8, "gram", [True, True])
     with pytest.raises(ValueError, match=r"grad must have shape \[N, d, d\]"):
         torch.ops.mtut.correlation_backward(torch.zeros(2, 3, 3), F2[0], 1e-8)
     with pytest.raises(ValueError, match=r"ce must have shape \[M, N\] with M >= 2"):

@@ -19,39 +19,61 @@ def _feats(device, noncontiguous=False, requires_grad=True):
     return leaf(feats) if requires_grad else feats
 
 
-@pytest.mark.parametrize("noncontiguous", [False, True])
-@pytest.mark.parametrize("algo", ALGOS)
-def test_opcheck_pairwise_sqdist_and_backward(backend_device, algo, noncontiguous):
-    backend, device = backend_device
+def _opcheck_backward_op(op, args):
+    """opcheck of a backward op: with differentiable inputs all but the AOT test (which
+    would take its refused double backward), then everything on detached inputs."""
+    torch.library.opcheck(op, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    detached = [[t.detach() for t in a] if isinstance(a, list) and a and isinstance(a[0], torch.Tensor)
+                else a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    torch.library.opcheck(op, tuple(detached))
+
+
+def _native(backend):
     if backend not in ("cpu", "cuda"):
         pytest.skip("torch.ops.mtut ops are the cpu/cuda backends")
+
+
+@pytest.mark.parametrize("directed", [False, True])
+@pytest.mark.parametrize("noncontiguous", [False, True])
+@pytest.mark.parametrize("algo", ALGOS)
+def test_opcheck_sqdist_forward_and_backward(backend_device, algo, noncontiguous, directed):
+    """Every opcheck test (schema, autograd registration, fake tensors, AOT dispatch with
+    dynamic shapes), with inputs that require grad. The backward op is checked with
+    differentiable inputs too (its autograd formula, the double-backward refusal, must be
+    registered), except for AOT dispatch, which would differentiate it; that test runs on
+    detached inputs."""
+    backend, device = backend_device
+    _native(backend)
     feats = _feats(device, noncontiguous)
+    for for_backward in (False, True):
+        torch.library.opcheck(torch.ops.mtut.sqdist_forward.default, (feats, 1e-8, algo, directed, for_backward))
+    _, saved = torch.ops.mtut.sqdist_forward(feats, 1e-8, algo, directed, True)
+    weight = torch.rand(2, 2, 2, dtype=torch.float64, device=device, requires_grad=True)
+    for needs in ([True, True], [False, True]):
+        args = (feats, saved.detach(), weight, 1e-8, algo, needs)
+        _opcheck_backward_op(torch.ops.mtut.sqdist_backward.default, args)
     torch.library.opcheck(torch.ops.mtut.pairwise_sqdist.default, (feats, 1e-8, algo))
-    weight = torch.rand(2, 2, 2, dtype=torch.float64, device=device)
-    torch.library.opcheck(torch.ops.mtut.sqdist_backward.default, ([f.detach() for f in feats], weight, 1e-8, algo))
 
 
 @pytest.mark.parametrize("cap", [None, 10.0])
 @pytest.mark.parametrize("algo", ALGOS)
-def test_opcheck_ssa_loss_and_backward(backend_device, algo, cap):
+def test_opcheck_ssa_loss(backend_device, algo, cap):
     backend, device = backend_device
-    if backend not in ("cpu", "cuda"):
-        pytest.skip("torch.ops.mtut ops are the cpu/cuda backends")
+    _native(backend)
     feats, ce = _feats(device), make_ce(2, 2, device=device)
-    args = (2.0, 0.5, "rms", 1e-8, algo, cap)
-    torch.library.opcheck(torch.ops.mtut.ssa_loss.default, (feats, ce, *args))
-    grad = torch.tensor(1.0, dtype=torch.float64, device=device)
-    torch.library.opcheck(torch.ops.mtut.ssa_loss_backward.default, (grad, [f.detach() for f in feats], ce, *args))
+    torch.library.opcheck(torch.ops.mtut.ssa_loss.default, (feats, ce, 2.0, 0.5, "rms", 1e-8, algo, cap))
+    S = torch.ops.mtut.pairwise_sqdist(feats, 1e-8, algo)
+    for distance in ("rms", "fro2"):
+        torch.library.opcheck(torch.ops.mtut.ssa_loss_from_sqdist.default, (S, ce, 2.0, 0.5, distance, 6, cap))
 
 
 def test_opcheck_correlation_and_focal_weight(backend_device):
     backend, device = backend_device
-    if backend not in ("cpu", "cuda"):
-        pytest.skip("torch.ops.mtut ops are the cpu/cuda backends")
+    _native(backend)
     feat = _feats(device, noncontiguous=True)[0]
     torch.library.opcheck(torch.ops.mtut.correlation.default, (feat, 1e-8))
-    grad = torch.randn(2, 6, 6, dtype=torch.float64, device=device)
-    torch.library.opcheck(torch.ops.mtut.correlation_backward.default, (grad, feat.detach(), 1e-8))
+    grad = torch.randn(2, 6, 6, dtype=torch.float64, device=device, requires_grad=True)
+    _opcheck_backward_op(torch.ops.mtut.correlation_backward.default, (grad, feat, 1e-8))
     ce = make_ce(3, 4, device=device).requires_grad_()
     torch.library.opcheck(torch.ops.mtut.focal_weight.default, (ce, 2.0))
 
@@ -118,5 +140,10 @@ def test_cuda_kernels_are_compiled_in():
     """With FORCE_CUDA=1 (make test where nvcc exists, i.e. CI) the extension carries the
     CUDA kernels, and it imports and runs on the CPU without a GPU."""
     assert mtut_ops.backends.has_cuda_kernels()
-    for op in ("pairwise_sqdist", "sqdist_backward", "ssa_loss", "ssa_loss_backward", "focal_weight", "correlation"):
+    for op in ("sqdist_forward", "sqdist_backward"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"mtut::{op}", "CUDA"), op
+    # the device-agnostic ops and the composites are registered once, for every device
+    for op in ("correlation", "correlation_backward", "focal_weight"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"mtut::{op}", "CompositeExplicitAutograd"), op
+    for op in ("pairwise_sqdist", "ssa_loss", "ssa_loss_from_sqdist"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"mtut::{op}", "CompositeImplicitAutograd"), op

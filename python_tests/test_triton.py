@@ -11,6 +11,7 @@ CUDA tensors) run in a subprocess with that set.
 from __future__ import annotations
 
 import importlib.util
+import operator
 import os
 import subprocess
 import sys
@@ -56,6 +57,15 @@ def test_kernels_under_the_interpreter():
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+@pytest.mark.skipif(triton_interpreted(), reason="this process is interpreted")
+def test_op_contract_under_the_interpreter():
+    """python_tests/test_op_contract.py (autocast, double backward, dynamic shapes, vmap,
+    torch.func, frozen modalities, no recompute) with the triton backend, interpreted."""
+    _pytest(["python_tests/test_op_contract.py"], {"TRITON_INTERPRET": "1", "MTUT_TEST_BACKEND": "triton"},
+            timeout=1200)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 @pytest.mark.skipif(has_triton_kernels(), reason="the ops are registered here: the test_op_* tests run in this process")
 def test_ops_without_a_gpu():
     """The test_op_* tests below, in a process that registers the triton ops without a GPU."""
@@ -68,7 +78,7 @@ def test_import_without_triton():
         "import sys; sys.modules['triton'] = None\n"  # makes `import triton` raise ImportError
         "import torch, mtut_ops\n"
         "from mtut_ops.backends import has_triton_kernels\n"
-        "assert not hasattr(torch.ops.mtut, 'triton_ssa_loss') and not has_triton_kernels()\n"
+        "assert not hasattr(torch.ops.mtut, 'triton_sqdist_forward') and not has_triton_kernels()\n"
         "assert 'triton' not in mtut_ops.available_backends('cpu')\n"
         "f = [torch.randn(2, 3, 4), torch.randn(2, 5, 4)]\n"
         "try:\n"
@@ -95,14 +105,13 @@ def test_cpu_tensors_need_the_interpreter():
         assert "triton" not in mtut_ops.available_backends("cpu")
         with pytest.raises(ValueError, match=r"backend 'triton' cannot run on cpu"):
             mtut_ops.pairwise_sqdist(feats, backend="triton")
-    assert ("triton", "cpu") not in FUSED  # the interpreter is kept out of the backend-wide tests
 
 
 @registered_ops
 def test_op_rejects_cpu_tensors_without_the_interpreter():
     feats = make_feats(2, [3, 4], [2, 3])
     with pytest.raises(ValueError, match=r"the triton ops need CUDA tensors \(or CPU tensors with TRITON_INTERPRET=1\)"):
-        torch.ops.mtut.triton_pairwise_sqdist(feats, 1e-8, "gram")
+        torch.ops.mtut.triton_sqdist_forward(feats, 1e-8, "gram", False, False)
 
 
 @registered_ops
@@ -125,8 +134,7 @@ def test_op_decomposes_into_kernel_launches(algo):
     def fake(shape):
         return FakeTensor(mode, torch.empty(shape, dtype=torch.float32, device="meta"), torch.device("cuda", 0))
 
-    feats, ce, grad = [fake((2, 3, 2, 3)), fake((2, 5, 2, 3))], fake((2, 2)), fake(())
-    args = (2.0, 0.5, "rms", 1e-8, algo, None)
+    feats, saved, weight = [fake((2, 3, 2, 3)), fake((2, 5, 2, 3))], fake((0,)), fake((2, 2, 2))
 
     def launched(fn, *inputs):
         with mode:
@@ -139,22 +147,21 @@ def test_op_decomposes_into_kernel_launches(algo):
             assert "mtut" not in str(node.target), node.target  # nothing opaque left
         return names
 
-    fwd = launched(lambda f, c: torch.ops.mtut.triton_ssa_loss(f, c, *args), feats, ce)
-    bwd = launched(lambda g, f, c: torch.ops.mtut.triton_ssa_loss_backward(g, f, c, *args), grad, feats, ce)
-    sq_bwd = launched(lambda f, w: torch.ops.mtut.triton_sqdist_backward(f, w, 1e-8, algo), feats, fake((2, 2, 2)))
+    fwd = launched(lambda f: torch.ops.mtut.triton_sqdist_forward(f, 1e-8, algo, True, True), feats)
+    bwd = launched(lambda f, s, w: torch.ops.mtut.triton_sqdist_backward(f, s, w, 1e-8, algo, [True, True]),
+                   feats, saved, weight)
     if algo == "direct":
-        assert fwd == ["_direct_forward"] and sq_bwd == ["_direct_backward"]
-        assert bwd == ["_direct_forward", "_direct_backward"]  # S is recomputed
+        assert fwd == ["_direct_forward"] and bwd == ["_direct_backward"]
     else:
-        assert fwd == ["_gram_forward"] and sq_bwd == ["_gram_coef", "_gram_apply"]
-        assert bwd == ["_gram_forward", "_gram_coef", "_gram_apply"]
+        assert fwd == ["_gram_forward"] and bwd == ["_gram_coef", "_gram_apply"]
 
 
 @registered_ops
 def test_op_dynamo_traces_the_api_without_graph_breaks():
     """torch.compile(fullgraph=True) over the Python API with backend='triton' traces to
-    one graph holding the triton op (fake propagation runs the op's torch-and-launch body).
-    The backend stops before running anything: there is no GPU here."""
+    one graph holding the triton op and the loss composite over its distances (fake
+    propagation runs the op's torch-and-launch body). The backend stops before running
+    anything: there is no GPU here."""
     from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
     torch._dynamo.reset()
@@ -178,8 +185,8 @@ def test_op_dynamo_traces_the_api_without_graph_breaks():
         with mode:
             torch.compile(step, fullgraph=True, backend=backend)(feats, ce)
     assert graphs, f"no graph: {info.value!r}"  # e.g. a graph break in the API's backend choice
-    calls = [n.target for n in graphs[0].graph.nodes if n.op == "call_function"]
-    assert calls == [torch.ops.mtut.triton_ssa_loss], calls
+    calls = [n.target for n in graphs[0].graph.nodes if n.op == "call_function" and n.target is not operator.getitem]
+    assert calls == [torch.ops.mtut.triton_sqdist_forward, torch.ops.mtut.ssa_loss_from_sqdist], calls
 
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and has_triton_kernels()), reason="needs CUDA and triton")

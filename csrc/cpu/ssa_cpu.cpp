@@ -1,12 +1,14 @@
-// CPU kernels of pairwise_sqdist, sqdist_backward and ssa_loss_backward: both algorithms
-// of DESIGN.md §2.
+// CPU kernels of sqdist_forward and sqdist_backward: both algorithms of DESIGN.md §2.
 //
 // Memory: the normalized rows Xh = diag(s) X, s = 1 / max(||x||, eps), are never built.
 // Every product needs s only as a per-channel factor: a K strip is (X_I s^2)^T X_J, a
 // Gram block is diag(s_m) X_m X_n^T diag(s_n), and every gradient contribution has
 // diag(s) on its left, so it is applied once, in the fused normalization backward.
 // Nothing of size d x d is allocated: the direct algorithm holds one kTile x kStrip
-// strip per modality.
+// strip per modality. For the backward, the Gram algorithm keeps the unscaled blocks
+// X_m X_n^T (n >= m) that its forward computed (N sum_{m<=n} C_m C_n values, less than
+// the inputs wherever gram is the algorithm of choice, d > C), so its backward does
+// only the products that apply them; the direct algorithm keeps nothing.
 //
 // Threads: the products run on the calling thread as wide GEMMs that BLAS
 // parallelizes; at::parallel_for only wraps plain loops (never ATen calls: nested
@@ -146,12 +148,15 @@ at::Tensor sqdist_direct(const std::vector<Rows>& rows, const FeatInfo& info) {
 // sum_n w_mn 4 Xh_m (K_m - K_n) = Xh_m E_m, E_m = 4 (a_m K_m - sum_n w_mn K_n),
 // a_m = sum_{n != m} w_mn. E_m is symmetric, so each upper strip E[I, J] serves twice:
 // columns J get X_I E[I, J] and columns I get X_J E[I, J]^T (the diagonal tile once).
+// Only modalities with needs[m] get a buffer and any work.
 template <typename T>
-std::vector<at::Tensor> sqdist_grad_direct(const std::vector<Rows>& rows, const FeatInfo& info, const at::Tensor& weight) {
+std::vector<at::Tensor> sqdist_grad_direct(const std::vector<Rows>& rows, const FeatInfo& info, const at::Tensor& weight,
+                                           const Needs& needs) {
   const int64_t N = info.N, M = info.M, d = info.d;
   auto w = weight.accessor<double, 3>();
-  std::vector<at::Tensor> graw;
-  for (int64_t m = 0; m < M; ++m) graw.push_back(at::zeros_like(rows[m].x));
+  std::vector<at::Tensor> graw(M);
+  for (int64_t m = 0; m < M; ++m)
+    if (needs[m]) graw[m] = at::zeros_like(rows[m].x);
   std::vector<at::Tensor> A(M), K(M);
   std::vector<char> row_active(M), need_k(M);
   for (int64_t b = 0; b < N; ++b) {
@@ -159,7 +164,7 @@ std::vector<at::Tensor> sqdist_grad_direct(const std::vector<Rows>& rows, const 
     for (int64_t m = 0; m < M; ++m) row_active[m] = need_k[m] = 0;
     for (int64_t m = 0; m < M; ++m)
       for (int64_t n = 0; n < M; ++n)
-        if (n != m && w[b][m][n] != 0) row_active[m] = need_k[m] = need_k[n] = 1, any = true;
+        if (needs[m] && n != m && w[b][m][n] != 0) row_active[m] = need_k[m] = need_k[n] = 1, any = true;
     if (!any) continue;  // e.g. the better network of a pair gets no SSA gradient
     for (int64_t i0 = 0; i0 < d; i0 += kTile) {
       const int64_t ti = std::min(kTile, d - i0);
@@ -192,21 +197,51 @@ std::vector<at::Tensor> sqdist_grad_direct(const std::vector<Rows>& rows, const 
 
 // ---------------------------------------------------------------- gram
 
-// The unscaled Gram blocks X_m X_n^T (n >= m) of one sample, [C_m, C_n] each, at [m * M + n].
-std::vector<at::Tensor> gram_blocks(const std::vector<Rows>& rows, int64_t M, int64_t b) {
-  std::vector<at::Tensor> G(M * M);
-  for (int64_t m = 0; m < M; ++m) {
-    const at::Tensor xm = rows[m].x.select(0, b);
-    for (int64_t n = m; n < M; ++n) G[m * M + n] = at::mm(xm, rows[n].x.select(0, b).t());
-  }
+// The unscaled Gram blocks P_mn = X_m X_n^T, [C_m, C_n], of one sample. The blocks
+// with n >= m live one after the other (m major) in a row of `kept` ([sum_{m<=n} C_m C_n],
+// what the forward keeps for the backward); block (m, n) with n < m is P_nm^T.
+struct GramBlocks {
+  std::vector<at::Tensor> upper;  // [m * M + n] for n >= m; undefined where not computed
+  int64_t M;
+  at::Tensor block(int64_t m, int64_t n) const { return m <= n ? upper[m * M + n] : upper[n * M + m].t(); }
+};
+
+// Views of the kept blocks of sample b.
+GramBlocks kept_blocks(const at::Tensor& kept, const FeatInfo& info, int64_t b) {
+  GramBlocks G{std::vector<at::Tensor>(info.M * info.M), info.M};
+  const at::Tensor row = kept.select(0, b);
+  int64_t offset = 0;
+  for (int64_t m = 0; m < info.M; ++m)
+    for (int64_t n = m; n < info.M; ++n) {
+      const int64_t cm = info.channels[m], cn = info.channels[n];
+      G.upper[m * info.M + n] = row.narrow(0, offset, cm * cn).view({cm, cn});
+      offset += cm * cn;
+    }
   return G;
 }
 
-// ||diag(s_m) G diag(s_n)||_F^2 in double, rows summed in a fixed order.
+// Computes the blocks (m, n >= m) that `wanted` asks for, into `G` (views of a kept row,
+// or new tensors where G holds none). Every block is one GEMM of its own shape, so for
+// X_m = X_n the blocks P_mm, P_mn and P_nn are the same bit for bit (S exactly 0).
+void compute_blocks(const std::vector<Rows>& rows, int64_t b, GramBlocks& G,
+                    const std::vector<std::vector<char>>& wanted) {
+  for (int64_t m = 0; m < G.M; ++m) {
+    const at::Tensor xm = rows[m].x.select(0, b);
+    for (int64_t n = m; n < G.M; ++n) {
+      if (!wanted[m][n]) continue;
+      at::Tensor& out = G.upper[m * G.M + n];
+      const at::Tensor xn_t = rows[n].x.select(0, b).t();
+      if (out.defined()) at::mm_out(out, xm, xn_t);
+      else out = at::mm(xm, xn_t);
+    }
+  }
+}
+
+// ||diag(s_m) P diag(s_n)||_F^2 in double, rows summed in a fixed order.
 template <typename T>
-double scaled_sum_squares(const at::Tensor& G, const at::Tensor& sm, const at::Tensor& sn) {
-  const int64_t R = G.size(0), C = G.size(1);
-  const T* g = G.const_data_ptr<T>();
+double scaled_sum_squares(const at::Tensor& P, const at::Tensor& sm, const at::Tensor& sn) {
+  const int64_t R = P.size(0), C = P.size(1);
+  const T* g = P.const_data_ptr<T>();
   const T* a = sm.const_data_ptr<T>();
   const T* c = sn.const_data_ptr<T>();
   std::vector<double> row_sum(R);
@@ -228,12 +263,12 @@ double scaled_sum_squares(const at::Tensor& G, const at::Tensor& sm, const at::T
 // S_mn = ||G_mm||^2 - 2 ||G_mn||^2 + ||G_nn||^2 of one sample: a difference of large terms,
 // so the norms are accumulated in double and the result is clamped at 0 (NaN passes).
 template <typename T>
-void gram_sqdist_sample(const std::vector<at::Tensor>& G, const std::vector<Rows>& rows, int64_t M, int64_t b,
-                        at::TensorAccessor<double, 2> s) {
+void gram_sqdist_sample(const GramBlocks& G, const std::vector<Rows>& rows, int64_t b, at::TensorAccessor<double, 2> s) {
+  const int64_t M = G.M;
   std::vector<double> t(M * M);
   for (int64_t m = 0; m < M; ++m)
     for (int64_t n = m; n < M; ++n)
-      t[m * M + n] = scaled_sum_squares<T>(G[m * M + n], rows[m].scale.select(0, b), rows[n].scale.select(0, b));
+      t[m * M + n] = scaled_sum_squares<T>(G.upper[m * M + n], rows[m].scale.select(0, b), rows[n].scale.select(0, b));
   for (int64_t m = 0; m < M; ++m) {
     s[m][m] = 0;
     for (int64_t n = m + 1; n < M; ++n) {
@@ -243,115 +278,102 @@ void gram_sqdist_sample(const std::vector<at::Tensor>& G, const std::vector<Rows
   }
 }
 
+// S of every sample; with `kept` defined ([N, sum_{m<=n} C_m C_n]) the blocks stay there.
 template <typename T>
-at::Tensor sqdist_gram(const std::vector<Rows>& rows, const FeatInfo& info) {
+at::Tensor sqdist_gram(const std::vector<Rows>& rows, const FeatInfo& info, const at::Tensor& kept) {
   at::Tensor S = at::zeros({info.N, info.M, info.M}, at::TensorOptions().dtype(at::kDouble));
   auto s = S.accessor<double, 3>();
-  for (int64_t b = 0; b < info.N; ++b) gram_sqdist_sample<T>(gram_blocks(rows, info.M, b), rows, info.M, b, s[b]);
+  const std::vector<std::vector<char>> all(info.M, std::vector<char>(info.M, 1));
+  for (int64_t b = 0; b < info.N; ++b) {
+    GramBlocks G = kept.defined() ? kept_blocks(kept, info, b) : GramBlocks{std::vector<at::Tensor>(info.M * info.M), info.M};
+    compute_blocks(rows, b, G, all);
+    gram_sqdist_sample<T>(G, rows, b, s[b]);
+  }
   return S.to(info.compute_dtype);
 }
 
-// graw[m] += sum_n coef_n G_mn diag(s_n^2) X_n for one sample (coef_m = 4 a_m, coef_n = -4 w_mn),
-// so that dL/dXh_m = diag(s_m) graw[m] = 4 (a_m G_mm Xh_m - sum_n w_mn G_mn Xh_n).
+// dL/dXh_m = diag(s_m) graw[m] = 4 (a_m G_mm Xh_m - sum_n w_mn G_mn Xh_n) for every
+// modality m with needs[m], i.e. graw[m] = sum_n coef_n P_mn diag(s_n^2) X_n with
+// coef_m = 4 a_m, coef_n = -4 w_mn (n != m), a_m = sum_{n != m} w_mn. The blocks come
+// from `kept` when the forward kept them, else only the ones needed are computed.
 template <typename T>
-void gram_grad_sample(const std::vector<at::Tensor>& G, const std::vector<Rows>& rows, int64_t M, int64_t b,
-                      at::TensorAccessor<double, 2> w, std::vector<at::Tensor>& graw) {
-  for (int64_t m = 0; m < M; ++m) {
-    double a = 0;
+std::vector<at::Tensor> sqdist_grad_gram(const std::vector<Rows>& rows, const FeatInfo& info, const at::Tensor& weight,
+                                         const at::Tensor& kept, const Needs& needs) {
+  const int64_t M = info.M;
+  auto w = weight.accessor<double, 3>();
+  std::vector<at::Tensor> graw(M);
+  for (int64_t m = 0; m < M; ++m)
+    if (needs[m]) graw[m] = at::zeros_like(rows[m].x);
+  std::vector<double> coef(M * M);
+  std::vector<std::vector<char>> wanted(M, std::vector<char>(M));
+  for (int64_t b = 0; b < info.N; ++b) {
     bool any = false;
-    for (int64_t n = 0; n < M; ++n)
-      if (n != m) a += w[m][n], any = any || w[m][n] != 0;
-    if (!any) continue;
-    at::Tensor out = graw[m].select(0, b);
-    for (int64_t n = 0; n < M; ++n) {
-      const double coef = n == m ? 4.0 * a : -4.0 * w[m][n];
-      if (coef == 0) continue;
-      const at::Tensor sn = rows[n].scale.select(0, b);
-      const at::Tensor block = m <= n ? G[m * M + n] : G[n * M + m].t();  // G_mn = G_nm^T
-      out.addmm_(block * (sn * sn * coef).unsqueeze(0), rows[n].x.select(0, b));
+    for (auto& row : wanted) std::fill(row.begin(), row.end(), 0);
+    for (int64_t m = 0; m < M; ++m) {
+      double a = 0;
+      for (int64_t n = 0; n < M; ++n)
+        if (n != m) a += w[b][m][n];
+      for (int64_t n = 0; n < M; ++n) {
+        coef[m * M + n] = !needs[m] ? 0.0 : n == m ? 4.0 * a : -4.0 * w[b][m][n];
+        if (coef[m * M + n] != 0) {  // a NaN weight must propagate, so only an exact 0 skips
+          wanted[std::min(m, n)][std::max(m, n)] = 1;
+          any = true;
+        }
+      }
+    }
+    if (!any) continue;  // e.g. the better network of a pair gets no SSA gradient
+    GramBlocks G{std::vector<at::Tensor>(M * M), M};
+    if (kept.numel() > 0) G = kept_blocks(kept, info, b);
+    else compute_blocks(rows, b, G, wanted);
+    for (int64_t m = 0; m < M; ++m) {
+      if (!needs[m]) continue;
+      at::Tensor out = graw[m].select(0, b);
+      for (int64_t n = 0; n < M; ++n) {
+        const double c = coef[m * M + n];
+        if (c == 0) continue;
+        const at::Tensor sn = rows[n].scale.select(0, b);
+        out.addmm_(G.block(m, n) * (sn * sn * c).unsqueeze(0), rows[n].x.select(0, b));
+      }
     }
   }
+  return graw;
 }
 
 // ---------------------------------------------------------------- ops
 
-at::Tensor pairwise_sqdist(at::TensorList feats, double eps, c10::string_view algo) {
+std::tuple<at::Tensor, at::Tensor> sqdist_forward(at::TensorList feats, double eps, c10::string_view algo,
+                                                  bool /*directed: the autograd formula's*/, bool for_backward) {
   const FeatInfo info = check_feats(feats);
   check_eps(eps);
   const Algo a = resolve_algo(algo, info.d, info.channels);
   const std::vector<Rows> rows = rows_of(feats, info, eps);
+  const auto options = at::TensorOptions().dtype(info.compute_dtype);
   at::Tensor S;
-  AT_DISPATCH_FLOATING_TYPES(info.compute_dtype, "mtut_pairwise_sqdist_cpu", [&] {
-    S = a == Algo::Direct ? sqdist_direct<scalar_t>(rows, info) : sqdist_gram<scalar_t>(rows, info);
+  at::Tensor kept = a == Algo::Gram && for_backward ? at::empty({info.N, kept_gram_size(info.channels)}, options)
+                                                    : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(info.compute_dtype, "mtut_sqdist_forward_cpu", [&] {
+    S = a == Algo::Direct ? sqdist_direct<scalar_t>(rows, info) : sqdist_gram<scalar_t>(rows, info, kept);
   });
-  return S;
+  return {S, kept.defined() ? kept : at::empty({0}, options)};
 }
 
-template <typename T>
-std::vector<at::Tensor> finish_grads(std::vector<at::Tensor>& graw, const std::vector<Rows>& rows, double eps,
-                                     at::TensorList feats) {
-  std::vector<at::Tensor> grads;
-  for (size_t m = 0; m < graw.size(); ++m) grads.push_back(normalize_backward_inplace<T>(graw[m], rows[m], eps, feats[m]));
-  return grads;
-}
-
-std::vector<at::Tensor> sqdist_backward(at::TensorList feats, const at::Tensor& weight, double eps, c10::string_view algo) {
+std::vector<at::Tensor> sqdist_backward(at::TensorList feats, const at::Tensor& saved, const at::Tensor& weight,
+                                        double eps, c10::string_view algo, const c10::List<bool>& needs_grad) {
   const FeatInfo info = check_feats(feats);
   check_weight(weight, info, feats[0]);
   check_eps(eps);
+  const Needs needs = check_needs_grad(needs_grad, info);
   const Algo a = resolve_algo(algo, info.d, info.channels);
+  check_saved(saved, info, a, feats[0]);
   const std::vector<Rows> rows = rows_of(feats, info, eps);
   const at::Tensor w = weight.to(at::kDouble).contiguous();
   std::vector<at::Tensor> grads;
   AT_DISPATCH_FLOATING_TYPES(info.compute_dtype, "mtut_sqdist_backward_cpu", [&] {
-    std::vector<at::Tensor> graw;
-    if (a == Algo::Direct) {
-      graw = sqdist_grad_direct<scalar_t>(rows, info, w);
-    } else {
-      for (const auto& r : rows) graw.push_back(at::zeros_like(r.x));
-      auto wa = w.accessor<double, 3>();
-      for (int64_t b = 0; b < info.N; ++b) gram_grad_sample<scalar_t>(gram_blocks(rows, info.M, b), rows, info.M, b, wa[b], graw);
-    }
-    grads = finish_grads<scalar_t>(graw, rows, eps, feats);
-  });
-  return grads;
-}
-
-// The fused backward of the SSA loss. It needs S again (the op's output is the scalar
-// alone): the direct algorithm recomputes it; the Gram algorithm keeps the Gram blocks
-// of every sample (N sum_{m<=n} C_m C_n values, less than the inputs where gram is the
-// algorithm of choice, d > C) and reads S off them, so its backward does no extra product.
-std::vector<at::Tensor> ssa_loss_backward(
-    const at::Tensor& grad, at::TensorList feats, const at::Tensor& ce, double beta, double lambda,
-    c10::string_view distance, double eps, c10::string_view algo, std::optional<double> pair_cap) {
-  const FeatInfo info = check_loss_inputs(feats, ce, beta, lambda, distance, eps, algo, pair_cap);
-  const Algo a = resolve_algo(algo, info.d, info.channels);
-  const std::vector<Rows> rows = rows_of(feats, info, eps);
-  std::vector<at::Tensor> grads;
-  AT_DISPATCH_FLOATING_TYPES(info.compute_dtype, "mtut_ssa_loss_backward_cpu", [&] {
-    std::vector<at::Tensor> graw;
-    if (a == Algo::Direct) {
-      const at::Tensor S = sqdist_direct<scalar_t>(rows, info);
-      const LossTerms t = loss_terms(S, ce, beta, lambda, distance, info.d, pair_cap);
-      graw = sqdist_grad_direct<scalar_t>(rows, info, ssa_backward_weight(t, grad, lambda, info.N).to(at::kDouble).contiguous());
-    } else {
-      std::vector<std::vector<at::Tensor>> G;
-      at::Tensor S = at::zeros({info.N, info.M, info.M}, at::TensorOptions().dtype(at::kDouble));
-      auto s = S.accessor<double, 3>();
-      for (int64_t b = 0; b < info.N; ++b) {
-        G.push_back(gram_blocks(rows, info.M, b));
-        gram_sqdist_sample<scalar_t>(G[b], rows, info.M, b, s[b]);
-      }
-      const LossTerms t = loss_terms(S.to(info.compute_dtype), ce, beta, lambda, distance, info.d, pair_cap);
-      const at::Tensor w = ssa_backward_weight(t, grad, lambda, info.N).to(at::kDouble).contiguous();
-      auto wa = w.accessor<double, 3>();
-      for (const auto& r : rows) graw.push_back(at::zeros_like(r.x));
-      for (int64_t b = 0; b < info.N; ++b) {
-        gram_grad_sample<scalar_t>(G[b], rows, info.M, b, wa[b], graw);
-        G[b].clear();  // release this sample's blocks early
-      }
-    }
-    grads = finish_grads<scalar_t>(graw, rows, eps, feats);
+    std::vector<at::Tensor> graw = a == Algo::Direct ? sqdist_grad_direct<scalar_t>(rows, info, w, needs)
+                                                     : sqdist_grad_gram<scalar_t>(rows, info, w, saved.contiguous(), needs);
+    for (int64_t m = 0; m < info.M; ++m)
+      grads.push_back(needs[m] ? normalize_backward_inplace<scalar_t>(graw[m], rows[m], eps, feats[m])
+                                    : at::empty({0}, feats[m].options()));
   });
   return grads;
 }
@@ -361,11 +383,6 @@ std::vector<at::Tensor> ssa_loss_backward(
 }  // namespace mtut
 
 TORCH_LIBRARY_IMPL(mtut, CPU, m) {
-  m.impl("correlation", &mtut::correlation);
-  m.impl("correlation_backward", &mtut::correlation_backward);
-  m.impl("pairwise_sqdist", &mtut::cpu::pairwise_sqdist);
+  m.impl("sqdist_forward", &mtut::cpu::sqdist_forward);
   m.impl("sqdist_backward", &mtut::cpu::sqdist_backward);
-  m.impl("focal_weight", &mtut::focal_weight);
-  m.impl("ssa_loss", &mtut::ssa_loss);
-  m.impl("ssa_loss_backward", &mtut::cpu::ssa_loss_backward);
 }

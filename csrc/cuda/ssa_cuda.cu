@@ -1,8 +1,6 @@
-// CUDA kernels of pairwise_sqdist, sqdist_backward and ssa_loss_backward (DESIGN.md §2-§3).
-// correlation, focal_weight and the ssa_loss forward are the device-agnostic functions of
-// ssa_common.cpp, registered here for the CUDA key.
+// CUDA kernels of sqdist_forward and sqdist_backward (DESIGN.md §2-§3).
 //
-// Forward (pairwise_sqdist, and S inside ssa_loss): fused kernels, nothing d x d stored.
+// Forward: fused kernels, nothing d x d stored.
 //   direct: one block per 64 x 64 tile (I, J >= I) of D and sample; for every modality the
 //           tile of K = Xh^T Xh is accumulated over channels (tensor cores for fp16/bf16,
 //           TF32 when torch allows it), the normalization folded in as a per-channel scale
@@ -10,11 +8,15 @@
 //           into one partial sum per tile, and the partials are summed in a fixed order.
 //   gram:   one block per 64 x 64 tile of every Gram block G_mn = Xh_m Xh_n^T (n >= m),
 //           accumulated over d, squared and reduced the same way; S_mn = |G_mm|^2 -
-//           2 |G_mn|^2 + |G_nn|^2 from fp64 partials, clamped at 0.
-// No floating-point atomics: the same inputs give the same bits on every run.
+//           2 |G_mn|^2 + |G_nn|^2 from fp64 partials, clamped at 0. The diagonal blocks
+//           are tiled whole, like the others: for X_m = X_n the three norms then come from
+//           the same tiles summed in the same order, and S is exactly 0.
+// No floating-point atomics: the same inputs give the same bits on every run. The
+// forward keeps nothing for the backward (the Gram blocks are recomputed there).
 //
 // Backward: cuBLAS products (deterministic on one stream) over bounded buffers, on the raw
-// rows X (the normalization enters as per-channel factors, as in the CPU kernels):
+// rows X (the normalization enters as per-channel factors, as in the CPU kernels), for
+// the modalities that need a gradient only:
 //   direct: strips of kStripBudget entries of K_n[I, :] = X_n[:, I]^T diag(s_n^2) X_n and of
 //           E_m = 4 (a_m K_m - sum_n w_mn K_n), multiplied into graw_m += X_m[:, I] E_m[I, :];
 //   gram:   graw_m = sum_n coef_mn P_mn diag(s_n^2) X_n from the [C_m, C_n] blocks P = X X^T;
@@ -33,7 +35,6 @@
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
@@ -261,7 +262,6 @@ __global__ void __launch_bounds__(kThreads) sum_pair_partials_kernel(
 template <typename Tin>
 struct GramArgs {
   Operand<Tin> a, b;  // rows of G come from a, columns from b
-  bool same;          // a is b: a diagonal block G_mm, upper tiles only
   int64_t d, col_tiles, b0, stride;
   double* partial;    // [N, stride] for this block; tile (pt, qt) at pt * col_tiles + qt
 };
@@ -269,7 +269,6 @@ struct GramArgs {
 template <typename Tin, typename Core>
 __global__ void __launch_bounds__(kThreads) gram_sqnorm_kernel(const GramArgs<Tin> args) {
   const int64_t pt = blockIdx.x, qt = blockIdx.y, b = args.b0 + blockIdx.z;
-  if (args.same && qt < pt) return;
   __shared__ __align__(128) typename Core::Stage sA[Core::kBK * Core::kLD];
   __shared__ __align__(128) typename Core::Stage sB[Core::kBK * Core::kLD];
   __shared__ double scratch[kThreads / 32];
@@ -286,7 +285,7 @@ __global__ void __launch_bounds__(kThreads) gram_sqnorm_kernel(const GramArgs<Ti
 #pragma unroll
   for (int e = 0; e < Core::kElems; ++e) local += acc.elem(e) * acc.elem(e);
   const double total = block_sum(static_cast<double>(local), scratch);
-  if (threadIdx.x == 0) args.partial[b * args.stride + pt * args.col_tiles + qt] = (args.same && qt != pt ? 2.0 : 1.0) * total;
+  if (threadIdx.x == 0) args.partial[b * args.stride + pt * args.col_tiles + qt] = total;
 }
 
 // t[b, k] = sum of partial[k, b, :] (block k = (m <= n), m major); one block per (b, k).
@@ -418,7 +417,6 @@ void launch_gram(const Prepared& p, const FeatInfo& info, at::Tensor& partial, i
       GramArgs<Tin> args{};
       args.a = operand<T>(p, m);
       args.b = operand<T>(p, n);
-      args.same = m == n;
       args.d = info.d;
       const int64_t row_tiles = tiles_of(info.channels[m]);
       args.col_tiles = tiles_of(info.channels[n]);
@@ -528,20 +526,22 @@ std::vector<at::Tensor> squared_scales(const Prepared& p) {
 // graw_m with dL/dXh_m = diag(s_m) graw_m for dL/dXh_m = Xh_m E_m, E_m = sum_n coef_mn K_n
 // = 4 (a_m K_m - sum_{n != m} w_mn K_n), over strips of rows I of E:
 // K_n[I, :] = X_n[:, I]^T diag(s_n^2) X_n and graw_m += X_m[:, I] E_m[I, :].
+// Only the modalities with needs[m] get a buffer, and only the K_n they use are formed.
 std::vector<at::Tensor> direct_grad_raw(const Prepared& p, const std::vector<at::Tensor>& x, const at::Tensor& w,
-                                        const FeatInfo& info) {
+                                        const FeatInfo& info, const Needs& needs) {
   const int64_t M = info.M, N = info.N, d = info.d;
   const int64_t rows = std::clamp<int64_t>(kStripBudget / std::max<int64_t>(N * d, 1), 1, d);
   const std::vector<at::Tensor> coef = pair_coefficients(w, info), s2 = squared_scales(p);
   std::vector<at::Tensor> g(M);
   for (int64_t m = 0; m < M; ++m)
-    g[m] = at::zeros({N, info.channels[m], d}, x[m].options().memory_format(at::MemoryFormat::Contiguous));
+    if (needs[m]) g[m] = at::zeros({N, info.channels[m], d}, x[m].options().memory_format(at::MemoryFormat::Contiguous));
   std::vector<at::Tensor> K(M);
   for (int64_t i0 = 0; i0 < d; i0 += rows) {
     const int64_t ti = std::min(rows, d - i0);
-    for (int64_t m = 0; m < M; ++m)
+    for (int64_t m = 0; m < M; ++m)  // K_m enters E_m and every other E_n: all are formed
       K[m] = at::bmm((x[m].narrow(2, i0, ti) * column(s2[m])).transpose(1, 2), x[m]);  // [N, ti, d]
     for (int64_t m = 0; m < M; ++m) {
+      if (!needs[m]) continue;
       at::Tensor E = K[m] * coef[m * M + m];
       for (int64_t n = 0; n < M; ++n)
         if (n != m) E.add_(K[n] * coef[m * M + n]);
@@ -551,46 +551,27 @@ std::vector<at::Tensor> direct_grad_raw(const Prepared& p, const std::vector<at:
   return g;
 }
 
-// The unscaled Gram blocks P_mn = X_m X_n^T [N, C_m, C_n], n >= m, at [m * M + n].
-std::vector<at::Tensor> raw_gram_blocks(const std::vector<at::Tensor>& x) {
-  const size_t M = x.size();
-  std::vector<at::Tensor> P(M * M);
-  for (size_t m = 0; m < M; ++m)
-    for (size_t n = m; n < M; ++n) P[m * M + n] = at::bmm(x[m], x[n].transpose(1, 2));
-  return P;
-}
-
-// S from the blocks: G_mn = diag(s_m) P_mn diag(s_n), fp64 squared norms, clamped at 0.
-at::Tensor sqdist_from_gram(const std::vector<at::Tensor>& P, const Prepared& p, const FeatInfo& info) {
-  const int64_t M = info.M;
-  std::vector<at::Tensor> t(M * M);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = m; n < M; ++n)
-      t[m * M + n] = (P[m * M + n] * column(p.scales[m]) * p.scales[n].unsqueeze(1)).to(at::kDouble).square().sum({1, 2});
-  const at::Tensor zero = at::zeros_like(t[0]);
-  std::vector<at::Tensor> rows;
-  for (int64_t m = 0; m < M; ++m) {
-    std::vector<at::Tensor> row;
-    for (int64_t n = 0; n < M; ++n) {
-      const int64_t lo = std::min(m, n), hi = std::max(m, n);
-      row.push_back(n == m ? zero : (t[lo * M + lo] - t[lo * M + hi] * 2.0 + t[hi * M + hi]).clamp_min(0));
-    }
-    rows.push_back(at::stack(row, 1));
-  }
-  return at::stack(rows, 1).to(info.compute_dtype);
+// The unscaled Gram block P_mn = X_m X_n^T [N, C_m, C_n].
+at::Tensor raw_gram_block(const std::vector<at::Tensor>& x, int64_t m, int64_t n) {
+  return at::bmm(x[m], x[n].transpose(1, 2));
 }
 
 // graw_m with dL/dXh_m = diag(s_m) graw_m = sum_n coef_mn G_mn Xh_n
-// = 4 (a_m G_mm Xh_m - sum_{n != m} w_mn G_mn Xh_n): graw_m = sum_n coef_mn P_mn diag(s_n^2) X_n.
-std::vector<at::Tensor> gram_grad_raw(const Prepared& p, const std::vector<at::Tensor>& x,
-                                      const std::vector<at::Tensor>& P, const at::Tensor& w, const FeatInfo& info) {
+// = 4 (a_m G_mm Xh_m - sum_{n != m} w_mn G_mn Xh_n): graw_m = sum_n coef_mn P_mn diag(s_n^2) X_n,
+// for the modalities with needs[m]; each block is computed once, where first used.
+std::vector<at::Tensor> gram_grad_raw(const Prepared& p, const std::vector<at::Tensor>& x, const at::Tensor& w,
+                                      const FeatInfo& info, const Needs& needs) {
   const int64_t M = info.M, N = info.N;
   const std::vector<at::Tensor> coef = pair_coefficients(w, info), s2 = squared_scales(p);
+  std::vector<at::Tensor> P(M * M);  // [m * M + n], n >= m
   std::vector<at::Tensor> g(M);
   for (int64_t m = 0; m < M; ++m) {
+    if (!needs[m]) continue;
     g[m] = at::zeros({N, info.channels[m], info.d}, x[m].options().memory_format(at::MemoryFormat::Contiguous));
     for (int64_t n = 0; n < M; ++n) {
-      const at::Tensor block = m <= n ? P[m * M + n] : P[n * M + m].transpose(1, 2);
+      const int64_t lo = std::min(m, n), hi = std::max(m, n);
+      if (!P[lo * M + hi].defined()) P[lo * M + hi] = raw_gram_block(x, lo, hi);
+      const at::Tensor block = m <= n ? P[lo * M + hi] : P[lo * M + hi].transpose(1, 2);
       g[m].baddbmm_(block * s2[n].unsqueeze(1) * coef[m * M + n], x[n]);
     }
   }
@@ -598,13 +579,18 @@ std::vector<at::Tensor> gram_grad_raw(const Prepared& p, const std::vector<at::T
 }
 
 // dL/dfeats from the graw buffers: the fused normalization backward, in place when the
-// input is in the compute dtype (float32/float64), else into a new tensor of the input dtype.
+// input is in the compute dtype (float32/float64), else into a new tensor of the input
+// dtype; an empty tensor for the modalities without needs[m].
 template <typename T>
 std::vector<at::Tensor> finish(std::vector<at::Tensor>& graw, const Prepared& p, const FeatInfo& info, double eps,
-                               at::TensorList feats, cudaStream_t stream) {
+                               at::TensorList feats, const Needs& needs, cudaStream_t stream) {
   using Tin = typename Raw<T>::type;
   std::vector<at::Tensor> grads;
   for (size_t m = 0; m < graw.size(); ++m) {
+    if (!needs[m]) {
+      grads.push_back(at::empty({0}, feats[m].options()));
+      continue;
+    }
     const at::Tensor& v = p.views[m];
     at::Tensor out = info.dtype == info.compute_dtype ? graw[m] : at::empty_like(graw[m], v.options());
     launch(normalize_backward_kernel<Tin>, dim3(static_cast<unsigned>(info.N * v.size(1))), dim3(kThreads), stream,
@@ -618,24 +604,29 @@ std::vector<at::Tensor> finish(std::vector<at::Tensor>& graw, const Prepared& p,
 
 // ------------------------------------------------------------------ ops
 
-at::Tensor pairwise_sqdist(at::TensorList feats, double eps, c10::string_view algo) {
+std::tuple<at::Tensor, at::Tensor> sqdist_forward(at::TensorList feats, double eps, c10::string_view algo,
+                                                  bool /*directed: the autograd formula's*/,
+                                                  bool /*for_backward: nothing is kept*/) {
   const FeatInfo info = check_feats(feats);
   check_eps(eps);
   const Algo a = resolve_algo(algo, info.d, info.channels);
   const DeviceScope guard(feats[0].device());
   cudaStream_t stream = current_stream();
   at::Tensor S;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, info.dtype, "mtut_pairwise_sqdist_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, info.dtype, "mtut_sqdist_forward_cuda", [&] {
     S = sqdist_fused<scalar_t>(prepare<scalar_t>(feats, info, eps, stream), info, a, feats[0].options(), stream);
   });
-  return S;
+  return {S, at::empty({0}, S.options())};
 }
 
-std::vector<at::Tensor> sqdist_backward(at::TensorList feats, const at::Tensor& weight, double eps, c10::string_view algo) {
+std::vector<at::Tensor> sqdist_backward(at::TensorList feats, const at::Tensor& saved, const at::Tensor& weight,
+                                        double eps, c10::string_view algo, const c10::List<bool>& needs_grad) {
   const FeatInfo info = check_feats(feats);
   check_weight(weight, info, feats[0]);
   check_eps(eps);
+  const Needs needs = check_needs_grad(needs_grad, info);
   const Algo a = resolve_algo(algo, info.d, info.channels);
+  check_saved(saved, info, a, feats[0]);  // kept blocks (from another backend) are not needed: recomputed
   const DeviceScope guard(feats[0].device());
   cudaStream_t stream = current_stream();
   const at::Tensor w = weight.to(info.compute_dtype);
@@ -643,38 +634,9 @@ std::vector<at::Tensor> sqdist_backward(at::TensorList feats, const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, info.dtype, "mtut_sqdist_backward_cuda", [&] {
     const Prepared p = prepare<scalar_t>(feats, info, eps, stream);
     const std::vector<at::Tensor> x = compute_rows(p, info);
-    std::vector<at::Tensor> g = a == Algo::Direct ? direct_grad_raw(p, x, w, info)
-                                                  : gram_grad_raw(p, x, raw_gram_blocks(x), w, info);
-    grads = finish<scalar_t>(g, p, info, eps, feats, stream);
-  });
-  return grads;
-}
-
-// The fused backward of the SSA loss. It needs S again (the op's output is the scalar
-// alone): the direct algorithm reruns the fused forward kernel; the Gram algorithm reads
-// S off the Gram blocks that its gradient needs anyway.
-std::vector<at::Tensor> ssa_loss_backward(
-    const at::Tensor& grad, at::TensorList feats, const at::Tensor& ce, double beta, double lambda,
-    c10::string_view distance, double eps, c10::string_view algo, std::optional<double> pair_cap) {
-  const FeatInfo info = check_loss_inputs(feats, ce, beta, lambda, distance, eps, algo, pair_cap);
-  const Algo a = resolve_algo(algo, info.d, info.channels);
-  const DeviceScope guard(feats[0].device());
-  cudaStream_t stream = current_stream();
-  std::vector<at::Tensor> grads;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, info.dtype, "mtut_ssa_loss_backward_cuda", [&] {
-    const Prepared p = prepare<scalar_t>(feats, info, eps, stream);
-    const std::vector<at::Tensor> x = compute_rows(p, info);
-    std::vector<at::Tensor> g;
-    if (a == Algo::Direct) {
-      const at::Tensor S = sqdist_fused<scalar_t>(p, info, a, feats[0].options(), stream);
-      const LossTerms t = loss_terms(S, ce, beta, lambda, distance, info.d, pair_cap);
-      g = direct_grad_raw(p, x, ssa_backward_weight(t, grad, lambda, info.N), info);
-    } else {
-      const std::vector<at::Tensor> P = raw_gram_blocks(x);
-      const LossTerms t = loss_terms(sqdist_from_gram(P, p, info), ce, beta, lambda, distance, info.d, pair_cap);
-      g = gram_grad_raw(p, x, P, ssa_backward_weight(t, grad, lambda, info.N), info);
-    }
-    grads = finish<scalar_t>(g, p, info, eps, feats, stream);
+    std::vector<at::Tensor> g = a == Algo::Direct ? direct_grad_raw(p, x, w, info, needs)
+                                                  : gram_grad_raw(p, x, w, info, needs);
+    grads = finish<scalar_t>(g, p, info, eps, feats, needs, stream);
   });
   return grads;
 }
@@ -685,27 +647,25 @@ std::vector<at::Tensor> ssa_loss_backward(
 
 #ifdef MTUT_CUDA_EMULATE
 // The emulated kernels take CPU tensors; they get their own namespace so that they
-// never stand in for the real CPU kernels.
+// never stand in for the real CPU kernels. Autocast is kept out of them as out of the
+// real ops (csrc/mtut_ops.cpp), here for the CPU key the emulation runs on.
 TORCH_LIBRARY(mtut_emulated, m) {
-  m.def("pairwise_sqdist(Tensor[] feats, float eps, str algo) -> Tensor");
-  m.def("sqdist_backward(Tensor[] feats, Tensor weight, float eps, str algo) -> Tensor[]");
+  m.def("sqdist_forward(Tensor[] feats, float eps, str algo, bool directed, bool for_backward) -> (Tensor, Tensor)");
   m.def(
-      "ssa_loss_backward(Tensor grad, Tensor[] feats, Tensor ce, float beta, float lambda_, "
-      "str distance, float eps, str algo, float? pair_cap) -> Tensor[]");
+      "sqdist_backward(Tensor[] feats, Tensor saved, Tensor weight, float eps, str algo, bool[] needs_grad) "
+      "-> Tensor[]");
 }
 TORCH_LIBRARY_IMPL(mtut_emulated, CPU, m) {
-  m.impl("pairwise_sqdist", &mtut::cuda::pairwise_sqdist);
+  m.impl("sqdist_forward", &mtut::cuda::sqdist_forward);
   m.impl("sqdist_backward", &mtut::cuda::sqdist_backward);
-  m.impl("ssa_loss_backward", &mtut::cuda::ssa_loss_backward);
+}
+TORCH_LIBRARY_IMPL(mtut_emulated, AutocastCPU, m) {
+  for (const char* name : {"sqdist_forward", "sqdist_backward"})
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&mtut::without_autocast>());
 }
 #else
 TORCH_LIBRARY_IMPL(mtut, CUDA, m) {
-  m.impl("correlation", &mtut::correlation);
-  m.impl("correlation_backward", &mtut::correlation_backward);
-  m.impl("pairwise_sqdist", &mtut::cuda::pairwise_sqdist);
+  m.impl("sqdist_forward", &mtut::cuda::sqdist_forward);
   m.impl("sqdist_backward", &mtut::cuda::sqdist_backward);
-  m.impl("focal_weight", &mtut::focal_weight);
-  m.impl("ssa_loss", &mtut::ssa_loss);
-  m.impl("ssa_loss_backward", &mtut::cuda::ssa_loss_backward);
 }
 #endif

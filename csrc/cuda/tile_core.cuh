@@ -14,7 +14,7 @@
 #pragma once
 
 #ifdef MTUT_CUDA_EMULATE
-#include "emulation/cuda_emulation.h"  // the kernels run on the CPU in tests (see that file)
+#include "cuda_emulation.h"  // test-only: python_tests/cuda_emulation runs the kernels on the CPU
 #else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

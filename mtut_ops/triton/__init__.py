@@ -1,12 +1,12 @@
 """Triton kernels of the mtut ops (the "triton" backend).
 
-Importing this package registers torch.ops.mtut.triton_pairwise_sqdist,
-triton_sqdist_backward, triton_ssa_loss and triton_ssa_loss_backward (see ops.py):
+Importing this package registers torch.ops.mtut.triton_sqdist_forward and
+triton_sqdist_backward (see ops.py):
 
     _common.py   interpreter switch, autotuning, packing of the M maps, the normalization
     direct.py    the direct algorithm: tiles of K_m - K_n, forward and backward kernels
     gram.py      the gram algorithm: tiles of the shared Gram matrix, forward and backward
-    ops.py       the triton_ops (torch.compile traces into them), autograd, the API's entry points
+    ops.py       the triton_ops (torch.compile traces into them) and the API's entry points
 
 The ops are registered where they can run: with CUDA, or on CPU under the triton
 interpreter (TRITON_INTERPRET=1). Set MTUT_REGISTER_TRITON=1 to register them anyway,
@@ -30,4 +30,4 @@ if triton is not None and (
     or triton.knobs.runtime.interpret
     or os.environ.get("MTUT_REGISTER_TRITON", "0") == "1"
 ):
-    from .ops import correlation, focal_weight, pairwise_sqdist, ssa_loss  # noqa: F401
+    from .ops import pairwise_sqdist, ssa_loss  # noqa: F401

@@ -99,11 +99,15 @@ def pack(feats, info: V.FeatInfo, eps: float) -> Packed:
     return Packed(info, z, norm, inv, offsets, offsets_t)
 
 
-def normalize_backward(grad_xh: torch.Tensor, pk: Packed, feats, eps: float) -> list:
-    """dX from dXh for every modality: dx = (g - xh <xh, g>) / r where r > eps, else g / eps
-    (csrc/ssa_common.cpp:normalize_rows_backward), each in its input's shape and dtype."""
+def normalize_backward(grad_xh: torch.Tensor, pk: Packed, feats, eps: float, needs_grad) -> list:
+    """dX from dXh for every modality with needs_grad[m]: dx = (g - xh <xh, g>) / r where
+    r > eps, else g / eps (csrc/ssa_common.cpp:normalize_rows_backward), each in its
+    input's shape and dtype; an empty tensor for the others."""
     grads = []
     for m, f in enumerate(feats):
+        if not needs_grad[m]:
+            grads.append(f.new_empty((0,)))
+            continue
         lo, hi = pk.offsets[m], pk.offsets[m + 1]
         g = grad_xh[:, lo:hi]
         r = pk.norm[:, lo:hi, None]

@@ -164,11 +164,13 @@ def direct_forward(pk: Packed, pairs: torch.Tensor) -> torch.Tensor:
     return partial.sum(-1)
 
 
-def direct_backward(pk: Packed, weight: torch.Tensor) -> torch.Tensor:
-    """The gradient into the stacked Xh: rows of modality m get sum_n weight[:, m, n] dS_mn/dXh_m. [N, C, d]."""
+def direct_backward(pk: Packed, weight: torch.Tensor, needs_grad) -> torch.Tensor:
+    """The gradient into the stacked Xh: rows of modality m get sum_n weight[:, m, n] dS_mn/dXh_m,
+    for the modalities with needs_grad[m] (the others' programs find no weight and exit). [N, C, d]."""
     info = pk.info
     out = torch.zeros((info.N, pk.C, info.d), dtype=pk.inv.dtype, device=pk.z.device)
-    w = weight.to(pk.inv.dtype).contiguous()
+    needed = torch.tensor(needs_grad, dtype=torch.bool, device=weight.device)[:, None]
+    w = torch.where(needed, weight.to(pk.inv.dtype), 0.0).contiguous()  # exact zeros, even for a NaN weight
     kernel = _direct_backward_kernel_fp64 if pk.inv.dtype == torch.float64 else _direct_backward_kernel
 
     def grid(meta):

@@ -90,25 +90,27 @@ def _gram_forward(z, inv, offsets, blocks, partial, d, C, C_max, n_slots,
 
 
 @triton.jit
-def _gram_coef(z, inv, modality, coef, h, d, C, M,
+def _gram_coef(z, inv, modality, needed, coef, h, d, C, M,
                       BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """h[b, r, c] = coef[b, mod(r), mod(c)] * G[r, c] * inv_c, from the upper tiles of G (both halves stored)."""
+    """h[b, r, c] = coef[b, mod(r), mod(c)] * G[r, c] * inv_c, from the upper tiles of G (both halves stored),
+    for the tiles that hold a row or column of a modality with needed[m] (only such rows of h are read)."""
     tile = tl.program_id(0)
     b = tl.program_id(1)
     n_tiles = tl.cdiv(C, BLOCK_C)
     ti = tile // n_tiles
     tj = tile % n_tiles
-    if ti <= tj:
-        offs_r = ti * BLOCK_C + tl.arange(0, BLOCK_C)
-        offs_c = tj * BLOCK_C + tl.arange(0, BLOCK_C)
-        mask_r = offs_r < C
-        mask_c = offs_c < C
+    offs_r = ti * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_c = tj * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_r = offs_r < C
+    mask_c = offs_c < C
+    mod_r = tl.load(modality + offs_r, mask=mask_r, other=0)
+    mod_c = tl.load(modality + offs_c, mask=mask_c, other=0)
+    need = tl.sum(tl.load(needed + mod_r, mask=mask_r, other=0)) + tl.sum(tl.load(needed + mod_c, mask=mask_c, other=0))
+    if (ti <= tj) & (need > 0):
         mask = mask_r[:, None] & mask_c[None, :]
         inv_b = inv + b * C
         g = _g_tile(z + b.to(tl.int64) * C * d, inv_b, offs_r, offs_c, mask_r, mask_c, d,
                     BLOCK_C, BLOCK_K, PRECISION, UPCAST)
-        mod_r = tl.load(modality + offs_r, mask=mask_r, other=0)
-        mod_c = tl.load(modality + offs_c, mask=mask_c, other=0)
         s_r = tl.load(inv_b + offs_r, mask=mask_r, other=0.0)
         s_c = tl.load(inv_b + offs_c, mask=mask_c, other=0.0)
         coef_b = coef + b * M * M
@@ -124,9 +126,10 @@ def _gram_coef(z, inv, modality, coef, h, d, C, M,
 
 
 @triton.jit
-def _gram_apply(z, h, out, d, C,
+def _gram_apply(z, h, modality, needed, out, d, C,
                        BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
-    """out[b, R, K] = sum_c h[b, R, c] x[b, c, K]  (= sum_c coef G[R, c] xh[c, K])."""
+    """out[b, R, K] = sum_c h[b, R, c] x[b, c, K]  (= sum_c coef G[R, c] xh[c, K]), for the row
+    tiles that hold a row of a modality with needed[m] (the others' rows are never read)."""
     tr = tl.program_id(0)
     tk = tl.program_id(1)
     b = tl.program_id(2)
@@ -135,18 +138,20 @@ def _gram_apply(z, h, out, d, C,
     offs_k = tk * BLOCK_K + tl.arange(0, BLOCK_K)
     mask_r = offs_r < C
     mask_k = offs_k < d
-    z_b = z + b.to(tl.int64) * C * d
-    h_rows = h + b.to(tl.int64) * C * C + offs_r[:, None] * C
-    acc = tl.zeros((BLOCK_C, BLOCK_K), dtype=acc_ty)
-    for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        mask_c = offs_c < C
-        hh = tl.load(h_rows + offs_c[None, :], mask=mask_r[:, None] & mask_c[None, :], other=0.0)
-        x = tl.load(z_b + offs_c[:, None].to(tl.int64) * d + offs_k[None, :], mask=mask_c[:, None] & mask_k[None, :],
-                    other=0.0)
-        acc = tl.dot(hh, x.to(acc_ty), acc, input_precision=PRECISION)
-    tl.store(out + (b.to(tl.int64) * C + offs_r[:, None]) * d + offs_k[None, :], acc,
-             mask=mask_r[:, None] & mask_k[None, :])
+    need = tl.sum(tl.load(needed + tl.load(modality + offs_r, mask=mask_r, other=0), mask=mask_r, other=0))
+    if need > 0:
+        z_b = z + b.to(tl.int64) * C * d
+        h_rows = h + b.to(tl.int64) * C * C + offs_r[:, None] * C
+        acc = tl.zeros((BLOCK_C, BLOCK_K), dtype=acc_ty)
+        for c0 in range(0, C, BLOCK_C):
+            offs_c = c0 + tl.arange(0, BLOCK_C)
+            mask_c = offs_c < C
+            hh = tl.load(h_rows + offs_c[None, :], mask=mask_r[:, None] & mask_c[None, :], other=0.0)
+            x = tl.load(z_b + offs_c[:, None].to(tl.int64) * d + offs_k[None, :],
+                        mask=mask_c[:, None] & mask_k[None, :], other=0.0)
+            acc = tl.dot(hh, x.to(acc_ty), acc, input_precision=PRECISION)
+        tl.store(out + (b.to(tl.int64) * C + offs_r[:, None]) * d + offs_k[None, :], acc,
+                 mask=mask_r[:, None] & mask_k[None, :])
 
 
 def _modality_of_rows(pk: Packed) -> torch.Tensor:
@@ -198,8 +203,9 @@ def gram_forward(pk: Packed) -> torch.Tensor:
     return S.clamp_min(0)  # a difference of large terms; clamp_min keeps NaN
 
 
-def gram_backward(pk: Packed, weight: torch.Tensor) -> torch.Tensor:
-    """The gradient into the stacked Xh: rows of modality m get sum_n weight[:, m, n] dS_mn/dXh_m. [N, C, d]."""
+def gram_backward(pk: Packed, weight: torch.Tensor, needs_grad) -> torch.Tensor:
+    """The gradient into the stacked Xh: rows of modality m get sum_n weight[:, m, n] dS_mn/dXh_m,
+    for the modalities with needs_grad[m] (the other rows of the result are not computed). [N, C, d]."""
     info = pk.info
     C = pk.C
     w = weight.to(pk.inv.dtype)
@@ -209,6 +215,7 @@ def gram_backward(pk: Packed, weight: torch.Tensor) -> torch.Tensor:
     h = torch.empty((info.N, C, C), dtype=pk.inv.dtype, device=pk.z.device)
     out = torch.empty((info.N, C, info.d), dtype=pk.inv.dtype, device=pk.z.device)
     modality = _modality_of_rows(pk)
+    needed = torch.tensor(needs_grad, dtype=torch.int32, device=pk.z.device)
     fp64 = pk.inv.dtype == torch.float64
     coef_kernel = _gram_coef_kernel_fp64 if fp64 else _gram_coef_kernel
     apply_kernel = _gram_apply_kernel_fp64 if fp64 else _gram_apply_kernel
@@ -221,10 +228,10 @@ def gram_backward(pk: Packed, weight: torch.Tensor) -> torch.Tensor:
 
     with on_device(pk.z):
         wrap_triton(coef_kernel)[coef_grid](
-            pk.z, pk.inv, modality, coef, h, info.d, C, info.M, PRECISION=dot_precision(pk.z.dtype),
+            pk.z, pk.inv, modality, needed, coef, h, info.d, C, info.M, PRECISION=dot_precision(pk.z.dtype),
             UPCAST=_upcast(pk),
         )
         wrap_triton(apply_kernel)[apply_grid](
-            pk.z, h, out, info.d, C, PRECISION=dot_precision(pk.inv.dtype),
+            pk.z, h, modality, needed, out, info.d, C, PRECISION=dot_precision(pk.inv.dtype),
         )
     return out

@@ -1,6 +1,6 @@
 // Test-only: runs the CUDA kernels of csrc/cuda on the CPU, so that their indexing,
 // staging, tiling and reductions are checked on machines without a GPU
-// (python_tests/test_cuda_emulated.py builds csrc/emulation/ssa_cuda_emulated.cpp).
+// (python_tests/test_cuda_emulated.py builds python_tests/cuda_emulation/ssa_cuda_emulated.cpp).
 //
 // Every CUDA thread of a block is a std::thread; blocks run one after another.
 //   __syncthreads      a std::barrier over the block
