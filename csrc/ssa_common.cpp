@@ -177,11 +177,28 @@ Algo resolve_algo(std::string_view algo, int64_t d, const std::vector<int64_t>& 
   return direct_cost <= gram_cost ? Algo::Direct : Algo::Gram;
 }
 
+namespace {
+constexpr int64_t kBlockAlign = 64;  // entries
+int64_t padded(int64_t n) { return (n + kBlockAlign - 1) / kBlockAlign * kBlockAlign; }
+}  // namespace
+
 int64_t kept_gram_size(const std::vector<int64_t>& channels) {
   int64_t q = 0;
   for (size_t m = 0; m < channels.size(); ++m)
-    for (size_t n = m; n < channels.size(); ++n) q += channels[m] * channels[n];
+    for (size_t n = m; n < channels.size(); ++n) q += padded(channels[m] * channels[n]);
   return q;
+}
+
+at::Tensor kept_block(const at::Tensor& kept, const std::vector<int64_t>& channels, int64_t m, int64_t n) {
+  int64_t offset = 0;
+  const int64_t M = static_cast<int64_t>(channels.size());
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = i; j < M; ++j) {
+      if (i == m && j == n)
+        return kept.narrow(1, offset, channels[m] * channels[n]).view({kept.size(0), channels[m], channels[n]});
+      offset += padded(channels[i] * channels[j]);
+    }
+  TORCH_CHECK(false, "mtut: internal: no kept block (", m, ", ", n, ") for ", M, " modalities");
 }
 
 void check_saved(const at::Tensor& saved, const FeatInfo& info, Algo a, const at::Tensor& like) {

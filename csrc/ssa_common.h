@@ -76,10 +76,12 @@ at::Tensor ssa_loss(
     at::TensorList feats, const at::Tensor& ce, double beta, double lambda, c10::string_view distance,
     double eps, c10::string_view algo, std::optional<double> pair_cap);
 
-// The number of Gram entries sqdist_forward keeps for the backward when it keeps
-// them (the cpu backend, algorithm gram): the blocks G_mn, n >= m, of one sample,
-// sum_{m <= n} C_m C_n.
+// What sqdist_forward keeps for the backward with algorithm gram, [N, kept_gram_size]:
+// the unscaled blocks P_mn = X_m X_n^T, n >= m, of each sample one after the other (m
+// major), each starting at a multiple of 64 entries (every block's GEMM sees the same
+// alignment; the padding is zero); kept_block is the [N, C_m, C_n] view of block (m, n).
 int64_t kept_gram_size(const std::vector<int64_t>& channels);
+at::Tensor kept_block(const at::Tensor& kept, const std::vector<int64_t>& channels, int64_t m, int64_t n);
 // Checks sqdist_backward's `saved`: empty, or the kept blocks of these feats (algo gram).
 void check_saved(const at::Tensor& saved, const FeatInfo& info, Algo algo, const at::Tensor& like);
 

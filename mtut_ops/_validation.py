@@ -221,5 +221,6 @@ def resolve_algo(algo: str, d: int, channels: Sequence[int]) -> str:
 
 
 def kept_gram_size(channels: Sequence[int]):
-    """sum_{m <= n} C_m C_n: the Gram entries per sample the cpu backend keeps (csrc/ssa_common.cpp)."""
-    return sum(channels[m] * channels[n] for m in range(len(channels)) for n in range(m, len(channels)))
+    """The Gram entries per sample sqdist_forward keeps for the backward (algorithm gram): the
+    blocks C_m x C_n, n >= m, each padded to a multiple of 64 (csrc/ssa_common.cpp)."""
+    return sum((channels[m] * channels[n] + 63) // 64 * 64 for m in range(len(channels)) for n in range(m, len(channels)))

@@ -24,9 +24,18 @@ absolute: it does not shrink with S (a difference of terms of size up to (C_m + 
 a float32 Gram result cannot resolve distances below it; the tests assert the bound only
 where it is below the distances they check.
 
-Tensor-core paths (the cuda kernels with float16/bfloat16 inputs, or float32 with TF32
-allowed) round the normalized operands on purpose: their S is compared with the exact S of
-those rounded operands (``staged_rows``) under the float32 bound above.
+Rounded operands: where the cuda kernels round a product's operands on purpose (bf16
+inputs: the direct algorithm's left operand x s^2; fp32 inputs with TF32 allowed: every
+operand), their S is compared with the exact S of those operands (``cuda_operand_sqdist``)
+under the float32 bound above.
+
+Rounded backward operands (bf16 inputs on cuda): dL/dXh_m is a sum of products, each with
+one operand rounded to bf16 (relative u16 = 2^-8): gram, T_n = c_mn G_mn Xh_n (one product
+per n, the coefficient-weighted block rounded), so |dT_n| <= u16 |c_mn| |G_mn| |Xh_n|;
+direct, Xh_m E_m with E_m = sum_n c_mn K_n rounded, so the error is <= u16 |Xh_m| |E_m|
+(absolute values taken element-wise, then multiplied as matrices). The normalization
+backward dx = (g - xh <xh, g>) / r turns an error e of g into at most (|e| + |xh| ||e||) / r
+per row (``bf16_backward_bound``).
 
 Gradients (the loss with distance "rms"). The weight of pair (m, n) is
 w = lambda / N rho / (2 d sqrt(S)): an error dS moves it by a relative |dS| / (2 S) to first
@@ -79,31 +88,76 @@ def grad_rtol(channels, d: int, dtype: torch.dtype, algo: str, S: torch.Tensor, 
     return (M - 1) * (weight_rel + gamma(2 * (sum(channels) + d) + 12, u))
 
 
-def tf32(x: torch.Tensor) -> torch.Tensor:
-    """cvt.rna.tf32.f32 on a float32 tensor: 10 mantissa bits, ties away from zero."""
+def tf32(x: torch.Tensor, truncate: bool = False) -> torch.Tensor:
+    """A float32 tensor rounded to TF32 (10 mantissa bits): cvt.rna (to nearest, ties away
+    from zero), or, with truncate, the low bits dropped (what a tensor core does with fp32
+    operands fed to it unconverted; which one cuBLAS does is not documented)."""
     bits = x.view(torch.int32)
-    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+    return ((bits if truncate else bits + 0x1000) & ~0x1FFF).view(torch.float32)
 
 
-def staged_rows(f: torch.Tensor, stage, eps: float = 1e-8) -> torch.Tensor:
-    """The [N, C, d] rows as a tensor-core kernel stages them: x * s in float32, s from a
-    float64 sum, rounded to the operand type (torch.float16, torch.bfloat16 or "tf32")."""
-    x = f.reshape(f.shape[0], f.shape[1], -1)
-    if f.dtype == torch.float64:
-        return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
-    s = (1 / x.double().norm(dim=-1, keepdim=True).clamp_min(eps)).float()
-    v = x.float() * s
-    if stage == "tf32":
-        return tf32(v).double()
-    return v.to(stage).double()
+def cuda_operand_sqdist(feats: list[torch.Tensor], algo: str, stage=None, eps: float = 1e-8,
+                        truncate: bool = False) -> torch.Tensor:
+    """The exact S (float64) of the operands the cuda kernels' products see (csrc/cuda/ssa_cuda.cu).
+
+    stage: None (operands exact: fp64 and fp32 inputs, fp16 inputs, and bf16 inputs where
+    the products read the raw rows), torch.bfloat16 (bf16 inputs: the direct algorithm's left
+    operand x s^2 is rounded to bf16), or "tf32" (fp32 inputs with TF32 allowed: both operands
+    rounded to TF32). The Gram blocks are products of the raw rows, scaled afterwards; the
+    direct K strips are (x s^2)^T x. s = 1 / max(||x||, eps) from a float64 sum, in float32.
+    """
+    rows = [f.reshape(f.shape[0], f.shape[1], -1) for f in feats]
+    if stage is None:
+        K = []
+        for x in rows:
+            xh = x.double() / x.double().norm(dim=-1, keepdim=True).clamp_min(eps)
+            K.append(xh.transpose(1, 2) @ xh)
+        return _sqdist_of(K)
+    K = []
+    for x in rows:
+        s = (1 / x.double().norm(dim=-1, keepdim=True).clamp_min(eps)).float()
+        right = tf32(x.float(), truncate) if stage == "tf32" else x.float()
+        if algo == "gram":  # K is not formed, but S of the scaled blocks is that of K = (s x)^T (s x)
+            left = right
+            K.append((s.double() * left.double()).transpose(1, 2) @ (s.double() * right.double()))
+        else:
+            left = x.float() * (s * s)
+            left = tf32(left, truncate) if stage == "tf32" else left.to(stage).float()
+            K.append(left.double().transpose(1, 2) @ right.double())
+    # The direct kernels sum the upper triangle of D (the diagonal once, above it twice): with
+    # one operand rounded, K is no longer exactly symmetric, and that is the S they define.
+    return _sqdist_of(K, upper=algo == "direct")
 
 
-def exact_sqdist(rows: list[torch.Tensor]) -> torch.Tensor:
-    """S of the given rows in float64, without normalizing them again."""
-    K = [r.transpose(1, 2) @ r for r in rows]
-    M = len(rows)
-    S = torch.zeros(rows[0].shape[0], M, M, dtype=torch.float64)
+def _sqdist_of(K: list[torch.Tensor], upper: bool = False) -> torch.Tensor:
+    M, d = len(K), K[0].shape[-1]
+    weight = torch.ones(d, d, dtype=torch.float64)
+    if upper:
+        weight = torch.triu(2 * weight, 1) + torch.eye(d, dtype=torch.float64)
+    S = torch.zeros(K[0].shape[0], M, M, dtype=torch.float64)
     for m in range(M):
         for n in range(M):
-            S[:, m, n] = (K[m] - K[n]).pow(2).sum((1, 2))
+            S[:, m, n] = ((K[m] - K[n]).pow(2) * weight).sum((1, 2))
     return S
+
+
+def bf16_backward_bound(feats: list[torch.Tensor], weight: torch.Tensor, algo: str, eps: float = 1e-8) -> list:
+    """Per entry, the error a bf16-rounded backward operand adds to dL/dX_m (module docstring),
+    for the weight [N, M, M] = dL/dS the backward applies (student-only: row m, column n)."""
+    u = 2.0**-8
+    rows = [f.double().reshape(f.shape[0], f.shape[1], -1) for f in feats]
+    r = [x.norm(dim=-1, keepdim=True) for x in rows]
+    xh = [x / n.clamp_min(eps) for x, n in zip(rows, r)]
+    M = len(feats)
+    w = weight.double()
+    out = []
+    for m in range(M):
+        c = [(-4 * w[:, m, n]) if n != m else 4 * (w[:, m].sum(1) - w[:, m, m]) for n in range(M)]
+        if algo == "gram":
+            e = sum(u * c[n].abs()[:, None, None] * ((xh[m] @ xh[n].transpose(1, 2)).abs() @ xh[n].abs()) for n in range(M))
+        else:
+            E = sum(c[n][:, None, None] * (xh[n].transpose(1, 2) @ xh[n]) for n in range(M))
+            e = u * (xh[m].abs() @ E.abs())
+        bound = (e + xh[m].abs() * e.norm(dim=-1, keepdim=True)) / r[m].clamp_min(eps)
+        out.append(bound.reshape(feats[m].shape))
+    return out

@@ -2,9 +2,9 @@
 
 The tolerances are the worst-case bounds derived in python_tests/error_bounds.py, per
 algorithm and dtype: float64 inputs run in float64, float16/bfloat16/float32 inputs in
-float32 (u = 2^-24); the cuda kernels' tensor-core operands (float16/bfloat16 inputs, or
-TF32 when torch allows it) are rounded on purpose, and those results are compared with the
-exact S of the rounded operands under the float32 bound.
+float32 (u = 2^-24); where the cuda kernels round product operands on purpose (bfloat16
+inputs; TF32 when torch allows it), their results are compared with the exact S of those
+operands under the float32 bound.
 """
 from __future__ import annotations
 
@@ -18,15 +18,16 @@ from mtut_ops import _validation as V
 from mtut_ops import reference as R
 
 from .conftest import leaf, make_ce, make_feats
-from .error_bounds import exact_sqdist, grad_rtol, sqdist_bound, staged_rows
+from .error_bounds import cuda_operand_sqdist, grad_rtol, sqdist_bound
 
 ALGOS = ["direct", "gram", "auto"]
 
 
-def tensor_core_stage(dtype, backend):
-    """The operand type of a tensor-core path, or None where the arithmetic is exact fp32/fp64."""
-    if backend == "cuda" and dtype in (torch.float16, torch.bfloat16):
-        return dtype
+def rounded_operands(dtype, backend):
+    """What the backend's products round their operands to on purpose (see
+    error_bounds.cuda_operand_sqdist), or None where they are exact."""
+    if backend == "cuda" and dtype == torch.bfloat16:
+        return torch.bfloat16
     if backend == "cuda" and dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
         return "tf32"
     return None
@@ -110,8 +111,8 @@ def test_low_precision_inputs_within_bound(backend_device, algo, dtype):
     # to the exact S of its rounded operands.
     ref_in = [f.detach().double().cpu() for f in feats]
     S_ref = R.pairwise_sqdist(ref_in)
-    stage = tensor_core_stage(dtype, backend)
-    S_target = S_ref if stage is None else exact_sqdist([staged_rows(f.cpu(), stage) for f in feats])
+    stage = rounded_operands(dtype, backend)
+    S_target = S_ref if stage is None else cuda_operand_sqdist([f.cpu() for f in feats], which, stage)
     S = mtut_ops.pairwise_sqdist(feats, algo=algo, backend=backend)
     assert S.dtype == torch.float32
     bound = sqdist_bound(channels, d, torch.float32, which, S_target)

@@ -197,9 +197,9 @@ std::vector<at::Tensor> sqdist_grad_direct(const std::vector<Rows>& rows, const 
 
 // ---------------------------------------------------------------- gram
 
-// The unscaled Gram blocks P_mn = X_m X_n^T, [C_m, C_n], of one sample. The blocks
-// with n >= m live one after the other (m major) in a row of `kept` ([sum_{m<=n} C_m C_n],
-// what the forward keeps for the backward); block (m, n) with n < m is P_nm^T.
+// The unscaled Gram blocks P_mn = X_m X_n^T, [C_m, C_n], of one sample: views of a row of
+// what the forward keeps (ssa_common.h:kept_block), or new tensors where none is kept;
+// block (m, n) with n < m is P_nm^T.
 struct GramBlocks {
   std::vector<at::Tensor> upper;  // [m * M + n] for n >= m; undefined where not computed
   int64_t M;
@@ -209,14 +209,8 @@ struct GramBlocks {
 // Views of the kept blocks of sample b.
 GramBlocks kept_blocks(const at::Tensor& kept, const FeatInfo& info, int64_t b) {
   GramBlocks G{std::vector<at::Tensor>(info.M * info.M), info.M};
-  const at::Tensor row = kept.select(0, b);
-  int64_t offset = 0;
   for (int64_t m = 0; m < info.M; ++m)
-    for (int64_t n = m; n < info.M; ++n) {
-      const int64_t cm = info.channels[m], cn = info.channels[n];
-      G.upper[m * info.M + n] = row.narrow(0, offset, cm * cn).view({cm, cn});
-      offset += cm * cn;
-    }
+    for (int64_t n = m; n < info.M; ++n) G.upper[m * info.M + n] = kept_block(kept, info.channels, m, n).select(0, b);
   return G;
 }
 
@@ -349,7 +343,7 @@ std::tuple<at::Tensor, at::Tensor> sqdist_forward(at::TensorList feats, double e
   const std::vector<Rows> rows = rows_of(feats, info, eps);
   const auto options = at::TensorOptions().dtype(info.compute_dtype);
   at::Tensor S;
-  at::Tensor kept = a == Algo::Gram && for_backward ? at::empty({info.N, kept_gram_size(info.channels)}, options)
+  at::Tensor kept = a == Algo::Gram && for_backward ? at::zeros({info.N, kept_gram_size(info.channels)}, options)
                                                     : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(info.compute_dtype, "mtut_sqdist_forward_cpu", [&] {
     S = a == Algo::Direct ? sqdist_direct<scalar_t>(rows, info) : sqdist_gram<scalar_t>(rows, info, kept);

@@ -1,15 +1,13 @@
 // Test-only: runs the CUDA kernels of csrc/cuda on the CPU, so that their indexing,
-// staging, tiling and reductions are checked on machines without a GPU
-// (python_tests/test_cuda_emulated.py builds python_tests/cuda_emulation/ssa_cuda_emulated.cpp).
+// reductions and the host code around them (the cuBLAS products run as CPU at::bmm) are
+// checked on machines without a GPU (python_tests/test_cuda_emulated.py builds
+// python_tests/cuda_emulation/ssa_cuda_emulated.cpp).
 //
-// Every CUDA thread of a block is a std::thread; blocks run one after another.
+// Every CUDA thread of a block is a host thread (a pool reused across blocks); blocks run one
+// after another.
 //   __syncthreads      a std::barrier over the block
 //   __shfl_down_sync   an exchange through a per-warp buffer between two warp barriers
 //   __shared__         a function-local static (shared by the threads of the running block)
-//   nvcuda::wmma       fragments with a layout of their own: an operand fragment holds the
-//                      whole 16 x k tile in every lane, and lane l of an accumulator holds
-//                      elements l * E .. l * E + E - 1 of the row-major 16 x 16 tile. The
-//                      kernels never depend on the hardware layout, so any layout is a test.
 // It is not a performance model and not a race detector.
 #pragma once
 
@@ -17,7 +15,10 @@
 #include <c10/util/Half.h>
 
 #include <array>
+#include <atomic>
 #include <barrier>
+#include <functional>
+#include <map>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -68,11 +69,46 @@ struct Block {
 };
 inline Block* running = nullptr;
 
-// The compute capability the emulated device reports (MTUT_EMULATED_SM, default 90): below
-// 80 the host code picks the exact SIMT cores, from 80 the tensor-core ones.
-inline int compute_capability_major() {
-  const char* sm = std::getenv("MTUT_EMULATED_SM");
-  return (sm != nullptr ? std::atoi(sm) : 90) / 10;
+// One host thread per CUDA thread of a block, created once per block size and reused for
+// every block (creating 256 threads per block would dominate the tests' time).
+class Workers {
+ public:
+  explicit Workers(unsigned n) : state(n), start_(n + 1), done_(n + 1) {
+    for (unsigned t = 0; t < n; ++t) threads_.emplace_back([this, t] { serve(t); });
+  }
+  ~Workers() {
+    stop_ = true;
+    start_.arrive_and_wait();
+    for (auto& th : threads_) th.join();
+  }
+  // job(t) on every worker t, once; returns when all are done.
+  void run(const std::function<void(unsigned)>& job) {
+    job_ = &job;
+    start_.arrive_and_wait();
+    done_.arrive_and_wait();
+  }
+  Block state;  // reused: the barriers are reusable phase after phase
+
+ private:
+  void serve(unsigned t) {
+    for (;;) {
+      start_.arrive_and_wait();
+      if (stop_) return;
+      (*job_)(t);
+      done_.arrive_and_wait();
+    }
+  }
+  std::vector<std::thread> threads_;
+  const std::function<void(unsigned)>* job_ = nullptr;
+  std::barrier<> start_, done_;
+  std::atomic<bool> stop_{false};
+};
+
+inline Workers& workers(unsigned threads) {
+  static std::map<unsigned, std::unique_ptr<Workers>> pools;
+  auto& w = pools[threads];
+  if (!w) w = std::make_unique<Workers>(threads);
+  return *w;
 }
 
 struct DeviceScope {
@@ -84,22 +120,19 @@ template <typename... KArgs, typename... Args>
 void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t, Args&&... args) {
   const unsigned threads = block.x * block.y * block.z;
   block_dim = block;
+  Workers& pool = workers(threads);
+  running = &pool.state;
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) {
-        Block state(threads);
-        running = &state;
-        std::vector<std::thread> pool;
-        pool.reserve(threads);
-        for (unsigned t = 0; t < threads; ++t)
-          pool.emplace_back([&, t] {
-            thread_index = dim3(t % block.x, t / block.x % block.y, t / (block.x * block.y));
-            block_index = dim3(x, y, z);
-            kernel(args...);
-          });
-        for (auto& th : pool) th.join();
-        running = nullptr;
+        const std::function<void(unsigned)> job = [&](unsigned t) {
+          thread_index = dim3(t % block.x, t / block.x % block.y, t / (block.x * block.y));
+          block_index = dim3(x, y, z);
+          kernel(args...);
+        };
+        pool.run(job);
       }
+  running = nullptr;
 }
 
 }  // namespace emulation
@@ -124,75 +157,4 @@ T __shfl_down_sync(unsigned, T v, int offset) {
   return out;
 }
 
-namespace nvcuda {
-namespace wmma {
 
-struct matrix_a {};
-struct matrix_b {};
-struct accumulator {};
-struct row_major {};
-struct col_major {};
-namespace precision {
-struct tf32 {};
-}  // namespace precision
-
-template <typename T> struct element { using type = T; };
-template <> struct element<precision::tf32> { using type = float; };
-
-template <typename Use, int m, int n, int k, typename T, typename Layout = void>
-struct fragment;
-template <int m, int n, int k, typename T, typename Layout>
-struct fragment<matrix_a, m, n, k, T, Layout> {  // x[i * k + kk] = A(i, kk), in every lane
-  static constexpr int num_elements = m * k;
-  typename element<T>::type x[m * k];
-};
-template <int m, int n, int k, typename T, typename Layout>
-struct fragment<matrix_b, m, n, k, T, Layout> {  // x[kk * n + j] = B(kk, j), in every lane
-  static constexpr int num_elements = k * n;
-  typename element<T>::type x[k * n];
-};
-template <int m, int n, int k, typename T>
-struct fragment<accumulator, m, n, k, T, void> {  // lane l: row-major elements l * E .. + E
-  static constexpr int num_elements = m * n / 32;
-  T x[m * n / 32];
-};
-
-template <int m, int n, int k, typename T, typename L, typename S>
-void load_matrix_sync(fragment<matrix_a, m, n, k, T, L>& a, const S* p, unsigned ldm) {
-  for (int i = 0; i < m; ++i)
-    for (int kk = 0; kk < k; ++kk)
-      a.x[i * k + kk] = std::is_same_v<L, col_major> ? p[i + kk * ldm] : p[i * ldm + kk];
-}
-template <int m, int n, int k, typename T, typename L, typename S>
-void load_matrix_sync(fragment<matrix_b, m, n, k, T, L>& b, const S* p, unsigned ldm) {
-  for (int kk = 0; kk < k; ++kk)
-    for (int j = 0; j < n; ++j) b.x[kk * n + j] = std::is_same_v<L, row_major> ? p[kk * ldm + j] : p[kk + j * ldm];
-}
-template <int m, int n, int k, typename T>
-void fill_fragment(fragment<accumulator, m, n, k, T>& c, T v) {
-  for (auto& e : c.x) e = v;
-}
-template <int m, int n, int k, typename T, typename LA, typename LB>
-void mma_sync(fragment<accumulator, m, n, k, float>& d, const fragment<matrix_a, m, n, k, T, LA>& a,
-              const fragment<matrix_b, m, n, k, T, LB>& b, const fragment<accumulator, m, n, k, float>& c) {
-  const int lane = threadIdx.x % 32, E = fragment<accumulator, m, n, k, float>::num_elements;
-  for (int e = 0; e < E; ++e) {
-    const int i = (lane * E + e) / n, j = (lane * E + e) % n;
-    float acc = c.x[e];
-    for (int kk = 0; kk < k; ++kk)
-      acc = std::fma(static_cast<float>(a.x[i * k + kk]), static_cast<float>(b.x[kk * n + j]), acc);
-    d.x[e] = acc;
-  }
-}
-// cvt.rna.tf32.f32: keep 10 mantissa bits, rounding to nearest, ties away from zero.
-inline float __float_to_tf32(float v) {
-  if (!std::isfinite(v)) return v;
-  uint32_t u;
-  std::memcpy(&u, &v, 4);
-  u = (u + 0x1000u) & ~0x1fffu;
-  std::memcpy(&v, &u, 4);
-  return v;
-}
-
-}  // namespace wmma
-}  // namespace nvcuda
