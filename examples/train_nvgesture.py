@@ -14,6 +14,10 @@ folder (``--out``) gets ``last.pt`` (every epoch, atomically), ``metrics.json``/
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run by path (python examples/X.py): make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from examples.training import build_parser, config_from_args, train
 
