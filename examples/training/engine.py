@@ -17,7 +17,7 @@ from examples.data import CLASS_NAMES, NUM_CLASSES
 from ..mtut_model import MTUTModel, SSAConfig
 from . import data as D
 from . import distributed as dd
-from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state, write_json_atomic
+from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, rng_state, save_atomic, set_rng_state, write_json_atomic
 from .config import RESUMABLE_CHANGES, Paths, TrainConfig, parse_pretrained, validate
 from .metrics import MetricsLog, summarize
 
@@ -117,7 +117,7 @@ class Trainer:
         states = dd.gather(rng_state(), self.rt)  # every process's RNG, captured after its epoch
         if self.rt.main:
             save_atomic({
-                "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "format": CHECKPOINT_FORMAT, "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": states,
                 "config": self.cfg.to_dict(), "history": self.log.rows,
             }, self.paths.checkpoint)
@@ -158,6 +158,7 @@ class Trainer:
                      *[losses.ce[m].item() * n for m in mods], *correct]
             bar.set_postfix(loss=f"{losses.total.item():.3f}")
         sums = np.asarray(dd.all_sum(sums.tolist(), self.rt))
+        sums = [float(v) for v in sums]  # plain floats: the history goes into weights_only checkpoints
         count = max(sums[2], 1.0)
         row = {"train/loss": sums[0] / count, "train/ssa": sums[1] / count}
         row |= {f"train/ce/{m}": sums[3 + i] / count for i, m in enumerate(mods)}
