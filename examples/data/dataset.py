@@ -164,7 +164,7 @@ class NVGestureDataset(Dataset):
 
     def load(self, index: int) -> dict:
         """The untransformed sample of clip ``index``: uint8 ``[N, H, W, C]`` per video
-        modality (float32 for flow), ``label``, ``path`` and ``meta`` (frame rates).
+        modality (float32 for flow), ``label``, ``path`` and ``meta`` (frame rates, window starts).
 
         Raises:
             BadClipError: a file is missing, unreadable, or shorter than its window.
@@ -172,8 +172,10 @@ class NVGestureDataset(Dataset):
         record = self.records[index]
         sample: dict = {}
         fps: dict[str, float] = {}
+        starts: dict[str, int] = {}
         for m in self.modalities:
             path, start, end = self._source(record, m)
+            starts[m] = start
             try:
                 if MODALITIES[m].precomputed:
                     sample[m], fps[m] = load_flow(path, start, end)
@@ -183,7 +185,9 @@ class NVGestureDataset(Dataset):
                 raise self._error(record, e.reason, path) from None
             except (FileNotFoundError, ValueError) as e:
                 raise self._error(record, str(e), path) from None
-        sample.update(label=record.label, path=record.path, meta={"fps": fps})
+        # meta: each modality's frame rate and the video frame its window starts at (per-frame
+        # hand boxes are indexed by video frame)
+        sample.update(label=record.label, path=record.path, meta={"fps": fps, "start": starts})
         return sample
 
     def _item(self, index: int) -> dict:
