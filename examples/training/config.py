@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +77,11 @@ class TrainConfig:
     watch_test: bool = False
     save_logits: bool = True
     init_from: str | None = None
+    # logging and LR scaling
+    tensorboard: bool = True
+    log_every: int = 1
+    lr_scaling: str = "none"
+    lr_reference_batch: int = 6
     # runtime
     seed: int = 0
     device: str = "auto"
@@ -91,7 +97,7 @@ class TrainConfig:
 
 # Fields that may differ between a run and its resumption (they do not change the trajectory).
 RESUMABLE_CHANGES = frozenset({"epochs", "out", "workers", "eval_every", "progress", "plots", "threads", "data_root",
-                               "watch_test", "save_logits"})
+                               "watch_test", "save_logits", "tensorboard", "log_every"})
 
 # mmpose 0.x's NVGesture MTUT configs (configs/hand/gesture_sview_rgbd_vid/mtut/nvgesture/),
 # read from the OpenMMLab mmpose repository. Values they share: SGD momentum 0.9, no weight
@@ -150,14 +156,20 @@ def build_parser() -> argparse.ArgumentParser:
     given on the command line (it overrides the preset) from what was not.
     """
     p = argparse.ArgumentParser(
-        prog="python -m examples.train_nvgesture",
+        prog="python examples/train_nvgesture.py",
         description="Train one I3D per modality on NVGesture (real or synthetic) with the MTUT SSA loss; "
                     "one modality trains the unimodal baseline.",
+        epilog="Defaults in [brackets] are the 'full' preset's (mmpose's 224x224 recipe without hand boxes). "
+               "Settings come from the preset, then the --config file, then the options given here (each "
+               "overrides the one before); --print-config shows the result.",
     )
     a = p.add_argument
-    a("--data-root", required=True, help="dataset root (NVGesture layout: Video_data/ and the two list files)")
+    a("--data-root", help="dataset root (NVGesture layout: Video_data/ and the two list files); required")
+    a("--config", metavar="FILE", help="settings file (JSON, or YAML with PyYAML installed): TrainConfig field "
+                                       "names, e.g. {\"lr\": 0.01, \"lr_steps\": [30, 50]}; --print-config writes one")
+    a("--print-config", action="store_true", help="print the resolved settings as JSON and exit")
     a("--out", help="run folder: checkpoints, metrics, plots (default runs/nvgesture)")
-    a("--preset", choices=list(PRESETS), default="full",
+    a("--preset", choices=list(PRESETS),
       help="settings to start from: 'full' = 'mmpose-224' (mmpose's 224x224 recipe without boxes), "
            "'mmpose-224-box', 'mmpose-112-box-fps15' (mmpose's hand-box recipes; GPU), or 'cpu-small' "
            "(minutes on a CPU)")
@@ -171,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--lr-steps", type=int, nargs="*", metavar="EPOCH", help="divide the LR by 10 after these epochs")
     g.add_argument("--lr-gamma", type=float)
+    g.add_argument("--lr-scaling", choices=("none", "linear"),
+                   help="linear: multiply --lr by the total batch (--batch-size x processes) / --lr-reference-batch")
+    g.add_argument("--lr-reference-batch", type=int, metavar="B",
+                   help="the total batch --lr was tuned for (mmpose: 6 per GPU; its GPU count is not published)")
     g = p.add_argument_group("SSA loss")
     g.add_argument("--ssa-start", type=int, metavar="EPOCH", help="first (1-based) epoch with the SSA loss")
     g.add_argument("--beta", type=float, help="focal regularization parameter (default 2)")
@@ -239,13 +255,74 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, help="torch CPU threads")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
     g.add_argument("--no-plots", dest="plots", action="store_false", default=None, help="no PNG plots at the end")
+    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                   help="write TensorBoard scalars to OUT/tb (loss terms, lr, throughput, memory per iteration)")
+    g.add_argument("--log-every", type=int, metavar="N", help="TensorBoard: every N iterations")
     g.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    _add_defaults(p)
     return p
 
 
+def _add_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append each option's 'full'-preset default to its help (options default to None)."""
+    defaults = TrainConfig()
+    for action in parser._actions:
+        if action.dest in ("data_root", "help", "preset") or not hasattr(defaults, action.dest):
+            continue
+        value = getattr(defaults, action.dest)
+        if isinstance(action, argparse._StoreFalseAction):
+            shown = f"{action.dest} {'on' if value else 'off'}"
+        elif isinstance(value, tuple):
+            shown = " ".join(map(str, value)) if value else "none"
+        elif isinstance(value, bool):
+            shown = "on" if value else "off"
+        else:
+            shown = "none" if value is None else value
+        action.help = f"{action.help or ''} [{shown}]".strip()
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Settings from a JSON (or, with PyYAML, YAML) file: ``{field: value}`` with
+    :class:`TrainConfig` field names (``-`` may stand for ``_``; ``lambda`` for ``lambda_``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--config {path}: not a file")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError(f"--config {path}: reading YAML needs PyYAML (pip install pyyaml); or write the file as "
+                             "JSON (--print-config prints one)") from None
+        raw = yaml.safe_load(text)
+    else:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--config {path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"--config {path}: expected an object of settings")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    out = {}
+    for key, value in raw.items():
+        name = "lambda_" if key == "lambda" else key.replace("-", "_")
+        if name not in known:
+            raise ValueError(f"--config {path}: unknown setting {key!r}; known: {', '.join(sorted(known))}")
+        out[name] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The preset's config with every option given on the command line applied, validated."""
-    cfg = TrainConfig(preset=args.preset, **PRESETS[args.preset])
+    """The preset's config, then the ``--config`` file's settings, then every option given
+    on the command line, validated."""
+    from_file = read_config_file(args.config) if getattr(args, "config", None) else {}
+    preset = args.preset or from_file.pop("preset", None) or "full"
+    from_file.pop("preset", None)
+    if preset not in PRESETS:
+        raise ValueError(f"--config {args.config}: unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    cfg = TrainConfig(preset=preset, **PRESETS[preset])
+    for name, value in from_file.items():
+        setattr(cfg, name, value)
     for f in dataclasses.fields(TrainConfig):
         value = getattr(args, f.name, None)
         if value is None or f.name == "preset":
@@ -266,7 +343,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if cfg.box_pipeline == "mmpose" and cfg.hand_boxes is None and cfg.data_root:
         found = [Path(cfg.data_root) / c for c in FRAME_BOX_CANDIDATES if (Path(cfg.data_root) / c).is_file()]
         if not found:
-            raise ValueError(f"--preset {args.preset} (--box-pipeline mmpose) crops to per-frame hand boxes: give "
+            raise ValueError(f"--preset {preset} (--box-pipeline mmpose) crops to per-frame hand boxes: give "
                              f"mmpose's bboxes.json with --hand-boxes (not found at {' or '.join(FRAME_BOX_CANDIDATES)} "
                              f"under {cfg.data_root})")
         cfg.hand_boxes = str(found[0])
@@ -335,6 +412,9 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.workers >= 0, f"--workers must be >= 0, got {cfg.workers}")
     need(cfg.eval_every >= 0, f"--eval-every must be >= 0, got {cfg.eval_every}")
     need(cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1, got {cfg.threads}")
+    need(cfg.log_every >= 1, f"--log-every must be >= 1, got {cfg.log_every}")
+    need(cfg.lr_scaling in ("none", "linear"), f"--lr-scaling must be none or linear, got {cfg.lr_scaling!r}")
+    need(cfg.lr_reference_batch >= 1, f"--lr-reference-batch must be >= 1, got {cfg.lr_reference_batch}")
     need(cfg.fusion in FUSIONS, f"--fusion must be one of {FUSIONS}, got {cfg.fusion!r}")
     scores = (*cfg.modalities, "fused") if len(cfg.modalities) > 1 else cfg.modalities
     need(cfg.best_metric == "auto" or cfg.best_metric in scores,

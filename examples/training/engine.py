@@ -29,6 +29,7 @@ from .checkpoint import (
 from .config import RESUMABLE_CHANGES, Paths, TrainConfig, parse_pretrained, validate
 from .evaluation import EvalResult, evaluate, save_logits
 from .metrics import MetricsLog
+from .tensorboard import ScalarWriter
 
 
 def seed_everything(seed: int) -> None:
@@ -122,7 +123,11 @@ class Trainer:
         self.model = build_model(cfg, verbose=self.rt.main).to(self.rt.device)
         self.ddp = DistributedDataParallel(self.model, device_ids=[self.rt.device.index]
                                            if self.rt.device.type == "cuda" else None) if self.rt.distributed else None
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+        self.lr = effective_lr(cfg, self.rt.world)
+        if self.rt.main and self.lr != cfg.lr:
+            print(f"--lr-scaling linear: lr {cfg.lr:g} x total batch {cfg.batch_size * self.rt.world} / "
+                  f"{cfg.lr_reference_batch} = {self.lr:g}")
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(cfg.lr_steps), cfg.lr_gamma)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.rt.amp_dtype == torch.float16)
@@ -145,6 +150,7 @@ class Trainer:
         elif resume:
             raise FileNotFoundError(f"--resume: no checkpoint at {self.paths.checkpoint}")
         self.log = MetricsLog(self.paths.metrics_json, self.paths.metrics_csv, history)
+        self.tb = ScalarWriter(self.paths.root / "tb") if cfg.tensorboard and self.rt.main else None
 
     # ------------------------------------------------------------------ state
 
@@ -200,7 +206,13 @@ class Trainer:
         sums = np.zeros(3 + 2 * len(mods))
         bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{cfg.epochs}" + (" +SSA" if use_ssa else ""),
                    unit="batch", leave=False, disable=not (cfg.progress and self.rt.main))
-        for batch in bar:
+        cuda = self.rt.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.rt.device)
+        steps_per_epoch = len(self.train_loader)
+        started = waited = time.perf_counter()
+        for i, batch in enumerate(bar):
+            loaded = time.perf_counter()
             inputs, labels = self._inputs(batch)
             with self._autocast():
                 out = model(inputs)
@@ -211,15 +223,29 @@ class Trainer:
             self.scaler.update()
             n = len(labels)
             correct = [float((out.logits[m].argmax(1) == labels).sum()) for m in mods]
-            sums += [losses.total.item() * n, losses.ssa.item() * n, n,
-                     *[losses.ce[m].item() * n for m in mods], *correct]
-            bar.set_postfix(loss=f"{losses.total.item():.3f}")
+            values = [losses.total.item(), losses.ssa.item(), *[losses.ce[m].item() for m in mods]]
+            sums += [values[0] * n, values[1] * n, n, *[v * n for v in values[2:]], *correct]
+            bar.set_postfix(loss=f"{values[0]:.3f}")
+            done = time.perf_counter()
+            step = (epoch - 1) * steps_per_epoch + i + 1
+            if self.tb is not None and (step % cfg.log_every == 0 or i + 1 == steps_per_epoch):
+                scalars = {"train/loss": values[0], "train/ssa": values[1], "train/lr": self.optimizer.param_groups[0]["lr"],
+                           **{f"train/ce/{m}": v for m, v in zip(mods, values[2:])},
+                           **{f"train/ssa/{e}": v.item() for e, v in losses.ssa_by_endpoint.items()},
+                           "perf/clips_per_s": n * self.rt.world / max(done - waited, 1e-9),
+                           "perf/step_seconds": done - waited, "perf/data_seconds": loaded - waited,
+                           "perf/max_memory_mib": _max_memory_mib(self.rt.device)}
+                self.tb.add_scalars(step, scalars)
+            waited = time.perf_counter()
+        seconds = time.perf_counter() - started
         sums = np.asarray(dd.all_sum(sums.tolist(), self.rt))
         sums = [float(v) for v in sums]  # plain floats: the history goes into weights_only checkpoints
         count = max(sums[2], 1.0)
         row = {"train/loss": sums[0] / count, "train/ssa": sums[1] / count}
         row |= {f"train/ce/{m}": sums[3 + i] / count for i, m in enumerate(mods)}
         row |= {f"train/top1/{m}": sums[3 + len(mods) + i] / count for i, m in enumerate(mods)}
+        row["train/clips_per_s"] = sums[2] / max(seconds, 1e-9)
+        row["train/max_memory_mib"] = _max_memory_mib(self.rt.device)
         return row
 
     def evaluate(self, split: str, epoch: int) -> dict:
@@ -269,6 +295,11 @@ class Trainer:
                 if self.rt.main:
                     self.log.append(row)
                     print(_epoch_line(row, cfg.ssa_start) + (" | best" if best else ""), flush=True)
+                    if self.tb is not None:
+                        self.tb.add_scalars(epoch * len(self.train_loader), {
+                            f"epoch/{k}": float(v) for k, v in row.items()
+                            if k != "epoch" and isinstance(v, (int, float))})
+                        self.tb.flush()
                 self._save(epoch, best=best)
             if not results:  # resumed a finished run: evaluate its final weights
                 results = {split: self.evaluate(split, cfg.epochs) for split in self.eval_loaders}
@@ -278,6 +309,8 @@ class Trainer:
                 self._write_outputs(final)
             return final
         finally:
+            if self.tb is not None:
+                self.tb.close()
             dd.teardown(self.rt)
 
     def _write_outputs(self, final: dict) -> None:
@@ -295,6 +328,22 @@ class Trainer:
         for split, res in final["splits"].items():
             accs = ", ".join(f"{k} {v:.3f}" for k, v in res["top1"].items())
             print(f"{split} top-1 ({res['clips']} clips): {accs}")
+
+
+def effective_lr(cfg: TrainConfig, world: int) -> float:
+    """``cfg.lr``, times total batch / reference batch with ``lr_scaling="linear"``."""
+    if cfg.lr_scaling == "linear":
+        return cfg.lr * cfg.batch_size * world / cfg.lr_reference_batch
+    return cfg.lr
+
+
+def _max_memory_mib(device: torch.device) -> float:
+    """Peak memory so far: CUDA memory allocated by torch on a GPU, else the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _epoch_line(row: dict, ssa_start: int) -> str:
