@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from .classes import CLASS_NAMES, NUM_CLASSES
 from .errors import BadClipError, BadClipWarning, NVGestureDataError, UnknownModalityError, VideoError
 from .flow import flow_file, flow_matches, load_flow
-from .listfile import LIST_FILES, ClipRecord, read_list
+from .listfile import LIST_FILES, ClipRecord, find_list_file, read_list
 from .modalities import MODALITIES
 from .transforms import Transform
 from .video import probe_video, read_window
@@ -44,7 +44,8 @@ class NVGestureDataset(Dataset):
 
     Args:
         root: dataset root.
-        split: ``"train"`` or ``"test"`` (picks the standard list file).
+        split: ``"train"`` or ``"test"`` (picks the standard list file, at the root or, as
+            in mmpose's layout, under ``annotations/``).
         modalities: which modalities to return, in this order.
         transform: a callable on the sample dict (see :mod:`examples.data.transforms`).
         list_file: read this list file instead of the split's (relative paths are taken
@@ -93,7 +94,7 @@ class NVGestureDataset(Dataset):
         if list_file is None:
             if split not in LIST_FILES:
                 raise ValueError(f"split must be one of {sorted(LIST_FILES)}, got {split!r}")
-            list_file = self.root / LIST_FILES[split]
+            list_file = find_list_file(self.root, split)
         else:
             list_file = Path(list_file)
             if not list_file.is_absolute() and not list_file.is_file():
