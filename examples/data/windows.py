@@ -5,9 +5,14 @@ hundred); decoding starts from frame 0 each time, because frame-accurate seeking
 guaranteed for every codec. ``python -m examples.data extract-windows`` decodes each
 sensor's window once and writes it as its own video, so the new dataset has the same
 layout and list files with every window starting at frame 0, and training decodes only
-the frames it uses. Lossless ``FFV1`` (default) keeps the decoded frames identical;
-``bboxes.json`` is cut to the color window, ``hand_boxes.json`` (per window) is copied,
-and flow files are rewritten for the new windows.
+the frames it uses. ``bboxes.json`` is cut to the color window, ``hand_boxes.json`` (per
+window) is copied, and flow files are rewritten for the new windows.
+
+The codec is a trade-off (measured on 320x240 synthetic clips, docs/training.md):
+``MJPG`` (default) decodes about as fast as MJPG recordings (0.5 ms a frame) at their
+size, but re-encoding is lossy (mean absolute change ~1 grey level); lossless ``FFV1``
+keeps every decoded frame identical but is ~5x larger and ~13x slower to decode, slower
+than decoding a recording from frame 0 unless windows start very late.
 """
 
 from __future__ import annotations
@@ -87,7 +92,7 @@ def _clip_job(args: tuple[str, str, ClipRecord, str]) -> tuple[str, dict, int, i
     return format_line(record.path, record.label, sensors), {}, bytes_in, bytes_out
 
 
-def extract_windows(root: str | Path, out: str | Path, *, codec: str = "FFV1", workers: int = 1,
+def extract_windows(root: str | Path, out: str | Path, *, codec: str = "MJPG", workers: int = 1,
                     skip_bad: bool = False, progress: bool = True) -> ExtractStats:
     """Write the windows of every clip of both list files of ``root`` as a new dataset at ``out``.
 
