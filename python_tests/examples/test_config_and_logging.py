@@ -85,6 +85,15 @@ def test_tensorboard_scalars_per_iteration(data_root, tmp_path):
     assert mean == pytest.approx(row["train/loss"], rel=1e-5)
     assert by_step[3]["epoch/train/loss"] == pytest.approx(row["train/loss"], rel=1e-6)
     assert row["lr"] == pytest.approx(0.02) and row["train/clips_per_s"] > 0
+    try:  # where the tensorboard package is installed, its own reader agrees
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:
+        pass
+    else:
+        acc = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"scalars": 0})
+        acc.Reload()
+        assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == \
+               [(s, by_step[s]["train/loss"]) for s in (1, 2, 3)]
     # every record is checked: a flipped byte is found
     data = bytearray(files[0].read_bytes())
     data[-10] ^= 0xFF
