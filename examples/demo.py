@@ -28,12 +28,15 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+if __package__ in (None, ""):  # run by path (python examples/demo.py): make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
 
 from examples.data import SyntheticConfig, generate
 from examples.data.synthetic import INFO_FILE
 from examples.training import PRESETS, TrainConfig, train
-from examples.training.checkpoint import load_checkpoint
+from examples.training.checkpoint import CheckpointError, load_checkpoint
 from examples.training.engine import check_resumable
 
 # The demo's dataset, fixed across training seeds: the generator's defaults (8 classes,
@@ -71,11 +74,11 @@ def run_once(cfg: TrainConfig) -> dict:
     out = Path(cfg.out)
     checkpoint = out / "last.pt"
     if checkpoint.is_file():
-        ckpt = load_checkpoint(checkpoint)
         try:
+            ckpt = load_checkpoint(checkpoint)
             check_resumable(ckpt["config"], cfg)
-        except ValueError:
-            print(f"{out} holds a run with other settings; starting over")
+        except (CheckpointError, ValueError) as e:
+            print(f"{out} holds a run this demo cannot continue ({str(e).splitlines()[0]}); starting over")
             shutil.rmtree(out)
         else:
             final_path = out / "final_eval.json"

@@ -40,6 +40,11 @@ class SSAConfig:
     algo: str = "auto"
     pair_cap: float | None = None
     backend: str | None = None
+    # Cast the features to float32 before the SSA op. Under autocast the I3D features are
+    # bf16/fp16; the op accepts them (it accumulates in float32, and the cuda backend runs
+    # them on tensor cores), but that low-precision path has not been checked on a GPU yet,
+    # so the trainer feeds float32 by default (--ssa-fp32 / --no-ssa-fp32).
+    inputs_fp32: bool = True
 
 
 @dataclass
@@ -138,6 +143,8 @@ class MTUTModel(nn.Module):
             c = self.ssa_config
             for e in self.ssa_endpoints:
                 feats = [out.features[m][e] for m in self.modalities]
+                if c.inputs_fp32:
+                    feats = [f.float() for f in feats]
                 by_endpoint[e] = mtut_ops.ssa_loss(feats, ce_per_sample.detach(), beta=c.beta, lambda_=c.lambda_,
                                                    distance=c.distance, eps=c.eps, algo=c.algo,
                                                    pair_cap=c.pair_cap, backend=c.backend).float()

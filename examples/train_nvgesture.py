@@ -1,8 +1,9 @@
 """Train the MTUT gesture model (one I3D per modality) on NVGesture.
 
-    python -m examples.train_nvgesture --data-root data/nvgesture --modalities rgb depth
-    python -m examples.train_nvgesture --data-root runs/demo/data --preset cpu-small --modalities rgb
-    torchrun --nproc_per_node 4 -m examples.train_nvgesture --data-root data/nvgesture
+    python examples/train_nvgesture.py --data-root data/nvgesture --modalities rgb depth
+    python examples/train_nvgesture.py --data-root data/nvgesture --preset mmpose-224-box --print-config
+    python examples/train_nvgesture.py --data-root runs/demo/data --preset cpu-small --modalities rgb
+    torchrun --nproc_per_node 4 examples/train_nvgesture.py --data-root data/nvgesture
 
 The defaults are mmpose's recipe (SGD momentum 0.9, lr 1e-2 divided by 10 after epochs
 30 and 50, 75 epochs, SSA from epoch 61 with beta 2 and lambda 5e-3, 64 frames at
@@ -14,8 +15,14 @@ folder (``--out``) gets ``last.pt`` (every epoch, atomically), ``metrics.json``/
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from examples.training import build_parser, config_from_args, train
+if __package__ in (None, ""):  # run by path (python examples/X.py): make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import json  # noqa: E402
+
+from examples.training import build_parser, config_from_args, train  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
     except ValueError as e:
         parser.error(str(e))
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=1))
+        return 0
     try:
         train(cfg, resume=args.resume)
     except (ValueError, FileNotFoundError) as e:  # settings that only a run can check (resume, checkpoints)

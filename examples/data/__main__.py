@@ -1,4 +1,4 @@
-"""Command line: ``python -m examples.data {make-synthetic,compute-flow,show}``."""
+"""Command line: ``python -m examples.data {make-synthetic,compute-flow,extract-windows,show}``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from .classes import NUM_CLASSES
 from .errors import NVGestureDataError
 from .flow import DEFAULT_BOUND, precompute_flow
-from .listfile import LIST_FILES
+from .listfile import LIST_FILES, find_list_file
 from .modalities import MODALITIES
 from .synthetic import DEFAULT_CLASSES, SyntheticConfig, generate
 
@@ -64,12 +64,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--flow", action="store_true", help="also precompute optical flow for both lists")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    f = sub.add_parser("compute-flow", help="precompute Farneback optical flow for a list file",
-                       description="Compute dense optical flow (OpenCV Farneback) from sk_color.avi over each "
-                                   "clip's color window and write sk_color_flow.npz next to it (format: "
-                                   "examples/data/flow.py). Resumable: finished clips are skipped; writes are "
-                                   "atomic.",
+    f = sub.add_parser("compute-flow", help="precompute optical flow (Farneback or TV-L1) for a list file",
+                       description="Compute dense optical flow (OpenCV Farneback, or Dual TV-L1 with "
+                                   "opencv-contrib) from sk_color.avi over each clip's color window and write "
+                                   "sk_color_flow.npz next to it (format: examples/data/flow.py). Resumable: "
+                                   "finished clips are skipped; writes are atomic.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    f.add_argument("--method", choices=("farneback", "tvl1"), default="farneback",
+                   help="tvl1: what the Kinetics flow I3D was trained on (needs opencv-contrib-python-headless)")
     f.add_argument("--root", type=Path, required=True, help="dataset root")
     f.add_argument("--list", type=Path, action="append", dest="lists",
                    help="list file (relative to --root or a path); repeat for several (default: train and test)")
@@ -78,6 +80,20 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--force", action="store_true", help="recompute clips that are already done")
     f.add_argument("--skip-bad", action="store_true", help="warn about bad clips and go on instead of stopping")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    w = sub.add_parser("extract-windows", help="write every clip's valid windows as a new dataset (one-off)",
+                       description="Decode each clip's sensor windows once and write them as a new dataset in "
+                                   "the same layout (windows start at frame 0), so training never decodes a "
+                                   "recording from its first frame. bboxes.json is cut to the color window; "
+                                   "hand_boxes.json and flow files are carried over.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    w.add_argument("--root", type=Path, required=True, help="dataset root")
+    w.add_argument("--out", type=Path, required=True, help="new dataset root")
+    w.add_argument("--codec", default="MJPG", help="AVI FourCC: MJPG decodes fast but re-encodes lossily; FFV1 is "
+                                                  "lossless (identical frames) but ~13x slower to decode")
+    w.add_argument("--workers", type=int, default=1, help="processes")
+    w.add_argument("--skip-bad", action="store_true", help="leave bad clips out (with a warning) instead of stopping")
+    w.add_argument("--quiet", action="store_true", help="no progress bar")
 
     v = sub.add_parser("show", help="save an image grid of a few clips (PNG)",
                        description="Save a PNG grid of a few clips: one row per modality, frames over the valid "
@@ -108,17 +124,25 @@ def main(argv: list[str] | None = None) -> int:
                 for name in LIST_FILES.values():
                     precompute_flow(args.out, args.out / name, progress=not args.quiet)
         elif args.command == "compute-flow":
-            for list_file in args.lists or [Path(name) for name in LIST_FILES.values()]:
+            for list_file in args.lists or [find_list_file(args.root, split) for split in LIST_FILES]:
                 stats = precompute_flow(args.root, list_file, bound=args.bound, force=args.force,
-                                        skip_bad=args.skip_bad, workers=args.workers, progress=not args.quiet)
+                                        skip_bad=args.skip_bad, workers=args.workers, progress=not args.quiet,
+                                        method=args.method)
                 print(f"{list_file}: {stats.computed} computed, {stats.skipped} already done, {stats.failed} bad")
+        elif args.command == "extract-windows":
+            from .windows import extract_windows
+
+            stats = extract_windows(args.root, args.out, codec=args.codec, workers=args.workers,
+                                    skip_bad=args.skip_bad, progress=not args.quiet)
+            print(f"wrote {stats.clips} clips to {args.out} ({stats.failed} bad): {stats.bytes_out / 2**20:.1f} MiB "
+                  f"of windows from {stats.bytes_in / 2**20:.1f} MiB of recordings")
         elif args.command == "show":
             from .show import show
 
             out = show(args.root, args.out, split=args.split, clips=args.clips, frames=args.frames,
                        modalities=args.modalities)
             print(f"wrote {out}")
-    except (NVGestureDataError, FileNotFoundError, ValueError) as e:
+    except (NVGestureDataError, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

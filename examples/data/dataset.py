@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from .classes import CLASS_NAMES, NUM_CLASSES
 from .errors import BadClipError, BadClipWarning, NVGestureDataError, UnknownModalityError, VideoError
 from .flow import flow_file, flow_matches, load_flow
-from .listfile import LIST_FILES, ClipRecord, read_list
+from .listfile import LIST_FILES, ClipRecord, find_list_file, read_list
 from .modalities import MODALITIES
 from .transforms import Transform
 from .video import probe_video, read_window
@@ -44,7 +44,8 @@ class NVGestureDataset(Dataset):
 
     Args:
         root: dataset root.
-        split: ``"train"`` or ``"test"`` (picks the standard list file).
+        split: ``"train"`` or ``"test"`` (picks the standard list file, at the root or, as
+            in mmpose's layout, under ``annotations/``).
         modalities: which modalities to return, in this order.
         transform: a callable on the sample dict (see :mod:`examples.data.transforms`).
         list_file: read this list file instead of the split's (relative paths are taken
@@ -93,7 +94,7 @@ class NVGestureDataset(Dataset):
         if list_file is None:
             if split not in LIST_FILES:
                 raise ValueError(f"split must be one of {sorted(LIST_FILES)}, got {split!r}")
-            list_file = self.root / LIST_FILES[split]
+            list_file = find_list_file(self.root, split)
         else:
             list_file = Path(list_file)
             if not list_file.is_absolute() and not list_file.is_file():
@@ -164,7 +165,7 @@ class NVGestureDataset(Dataset):
 
     def load(self, index: int) -> dict:
         """The untransformed sample of clip ``index``: uint8 ``[N, H, W, C]`` per video
-        modality (float32 for flow), ``label``, ``path`` and ``meta`` (frame rates).
+        modality (float32 for flow), ``label``, ``path`` and ``meta`` (frame rates, window starts).
 
         Raises:
             BadClipError: a file is missing, unreadable, or shorter than its window.
@@ -172,8 +173,10 @@ class NVGestureDataset(Dataset):
         record = self.records[index]
         sample: dict = {}
         fps: dict[str, float] = {}
+        starts: dict[str, int] = {}
         for m in self.modalities:
             path, start, end = self._source(record, m)
+            starts[m] = start
             try:
                 if MODALITIES[m].precomputed:
                     sample[m], fps[m] = load_flow(path, start, end)
@@ -183,7 +186,9 @@ class NVGestureDataset(Dataset):
                 raise self._error(record, e.reason, path) from None
             except (FileNotFoundError, ValueError) as e:
                 raise self._error(record, str(e), path) from None
-        sample.update(label=record.label, path=record.path, meta={"fps": fps})
+        # meta: each modality's frame rate and the video frame its window starts at (per-frame
+        # hand boxes are indexed by video frame)
+        sample.update(label=record.label, path=record.path, meta={"fps": fps, "start": starts})
         return sample
 
     def _item(self, index: int) -> dict:

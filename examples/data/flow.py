@@ -1,4 +1,5 @@
-"""Precomputed dense optical flow (OpenCV Farnebäck) for the ``flow`` modality.
+"""Precomputed dense optical flow (OpenCV Farnebäck, or Dual TV-L1 with opencv-contrib) for
+the ``flow`` modality.
 
 File format
 -----------
@@ -14,6 +15,7 @@ For every clip, ``<clip>/sk_color_flow.npz`` next to ``sk_color.avi``: a NumPy `
            ``flow[k]`` is the motion from frame ``start + k`` to ``start + k + 1``
            (the last one repeats when the video has no frame after the window).
 ``fps``    float64 scalar, the frame rate of ``sk_color.avi``.
+``method`` str, ``farneback`` or ``tvl1`` (absent in older files: Farnebäck).
 
 The dataset returns ``q / 127.5 - 1``, i.e. flow / bound in ``[-1, 1]``.
 
@@ -51,6 +53,38 @@ def flow_file(video: str | Path) -> Path:
     return video.with_name(video.stem + FLOW_SUFFIX)
 
 
+METHODS = ("farneback", "tvl1")
+
+
+def tvl1_factory():
+    """OpenCV's Dual TV-L1 optical flow constructor, from opencv-contrib (``cv2.optflow``).
+
+    TV-L1 is what the Kinetics flow I3D was trained on (Carreira & Zisserman 2017); the
+    plain ``opencv-python-headless`` wheel does not have it.
+
+    Raises:
+        RuntimeError: this OpenCV has no TV-L1, with the package that provides it.
+    """
+    import cv2 as _cv2
+
+    for owner in (getattr(_cv2, "optflow", None), _cv2):
+        create = getattr(owner, "DualTVL1OpticalFlow_create", None) if owner is not None else None
+        if create is not None:
+            return create
+    raise RuntimeError(f"TV-L1 optical flow needs OpenCV's contrib modules (cv2.optflow), which this OpenCV "
+                       f"{_cv2.__version__} lacks: pip uninstall opencv-python-headless && pip install "
+                       "opencv-contrib-python-headless (or use --method farneback)")
+
+
+def tvl1(frames: np.ndarray) -> np.ndarray:
+    """Dual TV-L1 flow between consecutive frames (OpenCV contrib, its default parameters);
+    same shapes as :func:`farneback`."""
+    algo = tvl1_factory()()
+    gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) if f.shape[2] == 3 else f[:, :, 0] for f in frames]
+    flows = [algo.calc(a, b, None) for a, b in zip(gray[:-1], gray[1:])]
+    return np.stack(flows).astype(np.float32)
+
+
 def farneback(frames: np.ndarray) -> np.ndarray:
     """Flow between consecutive frames.
 
@@ -77,7 +111,7 @@ def dequantize(q: np.ndarray) -> np.ndarray:
 
 
 def compute_clip_flow(
-    video: str | Path, start: int, end: int, bound: float = DEFAULT_BOUND
+    video: str | Path, start: int, end: int, bound: float = DEFAULT_BOUND, method: str = "farneback"
 ) -> tuple[np.ndarray, float]:
     """Quantized flow for frames ``[start, end)`` of ``video`` (see the module doc).
 
@@ -93,31 +127,39 @@ def compute_clip_flow(
     if len(frames) == 1:
         flow = np.zeros((1, *frames.shape[1:3], 2), np.float32)
     else:
-        flow = farneback(frames)
+        flow = (tvl1 if method == "tvl1" else farneback)(frames)
         if len(flow) < end - start:
             flow = np.concatenate([flow, flow[-1:]])
     return quantize(flow, bound), fps
 
 
-def save_flow(path: str | Path, q: np.ndarray, *, start: int, end: int, bound: float, fps: float) -> None:
+def save_flow(path: str | Path, q: np.ndarray, *, start: int, end: int, bound: float, fps: float,
+              method: str = "farneback") -> None:
     """Write a flow file atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
             np.savez_compressed(
-                f, flow=q, bound=np.float32(bound), start=np.int64(start), end=np.int64(end), fps=np.float64(fps)
+                f, flow=q, bound=np.float32(bound), start=np.int64(start), end=np.int64(end), fps=np.float64(fps),
+                method=np.array(method),
             )
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def flow_matches(path: str | Path, start: int, end: int, bound: float | None = None) -> bool:
-    """Whether ``path`` is a readable flow file for window ``[start, end)`` (and ``bound``)."""
+def flow_method(z) -> str:
+    """The method of an open flow file (files without one are Farneback: older versions)."""
+    return str(z["method"]) if "method" in z else "farneback"
+
+
+def flow_matches(path: str | Path, start: int, end: int, bound: float | None = None, method: str | None = None) -> bool:
+    """Whether ``path`` is a readable flow file for window ``[start, end)`` (and ``bound``, ``method``)."""
     try:
         with np.load(path) as z:
             ok = int(z["start"]) == start and int(z["end"]) == end
+            ok = ok and (method is None or flow_method(z) == method)
             return ok and (bound is None or float(z["bound"]) == np.float32(bound))
     except (OSError, KeyError, ValueError):
         return False
@@ -158,26 +200,26 @@ class FlowStats:
     failed: int = 0  # bad clips passed over with skip_bad
 
 
-def _clip_job(args: tuple[str, ClipRecord, float, bool]) -> tuple[str, dict | None]:
+def _clip_job(args: tuple[str, ClipRecord, float, bool, str]) -> tuple[str, dict | None]:
     """Compute one clip's flow; returns (status, BadClipError arguments when it failed).
 
     Errors travel back as plain arguments because the exception classes take keyword
     arguments, which do not survive pickling between processes.
     """
-    root, record, bound, force = args
+    root, record, bound, force, method = args
     where = dict(clip=record.path, list_file=record.list_file, line_no=record.line_no)
     window = record.sensors.get(FLOW_SENSOR)
     if window is None:
         return "failed", dict(reason=f"list line has no {FLOW_SENSOR!r} field", **where)
     video = record.clip_dir(root) / f"{window.file}.avi"
     out = flow_file(video)
-    if not force and flow_matches(out, window.start, window.end, bound):
+    if not force and flow_matches(out, window.start, window.end, bound, method):
         return "skipped", None
     try:
-        q, fps = compute_clip_flow(video, window.start, window.end, bound)
+        q, fps = compute_clip_flow(video, window.start, window.end, bound, method)
     except VideoError as e:
         return "failed", dict(reason=e.reason, file=e.file, **where)
-    save_flow(out, q, start=window.start, end=window.end, bound=bound, fps=fps)
+    save_flow(out, q, start=window.start, end=window.end, bound=bound, fps=fps, method=method)
     return "computed", None
 
 
@@ -190,6 +232,7 @@ def precompute_flow(
     skip_bad: bool = False,
     workers: int = 1,
     progress: bool = True,
+    method: str = "farneback",
 ) -> FlowStats:
     """Compute ``sk_color_flow.npz`` for every clip of a list file.
 
@@ -202,6 +245,9 @@ def precompute_flow(
             not found as given.
         bound: clip bound in pixels per frame.
         force: recompute every clip.
+        method: ``"farneback"`` (plain OpenCV) or ``"tvl1"`` (Dual TV-L1, needs
+            opencv-contrib; what the Kinetics flow I3D was trained on). A file made with
+            another method counts as stale.
         skip_bad: pass over bad clips with a warning (counted in ``failed``) instead of
             raising.
         workers: processes to use.
@@ -210,13 +256,17 @@ def precompute_flow(
     Raises:
         ListFormatError / BadClipError: the first bad line or clip, unless ``skip_bad``.
     """
+    if method not in METHODS:
+        raise ValueError(f"flow method must be one of {METHODS}, got {method!r}")
+    if method == "tvl1":
+        tvl1_factory()  # fail before any work when this OpenCV has no TV-L1
     root = Path(root)
     list_path = Path(list_file)
     if not list_path.is_file() and not list_path.is_absolute() and (root / list_path).is_file():
         list_path = root / list_path
     records, bad_lines = read_list(list_path, skip_bad=skip_bad)
     stats = FlowStats(failed=len(bad_lines))
-    jobs = [(str(root), r, float(bound), force) for r in records]
+    jobs = [(str(root), r, float(bound), force, method) for r in records]
     bar = tqdm(total=len(jobs), desc="flow", unit="clip", disable=not progress)
 
     def account(status: str, error: dict | None) -> None:

@@ -24,6 +24,14 @@ TEST_LIST = "nvgesture_test_correct_cvpr2016_v2.lst"
 LIST_FILES = {"train": TRAIN_LIST, "test": TEST_LIST}
 
 
+def find_list_file(root: str | Path, split: str) -> Path:
+    """The split's list file: ``ROOT/<name>``, or ``ROOT/annotations/<name>`` (mmpose's
+    layout) when only that exists."""
+    name = LIST_FILES[split]
+    direct, nested = Path(root) / name, Path(root) / "annotations" / name
+    return nested if not direct.is_file() and nested.is_file() else direct
+
+
 @dataclass(frozen=True)
 class SensorWindow:
     """One sensor field of a list line: video ``<file>.avi``, valid frames ``[start, end)``."""

@@ -2,8 +2,9 @@
 
 The output has exactly the NVGesture layout (see :mod:`examples.data.dataset`):
 ``Video_data/class_XX/subjectN_rK/{sk_color,sk_depth,duo_left}.avi``, the two list files
-with per-sensor valid windows, plus ``hand_boxes.json`` (see
-:func:`examples.data.transforms.load_boxes`) and ``synthetic_info.json`` (the settings).
+with per-sensor valid windows, plus ``hand_boxes.json`` (one box per clip, see
+:func:`examples.data.transforms.load_boxes`), ``bboxes.json`` (per-frame boxes in
+mmpose's format, see :mod:`examples.data.boxes`) and ``synthetic_info.json`` (the settings).
 
 What is in a clip
 -----------------
@@ -54,6 +55,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from .boxes import FRAME_BOXES_FILE
 from .classes import CLASS_NAMES, NUM_CLASSES
 from .listfile import TEST_LIST, TRAIN_LIST, SensorWindow, format_line
 
@@ -339,6 +341,8 @@ class _Clip:
     window: tuple[int, int] = (0, 0)
     ir_window: tuple[int, int] = (0, 0)
     box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+    # mmpose's bboxes.json entry: per color-video frame, [] or [{"bbox": [x0, y0, x1, y1] px, "score"}]
+    frame_boxes: list[list[dict]] = field(default_factory=list)
 
 
 def render_clip(cfg: SyntheticConfig, label: int, subject: int, rep: int) -> _Clip:
@@ -422,6 +426,12 @@ def render_clip(cfg: SyntheticConfig, label: int, subject: int, rep: int) -> _Cl
     if len(xs):
         clip.box = tuple(round(float(v), 4) for v in (xs.min() / w, ys.min() / h, (xs.max() + 1) / w,
                                                      (ys.max() + 1) / h))
+    # Per-frame "detections" in mmpose's bboxes.json format (pixels, end exclusive), none
+    # where the hand is out of the frame, as a hand detector would report them.
+    for i in range(length):
+        ys, xs = np.nonzero(masks[i, :, :, 0] > 0.1)
+        clip.frame_boxes.append([{"bbox": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
+                                  "score": 1.0}] if len(xs) else [])
     return clip
 
 
@@ -449,6 +459,7 @@ def generate(out: str | Path, cfg: SyntheticConfig = SyntheticConfig(), *, progr
     started = time.perf_counter()
     lines: dict[str, list[str]] = {"train": [], "test": []}
     boxes: dict[str, list[float]] = {}
+    frame_boxes: dict[str, list] = {}
     jobs = [(label, i % cfg.subjects + 1, i // cfg.subjects)
             for label in sorted(cfg.classes) for i in range(cfg.clips_per_class)]
     first_test = cfg.subjects - cfg.test_subjects + 1
@@ -468,9 +479,12 @@ def generate(out: str | Path, cfg: SyntheticConfig = SyntheticConfig(), *, progr
         split = "test" if subject >= first_test else "train"
         lines[split].append(format_line(f"./{rel}", label - 1, sensors))
         boxes[f"./{rel}"] = list(clip.box)
+        frame_boxes[rel] = clip.frame_boxes
     for split, name in (("train", TRAIN_LIST), ("test", TEST_LIST)):
         (out / name).write_text("".join(line + "\n" for line in lines[split]), encoding="utf-8")
     (out / BOXES_FILE).write_text(json.dumps(boxes, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    (out / FRAME_BOXES_FILE).write_text(json.dumps(frame_boxes, sort_keys=True, separators=(",", ":")) + "\n",
+                                        encoding="utf-8")
     info = asdict(cfg) | {"class_names": {c: CLASS_NAMES[c - 1] for c in sorted(cfg.classes)}}
     (out / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     return {"train": len(lines["train"]), "test": len(lines["test"]), "seconds": time.perf_counter() - started}

@@ -107,8 +107,12 @@ class TemporalSample:
             u = 0.0
         else:
             u = _uniform() if self.random else 0.5
+        chosen = {}
         for m in mods:
-            sample[m] = sample[m][self.indices(len(sample[m]), steps[m], frames, u)]
+            chosen[m] = self.indices(len(sample[m]), steps[m], frames, u)
+            sample[m] = sample[m][chosen[m]]
+        # which frames of each window were taken (per-frame hand boxes follow them)
+        sample["meta"] = {**sample["meta"], "indices": chosen}
         return sample
 
     def __repr__(self) -> str:
@@ -348,6 +352,11 @@ def build_transforms(
     box_margin: float = 0.15,
     mean: Sequence[float] = RGB_MEAN,
     std: Sequence[float] = RGB_STD,
+    box_pipeline: str = "margin",
+    box_scale: Sequence[float] = (0.8, 1.25),
+    box_ratio: Sequence[float] = (0.75, 1.33),
+    box_shift: float = 0.3,
+    color_jitter: tuple[float, float] | None = None,
 ) -> Compose:
     """The standard train or test pipeline.
 
@@ -368,9 +377,33 @@ def build_transforms(
         boxes: hand-box file (see :func:`load_boxes`) to crop to the hand first.
         box_margin: margin around the hand box.
         mean, std: RGB normalization, in [0, 1] units.
+        box_pipeline: ``"margin"`` (above: one box per clip from a ``hand_boxes.json``,
+            grown by ``box_margin``) or ``"mmpose"`` (mmpose's box recipes, see
+            :mod:`examples.data.boxes`): T frames -> per-frame boxes of the sampled frames
+            merged -> crop jittered by ``box_scale``, ``box_ratio``, ``box_shift`` (train)
+            or exactly at the box (test) -> resized straight to ``size`` -> [flip ->
+            ``color_jitter`` (brightness, contrast)] -> normalize; ``resize`` is unused.
     """
     if train and frames is None:
         raise ValueError("frames=None (whole clip) is for test transforms; training batches need a fixed T")
+    if box_pipeline == "mmpose":
+        from .boxes import BoxJitterCrop, ColorJitter, MergeFrameBoxes
+
+        if boxes is None:
+            raise ValueError("box_pipeline='mmpose' needs boxes (mmpose's bboxes.json, or clip -> merged box)")
+        ops = [TemporalSample(frames, fps, random=train), MergeFrameBoxes(boxes)]
+        if train:
+            ops.append(BoxJitterCrop(size, box_scale, box_ratio, box_shift, random=True))
+            if flip:
+                ops.append(RandomHorizontalFlip())
+            if color_jitter is not None:
+                ops.append(ColorJitter(*color_jitter))
+        else:
+            ops.append(BoxJitterCrop(size, random=False))
+        ops.append(Normalize(mean, std))
+        return Compose(ops)
+    if box_pipeline != "margin":
+        raise ValueError(f"box_pipeline must be 'margin' or 'mmpose', got {box_pipeline!r}")
     resize = resize if resize is not None else round(size * 8 / 7)
     if resize < size:
         raise ValueError(f"resize ({resize}) must be >= size ({size})")

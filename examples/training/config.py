@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,8 @@ class TrainConfig:
     pair_cap: float | None = 10.0
     ssa_endpoints: tuple[str, ...] = ("Mixed_5c",)
     algo: str = "auto"
+    ssa_backend: str | None = None
+    ssa_fp32: bool = True
     # model
     width: float = 1.0
     dropout: float = 0.0
@@ -58,12 +61,27 @@ class TrainConfig:
     fps: float | None = None
     flip: bool = True
     hand_boxes: str | None = None
+    box_pipeline: str = "margin"
+    box_scale: tuple[float, float] = (0.8, 1.25)
+    box_ratio: tuple[float, float] = (0.75, 1.33)
+    box_shift: float = 0.3
+    color_jitter: tuple[float, float] | None = None
     val_subjects: int = 0
+    skip_bad: bool = False
     cache: bool = False
     workers: int = 4
-    # evaluation
+    # evaluation (the test split is evaluated after the last epoch only, unless watch_test)
     eval_every: int = 5
     fusion: str = "softmax"
+    best_metric: str = "auto"
+    watch_test: bool = False
+    save_logits: bool = True
+    init_from: str | None = None
+    # logging and LR scaling
+    tensorboard: bool = True
+    log_every: int = 1
+    lr_scaling: str = "none"
+    lr_reference_batch: int = 6
     # runtime
     seed: int = 0
     device: str = "auto"
@@ -78,11 +96,43 @@ class TrainConfig:
 
 
 # Fields that may differ between a run and its resumption (they do not change the trajectory).
-RESUMABLE_CHANGES = frozenset({"epochs", "out", "workers", "eval_every", "progress", "plots", "threads", "data_root"})
+RESUMABLE_CHANGES = frozenset({"epochs", "out", "workers", "eval_every", "progress", "plots", "threads", "data_root",
+                               "watch_test", "save_logits", "tensorboard", "log_every"})
+
+# mmpose 0.x's NVGesture MTUT configs (configs/hand/gesture_sview_rgbd_vid/mtut/nvgesture/),
+# read from the OpenMMLab mmpose repository. Values they share: SGD momentum 0.9, no weight
+# decay (optimizer = dict(type='SGD', lr=..., momentum=0.9)), batch 6 per GPU
+# (samples_per_gpu=6), beta 2, modalities rgb + depth, both networks from the Kinetics RGB
+# I3D (pretrained=model_rgb.pth for both), flips with the label swaps of flip_pairs
+# (configs/_base_/datasets/nvgesture.py), ImageNet mean/std for RGB, whole clips at test
+# (TemporalPooling length=-1), an evaluation every 5 epochs (evaluation interval=5; mmpose
+# evaluates and keeps its best checkpoint on the *test* list, save_best='AP_rgb'; here
+# training only ever evaluates the validation split, see docs/training.md), and the per-pair
+# cap of 10 on the SSA term (mmpose/models/heads/mtut_head.py, (ssa.mean() * lambda_).clamp(max=10)).
+# Not reproduced: the 112 recipe's head pools (1, 2, 2) windows (avg_pool_kernel) where this
+# I3D averages the whole 4x4 map; mmpose's head averages per-time-step logits after a
+# (1, 7, 7) pool, this I3D after the original's (2, 7, 7) pool (a 2-step window in time).
+_MMPOSE_COMMON = dict(batch_size=6, momentum=0.9, weight_decay=0.0, beta=2.0, distance="rms", pair_cap=10.0,
+                      ssa_endpoints=("Mixed_5c",), flip=True, test_frames=None, eval_every=5,
+                      modalities=("rgb", "depth"))
+MMPOSE_224 = dict(  # i3d_nvgesture_224x224_fps30.py: reported RGB 0.739 / depth 0.809 (i3d_nvgesture.md)
+    **_MMPOSE_COMMON, lr=1e-2, lr_steps=(30, 50), lr_gamma=0.1, epochs=75, ssa_start=61, lambda_=5e-3,
+    frames=64, fps=30.0, size=224, resize=256, box_pipeline="margin", hand_boxes=None, color_jitter=None)
+MMPOSE_224_BOX = dict(  # i3d_nvgesture_bbox_224x224_fps30.py: reported RGB 0.782 / depth 0.811
+    **_MMPOSE_COMMON, lr=1e-2, lr_steps=(30, 50), lr_gamma=0.1, epochs=75, ssa_start=61, lambda_=5e-3,
+    frames=64, fps=30.0, size=224, resize=None, box_pipeline="mmpose", box_scale=(0.8, 1.25),
+    box_ratio=(0.75, 1.33), box_shift=0.3, color_jitter=None)
+MMPOSE_112_BOX_FPS15 = dict(  # i3d_nvgesture_bbox_112x112_fps15.py: reported RGB 0.725 / depth 0.730
+    **_MMPOSE_COMMON, lr=1e-1, lr_steps=(30, 60, 90, 110), lr_gamma=0.1, epochs=130, ssa_start=111,
+    lambda_=1e-3, frames=16, fps=15.0, size=112, resize=None, box_pipeline="mmpose", box_scale=(0.8, 1.25),
+    box_ratio=(0.75, 1.33), box_shift=0.3, color_jitter=(0.4, 0.3))
 
 PRESETS: dict[str, dict] = {
-    # mmpose's recipe (I3D at 64x224x224, batch 6 per GPU, 75 epochs, SSA from 61).
+    # the TrainConfig defaults: mmpose's 224x224 recipe without hand boxes
     "full": {},
+    "mmpose-224": MMPOSE_224,
+    "mmpose-224-box": MMPOSE_224_BOX,
+    "mmpose-112-box-fps15": MMPOSE_112_BOX_FPS15,
     # Minutes on a 2-core CPU: a quarter-width I3D on 16 frames at 15 fps and 64x64,
     # decoded clips cached in memory, 14 epochs with SSA in the second half. SSA aligns
     # Mixed_4f: there (d = 4x4x4, C = 208) the channels-per-position ratio C/d, which
@@ -95,6 +145,8 @@ PRESETS: dict[str, dict] = {
         device="cpu",
     ),
 }
+# Where the box presets look for mmpose's per-frame hand boxes when --hand-boxes is not given.
+FRAME_BOX_CANDIDATES = ("bboxes.json", "annotations/bboxes.json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,15 +156,23 @@ def build_parser() -> argparse.ArgumentParser:
     given on the command line (it overrides the preset) from what was not.
     """
     p = argparse.ArgumentParser(
-        prog="python -m examples.train_nvgesture",
+        prog="python examples/train_nvgesture.py",
         description="Train one I3D per modality on NVGesture (real or synthetic) with the MTUT SSA loss; "
                     "one modality trains the unimodal baseline.",
+        epilog="Defaults in [brackets] are the 'full' preset's (mmpose's 224x224 recipe without hand boxes). "
+               "Settings come from the preset, then the --config file, then the options given here (each "
+               "overrides the one before); --print-config shows the result.",
     )
     a = p.add_argument
-    a("--data-root", required=True, help="dataset root (NVGesture layout: Video_data/ and the two list files)")
+    a("--data-root", help="dataset root (NVGesture layout: Video_data/ and the two list files); required")
+    a("--config", metavar="FILE", help="settings file (JSON, or YAML with PyYAML installed): TrainConfig field "
+                                       "names, e.g. {\"lr\": 0.01, \"lr_steps\": [30, 50]}; --print-config writes one")
+    a("--print-config", action="store_true", help="print the resolved settings as JSON and exit")
     a("--out", help="run folder: checkpoints, metrics, plots (default runs/nvgesture)")
-    a("--preset", choices=sorted(PRESETS), default="full",
-      help="settings to start from: 'full' (mmpose recipe, GPU) or 'cpu-small' (minutes on a CPU)")
+    a("--preset", choices=list(PRESETS),
+      help="settings to start from: 'full' = 'mmpose-224' (mmpose's 224x224 recipe without boxes), "
+           "'mmpose-224-box', 'mmpose-112-box-fps15' (mmpose's hand-box recipes; GPU), or 'cpu-small' "
+           "(minutes on a CPU)")
     a("--modalities", nargs="+", metavar="M", help=f"modalities, one I3D each ({', '.join(MODALITIES)}); "
       "one modality = unimodal baseline (default rgb depth)")
     g = p.add_argument_group("optimization")
@@ -123,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--lr-steps", type=int, nargs="*", metavar="EPOCH", help="divide the LR by 10 after these epochs")
     g.add_argument("--lr-gamma", type=float)
+    g.add_argument("--lr-scaling", choices=("none", "linear"),
+                   help="linear: multiply --lr by the total batch (--batch-size x processes) / --lr-reference-batch")
+    g.add_argument("--lr-reference-batch", type=int, metavar="B",
+                   help="the total batch --lr was tuned for (mmpose: 6 per GPU; its GPU count is not published)")
     g = p.add_argument_group("SSA loss")
     g.add_argument("--ssa-start", type=int, metavar="EPOCH", help="first (1-based) epoch with the SSA loss")
     g.add_argument("--beta", type=float, help="focal regularization parameter (default 2)")
@@ -132,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap every ordered pair's term, as mmpose does (default 10; 0 = no cap)")
     g.add_argument("--ssa-endpoints", nargs="+", metavar="ENDPOINT", help="I3D endpoints to align (default Mixed_5c)")
     g.add_argument("--algo", choices=("auto", "direct", "gram"))
+    g.add_argument("--ssa-backend", choices=("auto", "cpu", "cuda", "triton", "reference"),
+                   help="mtut_ops backend of the SSA op (auto = the device's default: cuda, then triton, on GPUs; "
+                        "reference builds the d x d matrices, as mmpose does)")
+    g.add_argument("--ssa-fp32", action=argparse.BooleanOptionalAction, default=None,
+                   help="cast the features to float32 before the SSA op (default on: the op's bf16/fp16 path has "
+                        "not been checked on a GPU yet)")
     g = p.add_argument_group("model")
     g.add_argument("--width", type=float, help="I3D width multiplier (1.0 = original)")
     g.add_argument("--dropout", type=float)
@@ -145,15 +215,39 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resize", type=int, help="short edge before cropping")
     g.add_argument("--fps", type=float, help="temporal sampling rate (0 = every frame)")
     g.add_argument("--no-flip", dest="flip", action="store_false", default=None, help="no random horizontal flips")
-    g.add_argument("--hand-boxes", metavar="JSON", help="hand-box file: crop every clip to the hand first")
+    g.add_argument("--hand-boxes", metavar="JSON",
+                   help="hand boxes: hand_boxes.json (one box per clip; --box-pipeline margin) or mmpose's "
+                        "bboxes.json (per-frame detections; --box-pipeline mmpose; the box presets look for "
+                        "DATA_ROOT/bboxes.json and DATA_ROOT/annotations/bboxes.json)")
+    g.add_argument("--box-pipeline", choices=("margin", "mmpose"),
+                   help="margin: crop to the clip's box plus a margin, resize, crop; mmpose: merge the sampled "
+                        "frames' boxes, jittered crop (--box-scale/--box-ratio/--box-shift) resized to --size")
+    g.add_argument("--box-scale", type=float, nargs=2, metavar=("LO", "HI"), help="mmpose box crop: random scale")
+    g.add_argument("--box-ratio", type=float, nargs=2, metavar=("LO", "HI"), help="mmpose box crop: random aspect")
+    g.add_argument("--box-shift", type=float, help="mmpose box crop: random shift, fraction of the crop side")
+    g.add_argument("--color-jitter", type=float, nargs=2, metavar=("BRIGHTNESS", "CONTRAST"),
+                   help="RGB colour jitter (mmpose's 112 recipe: 0.4 0.3; 0 0 = none)")
     g.add_argument("--val-subjects", type=int, metavar="K",
                    help="hold out the last K training subjects as a validation split (for tuning)")
+    g.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=None,
+                   help="pass over bad list lines and clips with a warning (counted) instead of stopping the run")
     g.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
                    help="decode every clip once and keep it in memory (small datasets)")
     g.add_argument("--workers", type=int, help="DataLoader worker processes")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-every", type=int, metavar="E", help="evaluate every E epochs (0 = only at the end)")
     g.add_argument("--fusion", choices=FUSIONS, help="fused score: mean of softmaxes (default) or of logits")
+    g.add_argument("--best-metric", metavar="NAME",
+                   help="validation top-1 that picks best.pt: a modality or 'fused' (auto = the first modality; "
+                        "needs --val-subjects; the test split is never used)")
+    g.add_argument("--watch-test", action=argparse.BooleanOptionalAction, default=None,
+                   help="also evaluate the test split every --eval-every epochs (logged only, never used to choose "
+                        "anything; mmpose's configs validate on test)")
+    g.add_argument("--save-logits", action=argparse.BooleanOptionalAction, default=None,
+                   help="write every evaluation's per-clip logits to evals/epochNNN_SPLIT.npz")
+    g.add_argument("--init-from", metavar="CKPT",
+                   help="start from these weights only (a training checkpoint or a state dict; no optimizer, "
+                        "epoch or RNG state)")
     g = p.add_argument_group("runtime")
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
@@ -161,13 +255,74 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, help="torch CPU threads")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
     g.add_argument("--no-plots", dest="plots", action="store_false", default=None, help="no PNG plots at the end")
+    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                   help="write TensorBoard scalars to OUT/tb (loss terms, lr, throughput, memory per iteration)")
+    g.add_argument("--log-every", type=int, metavar="N", help="TensorBoard: every N iterations")
     g.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    _add_defaults(p)
     return p
 
 
+def _add_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append each option's 'full'-preset default to its help (options default to None)."""
+    defaults = TrainConfig()
+    for action in parser._actions:
+        if action.dest in ("data_root", "help", "preset") or not hasattr(defaults, action.dest):
+            continue
+        value = getattr(defaults, action.dest)
+        if isinstance(action, argparse._StoreFalseAction):
+            shown = f"{action.dest} {'on' if value else 'off'}"
+        elif isinstance(value, tuple):
+            shown = " ".join(map(str, value)) if value else "none"
+        elif isinstance(value, bool):
+            shown = "on" if value else "off"
+        else:
+            shown = "none" if value is None else value
+        action.help = f"{action.help or ''} [{shown}]".strip()
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Settings from a JSON (or, with PyYAML, YAML) file: ``{field: value}`` with
+    :class:`TrainConfig` field names (``-`` may stand for ``_``; ``lambda`` for ``lambda_``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--config {path}: not a file")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError(f"--config {path}: reading YAML needs PyYAML (pip install pyyaml); or write the file as "
+                             "JSON (--print-config prints one)") from None
+        raw = yaml.safe_load(text)
+    else:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--config {path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"--config {path}: expected an object of settings")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    out = {}
+    for key, value in raw.items():
+        name = "lambda_" if key == "lambda" else key.replace("-", "_")
+        if name not in known:
+            raise ValueError(f"--config {path}: unknown setting {key!r}; known: {', '.join(sorted(known))}")
+        out[name] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The preset's config with every option given on the command line applied, validated."""
-    cfg = TrainConfig(preset=args.preset, **PRESETS[args.preset])
+    """The preset's config, then the ``--config`` file's settings, then every option given
+    on the command line, validated."""
+    from_file = read_config_file(args.config) if getattr(args, "config", None) else {}
+    preset = args.preset or from_file.pop("preset", None) or "full"
+    from_file.pop("preset", None)
+    if preset not in PRESETS:
+        raise ValueError(f"--config {args.config}: unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    cfg = TrainConfig(preset=preset, **PRESETS[preset])
+    for name, value in from_file.items():
+        setattr(cfg, name, value)
     for f in dataclasses.fields(TrainConfig):
         value = getattr(args, f.name, None)
         if value is None or f.name == "preset":
@@ -181,6 +336,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         cfg.fps = None
     if args.pair_cap == 0:
         cfg.pair_cap = None
+    if args.ssa_backend == "auto":
+        cfg.ssa_backend = None
+    if args.color_jitter is not None and not any(args.color_jitter):
+        cfg.color_jitter = None
+    if cfg.box_pipeline == "mmpose" and cfg.hand_boxes is None and cfg.data_root:
+        found = [Path(cfg.data_root) / c for c in FRAME_BOX_CANDIDATES if (Path(cfg.data_root) / c).is_file()]
+        if not found:
+            raise ValueError(f"--preset {preset} (--box-pipeline mmpose) crops to per-frame hand boxes: give "
+                             f"mmpose's bboxes.json with --hand-boxes (not found at {' or '.join(FRAME_BOX_CANDIDATES)} "
+                             f"under {cfg.data_root})")
+        cfg.hand_boxes = str(found[0])
     validate(cfg)
     return cfg
 
@@ -235,16 +401,37 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.resize is None or cfg.resize >= cfg.size, f"--resize ({cfg.resize}) must be >= --size ({cfg.size})")
     need(cfg.fps is None or cfg.fps > 0, f"--fps must be > 0, got {cfg.fps}")
     need(cfg.hand_boxes is None or Path(cfg.hand_boxes).is_file(), f"--hand-boxes {cfg.hand_boxes!r} is not a file")
+    need(cfg.box_pipeline in ("margin", "mmpose"), f"--box-pipeline must be margin or mmpose, got {cfg.box_pipeline!r}")
+    need(cfg.box_pipeline != "mmpose" or cfg.hand_boxes is not None,
+         "--box-pipeline mmpose needs --hand-boxes (mmpose's per-frame bboxes.json)")
+    need(0 < cfg.box_scale[0] <= cfg.box_scale[1], f"--box-scale must be 0 < LO <= HI, got {list(cfg.box_scale)}")
+    need(0 < cfg.box_ratio[0] <= cfg.box_ratio[1], f"--box-ratio must be 0 < LO <= HI, got {list(cfg.box_ratio)}")
+    need(cfg.box_shift >= 0, f"--box-shift must be >= 0, got {cfg.box_shift}")
+    need(cfg.color_jitter is None or min(cfg.color_jitter) >= 0, f"--color-jitter must be >= 0, got {cfg.color_jitter}")
     need(cfg.val_subjects >= 0, f"--val-subjects must be >= 0, got {cfg.val_subjects}")
     need(cfg.workers >= 0, f"--workers must be >= 0, got {cfg.workers}")
     need(cfg.eval_every >= 0, f"--eval-every must be >= 0, got {cfg.eval_every}")
     need(cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1, got {cfg.threads}")
+    need(cfg.log_every >= 1, f"--log-every must be >= 1, got {cfg.log_every}")
+    need(cfg.lr_scaling in ("none", "linear"), f"--lr-scaling must be none or linear, got {cfg.lr_scaling!r}")
+    need(cfg.lr_reference_batch >= 1, f"--lr-reference-batch must be >= 1, got {cfg.lr_reference_batch}")
     need(cfg.fusion in FUSIONS, f"--fusion must be one of {FUSIONS}, got {cfg.fusion!r}")
+    scores = (*cfg.modalities, "fused") if len(cfg.modalities) > 1 else cfg.modalities
+    need(cfg.best_metric == "auto" or cfg.best_metric in scores,
+         f"--best-metric must be auto or one of {', '.join(scores)}, got {cfg.best_metric!r}")
+    need(cfg.init_from is None or Path(cfg.init_from).is_file(), f"--init-from {cfg.init_from!r} is not a file")
     need(cfg.distance in ("rms", "fro2"), f"--distance must be 'rms' or 'fro2', got {cfg.distance!r}")
     need(cfg.algo in ("auto", "direct", "gram"), f"--algo must be auto, direct or gram, got {cfg.algo!r}")
     need(cfg.stem in ("mean", "sum"), f"--stem must be 'mean' or 'sum', got {cfg.stem!r}")
     need(cfg.amp in AMP_MODES, f"--amp must be one of {AMP_MODES}, got {cfg.amp!r}")
-    resolve_amp(cfg.amp, resolve_device(cfg.device))  # raises for CUDA or mixed precision without a GPU
+    device = resolve_device(cfg.device)
+    resolve_amp(cfg.amp, device)  # raises for CUDA or mixed precision without a GPU
+    if cfg.ssa_backend is not None and len(cfg.modalities) > 1:
+        import mtut_ops
+
+        available = mtut_ops.available_backends(device)
+        need(cfg.ssa_backend in available, f"--ssa-backend {cfg.ssa_backend}: not available on {device} "
+                                           f"(available: {', '.join(available)})")
 
 
 @dataclass
@@ -256,9 +443,17 @@ class Paths:
     metrics_json: Path = field(init=False)
     metrics_csv: Path = field(init=False)
     final: Path = field(init=False)
+    best: Path = field(init=False)
+    evals: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.checkpoint = self.root / "last.pt"
+        self.best = self.root / "best.pt"
+        self.evals = self.root / "evals"
         self.metrics_json = self.root / "metrics.json"
         self.metrics_csv = self.root / "metrics.csv"
         self.final = self.root / "final_eval.json"
+
+    def logits(self, epoch: int, split: str) -> Path:
+        """Per-clip logits of the evaluation of ``split`` after ``epoch``."""
+        return self.evals / f"epoch{epoch:03d}_{split}.npz"

@@ -38,7 +38,7 @@ class CachedNVGesture(NVGestureDataset):
             self._cache[index] = self.prepare(sample) if self.prepare is not None else sample
         sample = self._cache[index]
         # Transforms replace the dict's entries (never the arrays in place): a shallow copy suffices.
-        return {**sample, "meta": {"fps": dict(sample["meta"]["fps"])}}
+        return {**sample, "meta": {k: dict(v) for k, v in sample["meta"].items()}}
 
     def preload(self, indices: Sequence[int] | None = None, progress: bool = False) -> None:
         """Decode and cache ``indices`` (default: every clip)."""
@@ -66,33 +66,54 @@ def split_by_subject(dataset: NVGestureDataset, held_out: int) -> tuple[list[int
     return [i for i, s in enumerate(subjects) if s not in val], [i for i, s in enumerate(subjects) if s in val]
 
 
+def transforms_of(cfg: TrainConfig, train: bool, boxes=None, resize: int | None = None):
+    """The run's train or test pipeline (``boxes``: a loaded box table, default the file)."""
+    return build_transforms(train, frames=cfg.frames if train else cfg.test_frames, size=cfg.size,
+                            resize=cfg.resize if resize is None else resize, fps=cfg.fps, flip=cfg.flip,
+                            boxes=cfg.hand_boxes if boxes is None else boxes, box_pipeline=cfg.box_pipeline,
+                            box_scale=cfg.box_scale, box_ratio=cfg.box_ratio, box_shift=cfg.box_shift,
+                            color_jitter=cfg.color_jitter if train else None)
+
+
 def _dataset(cfg: TrainConfig, split: str, train: bool) -> NVGestureDataset:
     frames = cfg.frames if train else cfg.test_frames
-    if not cfg.cache:
-        transform = build_transforms(train, frames=frames, size=cfg.size, resize=cfg.resize, fps=cfg.fps,
-                                     flip=cfg.flip, boxes=cfg.hand_boxes)
-        return NVGestureDataset(cfg.data_root, split, cfg.modalities, transform)
+    if not cfg.cache or cfg.box_pipeline == "mmpose":
+        # The mmpose box pipeline crops before resizing, differently every epoch: a cache
+        # (when asked for) holds the decoded windows as they are.
+        transform = transforms_of(cfg, train)
+        if cfg.cache:
+            return CachedNVGesture(cfg.data_root, split, cfg.modalities, transform, skip_bad=cfg.skip_bad)
+        return NVGestureDataset(cfg.data_root, split, cfg.modalities, transform, skip_bad=cfg.skip_bad)
     # The cache holds clips already cropped to the hand and resized; the per-epoch
     # transform's Resize is then a no-op and it only samples, crops, flips, normalizes.
     resize = cfg.resize if cfg.resize is not None else round(cfg.size * 8 / 7)
     prepare = Compose(([HandBoxCrop(cfg.hand_boxes)] if cfg.hand_boxes else []) + [Resize(resize)])
     transform = build_transforms(train, frames=frames, size=cfg.size, resize=resize, fps=cfg.fps, flip=cfg.flip)
-    return CachedNVGesture(cfg.data_root, split, cfg.modalities, transform, prepare=prepare)
+    return CachedNVGesture(cfg.data_root, split, cfg.modalities, transform, prepare=prepare, skip_bad=cfg.skip_bad)
 
 
-def build_datasets(cfg: TrainConfig) -> dict[str, Dataset]:
-    """``{"train": ..., ["val": ...,] "test": ...}``.
+def build_datasets(cfg: TrainConfig, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, Dataset]:
+    """``{"train": ..., ["val": ...,] "test": ...}`` (those of ``splits`` that exist).
 
     With ``cfg.val_subjects`` the validation split is the last subjects of the training
-    list, with test transforms, and they are removed from training.
+    list, with test transforms, and they are removed from training. Without it there is
+    no ``"val"``.
     """
-    out: dict[str, Dataset] = {"train": _dataset(cfg, "train", train=True)}
-    if cfg.val_subjects:
-        keep, held = split_by_subject(out["train"], cfg.val_subjects)
-        out["val"] = Subset(_dataset(cfg, "train", train=False), held)
-        out["train"] = Subset(out["train"], keep)
-    out["test"] = _dataset(cfg, "test", train=False)
-    return out
+    out: dict[str, Dataset] = {}
+    if "train" in splits or ("val" in splits and cfg.val_subjects):
+        train = _dataset(cfg, "train", train=True) if "train" in splits else None
+        if cfg.val_subjects:
+            evaluation = _dataset(cfg, "train", train=False)
+            keep, held = split_by_subject(evaluation, cfg.val_subjects)
+            if "val" in splits:
+                out["val"] = Subset(evaluation, held)
+            if train is not None:
+                out["train"] = Subset(train, keep)
+        elif train is not None:
+            out["train"] = train
+    if "test" in splits:
+        out["test"] = _dataset(cfg, "test", train=False)
+    return {k: out[k] for k in ("train", "val", "test") if k in out}
 
 
 def preload(datasets: dict[str, Dataset], progress: bool = False) -> None:

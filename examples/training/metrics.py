@@ -26,7 +26,7 @@ def summarize(scores: Mapping[str, torch.Tensor], labels: torch.Tensor, num_clas
     out: dict = {"top1": {}, "confusion": {}, "clips": int(labels.numel())}
     for name, score in scores.items():
         pred = score.argmax(1)
-        out["top1"][name] = float((pred == labels).float().mean()) if labels.numel() else float("nan")
+        out["top1"][name] = int((pred == labels).sum()) / labels.numel() if labels.numel() else float("nan")
         out["confusion"][name] = confusion_matrix(pred, labels, num_classes).tolist()
     return out
 

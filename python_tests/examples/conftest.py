@@ -95,3 +95,13 @@ def tiny_synthetic(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny_synthetic")
     generate(root, TINY, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """The training tests' dataset (see ``helpers.TINY_RUN_DATA``): 9 train / 3 test clips; read only."""
+    from .helpers import TINY_RUN_DATA
+
+    root = tmp_path_factory.mktemp("nvgesture")
+    generate(root, TINY_RUN_DATA, progress=False)
+    return root
