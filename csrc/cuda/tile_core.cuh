@@ -22,6 +22,7 @@
 #endif
 
 #include <cstdint>
+#include <type_traits>
 
 namespace mtut {
 namespace cuda {
@@ -96,12 +97,13 @@ struct SimtCore {
 
 // ------------------------------------------------------------------ tensor-core cores
 
-#if MTUT_SM80_MMA
-// Warp w owns rows 16 (w / 2) .. +16 and columns 32 (w % 2) .. +32 as two 16 x 16 fragments.
-// A is read column-major (A(i, k) at sA[k * kLD + i]), B row-major (B(k, j) at sB[k * kLD + j]).
-// Precision = T for fp16/bf16 operands, wmma::precision::tf32 for fp32 operands (Stage float):
-// then the fragments are rounded to TF32 after loading.
-template <typename Stage_, typename Precision, int kK_>
+// WmmaCoreImpl<Stage> is one type in the host pass and in every device pass: nvcc requires
+// a __global__ template to be instantiated with the same types on both sides, or the
+// kernel the host launches has no image for that architecture (a "7.5;9.0" or "+PTX"
+// build). Only the members differ: real tensor-core code from sm_80, trapping stubs below
+// (the host never picks a tensor-core core there: it checks the device's capability).
+// Stage = fp16/bf16: operands of that type (k = 16); Stage = float: TF32 (k = 8).
+template <typename Stage_>
 struct WmmaCoreImpl {
   using Stage = Stage_;
   using Acc = float;
@@ -109,12 +111,17 @@ struct WmmaCoreImpl {
   // rows of 144 (fp16) / 272 (fp32) bytes: a multiple of 16 bytes as wmma wants, and every
   // fragment pointer (k a multiple of kK, columns a multiple of 16) stays 32-byte aligned
   static constexpr int kLD = kTile + (sizeof(Stage) == 2 ? 8 : 4);
-  static constexpr int kK = kK_;
+  static constexpr bool kTf32 = sizeof(Stage) == 4;
+  static constexpr int kK = kTf32 ? 8 : 16;
+#if MTUT_SM80_MMA
+  // Warp w owns rows 16 (w / 2) .. +16 and columns 32 (w % 2) .. +32 as two 16 x 16 fragments.
+  // A is read column-major (A(i, k) at sA[k * kLD + i]), B row-major (B(k, j) at sB[k * kLD + j]).
+  // TF32 fragments are rounded to TF32 after loading.
+  using Precision = typename std::conditional<kTf32, nvcuda::wmma::precision::tf32, Stage>::type;
   using FragA = nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, kK, Precision, nvcuda::wmma::col_major>;
   using FragB = nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, kK, Precision, nvcuda::wmma::row_major>;
   using FragC = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, kK, float>;
   static constexpr int kElems = 2 * FragC::num_elements;
-  static constexpr bool kTf32 = sizeof(Stage) == 4;
 
   FragC acc[2];
 
@@ -149,30 +156,18 @@ struct WmmaCoreImpl {
   __device__ __forceinline__ float elem(int e) const {
     return e < FragC::num_elements ? acc[0].x[e] : acc[1].x[e - FragC::num_elements];
   }
-};
-template <typename T>
-using WmmaCore = WmmaCoreImpl<T, T, 16>;
-using Tf32Core = WmmaCoreImpl<float, nvcuda::wmma::precision::tf32, 8>;
 #else
-// Device passes below sm_80: the host never picks a tensor-core core there (it checks the
-// device's compute capability), so these stubs only keep the kernels compiling.
-template <typename Stage_>
-struct StubCore {
-  using Stage = Stage_;
-  using Acc = float;
-  static constexpr int kBK = 32;
-  static constexpr int kLD = kTile + (sizeof(Stage) == 2 ? 8 : 4);
   static constexpr int kElems = 1;
   __device__ __forceinline__ void zero() { __trap(); }
   template <typename V>
   __device__ __forceinline__ static Stage stage(V v) { return from_float<Stage>(static_cast<float>(v)); }
   __device__ __forceinline__ void mma(const Stage*, const Stage*) { __trap(); }
   __device__ __forceinline__ float elem(int) const { return 0.0f; }
+#endif
 };
 template <typename T>
-using WmmaCore = StubCore<T>;
-using Tf32Core = StubCore<float>;
-#endif
+using WmmaCore = WmmaCoreImpl<T>;
+using Tf32Core = WmmaCoreImpl<float>;
 
 // ------------------------------------------------------------------ block reduction
 
