@@ -36,18 +36,19 @@ s=$SECONDS
 "$PY" -m build --sdist --outdir "$WORK/dist" . > "$WORK/sdist.log" 2>&1 || { cat "$WORK/sdist.log"; exit 1; }
 SDIST=$(ls "$WORK"/dist/mtut-*.tar.gz)
 took "sdist" "SECONDS - s"
+tar tzf "$SDIST" | sed 's|^[^/]*/||' > "$WORK/sdist.txt"
 missing=0
 for f in $(git ls-files csrc CMakeLists.txt | grep -v '^csrc/emulation/'); do
-  tar tzf "$SDIST" | grep -qx "mtut-[0-9.]*/$f" || { echo "missing from the sdist: $f"; missing=1; }
+  grep -qxF "$f" "$WORK/sdist.txt" || { echo "missing from the sdist: $f"; missing=1; }
 done
-[ "$missing" = 0 ] && echo "the sdist holds every file of csrc/ and CMakeLists.txt ($(tar tzf "$SDIST" | wc -l) entries, $(du -k "$SDIST" | cut -f1) KiB)"
-[ "$missing" = 0 ]
+[ "$missing" = 0 ] || exit 1
+echo "the sdist holds every file of csrc/ and CMakeLists.txt ($(wc -l < "$WORK/sdist.txt") entries, $(du -k "$SDIST" | cut -f1) KiB)"
 
 step "2. fresh venv with torch $CHECK_TORCH"
 s=$SECONDS
 python3 -m venv "$WORK/venv"
 V="$WORK/venv/bin"
-"$V/pip" install -q torch=="$CHECK_TORCH" setuptools wheel ninja
+"$V/pip" install -q torch=="$CHECK_TORCH" setuptools wheel ninja > "$WORK/venv.log" 2>&1 || { cat "$WORK/venv.log"; exit 1; }
 "$V/python" -c "import torch; print('torch', torch.__version__)" 2>/dev/null
 took "venv + torch" "SECONDS - s"
 
