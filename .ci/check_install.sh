@@ -71,6 +71,9 @@ step "4. pip install --no-build-isolation <sdist> against torch $CHECK_TORCH, th
 s=$SECONDS
 "$V/pip" install --no-build-isolation "$SDIST" > "$WORK/install.log" 2>&1 || { tail -50 "$WORK/install.log"; exit 1; }
 took "build + install from the sdist" "SECONDS - s"
+WHEEL=$(grep -o "filename=mtut-[^ ]*\.whl" "$WORK/install.log" | head -1 | cut -d= -f2 || true)
+echo "pip built $WHEEL"
+case "$WHEEL" in *-cp310-abi3-*) ;; *) echo "FAILED: the wheel is not tagged cp310-abi3"; exit 1;; esac
 (cd "$WORK" && "$V/python" "$REPO/.ci/smoke_install.py" installed 2>&1 | grep -v "NumPy\|_conversion_method_template")
 
 step "5. the checkout's _C (built against .venv's torch) imported with torch $CHECK_TORCH"

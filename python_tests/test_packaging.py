@@ -233,3 +233,25 @@ def test_sdist_is_complete_and_needs_no_torch(tmp_path):
     assert any(f.endswith(".cu") for f in wanted) and any(f.endswith(".h") for f in wanted)
     assert wanted <= names, sorted(wanted - names)
     assert not [n for n in names if n.endswith((".so", ".o")) or n.endswith("_build_info.py")]
+
+
+@checkout_only
+@pytest.mark.skipif(torch.version.cuda is None, reason="needs a CUDA build of torch")
+def test_nvcc_of_another_cuda_major_is_named(tmp_path):
+    """FORCE_CUDA=1 with an nvcc whose CUDA major differs from torch's stops before
+    compiling, naming both versions (instead of failing somewhere in the compile)."""
+    major = int(torch.version.cuda.split(".")[0])
+    other = f"{major - 1}.4"
+    (tmp_path / "bin").mkdir()
+    nvcc = tmp_path / "bin" / "nvcc"
+    nvcc.write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {other}, V{other}.99'\n")
+    nvcc.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MTUT_CPU_ONLY", "TORCH_CUDA_ARCH_LIST")}
+    env.update(CUDA_HOME=str(tmp_path), FORCE_CUDA="1")
+    out = subprocess.run([sys.executable, str(ROOT / "setup.py"), "build_ext", "--build-temp", str(tmp_path / "tmp"),
+                          "--build-lib", str(tmp_path / "lib")], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode != 0
+    assert f"CUDA {other}" in out.stderr and f"CUDA {torch.version.cuda}" in out.stderr, out.stderr[-2000:]
+    assert "MTUT_CPU_ONLY=1" in out.stderr
+    assert not (tmp_path / "lib").exists()  # nothing was compiled
