@@ -37,7 +37,10 @@ test: build
 
 # Installs mtut as a new user would (sdist -> fresh venv with another torch -> wheel ->
 # smoke test; pip's build isolation fails fast; a mismatched _C; the CMake library).
-check-install: build
+# (Not `build` as a prerequisite: pip builds an editable install in a fresh temporary
+# directory, i.e. from scratch, every time; a library built by `make test` is reused.)
+check-install: $(VENV)/.deps
+	@ls mtut_ops/_C*.so > /dev/null 2>&1 || $(MAKE) build
 	bash .ci/check_install.sh
 
 demo: build
