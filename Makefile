@@ -28,7 +28,8 @@ $(VENV)/.deps: requirements-dev.txt
 
 setup: $(VENV)/.deps
 
-# Compiles csrc/ against the installed torch (ninja rebuilds only what changed).
+# Compiles csrc/ against the installed torch (from scratch each time: pip builds an
+# editable install in a fresh temporary directory).
 build: $(VENV)/.deps
 	$(PY) -m pip install -q --no-build-isolation -e .
 
