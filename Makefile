@@ -8,16 +8,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.14.1
 export MAX_JOBS ?= 2
-export TORCH_CUDA_ARCH_LIST ?= 9.0
+
 # With a CUDA toolkit present the CUDA kernels are compiled, or the build fails (FORCE_CUDA):
-# CI has nvcc but no GPU, and must still prove that csrc/cuda compiles. torch's build
-# helper needs CUDA_HOME to find libcudart.
+# CI has nvcc but no GPU, and must still prove that csrc/cuda compiles. They are compiled
+# for setup.py's default architectures (what users get; TORCH_CUDA_ARCH_LIST narrows it).
+# torch's build helper needs CUDA_HOME to find libcudart.
 ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
 export CUDA_HOME ?= /usr/local/cuda
 export FORCE_CUDA ?= 1
 endif
 
-.PHONY: setup build test test-fast demo bench test-gpu bench-gpu clean
+.PHONY: setup build test test-fast check-install demo bench test-gpu bench-gpu clean
 
 $(VENV)/.deps: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,12 +28,21 @@ $(VENV)/.deps: requirements-dev.txt
 
 setup: $(VENV)/.deps
 
-# Compiles csrc/ against the installed torch (ninja rebuilds only what changed).
+# Compiles csrc/ against the installed torch (from scratch each time: pip builds an
+# editable install in a fresh temporary directory).
 build: $(VENV)/.deps
 	$(PY) -m pip install -q --no-build-isolation -e .
 
 test: build
 	$(PY) -m pytest python_tests -q
+
+# Installs mtut as a new user would (sdist -> fresh venv with another torch -> wheel ->
+# smoke test; pip's build isolation fails fast; a mismatched _C; the CMake library).
+# (Not `build` as a prerequisite: pip builds an editable install in a fresh temporary
+# directory, i.e. from scratch, every time; a library built by `make test` is reused.)
+check-install: $(VENV)/.deps
+	@ls mtut_ops/_C*.so > /dev/null 2>&1 || $(MAKE) build
+	bash .ci/check_install.sh
 
 demo: build
 	$(PY) -m examples.demo
@@ -54,4 +64,4 @@ bench-gpu:
 	$(GPU_PYTHON) -m bench.bench_train_step --device cuda
 
 clean:
-	rm -rf build *.egg-info mtut_ops/_C*.so
+	rm -rf build dist *.egg-info mtut_ops/_C*.so mtut_ops/_build_info.py

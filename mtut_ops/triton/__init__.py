@@ -13,17 +13,40 @@ interpreter (TRITON_INTERPRET=1). Set MTUT_REGISTER_TRITON=1 to register them an
 e.g. to trace or export them on a host without a GPU. (Registering a triton_op imports
 torch._dynamo, seconds of import time that CPU-only users need not pay.)
 
-Importable without triton installed: it then registers nothing, and asking for
-backend="triton" gives a clear error (mtut_ops.backends.pick_backend).
+Importable without triton installed, or with a triton older than MIN_TRITON: it then
+registers nothing (UNAVAILABLE says why), and asking for backend="triton" gives a clear
+error (mtut_ops.backends.pick_backend).
 """
 import os
 
 import torch
 
+#: The oldest triton the kernels are written for: 3.4 brought ``triton.knobs`` (read for
+#: the interpreter switch); the triton releases torch 2.6 and 2.7 pin (3.2, 3.3) lack it.
+MIN_TRITON = (3, 4)
+
+
+def _version(text: str) -> tuple:
+    parts = []
+    for piece in text.split("+")[0].split(".")[:2]:
+        digits = "".join(c for c in piece if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
 try:
     import triton
 except ImportError:
     triton = None
+    UNAVAILABLE = "triton is not installed"
+else:
+    UNAVAILABLE = None
+    if _version(triton.__version__) < MIN_TRITON or not hasattr(triton, "knobs"):
+        UNAVAILABLE = (
+            f"triton {triton.__version__} is older than the {'.'.join(map(str, MIN_TRITON))} "
+            "the triton kernels need (triton.knobs)"
+        )
+        triton = None
 
 if triton is not None and (
     torch.cuda.is_available()

@@ -23,7 +23,7 @@ from torch._subclasses.fake_tensor import is_fake
 from .. import _validation as V
 
 #: True when triton.jit builds interpreted kernels (TRITON_INTERPRET=1): fixed at import.
-INTERPRETED = bool(triton.knobs.runtime.interpret)
+INTERPRETED = bool(getattr(triton, "knobs", None) and triton.knobs.runtime.interpret)  # no knobs: triton < 3.4, never registered
 
 
 def launchers(kernel, configs: list, fp64_config, interpreted, key: list, **kwargs) -> tuple:
