@@ -18,7 +18,7 @@ export CUDA_HOME ?= /usr/local/cuda
 export FORCE_CUDA ?= 1
 endif
 
-.PHONY: setup build test test-fast check-install demo bench test-gpu bench-gpu clean
+.PHONY: setup build test test-fast check-install gpu-static gpu-check demo bench test-gpu bench-gpu clean
 
 $(VENV)/.deps: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,20 @@ test: build
 check-install: $(VENV)/.deps
 	@ls mtut_ops/_C*.so > /dev/null 2>&1 || $(MAKE) build
 	bash .ci/check_install.sh
+
+# What a CPU machine can show about the GPU code (CI): the CUDA kernels' machine code for
+# every architecture built, with no spills (tools/cuda_static.py; the GEMMs themselves are
+# cuBLAS's), and the Triton kernels compiled for sm_80 and sm_90 (tools/triton_static.py).
+gpu-static: $(VENV)/.deps
+	@ls mtut_ops/_C*.so > /dev/null 2>&1 || $(MAKE) build
+	@if [ "$$FORCE_CUDA" = 1 ]; then $(PY) tools/cuda_static.py mtut_ops/_C*.so; \
+	 else echo "gpu-static: no CUDA toolkit here: the CUDA kernels are not checked"; fi
+
+# On a machine with a GPU: build for it, the GPU tests and every op test on cuda and triton,
+# the benchmarks; results and a log in bench/results/ (tools/gpu_check.sh; under 8 minutes
+# on an H200). Uses the machine's own python (GPU_PYTHON), no venv, no downloads.
+gpu-check:
+	GPU_PYTHON=$(GPU_PYTHON) bash tools/gpu_check.sh
 
 demo: build
 	$(PY) -m examples.demo

@@ -36,6 +36,19 @@ def _fused_backends():
 FUSED = _fused_backends()
 
 
+def _opcheck_importable() -> bool:
+    """torch.library.opcheck's test machinery imports (on some torch versions it needs
+    expecttest, which e.g. a GPU machine's python may lack)."""
+    try:
+        import torch.testing._internal.optests  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_opcheck = pytest.mark.skipif(not _opcheck_importable(), reason="torch.library.opcheck cannot import here")
+
+
 @pytest.fixture(scope="module", params=FUSED, ids=[f"{b}-{d}" for b, d in FUSED])
 def backend_device(request):
     return request.param

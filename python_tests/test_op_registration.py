@@ -9,7 +9,7 @@ import torch
 import mtut_ops
 from mtut_ops import reference as R
 
-from .conftest import leaf, make_ce, make_feats
+from .conftest import leaf, make_ce, make_feats, needs_opcheck
 
 ALGOS = ["direct", "gram"]
 
@@ -33,6 +33,7 @@ def _native(backend):
         pytest.skip("torch.ops.mtut ops are the cpu/cuda backends")
 
 
+@needs_opcheck
 @pytest.mark.parametrize("directed", [False, True])
 @pytest.mark.parametrize("noncontiguous", [False, True])
 @pytest.mark.parametrize("algo", ALGOS)
@@ -55,6 +56,7 @@ def test_opcheck_sqdist_forward_and_backward(backend_device, algo, noncontiguous
     torch.library.opcheck(torch.ops.mtut.pairwise_sqdist.default, (feats, 1e-8, algo))
 
 
+@needs_opcheck
 @pytest.mark.parametrize("cap", [None, 10.0])
 @pytest.mark.parametrize("algo", ALGOS)
 def test_opcheck_ssa_loss(backend_device, algo, cap):
@@ -67,6 +69,7 @@ def test_opcheck_ssa_loss(backend_device, algo, cap):
         torch.library.opcheck(torch.ops.mtut.ssa_loss_from_sqdist.default, (S, ce, 2.0, 0.5, distance, 6, cap))
 
 
+@needs_opcheck
 def test_opcheck_correlation_and_focal_weight(backend_device):
     backend, device = backend_device
     _native(backend)
