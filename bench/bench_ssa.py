@@ -540,6 +540,23 @@ def _ratio(row: Row, attr: str) -> str:
     return f"{v:.2f}x ({getattr(row, f'speedup_vs_{attr}_lo'):.2f}–{getattr(row, f'speedup_vs_{attr}_hi'):.2f})"
 
 
+def _aa_lines(group: list, rec: dict) -> list:
+    """An A/A check: mtut-<backend>-auto runs the same code as the algorithm it resolves to,
+    so the per-round ratio of their times shows how much the machine alone moves a ratio."""
+    times = rec.get("times_s", {})
+    out = []
+    for r in group:
+        if not (r.impl.endswith("-auto") and r.note.startswith("auto -> ")):
+            continue
+        twin = r.impl[: -len("auto")] + r.note.split("auto -> ")[1].split(";")[0].strip()
+        if r.impl in times and twin in times and len(times[r.impl]["total"]) == len(times[twin]["total"]) > 0:
+            ratios = [a / b for a, b in zip(times[twin]["total"], times[r.impl]["total"])]
+            lo, hi, _ = median_interval(ratios)
+            out += [f"A/A check (the same code twice: {twin} / {r.impl}, per round): median"
+                    f" {statistics.median(ratios):.2f} ({lo:.2f}–{hi:.2f}): ratios closer to 1 than this are noise.", ""]
+    return out
+
+
 def summary_markdown(rows: list, env: dict, records: list) -> str:
     lines = [
         f"# SSA loss benchmark: {env.get('device_name', env['device'])}",
@@ -570,6 +587,7 @@ def summary_markdown(rows: list, env: dict, records: list) -> str:
             + (f"{100 * cov:.0f}%" if cov else "—")
             + f"; agreement tolerance {group[0].rtol or agreement_rtol(rec['dtype'], s):.1e}",
             "",
+            *_aa_lines(group, rec),
             "| impl | fwd ms | bwd ms | fwd+bwd ms (p20–p80) | GFLOP | GFLOP/s | peak MB | speed-up vs mmpose-eager"
             " | vs expert-eager | agreement | note |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
@@ -663,7 +681,18 @@ def main(argv=None):
                    help="do not run (record as 'not run') an implementation needing more GFLOP per forward + backward")
     p.add_argument("--naive-limit-gb", type=float, default=12.0, help="do not run naive code needing more")
     p.add_argument("--tag", default=None, help="name of the result files (default: <device>-<date>)")
+    p.add_argument("--render", default=None, metavar="JSON",
+                   help="only write the markdown and plot again from a results .json (no benchmark)")
     args = p.parse_args(argv)
+    if args.render:
+        data = json.loads(Path(args.render).read_text())
+        rows = [Row(**r) for r in data["rows"]]
+        stem = Path(args.render).with_suffix("")
+        Path(f"{stem}.md").write_text(summary_markdown(rows, data["environment"], data["shapes"]))
+        with contextlib.suppress(ImportError):
+            plot(rows, data["environment"], Path(f"{stem}.png"))
+        print("wrote", f"{stem}.md")
+        return
 
     device = torch.device(args.device)
     meter = Meter(device)
