@@ -1,6 +1,6 @@
 """The benchmark code itself: the expert baseline computes the loss of the spec, the harness
-refuses implementations that disagree, and its statistics and work counts are right.
-Tiny shapes: seconds."""
+refuses implementations that disagree, its statistics and work counts are right, and the
+GPU performance model's arithmetic matches a hand computation. Tiny shapes: seconds."""
 from __future__ import annotations
 
 import math
@@ -11,6 +11,7 @@ import torch
 
 import mtut_ops
 from bench import bench_ssa as B
+from bench import gpu_model as G
 from bench.baselines import expert_gram_ssa_loss, mmpose_ssa_loss
 from bench.costs import Problem, active_pairs, flops, typical_active
 from mtut_ops import reference as R
@@ -189,3 +190,49 @@ def test_cpu_backward_counts_follow_the_focal_weights():
     none = torch.zeros(2, 2, 2, dtype=torch.bool)
     assert flops(p, "cpu-gram", none)[1] == 0 and flops(p, "cpu-direct", none)[1] == 0
     assert typical_active(3, 3).sum() == 3 * 3  # M (M - 1) / 2 ordered pairs per sample
+
+
+# ------------------------------------------------------------------ GPU model
+
+
+def test_gpu_model_gemm_time_by_hand():
+    """One bf16 GEMM [6 x 1664 x 3136] x [3136 x 1664] on the H100 model, computed by hand."""
+    gpu = G.GPUS["H100-SXM"]
+    op = G.Op("gemm", flops=2 * 6 * 1664 * 1664 * 3136, bytes=0, path="cublas", prec="bf16",
+              gemm=(6, 1664, 1664, 3136))
+    # tiles of 128 x 256 (bf16): 13 x 7 = 91 per sample, 546 in all on 132 SMs -> 5 waves, 546 / 660
+    wave = 546 / (5 * 132)
+    keff = 3136 / (3136 + G.K_OVERHEAD)
+    expect = op.flops / (gpu.peak["bf16"] * 1e12 * G.EFF["cublas"]["bf16"] * wave * keff)
+    assert G.op_time(op, gpu) == pytest.approx(expect, rel=1e-12)
+
+
+def test_gpu_model_memory_bound_op_and_launch_floor():
+    gpu = G.GPUS["H200"]
+    big = G.Op("ew", flops=0, bytes=8e9, path="elementwise", prec="bf16")
+    assert G.op_time(big, gpu) == pytest.approx(8e9 / (gpu.hbm_tbs * 1e12 * G.EFF_HBM))
+    tiny = G.Op("ew", flops=0, bytes=64, path="elementwise", prec="bf16")
+    assert G.op_time(tiny, gpu) == G.MIN_KERNEL_S
+
+
+def test_gpu_model_work_of_whole_plans_by_hand():
+    p = Problem(6, (832, 832), 3136)
+    # the eager expert code, traced on meta tensors: its two bmm are all its FLOPs
+    assert G.plan("expert-eager", p, "bf16").flops() == 4 * 6 * 3136 * 1664**2
+    # the CUDA gram path as it is: forward 3 blocks of 13 x 13 tiles of 64 x 64 over d;
+    # backward 3 raw blocks (cuBLAS) and M^2 = 4 applied blocks (every modality needs a gradient)
+    fwd = 2 * 64 * 64 * 3136 * (13 * 13 * 3) * 6
+    bwd = 2 * 6 * 832 * 832 * 3136 * (3 + 4)
+    assert G.plan("mtut-cuda-gram", p, "bf16").flops() == pytest.approx(fwd + bwd, rel=1e-12)
+    # the redesign: upper blocks forward, the active modality's rows backward (one per sample)
+    assert G.plan("redesign-cuda-gram", p, "bf16").flops() == pytest.approx(
+        2 * 6 * 3136 * 3 * 832**2 + 2 * 6 * 832 * 1664 * 3136, rel=1e-12)
+    assert G.resolve_auto(p) == "gram" and G.resolve_auto(Problem(6, (1024, 1024), 392)) == "direct"
+
+
+def test_gpu_model_bf16_backward_of_the_cuda_backend_runs_fp32_cublas():
+    p = Problem(6, (832, 832), 3136)
+    pl = G.plan("mtut-cuda-gram", p, "bf16")
+    assert {o.prec for o in pl.bwd if o.path == "cublas"} == {"fp32"}
+    assert {o.path for o in pl.fwd if o.flops} == {"cuda-wmma"}
+    assert {o.prec for o in G.plan("mtut-cuda-gram", p, "tf32").bwd if o.path == "cublas"} == {"tf32"}
