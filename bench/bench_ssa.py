@@ -54,7 +54,8 @@ from bench.baselines import expert_gram_ssa_loss, gram_identity_ssa_loss, mmpose
 from bench.costs import Problem, active_pairs, flops, naive_bytes
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BASELINES = ("mmpose-eager", "expert-eager")  # what speed-ups are measured against
+#: what speed-ups are measured against: baseline -> the attribute stem of Row
+BASELINES = {"mmpose-eager": "mmpose", "expert-eager": "expert", "expert-compile": "expert_compile"}
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ class Meter:
 
     def begin_peak(self):
         """Start a peak-memory window (outside any timed region)."""
-        gc.collect()
+        gc.collect(1)  # the young generations (a full collection takes ~0.5 s with torch loaded)
         if self.device.type == "cuda":
             self.sync()
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -341,6 +342,9 @@ class Row:
     speedup_vs_expert: Optional[float] = None
     speedup_vs_expert_lo: Optional[float] = None
     speedup_vs_expert_hi: Optional[float] = None
+    speedup_vs_expert_compile: Optional[float] = None
+    speedup_vs_expert_compile_lo: Optional[float] = None
+    speedup_vs_expert_compile_hi: Optional[float] = None
     interval_coverage: Optional[float] = None
     loss: Optional[float] = None
     disagreement: Optional[float] = None
@@ -383,7 +387,8 @@ def run_shape(meter: Meter, shape: Shape, dtype_name: str, impls: dict, args, lo
     rtol = agreement_rtol(dtype_name, shape)
     elem = torch.finfo(dtype).bits // 8
     rows, live, checks = {}, {}, {}
-    torch._dynamo.reset()  # nothing compiled for another shape is reused (or guarded against)
+    if any(i.compiled for i in impls.values()):
+        torch._dynamo.reset()  # nothing compiled for another shape is reused (or guarded against)
     try:
         for name, impl in impls.items():
             row = rows[name] = Row(shape.name, name, dtype_name, shape.N, "x".join(map(str, shape.channels)), shape.d)
@@ -436,9 +441,11 @@ def run_shape(meter: Meter, shape: Shape, dtype_name: str, impls: dict, args, lo
         # interleaved rounds
         names = list(live)
         times = {n: {"fwd": [], "bwd": [], "total": [], "peak": []} for n in names}
-        graphs_before = _compile_count()
+        compiled = any(impls[n].compiled for n in names)
+        graphs_before = _compile_count() if compiled else 0
         deadline = time.perf_counter() + args.max_seconds
         for r in range(args.repeats):
+            gc.collect()
             order = names[r % len(names):] + names[: r % len(names)] if names else []
             for name in order:
                 meter.begin_peak()
@@ -463,7 +470,7 @@ def run_shape(meter: Meter, shape: Shape, dtype_name: str, impls: dict, args, lo
                 + f"  (load {loadavg()})")
             if time.perf_counter() > deadline and r + 1 >= args.min_repeats:
                 break
-        if _compile_count() != graphs_before:
+        if compiled and _compile_count() != graphs_before:
             for name in names:
                 if impls[name].compiled:
                     _note(rows[name], "recompiled during the timed rounds")
@@ -480,18 +487,29 @@ def run_shape(meter: Meter, shape: Shape, dtype_name: str, impls: dict, args, lo
             row.total_p80_ms = 1e3 * quantile(t["total"], 0.8)
             row.peak_mb = max(t["peak"]) / 2**20
             row.gflops = row.gflop / (row.total_ms / 1e3)
-            for base, attr in zip(BASELINES, ("mmpose", "expert")):
-                if base not in times or len(times[base]["total"]) != row.rounds:
-                    continue
-                ratios = [tb / tx for tb, tx in zip(times[base]["total"], t["total"])]
-                lo, hi, cov = median_interval(ratios)
-                setattr(row, f"speedup_vs_{attr}", statistics.median(ratios))
-                setattr(row, f"speedup_vs_{attr}_lo", lo)
-                setattr(row, f"speedup_vs_{attr}_hi", hi)
-                row.interval_coverage = cov
+        fill_speedups([rows[n] for n in names], record)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32_before
     return list(rows.values()), record
+
+
+def fill_speedups(rows: list, record: dict) -> None:
+    """Per-round speed-ups against every baseline that ran all rounds: median of the
+    ratios baseline time / this time in the same round, and an interval of that median."""
+    times = record.get("times_s", {})
+    for row in rows:
+        t = times.get(row.impl)
+        if not t:
+            continue
+        for base, attr in BASELINES.items():
+            if base not in times or len(times[base]["total"]) != len(t["total"]):
+                continue
+            ratios = [tb / tx for tb, tx in zip(times[base]["total"], t["total"])]
+            lo, hi, cov = median_interval(ratios)
+            setattr(row, f"speedup_vs_{attr}", statistics.median(ratios))
+            setattr(row, f"speedup_vs_{attr}_lo", lo)
+            setattr(row, f"speedup_vs_{attr}_hi", hi)
+            row.interval_coverage = cov
 
 
 # ------------------------------------------------------------------ environment and reporting
@@ -589,18 +607,18 @@ def summary_markdown(rows: list, env: dict, records: list) -> str:
             "",
             *_aa_lines(group, rec),
             "| impl | fwd ms | bwd ms | fwd+bwd ms (p20–p80) | GFLOP | GFLOP/s | peak MB | speed-up vs mmpose-eager"
-            " | vs expert-eager | agreement | note |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            " | vs expert-eager | vs expert-compile | agreement | note |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for r in group:
             agree = "—" if r.disagreement is None else f"{r.disagreement:.1e}"
             if r.status != "ok":
-                lines.append(f"| {r.impl} | — | — | {r.status} | {fmt(r.gflop)} | — | — | — | — | {agree} | {r.note} |")
+                lines.append(f"| {r.impl} | — | — | {r.status} | {fmt(r.gflop)} | — | — | — | — | — | {agree} | {r.note} |")
                 continue
             lines.append(
                 f"| {r.impl} | {fmt(r.fwd_ms)} | {fmt(r.bwd_ms)} | {fmt(r.total_ms)} ({fmt(r.total_p20_ms)}–"
                 f"{fmt(r.total_p80_ms)}) | {fmt(r.gflop)} | {fmt(r.gflops)} | {fmt(r.peak_mb)} | {_ratio(r, 'mmpose')}"
-                f" | {_ratio(r, 'expert')} | {agree} | {r.note} |"
+                f" | {_ratio(r, 'expert')} | {_ratio(r, 'expert_compile')} | {agree} | {r.note} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -682,21 +700,26 @@ def main(argv=None):
     p.add_argument("--naive-limit-gb", type=float, default=12.0, help="do not run naive code needing more")
     p.add_argument("--tag", default=None, help="name of the result files (default: <device>-<date>)")
     p.add_argument("--render", default=None, metavar="JSON",
-                   help="only write the markdown and plot again from a results .json (no benchmark)")
+                   help="only write the result files again from a results .json (its raw times; no benchmark)")
     args = p.parse_args(argv)
     if args.render:
         data = json.loads(Path(args.render).read_text())
         rows = [Row(**r) for r in data["rows"]]
-        stem = Path(args.render).with_suffix("")
-        Path(f"{stem}.md").write_text(summary_markdown(rows, data["environment"], data["shapes"]))
-        with contextlib.suppress(ImportError):
-            plot(rows, data["environment"], Path(f"{stem}.png"))
-        print("wrote", f"{stem}.md")
+        for rec in data["shapes"]:
+            fill_speedups([r for r in rows if r.shape == rec["shape"] and r.dtype == rec["dtype"]], rec)
+        global RESULTS
+        RESULTS = Path(args.render).resolve().parent
+        for path in write_results(rows, data["environment"], data["shapes"], Path(args.render).stem):
+            print("wrote", path)
         return
 
     device = torch.device(args.device)
     meter = Meter(device)
     env = environment(device)
+    if device.type == "cpu" and os.environ.get("OMP_WAIT_POLICY", "").lower() != "passive":
+        print(f"warning: OMP_WAIT_POLICY is not 'passive' (load average {loadavg()} on {os.cpu_count()} cores): on a"
+              " shared machine OpenMP threads then spin against other jobs, and small ops ran up to 25x slower here"
+              " (sweep_d64, mmpose-eager, 2026-12-01); set OMP_WAIT_POLICY=passive", file=sys.stderr, flush=True)
     impls = impl_table(device)
     if args.impls:
         unknown = set(args.impls) - set(impls)
