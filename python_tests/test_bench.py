@@ -1,0 +1,238 @@
+"""The benchmark code itself: the expert baseline computes the loss of the spec, the harness
+refuses implementations that disagree, its statistics and work counts are right, and the
+GPU performance model's arithmetic matches a hand computation. Tiny shapes: seconds."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import mtut_ops
+from bench import bench_ssa as B
+from bench import gpu_model as G
+from bench.baselines import expert_gram_ssa_loss, mmpose_ssa_loss
+from bench.costs import Problem, active_pairs, flops, typical_active
+from mtut_ops import reference as R
+
+from .conftest import leaf, make_ce, make_feats
+
+
+def _pair_terms(feats, ce, lambda_=5e-3):
+    """lambda * mean_b(rho_mn sqrt(S_mn) / d) of every ordered pair (m, n), uncapped (fp64 reference)."""
+    S = R.pairwise_sqdist(feats)
+    rho = R.focal_weight(ce)
+    d = math.prod(feats[0].shape[2:])
+    M = len(feats)
+    return {(m, n): lambda_ * (rho[:, m, n] * S[:, m, n].sqrt() / d).mean().item()
+            for m in range(M) for n in range(M) if m != n}
+
+
+@pytest.mark.parametrize("M", [2, 3])
+@pytest.mark.parametrize("cap_binds", [False, True])
+def test_expert_gram_matches_reference_loss_and_gradients(M, cap_binds):
+    feats = make_feats(4, [9, 5, 7][:M], [3, 2, 4], seed=10 + M)
+    ce = make_ce(M, 4, seed=M)
+    lambda_ = 5e-3
+    cap = 10.0
+    if cap_binds:  # a cap between the pair terms: some pairs capped (no gradient), others not
+        lambda_ = 1.0
+        terms = sorted(v for v in _pair_terms(feats, ce, lambda_).values() if v > 0)
+        assert len(terms) >= 2
+        cap = 0.5 * (terms[0] + terms[-1])
+    ref, exp, mm = leaf(feats), leaf(feats), leaf(feats)
+    L_ref = R.ssa_loss(ref, ce, lambda_=lambda_, pair_cap=cap)
+    L_exp = expert_gram_ssa_loss(exp, ce, lambda_=lambda_, cap=cap)
+    L_mm = mmpose_ssa_loss(mm, ce, lambda_=lambda_, cap=cap)
+    assert L_exp.dtype == torch.float64
+    torch.testing.assert_close(L_exp, L_ref, rtol=1e-10, atol=0)
+    torch.testing.assert_close(L_mm, L_ref, rtol=1e-10, atol=0)
+    L_ref.backward()
+    L_exp.backward()
+    scale = max(b.grad.abs().max().item() for b in ref)
+    assert scale > 0
+    if cap_binds:  # the capped pairs send no gradient: some modality gets none (M = 2) or less
+        assert any(b.grad.abs().max() == 0 for b in ref) or M == 3
+    for a, b in zip(exp, ref):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-8, atol=1e-12 * scale)
+
+
+def test_expert_gram_gradient_is_student_only():
+    """Term (m, n) must not pull on X_n: with only rho_01 > 0, X_1 gets no gradient."""
+    feats = leaf(make_feats(3, [6, 6], [2, 5], seed=3))
+    ce = torch.tensor([[2.0, 2.5, 3.0], [0.5, 0.1, 0.2]], dtype=torch.float64)  # network 0 worse everywhere
+    expert_gram_ssa_loss(feats, ce).backward()
+    assert feats[0].grad.abs().max() > 0
+    assert torch.equal(feats[1].grad, torch.zeros_like(feats[1].grad))
+
+
+def test_expert_gram_float32_uses_float64_block_sums():
+    feats = make_feats(2, [16, 16], [8, 8], dtype=torch.float32, seed=4)
+    ce = make_ce(2, 2, dtype=torch.float32)
+    exact = R.ssa_loss([f.double() for f in feats], ce.double())
+    got = expert_gram_ssa_loss(feats, ce)
+    assert got.dtype == torch.float32
+    assert abs(got.item() - exact.item()) <= 1e-5 * exact.item()
+
+
+# ------------------------------------------------------------------ statistics
+
+
+def test_median_interval_order_statistics_and_coverage():
+    lo, hi, cov = B.median_interval([5.0, 1.0, 3.0])
+    assert (lo, hi) == (1.0, 5.0) and cov == pytest.approx(0.75)
+    lo, hi, cov = B.median_interval([2.0, 9.0, 4.0, 1.0, 3.0])
+    assert (lo, hi) == (1.0, 9.0) and cov == pytest.approx(1 - 2 / 32)
+    xs = list(range(20))  # n = 20: the 6th and 15th values cover >= 90% (95.9%)
+    lo, hi, cov = B.median_interval(xs, conf=0.9)
+    assert (lo, hi) == (5, 14) and 0.9 <= cov < 0.99
+
+
+def test_quantile_interpolates():
+    assert B.quantile([0.0, 10.0], 0.2) == pytest.approx(2.0)
+    assert B.quantile([3.0, 1.0, 2.0], 0.5) == 2.0
+
+
+# ------------------------------------------------------------------ agreement
+
+
+def test_agreement_rtol_is_derived_per_dtype_and_shape():
+    s = B.SHAPES["mixed3c"]
+    assert B.agreement_rtol("float32", s) == pytest.approx(1e-3)  # 36 sqrt(25088) 2^-24 = 3.4e-4 < 1e-3
+    assert B.agreement_rtol("bfloat16", s) == pytest.approx(12 * 2.0**-8)
+    assert B.agreement_rtol("float64", s) == pytest.approx(1e-9)
+    big = B.Shape("big", 1, (8, 8), (2**26,))
+    assert B.agreement_rtol("float32", big) == pytest.approx(36 * 2**13 * 2.0**-24)
+
+
+def _wrong_both_ways(feats, ce):
+    """The classic mistake: no detach, so term (m, n) also pulls X_n toward X_m."""
+    X = torch.cat([torch.nn.functional.normalize(f.reshape(f.size(0), f.size(1), -1), dim=2) for f in feats], 1)
+    c = feats[0].size(1)
+    H = X @ X.transpose(1, 2)
+    d = X.size(2)
+    t = [[H[:, i * c:(i + 1) * c, j * c:(j + 1) * c].double().square().sum((1, 2)) for j in range(2)] for i in range(2)]
+    total = 0
+    for m, n in ((0, 1), (1, 0)):
+        rho = torch.exp(2 * (ce[m] - ce[n]).clamp(min=0)) - 1
+        S = (t[m][m] - 2 * t[m][n] + t[n][n]).clamp(min=0)
+        total = total + (5e-3 * (rho * S.sqrt() / d).mean()).clamp(max=10)
+    return total.float()
+
+
+def test_run_shape_refuses_a_disagreeing_implementation_and_times_the_rest(capsys):
+    shape = B.Shape("tiny", 3, (12, 12), (5, 6))
+    impls = {k: v for k, v in B.impl_table(torch.device("cpu")).items()
+             if k in ("mmpose-eager", "expert-eager", "mtut-cpu-gram", "mtut-cpu-direct")}
+    impls["wrong-both-ways"] = B.Impl("wrong-both-ways", "expert", lambda: _wrong_both_ways)
+    impls["wrong-lambda"] = B.Impl("wrong-lambda", "expert",
+                                   lambda: (lambda f, ce: expert_gram_ssa_loss(f, ce, lambda_=5.1e-3)))
+    args = SimpleNamespace(naive_limit_gb=1.0, max_gflop=1e9, warmup=1, repeats=4, min_repeats=3, max_seconds=60.0)
+    rows, record = B.run_shape(B.Meter(torch.device("cpu")), shape, "float32", impls, args, log=lambda s: None)
+    by = {r.impl: r for r in rows}
+    assert by["wrong-both-ways"].status == "disagrees" and by["wrong-lambda"].status == "disagrees"
+    assert "DISAGREES" in capsys.readouterr().err
+    for name in ("mmpose-eager", "expert-eager", "mtut-cpu-gram", "mtut-cpu-direct"):
+        r = by[name]
+        assert r.status == "ok" and r.rounds == 4, (name, r)
+        assert r.disagreement <= r.rtol
+        assert r.total_p20_ms <= r.total_ms <= r.total_p80_ms
+        assert r.speedup_vs_expert_lo <= r.speedup_vs_expert <= r.speedup_vs_expert_hi
+    assert by["expert-eager"].speedup_vs_expert == 1.0
+    assert set(record["times_s"]) == {"mmpose-eager", "expert-eager", "mtut-cpu-gram", "mtut-cpu-direct"}
+    assert record["load_before"] is not None and record["load_after"] is not None
+
+
+def test_run_shape_records_what_it_cannot_run():
+    shape = B.Shape("tiny", 2, (4, 4), (16, 16))
+    impls = {k: v for k, v in B.impl_table(torch.device("cpu")).items() if k in ("mmpose-eager", "mtut-cpu-direct")}
+    args = SimpleNamespace(naive_limit_gb=1e-6, max_gflop=1e-9, warmup=1, repeats=3, min_repeats=3, max_seconds=60.0)
+    rows, _ = B.run_shape(B.Meter(torch.device("cpu")), shape, "float32", impls, args, log=lambda s: None)
+    by = {r.impl: r for r in rows}
+    assert by["mmpose-eager"].status == "not run" and "d x d" in by["mmpose-eager"].note
+    assert by["mtut-cpu-direct"].status == "not run" and "GFLOP" in by["mtut-cpu-direct"].note
+
+
+def test_results_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(B, "RESULTS", tmp_path)
+    shape = B.Shape("tiny", 2, (4, 6), (3, 3))
+    impls = {k: v for k, v in B.impl_table(torch.device("cpu")).items() if k in ("mmpose-eager", "expert-eager")}
+    args = SimpleNamespace(naive_limit_gb=1.0, max_gflop=1e9, warmup=1, repeats=3, min_repeats=3, max_seconds=60.0)
+    rows, record = B.run_shape(B.Meter(torch.device("cpu")), shape, "float32", impls, args, log=lambda s: None)
+    env = B.environment(torch.device("cpu"))
+    paths = B.write_results(rows, env, [record], "t")
+    md = (tmp_path / "t.md").read_text()
+    assert "| expert-eager |" in md and "load average before" in md
+    assert {p.name for p in paths} >= {"t.csv", "t.json", "t.md"}
+
+
+# ------------------------------------------------------------------ work counts
+
+
+def test_flop_counts_at_mixed4f_match_hand_counts():
+    p = Problem(6, (832, 832), 16 * 14 * 14)
+    f, b = flops(p, "expert")
+    assert f + b == 4 * 6 * 3136 * 1664**2  # ~208 GFLOP: one (2C)^2 d GEMM each way
+    f, b = flops(p, "cpu-gram")  # three C^2 d blocks forward, two applied backward (one modality active)
+    assert f == 2 * 6 * 3136 * 3 * 832**2 and b == 2 * 6 * 3136 * 2 * 832**2
+    f, b = flops(p, "naive")
+    assert f + b == 6 * 6 * 3136**2 * 1664
+
+
+def test_cpu_backward_counts_follow_the_focal_weights():
+    p = Problem(2, (4, 6), 10)
+    ce = torch.tensor([[1.0, 1.0], [0.5, 2.0]])  # sample 0: modality 0 worse; sample 1: modality 1 worse
+    act = active_pairs(ce)
+    assert act[0, 0, 1] and not act[0, 1, 0] and act[1, 1, 0] and not act[1, 0, 1]
+    _, b = flops(p, "cpu-gram", act)
+    assert b == 2 * 10 * (4 * (4 + 6) + 6 * (6 + 4))
+    none = torch.zeros(2, 2, 2, dtype=torch.bool)
+    assert flops(p, "cpu-gram", none)[1] == 0 and flops(p, "cpu-direct", none)[1] == 0
+    assert typical_active(3, 3).sum() == 3 * 3  # M (M - 1) / 2 ordered pairs per sample
+
+
+# ------------------------------------------------------------------ GPU model
+
+
+def test_gpu_model_gemm_time_by_hand():
+    """One bf16 GEMM [6 x 1664 x 3136] x [3136 x 1664] on the H100 model, computed by hand."""
+    gpu = G.GPUS["H100-SXM"]
+    op = G.Op("gemm", flops=2 * 6 * 1664 * 1664 * 3136, bytes=0, path="cublas", prec="bf16",
+              gemm=(6, 1664, 1664, 3136))
+    # tiles of 128 x 256 (bf16): 13 x 7 = 91 per sample, 546 in all on 132 SMs -> 5 waves, 546 / 660
+    wave = 546 / (5 * 132)
+    keff = 3136 / (3136 + G.K_OVERHEAD)
+    expect = op.flops / (gpu.peak["bf16"] * 1e12 * G.EFF["cublas"]["bf16"] * wave * keff)
+    assert G.op_time(op, gpu) == pytest.approx(expect, rel=1e-12)
+
+
+def test_gpu_model_memory_bound_op_and_launch_floor():
+    gpu = G.GPUS["H200"]
+    big = G.Op("ew", flops=0, bytes=8e9, path="elementwise", prec="bf16")
+    assert G.op_time(big, gpu) == pytest.approx(8e9 / (gpu.hbm_tbs * 1e12 * G.EFF_HBM))
+    tiny = G.Op("ew", flops=0, bytes=64, path="elementwise", prec="bf16")
+    assert G.op_time(tiny, gpu) == G.MIN_KERNEL_S
+
+
+def test_gpu_model_work_of_whole_plans_by_hand():
+    p = Problem(6, (832, 832), 3136)
+    # the eager expert code, traced on meta tensors: its two bmm are all its FLOPs
+    assert G.plan("expert-eager", p, "bf16").flops() == 4 * 6 * 3136 * 1664**2
+    # the CUDA gram path as it is: forward 3 blocks of 13 x 13 tiles of 64 x 64 over d;
+    # backward 3 raw blocks (cuBLAS) and M^2 = 4 applied blocks (every modality needs a gradient)
+    fwd = 2 * 64 * 64 * 3136 * (13 * 13 * 3) * 6
+    bwd = 2 * 6 * 832 * 832 * 3136 * (3 + 4)
+    assert G.plan("mtut-cuda-gram", p, "bf16").flops() == pytest.approx(fwd + bwd, rel=1e-12)
+    # the redesign: upper blocks forward, the active modality's rows backward (one per sample)
+    assert G.plan("redesign-cuda-gram", p, "bf16").flops() == pytest.approx(
+        2 * 6 * 3136 * 3 * 832**2 + 2 * 6 * 832 * 1664 * 3136, rel=1e-12)
+    assert G.resolve_auto(p) == "gram" and G.resolve_auto(Problem(6, (1024, 1024), 392)) == "direct"
+
+
+def test_gpu_model_bf16_backward_of_the_cuda_backend_runs_fp32_cublas():
+    p = Problem(6, (832, 832), 3136)
+    pl = G.plan("mtut-cuda-gram", p, "bf16")
+    assert {o.prec for o in pl.bwd if o.path == "cublas"} == {"fp32"}
+    assert {o.path for o in pl.fwd if o.flops} == {"cuda-wmma"}
+    assert {o.prec for o in G.plan("mtut-cuda-gram", p, "tf32").bwd if o.path == "cublas"} == {"tf32"}
