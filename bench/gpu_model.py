@@ -8,13 +8,13 @@ torch.backends.cuda.matmul.allow_tf32 on; "bf16": bfloat16 inputs):
   the forward and the forward + backward time of
     mmpose-eager / mmpose-compile    the published mmpose code (d x d matrices)
     expert-eager / expert-compile    the expert Gram code (one bmm over stacked modalities)
-    mtut-cuda-{direct,gram,auto}     the CUDA backend as the code is now (csrc/cuda)
+    mtut-cuda-{direct,gram,auto}     the CUDA backend as the code is now (csrc/cuda: cuBLAS for
+                                     every product, one per block; gram blocks kept for the
+                                     backward; the backward over every sample)
     mtut-triton-{direct,gram,auto}   the Triton backend as the code is now (mtut_ops/triton)
-    redesign-cuda-{direct,gram,auto} the proposed CUDA path (not implemented): cuBLAS for every
-                                     product (gram: ONE GEMM over the stacked modalities for the
-                                     upper blocks), kept for the backward (no recompute), the
-                                     square-(difference-)reduce and normalization backward fused
-                                     around it, the backward only over rows with a weight
+    redesign-cuda-{direct,gram,auto} the next step of the CUDA path (not implemented): the backward
+                                     only over rows with a non-zero weight (pointer-array batched
+                                     GEMM), ONE GEMM over the stacked modalities, fewer launches
   which mtut backend/algo is fastest, and whether algo="auto" picks it.
 
 How: every implementation is a list of kernels (Op), each with its FLOPs, HBM bytes, the
@@ -90,16 +90,6 @@ EFF = {
     # lower fraction). FP32 SIMT sgemm: 0.75 (FFMA-bound, ~50 TFLOP/s of 66.9). FP64
     # tensor: 0.85 (HPL reaches 55-59 of 66.9 per GPU, same source as the peaks).
     "cublas": {"bf16": 0.78, "fp16": 0.78, "tf32": 0.65, "fp32": 0.75, "fp64": 0.85},
-    # The CUDA backend's hand-written forward kernels (csrc/cuda/tile_core.cuh): one
-    # 64 x 64 tile per 256-thread block, single-stage staging (scalar global loads, scale,
-    # convert, store to shared; two __syncthreads per 32-deep k-step; no cp.async, no
-    # ldmatrix). A static review put the wmma path at ~2-4% of the bf16 tensor peak: 0.03.
-    # The staging, not the MMA, is the limit, so TF32 wmma is taken at the same absolute
-    # rate (0.06 of the TF32 peak). SIMT fp32 (4 x 4 register tile, 16 FFMA per 8 shared
-    # loads per k, plus the staging): ~52% of the FFMA issue slots, less the unhidden
-    # load latency of a single stage: 0.35. (sensitivity(): what changes at 10%.)
-    "cuda-wmma": {"bf16": 0.03, "fp16": 0.03, "tf32": 0.06},
-    "cuda-simt": {"fp32": 0.35, "fp64": 0.35},
     # Triton tl.dot with tensor cores (wgmma on sm_90), pointer loads pipelined over
     # num_stages = 3: main loop 0.60 of peak before the L2 bound below, which binds first
     # for the <= 64 x 64 tiles these kernels use (mtut_ops/triton/*.py _CONFIGS).
@@ -363,7 +353,7 @@ def compiled_expert(p: Problem, scen: str) -> Plan:
 
 # ------------------------------------------------------------------ mtut: the CUDA backend as it is
 
-TILE = 64  # csrc/cuda/tile_core.cuh kTile; Triton's largest BLOCK_C / BLOCK_D
+TILE = 64  # Triton's largest BLOCK_C / BLOCK_D
 
 
 def _tiles(n: int, t: int = TILE) -> int:
@@ -386,82 +376,74 @@ def _composite(host_per_op: float) -> tuple:
         16 * host_per_op
 
 
-def _core(scen: str) -> tuple:
-    """The hand-written forward kernels' core (csrc/cuda/ssa_cuda.cu pick_core, sm_90)."""
-    return {"bf16": ("cuda-wmma", "bf16"), "tf32": ("cuda-wmma", "tf32"), "fp32": ("cuda-simt", "fp32")}[scen]
-
-
 def cuda_plan(p: Problem, scen: str, algo: str, active) -> Plan:
+    """The CUDA backend as the code is now (csrc/cuda/ssa_cuda.cu): cuBLAS for every product
+    (at::bmm / at::baddbmm, bf16 operands for bf16 inputs, fp32 accumulation), our kernels
+    for the reductions and the normalization backward; the gram blocks kept for the backward.
+    The backward runs every sample of a modality that needs a gradient (the samples whose
+    weight is zero are multiplied too: selecting them would need the host to read the
+    weights)."""
     e, N, d, M, ch = elem(scen), p.N, p.d, p.M, p.channels
-    path, prec = _core(scen)
-    kbk = 32  # the cores' k-step (kBK)
+    pr = cublas_prec(scen)
+    eo = e  # the scaled operands' dtype: the input's (bf16), fp32 otherwise
     fwd = [Op("row_scale", 0, N * c * d * e + 8 * N * c) for c in ch]  # prepare(): one launch per modality
-    fwd.append(Op("S=zeros", 0, 4 * N * M * M))
-    if algo == "direct":
-        t = _tiles(d)
-        upper = t * (t + 1) // 2  # blocks with tj < ti exit at once
-        # each block: for every modality, the 64 x 64 K tile over C_m channels in 32-deep steps
-        flops = sum(2.0 * TILE * TILE * _pad(c, kbk) * upper * N for c in ch)
-        l2 = sum(2.0 * TILE * _pad(c, kbk) * e * upper * N for c in ch)
-        fwd.append(Op("partial=zeros", 0, 8 * N * t * t * M * (M - 1) // 2))
-        fwd.append(Op("direct_sqdist_kernel", flops, N * p.C * d * e * _reread(p.C * d * e), path, prec,
-                      (1, 1, 1, min(ch)), l2))
-        fwd.append(Op("sum_pair_partials", 0, 8 * N * t * t * M * (M - 1) // 2))
+    if algo == "gram":
+        blocks = [(m, n) for m in range(M) for n in range(m, M)]
+        q = sum(ch[m] * ch[n] for m, n in blocks)
+        fwd.append(Op("kept=zeros", 0, 4 * N * q))
+        for m, n in blocks:  # gram_blocks: one at::bmm per block into the kept buffer
+            fwd.append(Op(f"P{m}{n}=bmm", 2.0 * N * ch[m] * ch[n] * d, N * (ch[m] + ch[n]) * d * e + 4 * N * ch[m] * ch[n],
+                          "cublas", pr, (N, ch[m], ch[n], d)))
+        fwd.append(Op("partial=zeros", 0, 8 * N * len(blocks) * 16))
+        fwd += [Op(f"block_sqnorm({m},{n})", 0, 4 * N * ch[m] * ch[n]) for m, n in blocks]
+        fwd += [Op("sum_partials", 0, 0), Op("S=empty", 0, 0), Op("combine_gram", 0, 0)]
     else:
-        nblk = M * (M + 1) // 2
-        fwd.append(Op("partial=zeros", 0, 8 * N * nblk * max(_tiles(c) for c in ch) ** 2))
-        for m in range(M):
-            for n in range(m, M):  # one launch per block (m <= n), the diagonal blocks whole
-                tiles = _tiles(ch[m]) * _tiles(ch[n]) * N
-                flops = 2.0 * TILE * TILE * _pad(d, kbk) * tiles
-                l2 = 2.0 * TILE * _pad(d, kbk) * e * tiles
-                hbm = N * (ch[m] + ch[n]) * d * e * _reread((ch[m] + ch[n]) * d * e)
-                fwd.append(Op(f"gram_sqnorm_kernel({m},{n})", flops, hbm, path, prec, (1, 1, 1, d), l2))
-        fwd += [Op("sum_block_partials", 0, 0), Op("combine_gram", 0, 0)]
+        rows = max(1, min(d, (1 << 24) // max(N * d * M, 1)))
+        fwd.append(Op("partial=zeros", 0, 0))
+        for i0 in range(0, d, rows):
+            ti, width = min(rows, d - i0), d - i0
+            for c in ch:  # strip_left: x[:, I] * s^2 -> operand dtype (3 ATen ops), then the K strip
+                fwd += [Op("s*s", 0, 0), Op("x*s2", 0, N * c * ti * (e + 4)), Op("to(operand)", 0, N * c * ti * (4 + eo))]
+                fwd.append(Op("K=bmm", 2.0 * N * ti * width * c, N * c * (ti + width) * e + 4 * N * ti * width, "cublas",
+                              pr, (N, ti, width, c)))
+            fwd.append(Op("strip_sqdiff", 0, M * 4 * N * ti * width))
+        fwd += [Op("S=zeros", 0, 0), Op("sum_pair_partials", 0, 0)]
     cf, cb, _ = _composite(HOST["cpp_op"])
     fwd += cf
     host_fwd = HOST["api_call"] + HOST["cpp_op"] * len(fwd)
 
-    # backward: prepare again, fp32 copies of bf16 rows, coefficients, cuBLAS products
-    bp = cublas_prec(scen, inputs_fp32=True)  # the backward's cuBLAS runs on fp32 rows
-    bwd = [Op("row_scale", 0, N * c * d * e + 8 * N * c) for c in ch]
-    if scen == "bf16":
-        bwd += [Op("rows.to(float32)", 0, N * c * d * (2 + 4)) for c in ch]
-    bwd += [Op("pair coefficient", 0, 0) for _ in range(3 * M * M + M)]
+    bwd = [Op("pair coefficient", 0, 0) for _ in range(4 * M * M + 3 * M)]
+    bwd += [Op("row_scale", 0, N * c * d * e + 8 * N * c) for c in ch]
     needs = [True] * M  # both networks train: every modality needs a gradient
     if algo == "gram":
-        made = set()
         for m in range(M):
+            if not needs[m]:
+                continue
             bwd.append(Op("g=zeros", 0, 4 * N * ch[m] * d))
-            for n in range(M):
-                lo, hi = min(m, n), max(m, n)
-                if (lo, hi) not in made:  # raw_gram_block: at::bmm on the fp32 rows
-                    made.add((lo, hi))
-                    bwd.append(Op(f"P{lo}{hi}=bmm", 2.0 * N * ch[lo] * ch[hi] * d,
-                                  4 * (N * (ch[lo] + ch[hi]) * d + N * ch[lo] * ch[hi]), "cublas", bp,
-                                  (N, ch[lo], ch[hi], d)))
-                bwd += [Op("block*s2", 0, 8 * N * ch[m] * ch[n]), Op("*coef", 0, 8 * N * ch[m] * ch[n])]
-                bwd.append(Op("g.baddbmm_", 2.0 * N * ch[m] * ch[n] * d,
-                              4 * (N * ch[m] * ch[n] + N * ch[n] * d + 2 * N * ch[m] * d), "cublas", bp,
+            for n in range(M):  # A = P s^2 coef/ref in the operand dtype, then g += A @ X_n
+                bwd += [Op("s*s", 0, 0), Op("coef/ref", 0, 0), Op("P*s2", 0, 8 * N * ch[m] * ch[n]),
+                        Op("*factor", 0, 8 * N * ch[m] * ch[n]), Op("to(operand)", 0, N * ch[m] * ch[n] * (4 + eo))]
+                bwd.append(Op("g.baddbmm", 2.0 * N * ch[m] * ch[n] * d,
+                              eo * N * ch[m] * ch[n] + e * N * ch[n] * d + 8 * N * ch[m] * d, "cublas", pr,
                               (N, ch[m], d, ch[n])))
     else:
-        rows = max(1, min(d, (1 << 24) // max(N * d, 1)))
+        rows = max(1, min(d, (1 << 24) // max(N * d * M, 1)))
+        bwd += [Op("g=zeros", 0, 4 * N * c * d) for c in ch]
         for i0 in range(0, d, rows):
             ti = min(rows, d - i0)
-            for m in range(M):  # K[m] for every modality, every strip
-                bwd.append(Op("x*s2", 0, 8 * N * ch[m] * ti))
-                bwd.append(Op("K=bmm", 2.0 * N * ti * ch[m] * d, 4 * (N * ch[m] * (ti + d) + N * ti * d), "cublas",
-                              bp, (N, ti, d, ch[m])))
+            for c in ch:  # every K strip again, full rows
+                bwd += [Op("s*s", 0, 0), Op("x*s2", 0, N * c * ti * (e + 4)), Op("to(operand)", 0, N * c * ti * (4 + eo))]
+                bwd.append(Op("K=bmm", 2.0 * N * ti * d * c, N * c * (ti + d) * e + 4 * N * ti * d, "cublas", pr,
+                              (N, ti, d, c)))
             for m in range(M):
                 if not needs[m]:
                     continue
                 strip = 4 * N * ti * d
-                bwd.append(Op("E=K*coef", 0, 2 * strip))
-                for _ in range(M - 1):
-                    bwd += [Op("K*coef", 0, 2 * strip), Op("E.add_", 0, 3 * strip)]
-                bwd.append(Op("g.baddbmm_", 2.0 * N * ch[m] * ti * d, strip + 4 * N * ch[m] * (ti + 2 * d), "cublas",
-                              bp, (N, ch[m], d, ti)))
-        bwd = [Op("g=zeros", 0, 4 * N * c * d) for c in ch] + bwd
+                bwd += [Op("E=K*coef/ref", 0, 2 * strip)]
+                bwd += [Op("E.add_(K*coef/ref)", 0, 4 * strip) for _ in range(M - 1)]
+                bwd.append(Op("to(operand)", 0, strip + eo * N * ti * d))
+                bwd.append(Op("g.baddbmm", 2.0 * N * ch[m] * ti * d, eo * N * ti * d + e * N * ch[m] * ti + 8 * N * ch[m] * d,
+                              "cublas", pr, (N, ch[m], d, ti)))
     bwd += [Op("normalize_backward_kernel", 0, N * c * d * (4 + 2 * e)) for c in ch]
     bwd += cb
     host_bwd = HOST["api_call"] / 2 + HOST["cpp_op"] * len(bwd)
@@ -580,8 +562,8 @@ def triton_plan(p: Problem, scen: str, algo: str, active) -> Plan:
 
 
 def redesign_plan(p: Problem, scen: str, algo: str, active=None) -> Plan:
-    """The proposed CUDA path: cuBLAS does every product, our kernels only the memory-bound
-    work around it, nothing is recomputed in the backward, and the backward multiplies only
+    """The next step of the CUDA path (the current one, cuda_plan, already leaves every
+    product to cuBLAS and keeps the gram blocks): the backward multiplies only
     rows that carry a non-zero weight (a pointer-array batched GEMM over the (sample,
     modality) pairs with a weight: for M = 2 one modality per sample). GEMMs in the input
     precision (bf16 inputs: bf16 operands, fp32 accumulation).
@@ -722,14 +704,15 @@ def fastest(rows: list) -> list:
 
 
 def sensitivity(shapes=SHAPES) -> list:
-    """Which conclusions change if the hand-written wmma kernels run at 10% of the bf16 peak
-    (instead of 3%) and the L2 at 12 TB/s (instead of 8): lines of text."""
+    """Which conclusions change if cuBLAS reaches only 55% of the bf16/fp16 peak on these
+    shapes (instead of 78%: batched, K of a few thousand) and the L2 runs at 12 TB/s
+    (instead of 8): lines of text."""
     global L2_TBS
-    saved = (dict(EFF["cuda-wmma"]), L2_TBS)
+    saved = (dict(EFF["cublas"]), L2_TBS)
     lines = []
     try:
         base = {(f["gpu"], f["shape"], f["scenario"]): f for f in fastest(predict(shapes=shapes))}
-        EFF["cuda-wmma"].update({"bf16": 0.10, "fp16": 0.10, "tf32": 0.20})
+        EFF["cublas"].update({"bf16": 0.55, "fp16": 0.55})
         L2_TBS = 12.0
         alt = {(f["gpu"], f["shape"], f["scenario"]): f for f in fastest(predict(shapes=shapes))}
         for k, f in base.items():
@@ -739,8 +722,8 @@ def sensitivity(shapes=SHAPES) -> list:
             if a["best_baseline_ms"] < a["fastest_ours_ms"] and not f["best_baseline_ms"] < f["fastest_ours_ms"]:
                 lines.append(f"{k[0]} {k[1]} {k[2]}: a baseline becomes faster than ours")
     finally:
-        EFF["cuda-wmma"].clear()
-        EFF["cuda-wmma"].update(saved[0])
+        EFF["cublas"].clear()
+        EFF["cublas"].update(saved[0])
         L2_TBS = saved[1]
     return lines
 
@@ -792,11 +775,9 @@ def markdown(rows: list, date: str) -> str:
         "  workplace's H200 for 8192^3), TF32 "
         f"{EFF['cublas']['tf32']:.0%}, FP32 SIMT {EFF['cublas']['fp32']:.0%}; times wave quantization over 132 SMs",
         f"  (tiles 128x256 bf16, 128x128 otherwise) and K / (K + {K_OVERHEAD}) for the fixed cost of a tile.",
-        f"- The CUDA backend's hand-written forward kernels (64x64 tiles, single-stage staging): wmma "
-        f"{EFF['cuda-wmma']['bf16']:.0%} of the bf16 peak",
-        "  (static review: 2-4%), TF32 wmma the same absolute rate, SIMT fp32 "
-        f"{EFF['cuda-simt']['fp32']:.0%} of the FP32 peak.",
-        "  The CUDA backward runs cuBLAS on fp32 copies of the rows: FP32 SIMT unless TF32 is allowed, for bf16 inputs too.",
+        "- The CUDA backend (csrc/cuda/ssa_cuda.cu): every product is cuBLAS (the rate above), in the input precision",
+        "  (bf16 operands for bf16 inputs); our kernels are memory-bound (row norms, square sums, normalization",
+        "  backward); the gram blocks are kept for the backward; the backward runs every sample of a modality.",
         f"- Triton tl.dot: tensor cores (wgmma) at {EFF['triton-tc']['bf16']:.0%} in the main loop, then bound by L2",
         f"  ({L2_TBS:g} TB/s assumed; operands re-read once per 64-wide tile); FMA dots (fp32 operands, no TF32:",
         f"  the direct kernels and the gram apply kernel for bf16) at {EFF['triton-fma']['fp32']:.0%} of the FP32 peak.",
@@ -811,11 +792,10 @@ def markdown(rows: list, date: str) -> str:
         "  baselines keep those GEMMs and fuse the rest (bench/gpu_model.py compiled_*); mtut's kernels are counted",
         "  from csrc/cuda and mtut_ops/triton. Both networks train (every modality needs a gradient); per sample the",
         "  losses are distinct, so M - 1 modalities get SSA gradient (what the backward's weight skipping sees).",
-        "- The redesign (not implemented; bench/gpu_model.py redesign_plan): cuBLAS does every product in the input",
-        "  precision, our kernels only the memory-bound work around it, nothing recomputed in the backward, and the",
-        "  backward multiplies only the rows with a non-zero weight (pointer-array batched GEMM). gram: ONE GEMM for",
-        "  the upper blocks (m <= n) of H over the stacked rows, kept; fused square-sum; backward ONE GEMM W X. direct",
-        "  (d <= C): K_m by cuBLAS, one fused pairwise square-difference reduce, backward E_m fused + ONE GEMM X_m E_m.",
+        "- The redesign (the next step, not implemented; bench/gpu_model.py redesign_plan): as the CUDA backend, but",
+        "  the backward multiplies only the rows with a non-zero weight (pointer-array batched GEMM). gram: ONE GEMM",
+        "  for the upper blocks (m <= n) of H over the stacked rows, kept; fused square-sum; backward ONE GEMM W X.",
+        "  direct (d <= C): K_m by cuBLAS, one fused pairwise square-difference reduce, backward E_m fused + ONE GEMM.",
         "  auto: the current rule (direct while d (C + 2P) <= C^2).",
         "- Not modelled: clock throttling, L2 residency between kernels, CUDA-graph capture (it would remove most",
         "  host time), autotuning choices other than the largest tile.",
@@ -853,7 +833,7 @@ def markdown(rows: list, date: str) -> str:
             L.append("")
     L += ["`h`: host-bound (the GPU is busy for less than 2/3 of the wall time). OOM: the eager trace's peak",
           "memory exceeds the GPU's.", "", "## Sensitivity", "",
-          "With the hand-written wmma kernels at 10% of the bf16 peak (not 3%) and the L2 at 12 TB/s (not 8):", ""]
+          "With cuBLAS at 55% of the bf16/fp16 peak on these shapes (not 78%) and the L2 at 12 TB/s (not 8):", ""]
     sens = sensitivity()
     L += [f"- {s}" for s in sens] if sens else ["- no ranking in the headline table changes."]
     L.append("")

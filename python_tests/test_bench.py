@@ -219,10 +219,10 @@ def test_gpu_model_work_of_whole_plans_by_hand():
     p = Problem(6, (832, 832), 3136)
     # the eager expert code, traced on meta tensors: its two bmm are all its FLOPs
     assert G.plan("expert-eager", p, "bf16").flops() == 4 * 6 * 3136 * 1664**2
-    # the CUDA gram path as it is: forward 3 blocks of 13 x 13 tiles of 64 x 64 over d;
-    # backward 3 raw blocks (cuBLAS) and M^2 = 4 applied blocks (every modality needs a gradient)
-    fwd = 2 * 64 * 64 * 3136 * (13 * 13 * 3) * 6
-    bwd = 2 * 6 * 832 * 832 * 3136 * (3 + 4)
+    # the CUDA gram path as it is: forward 3 blocks by cuBLAS, kept; backward M^2 = 4 applied
+    # blocks over every sample (every modality needs a gradient)
+    fwd = 2 * 6 * 832 * 832 * 3136 * 3
+    bwd = 2 * 6 * 832 * 832 * 3136 * 4
     assert G.plan("mtut-cuda-gram", p, "bf16").flops() == pytest.approx(fwd + bwd, rel=1e-12)
     # the redesign: upper blocks forward, the active modality's rows backward (one per sample)
     assert G.plan("redesign-cuda-gram", p, "bf16").flops() == pytest.approx(
@@ -230,9 +230,10 @@ def test_gpu_model_work_of_whole_plans_by_hand():
     assert G.resolve_auto(p) == "gram" and G.resolve_auto(Problem(6, (1024, 1024), 392)) == "direct"
 
 
-def test_gpu_model_bf16_backward_of_the_cuda_backend_runs_fp32_cublas():
+def test_gpu_model_cuda_backend_runs_every_product_in_cublas_in_the_input_precision():
     p = Problem(6, (832, 832), 3136)
-    pl = G.plan("mtut-cuda-gram", p, "bf16")
-    assert {o.prec for o in pl.bwd if o.path == "cublas"} == {"fp32"}
-    assert {o.path for o in pl.fwd if o.flops} == {"cuda-wmma"}
-    assert {o.prec for o in G.plan("mtut-cuda-gram", p, "tf32").bwd if o.path == "cublas"} == {"tf32"}
+    for algo in ("gram", "direct"):
+        pl = G.plan(f"mtut-cuda-{algo}", p, "bf16")
+        assert {o.path for o in pl.fwd + pl.bwd if o.flops} == {"cublas"}
+        assert {o.prec for o in pl.fwd + pl.bwd if o.flops} == {"bf16"}
+        assert {o.prec for o in G.plan(f"mtut-cuda-{algo}", p, "tf32").bwd if o.flops} == {"tf32"}
