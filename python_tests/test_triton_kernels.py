@@ -10,9 +10,11 @@ blocks of the interpreter's 16-wide config), d 1-40 with d not a multiple of the
 (16 under the interpreter, 32/64 on a GPU), and non-contiguous inputs.
 
 Tolerances: the worst-case bounds of python_tests/error_bounds.py. float64 inputs run in
-float64 throughout (tiles, dots, sums), like the cpu backend; float16/bfloat16/float32
-inputs in float32 (dots in IEEE fp32; the gram dots read 16-bit rows as they are, products
-exact), so the reference sees exactly the rounded inputs.
+float64 throughout (tiles, dots, sums), like the cpu backend. float16/bfloat16 inputs, and
+float32 inputs while torch allows TF32, run every dot on normalized rows rounded to that
+operand type (float32 accumulation): those paths are held to the exact results of their
+rounded operands, with the bounds derived below ("tensor-core operands"); float32 inputs
+without TF32 run exact IEEE fp32 dots.
 """
 from __future__ import annotations
 
