@@ -683,7 +683,7 @@ def plot(rows: list, env: dict, path: Path) -> Path:
     return path
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", nargs="+", default=["float32"], choices=list(DTYPES),
@@ -701,7 +701,11 @@ def main(argv=None):
     p.add_argument("--tag", default=None, help="name of the result files (default: <device>-<date>)")
     p.add_argument("--render", default=None, metavar="JSON",
                    help="only write the result files again from a results .json (its raw times; no benchmark)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     if args.render:
         data = json.loads(Path(args.render).read_text())
         rows = [Row(**r) for r in data["rows"]]

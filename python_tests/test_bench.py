@@ -237,3 +237,19 @@ def test_gpu_model_cuda_backend_runs_every_product_in_cublas_in_the_input_precis
         assert {o.path for o in pl.fwd + pl.bwd if o.flops} == {"cublas"}
         assert {o.prec for o in pl.fwd + pl.bwd if o.flops} == {"bf16"}
         assert {o.prec for o in G.plan(f"mtut-cuda-{algo}", p, "tf32").bwd if o.flops} == {"tf32"}
+
+
+def test_gpu_check_calls_the_benchmark_with_options_it_has():
+    """tools/gpu_check.sh runs once, on a GPU we rarely get: an option the benchmark does not
+    know would waste that run (argparse exits 2), so its command line is parsed here."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    script = (Path(__file__).resolve().parents[1] / "tools" / "gpu_check.sh").read_text()
+    calls = [line for line in script.splitlines() if "-m bench.bench_ssa" in line and not line.lstrip().startswith("#")]
+    assert calls, "tools/gpu_check.sh no longer runs bench.bench_ssa"
+    for line in calls:
+        argv = shlex.split(line.split("-m bench.bench_ssa", 1)[1])
+        argv = [re.sub(r"\$\{?\w+\}?", "x", a) for a in argv]  # shell variables: any value
+        B.parser().parse_args(argv)

@@ -10,7 +10,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${GPU_PYTHON:-python3}
-OUT=${OUT:-bench/results}
+OUT=bench/results  # where bench.bench_ssa writes its results too
 mkdir -p "$OUT"
 stamp=$($PY -c "import torch, datetime; n = torch.cuda.get_device_name().lower().replace(' ', '-'); print(f'{n}-{datetime.date.today()}')")
 log="$OUT/gpu-check-$stamp.log"
@@ -37,6 +37,6 @@ step tests env MTUT_HYPOTHESIS_EXAMPLES=10 $PY -m pytest -q -p no:cacheprovider 
   python_tests/test_cuda.py python_tests/test_accuracy.py python_tests/test_edge_cases.py \
   python_tests/test_op_contract.py python_tests/test_op_registration.py python_tests/test_errors.py \
   python_tests/test_memory.py python_tests/test_triton.py python_tests/test_triton_kernels.py
-step bench $PY -m bench.bench_ssa --device cuda --dtype float32 bfloat16 --out "$OUT"
+step bench $PY -m bench.bench_ssa --device cuda --dtype float32 bfloat16 --tag "cuda-$stamp"
 echo "=== gpu-check: $([ $status -eq 0 ] && echo passed || echo FAILED); log: $log" | tee -a "$log"
 exit $status

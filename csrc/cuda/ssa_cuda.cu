@@ -329,34 +329,41 @@ __global__ void __launch_bounds__(kThreads) sum_pair_partials_kernel(
 
 // The normalization backward, fused, one block per row (b, c). graw holds the gradient
 // with the row's scale s and the sample's factor f factored out, dL/dxh = f s graw. With
-// xh = s x:
-//   r > eps:  dx = (dL/dxh - xh <xh, dL/dxh>) / r = f (s / r) (graw - s^2 x <x, graw>)
-//   r <= eps: dx = dL/dxh / eps = f (s / eps) graw
+// xh = s x and s = 1 / r where r > eps:
+//   r > eps:  dx = (dL/dxh - xh <xh, dL/dxh>) / r = f s^2 (graw - s^2 x <x, graw>)
+//   r <= eps: dx = dL/dxh / eps = f s inv_eps graw
+// (no division in the kernel: a division is a called routine, with a stack frame).
 // out may be graw itself (same dtype and layout): a row is read before it is written.
+// (At least 4 blocks per SM: lets ptxas use up to 64 registers; for sm_80 it otherwise
+// chose 32 and spilled to the stack.)
 template <typename Tin>
-__global__ void __launch_bounds__(kThreads) normalize_backward_kernel(
+__global__ void __launch_bounds__(kThreads, 4) normalize_backward_kernel(
     const Cmp<Tin>* graw, const Tin* __restrict__ x, int64_t sn, int64_t sc, int64_t sd, int64_t C, int64_t d,
     const Cmp<Tin>* __restrict__ norm, const Cmp<Tin>* __restrict__ scale, const Cmp<Tin>* __restrict__ factor,
-    double eps, Tin* out) {
+    double eps, double inv_eps, Tin* out) {
   using T = Cmp<Tin>;
   __shared__ double scratch[kThreads / 32];
   __shared__ double dot;
   const int64_t row = blockIdx.x;
-  const T s = scale[row], r = norm[row], f = factor[row / C];
+  // grid.x < 2^31, so 32-bit division (64-bit division is a called routine: a stack frame)
+  const int64_t b = static_cast<unsigned>(blockIdx.x) / static_cast<unsigned>(C), ch = row - b * C;
+  const T s = scale[row], r = norm[row], f = factor[b];
   const T* g = graw + row * d;
-  const Tin* xr = x + (row / C) * sn + (row % C) * sc;
+  const Tin* xr = x + b * sn + ch * sc;
   Tin* o = out + row * d;
   if (r > eps) {
     double acc = 0;
+#pragma unroll 2
     for (int64_t k = threadIdx.x; k < d; k += kThreads) acc += to_double<Tin>(xr[k * sd]) * static_cast<double>(g[k]);
     const double total = block_sum(acc, scratch);
     if (threadIdx.x == 0) dot = total;
     __syncthreads();
-    const T a = f * s / r, c = static_cast<T>(static_cast<double>(s) * s * dot);
+    const T a = f * s * s, c = static_cast<T>(static_cast<double>(s) * s * dot);
+#pragma unroll 2
     for (int64_t k = threadIdx.x; k < d; k += kThreads)
       o[k] = from_compute<Tin>(a * (g[k] - c * static_cast<T>(to_double<Tin>(xr[k * sd]))));
   } else {
-    const T a = static_cast<T>(f * s / eps);
+    const T a = static_cast<T>(f * s * inv_eps);
     for (int64_t k = threadIdx.x; k < d; k += kThreads) o[k] = from_compute<Tin>(a * g[k]);
   }
 }
@@ -605,7 +612,7 @@ std::vector<at::Tensor> finish(std::vector<at::Tensor>& graw, const Prepared& p,
     launch(normalize_backward_kernel<Tin>, dim3(static_cast<unsigned>(info.N * v.size(1))), dim3(kThreads), stream,
            graw[m].const_data_ptr<Cmp<Tin>>(), reinterpret_cast<const Tin*>(v.const_data_ptr<T>()), v.stride(0),
            v.stride(1), v.stride(2), v.size(1), info.d, p.norms[m].const_data_ptr<Cmp<Tin>>(),
-           p.scales[m].const_data_ptr<Cmp<Tin>>(), factor.const_data_ptr<Cmp<Tin>>(), eps,
+           p.scales[m].const_data_ptr<Cmp<Tin>>(), factor.const_data_ptr<Cmp<Tin>>(), eps, eps > 0 ? 1.0 / eps : 0.0,
            reinterpret_cast<Tin*>(out.mutable_data_ptr<T>()));
     grads.push_back(out.view(feats[m].sizes()));
   }
