@@ -51,6 +51,7 @@ gpu-static: $(VENV)/.deps
 	@ls mtut_ops/_C*.so > /dev/null 2>&1 || $(MAKE) build
 	@if [ "$$FORCE_CUDA" = 1 ]; then $(PY) tools/cuda_static.py mtut_ops/_C*.so; \
 	 else echo "gpu-static: no CUDA toolkit here: the CUDA kernels are not checked"; fi
+	$(PY) tools/triton_static.py -j $(MAX_JOBS)
 
 # On a machine with a GPU: build for it, the GPU tests and every op test on cuda and triton,
 # the benchmarks; results and a log in bench/results/ (tools/gpu_check.sh; under 8 minutes

@@ -29,6 +29,10 @@ inputs: the direct algorithm's left operand x s^2; fp32 inputs with TF32 allowed
 operand), their S is compared with the exact S of those operands (``cuda_operand_sqdist``)
 under the float32 bound above.
 
+The triton kernels round differently: they stage the normalized rows x s themselves in the
+operand type (float16, bfloat16 or TF32) and run every product on them, so their S is
+compared with the exact S of those staged rows (``staged_rows``, ``exact_sqdist``).
+
 Rounded backward operands (bf16 inputs on cuda): dL/dXh_m is a sum of products, each with
 one operand rounded to bf16 (relative u16 = 2^-8): gram, T_n = c_mn G_mn Xh_n (one product
 per n, the coefficient-weighted block rounded), so |dT_n| <= u16 |c_mn| |G_mn| |Xh_n|;
@@ -161,3 +165,23 @@ def bf16_backward_bound(feats: list[torch.Tensor], weight: torch.Tensor, algo: s
         bound = (e + xh[m].abs() * e.norm(dim=-1, keepdim=True)) / r[m].clamp_min(eps)
         out.append(bound.reshape(feats[m].shape))
     return out
+
+
+def staged_rows(f: torch.Tensor, stage, eps: float = 1e-8) -> torch.Tensor:
+    """The [N, C, d] rows as the triton kernels stage them (mtut_ops/triton/_common.py:
+    _stage_rows): x * s in float32, s = 1 / max(||x||, eps) from a float64 sum rounded to
+    float32, then rounded to the operand type (torch.float16, torch.bfloat16, "tf32" (nearest,
+    ties away) or torch.float32 (none)); float64 inputs are normalized in float64. float64."""
+    x = f.reshape(f.shape[0], f.shape[1], -1)
+    if f.dtype == torch.float64:
+        return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+    s = (1 / x.double().norm(dim=-1, keepdim=True).clamp_min(eps)).float()
+    v = x.float() * s
+    if stage == "tf32":
+        return tf32(v).double()
+    return v.to(stage).double()
+
+
+def exact_sqdist(rows: list[torch.Tensor]) -> torch.Tensor:
+    """S (float64) of the given rows [N, C_m, d] as they are, without normalizing them again."""
+    return _sqdist_of([r.transpose(1, 2) @ r for r in rows])

@@ -150,10 +150,113 @@ def test_op_decomposes_into_kernel_launches(algo):
     fwd = launched(lambda f: torch.ops.mtut.triton_sqdist_forward(f, 1e-8, algo, True, True), feats)
     bwd = launched(lambda f, s, w: torch.ops.mtut.triton_sqdist_backward(f, s, w, 1e-8, algo, [True, True]),
                    feats, saved, weight)
+    stage = ["_stage_rows"] * 2  # one launch per modality: normalized rows in the operand type
     if algo == "direct":
-        assert fwd == ["_direct_forward"] and bwd == ["_direct_backward"]
+        assert fwd == stage + ["_direct_forward"] and bwd == stage + ["_direct_backward"]
     else:
-        assert fwd == ["_gram_forward"] and bwd == ["_gram_coef", "_gram_apply"]
+        assert fwd == stage + ["_gram_forward"] and bwd == stage + ["_gram_coef", "_gram_apply"]
+
+
+def _fake_cuda(mode, shape, dtype=torch.float32):
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return FakeTensor(mode, torch.empty(shape, dtype=dtype, device="meta"), torch.device("cuda", 0))
+
+
+def _launches(gm) -> list:
+    """(kernel name, its constant arguments) of every triton launch in a traced graph."""
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+
+    out = []
+    for node in gm.graph.nodes:
+        if node.target is torch.ops.higher_order.triton_kernel_wrapper_functional:
+            kernel = kernel_side_table.get_kernel(node.kwargs["kernel_idx"])
+            consts = {k: v for k, v in node.kwargs["kwargs"].items() if not isinstance(v, torch.fx.Node)}
+            out.append((getattr(kernel, "fn", kernel).__name__, consts))
+    return out
+
+
+@pytest.fixture
+def tf32_state():
+    b = torch.backends
+    before = (b.fp32_precision, b.cuda.matmul.fp32_precision, b.mkldnn.matmul.fp32_precision)
+    yield
+    b.fp32_precision, b.cuda.matmul.fp32_precision, b.mkldnn.matmul.fp32_precision = before
+
+
+@registered_ops
+@pytest.mark.parametrize("algo", ["direct", "gram"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_op_traced_operand_type_follows_dtype_and_tf32_switch(algo, dtype, tf32_state):
+    """What a compiled graph launches: every GEMM kernel gets the operand type of the
+    inputs' dtype (PRECISION "tf32" only for float32 while torch allows TF32; the staged
+    rows' ROUND code), as torch's switch stands when the graph is traced."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch._subclasses.functional_tensor import dispatch_functionalize
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    for tf32 in (False, True):
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        mode = FakeTensorMode()
+        feats = [_fake_cuda(mode, (2, c, 4, 5), dtype) for c in (3, 5)]
+        weight = _fake_cuda(mode, (2, 2, 2), torch.float64 if dtype == torch.float64 else torch.float32)
+        saved = _fake_cuda(mode, (0,))
+
+        def step(f, w):
+            S = torch.ops.mtut.triton_sqdist_forward(f, 1e-8, algo, True, True)[0]
+            return S, torch.ops.mtut.triton_sqdist_backward(f, saved, w, 1e-8, algo, [True, True])
+
+        with mode:
+            gm = make_fx(dispatch_functionalize(step))(feats, weight)
+        launches = _launches(gm)
+        want_mode = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "tf32" if tf32 and dtype == torch.float32
+                                                                         else "ieee")
+        round_code = {"ieee": 0, "fp16": 1, "bf16": 2, "tf32": 3}[want_mode]
+        gemms = [(name, c) for name, c in launches if name != "_stage_rows"]
+        assert len(gemms) == (2 if algo == "direct" else 3), launches
+        for name, consts in launches:
+            if name == "_stage_rows":
+                assert consts["ROUND"] == round_code, (name, consts)
+                continue
+            assert consts["PRECISION"] == ("tf32" if want_mode == "tf32" else "ieee"), (name, consts)
+            assert consts["UPCAST"] is False
+            if "ROUND" in consts:
+                assert consts["ROUND"] == round_code, (name, consts)
+            if "SCALED" in consts:
+                assert consts["SCALED"] == (want_mode == "fp16"), (name, consts)
+
+
+@registered_ops
+def test_op_compiled_graph_recompiles_when_tf32_switch_flips(tf32_state):
+    """A compiled graph bakes in the operand type when it is traced; dynamo's global-state
+    guard covers torch's TF32 switch, so flipping it between calls recompiles (and flipping
+    it back reuses the first graph) instead of running the stale choice."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    torch._dynamo.reset()
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward  # runs on the fake tensors: nothing is launched
+
+    mode = FakeTensorMode()
+    feats = [_fake_cuda(mode, (2, c, 6)) for c in (3, 5)]
+    step = torch.compile(lambda fs: mtut_ops.pairwise_sqdist(fs, algo="gram", backend="triton"), fullgraph=True,
+                         backend=backend)
+    with mode:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        step(feats)
+        step(feats)
+        assert len(graphs) == 1
+        torch.backends.cuda.matmul.allow_tf32 = True
+        step(feats)
+        assert len(graphs) == 2  # the guard failed: traced again, under the new setting
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+        step(feats)
+        torch.set_float32_matmul_precision("high")
+        step(feats)
+        assert len(graphs) == 2  # both settings have their graph
 
 
 @registered_ops

@@ -1,13 +1,11 @@
 """The gram algorithm (DESIGN.md §2) in triton: S_mn = ||G_mm||^2 - 2 ||G_mn||^2 + ||G_nn||^2.
 
 All modalities share one stacked Gram matrix G = Xh Xh^T over the C = sum_m C_m channel
-rows, whose (m, n) block is G_mn (C_m x C_n). The kernels compute it in BLOCK_C x BLOCK_C
-tiles, with the dot over the d positions in BLOCK_K steps.
-
-The normalization scale factors out of G: G[r, c] = inv_r inv_c sum_t x_rt x_ct, so the
-dot runs on the raw rows in their own dtype (float16/bfloat16 tensor cores, exact
-products, float32 accumulation; float32 and float64 as they are), and the tile is scaled
-afterwards.
+rows, whose (m, n) block is G_mn (C_m x C_n). The kernels compute it from the staged
+stack z (``_common.pack``: normalized rows in the operand type) in BLOCK_C x BLOCK_C
+tiles, with the dot over the d positions in BLOCK_K steps: a plain GEMM mainloop
+(tensor cores for float16/bfloat16/TF32 operands with float32 accumulation, fp64 tensor
+cores for float64, exact fp32 FMA otherwise).
 
 Forward: one program per (tile, sample, block (m, n) with m <= n) squares its tile of
 G_mn and sums it in float64 (S is a difference of norms of size up to C^2: the norms
@@ -23,7 +21,15 @@ modality m is 4 (a_m G_mm Xh_m - sum_n w_mn G_mn Xh_n), a_m = sum_{n != m} w_mn:
 product H Xh with H = coef o G, coef(m, m) = 4 a_m and coef(m, n) = -4 w_mn. A first
 kernel writes H (C x C per sample, never d x d) from the upper tiles of the stacked G
 (tiles may straddle modalities there: each entry looks up its coefficient); a second
-one multiplies it into the rows, one output tile per program, summing in a fixed order.
+one multiplies it into the staged rows, one output tile per program, summing in a fixed
+order.
+
+H is the first operand of that GEMM, so it is stored in the operand type. Its entries
+carry the weights (easily 1e-9 and below, under float16's range): for float16 each row
+block m of coef is divided by a power of two sigma_m with max_n |coef(m, n)| < sigma_m
+<= 2 max_n |coef(m, n)| (torch.frexp: exact), so |H / sigma| <= max |G| <= 1 (unit rows)
+and rounding it to float16 costs u |H| + 2^-25 sigma_m elementwise (u = 2^-11); the
+product is multiplied back by sigma_m (exact). bfloat16 and TF32 need no scale.
 """
 from __future__ import annotations
 
@@ -32,22 +38,27 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._common import INTERPRETED, Packed, dot_precision, launchers, min_block, on_device
+from ._common import Packed, configs, dot_precision, launcher_kind, launchers, min_block, on_device, padded, round_operand
 
-_CONFIGS = [
-    triton.Config({"BLOCK_C": bc, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-    for bc, bk, w, s in [(32, 32, 4, 2), (32, 64, 4, 3), (64, 32, 4, 3), (64, 64, 8, 3)]
-]
-_FP64_CONFIG = triton.Config({"BLOCK_C": 32, "BLOCK_K": 32}, num_warps=4, num_stages=2)
+# (BLOCK_C, BLOCK_K, num_warps, num_stages) per kind of operand; each free of spills and
+# within shared memory on sm_80 and sm_90 (tools/triton_static.py)
+_CONFIGS = configs(("BLOCK_C", "BLOCK_K"), {
+    "tc16": [(64, 32, 4, 4), (64, 64, 4, 3), (128, 32, 8, 3), (128, 64, 8, 3)],
+    "tf32": [(64, 32, 4, 4), (64, 32, 8, 3), (128, 32, 8, 2)],
+    "ieee": [(32, 32, 4, 2), (32, 64, 4, 2), (64, 16, 8, 2)],
+    "fp64": [(32, 32, 4, 2)],
+})
 _INTERPRETED_CONFIG = triton.Config({"BLOCK_C": 16, "BLOCK_K": 16})
 
 
 @triton.jit
-def _g_tile(z, inv, offs_r, offs_c, mask_r, mask_c, d,
+def _g_tile(z, offs_r, offs_c, mask_r, mask_c, d,
             BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """G[R, Cc] = inv_R inv_Cc sum_t x[R, t] x[Cc, t] for one sample (z, inv)."""
-    acc_ty = inv.dtype.element_ty
-    acc = tl.zeros((BLOCK_C, BLOCK_C), dtype=acc_ty)
+    """G[R, Cc] = sum_t z[R, t] z[Cc, t] for one sample's staged rows; float64 for float64 operands, else float32."""
+    if z.dtype.element_ty == tl.float64:
+        acc = tl.zeros((BLOCK_C, BLOCK_C), dtype=tl.float64)
+    else:
+        acc = tl.zeros((BLOCK_C, BLOCK_C), dtype=tl.float32)
     rows_r = z + offs_r[:, None].to(tl.int64) * d
     rows_c = z + offs_c[:, None].to(tl.int64) * d
     for k0 in range(0, d, BLOCK_K):
@@ -56,17 +67,15 @@ def _g_tile(z, inv, offs_r, offs_c, mask_r, mask_c, d,
         a = tl.load(rows_r + offs_k[None, :], mask=mask_r[:, None] & mask_k[None, :], other=0.0)
         b = tl.load(rows_c + offs_k[None, :], mask=mask_c[:, None] & mask_k[None, :], other=0.0)
         if UPCAST:
-            a = a.to(acc_ty)
-            b = b.to(acc_ty)
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
         acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
-    s_r = tl.load(inv + offs_r, mask=mask_r, other=0.0)
-    s_c = tl.load(inv + offs_c, mask=mask_c, other=0.0)
-    return acc * s_r[:, None] * s_c[None, :]
+    return acc
 
 
 @triton.jit
-def _gram_forward(z, inv, offsets, blocks, partial, d, C, C_max, n_slots,
-                         BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _gram_forward(z, offsets, blocks, partial, d, C, C_max, n_slots,
+                  BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """partial[b, q, tile] = ||tile (ta, tb) of the block G_mn||^2 for block q = (m, n), m <= n."""
     tile = tl.program_id(0)
     b = tl.program_id(1)
@@ -83,17 +92,19 @@ def _gram_forward(z, inv, offsets, blocks, partial, d, C, C_max, n_slots,
     if (r_start < r_end) & (c_start < c_end):  # the tile grid is sized for the widest modality
         offs_r = r_start + tl.arange(0, BLOCK_C)
         offs_c = c_start + tl.arange(0, BLOCK_C)
-        g = _g_tile(z + b.to(tl.int64) * C * d, inv + b * C, offs_r, offs_c, offs_r < r_end, offs_c < c_end, d,
+        g = _g_tile(z + b.to(tl.int64) * C * d, offs_r, offs_c, offs_r < r_end, offs_c < c_end, d,
                     BLOCK_C, BLOCK_K, PRECISION, UPCAST).to(tl.float64)
         slot = partial + (b * tl.num_programs(2) + q).to(tl.int64) * n_slots + tile
         tl.store(slot, tl.sum(tl.sum(g * g, axis=1), axis=0))
 
 
 @triton.jit
-def _gram_coef(z, inv, modality, needed, coef, h, d, C, M,
-                      BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """h[b, r, c] = coef[b, mod(r), mod(c)] * G[r, c] * inv_c, from the upper tiles of G (both halves stored),
-    for the tiles that hold a row or column of a modality with needed[m] (only such rows of h are read)."""
+def _gram_coef(z, modality, needed, coef, h, d, C, ldh, M,
+               BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+               ROUND: tl.constexpr):
+    """h[b, r, c] = coef[b, mod(r), mod(c)] * G[r, c] in the operand type, from the upper tiles of G (both
+    halves stored), for the tiles that hold a row or column of a modality with needed[m] (only such rows of h
+    are read)."""
     tile = tl.program_id(0)
     b = tl.program_id(1)
     n_tiles = tl.cdiv(C, BLOCK_C)
@@ -108,48 +119,53 @@ def _gram_coef(z, inv, modality, needed, coef, h, d, C, M,
     need = tl.sum(tl.load(needed + mod_r, mask=mask_r, other=0)) + tl.sum(tl.load(needed + mod_c, mask=mask_c, other=0))
     if (ti <= tj) & (need > 0):
         mask = mask_r[:, None] & mask_c[None, :]
-        inv_b = inv + b * C
-        g = _g_tile(z + b.to(tl.int64) * C * d, inv_b, offs_r, offs_c, mask_r, mask_c, d,
+        g = _g_tile(z + b.to(tl.int64) * C * d, offs_r, offs_c, mask_r, mask_c, d,
                     BLOCK_C, BLOCK_K, PRECISION, UPCAST)
-        s_r = tl.load(inv_b + offs_r, mask=mask_r, other=0.0)
-        s_c = tl.load(inv_b + offs_c, mask=mask_c, other=0.0)
         coef_b = coef + b * M * M
-        h_b = h + b.to(tl.int64) * C * C
+        h_b = h + b.to(tl.int64) * C * ldh
         # A zero weight contributes exactly nothing, even where G is not finite.
         k = tl.load(coef_b + mod_r[:, None] * M + mod_c[None, :], mask=mask, other=0.0)
-        tl.store(h_b + offs_r[:, None] * C + offs_c[None, :], tl.where(k != 0, k * g * s_c[None, :], 0.0), mask=mask)
+        v = round_operand(tl.where(k != 0, k * g, 0.0), ROUND, False)
+        tl.store(h_b + offs_r[:, None] * ldh + offs_c[None, :], v, mask=mask)
         if ti < tj:  # the mirror tile: G[c, r] = G[r, c]
             k_t = tl.load(coef_b + mod_c[:, None] * M + mod_r[None, :], mask=tl.trans(mask), other=0.0)
-            g_t = tl.trans(g)
-            tl.store(h_b + offs_c[:, None] * C + offs_r[None, :], tl.where(k_t != 0, k_t * g_t * s_r[None, :], 0.0),
-                     mask=tl.trans(mask))
+            v_t = round_operand(tl.where(k_t != 0, k_t * tl.trans(g), 0.0), ROUND, False)
+            tl.store(h_b + offs_c[:, None] * ldh + offs_r[None, :], v_t, mask=tl.trans(mask))
 
 
 @triton.jit
-def _gram_apply(z, h, modality, needed, out, d, C,
-                       BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
-    """out[b, R, K] = sum_c h[b, R, c] x[b, c, K]  (= sum_c coef G[R, c] xh[c, K]), for the row
-    tiles that hold a row of a modality with needed[m] (the others' rows are never read)."""
+def _gram_apply(z, h, sigma, modality, needed, out, d, C, ldh, M,
+                BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                SCALED: tl.constexpr):
+    """out[b, R, K] = sigma[b, mod(R)] sum_c h[b, R, c] z[b, c, K]  (= sum_c coef G[R, c] xh[c, K]), for
+    the row tiles that hold a row of a modality with needed[m] (the others' rows are never read).
+    h's rows are ldh long (C rounded up to 16, zeros beyond C): the loop over c runs to ldh, so
+    that its loads of h are aligned and unmasked along c (the rows of z beyond C read as 0)."""
     tr = tl.program_id(0)
     tk = tl.program_id(1)
     b = tl.program_id(2)
-    acc_ty = h.dtype.element_ty
     offs_r = tr * BLOCK_C + tl.arange(0, BLOCK_C)
     offs_k = tk * BLOCK_K + tl.arange(0, BLOCK_K)
     mask_r = offs_r < C
     mask_k = offs_k < d
-    need = tl.sum(tl.load(needed + tl.load(modality + offs_r, mask=mask_r, other=0), mask=mask_r, other=0))
+    mod_r = tl.load(modality + offs_r, mask=mask_r, other=0)
+    need = tl.sum(tl.load(needed + mod_r, mask=mask_r, other=0))
     if need > 0:
         z_b = z + b.to(tl.int64) * C * d
-        h_rows = h + b.to(tl.int64) * C * C + offs_r[:, None] * C
-        acc = tl.zeros((BLOCK_C, BLOCK_K), dtype=acc_ty)
-        for c0 in range(0, C, BLOCK_C):
+        h_rows = h + b.to(tl.int64) * C * ldh + offs_r[:, None] * ldh
+        acc = tl.zeros((BLOCK_C, BLOCK_K), dtype=out.dtype.element_ty)
+        for c0 in range(0, ldh, BLOCK_C):
             offs_c = c0 + tl.arange(0, BLOCK_C)
             mask_c = offs_c < C
-            hh = tl.load(h_rows + offs_c[None, :], mask=mask_r[:, None] & mask_c[None, :], other=0.0)
+            hh = tl.load(h_rows + offs_c[None, :], mask=mask_r[:, None] & (offs_c < ldh)[None, :], other=0.0)
             x = tl.load(z_b + offs_c[:, None].to(tl.int64) * d + offs_k[None, :],
                         mask=mask_c[:, None] & mask_k[None, :], other=0.0)
-            acc = tl.dot(hh, x.to(acc_ty), acc, input_precision=PRECISION)
+            if UPCAST:
+                hh = hh.to(tl.float32)
+                x = x.to(tl.float32)
+            acc = tl.dot(hh, x, acc, input_precision=PRECISION)
+        if SCALED:
+            acc = acc * tl.load(sigma + b * M + mod_r, mask=mask_r, other=1.0)[:, None]
         tl.store(out + (b.to(tl.int64) * C + offs_r[:, None]) * d + offs_k[None, :], acc,
                  mask=mask_r[:, None] & mask_k[None, :])
 
@@ -161,21 +177,9 @@ def _modality_of_rows(pk: Packed) -> torch.Tensor:
 
 
 # reset_to_zero: a config with bigger tiles leaves the extra slots of a finer one alone.
-_gram_forward_kernel, _gram_forward_kernel_fp64 = launchers(
-    _gram_forward, _CONFIGS, _FP64_CONFIG, _INTERPRETED_CONFIG, key=["d", "C", "C_max"], reset_to_zero=["partial"]
-)
-_gram_coef_kernel, _gram_coef_kernel_fp64 = launchers(
-    _gram_coef, _CONFIGS, _FP64_CONFIG, _INTERPRETED_CONFIG, key=["d", "C", "M"]
-)
-_gram_apply_kernel, _gram_apply_kernel_fp64 = launchers(
-    _gram_apply, _CONFIGS, _FP64_CONFIG, _INTERPRETED_CONFIG, key=["d", "C"]
-)
-
-
-def _upcast(pk: Packed) -> bool:
-    """Upcast the dot operands to the compute dtype: only bfloat16 under the interpreter,
-    which stores bfloat16 as uint16 and multiplies those integers in its dot."""
-    return INTERPRETED and pk.z.dtype == torch.bfloat16
+_FORWARD = launchers(_gram_forward, _CONFIGS, _INTERPRETED_CONFIG, key=["d", "C", "C_max"], reset_to_zero=["partial"])
+_COEF = launchers(_gram_coef, _CONFIGS, _INTERPRETED_CONFIG, key=["d", "C", "M"])
+_APPLY = launchers(_gram_apply, _CONFIGS, _INTERPRETED_CONFIG, key=["d", "C", "M"])
 
 
 def gram_forward(pk: Packed) -> torch.Tensor:
@@ -183,7 +187,7 @@ def gram_forward(pk: Packed) -> torch.Tensor:
     info = pk.info
     C_max = max(info.channels)
     blocks = [(m, n) for m in range(info.M) for n in range(m, info.M)]  # m <= n
-    kernel = _gram_forward_kernel_fp64 if pk.inv.dtype == torch.float64 else _gram_forward_kernel
+    kernel = _FORWARD[launcher_kind(pk)]
     n_slots = triton.cdiv(C_max, min_block(kernel, "BLOCK_C")) ** 2
     partial = torch.zeros((info.N, len(blocks), n_slots), dtype=torch.float64, device=pk.z.device)
 
@@ -192,8 +196,8 @@ def gram_forward(pk: Packed) -> torch.Tensor:
 
     with on_device(pk.z):
         wrap_triton(kernel)[grid](
-            pk.z, pk.inv, pk.offsets_t, torch.tensor(blocks, dtype=torch.int32, device=pk.z.device), partial,
-            info.d, pk.C, C_max, n_slots, PRECISION=dot_precision(pk.z.dtype), UPCAST=_upcast(pk),
+            pk.z, pk.offsets_t, torch.tensor(blocks, dtype=torch.int32, device=pk.z.device), partial,
+            pk.ld, pk.C, C_max, n_slots, PRECISION=dot_precision(pk.mode), UPCAST=pk.upcast,
         )
     norms = partial.sum(-1)  # [N, blocks]: ||G_mn||^2
     q = {mn: i for i, mn in enumerate(blocks)}
@@ -203,35 +207,52 @@ def gram_forward(pk: Packed) -> torch.Tensor:
     return S.clamp_min(0)  # a difference of large terms; clamp_min keeps NaN
 
 
+def _row_scale(coef: torch.Tensor) -> torch.Tensor:
+    """[N, M]: a power of two sigma_m with max_n |coef(m, n)| < sigma_m <= 2 max_n |coef(m, n)|
+    (1 where that maximum is 0 or not finite; at most 2^127, float32's largest power of two)."""
+    amax = coef.abs().amax(-1)
+    _, expo = torch.frexp(amax)  # amax = f 2^expo, 0.5 <= f < 1
+    sigma = torch.ldexp(torch.ones_like(amax), expo.clamp(max=127))
+    return torch.where(torch.isfinite(amax) & (amax > 0), sigma, torch.ones_like(amax))
+
+
 def gram_backward(pk: Packed, weight: torch.Tensor, needs_grad) -> torch.Tensor:
     """The gradient into the stacked Xh: rows of modality m get sum_n weight[:, m, n] dS_mn/dXh_m,
-    for the modalities with needs_grad[m] (the other rows of the result are not computed). [N, C, d]."""
+    for the modalities with needs_grad[m] (the other rows of the result are not computed). [N, C, ld]."""
     info = pk.info
     C = pk.C
     w = weight.to(pk.inv.dtype)
     eye = torch.eye(info.M, dtype=torch.bool, device=w.device)
     w_off = w.masked_fill(eye, 0)  # the diagonal of the weight plays no part
-    coef = (torch.diag_embed(4.0 * w_off.sum(-1)) - 4.0 * w_off).contiguous()
-    h = torch.empty((info.N, C, C), dtype=pk.inv.dtype, device=pk.z.device)
-    out = torch.empty((info.N, C, info.d), dtype=pk.inv.dtype, device=pk.z.device)
+    coef = torch.diag_embed(4.0 * w_off.sum(-1)) - 4.0 * w_off
+    scaled = pk.mode == "fp16"
+    sigma = _row_scale(coef) if scaled else torch.ones(coef.shape[:2], dtype=coef.dtype, device=coef.device)
+    if scaled:
+        coef = coef / sigma[..., None]  # exact: powers of two
+    coef = coef.contiguous()
+    ldh = padded(C)
+    # the columns beyond C must be zeros (they meet masked rows of z); rows of modalities that need
+    # no gradient stay zero (their output rows are never read)
+    h = torch.zeros((info.N, C, ldh), dtype=pk.z.dtype, device=pk.z.device)
+    out = torch.empty((info.N, C, pk.ld), dtype=pk.inv.dtype, device=pk.z.device)
     modality = _modality_of_rows(pk)
     needed = torch.tensor(needs_grad, dtype=torch.int32, device=pk.z.device)
-    fp64 = pk.inv.dtype == torch.float64
-    coef_kernel = _gram_coef_kernel_fp64 if fp64 else _gram_coef_kernel
-    apply_kernel = _gram_apply_kernel_fp64 if fp64 else _gram_apply_kernel
+    kind = launcher_kind(pk)
 
     def coef_grid(meta):
         return (triton.cdiv(C, meta["BLOCK_C"]) ** 2, info.N)
 
     def apply_grid(meta):
-        return (triton.cdiv(C, meta["BLOCK_C"]), triton.cdiv(info.d, meta["BLOCK_K"]), info.N)
+        return (triton.cdiv(C, meta["BLOCK_C"]), triton.cdiv(pk.ld, meta["BLOCK_K"]), info.N)
 
+    precision = dot_precision(pk.mode)
     with on_device(pk.z):
-        wrap_triton(coef_kernel)[coef_grid](
-            pk.z, pk.inv, modality, needed, coef, h, info.d, C, info.M, PRECISION=dot_precision(pk.z.dtype),
-            UPCAST=_upcast(pk),
+        wrap_triton(_COEF[kind])[coef_grid](
+            pk.z, modality, needed, coef, h, pk.ld, C, ldh, info.M, PRECISION=precision, UPCAST=pk.upcast,
+            ROUND=pk.round_code,
         )
-        wrap_triton(apply_kernel)[apply_grid](
-            pk.z, h, modality, needed, out, info.d, C, PRECISION=dot_precision(pk.inv.dtype),
+        wrap_triton(_APPLY[kind])[apply_grid](
+            pk.z, h, sigma.contiguous(), modality, needed, out, pk.ld, C, ldh, info.M, PRECISION=precision,
+            UPCAST=pk.upcast, SCALED=scaled,
         )
     return out
