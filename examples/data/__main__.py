@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--clips-per-class", type=int, default=d.clips_per_class, help="clips of each class")
     s.add_argument("--subjects", type=int, default=d.subjects, help="number of subjects")
     s.add_argument("--test-subjects", type=int, default=d.test_subjects, help="subjects held out for the test list")
+    s.add_argument("--first-subject", type=int, default=d.first_subject,
+                   help="number of the first subject (a pretext dataset takes a range disjoint from the target's)")
     s.add_argument("--frames", type=int, default=d.frames, help="mean gesture (valid window) length in frames")
     s.add_argument("--size", type=_size, default=f"{d.width}x{d.height}", metavar="WxH",
                    help="frame size (the real sensors are 320x240)")
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "make-synthetic":
             cfg = SyntheticConfig(classes=args.classes, clips_per_class=args.clips_per_class, subjects=args.subjects,
-                                  test_subjects=args.test_subjects, frames=args.frames, width=args.size[0],
+                                  test_subjects=args.test_subjects, first_subject=args.first_subject, frames=args.frames, width=args.size[0],
                                   height=args.size[1], rgb_difficulty=args.rgb_difficulty, codec=args.codec,
                                   rgb_hard_p=args.rgb_hard_p, rgb_hard_strength=args.rgb_hard_strength,
                                   seed=args.seed)

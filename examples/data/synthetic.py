@@ -95,9 +95,13 @@ class SyntheticConfig:
 
     Attributes:
         classes: 1-based NVGesture classes to generate.
-        clips_per_class: clips of each class; clip i is subject ``i % subjects + 1``,
+        clips_per_class: clips of each class; clip i is subject ``first_subject + i % subjects``,
             repetition ``i // subjects``.
         subjects: number of subjects; the last ``test_subjects`` form the test split.
+        first_subject: the first subject's number (subjects are ``first_subject`` ..
+            ``first_subject + subjects - 1``); a subject's look depends on its number and
+            the seed only, so datasets with disjoint ranges share no subject (a pretext
+            dataset beside a target one).
         test_subjects: subjects held out for the test list.
         frames: mean gesture (valid window) length; each clip varies it by its speed.
         width, height: frame size of every video.
@@ -115,6 +119,7 @@ class SyntheticConfig:
     clips_per_class: int = 30
     subjects: int = 10
     test_subjects: int = 3
+    first_subject: int = 1
     frames: int = 32
     width: int = 160
     height: int = 120
@@ -132,6 +137,8 @@ class SyntheticConfig:
         if self.subjects < 2 or not 1 <= self.test_subjects < self.subjects:
             raise ValueError(f"need subjects >= 2 and 1 <= test_subjects < subjects, got {self.subjects}, "
                              f"{self.test_subjects}")
+        if self.first_subject < 1:
+            raise ValueError(f"first_subject must be >= 1, got {self.first_subject}")
         if self.clips_per_class < 1:
             raise ValueError(f"clips_per_class must be >= 1, got {self.clips_per_class}")
         if self.frames < 4:
@@ -521,9 +528,9 @@ def generate(out: str | Path, cfg: SyntheticConfig = SyntheticConfig(), *, progr
     boxes: dict[str, list[float]] = {}
     frame_boxes: dict[str, list] = {}
     hard: dict[str, bool] = {}
-    jobs = [(label, i % cfg.subjects + 1, i // cfg.subjects)
+    jobs = [(label, cfg.first_subject + i % cfg.subjects, i // cfg.subjects)
             for label in sorted(cfg.classes) for i in range(cfg.clips_per_class)]
-    first_test = cfg.subjects - cfg.test_subjects + 1
+    first_test = cfg.first_subject + cfg.subjects - cfg.test_subjects
     for label, subject, rep in tqdm(jobs, desc="synthetic", unit="clip", disable=not progress):
         clip = render_clip(cfg, label, subject, rep)
         rel = f"Video_data/class_{label:02d}/subject{subject}_r{rep}"

@@ -1,8 +1,13 @@
-"""Command line of the paired study: ``python -m examples.study {pair,aggregate} ...``.
+"""Command line of the paired study: ``python -m examples.study {pretext,pair,aggregate} ...``.
+
+    # the pretext network (RGB, other classes and subjects than the target's), trained once
+    python -m examples.study pretext --data-root runs/study/pretext-data --target-root runs/study/data \
+        --out runs/study/pretext --preset cpu-pretext
 
     # one SSA-off trunk per seed to the branch epoch, then the SSA-on and SSA-off arms
-    python -m examples.study pair --data-root runs/study/data --out runs/study/val --preset cpu-small \\
-        --val-subjects 2 --no-eval-test --seeds 0 1 2 --arms ssa_off ssa_on
+    python -m examples.study pair --data-root runs/study/data --out runs/study/val --preset cpu-study \\
+        --pretrained runs/study/pretext/pretext_rgb.pth --val-subjects 2 --no-eval-test --seeds 0 1 2 \\
+        --arms ssa_off ssa_on
     # the paired table, the statistics and the plot
     python -m examples.study aggregate runs/study/val --split val --out runs/study/val/aggregate
 
@@ -25,9 +30,10 @@ if __package__ in (None, ""):  # run by path: make the repository root importabl
 
 from examples.study.aggregate import aggregate, format_test  # noqa: E402
 from examples.study.pairs import ARMS, BASELINE, DEFAULT_ARMS, run_pair  # noqa: E402
+from examples.study.pretext import train_pretext  # noqa: E402
 from examples.training.config import build_parser, config_from_args  # noqa: E402
 
-COMMANDS = ("pair", "aggregate")
+COMMANDS = ("pretext", "pair", "aggregate")
 
 
 def pair_parser() -> argparse.ArgumentParser:
@@ -66,6 +72,35 @@ def pair_main(argv: list[str]) -> int:
     except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     print(f"paired study: {len(args.seeds)} seed(s) in {(time.perf_counter() - started) / 60:.1f} min under {base.out}")
+    return 0
+
+
+def pretext_parser() -> argparse.ArgumentParser:
+    p = build_parser()
+    p.prog = "python -m examples.study pretext"
+    p.description = ("Train the study's pretext network once: an RGB I3D on a dataset that shares no class and no "
+                     "subject with the target dataset (checked from both list files), exported as "
+                     "OUT/pretext_rgb.pth for --pretrained (both networks of every target run). Re-running reuses "
+                     "or resumes it.")
+    p.add_argument("--target-root", required=True,
+                   help="the target dataset (its list files' labels and subjects are read, never its clips)")
+    return p
+
+
+def pretext_main(argv: list[str]) -> int:
+    parser = pretext_parser()
+    args = parser.parse_args(argv)
+    if args.resume:
+        parser.error("--resume: the pretext command always continues what it finds in --out")
+    if args.modalities is None:
+        args.modalities = ["rgb"]
+    try:
+        cfg = config_from_args(args)
+        started = time.perf_counter()
+        train_pretext(cfg, args.target_root)
+    except (ValueError, FileNotFoundError) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    print(f"pretext: {(time.perf_counter() - started) / 60:.1f} min")
     return 0
 
 
@@ -123,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip() + f"\n\ncommands: {', '.join(COMMANDS)} (COMMAND --help for its options)",
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    return pair_main(argv[1:]) if argv[0] == "pair" else aggregate_main(argv[1:])
+    return {"pretext": pretext_main, "pair": pair_main, "aggregate": aggregate_main}[argv[0]](argv[1:])
 
 
 if __name__ == "__main__":

@@ -144,6 +144,24 @@ MMPOSE_112_BOX_FPS15 = dict(  # i3d_nvgesture_bbox_112x112_fps15.py: reported RG
     lambda_=1e-3, frames=16, fps=15.0, size=112, resize=None, box_pipeline="mmpose", box_scale=(0.8, 1.25),
     box_ratio=(0.75, 1.33), box_shift=0.3, color_jitter=(0.4, 0.3))
 
+# The recipe's schedule (mmpose's 224x224 NVGesture MTUT config): 75 epochs, the LR divided
+# by 10 after epochs 30 and 50, SSA from epoch 61, i.e. after 40%, 67% and 80% of the run.
+RECIPE_EPOCHS, RECIPE_LR_STEPS, RECIPE_SSA_START = 75, (30, 50), 61
+
+
+def recipe_schedule(epochs: int) -> dict:
+    """The recipe's fit-then-align schedule scaled to ``epochs``: ``{"epochs",
+    "lr_steps", "ssa_start"}`` with the LR steps and the SSA start (after 80% of the run,
+    once both networks fit their training clips at the lowest LR) at the recipe's
+    proportions, rounded to whole epochs. ``recipe_schedule(75)`` is the recipe;
+    ``recipe_schedule(15)`` is (6, 10) and SSA from epoch 13."""
+    if epochs < 5:
+        raise ValueError(f"the recipe's schedule needs >= 5 epochs (two LR steps and an SSA phase), got {epochs}")
+    steps = tuple(max(1, round(s * epochs / RECIPE_EPOCHS)) for s in RECIPE_LR_STEPS)
+    ssa_start = round((RECIPE_SSA_START - 1) * epochs / RECIPE_EPOCHS) + 1
+    return {"epochs": epochs, "lr_steps": steps, "ssa_start": ssa_start}
+
+
 PRESETS: dict[str, dict] = {
     # the TrainConfig defaults: mmpose's 224x224 recipe without hand boxes
     "full": {},
@@ -159,6 +177,27 @@ PRESETS: dict[str, dict] = {
     "cpu-small": dict(
         epochs=14, batch_size=8, lr=1e-2, lr_steps=(10,), ssa_start=8, ssa_endpoints=("Mixed_4f",), width=0.25,
         frames=16, test_frames=16, size=64, resize=72, fps=15.0, cache=True, workers=0, eval_every=0,
+        device="cpu",
+    ),
+    # The paired study's regime in miniature on a 2-core CPU (docs/study/design.md): the
+    # cpu-small network and clips without hand boxes, the recipe's fit-then-align
+    # schedule in 15 epochs (lr 1e-2, 1e-3 after epoch 6, 1e-4 after epoch 10, SSA from
+    # epoch 13 of 15), SSA at Mixed_3c (8x8x8 positions at 64x64: spatial extent to align)
+    # with lambda 5e-2, the recipe's 5e-3 rescaled by the channels per position C/d that
+    # set the "rms" distance's size (recipe Mixed_5c 1024/392, here 120/512), an
+    # evaluation every epoch. Start both networks from a pretext network (``python -m
+    # examples.study pretext``, then --pretrained PRETEXT/pretext_rgb.pth); lambda, the
+    # SSA endpoint and the branch epoch are chosen on validation (docs/study/design.md).
+    "cpu-study": dict(
+        **recipe_schedule(15), batch_size=8, lr=1e-2, lambda_=5e-2, ssa_endpoints=("Mixed_3c",), width=0.25, frames=16,
+        test_frames=16, size=64, resize=72, fps=15.0, cache=True, workers=0, eval_every=1, device="cpu",
+    ),
+    # The pretext network of the study (a stand-in for the recipe's Kinetics weights): the
+    # cpu-study network, RGB alone, trained on other classes and subjects than the
+    # target's (examples/study/pretext.py), with the recipe's LR steps in 10 epochs.
+    "cpu-pretext": dict(
+        epochs=10, lr_steps=recipe_schedule(10)["lr_steps"], batch_size=8, lr=1e-2, modalities=("rgb",), ssa=False,
+        width=0.25, frames=16, test_frames=16, size=64, resize=72, fps=15.0, cache=True, workers=0, eval_every=0,
         device="cpu",
     ),
 }
@@ -188,8 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--out", help="run folder: checkpoints, metrics, plots (default runs/nvgesture)")
     a("--preset", choices=list(PRESETS),
       help="settings to start from: 'full' = 'mmpose-224' (mmpose's 224x224 recipe without boxes), "
-           "'mmpose-224-box', 'mmpose-112-box-fps15' (mmpose's hand-box recipes; GPU), or 'cpu-small' "
-           "(minutes on a CPU)")
+           "'mmpose-224-box', 'mmpose-112-box-fps15' (mmpose's hand-box recipes; GPU), 'cpu-small' "
+           "(minutes on a CPU), 'cpu-study' (the paired study's fit-then-align regime on a CPU) or 'cpu-pretext' "
+           "(its pretext network)")
     a("--modalities", nargs="+", metavar="M", help=f"modalities, one I3D each ({', '.join(MODALITIES)}); "
       "one modality = unimodal baseline (default rgb depth)")
     g = p.add_argument_group("optimization")
