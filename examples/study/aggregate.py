@@ -187,14 +187,17 @@ TESTED = (("gain", "overall gain"), ("hard_gain", "gain on RGB-hard clips"), ("e
 def aggregate(roots: Sequence[str | Path], out: str | Path, *, split: str = "test", epoch: int | str = "last",
               baseline: str = BASELINE, arms: Sequence[str] | None = None, modality: str | None = None,
               hard_clips: str | Path | None = "auto", resamples: int = 10_000, bootstrap_seed: int = 0,
-              level: float = 0.95, plot: bool = True) -> dict:
+              level: float = 0.95, plot: bool = True, seeds: Sequence[int] | None = None) -> dict:
     """Read the runs under ``roots``, write the paired table, statistics and plot to
-    ``out``; returns ``stats.json``'s content.
+    ``out``; returns ``stats.json``'s content. ``seeds``: only these seeds (default:
+    every seed found).
 
     ``hard_clips``: the RGB-hard sidecar (a file, a dataset folder, ``"auto"``: the runs'
     ``data_root``, or ``None``: no hard/easy split).
     """
     runs = find_runs(roots)
+    if seeds is not None:
+        runs = {s: r for s, r in runs.items() if s in set(seeds)}
     if not runs:
         raise ValueError(f"no runs under {', '.join(map(str, roots))} (expected <root>/seed<S>/<arm>/)")
     found_arms = sorted({a for r in runs.values() for a in r if a != baseline})

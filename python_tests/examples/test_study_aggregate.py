@@ -129,3 +129,12 @@ def test_a_control_arm_is_paired_with_the_same_baseline(toy, tmp_path):
     shuffled = stats["tests"]["ssa_shuffled"]["gain"]
     assert shuffled["mean"] == 0 and math.isnan(shuffled["p_one_sided"]) and shuffled["zero"] == 5
     assert np.allclose([r["gain"] for r in stats["rows"] if r["arm"] == "ssa_on"], GAINS)
+
+
+def test_only_the_chosen_seeds(toy, tmp_path):
+    root, sidecar = toy
+    stats = aggregate([root], tmp_path / "agg", hard_clips=sidecar, resamples=200, plot=False, seeds=[0, 2, 5])
+    assert stats["seeds"] == [0, 2] and stats["incomplete_seeds"] == {5: ["ssa_on"]}
+    assert [r["gain"] for r in stats["rows"]] == pytest.approx([GAINS[0], GAINS[2]])
+    with pytest.raises(ValueError, match="no runs"):
+        aggregate([root], tmp_path / "none", hard_clips=None, plot=False, seeds=[9])
