@@ -1,19 +1,29 @@
-"""The MTUT demo: does multimodal training lift the RGB network? (``make demo``)
+"""The MTUT demo: a reduced run of the paired study (``make demo``).
 
-1. Writes the synthetic NVGesture-format dataset to ``<out>/data`` (once).
-2. For every seed, trains with the same budget (the ``cpu-small`` preset: same epochs,
-   batches, learning-rate schedule, RGB network):
-   * the unimodal baseline: the RGB I3D alone;
-   * MTUT: an RGB and a depth I3D together, with the SSA loss from the start epoch.
-3. Evaluates both RGB networks on the RGB test clips alone (MTUT's depth network is
-   not used for its RGB score), prints a table and writes ``results.json``,
-   ``results.md`` and ``demo.png``; every run folder also has its own metrics and plots.
+Does training the RGB network next to a depth network with the SSA loss lift the RGB
+network tested alone? The demo runs the study's design (docs/study/design.md) at a size
+a 2-core CPU finishes in minutes, and reports what so few seeds can and cannot say:
+
+1. Writes two synthetic NVGesture-format datasets (once): the *target* (8 classes, half
+   the clips RGB-hard: camouflaged hand, a skin-toned distractor, a lighting dip; depth
+   unchanged) and a *pretext* dataset of 8 other classes performed by other subjects.
+2. Trains the pretext RGB network once on the pretext data, cropped to the hand (a
+   stand-in for the recipe's Kinetics weights; ``examples/study/pretext.py``), and loads
+   it into both networks.
+3. For every seed, a paired run (``examples/study/pairs.py``) on the recipe's
+   fit-then-align schedule (``--preset cpu-study`` in 10 epochs, see ``DEMO_RUN``): the RGB
+   and depth networks train together with SSA off to the branch epoch, then continue
+   twice from that checkpoint, SSA off (its RGB network is the RGB-alone baseline) and
+   SSA on, on the same batches.
+4. Prints the paired table (RGB top-1 of both arms per seed, the gain, on RGB-hard and
+   easy clips), the mean gain with its 95% intervals, and a one-line reading; writes
+   ``results.md``, ``results.json`` and the aggregate's plot under ``<out>``.
 
 Finished runs are reused when the demo is run again (``--fresh`` retrains), and an
 interrupted run resumes from its last checkpoint.
 
-    python -m examples.demo                  # seed 0, about 10 minutes on a 2-core CPU
-    python -m examples.demo --seeds 0 1 2    # repeat over seeds
+    python -m examples.demo                  # seeds 0 and 1 (9-10 minutes on a shared 2-core CPU)
+    python -m examples.demo --seeds 0 1 2 3  # more pairs
 """
 
 from __future__ import annotations
@@ -23,7 +33,6 @@ import dataclasses
 import json
 import os
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,16 +42,32 @@ if __package__ in (None, ""):  # run by path (python examples/demo.py): make the
 
 import torch  # noqa: E402
 
-from examples.data import SyntheticConfig, generate
-from examples.data.synthetic import INFO_FILE
-from examples.training import PRESETS, TrainConfig, train
-from examples.training.checkpoint import CheckpointError, load_checkpoint
-from examples.training.engine import check_resumable
+from examples.data import SyntheticConfig, generate  # noqa: E402
+from examples.data.synthetic import INFO_FILE  # noqa: E402
+from examples.study.aggregate import aggregate, format_test  # noqa: E402
+from examples.study.pairs import run_pair  # noqa: E402
+from examples.study.pretext import pretext_data_config, train_pretext  # noqa: E402
+from examples.training import PRESETS, TrainConfig  # noqa: E402
+from examples.training.config import recipe_schedule  # noqa: E402
 
-# The demo's dataset, fixed across training seeds: the generator's defaults (8 classes,
-# 168 train / 72 test clips, 160x120, RGB clutter at the default difficulty, 0.5).
-RGB_DIFFICULTY = SyntheticConfig().rgb_difficulty
-RUNS = {"rgb": ("rgb",), "mtut": ("rgb", "depth")}
+# The target dataset: 8 classes x 16 clips of 8 subjects (2 test subjects): 96 train /
+# 32 test clips, half of them RGB-hard (the study's generator settings, fewer clips).
+DEMO_DATA = SyntheticConfig(clips_per_class=16, subjects=8, test_subjects=2, rgb_difficulty=0.5, rgb_hard_p=0.5,
+                            seed=0)
+# The pretext dataset: 8 other classes (motions and shapes the target does not have), 12
+# clips each from subjects 9..14 (80 train clips), no RGB-hard clips: generic footage.
+PRETEXT_CLASSES = (3, 4, 7, 8, 12, 16, 17, 19)
+PRETEXT_DATA = dataclasses.replace(pretext_data_config(DEMO_DATA, classes=PRETEXT_CLASSES, subjects=6,
+                                                       clips_per_class=12, test_subjects=1), rgb_hard_p=0.0)
+# The pretext network: the cpu-pretext network in 12 epochs (LR steps after 9 and 11): a
+# fast pretext, far weaker than the study's.
+PRETEXT_RUN = {**PRESETS["cpu-pretext"], "epochs": 12, "lr_steps": (9, 11)}
+# The paired runs: the cpu-study preset (its network and input, SSA at Mixed_3c) on the
+# recipe's schedule in 10 epochs instead of 15 (LR steps after 4 and 7, SSA from epoch 9;
+# the trunk is SSA-off to epoch 8), evaluated once, at the end.
+DEMO_RUN = {**PRESETS["cpu-study"], **recipe_schedule(10), "eval_every": 0}
+SEEDS = (0, 1)
+ARMS = ("ssa_off", "ssa_on")
 
 
 def ensure_data(root: Path, config: SyntheticConfig) -> None:
@@ -56,123 +81,125 @@ def ensure_data(root: Path, config: SyntheticConfig) -> None:
             return
         print(f"data: {root} was generated with other settings; regenerating")
         shutil.rmtree(root)
-    print(f"data: writing the synthetic NVGesture-format dataset to {root}")
-    summary = generate(root, config)
-    print(f"data: {summary['train']} train / {summary['test']} test clips in {summary['seconds']:.0f}s")
+    print(f"data: writing a synthetic NVGesture-format dataset to {root}")
+    summary = generate(root, config, progress=False)
+    print(f"data: {summary['train']} train / {summary['test']} test clips ({summary['hard']} RGB-hard) in "
+          f"{summary['seconds']:.0f}s")
 
 
-def run_config(data: Path, out: Path, modalities: tuple[str, ...], seed: int, threads: int | None) -> TrainConfig:
-    """The cpu-small preset, with the synthetic hand boxes (crop to the hand, as mmpose's
-    'with hand boxes' setting does)."""
-    return TrainConfig(data_root=str(data), out=str(out), modalities=modalities, seed=seed, threads=threads,
-                       hand_boxes=str(data / "hand_boxes.json"), preset="cpu-small", **PRESETS["cpu-small"])
+def pretext_config(out: Path, threads: int | None) -> TrainConfig:
+    """The pretext network's run: RGB alone, on the pretext data cropped to the hand boxes
+    (the pretext stands for a large labelled corpus and may use them; on whole frames a
+    12-epoch pretext stayed at chance, on the crops it reached about 0.55 top-1 on its 8
+    classes). The target runs never use hand boxes."""
+    data = out / "pretext-data"
+    return TrainConfig(data_root=str(data), out=str(out / "pretext"), threads=threads, preset="cpu-pretext",
+                       **{**PRETEXT_RUN, "hand_boxes": str(data / "hand_boxes.json"), "progress": False,
+                          "plots": False, "tensorboard": False})
 
 
-def run_once(cfg: TrainConfig) -> dict:
-    """Train one run, or reuse it when finished, or resume it when interrupted; a run
-    folder left by other settings is replaced."""
-    out = Path(cfg.out)
-    checkpoint = out / "last.pt"
-    if checkpoint.is_file():
-        try:
-            ckpt = load_checkpoint(checkpoint)
-            check_resumable(ckpt["config"], cfg)
-        except (CheckpointError, ValueError) as e:
-            print(f"{out} holds a run this demo cannot continue ({str(e).splitlines()[0]}); starting over")
-            shutil.rmtree(out)
-        else:
-            final_path = out / "final_eval.json"
-            if ckpt["epoch"] == cfg.epochs and final_path.is_file():
-                print(f"reusing finished run {out}")
-                return json.loads(final_path.read_text())
-    return train(cfg, resume=checkpoint.is_file())
+def study_config(out: Path, pretrained: Path, threads: int | None, split: str) -> TrainConfig:
+    """The paired runs' settings (the SSA-on arm's; ``examples.study.pairs`` derives each arm).
+    ``split="val"`` holds out the last training subject as a validation split and never
+    builds the test split."""
+    held = {"val_subjects": 1, "eval_test": False} if split == "val" else {}
+    return TrainConfig(data_root=str(out / "data"), out=str(out / "pairs"), threads=threads, preset="cpu-study",
+                       pretrained=(str(pretrained),),
+                       **{**DEMO_RUN, "progress": False, "plots": False, "tensorboard": False, **held})
+
+
+# The study's regime criterion (R1): the RGB network fits its training clips when SSA starts.
+REGIME_RGB_TOP1 = 0.95
+
+
+def reading(test: dict, seeds: int, rgb_at_branch: float | None = None) -> str:
+    """The one-line reading of the mean gain's test (``summarize_gains``) over ``seeds``
+    pairs; ``rgb_at_branch``: the RGB training top-1 at the branch epoch (mean over
+    seeds), reported when it falls short of the study's regime."""
+    low, high = test["bootstrap_low"], test["bootstrap_high"]
+    interval = f"mean gain {test['mean']:+.3f}, 95% bootstrap [{low:+.3f}, {high:+.3f}]"
+    regime = ""
+    if rgb_at_branch is not None and rgb_at_branch < REGIME_RGB_TOP1:
+        regime = (f"; nor is the paper's regime reached here (RGB training top-1 {rgb_at_branch:.2f} when SSA "
+                  f"starts, the study asks >= {REGIME_RGB_TOP1})")
+    if seeds < 10:
+        return (f"Reading: {seeds} paired seed{'s' if seeds != 1 else ''} cannot tell whether MTUT lifts the RGB "
+                f"network ({interval}){regime}; that takes the powered, preregistered study (>= 10 paired seeds): "
+                "docs/study/design.md.")
+    if low > 0:
+        verdict = "the RGB network gained"
+    elif high < 0:
+        verdict = "the RGB network lost"
+    else:
+        verdict = "no gain or loss is detectable (the interval includes 0)"
+    return (f"Reading: over {seeds} paired seeds {verdict} ({interval}){regime}; the preregistered study is "
+            "docs/study/design.md.")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m examples.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/demo", help="demo folder (data and runs); default runs/demo")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default 0)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS),
+                   help=f"training seeds, one pair each (default {' '.join(map(str, SEEDS))})")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: on a shared 2-core machine torch's 2 OpenMP threads ran a "
+                        "training step 20-50x slower whenever another job was busy)")
     p.add_argument("--fresh", action="store_true", help="retrain instead of reusing finished runs")
-    p.add_argument("--rgb-difficulty", type=float, default=RGB_DIFFICULTY,
-                   help=f"synthetic RGB clutter, 0..1 (default {RGB_DIFFICULTY}, the generator's)")
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="the split the pairs are compared on: test (the demo's test subjects) or val (the last "
+                        "training subject held out; the test split is never loaded)")
     args = p.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
-    if not 0 <= args.rgb_difficulty <= 1:
-        p.error(f"--rgb-difficulty must be in [0, 1], got {args.rgb_difficulty}")
+    if len(set(args.seeds)) != len(args.seeds):
+        p.error(f"--seeds has repeats: {args.seeds}")
 
     started = time.perf_counter()
     out = Path(args.out)
-    data = out / "data"
-    ensure_data(data, SyntheticConfig(seed=0, rgb_difficulty=args.rgb_difficulty))
-    results: list[dict] = []
+    pairs = out / ("pairs" if args.split == "test" else "pairs-val")
+    if args.fresh:
+        for folder in (out / "pretext", pairs):
+            if folder.exists():
+                shutil.rmtree(folder)
+    ensure_data(out / "data", DEMO_DATA)
+    ensure_data(out / "pretext-data", PRETEXT_DATA)
+    phases: dict[str, float] = {"data": time.perf_counter() - started}
+
+    t0 = time.perf_counter()
+    try:
+        weights = train_pretext(pretext_config(out, args.threads), out / "data")
+    except ValueError as e:
+        p.exit(2, f"{p.prog}: error: {e}\n(rerun with --fresh to start the pretext network over)\n")
+    phases["pretext"] = time.perf_counter() - t0
+
+    base = dataclasses.replace(study_config(out, weights, args.threads, args.split), out=str(pairs))
     for seed in args.seeds:
-        row: dict = {"seed": seed}
-        for name, modalities in RUNS.items():
-            run_dir = out / f"seed{seed}" / name
-            if args.fresh and run_dir.exists():
-                shutil.rmtree(run_dir)
-            t0 = time.perf_counter()
-            print(f"\n== seed {seed}: {'+'.join(modalities)} ({'unimodal baseline' if name == 'rgb' else 'MTUT'})")
-            final = run_once(run_config(data, run_dir, modalities, seed, args.threads))
-            row[name] = final["splits"]["test"]["top1"]
-            row[f"{name}_seconds"] = time.perf_counter() - t0
-        results.append(row)
+        t0 = time.perf_counter()
+        try:
+            run_pair(base, seed, pairs, arms=ARMS)
+        except ValueError as e:
+            p.exit(2, f"{p.prog}: error: {e}\n(rerun with --fresh to start the pairs over)\n")
+        phases[f"seed {seed}"] = time.perf_counter() - t0
+
+    stats = aggregate([pairs], out / f"aggregate_{args.split}", split=args.split, arms=["ssa_on"],
+                      resamples=10_000, bootstrap_seed=0, plot=True, seeds=args.seeds)
+    table = (out / f"aggregate_{args.split}" / "paired.md").read_text()
+    gain = stats["tests"]["ssa_on"]["gain"]
+    at_branch = [r["at_branch_top1_rgb"] for r in stats["rows"] if r.get("at_branch_top1_rgb") is not None]
+    line = reading(gain, len(stats["seeds"]), sum(at_branch) / len(at_branch) if at_branch else None)
     total = time.perf_counter() - started
-
-    table = format_table(results)
     print("\n" + table)
-    print(f"\nwall time {total / 60:.1f} min ({os.cpu_count()} CPUs visible, torch threads "
-          f"{torch.get_num_threads()})")
-    (out / "results.md").write_text(table + "\n", encoding="utf-8")
-    (out / "results.json").write_text(json.dumps({"runs": results, "seconds": total}, indent=1) + "\n",
-                                      encoding="utf-8")
-    plot_results(results, out / "demo.png")
-    print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'demo.png'} and per-run plots "
-          f"under {out}/seed*/")
+    print(f"RGB {args.split} top-1 gain, SSA on vs off: {format_test(gain)}")
+    print("\n" + line)
+    print(f"\nwall time {total / 60:.1f} min ({', '.join(f'{k} {v / 60:.1f}' for k, v in phases.items())}; "
+          f"{os.cpu_count()} CPUs visible, torch threads {torch.get_num_threads()})")
+    (out / "results.md").write_text(table + "\n" + line + "\n", encoding="utf-8")
+    (out / "results.json").write_text(json.dumps({"split": args.split, "seeds": stats["seeds"], "gain": gain,
+                                                  "reading": line, "rows": stats["rows"], "seconds": total,
+                                                  "phases": phases}, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {out / 'results.md'}, {out / 'results.json'} and {out}/aggregate_{args.split}/ (paired.png); "
+          f"runs under {pairs}/seed*/")
     return 0
-
-
-def format_table(results: list[dict]) -> str:
-    """A markdown table: RGB test top-1 alone and with MTUT, per seed, then the mean."""
-    lines = ["| seed | RGB alone | RGB with MTUT (trained with depth) | gain | MTUT depth | MTUT fused |",
-             "|---:|---:|---:|---:|---:|---:|"]
-    for r in results:
-        gain = r["mtut"]["rgb"] - r["rgb"]["rgb"]
-        lines.append(f"| {r['seed']} | {r['rgb']['rgb']:.3f} | {r['mtut']['rgb']:.3f} | {gain:+.3f} | "
-                     f"{r['mtut']['depth']:.3f} | {r['mtut']['fused']:.3f} |")
-    if len(results) > 1:
-        def mean_std(xs: list[float]) -> str:
-            return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}"
-
-        alone = [r["rgb"]["rgb"] for r in results]
-        mtut = [r["mtut"]["rgb"] for r in results]
-        gains = [b - a for a, b in zip(alone, mtut)]
-        lines.append(f"| mean ± std | {mean_std(alone)} | {mean_std(mtut)} | {statistics.mean(gains):+.3f} | "
-                     f"{mean_std([r['mtut']['depth'] for r in results])} | "
-                     f"{mean_std([r['mtut']['fused'] for r in results])} |")
-        wins = sum(g > 0 for g in gains)
-        lines.append(f"\nMTUT lifted the RGB network's test top-1 on {wins} of {len(gains)} seeds.")
-    return "\n".join(lines)
-
-
-def plot_results(results: list[dict], path: Path) -> None:
-    """Bars: RGB test top-1 alone vs with MTUT, per seed."""
-    from examples.training.plots import plt  # Agg backend, set up there
-
-    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(results), 3.6))
-    xs = range(len(results))
-    ax.bar([x - 0.2 for x in xs], [r["rgb"]["rgb"] for r in results], 0.4, label="RGB alone")
-    ax.bar([x + 0.2 for x in xs], [r["mtut"]["rgb"] for r in results], 0.4, label="RGB with MTUT")
-    ax.set_xticks(list(xs), [f"seed {r['seed']}" for r in results])
-    ax.set_ylabel("RGB test top-1")
-    ax.set_ylim(0, 1)
-    ax.legend(loc="lower right", fontsize="small")
-    ax.set_title("RGB network tested alone")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

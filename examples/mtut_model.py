@@ -14,6 +14,7 @@ every network runs alone on its own modality.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,79 @@ class SSAConfig:
     # them on tensor cores), but that low-precision path has not been checked on a GPU yet,
     # so the trainer feeds float32 by default (--ssa-fp32 / --no-ssa-fp32).
     inputs_fp32: bool = True
+    # The focal weight rho: "exp" (the paper's), "constant" (1 on every ordered pair) or
+    # "indicator" (1 where the other network's CE is lower, else 0). See ssa_with_weights.
+    focal: str = "exp"
+    # Modalities whose SSA features are permuted within the batch (a control); the
+    # permutation is passed to MTUTModel.loss.
+    shuffle: tuple[str, ...] = ()
+
+
+FOCAL_MODES = ("exp", "constant", "indicator")
+
+
+def focal_weights(ce: torch.Tensor, mode: str, beta: float = 2.0) -> torch.Tensor:
+    """rho ``[N, M, M]`` from per-sample CE ``[M, N]`` (no gradient; zero diagonal).
+
+    ``exp``: ``exp(beta * max(0, l_m - l_n)) - 1`` (:func:`mtut_ops.focal_weight`, the
+    paper's); ``constant``: 1 for every ordered pair ``m != n``; ``indicator``: 1 where
+    ``l_m > l_n`` (network n does better), else 0.
+    """
+    ce = ce.detach().float()
+    M, N = ce.shape
+    off_diagonal = 1 - torch.eye(M, dtype=ce.dtype, device=ce.device)
+    if mode == "exp":
+        return mtut_ops.focal_weight(ce, beta)
+    if mode == "constant":
+        return off_diagonal.expand(N, M, M).clone()
+    if mode == "indicator":
+        return (ce.t()[:, :, None] > ce.t()[:, None, :]).to(ce.dtype) * off_diagonal
+    raise ValueError(f"focal mode must be one of {FOCAL_MODES}, got {mode!r}")
+
+
+def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
+    """sqrt with gradient 0 (not infinity) at 0, as the library defines d sqrt(S) / dS at S = 0."""
+    positive = x > 0
+    return torch.where(positive, torch.where(positive, x, torch.ones_like(x)).sqrt(), torch.zeros_like(x))
+
+
+def ssa_with_weights(feats: Sequence[torch.Tensor], rho: torch.Tensor, *, lambda_: float, distance: str = "rms",
+                     eps: float = 1e-8, algo: str = "auto", pair_cap: float | None = None,
+                     backend: str | None = None) -> torch.Tensor:
+    """The SSA loss with given focal weights ``rho`` ``[N, M, M]`` (no gradient):
+    ``lambda_ * sum_{m != n} mean_b(rho[b, m, n] * delta_mn[b])``, each pair term capped at
+    ``pair_cap``, the gradient of term (m, n) into ``feats[m]`` only.
+
+    With ``rho = mtut_ops.focal_weight(ce, beta)`` it is :func:`mtut_ops.ssa_loss` (tested);
+    it exists for the controls whose rho the library's op cannot express (constant,
+    indicator). Each ordered pair costs one :func:`mtut_ops.pairwise_sqdist` call on
+    ``[X_m, X_n.detach()]`` (nothing ``d x d`` is built); pairs whose weights are all 0
+    are skipped (they add 0 and no gradient).
+    """
+    rho = rho.detach().float()
+    d = math.prod(feats[0].shape[2:])
+    total = torch.zeros((), dtype=torch.float32, device=feats[0].device)
+    for m in range(len(feats)):
+        for n in range(len(feats)):
+            if m == n or not bool((rho[:, m, n] != 0).any()):
+                continue
+            S = mtut_ops.pairwise_sqdist([feats[m], feats[n].detach()], eps=eps, algo=algo, backend=backend)[:, 0, 1]
+            delta = _safe_sqrt(S) / d if distance == "rms" else S
+            term = lambda_ * (rho[:, m, n].to(delta.dtype) * delta).mean()
+            if pair_cap is not None:
+                term = torch.clamp(term, max=pair_cap)
+            total = total + term.float()
+    return total
+
+
+def derangement(n: int, generator: torch.Generator) -> torch.Tensor:
+    """A uniformly random cyclic permutation of ``range(n)`` (Sattolo's algorithm): no
+    element stays in place when ``n >= 2``."""
+    perm = list(range(n))
+    for i in range(n - 1, 0, -1):
+        j = int(torch.randint(0, i, (), generator=generator))
+        perm[i], perm[j] = perm[j], perm[i]
+    return torch.tensor(perm, dtype=torch.long)
 
 
 @dataclass
@@ -126,12 +200,15 @@ class MTUTModel(nn.Module):
             logits[m], features[m] = self.nets[m].extract(inputs[m], self.ssa_endpoints)
         return MTUTOutput(logits, features)
 
-    def loss(self, out: MTUTOutput, labels: torch.Tensor, ssa: bool = False) -> MTUTLoss:
+    def loss(self, out: MTUTOutput, labels: torch.Tensor, ssa: bool = False,
+             perm: torch.Tensor | None = None) -> MTUTLoss:
         """Cross-entropy of every network, plus the SSA loss when ``ssa`` is on.
 
         The CE is computed in float32 (also under autocast). In the SSA term (m, n) the
         gradient reaches network m's features only, and never the CE (the focal
-        weights are detached inside :func:`mtut_ops.ssa_loss`).
+        weights are detached inside :func:`mtut_ops.ssa_loss`). With ``ssa.shuffle``
+        modalities, ``perm`` (a permutation of the batch) reorders their SSA features;
+        the focal weights stay those of each clip's own CE.
         """
         ce_per_sample = torch.stack([F.cross_entropy(out.logits[m].float(), labels, reduction="none")
                                      for m in self.modalities])
@@ -141,13 +218,20 @@ class MTUTModel(nn.Module):
         by_endpoint: dict[str, torch.Tensor] = {}
         if ssa and len(self.modalities) > 1:
             c = self.ssa_config
+            if c.shuffle and perm is None:
+                raise ValueError(f"SSA with shuffled {list(c.shuffle)} features needs the batch permutation (perm)")
+            rho = None if c.focal == "exp" else focal_weights(ce_per_sample, c.focal, c.beta)
             for e in self.ssa_endpoints:
-                feats = [out.features[m][e] for m in self.modalities]
+                feats = [out.features[m][e][perm] if m in c.shuffle else out.features[m][e] for m in self.modalities]
                 if c.inputs_fp32:
                     feats = [f.float() for f in feats]
-                by_endpoint[e] = mtut_ops.ssa_loss(feats, ce_per_sample.detach(), beta=c.beta, lambda_=c.lambda_,
-                                                   distance=c.distance, eps=c.eps, algo=c.algo,
-                                                   pair_cap=c.pair_cap, backend=c.backend).float()
+                if rho is None:
+                    by_endpoint[e] = mtut_ops.ssa_loss(feats, ce_per_sample.detach(), beta=c.beta, lambda_=c.lambda_,
+                                                       distance=c.distance, eps=c.eps, algo=c.algo,
+                                                       pair_cap=c.pair_cap, backend=c.backend).float()
+                else:
+                    by_endpoint[e] = ssa_with_weights(feats, rho, lambda_=c.lambda_, distance=c.distance, eps=c.eps,
+                                                      algo=c.algo, pair_cap=c.pair_cap, backend=c.backend)
             ssa_total = sum(by_endpoint.values())
             total = total + ssa_total
         return MTUTLoss(total, ce, ce_per_sample.detach(), ssa_total, by_endpoint)

@@ -55,11 +55,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--clips-per-class", type=int, default=d.clips_per_class, help="clips of each class")
     s.add_argument("--subjects", type=int, default=d.subjects, help="number of subjects")
     s.add_argument("--test-subjects", type=int, default=d.test_subjects, help="subjects held out for the test list")
+    s.add_argument("--first-subject", type=int, default=d.first_subject,
+                   help="number of the first subject (a pretext dataset takes a range disjoint from the target's)")
     s.add_argument("--frames", type=int, default=d.frames, help="mean gesture (valid window) length in frames")
     s.add_argument("--size", type=_size, default=f"{d.width}x{d.height}", metavar="WxH",
                    help="frame size (the real sensors are 320x240)")
     s.add_argument("--rgb-difficulty", type=float, default=d.rgb_difficulty,
                    help="0 (RGB as clean as depth) .. 1 (heavy clutter, noise, lighting changes)")
+    s.add_argument("--rgb-hard-p", type=float, default=d.rgb_hard_p,
+                   help="probability that a clip is RGB-hard (camouflaged hand, a skin-toned distractor near it, a "
+                        "lighting dip; depth unchanged); the marks go to rgb_hard.json, for analysis only")
+    s.add_argument("--rgb-hard-strength", type=float, default=d.rgb_hard_strength,
+                   help="0..1: how hard an RGB-hard clip is")
     s.add_argument("--codec", default=d.codec, help="AVI FourCC (MJPG, or lossless FFV1)")
     s.add_argument("--flow", action="store_true", help="also precompute optical flow for both lists")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -114,11 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "make-synthetic":
             cfg = SyntheticConfig(classes=args.classes, clips_per_class=args.clips_per_class, subjects=args.subjects,
-                                  test_subjects=args.test_subjects, frames=args.frames, width=args.size[0],
+                                  test_subjects=args.test_subjects, first_subject=args.first_subject, frames=args.frames, width=args.size[0],
                                   height=args.size[1], rgb_difficulty=args.rgb_difficulty, codec=args.codec,
+                                  rgb_hard_p=args.rgb_hard_p, rgb_hard_strength=args.rgb_hard_strength,
                                   seed=args.seed)
             summary = generate(args.out, cfg, progress=not args.quiet)
-            print(f"wrote {summary['train']} train / {summary['test']} test clips to {args.out} "
+            hard = f" ({summary['hard']} RGB-hard, {args.out}/rgb_hard.json)" if cfg.rgb_hard_p > 0 else ""
+            print(f"wrote {summary['train']} train / {summary['test']} test clips{hard} to {args.out} "
                   f"in {summary['seconds']:.1f} s")
             if args.flow:
                 for name in LIST_FILES.values():

@@ -25,6 +25,14 @@ share one room, as the real ones do (the camera moves by a pixel or two between 
   hand, a distractor moving across the scene (in a fraction ``rgb_difficulty`` of the
   clips), the hand's color pulled toward the background (lower contrast), lighting
   that drifts and flickers, sensor noise. The hand is shaded (darker at its outline).
+* RGB-hard clips (``rgb_hard_p > 0``): each clip is marked ``rgb_hard ~ Bernoulli(p)``
+  before rendering, from its own generator, and the mark is written to ``rgb_hard.json``
+  (a sidecar for analysis only: training never reads it as data). On a hard clip the RGB
+  stream gets, scaled by ``rgb_hard_strength``: the hand's color pulled further toward
+  the background around it, a second skin-toned hand moving near the hand (behind it,
+  with its own motion, unrelated to the gesture), and a lighting dip during the gesture.
+  Depth and IR are unchanged, and so is everything else in the clip: a hard clip
+  re-rendered easy (``render_clip(..., rgb_hard=False)``) differs only by those three.
 * ``duo_left``: an IR view from a second camera: gray, the hand bright, a few pixels
   of parallax, mild noise, and its own timeline (its window starts a few frames
   earlier or later and the video has a different length, as in the real lists).
@@ -63,6 +71,8 @@ from .listfile import TEST_LIST, TRAIN_LIST, SensorWindow, format_line
 DEFAULT_CLASSES: tuple[int, ...] = (1, 2, 5, 6, 11, 18, 20, 21)
 BOXES_FILE = "hand_boxes.json"
 INFO_FILE = "synthetic_info.json"
+HARD_FILE = "rgb_hard.json"  # the RGB-hard marks of rgb_hard_p > 0 (analysis only)
+HARD_FORMAT = "mtut-rgb-hard/1"
 
 # Hand model, in palm radii, local frame with +y toward the fingertips. Fingers are
 # thumb, index, middle, ring, pinky: base point, direction (radians from +y, toward
@@ -85,14 +95,22 @@ class SyntheticConfig:
 
     Attributes:
         classes: 1-based NVGesture classes to generate.
-        clips_per_class: clips of each class; clip i is subject ``i % subjects + 1``,
+        clips_per_class: clips of each class; clip i is subject ``first_subject + i % subjects``,
             repetition ``i // subjects``.
         subjects: number of subjects; the last ``test_subjects`` form the test split.
+        first_subject: the first subject's number (subjects are ``first_subject`` ..
+            ``first_subject + subjects - 1``); a subject's look depends on its number and
+            the seed only, so datasets with disjoint ranges share no subject (a pretext
+            dataset beside a target one).
         test_subjects: subjects held out for the test list.
         frames: mean gesture (valid window) length; each clip varies it by its speed.
         width, height: frame size of every video.
         fps: frame rate written into the AVI headers.
         rgb_difficulty: 0 (as clean as depth) .. 1 (heavy clutter, noise, lighting).
+        rgb_hard_p: probability that a clip is RGB-hard (see the module doc); 0 (the
+            default) renders exactly what earlier versions rendered and writes no sidecar.
+        rgb_hard_strength: 0 .. 1, how hard an RGB-hard clip is (1: hand color 60% of the
+            way to its surroundings, the distractor at full opacity, light down to 45%).
         codec: AVI FourCC; ``MJPG`` (compact) or a lossless one such as ``FFV1``.
         seed: base seed.
     """
@@ -101,11 +119,14 @@ class SyntheticConfig:
     clips_per_class: int = 30
     subjects: int = 10
     test_subjects: int = 3
+    first_subject: int = 1
     frames: int = 32
     width: int = 160
     height: int = 120
     fps: float = 30.0
     rgb_difficulty: float = 0.5
+    rgb_hard_p: float = 0.0
+    rgb_hard_strength: float = 1.0
     codec: str = "MJPG"
     seed: int = 0
 
@@ -116,6 +137,8 @@ class SyntheticConfig:
         if self.subjects < 2 or not 1 <= self.test_subjects < self.subjects:
             raise ValueError(f"need subjects >= 2 and 1 <= test_subjects < subjects, got {self.subjects}, "
                              f"{self.test_subjects}")
+        if self.first_subject < 1:
+            raise ValueError(f"first_subject must be >= 1, got {self.first_subject}")
         if self.clips_per_class < 1:
             raise ValueError(f"clips_per_class must be >= 1, got {self.clips_per_class}")
         if self.frames < 4:
@@ -124,6 +147,10 @@ class SyntheticConfig:
             raise ValueError(f"frame size must be at least 32x32, got {self.width}x{self.height}")
         if not 0 <= self.rgb_difficulty <= 1:
             raise ValueError(f"rgb_difficulty must be in [0, 1], got {self.rgb_difficulty}")
+        if not 0 <= self.rgb_hard_p <= 1:
+            raise ValueError(f"rgb_hard_p must be in [0, 1], got {self.rgb_hard_p}")
+        if not 0 <= self.rgb_hard_strength <= 1:
+            raise ValueError(f"rgb_hard_strength must be in [0, 1], got {self.rgb_hard_strength}")
         if len(self.codec) != 4:
             raise ValueError(f"codec must be a 4-character FourCC, got {self.codec!r}")
 
@@ -341,12 +368,32 @@ class _Clip:
     window: tuple[int, int] = (0, 0)
     ir_window: tuple[int, int] = (0, 0)
     box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+    rgb_hard: bool = False
     # mmpose's bboxes.json entry: per color-video frame, [] or [{"bbox": [x0, y0, x1, y1] px, "score"}]
     frame_boxes: list[list[dict]] = field(default_factory=list)
 
 
-def render_clip(cfg: SyntheticConfig, label: int, subject: int, rep: int) -> _Clip:
-    """Render the three videos of one clip (``label`` 1-based) deterministically."""
+def _hard_rng(cfg: SyntheticConfig, label: int, subject: int, rep: int) -> np.random.Generator:
+    """The generator of a clip's RGB-hard mark and hard-clip effects: its own stream, so
+    that the rest of the clip is drawn exactly as without them."""
+    return np.random.default_rng([cfg.seed, label, subject, rep, 3])
+
+
+def is_rgb_hard(cfg: SyntheticConfig, label: int, subject: int, rep: int) -> bool:
+    """The clip's RGB-hard mark, ``Bernoulli(cfg.rgb_hard_p)`` (what :func:`render_clip` draws)."""
+    return bool(_hard_rng(cfg, label, subject, rep).random() < cfg.rgb_hard_p)
+
+
+def render_clip(cfg: SyntheticConfig, label: int, subject: int, rep: int, rgb_hard: bool | None = None) -> _Clip:
+    """Render the three videos of one clip (``label`` 1-based) deterministically.
+
+    ``rgb_hard`` forces the clip's RGB-hard mark (default: drawn, :func:`is_rgb_hard`);
+    the hard effects' own draws do not depend on it, so forcing a hard clip easy renders
+    the same clip without them.
+    """
+    hard_rng = _hard_rng(cfg, label, subject, rep)
+    drawn = bool(hard_rng.random() < cfg.rgb_hard_p)
+    hard = drawn if rgb_hard is None else bool(rgb_hard)
     rng = np.random.default_rng([cfg.seed, label, subject, rep])
     sub = _subject(cfg.seed, subject)
     h, w, diff = cfg.height, cfg.width, cfg.rgb_difficulty
@@ -370,7 +417,7 @@ def render_clip(cfg: SyntheticConfig, label: int, subject: int, rep: int) -> _Cl
         theta = g["theta"][i] + 0.03 * tremor[2][i]
         masks.append(draw_hand(h, w, cx, cy, radius0 * zscale, theta, g["ext"][i], sub.chirality))
 
-    clip = _Clip(window=(pre, pre + n))
+    clip = _Clip(window=(pre, pre + n), rgb_hard=hard)
     masks = np.stack(masks)[..., None]  # [L, H, W, 1], frames on the first axis
     torso, face = _person(h, w, sub.body_x)
     z = g["z"].astype(np.float32)[:, None, None, None]
@@ -387,6 +434,9 @@ def render_clip(cfg: SyntheticConfig, label: int, subject: int, rep: int) -> _Cl
     bg = cv2.warpAffine(_scene(cfg.seed, h, w, diff), move, (w, h), borderMode=cv2.BORDER_REFLECT)
     bg = _blend(_blend(bg, torso, sub.shirt), face, sub.skin)
     hand_rgb = sub.skin * (1 - 0.3 * diff) + bg.mean(axis=(0, 1)) * 0.3 * diff
+    if hard:  # camouflage: the hand's color pulled toward the background where it moves
+        reach = cv2.dilate((masks[..., 0].max(axis=0) > 0.1).astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+        hand_rgb = hand_rgb + (bg[reach].mean(axis=0) - hand_rgb) * 0.6 * cfg.rgb_hard_strength
     frames = np.repeat(bg[None], length, axis=0)
     d_color = tuple(float(v) for v in rng.uniform(0, 255, 3))
     d_start, d_vel = rng.uniform([0, 0], [w, h]), rng.uniform(-1, 1, 2) * (w / 160)
@@ -395,6 +445,20 @@ def render_clip(cfg: SyntheticConfig, label: int, subject: int, rep: int) -> _Cl
         for i in range(length):
             px, py = d_start + d_vel * i
             cv2.circle(frames[i], (round(px) % w, round(py) % h), d_radius, d_color, -1, cv2.LINE_AA)
+    if hard:  # a second skin-toned hand moving near the hand, behind it, with its own motion
+        s = cfg.rgb_hard_strength
+        tone = _SKIN_TONES[hard_rng.integers(len(_SKIN_TONES))] + hard_rng.normal(0, 10, 3)
+        tone = np.clip(0.5 * tone + 0.5 * sub.skin, 0, 255).astype(np.float32)
+        orbit = radius0 * hard_rng.uniform(2.0, 3.0)
+        angle0, speed = hard_rng.uniform(0, 2 * np.pi), hard_rng.choice([-1, 1]) * hard_rng.uniform(0.08, 0.2)
+        d_ext = hard_rng.uniform(0, 1, 5)
+        d_theta0, d_wobble = hard_rng.uniform(-0.6, 0.6), hard_rng.uniform(0.1, 0.5)
+        d_scale = radius0 * hard_rng.uniform(0.8, 1.1)
+        for i in range(length):
+            ang = angle0 + speed * i
+            fake = draw_hand(h, w, x0 + orbit * math.cos(ang), y0 + 0.7 * orbit * math.sin(ang), d_scale,
+                             d_theta0 + d_wobble * math.sin(0.3 * i), d_ext, -sub.chirality)
+            frames[i] += (tone - frames[i]) * (s * fake)[..., None]
     # Rounded shading, darker toward the outline, as a real hand under a lamp; it
     # gives the hand luminance edges whatever its color against the wall.
     sigma = max(1.0, radius0 * 0.4)
@@ -403,6 +467,9 @@ def render_clip(cfg: SyntheticConfig, label: int, subject: int, rep: int) -> _Cl
     period, phase = rng.uniform(15, 40), rng.uniform(0, 2 * np.pi)
     flicker = rng.normal(0, 1, length)
     gain = 1 + diff * (0.2 * np.sin(2 * np.pi * t / period + phase) + 0.03 * flicker)
+    if hard:  # the light dips during the gesture
+        center, width = pre + n * hard_rng.uniform(0.3, 0.7), n * hard_rng.uniform(0.2, 0.35)
+        gain = gain * (1 - 0.55 * cfg.rgb_hard_strength * np.exp(-0.5 * ((t - center) / width) ** 2))
     noise_rng = np.random.default_rng([cfg.seed, label, subject, rep, 1])
     frames *= gain.astype(np.float32)[:, None, None, None]
     frames += _noise(noise_rng, frames.shape, 1 + 5 * diff)
@@ -460,9 +527,10 @@ def generate(out: str | Path, cfg: SyntheticConfig = SyntheticConfig(), *, progr
     lines: dict[str, list[str]] = {"train": [], "test": []}
     boxes: dict[str, list[float]] = {}
     frame_boxes: dict[str, list] = {}
-    jobs = [(label, i % cfg.subjects + 1, i // cfg.subjects)
+    hard: dict[str, bool] = {}
+    jobs = [(label, cfg.first_subject + i % cfg.subjects, i // cfg.subjects)
             for label in sorted(cfg.classes) for i in range(cfg.clips_per_class)]
-    first_test = cfg.subjects - cfg.test_subjects + 1
+    first_test = cfg.first_subject + cfg.subjects - cfg.test_subjects
     for label, subject, rep in tqdm(jobs, desc="synthetic", unit="clip", disable=not progress):
         clip = render_clip(cfg, label, subject, rep)
         rel = f"Video_data/class_{label:02d}/subject{subject}_r{rep}"
@@ -479,12 +547,30 @@ def generate(out: str | Path, cfg: SyntheticConfig = SyntheticConfig(), *, progr
         split = "test" if subject >= first_test else "train"
         lines[split].append(format_line(f"./{rel}", label - 1, sensors))
         boxes[f"./{rel}"] = list(clip.box)
+        hard[f"./{rel}"] = clip.rgb_hard
         frame_boxes[rel] = clip.frame_boxes
     for split, name in (("train", TRAIN_LIST), ("test", TEST_LIST)):
         (out / name).write_text("".join(line + "\n" for line in lines[split]), encoding="utf-8")
     (out / BOXES_FILE).write_text(json.dumps(boxes, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     (out / FRAME_BOXES_FILE).write_text(json.dumps(frame_boxes, sort_keys=True, separators=(",", ":")) + "\n",
                                         encoding="utf-8")
+    if cfg.rgb_hard_p > 0:
+        sidecar = {"format": HARD_FORMAT, "p": cfg.rgb_hard_p, "strength": cfg.rgb_hard_strength, "seed": cfg.seed,
+                   "clips": dict(sorted(hard.items()))}
+        (out / HARD_FILE).write_text(json.dumps(sidecar, indent=1) + "\n", encoding="utf-8")
     info = asdict(cfg) | {"class_names": {c: CLASS_NAMES[c - 1] for c in sorted(cfg.classes)}}
     (out / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-    return {"train": len(lines["train"]), "test": len(lines["test"]), "seconds": time.perf_counter() - started}
+    return {"train": len(lines["train"]), "test": len(lines["test"]), "hard": sum(hard.values()),
+            "seconds": time.perf_counter() - started}
+
+
+def load_hard_clips(root: str | Path) -> dict[str, bool] | None:
+    """The RGB-hard marks of a synthetic dataset (``{list path: hard}``) from
+    ``root/rgb_hard.json``, or ``None`` where there is no such file. For analysis only."""
+    path = Path(root) / HARD_FILE if Path(root).is_dir() else Path(root)
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or data.get("format") != HARD_FORMAT or not isinstance(data.get("clips"), dict):
+        raise ValueError(f"{path}: not an RGB-hard sidecar of format {HARD_FORMAT!r}")
+    return {str(k): bool(v) for k, v in data["clips"].items()}

@@ -145,6 +145,7 @@ def extract_windows(root: str | Path, out: str | Path, *, codec: str = "MJPG", w
     if boxes is not None:
         (out / FRAME_BOXES_FILE).write_text(json.dumps(new_boxes, sort_keys=True, separators=(",", ":")) + "\n",
                                             encoding="utf-8")
-    if (root / HAND_BOXES_FILE).is_file():
-        shutil.copyfile(root / HAND_BOXES_FILE, out / HAND_BOXES_FILE)
+    for name in (HAND_BOXES_FILE, "rgb_hard.json"):  # per-clip sidecars, keyed by the list paths
+        if (root / name).is_file():
+            shutil.copyfile(root / name, out / name)
     return stats

@@ -11,7 +11,7 @@ from pathlib import Path
 from examples.data import MODALITIES
 from examples.models import ENDPOINTS
 
-from ..mtut_model import FUSIONS
+from ..mtut_model import FOCAL_MODES, FUSIONS
 from .distributed import resolve_amp, resolve_device
 
 AMP_MODES = ("auto", "off", "fp16", "bf16")
@@ -24,7 +24,14 @@ class TrainConfig:
     Epochs are 1-based: ``ssa_start=61`` switches SSA on for epochs 61..75, and the LR
     drops by ``lr_gamma`` after epochs 30 and 50 (``lr_steps``). ``pair_cap=10`` is
     mmpose's cap on every ordered pair's SSA term (a capped term sends no gradient);
-    ``None`` removes it.
+    ``None`` removes it. ``ssa=False`` never switches SSA on (the SSA-off arm of a
+    paired study; the networks then train independently). ``focal`` is the focal weight
+    ``rho``: ``"exp"`` (the paper's, ``exp(beta * max(0, l_m - l_n)) - 1``), ``"constant"``
+    (1 for every ordered pair: no focal weighting, both networks pulled toward each
+    other) or ``"indicator"`` (1 where the other network's CE is lower, else 0: the
+    direction without the magnitude). ``ssa_shuffle`` names modalities whose SSA features
+    are permuted within the batch before the loss (a control: the alignment target is
+    another clip's).
     """
 
     data_root: str = ""
@@ -39,6 +46,7 @@ class TrainConfig:
     lr_steps: tuple[int, ...] = (30, 50)
     lr_gamma: float = 0.1
     # SSA
+    ssa: bool = True
     ssa_start: int = 61
     beta: float = 2.0
     lambda_: float = 5e-3
@@ -48,6 +56,8 @@ class TrainConfig:
     algo: str = "auto"
     ssa_backend: str | None = None
     ssa_fp32: bool = True
+    focal: str = "exp"
+    ssa_shuffle: tuple[str, ...] = ()
     # model
     width: float = 1.0
     dropout: float = 0.0
@@ -75,6 +85,7 @@ class TrainConfig:
     fusion: str = "softmax"
     best_metric: str = "auto"
     watch_test: bool = False
+    eval_test: bool = True
     save_logits: bool = True
     init_from: str | None = None
     # logging and LR scaling
@@ -97,7 +108,13 @@ class TrainConfig:
 
 # Fields that may differ between a run and its resumption (they do not change the trajectory).
 RESUMABLE_CHANGES = frozenset({"epochs", "out", "workers", "eval_every", "progress", "plots", "threads", "data_root",
-                               "watch_test", "save_logits", "tensorboard", "log_every"})
+                               "watch_test", "eval_test", "save_logits", "tensorboard", "log_every"})
+# Fields that may differ between a run and a branch started from one of its checkpoints
+# (``Trainer(cfg, branch_from=...)``): the SSA settings, which play no part while SSA is
+# off; a branch point must lie before SSA starts in both runs.
+BRANCH_CHANGES = RESUMABLE_CHANGES | frozenset({"ssa", "ssa_start", "beta", "lambda_", "distance", "pair_cap",
+                                                "ssa_endpoints", "algo", "ssa_backend", "ssa_fp32", "focal",
+                                                "ssa_shuffle"})
 
 # mmpose 0.x's NVGesture MTUT configs (configs/hand/gesture_sview_rgbd_vid/mtut/nvgesture/),
 # read from the OpenMMLab mmpose repository. Values they share: SGD momentum 0.9, no weight
@@ -127,6 +144,24 @@ MMPOSE_112_BOX_FPS15 = dict(  # i3d_nvgesture_bbox_112x112_fps15.py: reported RG
     lambda_=1e-3, frames=16, fps=15.0, size=112, resize=None, box_pipeline="mmpose", box_scale=(0.8, 1.25),
     box_ratio=(0.75, 1.33), box_shift=0.3, color_jitter=(0.4, 0.3))
 
+# The recipe's schedule (mmpose's 224x224 NVGesture MTUT config): 75 epochs, the LR divided
+# by 10 after epochs 30 and 50, SSA from epoch 61, i.e. after 40%, 67% and 80% of the run.
+RECIPE_EPOCHS, RECIPE_LR_STEPS, RECIPE_SSA_START = 75, (30, 50), 61
+
+
+def recipe_schedule(epochs: int) -> dict:
+    """The recipe's fit-then-align schedule scaled to ``epochs``: ``{"epochs",
+    "lr_steps", "ssa_start"}`` with the LR steps and the SSA start (after 80% of the run,
+    once both networks fit their training clips at the lowest LR) at the recipe's
+    proportions, rounded to whole epochs. ``recipe_schedule(75)`` is the recipe;
+    ``recipe_schedule(15)`` is (6, 10) and SSA from epoch 13."""
+    if epochs < 5:
+        raise ValueError(f"the recipe's schedule needs >= 5 epochs (two LR steps and an SSA phase), got {epochs}")
+    steps = tuple(max(1, round(s * epochs / RECIPE_EPOCHS)) for s in RECIPE_LR_STEPS)
+    ssa_start = round((RECIPE_SSA_START - 1) * epochs / RECIPE_EPOCHS) + 1
+    return {"epochs": epochs, "lr_steps": steps, "ssa_start": ssa_start}
+
+
 PRESETS: dict[str, dict] = {
     # the TrainConfig defaults: mmpose's 224x224 recipe without hand boxes
     "full": {},
@@ -142,6 +177,27 @@ PRESETS: dict[str, dict] = {
     "cpu-small": dict(
         epochs=14, batch_size=8, lr=1e-2, lr_steps=(10,), ssa_start=8, ssa_endpoints=("Mixed_4f",), width=0.25,
         frames=16, test_frames=16, size=64, resize=72, fps=15.0, cache=True, workers=0, eval_every=0,
+        device="cpu",
+    ),
+    # The paired study's regime in miniature on a 2-core CPU (docs/study/design.md): the
+    # cpu-small network and clips without hand boxes, the recipe's fit-then-align
+    # schedule in 15 epochs (lr 1e-2, 1e-3 after epoch 6, 1e-4 after epoch 10, SSA from
+    # epoch 13 of 15), SSA at Mixed_3c (8x8x8 positions at 64x64: spatial extent to align)
+    # with lambda 5e-2, the recipe's 5e-3 rescaled by the channels per position C/d that
+    # set the "rms" distance's size (recipe Mixed_5c 1024/392, here 120/512), an
+    # evaluation every epoch. Start both networks from a pretext network (``python -m
+    # examples.study pretext``, then --pretrained PRETEXT/pretext_rgb.pth); lambda, the
+    # SSA endpoint and the branch epoch are chosen on validation (docs/study/design.md).
+    "cpu-study": dict(
+        **recipe_schedule(15), batch_size=8, lr=1e-2, lambda_=5e-2, ssa_endpoints=("Mixed_3c",), width=0.25, frames=16,
+        test_frames=16, size=64, resize=72, fps=15.0, cache=True, workers=0, eval_every=1, device="cpu",
+    ),
+    # The pretext network of the study (a stand-in for the recipe's Kinetics weights): the
+    # cpu-study network, RGB alone, trained on other classes and subjects than the
+    # target's (examples/study/pretext.py), with the recipe's LR steps in 10 epochs.
+    "cpu-pretext": dict(
+        epochs=10, lr_steps=recipe_schedule(10)["lr_steps"], batch_size=8, lr=1e-2, modalities=("rgb",), ssa=False,
+        width=0.25, frames=16, test_frames=16, size=64, resize=72, fps=15.0, cache=True, workers=0, eval_every=0,
         device="cpu",
     ),
 }
@@ -171,8 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--out", help="run folder: checkpoints, metrics, plots (default runs/nvgesture)")
     a("--preset", choices=list(PRESETS),
       help="settings to start from: 'full' = 'mmpose-224' (mmpose's 224x224 recipe without boxes), "
-           "'mmpose-224-box', 'mmpose-112-box-fps15' (mmpose's hand-box recipes; GPU), or 'cpu-small' "
-           "(minutes on a CPU)")
+           "'mmpose-224-box', 'mmpose-112-box-fps15' (mmpose's hand-box recipes; GPU), 'cpu-small' "
+           "(minutes on a CPU), 'cpu-study' (the paired study's fit-then-align regime on a CPU) or 'cpu-pretext' "
+           "(its pretext network)")
     a("--modalities", nargs="+", metavar="M", help=f"modalities, one I3D each ({', '.join(MODALITIES)}); "
       "one modality = unimodal baseline (default rgb depth)")
     g = p.add_argument_group("optimization")
@@ -188,8 +245,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr-reference-batch", type=int, metavar="B",
                    help="the total batch --lr was tuned for (mmpose: 6 per GPU; its GPU count is not published)")
     g = p.add_argument_group("SSA loss")
+    g.add_argument("--ssa", action=argparse.BooleanOptionalAction, default=None,
+                   help="--no-ssa never switches SSA on (the SSA-off arm of a paired study)")
     g.add_argument("--ssa-start", type=int, metavar="EPOCH", help="first (1-based) epoch with the SSA loss")
-    g.add_argument("--beta", type=float, help="focal regularization parameter (default 2)")
+    g.add_argument("--beta", type=float,
+                   help="focal regularization parameter (default 2; 0 is refused while SSA runs with --focal exp: "
+                        "it makes rho = 0 for every sample, i.e. no SSA at all; use --focal constant)")
+    g.add_argument("--focal", choices=FOCAL_MODES,
+                   help="focal weight rho: exp (the paper's), constant (rho = 1 on every ordered pair: focal "
+                        "weighting off) or indicator (rho = 1 where the other network's CE is lower, else 0)")
+    g.add_argument("--ssa-shuffle", nargs="*", metavar="MODALITY",
+                   help="control: permute these modalities' SSA features within the batch (a derangement from its "
+                        "own seeded generator; the focal weights stay each clip's own), e.g. --ssa-shuffle depth")
     g.add_argument("--lambda", dest="lambda_", type=float, help="SSA weight (default 5e-3, tuned for 'rms')")
     g.add_argument("--distance", choices=("rms", "fro2"))
     g.add_argument("--pair-cap", type=float,
@@ -243,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--watch-test", action=argparse.BooleanOptionalAction, default=None,
                    help="also evaluate the test split every --eval-every epochs (logged only, never used to choose "
                         "anything; mmpose's configs validate on test)")
+    g.add_argument("--eval-test", action=argparse.BooleanOptionalAction, default=None,
+                   help="evaluate the test split after the last epoch; --no-eval-test never loads it (runs that "
+                        "choose settings on validation before a preregistered test)")
     g.add_argument("--save-logits", action=argparse.BooleanOptionalAction, default=None,
                    help="write every evaluation's per-clip logits to evals/epochNNN_SPLIT.npz")
     g.add_argument("--init-from", metavar="CKPT",
@@ -386,7 +456,17 @@ def validate(cfg: TrainConfig) -> None:
     need(all(s >= 1 for s in cfg.lr_steps), f"--lr-steps must be epochs >= 1, got {list(cfg.lr_steps)}")
     need(0 < cfg.lr_gamma <= 1, f"--lr-gamma must be in (0, 1], got {cfg.lr_gamma}")
     need(cfg.ssa_start >= 1, f"--ssa-start must be a 1-based epoch, got {cfg.ssa_start}")
+    need(cfg.eval_test or not cfg.watch_test, "--watch-test evaluates the test split: it cannot go with --no-eval-test")
     need(cfg.beta >= 0 and cfg.lambda_ >= 0, "--beta and --lambda must be >= 0")
+    need(cfg.focal in FOCAL_MODES, f"--focal must be one of {', '.join(FOCAL_MODES)}, got {cfg.focal!r}")
+    ssa_runs = cfg.ssa and len(cfg.modalities) > 1 and cfg.ssa_start <= cfg.epochs
+    need(not (ssa_runs and cfg.focal == "exp" and cfg.beta == 0),
+         "--beta 0 with --focal exp makes rho = exp(0) - 1 = 0 for every sample: the SSA loss would be 0 and "
+         "SSA silently off. For SSA without focal weighting use --focal constant; to train without SSA use --no-ssa")
+    bad = [m for m in cfg.ssa_shuffle if m not in cfg.modalities]
+    need(not bad, f"--ssa-shuffle: {bad} not among --modalities {' '.join(cfg.modalities)}")
+    need(len(cfg.ssa_shuffle) < len(cfg.modalities) or not cfg.ssa_shuffle,
+         "--ssa-shuffle: shuffling every modality's features together keeps them paired; leave at least one out")
     need(cfg.pair_cap is None or cfg.pair_cap > 0, f"--pair-cap must be >= 0 (0 = no cap), got {cfg.pair_cap}")
     bad = [e for e in cfg.ssa_endpoints if e not in ENDPOINTS]
     need(not bad and bool(cfg.ssa_endpoints), f"--ssa-endpoints: {bad} not I3D endpoints; known: {', '.join(ENDPOINTS)}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import random
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,7 +16,8 @@ from tqdm import tqdm
 
 from examples.data import CLASS_NAMES, NUM_CLASSES
 
-from ..mtut_model import MTUTModel, SSAConfig
+from ..data.synthetic import load_hard_clips
+from ..mtut_model import MTUTModel, SSAConfig, derangement
 from . import data as D
 from . import distributed as dd
 from .checkpoint import (
@@ -26,8 +29,8 @@ from .checkpoint import (
     set_rng_state,
     write_json_atomic,
 )
-from .config import RESUMABLE_CHANGES, Paths, TrainConfig, parse_pretrained, validate
-from .evaluation import EvalResult, evaluate, save_logits
+from .config import BRANCH_CHANGES, RESUMABLE_CHANGES, Paths, TrainConfig, parse_pretrained, validate
+from .evaluation import EvalResult, evaluate, save_logits, save_train_ce
 from .metrics import MetricsLog
 from .tensorboard import ScalarWriter
 
@@ -41,7 +44,7 @@ def seed_everything(seed: int) -> None:
 def build_model(cfg: TrainConfig, verbose: bool = True) -> MTUTModel:
     """The MTUT model of ``cfg`` (pretrained weights loaded, their reports printed when ``verbose``)."""
     ssa = SSAConfig(beta=cfg.beta, lambda_=cfg.lambda_, distance=cfg.distance, algo=cfg.algo, pair_cap=cfg.pair_cap,
-                    backend=cfg.ssa_backend, inputs_fp32=cfg.ssa_fp32)
+                    backend=cfg.ssa_backend, inputs_fp32=cfg.ssa_fp32, focal=cfg.focal, shuffle=tuple(cfg.ssa_shuffle))
     model = MTUTModel(cfg.modalities, NUM_CLASSES, width=cfg.width, dropout=cfg.dropout,
                       ssa_endpoints=cfg.ssa_endpoints, ssa=ssa)
     paths = parse_pretrained(cfg.pretrained, cfg.modalities)
@@ -96,8 +99,45 @@ def check_resumable(saved: Mapping, cfg: TrainConfig) -> None:
                          "trajectory):\n  " + "\n  ".join(diffs))
 
 
+def check_branchable(saved: Mapping, cfg: TrainConfig, epoch: int) -> None:
+    """Raise ``ValueError`` unless a run with ``cfg`` may branch from a checkpoint written
+    after ``epoch`` by a run with config ``saved``.
+
+    The two may differ only in settings that do not change the trajectory
+    (``RESUMABLE_CHANGES``) and in the SSA settings (``BRANCH_CHANGES``), and SSA must be
+    off in both up to ``epoch``: then the branch's first ``epoch`` epochs are the
+    checkpoint's run, exactly, and everything after it sees the same data order and
+    random streams.
+    """
+    current = cfg.to_dict()
+    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in current.items()
+             if k not in BRANCH_CHANGES and _norm(saved.get(k)) != _norm(v)]
+    if diffs:
+        raise ValueError("--branch-from: the branch differs from the run it branches from in settings other than "
+                         "SSA's (they would change the shared prefix):\n  " + "\n  ".join(diffs))
+
+    def ssa_before(c: Mapping) -> bool:
+        return bool(c.get("ssa", True)) and len(c["modalities"]) > 1 and c["ssa_start"] <= epoch
+
+    if ssa_before(saved):
+        raise ValueError(f"--branch-from: the checkpoint's run had SSA on from epoch {saved['ssa_start']}, before the "
+                         f"branch point (epoch {epoch}); branch from an SSA-off run (--no-ssa)")
+    if ssa_before(current):
+        raise ValueError(f"--branch-from: this run would have SSA on from epoch {cfg.ssa_start}, but its first "
+                         f"{epoch} epochs come from an SSA-off checkpoint: --ssa-start must be > {epoch}")
+
+
 def _norm(v):
     return list(v) if isinstance(v, (list, tuple)) else v
+
+
+def shuffle_permutation(n: int, seed: int, epoch: int, step: int, rank: int) -> torch.Tensor:
+    """The batch permutation of the shuffled-features control at one step: a derangement
+    from its own generator (the global RNG streams, and so the data order and
+    augmentations, stay those of the un-shuffled run)."""
+    state = np.random.SeedSequence([seed, epoch, step, rank, 0x5EED]).generate_state(2, np.uint64)
+    generator = torch.Generator().manual_seed(int(state[0] % 2**63))
+    return derangement(n, generator)
 
 
 class Trainer:
@@ -107,9 +147,14 @@ class Trainer:
     atomically written checkpoint (``last.pt``) holding the model, optimizer, scheduler,
     grad scaler, the epoch and every process's RNG states, so ``resume=True`` continues
     the same trajectory an uninterrupted run would follow.
+
+    ``branch_from=CKPT`` starts a new run (in ``cfg.out``) from that whole training state,
+    as a resume would, with other SSA settings allowed (:func:`check_branchable`): the
+    paired study's SSA-on and SSA-off branches of one SSA-off run. The branch's history,
+    best-so-far record and the prefix's per-clip files are the checkpoint run's.
     """
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False):
+    def __init__(self, cfg: TrainConfig, resume: bool = False, branch_from: str | Path | None = None):
         validate(cfg)
         self.cfg = cfg
         self.rt = dd.setup(cfg.device, cfg.amp)
@@ -132,7 +177,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(cfg.lr_steps), cfg.lr_gamma)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.rt.amp_dtype == torch.float16)
         seed_everything(cfg.seed + 1000 * self.rt.rank)  # different augmentations per process
-        self.datasets = D.build_datasets(cfg)
+        self.datasets = D.build_datasets(cfg, ("train", "val", "test") if cfg.eval_test else ("train", "val"))
         self.train_loader, self.sampler = D.train_loader(self.datasets["train"], cfg, self.rt.rank, self.rt.world)
         self.eval_loaders = {name: D.eval_loader(ds, cfg, self.rt.rank, self.rt.world)
                              for name, ds in self.datasets.items() if name != "train"}
@@ -141,14 +186,21 @@ class Trainer:
         self.best_metric = f"val/top1/{cfg.modalities[0] if cfg.best_metric == 'auto' else cfg.best_metric}"
         self.best: dict | None = None  # {"metric", "value", "epoch"}
         if self.rt.main and "val" not in self.eval_loaders:
-            print("no validation split (--val-subjects K): no best.pt and no evaluation during training; the "
-                  "test split is evaluated after the last epoch" + (" and watched (--watch-test)"
-                                                                   if cfg.watch_test else ""))
+            print("no validation split (--val-subjects K): no best.pt and no evaluation during training; " +
+                  ("the test split is evaluated after the last epoch" + (" and watched (--watch-test)"
+                                                                        if cfg.watch_test else "")
+                   if cfg.eval_test else "the test split is not evaluated either (--no-eval-test)"))
         history: list[dict] = []
+        self.branched_from: dict | None = None
+        # Which training clips are "RGB-hard" (the synthetic generator's sidecar): read for
+        # the focal-weight statistics only, never for training.
+        self.hard_clips = load_hard_clips(Path(cfg.data_root))
         if resume and self.paths.checkpoint.exists():
             history = self._restore(load_checkpoint(self.paths.checkpoint))
         elif resume:
             raise FileNotFoundError(f"--resume: no checkpoint at {self.paths.checkpoint}")
+        elif branch_from is not None:
+            history = self._branch(Path(branch_from))
         self.log = MetricsLog(self.paths.metrics_json, self.paths.metrics_csv, history)
         self.tb = ScalarWriter(self.paths.root / "tb") if cfg.tensorboard and self.rt.main else None
 
@@ -167,8 +219,42 @@ class Trainer:
         set_rng_state(states[self.rt.rank])
         self.start_epoch = ckpt["epoch"] + 1
         self.best = ckpt.get("best")
+        self.branched_from = ckpt.get("branched_from")
         if self.rt.main:
             print(f"resumed {self.paths.checkpoint} after epoch {ckpt['epoch']}")
+        return ckpt["history"]
+
+    def _branch(self, path: Path) -> list[dict]:
+        """Start from the whole training state in ``path`` (see the class doc)."""
+        ckpt = load_checkpoint(path)
+        check_branchable(ckpt["config"], self.cfg, ckpt["epoch"])
+        saved_check = dict(ckpt["config"])
+        saved_check.update({k: v for k, v in self.cfg.to_dict().items() if k in BRANCH_CHANGES})
+        check_resumable(saved_check, self.cfg)  # the same check a resume makes, on the shared settings
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        states = ckpt["rng"]
+        if len(states) != self.rt.world:
+            raise ValueError(f"--branch-from: the checkpoint was written by {len(states)} processes, this run has "
+                             f"{self.rt.world}; branch with the same number to share the random streams")
+        set_rng_state(states[self.rt.rank])
+        self.start_epoch = ckpt["epoch"] + 1
+        self.best = ckpt.get("best")
+        self.branched_from = {"path": str(path), "epoch": int(ckpt["epoch"])}
+        if self.rt.main:
+            # the prefix's per-clip files and best checkpoint belong to this run's history too
+            source = Paths(path.parent)
+            if source.evals.is_dir():
+                self.paths.evals.mkdir(parents=True, exist_ok=True)
+                for f in sorted(source.evals.glob("epoch*.npz")):
+                    if int(f.name[5:8]) <= ckpt["epoch"] and not (self.paths.evals / f.name).exists():
+                        shutil.copyfile(f, self.paths.evals / f.name)
+            if self.best is not None and source.best.is_file() and not self.paths.best.exists():
+                self.paths.root.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source.best, self.paths.best)
+            print(f"branched from {path} after epoch {ckpt['epoch']}")
         return ckpt["history"]
 
     def _save(self, epoch: int, best: bool = False) -> None:
@@ -181,6 +267,8 @@ class Trainer:
                 "scaler": self.scaler.state_dict(), "rng": states, "config": self.cfg.to_dict(),
                 "history": self.log.rows, "best": self.best,
             }
+            if self.branched_from is not None:
+                ckpt["branched_from"] = self.branched_from
             if best:
                 save_atomic(ckpt, self.paths.best)
             save_atomic(ckpt, self.paths.checkpoint)
@@ -198,7 +286,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict:
         """One pass over the training split; returns the epoch's mean losses and accuracies."""
         cfg, model = self.cfg, self.ddp or self.model
-        use_ssa = epoch >= cfg.ssa_start and len(cfg.modalities) > 1
+        use_ssa = cfg.ssa and epoch >= cfg.ssa_start and len(cfg.modalities) > 1
         model.train()
         self.sampler.set_epoch(epoch)
         mods = cfg.modalities
@@ -211,12 +299,22 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(self.rt.device)
         steps_per_epoch = len(self.train_loader)
         started = waited = time.perf_counter()
+        clip_paths: list[str] = []
+        clip_ce: list[torch.Tensor] = []
         for i, batch in enumerate(bar):
             loaded = time.perf_counter()
             inputs, labels = self._inputs(batch)
             with self._autocast():
                 out = model(inputs)
-            losses = self.model.loss(out, labels, ssa=use_ssa)
+            ssa_now, perm = use_ssa, None
+            if use_ssa and cfg.ssa_shuffle:
+                # a batch of one clip cannot be shuffled: no SSA on that step
+                ssa_now = len(labels) >= 2
+                if ssa_now:
+                    perm = shuffle_permutation(len(labels), cfg.seed, epoch, i, self.rt.rank).to(labels.device)
+            losses = self.model.loss(out, labels, ssa=ssa_now, perm=perm)
+            clip_paths += list(batch["path"])
+            clip_ce.append(losses.ce_per_sample.t().float().cpu())
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(losses.total).backward()
             self.scaler.step(self.optimizer)
@@ -246,6 +344,13 @@ class Trainer:
         row |= {f"train/top1/{m}": sums[3 + len(mods) + i] / count for i, m in enumerate(mods)}
         row["train/clips_per_s"] = sums[2] / max(seconds, 1e-9)
         row["train/max_memory_mib"] = _max_memory_mib(self.rt.device)
+        if len(mods) > 1:
+            parts = dd.gather((clip_paths, torch.cat(clip_ce) if clip_ce else torch.empty(0, len(mods))), self.rt)
+            paths = [q for p in parts for q in p[0]]
+            ce = torch.cat([p[1] for p in parts]).numpy().astype(np.float64)
+            row |= focal_statistics(ce, paths, mods, cfg.beta, self.hard_clips)
+            if self.rt.main and cfg.save_logits:
+                save_train_ce(self.paths.logits(epoch, "train_ce"), paths, ce, mods, epoch, cfg.beta)
         return row
 
     def evaluate(self, split: str, epoch: int) -> dict:
@@ -265,17 +370,23 @@ class Trainer:
         self.best = {"metric": self.best_metric, "value": float(value), "epoch": epoch}
         return True
 
-    def run(self) -> dict:
-        """Train the remaining epochs, then evaluate; returns ``final_eval.json``'s content."""
+    def run(self, stop_after: int | None = None) -> dict:
+        """Train the remaining epochs, then evaluate; returns ``final_eval.json``'s content.
+
+        ``stop_after=E`` (< ``cfg.epochs``) stops after epoch E with its checkpoint
+        written, without the final evaluation: the trunk of a paired study, which a
+        resume or a branch continues. Returns ``{"stopped_after": E}`` then.
+        """
         cfg = self.cfg
         results: dict[str, dict] = {}
+        last = cfg.epochs if stop_after is None else min(stop_after, cfg.epochs)
         try:
             if self.rt.main and self.start_epoch == 1:
                 sizes = ", ".join(f"{k} {len(v)}" for k, v in self.datasets.items())
                 print(f"training {'+'.join(cfg.modalities)} on {cfg.data_root} ({sizes} clips), "
                       f"{self.rt.world} process(es) on {self.rt.device}, out {cfg.out}")
             D.preload(self.datasets, cfg.progress and self.rt.main)
-            for epoch in range(self.start_epoch, cfg.epochs + 1):
+            for epoch in range(self.start_epoch, last + 1):
                 started = time.perf_counter()
                 lr = self.optimizer.param_groups[0]["lr"]
                 row = {"epoch": epoch, "lr": lr, **self.train_epoch(epoch)}
@@ -291,6 +402,7 @@ class Trainer:
                     evals = {}
                 for split, res in evals.items():
                     row |= {f"{split}/top1/{k}": v for k, v in res["top1"].items()}
+                    row |= {f"{split}/corr_dist/{e}": v for e, v in res.get("corr_dist", {}).items()}
                 best = self._update_best(epoch, row)
                 if self.rt.main:
                     self.log.append(row)
@@ -301,10 +413,13 @@ class Trainer:
                             if k != "epoch" and isinstance(v, (int, float))})
                         self.tb.flush()
                 self._save(epoch, best=best)
+            if last < cfg.epochs:
+                return {"stopped_after": last}
             if not results:  # resumed a finished run: evaluate its final weights
                 results = {split: self.evaluate(split, cfg.epochs) for split in self.eval_loaders}
             final = {"epochs": cfg.epochs, "modalities": list(cfg.modalities), "splits": results,
-                     "best": self.best, "class_names": list(CLASS_NAMES), "config": cfg.to_dict()}
+                     "best": self.best, "class_names": list(CLASS_NAMES), "config": cfg.to_dict(),
+                     "branched_from": self.branched_from}
             if self.rt.main:
                 self._write_outputs(final)
             return final
@@ -328,6 +443,43 @@ class Trainer:
         for split, res in final["splits"].items():
             accs = ", ".join(f"{k} {v:.3f}" for k, v in res["top1"].items())
             print(f"{split} top-1 ({res['clips']} clips): {accs}")
+
+
+def focal_statistics(ce: np.ndarray, paths: list[str], modalities: tuple[str, ...], beta: float,
+                     hard: Mapping[str, bool] | None = None) -> dict:
+    """Where the paper's focal weight falls over one epoch's training clips.
+
+    ``ce`` ``[N, M]``: every clip's per-sample CE (as the training step computed it, in
+    float64). For each modality m the clip's weight is ``sum_n rho_mn`` with
+    ``rho_mn = exp(beta * max(0, l_m - l_n)) - 1`` (whatever ``--focal`` the run uses: this
+    is the weight the paper's SSA would give). Returns, per modality:
+    ``train/focal/<m>/mean`` (mean weight per clip), ``train/focal/<m>/top10_share`` (the
+    share of the epoch's total weight on the 10% of clips with the largest weights,
+    rounded up) and, when ``hard`` (the generator's RGB-hard sidecar) knows the clips,
+    ``train/focal/<m>/hard_share`` (the share on RGB-hard clips) and
+    ``train/hard_fraction`` (the share of the clips that are hard). Shares are ``None``
+    when the total weight is 0.
+    """
+    out: dict = {}
+    if len(ce) == 0:
+        return out
+    gap = ce[:, :, None] - ce[:, None, :]  # [N, m, n]: l_m - l_n
+    rho = np.expm1(beta * np.maximum(gap, 0.0)).sum(axis=2)  # [N, M]: weight on network m
+    is_hard = None
+    if hard:
+        known = [p in hard for p in paths]
+        if all(known):
+            is_hard = np.array([bool(hard[p]) for p in paths])
+            out["train/hard_fraction"] = float(is_hard.mean())
+    k = max(1, math.ceil(0.1 * len(ce)))
+    for i, m in enumerate(modalities):
+        w = rho[:, i]
+        total = float(w.sum())
+        out[f"train/focal/{m}/mean"] = float(w.mean())
+        out[f"train/focal/{m}/top10_share"] = float(np.sort(w)[::-1][:k].sum() / total) if total > 0 else None
+        if is_hard is not None:
+            out[f"train/focal/{m}/hard_share"] = float(w[is_hard].sum() / total) if total > 0 else None
+    return out
 
 
 def effective_lr(cfg: TrainConfig, world: int) -> float:

@@ -105,3 +105,15 @@ def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("nvgesture")
     generate(root, TINY_RUN_DATA, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def hard_data_root(tmp_path_factory) -> Path:
+    """The training tests' dataset with RGB-hard clips (p = 0.5) and its sidecar; read only."""
+    from dataclasses import replace
+
+    from .helpers import TINY_RUN_DATA
+
+    root = tmp_path_factory.mktemp("nvgesture_hard")
+    generate(root, replace(TINY_RUN_DATA, rgb_hard_p=0.5), progress=False)
+    return root

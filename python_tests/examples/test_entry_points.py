@@ -31,3 +31,11 @@ def test_as_module(script):
     proc = _run(["-m", script.removesuffix(".py").replace("/", "."), "--help"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "usage:" in proc.stdout
+
+
+@pytest.mark.parametrize("command", ["pretext", "pair", "aggregate"])
+def test_study_commands(command):
+    for args in (["-m", "examples.study", command, "--help"], ["examples/study/__main__.py", command, "--help"]):
+        proc = _run(args)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "usage:" in proc.stdout and f"examples.study {command}" in proc.stdout
