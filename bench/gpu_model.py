@@ -41,8 +41,8 @@ What it says about the code's choices for CUDA tensors (verdict(); the table's s
 mtut_ops/backends.py), is predicted faster than the Triton backend at every shape, GPU and
 scenario, and algo="auto" (resolve_auto: direct while d (C + 2P) <= C^2) picks each
 backend's faster algo everywhere. Unchanged from the model of the previous Triton code
-(FMA dots for bf16, 64-wide tiles): the tensor-core Triton kernels are predicted 2.5-3x
-faster than before at Mixed_4f/Mixed_3c bf16, still 2.5-3x slower than the CUDA backend,
+(FMA dots for bf16, 64-wide tiles): the tensor-core Triton kernels are predicted 2.4-2.8x
+faster than before at Mixed_4f/Mixed_3c bf16 (fwd + bwd), still 2.7-2.9x slower than the CUDA backend,
 whose products are cuBLAS at a higher assumed efficiency, whose gram blocks are kept for
 the backward (Triton recomputes them: coef) and whose normalization backward is one fused
 kernel (Triton's is 9 torch passes over float32 per modality, the largest part of its
