@@ -653,7 +653,8 @@ def triton_plan(p: Problem, scen: str, algo: str, active, gpu: Optional["GPU"] =
         launches += 1
         h2d += 2  # blocks, at
     else:
-        fwd_op = _best([_direct_forward_op(p, e, kind, bd, bc) for bd, bc in TRITON_CONFIGS["direct_forward"][kind]], gpu)
+        cfgs = TRITON_CONFIGS["direct_forward"][kind]
+        fwd_op = _best([_direct_forward_op(p, e, kind, bd, bc) for bd, bc in cfgs], gpu)
         bd_min = min(b for b, _ in TRITON_CONFIGS["direct_forward"][kind])
         fwd += [Op("partial=zeros", 0, 8 * N * (M * (M - 1) // 2) * _tiles(ld, bd_min) ** 2), fwd_op]
         fwd += [Op("torch glue", 0, 0) for _ in range(3)]  # sum, to_square (cat, index)
@@ -667,8 +668,7 @@ def triton_plan(p: Problem, scen: str, algo: str, active, gpu: Optional["GPU"] =
     bwd, launches, torch_ops, h2d = _stage(p, e)
     act = typical_active(N, M) if active is None else active
     if algo == "gram":
-        best = _best([_gram_ops(p, e, kind, bc, bk)[1] for bc, bk in TRITON_CONFIGS["gram"][kind]], gpu)
-        coef_op = best
+        coef_op = _best([_gram_ops(p, e, kind, bc, bk)[1] for bc, bk in TRITON_CONFIGS["gram"][kind]], gpu)
         apply_op = _best([_gram_ops(p, e, kind, bc, bk)[2] for bc, bk in TRITON_CONFIGS["gram"][kind]], gpu)
         ldh = _pad(C, 16)
         # coef glue: to, eye, masked_fill, sum, diag_embed, mul, mul, sub, ones (sigma), contiguous x2,
@@ -680,8 +680,8 @@ def triton_plan(p: Problem, scen: str, algo: str, active, gpu: Optional["GPU"] =
         launches += 2
         h2d += 1  # needed
     else:
-        bwd_op = _best([_direct_backward_op(p, e, kind, bd, bc, act) for bd, bc in TRITON_CONFIGS["direct_backward"][kind]],
-                       gpu)
+        cfgs = TRITON_CONFIGS["direct_backward"][kind]
+        bwd_op = _best([_direct_backward_op(p, e, kind, bd, bc, act) for bd, bc in cfgs], gpu)
         bwd += [Op("out=zeros", 0, 4 * N * C * ld)] + [Op("weight glue", 0, 0) for _ in range(3)] + [bwd_op]
         torch_ops += 4
         launches += 1
@@ -885,7 +885,8 @@ def sensitivity(shapes=SHAPES) -> list:
                 if a["auto_right_triton"] != f["auto_right_triton"]:
                     changed.append(f"{k[0]} {k[1]} {k[2]}: triton's auto choice becomes "
                                    f"{'right' if a['auto_right_triton'] else 'wrong'}")
-            lines.append(f"{label}: " + ("; ".join(changed) if changed else "no ranking in the headline table changes."))
+            lines.append(f"{label}: " + ("; ".join(changed) if changed
+                                         else "no ranking in the headline table changes."))
     finally:
         EFF["cublas"].clear()
         EFF["cublas"].update(saved[0])
@@ -905,8 +906,8 @@ def verdict(rows: list) -> list:
     for gpu in dict.fromkeys(r["gpu"] for r in rows):
         for scen in SCENARIOS:
             fs = [f for f in fast if f["gpu"] == gpu and f["scenario"] == scen]
-            triton_wins = [f["shape"] for f in fs
-                           if g[(gpu, f["shape"], scen, "mtut-triton-auto")] < g[(gpu, f["shape"], scen, "mtut-cuda-auto")]]
+            triton_wins = [f["shape"] for f in fs if g[(gpu, f["shape"], scen, "mtut-triton-auto")]
+                           < g[(gpu, f["shape"], scen, "mtut-cuda-auto")]]
             wrong = [f"{f['shape']} ({b})" for f in fs for b in ("cuda", "triton") if not f[f"auto_right_{b}"]]
             out.append(f"- {gpu}, {scen}: default backend cuda "
                        + ("is the faster backend (auto) at every shape" if not triton_wins
