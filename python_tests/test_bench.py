@@ -253,3 +253,65 @@ def test_gpu_check_calls_the_benchmark_with_options_it_has():
         argv = shlex.split(line.split("-m bench.bench_ssa", 1)[1])
         argv = [re.sub(r"\$\{?\w+\}?", "x", a) for a in argv]  # shell variables: any value
         B.parser().parse_args(argv)
+
+
+def test_gpu_model_triton_configs_are_the_kernels_configs():
+    """The model's copy of the Triton autotune configs (block sizes) is the modules' own."""
+    pytest.importorskip("triton")
+    from mtut_ops.triton import direct, gram
+
+    def sizes(cfgs):
+        return {kind: [tuple(c.kwargs.values()) for c in v] for kind, v in cfgs.items() if kind != "fp64"}
+
+    assert sizes(direct._FORWARD_CONFIGS) == G.TRITON_CONFIGS["direct_forward"]
+    assert sizes(direct._BACKWARD_CONFIGS) == G.TRITON_CONFIGS["direct_backward"]
+    assert sizes(gram._CONFIGS) == G.TRITON_CONFIGS["gram"]
+
+
+def test_gpu_model_triton_runs_every_dot_on_the_operand_type_of_its_scenario():
+    """Since the staged operands every Triton GEMM is a tensor-core tl.dot for bf16 and TF32
+    (none left on FMA), exact FMA only for float32 without TF32; both passes stage the inputs."""
+    p = Problem(6, (832, 832), 3136)
+    for algo in ("gram", "direct"):
+        for scen, path, prec in (("bf16", "triton-tc", "bf16"), ("tf32", "triton-tc", "tf32"),
+                                 ("fp32", "triton-fma", "fp32")):
+            pl = G.plan(f"mtut-triton-{algo}", p, scen)
+            assert {(o.path, o.prec) for o in pl.fwd + pl.bwd if o.flops} == {(path, prec)}
+            for ops in (pl.fwd, pl.bwd):
+                assert sum(o.name.startswith("_stage_rows") for o in ops) == p.M
+
+
+def test_gpu_model_triton_work_by_hand():
+    p = Problem(6, (832, 832), 3136)  # Mixed_4f: d = 3136 = ld, C = 1664
+    # staging, bf16: read the row (HBM), write it padded + norm and inv; the second read is L2
+    ops, launches, _, h2d = G._stage(p, 2)
+    assert launches == 2 and h2d == 1
+    assert ops[0].bytes == 6 * 832 * (3136 * 2 + 3136 * 2 + 8) and ops[0].l2_bytes == 6 * 832 * 3136 * 2
+    # gram, 128 x 64 tiles: forward 3 blocks of 7 x 7 tiles (diagonal blocks whole), coef the
+    # 13 * 14 / 2 upper tiles of the stacked G, apply 13 row tiles x 49 column tiles, K = 1664
+    fwd, coef, apply = G._gram_ops(p, 2, "tc16", 128, 64)
+    assert fwd.flops == 2.0 * 128**2 * 3136 * 3 * 49 * 6 and fwd.programs == 3 * 49 * 6
+    assert coef.flops == 2.0 * 128**2 * 3136 * 91 * 6 and coef.programs == 91 * 6
+    assert apply.flops == 2.0 * 128 * 64 * 1664 * 13 * 49 * 6 and apply.programs == 13 * 49 * 6
+    # direct forward, 128 x 64 tiles: 25 x 26 / 2 upper tiles, K_m and K_n over 832 rows each
+    op = G._direct_forward_op(p, 2, "tc16", 128, 64)
+    assert op.flops == 2.0 * 128**2 * (832 + 832) * 325 * 6 and op.programs == 325 * 6
+    # direct backward, 64 x 64: one active modality per sample, 49 column programs, each building
+    # K_m, K_n and x E for all 49 row blocks; x E has K = 64 (so the kernel's K is below 832)
+    op = G._direct_backward_op(p, 2, "tc16", 64, 64, typical_active(6, 2))
+    assert op.programs == 6 * 49
+    assert op.flops == pytest.approx(6 * 3 * 2.0 * 64**2 * 832 * 49 * 49, rel=1e-12)
+    assert op.gemm[3] == pytest.approx(1 / (2 / 3 / 832 + 1 / 3 / 64))
+    # the waves of the live programs: 294 programs on 132 SMs take 3 waves
+    assert G._waves(294, 132) == pytest.approx(294 / 396)
+
+
+def test_gpu_model_default_backend_and_auto_rule_predicted_right():
+    """The model's verdict on the code's choices for CUDA tensors at the named shapes: the
+    default backend (cuda, before triton) is the faster one and algo="auto" picks each
+    backend's faster algo (bench/results/gpu-model-*.md, 'Default backend and auto rule')."""
+    shapes = [s for s in G.SHAPES if s.M == 2 and s.name in ("mixed4f", "mixed5c_224")]
+    rows = G.predict(gpus=("H100-SXM",), shapes=shapes, scenarios=("bf16",))
+    for f in G.fastest(rows):
+        assert f["fastest_ours"].startswith("mtut-cuda-")
+        assert f["auto_right_cuda"] and f["auto_right_triton"]
