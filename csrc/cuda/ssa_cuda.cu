@@ -124,8 +124,11 @@ cudaStream_t current_stream() { return nullptr; }
 constexpr int64_t kMaxGrid = 65535;  // grid.y and grid.z limit
 #ifndef MTUT_CUDA_EMULATE
 constexpr int64_t kStripBudget = int64_t(1) << 24;  // entries of one set of K strips (all modalities)
+constexpr int64_t kChunkEntries = int64_t(1) << 16;  // entries one block square-sums (gram blocks, strips)
 #else
-constexpr int64_t kStripBudget = 3072;  // so that the tests' small shapes walk many strips
+// so that the tests' small shapes walk many strips and many chunks of rows
+constexpr int64_t kStripBudget = 3072;
+constexpr int64_t kChunkEntries = 64;
 #endif
 
 unsigned grid_dim(int64_t n) {
@@ -424,7 +427,7 @@ at::Tensor sqdist_from_blocks(const Prepared& p, const FeatInfo& info, const at:
   for (int m = 0; m < M; ++m)
     for (int n = m; n < M; ++n) {
       const int q = block_index(m, n, M);
-      rows_per_chunk[q] = std::max<int64_t>(1, (int64_t(1) << 16) / info.channels[n]);
+      rows_per_chunk[q] = std::max<int64_t>(1, kChunkEntries / info.channels[n]);
       chunks = std::max(chunks, (info.channels[m] + rows_per_chunk[q] - 1) / rows_per_chunk[q]);
     }
   at::Tensor partial = at::zeros({info.N, blocks, chunks}, f64);
@@ -473,7 +476,7 @@ at::Tensor sqdist_direct(const Prepared& p, const FeatInfo& info, cudaStream_t s
   const int pairs = static_cast<int>(M * (M - 1) / 2);
   const int64_t rows = std::clamp<int64_t>(kStripBudget / std::max<int64_t>(N * d * M, 1), 1, d);
   const int64_t strips = (d + rows - 1) / rows;
-  const int64_t rows_per_chunk = std::max<int64_t>(1, (int64_t(1) << 16) / d);
+  const int64_t rows_per_chunk = std::max<int64_t>(1, kChunkEntries / d);
   const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
   const int64_t slots = strips * chunks;
   at::Tensor partial = at::zeros({N, pairs, slots}, at::TensorOptions().dtype(at::kDouble).device(p.views[0].device()));
