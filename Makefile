@@ -59,7 +59,16 @@ gpu-static: $(VENV)/.deps
 gpu-check:
 	GPU_PYTHON=$(GPU_PYTHON) bash tools/gpu_check.sh
 
-demo: build
+# Where no GPU is visible the demo trains on the CPU and needs no CUDA kernels: it builds
+# the CPU kernels only (~3 minutes on 2 cores instead of ~8 for six GPU architectures), which
+# keeps `make demo` from a fresh clone within 15 minutes. make test builds everything again.
+HAS_GPU := $(shell nvidia-smi -L > /dev/null 2>&1 && echo 1)
+demo: $(VENV)/.deps
+ifeq ($(HAS_GPU),1)
+	$(MAKE) build
+else
+	FORCE_CUDA=0 MTUT_CPU_ONLY=1 $(PY) -m pip install -q --no-build-isolation -e .
+endif
 	$(PY) -m examples.demo
 
 bench: build
