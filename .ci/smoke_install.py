@@ -96,17 +96,23 @@ def cmake(lib, ref_file):
     spec.loader.exec_module(reference)  # torch only: not the mtut_ops package, whose _C would clash
     torch.ops.load_library(lib)
     ops = torch.ops.mtut
-    check(hasattr(ops, "ssa_loss") and hasattr(ops, "ssa_loss_backward"), f"{lib} registers torch.ops.mtut.*")
+    names = ("ssa_loss", "pairwise_sqdist", "sqdist_forward", "sqdist_backward", "focal_weight", "correlation")
+    check(all(hasattr(ops, n) for n in names), f"{lib} registers torch.ops.mtut.{{{', '.join(names)}}}")
     feats, ce = inputs()
     x = [f.detach() for f in feats]
     for algo in ("direct", "gram"):
         close(ops.pairwise_sqdist(x, 1e-8, algo), reference.pairwise_sqdist(x), f"pairwise_sqdist ({algo})")
     loss = ops.ssa_loss(x, ce, 2.0, 5e-3, "rms", 1e-8, "auto", None)
-    ref = reference.ssa_loss(feats, ce)
-    close(loss, ref, "ssa_loss")
-    grads = ops.ssa_loss_backward(torch.ones((), dtype=torch.float64), x, ce, 2.0, 5e-3, "rms", 1e-8, "auto", None)
-    for m, (g, r) in enumerate(zip(grads, torch.autograd.grad(ref, feats))):
-        close(g, r, f"ssa_loss_backward into modality {m}")
+    close(loss, reference.ssa_loss(feats, ce), "ssa_loss")
+    # From C++ there is no autograd: the backward op takes dL/dS. For L = sum(W * S) with S
+    # symmetric, the weight of pair (m, n) is W_mn + W_nm (the diagonal plays no part).
+    W = torch.rand(3, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    ref_grads = torch.autograd.grad((W * reference.pairwise_sqdist(feats)).sum(), feats)
+    for algo in ("direct", "gram"):
+        _, saved = ops.sqdist_forward(x, 1e-8, algo, False, True)
+        grads = ops.sqdist_backward(x, saved, W + W.transpose(1, 2), 1e-8, algo, [True, True])
+        for m, (g, r) in enumerate(zip(grads, ref_grads)):
+            close(g, r, f"sqdist_backward ({algo}) into modality {m}")
     close(ops.focal_weight(ce, 2.0), reference.focal_weight(ce, 2.0), "focal_weight")
 
 
