@@ -206,19 +206,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
 
-    def _restore(self, ckpt: dict) -> list[dict]:
-        check_resumable(ckpt["config"], self.cfg)
+    def _load_training_state(self, ckpt: dict, flag: str, advice: str) -> None:
+        """Weights, optimizer, schedule, scaler and this rank's random streams from ``ckpt``
+        (what --resume and --branch-from both continue from)."""
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         states = ckpt["rng"]
         if len(states) != self.rt.world:
-            raise ValueError(f"--resume: the checkpoint was written by {len(states)} processes, this run has "
-                             f"{self.rt.world}; resume with the same number to continue exactly")
+            raise ValueError(f"{flag}: the checkpoint was written by {len(states)} processes, this run has "
+                             f"{self.rt.world}; {advice}")
         set_rng_state(states[self.rt.rank])
         self.start_epoch = ckpt["epoch"] + 1
         self.best = ckpt.get("best")
+
+    def _restore(self, ckpt: dict) -> list[dict]:
+        check_resumable(ckpt["config"], self.cfg)
+        self._load_training_state(ckpt, "--resume", "resume with the same number to continue exactly")
         self.branched_from = ckpt.get("branched_from")
         if self.rt.main:
             print(f"resumed {self.paths.checkpoint} after epoch {ckpt['epoch']}")
@@ -231,17 +236,7 @@ class Trainer:
         saved_check = dict(ckpt["config"])
         saved_check.update({k: v for k, v in self.cfg.to_dict().items() if k in BRANCH_CHANGES})
         check_resumable(saved_check, self.cfg)  # the same check a resume makes, on the shared settings
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        states = ckpt["rng"]
-        if len(states) != self.rt.world:
-            raise ValueError(f"--branch-from: the checkpoint was written by {len(states)} processes, this run has "
-                             f"{self.rt.world}; branch with the same number to share the random streams")
-        set_rng_state(states[self.rt.rank])
-        self.start_epoch = ckpt["epoch"] + 1
-        self.best = ckpt.get("best")
+        self._load_training_state(ckpt, "--branch-from", "branch with the same number to share the random streams")
         self.branched_from = {"path": str(path), "epoch": int(ckpt["epoch"])}
         if self.rt.main:
             # the prefix's per-clip files and best checkpoint belong to this run's history too
