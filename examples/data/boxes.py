@@ -23,7 +23,6 @@ make-synthetic``), so the whole pipeline is tested end to end.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import cv2
 import numpy as np
 import torch
 
-from .errors import BadClipError
+from .errors import BadClipError, read_json_object
 from .listfile import normalize_clip_path
 
 FRAME_BOXES_FILE = "bboxes.json"
@@ -50,13 +49,7 @@ def load_frame_boxes(path: str | Path) -> dict[str, np.ndarray]:
             in the per-clip ``hand_boxes.json`` format, which needs ``--box-pipeline margin``).
     """
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        try:
-            raw = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object mapping clip path -> per-frame detections")
+    raw = read_json_object(path, "clip path -> per-frame detections")
     out: dict[str, np.ndarray] = {}
     for clip, frames in raw.items():
         if not isinstance(frames, list) or (frames and all(isinstance(v, (int, float)) for v in frames)):

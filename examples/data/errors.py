@@ -7,6 +7,7 @@ turns bad data into an empty tensor.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -81,3 +82,16 @@ class VideoError(NVGestureDataError):
 
 class BadClipWarning(UserWarning):
     """Issued for each bad line or clip passed over because of ``skip_bad=True``."""
+
+
+def read_json_object(path: str | Path, expected: str) -> dict:
+    """The JSON object in ``path``; a ValueError naming the file otherwise (invalid JSON, or
+    not an object: ``expected`` says what the object should map)."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            raw = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object mapping {expected}")
+    return raw

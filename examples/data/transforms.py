@@ -14,7 +14,6 @@ Modalities of a clip are assumed spatially registered (true for NVGesture's
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from .classes import FLIP_LABEL_MAP
-from .errors import BadClipError
+from .errors import BadClipError, read_json_object
 from .listfile import normalize_clip_path
 from .modalities import MODALITIES
 
@@ -245,13 +244,7 @@ def load_boxes(path: str | Path) -> dict[str, tuple[float, float, float, float]]
         ValueError: naming the file and clip for a malformed entry.
     """
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        try:
-            raw = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object mapping clip path -> [x0, y0, x1, y1]")
+    raw = read_json_object(path, "clip path -> [x0, y0, x1, y1]")
     boxes = {}
     for clip, box in raw.items():
         ok = isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)

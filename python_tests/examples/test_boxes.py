@@ -172,3 +172,17 @@ def test_training_with_the_box_pipeline(data_root, tmp_path):
     final = train(tiny_config(data_root, tmp_path / "run", epochs=1, eval_every=0, box_pipeline="mmpose",
                               hand_boxes=str(data_root / "bboxes.json"), color_jitter=(0.4, 0.3), resize=None))
     assert final["splits"]["test"]["clips"] == 3
+
+
+def test_both_box_readers_name_the_file_of_bad_json(tmp_path):
+    from examples.data.boxes import load_frame_boxes
+    from examples.data.transforms import load_boxes
+
+    broken, listed = tmp_path / "broken.json", tmp_path / "list.json"
+    broken.write_text("{not json")
+    listed.write_text("[1, 2]")
+    for reader in (load_frame_boxes, load_boxes):
+        with pytest.raises(ValueError, match=r"broken\.json: not valid JSON"):
+            reader(broken)
+        with pytest.raises(ValueError, match=r"list\.json: expected a JSON object mapping clip path -> "):
+            reader(listed)
