@@ -88,12 +88,16 @@ def init_from(model: MTUTModel, path: str | Path) -> list[str]:
     return loaded
 
 
+def _config_diffs(saved: Mapping, cfg: TrainConfig, allowed) -> list[str]:
+    """The settings of ``cfg`` outside ``allowed`` that differ from a checkpoint's ``saved``."""
+    return [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in cfg.to_dict().items()
+            if k not in allowed and _norm(saved.get(k)) != _norm(v)]
+
+
 def check_resumable(saved: Mapping, cfg: TrainConfig) -> None:
     """Raise ``ValueError`` listing the settings of ``cfg`` that differ from a checkpoint's
     ``saved`` config in ways that would change the run's trajectory."""
-    current = cfg.to_dict()
-    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in current.items()
-             if k not in RESUMABLE_CHANGES and _norm(saved.get(k)) != _norm(v)]
+    diffs = _config_diffs(saved, cfg, RESUMABLE_CHANGES)
     if diffs:
         raise ValueError("--resume: the run was started with other settings (they would change its "
                          "trajectory):\n  " + "\n  ".join(diffs))
@@ -109,9 +113,7 @@ def check_branchable(saved: Mapping, cfg: TrainConfig, epoch: int) -> None:
     checkpoint's run, exactly, and everything after it sees the same data order and
     random streams.
     """
-    current = cfg.to_dict()
-    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in current.items()
-             if k not in BRANCH_CHANGES and _norm(saved.get(k)) != _norm(v)]
+    diffs = _config_diffs(saved, cfg, BRANCH_CHANGES)
     if diffs:
         raise ValueError("--branch-from: the branch differs from the run it branches from in settings other than "
                          "SSA's (they would change the shared prefix):\n  " + "\n  ".join(diffs))
@@ -122,7 +124,7 @@ def check_branchable(saved: Mapping, cfg: TrainConfig, epoch: int) -> None:
     if ssa_before(saved):
         raise ValueError(f"--branch-from: the checkpoint's run had SSA on from epoch {saved['ssa_start']}, before the "
                          f"branch point (epoch {epoch}); branch from an SSA-off run (--no-ssa)")
-    if ssa_before(current):
+    if ssa_before(cfg.to_dict()):
         raise ValueError(f"--branch-from: this run would have SSA on from epoch {cfg.ssa_start}, but its first "
                          f"{epoch} epochs come from an SSA-off checkpoint: --ssa-start must be > {epoch}")
 
