@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
                         "lighting dip; depth unchanged); the marks go to rgb_hard.json, for analysis only")
     s.add_argument("--rgb-hard-strength", type=float, default=d.rgb_hard_strength,
                    help="0..1: how hard an RGB-hard clip is")
+    s.add_argument("--hand-scale", type=float, default=d.hand_scale,
+                   help="hand size relative to the default camera distance (2 = a camera twice as close)")
     s.add_argument("--codec", default=d.codec, help="AVI FourCC (MJPG, or lossless FFV1)")
     s.add_argument("--flow", action="store_true", help="also precompute optical flow for both lists")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = SyntheticConfig(classes=args.classes, clips_per_class=args.clips_per_class, subjects=args.subjects,
                                   test_subjects=args.test_subjects, first_subject=args.first_subject, frames=args.frames, width=args.size[0],
                                   height=args.size[1], rgb_difficulty=args.rgb_difficulty, codec=args.codec,
-                                  rgb_hard_p=args.rgb_hard_p, rgb_hard_strength=args.rgb_hard_strength,
+                                  rgb_hard_p=args.rgb_hard_p, rgb_hard_strength=args.rgb_hard_strength, hand_scale=args.hand_scale,
                                   seed=args.seed)
             summary = generate(args.out, cfg, progress=not args.quiet)
             hard = f" ({summary['hard']} RGB-hard, {args.out}/rgb_hard.json)" if cfg.rgb_hard_p > 0 else ""

@@ -111,6 +111,9 @@ class SyntheticConfig:
             default) renders exactly what earlier versions rendered and writes no sidecar.
         rgb_hard_strength: 0 .. 1, how hard an RGB-hard clip is (1: hand color 60% of the
             way to its surroundings, the distractor at full opacity, light down to 45%).
+        hand_scale: the hands' size relative to the default camera distance (2: a camera
+            twice as close to the hands; the gestures' paths across the frame unchanged).
+            At the study's 64x64 input the default hand is about 6 pixels of palm radius.
         codec: AVI FourCC; ``MJPG`` (compact) or a lossless one such as ``FFV1``.
         seed: base seed.
     """
@@ -127,6 +130,7 @@ class SyntheticConfig:
     rgb_difficulty: float = 0.5
     rgb_hard_p: float = 0.0
     rgb_hard_strength: float = 1.0
+    hand_scale: float = 1.0
     codec: str = "MJPG"
     seed: int = 0
 
@@ -151,6 +155,8 @@ class SyntheticConfig:
             raise ValueError(f"rgb_hard_p must be in [0, 1], got {self.rgb_hard_p}")
         if not 0 <= self.rgb_hard_strength <= 1:
             raise ValueError(f"rgb_hard_strength must be in [0, 1], got {self.rgb_hard_strength}")
+        if not 0.25 <= self.hand_scale <= 4:
+            raise ValueError(f"hand_scale must be in [0.25, 4], got {self.hand_scale}")
         if len(self.codec) != 4:
             raise ValueError(f"codec must be a 4-character FourCC, got {self.codec!r}")
 
@@ -408,7 +414,7 @@ def render_clip(cfg: SyntheticConfig, label: int, subject: int, rep: int, rgb_ha
     tremor = [np.convolve(rng.normal(0, 1, length + 8), np.ones(9) / 9, "valid") for _ in range(3)]
 
     x0, y0 = rng.uniform(0.38, 0.62) * w, rng.uniform(0.42, 0.6) * h
-    radius0 = _PALM_RADIUS * h * sub.hand_scale * rng.uniform(0.9, 1.1)
+    radius0 = _PALM_RADIUS * h * cfg.hand_scale * sub.hand_scale * rng.uniform(0.9, 1.1)
     masks = []
     for i in range(length):
         zscale = 0.75 + 0.5 * g["z"][i]

@@ -132,6 +132,22 @@ def test_depth_is_clean_rgb_is_not():
     assert noise[1] > 2 * noise[0]
 
 
+def test_hand_scale_moves_the_camera_closer():
+    # The hand is the only thing nearer than the torso in depth (> 100): its area grows with
+    # the square of hand_scale (drawn outlines and frame borders make it a little less
+    # than 4x at 2), the gesture's window and the default rendering are unchanged.
+    cfg = replace(TINY, width=160, height=120)
+
+    def hand_area(clip):
+        return (np.stack(clip.depth)[..., 0] > 100).sum(axis=(1, 2)).mean()
+
+    base, near = render_clip(cfg, 11, 1, 0), render_clip(replace(cfg, hand_scale=2.0), 11, 1, 0)
+    assert near.window == base.window
+    assert 3.0 < hand_area(near) / hand_area(base) < 4.5
+    same = render_clip(replace(cfg, hand_scale=1.0), 11, 1, 0)
+    assert all(np.array_equal(a, b) for a, b in zip(same.color, base.color))
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [
@@ -142,6 +158,8 @@ def test_depth_is_clean_rgb_is_not():
         (dict(frames=2), "frames"),
         (dict(width=16), "frame size"),
         (dict(rgb_difficulty=1.5), "rgb_difficulty"),
+        (dict(hand_scale=0.0), "hand_scale"),
+        (dict(hand_scale=5.0), "hand_scale"),
         (dict(codec="MJPEG"), "FourCC"),
     ],
 )

@@ -128,8 +128,9 @@ def test_options_are_validated_and_on_the_command_line(tmp_path, capsys):
         SyntheticConfig(rgb_hard_strength=-0.1)
     assert data_main(["make-synthetic", "--out", str(tmp_path / "d"), "--classes", "1,2", "--clips-per-class", "3",
                       "--subjects", "3", "--test-subjects", "1", "--frames", "6", "--size", "48x32",
-                      "--rgb-hard-p", "0.5", "--seed", "5", "--quiet"]) == 0
+                      "--rgb-hard-p", "0.5", "--hand-scale", "1.5", "--seed", "5", "--quiet"]) == 0
     assert "RGB-hard" in capsys.readouterr().out
+    assert json.loads((tmp_path / "d" / INFO_FILE).read_text())["hand_scale"] == 1.5
     assert len(load_hard_clips(tmp_path / "d")) == 6
     (tmp_path / "bad.json").write_text('{"clips": {}}')
     with pytest.raises(ValueError, match="not an RGB-hard sidecar"):
