@@ -138,14 +138,14 @@ def impl_table(device: torch.device, algos=("direct", "gram", "auto")) -> dict:
 OPT_IN = ("gram-eager", "mtut-reference")  # not in the default set
 
 
-def resolved_kind(impl: Impl, shape: Shape) -> tuple:
+def resolved_kind(impl: Impl, shape: Shape, dtype: torch.dtype) -> tuple:
     """(cost kind for bench.costs.flops, note): mtut kinds name their resolved algorithm."""
     if not impl.kind.startswith("mtut-"):
         return impl.kind, ""
     backend, algo = impl.kind[len("mtut-"):].split(":")
     note = ""
     if algo == "auto":
-        algo = mtut_ops._validation.resolve_algo("auto", shape.d, shape.channels)
+        algo = mtut_ops._validation.resolve_algo("auto", shape.d, shape.channels, backend, dtype)
         note = f"auto -> {algo}"
     # the CUDA / triton kernels do other work than the cpu ones (bench/gpu_model.py counts
     # them); for achieved FLOP/s their useful work is the cpu algorithm's
@@ -392,7 +392,7 @@ def run_shape(meter: Meter, shape: Shape, dtype_name: str, impls: dict, args, lo
     try:
         for name, impl in impls.items():
             row = rows[name] = Row(shape.name, name, dtype_name, shape.N, "x".join(map(str, shape.channels)), shape.d)
-            kind, note = resolved_kind(impl, shape)
+            kind, note = resolved_kind(impl, shape, dtype)
             _note(row, note)
             f, b = flops(shape.problem, kind, active)
             row.gflop = (f + b) / 1e9

@@ -39,8 +39,9 @@ call, which waits for the stream): there it is GPU + host.
 What it says about the code's choices for CUDA tensors (verdict(); the table's section
 "Default backend and auto rule"): the default backend, "cuda" (tried before "triton" in
 mtut_ops/backends.py), is predicted faster than the Triton backend at every shape, GPU and
-scenario, and algo="auto" (resolve_auto: direct while d (C + 2P) <= C^2) picks each
-backend's faster algo everywhere. Unchanged from the model of the previous Triton code
+scenario, and algo="auto" (resolve_auto: each backend's rule for the dtype, direct while
+d (C + 2P) <= alpha C^2 or d <= d_direct, its constants from this model's crossovers,
+``--crossovers``) picks each backend's faster algo at the named shapes. Unchanged from the model of the previous Triton code
 (FMA dots for bf16, 64-wide tiles): the tensor-core Triton kernels are predicted 2.4-2.8x
 faster than before at Mixed_4f/Mixed_3c bf16 (fwd + bwd), still 2.7-2.9x slower than the CUDA backend,
 whose products are cuBLAS at a higher assumed efficiency, whose gram blocks are kept for
@@ -62,6 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -779,9 +781,12 @@ REDESIGN = [f"redesign-cuda-{a}" for a in ("direct", "gram", "auto")]
 IMPLS = ["mmpose-eager", "mmpose-compile", "expert-eager", "expert-compile", *OURS, *REDESIGN]
 
 
-def resolve_auto(p: Problem) -> str:
-    """mtut_ops/_validation.py resolve_algo (the rule both backends use)."""
-    return "direct" if p.d * (p.C + p.M * (p.M - 1)) <= p.C * p.C else "gram"
+def resolve_auto(p: Problem, backend: str = "cuda", scen: str = "fp32") -> str:
+    """mtut_ops/_validation.py resolve_algo: the auto rule of ``backend`` for the scenario's
+    input dtype (its GPU constants are this model's crossovers, see ``crossovers``)."""
+    from mtut_ops._validation import resolve_algo
+
+    return resolve_algo("auto", p.d, p.channels, backend, torch.bfloat16 if scen == "bf16" else torch.float32)
 
 
 def plan(impl: str, p: Problem, scen: str, gpu: Optional[GPU] = None) -> Plan:
@@ -800,7 +805,7 @@ def plan(impl: str, p: Problem, scen: str, gpu: Optional[GPU] = None) -> Plan:
         return compiled_expert(p, scen)
     kind, backend, algo = impl.split("-")
     if algo == "auto":
-        algo = resolve_auto(p)
+        algo = resolve_auto(p, backend, scen)
     if kind == "redesign":
         return redesign_plan(p, scen, algo, act)
     if backend == "cuda":
@@ -821,7 +826,7 @@ def predict(gpus=("H100-SXM", "H200"), shapes=SHAPES, scenarios=SCENARIOS) -> li
                     oom = pl.peak_gb is not None and pl.peak_gb > gpu.mem_gb
                     rows.append({
                         "gpu": gname, "shape": s.name, "M": s.M, "C": s.C, "d": p.d, "scenario": scen, "impl": impl,
-                        "algo": resolve_auto(p) if impl.endswith("auto") else "",
+                        "algo": resolve_auto(p, impl.split("-")[1], scen) if impl.endswith("auto") else "",
                         "fwd_ms": 1e3 * fwd, "total_ms": 1e3 * total, "gpu_busy_ms": 1e3 * gpu_s,
                         "gflop": pl.flops() / 1e9, "kernels": len(pl.fwd) + len(pl.bwd),
                         "bound": "host" if total > 1.5 * gpu_s and not pl.synchronizing else "gpu",
@@ -996,7 +1001,7 @@ def markdown(rows: list, date: str) -> str:
         "  the backward multiplies only the rows with a non-zero weight (pointer-array batched GEMM). gram: ONE GEMM",
         "  for the upper blocks (m <= n) of H over the stacked rows, kept; fused square-sum; backward ONE GEMM W X.",
         "  direct (d <= C): K_m by cuBLAS, one fused pairwise square-difference reduce, backward E_m fused + ONE GEMM.",
-        "  auto: the current rule (direct while d (C + 2P) <= C^2).",
+        "  auto: the CUDA rule (direct while d (C + 2P) <= alpha C^2 or d <= d_direct; mtut_ops/_validation.py AUTO_RULES).",
         "- Not modelled: clock throttling, L2 residency between kernels, CUDA-graph capture (it would remove most",
         "  host time), num_warps / num_stages (the Triton configs enter by block sizes only), programs that exit",
         "  at once (lower tiles, rows without weight), the staging kernel's float64 arithmetic.",
@@ -1040,10 +1045,53 @@ def markdown(rows: list, date: str) -> str:
     return "\n".join(L)
 
 
+def crossovers(gpu: str = "H100-SXM", N: int = 6, per_modality=(64, 128, 256, 512, 832, 1024), Ms=(2, 3)) -> list:
+    """Where each backend's gram algorithm becomes faster than its direct one (fwd + bwd),
+    per scenario, M and channels per modality: the smallest d of a geometric grid (8 ..
+    40000, 120 points) with gram faster, and alpha = d (C + 2P) / C^2 there. The constants of
+    mtut_ops/_validation.py AUTO_RULES (alpha, d_direct) are read off this table: alpha from
+    the large-C rows, d_direct from the small-C ones (where launches and memory decide)."""
+    g = GPUS[gpu]
+    grid = sorted({int(round(v)) for v in np.geomspace(8, 40000, 120)})
+    out = []
+    for backend in ("cuda", "triton"):
+        for scen in SCENARIOS:
+            for M in Ms:
+                for c in per_modality:
+                    C, P = c * M, M * (M - 1) // 2
+                    cross = None
+                    for d in grid:
+                        p = Problem(N, (c,) * M, d)
+                        if plan(f"mtut-{backend}-direct", p, scen, g).times(g)[1] > \
+                                plan(f"mtut-{backend}-gram", p, scen, g).times(g)[1]:
+                            cross = d
+                            break
+                    out.append({"backend": backend, "scenario": scen, "M": M, "C_m": c, "d_cross": cross,
+                                "alpha": None if cross is None else cross * (C + 2 * P) / C ** 2,
+                                "rule_direct_below": _rule_cross(backend, scen, (c,) * M, grid)})
+    return out
+
+
+def _rule_cross(backend: str, scen: str, channels: tuple, grid: list):
+    """The smallest d of ``grid`` where the auto rule picks gram."""
+    for d in grid:
+        if resolve_auto(Problem(1, channels, d), backend, scen) == "gram":
+            return d
+    return None
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--date", default=dt.date.today().isoformat())
+    ap.add_argument("--crossovers", action="store_true",
+                    help="print where gram overtakes direct per backend and dtype (the auto rules' source) and exit")
     args = ap.parse_args(argv)
+    if args.crossovers:
+        print("backend scenario M C_m d_cross alpha rule_gram_from")
+        for r in crossovers():
+            a = "-" if r["alpha"] is None else f"{r['alpha']:.2f}"
+            print(r["backend"], r["scenario"], r["M"], r["C_m"], r["d_cross"], a, r["rule_direct_below"])
+        return
     rows = predict()
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"gpu-model-{args.date}"

@@ -161,10 +161,29 @@ Distance parse_distance(std::string_view distance) {
 //   direct: the upper triangle of every K_m, d^2/2 * C multiply-adds, plus P squared
 //           differences per K entry          ~ d^2 (C + 2P)
 //   gram:   the upper blocks of [X_1..X_M][X_1..X_M]^T, d C^2 / 2 multiply-adds  ~ d C^2
-// The backward passes have the same ratio. So direct wins while d (C + 2P) <= C^2,
-// roughly while d <= C: I3D Mixed_5c (d = 392, C = 2 x 1024) is direct, Mixed_4f
-// (d = 3136, C = 2 x 832) and Mixed_3c (d = 25088) are gram.
-Algo resolve_algo(std::string_view algo, int64_t d, const std::vector<int64_t>& channels) {
+// The backward passes have the same ratio. On the CPU (at its GEMM roofline) the FLOPs
+// decide: direct while d (C + 2P) <= C^2, roughly while d <= C. On a GPU the two
+// algorithms run at different rates and small problems are bound by launches and memory,
+// so the rule is: direct while d (C + 2P) <= alpha C^2 or d <= d_direct, with alpha and
+// d_direct per backend and dtype from the crossovers that bench/gpu_model.py predicts
+// for H100 (PREDICTED, no GPU has run them; bench/results/gpu-model-*.md). Every backend
+// picks direct at I3D Mixed_5c (d = 392, C = 2 x 1024) and gram at Mixed_4f (d = 3136,
+// C = 2 x 832) and Mixed_3c (d = 25088).
+namespace {
+struct AutoRule {
+  double alpha;
+  int64_t d_direct;
+};
+
+AutoRule auto_rule(Backend backend, at::ScalarType dtype) {
+  if (backend == Backend::Cpu || dtype == at::kDouble) return {1.0, 0};  // FLOPs decide (no fp64 GPU model)
+  if (dtype == at::kHalf || dtype == at::kBFloat16) return {0.5, 750};
+  return {0.5, 550};  // float32, TF32 or not
+}
+}  // namespace
+
+Algo resolve_algo(std::string_view algo, int64_t d, const std::vector<int64_t>& channels, Backend backend,
+                  at::ScalarType dtype) {
   if (algo == "direct") return Algo::Direct;
   if (algo == "gram") return Algo::Gram;
   TORCH_CHECK_VALUE(
@@ -172,9 +191,10 @@ Algo resolve_algo(std::string_view algo, int64_t d, const std::vector<int64_t>& 
   int64_t C = 0;
   for (int64_t c : channels) C += c;
   const int64_t M = static_cast<int64_t>(channels.size());
+  const AutoRule rule = auto_rule(backend, dtype);
   const double direct_cost = static_cast<double>(d) * (static_cast<double>(C) + static_cast<double>(M * (M - 1)));
-  const double gram_cost = static_cast<double>(C) * static_cast<double>(C);
-  return direct_cost <= gram_cost ? Algo::Direct : Algo::Gram;
+  const double gram_cost = rule.alpha * static_cast<double>(C) * static_cast<double>(C);
+  return direct_cost <= gram_cost || d <= rule.d_direct ? Algo::Direct : Algo::Gram;
 }
 
 namespace {

@@ -42,8 +42,11 @@ Needs check_needs_grad(const c10::List<bool>& needs_grad, const FeatInfo& info);
 void check_loss_args(double beta, double lambda, std::optional<double> pair_cap);
 Distance parse_distance(std::string_view distance);
 
-// "direct", "gram", or "auto" resolved by the cost model (see resolve_algo in ssa_common.cpp).
-Algo resolve_algo(std::string_view algo, int64_t d, const std::vector<int64_t>& channels);
+// "direct", "gram", or "auto" resolved by the cost model of the backend that runs it, for
+// the inputs' dtype (see resolve_algo in ssa_common.cpp).
+enum class Backend { Cpu, Cuda };
+Algo resolve_algo(std::string_view algo, int64_t d, const std::vector<int64_t>& channels, Backend backend,
+                  at::ScalarType dtype);
 
 // Row (channel) L2 normalization with ATen ops, for the explicit correlation (the loss
 // kernels fold 1 / max(||x||, eps) into their products instead).

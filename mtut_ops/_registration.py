@@ -212,7 +212,8 @@ def _sqdist_forward_fake(feats, eps, algo, directed, for_backward):
     V.check_algo(algo)
     S = feats[0].new_empty((info.N, info.M, info.M), dtype=info.compute_dtype)
     # With algorithm gram the kernels keep the Gram blocks for the backward.
-    keeps = for_backward and V.resolve_algo(algo, info.d, info.channels) == "gram"
+    backend = "cuda" if info.device.type == "cuda" else "cpu"
+    keeps = for_backward and V.resolve_algo(algo, info.d, info.channels, backend, info.dtype) == "gram"
     saved_shape = (info.N, V.kept_gram_size(info.channels)) if keeps else (0,)
     return S, feats[0].new_empty(saved_shape, dtype=info.compute_dtype)
 

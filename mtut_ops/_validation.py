@@ -204,20 +204,40 @@ def check_loss_inputs(feats, ce, beta, lambda_, distance, eps, algo, pair_cap) -
     return info
 
 
-def resolve_algo(algo: str, d: int, channels: Sequence[int]) -> str:
-    """'direct' or 'gram'; 'auto' by the cost model of csrc/ssa_common.cpp:resolve_algo.
+# algo="auto" on each backend: direct while d (C + 2P) <= alpha C^2 or d <= d_direct
+# (backend -> dtype -> (alpha, d_direct)); mirrors csrc/ssa_common.cpp:auto_rule for cpu
+# and cuda. The GPU entries are the crossovers bench/gpu_model.py predicts for H100
+# (PREDICTED; no GPU has run them): cuda and triton are bound by launches and memory on
+# small problems (d_direct) and run direct and gram at different rates (alpha). float32
+# takes one rule whether or not TF32 is allowed (cuda's two crossovers are close;
+# triton's lie at d ~ 400 exact and ~ 1200 with TF32: 600 between them).
+AUTO_RULES = {
+    "cpu": {},  # the FLOPs decide: (1.0, 0) for every dtype
+    "cuda": {torch.float16: (0.5, 750), torch.bfloat16: (0.5, 750), torch.float32: (0.5, 550)},
+    "triton": {torch.float16: (0.5, 1500), torch.bfloat16: (0.5, 1500), torch.float32: (0.5, 600)},
+}
+
+
+def resolve_algo(algo: str, d: int, channels: Sequence[int], backend: str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> str:
+    """'direct' or 'gram'; 'auto' by the cost model of ``backend`` for ``dtype`` inputs.
 
     Per sample, with C = sum(channels) and P = M(M-1)/2 pairs, the direct algorithm costs
-    about d^2 (C + 2P) and the Gram algorithm about d C^2 (forward and backward alike),
-    so direct is chosen while d (C + 2P) <= C^2, i.e. roughly while d <= C. On symbolic
-    sizes the comparison becomes a guard (a recompile only where the choice flips).
+    about d^2 (C + 2P) multiply-adds and the Gram algorithm about d C^2 (forward and
+    backward alike). Direct is chosen while d (C + 2P) <= alpha C^2 or d <= d_direct,
+    with (alpha, d_direct) from ``AUTO_RULES`` ((1, 0) on the CPU and for float64: the
+    FLOPs decide). On symbolic sizes the comparison becomes a guard (a recompile only
+    where the choice flips).
     """
     check_algo(algo)
     if algo != "auto":
         return algo
+    if backend not in AUTO_RULES:
+        raise ValueError(f"mtut: backend must be one of {', '.join(AUTO_RULES)}, got {backend!r}")
+    alpha, d_direct = AUTO_RULES[backend].get(dtype, (1.0, 0))
     C = sum(channels)
     M = len(channels)
-    return "direct" if d * (C + M * (M - 1)) <= C * C else "gram"
+    return "direct" if d * (C + M * (M - 1)) <= alpha * C * C or d <= d_direct else "gram"
 
 
 def kept_gram_size(channels: Sequence[int]):

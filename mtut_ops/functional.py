@@ -105,7 +105,8 @@ def pairwise_sqdist(
 
     feats: M tensors [N, C_m, *S] with a common N and d = prod(S) (C_m may differ).
     algo: "direct" (tiled d x d walk), "gram" (shared C x C Gram blocks) or "auto"
-    (the cost model in mtut_ops._validation.resolve_algo). Neither builds a d x d matrix.
+    (the cost model of the backend and dtype in mtut_ops._validation.resolve_algo). Neither
+    builds a d x d matrix.
     Differentiable into every input. Returned in float32 (float64 for float64 inputs).
     """
     info = V.check_feats(feats)

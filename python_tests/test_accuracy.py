@@ -33,8 +33,8 @@ def rounded_operands(dtype, backend):
     return None
 
 
-def algo_of(algo, feats):
-    return V.resolve_algo(algo, feats[0][0, 0].numel(), [f.shape[1] for f in feats])
+def algo_of(algo, feats, backend):
+    return V.resolve_algo(algo, feats[0][0, 0].numel(), [f.shape[1] for f in feats], backend, feats[0].dtype)
 
 
 @st.composite
@@ -56,7 +56,7 @@ def test_pairwise_sqdist_fp64_matches_reference(backend_device, shape, algo, non
     ref = R.pairwise_sqdist([f.cpu() for f in feats])
     assert S.shape == (N, len(channels), len(channels)) and S.dtype == torch.float64
     err = (S.cpu() - ref).abs()
-    assert (err <= sqdist_bound(channels, d, torch.float64, algo_of(algo, feats), ref)).all(), err.max()
+    assert (err <= sqdist_bound(channels, d, torch.float64, algo_of(algo, feats, backend), ref)).all(), err.max()
     assert (S.diagonal(dim1=1, dim2=2) == 0).all()
     assert torch.equal(S, S.transpose(1, 2))
 
@@ -106,7 +106,7 @@ def test_low_precision_inputs_within_bound(backend_device, algo, dtype):
     channels, spatial = [48, 20, 33], [4, 5, 6]
     feats = [f.to(dtype) for f in make_feats(3, channels, spatial, device=device, seed=7)]
     ce = make_ce(3, 3, device=device)
-    d, which = 120, algo_of(algo, feats)
+    d, which = 120, algo_of(algo, feats, backend)
     # The reference sees exactly the rounded inputs, in float64; a tensor-core path is held
     # to the exact S of its rounded operands.
     ref_in = [f.detach().double().cpu() for f in feats]
@@ -188,15 +188,24 @@ def test_focal_weight_matches_reference(backend_device):
 def test_auto_matches_the_documented_cost_model(backend_device):
     """algo='auto' inside the kernels picks what mtut_ops._validation.resolve_algo picks."""
     backend, device = backend_device
-    for channels, spatial in [([16, 16], [2, 3]), ([4, 4], [8, 8]), ([40, 8], [7, 7])]:
+    # the last shape is gram by the CPU's rule and direct by the CUDA one (d <= 550)
+    for channels, spatial in [([16, 16], [2, 3]), ([4, 4], [8, 8]), ([40, 8], [7, 7]), ([50, 50], [5, 10, 10])]:
         feats = make_feats(2, channels, spatial, device=device, dtype=torch.float32)
-        choice = V.resolve_algo("auto", feats[0][0, 0].numel(), channels)
+        choice = V.resolve_algo("auto", feats[0][0, 0].numel(), channels, backend, torch.float32)
         auto = torch.ops.mtut.pairwise_sqdist(feats, 1e-8, "auto") if backend in ("cpu", "cuda") else None
         if auto is not None:
             assert torch.equal(auto, torch.ops.mtut.pairwise_sqdist(feats, 1e-8, choice))
-    assert V.resolve_algo("auto", 392, [1024, 1024]) == "direct"  # I3D Mixed_5c at 224
-    assert V.resolve_algo("auto", 3136, [832, 832]) == "gram"  # Mixed_4f
-    assert V.resolve_algo("auto", 25088, [480, 480]) == "gram"  # Mixed_3c
+    for b in V.AUTO_RULES:
+        for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            assert V.resolve_algo("auto", 392, [1024, 1024], b, dtype) == "direct"  # I3D Mixed_5c at 224
+            assert V.resolve_algo("auto", 3136, [832, 832], b, dtype) == "gram"  # Mixed_4f
+            assert V.resolve_algo("auto", 25088, [480, 480], b, dtype) == "gram"  # Mixed_3c
+    # the rule depends on the backend and dtype: d = 500, C = 100
+    assert V.resolve_algo("auto", 500, [50, 50], "cpu", torch.float32) == "gram"
+    assert V.resolve_algo("auto", 500, [50, 50], "cuda", torch.float32) == "direct"
+    assert V.resolve_algo("auto", 700, [50, 50], "cuda", torch.float32) == "gram"
+    assert V.resolve_algo("auto", 700, [50, 50], "cuda", torch.bfloat16) == "direct"
+    assert V.resolve_algo("auto", 700, [50, 50], "cuda", torch.float64) == "gram"
 
 
 def test_gradient_flows_only_into_the_student(backend_device):

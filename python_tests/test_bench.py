@@ -315,3 +315,28 @@ def test_gpu_model_default_backend_and_auto_rule_predicted_right():
     for f in G.fastest(rows):
         assert f["fastest_ours"].startswith("mtut-cuda-")
         assert f["auto_right_cuda"] and f["auto_right_triton"]
+
+
+# The auto rules' regret (time of the rule's choice over the faster algorithm's, fwd +
+# bwd, by the model) over C_m in 64..1024, d in 49..6272, M = 2, 3, H100: the constants of
+# mtut_ops/_validation.py AUTO_RULES are read off G.crossovers(), where the crossovers
+# spread over about one step of that grid (~1.2x in d), and a choice one step past its
+# crossover costs up to ~1.12x for cuda and ~1.23x for triton bf16/fp32; triton's TF32
+# crossover lies 2-3x above its exact-fp32 one, and float32 takes one rule for both.
+# The CPU's FLOP rule there would cost up to 1.5x (cuda fp32) .. 2.2x (cuda bf16).
+AUTO_REGRET = {("cuda", "fp32"): 1.15, ("cuda", "tf32"): 1.15, ("cuda", "bf16"): 1.15,
+               ("triton", "fp32"): 1.25, ("triton", "bf16"): 1.25, ("triton", "tf32"): 1.4}
+
+
+@pytest.mark.parametrize("backend, scen", list(AUTO_REGRET))
+def test_gpu_auto_rule_follows_the_model_crossovers(backend, scen):
+    g = G.GPUS["H100-SXM"]
+    worst = (1.0, None)
+    for M in (2, 3):
+        for c in (64, 128, 256, 512, 832, 1024):
+            for d in (49, 128, 256, 392, 512, 784, 1024, 1568, 2048, 3136, 6272):
+                p = Problem(6, (c,) * M, d)
+                t = {a: G.plan(f"mtut-{backend}-{a}", p, scen, g).times(g)[1] for a in ("direct", "gram")}
+                regret = t[G.resolve_auto(p, backend, scen)] / min(t.values())
+                worst = max(worst, (regret, (M, c, d)), key=lambda w: w[0])
+    assert worst[0] <= AUTO_REGRET[(backend, scen)], worst

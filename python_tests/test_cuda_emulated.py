@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mtut_ops import _validation as V
 from mtut_ops import reference as R
 
 from .conftest import leaf, make_ce, make_feats
@@ -253,3 +254,21 @@ def test_products_run_in_the_input_precision(emulated, algo, dtype):
         assert log[:blocks] == [own] * blocks and set(log[blocks:]) == {fp32}, log
     else:
         assert set(log) == {own}, log
+
+
+@pytest.mark.parametrize("dtype, spatial, expected", [
+    (torch.float32, (5, 10, 10), "direct"),  # d = 500 <= 550: direct on CUDA, gram by the CPU's FLOP rule
+    (torch.float32, (7, 10, 10), "gram"),  # d = 700 > 550
+    (torch.bfloat16, (7, 10, 10), "direct"),  # d = 700 <= 750 for 16-bit inputs
+])
+def test_auto_follows_the_cuda_rule(emulated, dtype, spatial, expected):
+    """algo='auto' in the CUDA kernels is the CUDA rule for the inputs' dtype (csrc/ssa_common.cpp
+    auto_rule, mirrored by mtut_ops._validation.AUTO_RULES), not the CPU's. Which algorithm
+    ran shows in what the forward keeps for the backward: the Gram blocks, or nothing."""
+    channels, d = [4, 4], spatial[0] * spatial[1] * spatial[2]
+    assert V.resolve_algo("auto", d, channels, "cuda", dtype) == expected
+    assert V.resolve_algo("auto", d, channels, "cpu", dtype) == "gram"
+    feats = [f.to(dtype) for f in make_feats(1, channels, list(spatial), seed=3)]
+    S, kept = emulated.ops.sqdist_forward(feats, EPS, "auto", True, True)
+    assert (kept.numel() > 0) == (expected == "gram")
+    assert torch.equal(S, emulated.pairwise_sqdist(feats, EPS, expected))

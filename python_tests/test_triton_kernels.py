@@ -73,7 +73,7 @@ def test_pairwise_sqdist_and_grad_fp64(case, algo):
     S = mtut_ops.pairwise_sqdist(ours, algo=algo, backend="triton")
     Sr = R.pairwise_sqdist(ref)
     assert S.shape == (N, M, M) and S.dtype == torch.float64 and S.device.type == DEVICE
-    bound = sqdist_bound(channels, d_of(feats), torch.float64, V.resolve_algo(algo, d_of(feats), channels), Sr.detach())
+    bound = sqdist_bound(channels, d_of(feats), torch.float64, V.resolve_algo(algo, d_of(feats), channels, "triton", feats[0].dtype), Sr.detach())
     assert ((S.detach().cpu() - Sr).abs() <= bound).all()
     assert torch.equal(S, S.transpose(1, 2)) and (S.diagonal(dim1=1, dim2=2) == 0).all()
 
@@ -510,7 +510,7 @@ def test_correlation_and_focal_weight():
 def test_auto_picks_what_the_cost_model_picks():
     for channels, spatial in [([16, 16], [2, 3]), ([4, 4], [8, 8])]:
         feats = make_feats(1, channels, spatial, device=DEVICE, dtype=torch.float32)
-        choice = V.resolve_algo("auto", feats[0][0, 0].numel(), channels)
+        choice = V.resolve_algo("auto", feats[0][0, 0].numel(), channels, "triton", torch.float32)
         auto = torch.ops.mtut.triton_sqdist_forward(feats, 1e-8, "auto", False, False)[0]
         assert torch.equal(auto, torch.ops.mtut.triton_sqdist_forward(feats, 1e-8, choice, False, False)[0])
 

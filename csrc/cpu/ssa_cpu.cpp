@@ -339,7 +339,7 @@ std::tuple<at::Tensor, at::Tensor> sqdist_forward(at::TensorList feats, double e
                                                   bool /*directed: the autograd formula's*/, bool for_backward) {
   const FeatInfo info = check_feats(feats);
   check_eps(eps);
-  const Algo a = resolve_algo(algo, info.d, info.channels);
+  const Algo a = resolve_algo(algo, info.d, info.channels, Backend::Cpu, info.dtype);
   const std::vector<Rows> rows = rows_of(feats, info, eps);
   const auto options = at::TensorOptions().dtype(info.compute_dtype);
   at::Tensor S;
@@ -357,7 +357,7 @@ std::vector<at::Tensor> sqdist_backward(at::TensorList feats, const at::Tensor& 
   check_weight(weight, info, feats[0]);
   check_eps(eps);
   const Needs needs = check_needs_grad(needs_grad, info);
-  const Algo a = resolve_algo(algo, info.d, info.channels);
+  const Algo a = resolve_algo(algo, info.d, info.channels, Backend::Cpu, info.dtype);
   check_saved(saved, info, a, feats[0]);
   const std::vector<Rows> rows = rows_of(feats, info, eps);
   const at::Tensor w = weight.to(at::kDouble).contiguous();

@@ -628,7 +628,7 @@ std::tuple<at::Tensor, at::Tensor> sqdist_forward(at::TensorList feats, double e
                                                   bool /*directed: the autograd formula's*/, bool for_backward) {
   const FeatInfo info = check_feats(feats);
   check_eps(eps);
-  const Algo a = resolve_algo(algo, info.d, info.channels);
+  const Algo a = resolve_algo(algo, info.d, info.channels, Backend::Cuda, info.dtype);
   const DeviceScope guard(feats[0].device());
   cudaStream_t stream = current_stream();
   const auto options = feats[0].options().dtype(info.compute_dtype);
@@ -655,7 +655,7 @@ std::vector<at::Tensor> sqdist_backward(at::TensorList feats, const at::Tensor& 
   check_weight(weight, info, feats[0]);
   check_eps(eps);
   const Needs needs = check_needs_grad(needs_grad, info);
-  const Algo a = resolve_algo(algo, info.d, info.channels);
+  const Algo a = resolve_algo(algo, info.d, info.channels, Backend::Cuda, info.dtype);
   check_saved(saved, info, a, feats[0]);
   const DeviceScope guard(feats[0].device());
   cudaStream_t stream = current_stream();

@@ -57,7 +57,7 @@ def triton_sqdist_forward(feats: list, eps: float, algo: str, directed: bool, fo
     info = _check_sqdist(feats, eps, algo)
     pk = pack(feats, info, eps)
     pairs, index = pair_tables(info.M, pk.z.device)
-    if V.resolve_algo(algo, info.d, info.channels) == "direct":
+    if V.resolve_algo(algo, info.d, info.channels, "triton", info.dtype) == "direct":
         values = direct_forward(pk, pairs)
     else:
         values = gram_forward(pk)
@@ -69,7 +69,7 @@ def triton_sqdist_backward(feats: list, saved: torch.Tensor, weight: torch.Tenso
                            needs_grad: list) -> list:
     info = _check_backward(feats, weight, eps, algo, needs_grad)
     pk = pack(feats, info, eps)
-    if V.resolve_algo(algo, info.d, info.channels) == "direct":
+    if V.resolve_algo(algo, info.d, info.channels, "triton", info.dtype) == "direct":
         grad_xh = direct_backward(pk, weight, needs_grad)
     else:
         grad_xh = gram_backward(pk, weight, needs_grad)
