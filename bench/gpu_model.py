@@ -57,6 +57,7 @@ import argparse
 import csv
 import datetime as dt
 import functools
+import itertools
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -231,6 +232,11 @@ class Plan:
 SCENARIOS = ("fp32", "tf32", "bf16")
 
 
+def input_dtype(scen: str) -> torch.dtype:
+    """The inputs' dtype in a scenario (TF32 is float32 inputs with TF32 products)."""
+    return torch.bfloat16 if scen == "bf16" else torch.float32
+
+
 def elem(scen: str) -> int:
     return 2 if scen == "bf16" else 4
 
@@ -336,8 +342,7 @@ def _trace_cached(fn, p: Problem, dtype: torch.dtype) -> tuple:
 
 
 def eager_plan(fn, p: Problem, scen: str) -> Plan:
-    dtype = torch.bfloat16 if scen == "bf16" else torch.float32
-    f, b, peak = _trace_cached(fn, p, dtype)
+    f, b, peak = _trace_cached(fn, p, input_dtype(scen))
     fwd, hf = _traced_ops(f, scen)
     bwd, hb = _traced_ops(b, scen)
     return Plan(fwd, bwd, hf, hb, peak_gb=peak / 1e9)
@@ -786,7 +791,7 @@ def resolve_auto(p: Problem, backend: str = "cuda", scen: str = "fp32") -> str:
     input dtype (its GPU constants are this model's crossovers, see ``crossovers``)."""
     from mtut_ops._validation import resolve_algo
 
-    return resolve_algo("auto", p.d, p.channels, backend, torch.bfloat16 if scen == "bf16" else torch.float32)
+    return resolve_algo("auto", p.d, p.channels, backend, input_dtype(scen))
 
 
 def plan(impl: str, p: Problem, scen: str, gpu: Optional[GPU] = None) -> Plan:
@@ -1054,30 +1059,20 @@ def crossovers(gpu: str = "H100-SXM", N: int = 6, per_modality=(64, 128, 256, 51
     g = GPUS[gpu]
     grid = sorted({int(round(v)) for v in np.geomspace(8, 40000, 120)})
     out = []
-    for backend in ("cuda", "triton"):
-        for scen in SCENARIOS:
-            for M in Ms:
-                for c in per_modality:
-                    C, P = c * M, M * (M - 1) // 2
-                    cross = None
-                    for d in grid:
-                        p = Problem(N, (c,) * M, d)
-                        if plan(f"mtut-{backend}-direct", p, scen, g).times(g)[1] > \
-                                plan(f"mtut-{backend}-gram", p, scen, g).times(g)[1]:
-                            cross = d
-                            break
-                    out.append({"backend": backend, "scenario": scen, "M": M, "C_m": c, "d_cross": cross,
-                                "alpha": None if cross is None else cross * (C + 2 * P) / C ** 2,
-                                "rule_direct_below": _rule_cross(backend, scen, (c,) * M, grid)})
+    for backend, scen, M, c in itertools.product(("cuda", "triton"), SCENARIOS, Ms, per_modality):
+        C, P = c * M, M * (M - 1) // 2
+
+        def gram_faster(d: int) -> bool:
+            p = Problem(N, (c,) * M, d)
+            return plan(f"mtut-{backend}-direct", p, scen, g).times(g)[1] > \
+                plan(f"mtut-{backend}-gram", p, scen, g).times(g)[1]
+
+        cross = next((d for d in grid if gram_faster(d)), None)
+        out.append({"backend": backend, "scenario": scen, "M": M, "C_m": c, "d_cross": cross,
+                    "alpha": None if cross is None else cross * (C + 2 * P) / C ** 2,
+                    "rule_gram_from": next((d for d in grid if resolve_auto(Problem(1, (c,) * M, d), backend, scen)
+                                            == "gram"), None)})
     return out
-
-
-def _rule_cross(backend: str, scen: str, channels: tuple, grid: list):
-    """The smallest d of ``grid`` where the auto rule picks gram."""
-    for d in grid:
-        if resolve_auto(Problem(1, channels, d), backend, scen) == "gram":
-            return d
-    return None
 
 
 def main(argv=None):
@@ -1090,7 +1085,7 @@ def main(argv=None):
         print("backend scenario M C_m d_cross alpha rule_gram_from")
         for r in crossovers():
             a = "-" if r["alpha"] is None else f"{r['alpha']:.2f}"
-            print(r["backend"], r["scenario"], r["M"], r["C_m"], r["d_cross"], a, r["rule_direct_below"])
+            print(r["backend"], r["scenario"], r["M"], r["C_m"], r["d_cross"], a, r["rule_gram_from"])
         return
     rows = predict()
     RESULTS.mkdir(parents=True, exist_ok=True)
