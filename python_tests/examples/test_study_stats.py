@@ -82,6 +82,10 @@ def test_paired_t_test_on_a_toy_input_against_a_hand_computation():
 def test_paired_t_test_edge_cases():
     assert math.isnan(paired_t_test([0.1]).p_one_sided)
     assert paired_t_test([0.02, 0.02, 0.02]).p_one_sided == 0.0  # no spread, all up
+    # equal gains whose float mean is off by an ulp (std 1.7e-17 before the guard): no spread
+    # either, not t ~ 1e16
+    flat = paired_t_test([0.1, 0.1, 0.1])
+    assert flat.sd == 0 and flat.t == math.inf and flat.ci_low == flat.ci_high == flat.mean
     assert paired_t_test([-0.02, -0.02]).p_one_sided == 1.0
     assert math.isnan(paired_t_test([0.0, 0.0, 0.0]).p_one_sided)
     symmetric = paired_t_test([-0.03, 0.03, -0.01, 0.01])
