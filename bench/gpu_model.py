@@ -422,8 +422,8 @@ def cuda_plan(p: Problem, scen: str, algo: str, active) -> Plan:
         fwd.append(Op("partial=zeros", 0, 0))
         for i0 in range(0, d, rows):
             ti, width = min(rows, d - i0), d - i0
-            for c in ch:  # strip_left: x[:, I] * s^2 -> operand dtype (3 ATen ops), then the K strip
-                fwd += [Op("s*s", 0, 0), Op("x*s2", 0, N * c * ti * (e + 4)), Op("to(operand)", 0, N * c * ti * (4 + eo))]
+            for c in ch:  # strip_left: scaled_strip_kernel x[:, I] s^2 -> operand dtype, then the K strip
+                fwd.append(Op("scaled_strip", 0, N * c * ti * (e + eo) + 4 * N * c))
                 fwd.append(Op("K=bmm", 2.0 * N * ti * width * c, N * c * (ti + width) * e + 4 * N * ti * width, "cublas",
                               pr, (N, ti, width, c)))
             fwd.append(Op("strip_sqdiff", 0, M * 4 * N * ti * width))
@@ -432,37 +432,35 @@ def cuda_plan(p: Problem, scen: str, algo: str, active) -> Plan:
     fwd += cf
     host_fwd = HOST["api_call"] + HOST["cpp_op"] * len(fwd)
 
-    bwd = [Op("pair coefficient", 0, 0) for _ in range(4 * M * M + 3 * M)]
+    bwd = [Op("pair coefficient", 0, 0) for _ in range(11)]  # pair_coefficients: 11 ATen ops on [N, M, M]
     bwd += [Op("row_scale", 0, N * c * d * e + 8 * N * c) for c in ch]
     needs = [True] * M  # both networks train: every modality needs a gradient
     if algo == "gram":
         for m in range(M):
             if not needs[m]:
                 continue
-            bwd.append(Op("g=zeros", 0, 4 * N * ch[m] * d))
-            for n in range(M):  # A = P s^2 coef/ref in the operand dtype, then g += A @ X_n
-                bwd += [Op("s*s", 0, 0), Op("coef/ref", 0, 0), Op("P*s2", 0, 8 * N * ch[m] * ch[n]),
-                        Op("*factor", 0, 8 * N * ch[m] * ch[n]), Op("to(operand)", 0, N * ch[m] * ch[n] * (4 + eo))]
-                bwd.append(Op("g.baddbmm", 2.0 * N * ch[m] * ch[n] * d,
-                              eo * N * ch[m] * ch[n] + e * N * ch[n] * d + 8 * N * ch[m] * d, "cublas", pr,
-                              (N, ch[m], d, ch[n])))
+            for n in range(M):  # weighted_block_kernel: A = P s^2 coef/ref in the operand dtype, then
+                # g = A @ X_n (the first product writes g) or g += A @ X_n
+                bwd.append(Op("weighted_block", 0, N * ch[m] * ch[n] * (4 + eo) + 4 * N * ch[n]))
+                bwd.append(Op("g=bmm" if n == 0 else "g.baddbmm", 2.0 * N * ch[m] * ch[n] * d,
+                              eo * N * ch[m] * ch[n] + e * N * ch[n] * d + (4 if n == 0 else 8) * N * ch[m] * d,
+                              "cublas", pr, (N, ch[m], d, ch[n])))
     else:
         rows = max(1, min(d, (1 << 24) // max(N * d * M, 1)))
-        bwd += [Op("g=zeros", 0, 4 * N * c * d) for c in ch]
         for i0 in range(0, d, rows):
             ti = min(rows, d - i0)
             for c in ch:  # every K strip again, full rows
-                bwd += [Op("s*s", 0, 0), Op("x*s2", 0, N * c * ti * (e + 4)), Op("to(operand)", 0, N * c * ti * (4 + eo))]
+                bwd.append(Op("scaled_strip", 0, N * c * ti * (e + eo) + 4 * N * c))
                 bwd.append(Op("K=bmm", 2.0 * N * ti * d * c, N * c * (ti + d) * e + 4 * N * ti * d, "cublas", pr,
                               (N, ti, d, c)))
             for m in range(M):
                 if not needs[m]:
                     continue
-                strip = 4 * N * ti * d
-                bwd += [Op("E=K*coef/ref", 0, 2 * strip)]
-                bwd += [Op("E.add_(K*coef/ref)", 0, 4 * strip) for _ in range(M - 1)]
-                bwd.append(Op("to(operand)", 0, strip + eo * N * ti * d))
-                bwd.append(Op("g.baddbmm", 2.0 * N * ch[m] * ti * d, eo * N * ti * d + e * N * ch[m] * ti + 8 * N * ch[m] * d,
+                # combine_strips_kernel: E = sum_n coef/ref K_n in the operand dtype; the first
+                # strip's product writes g, the others accumulate
+                bwd.append(Op("combine_strips", 0, M * 4 * N * ti * d + eo * N * ti * d))
+                bwd.append(Op("g=bmm" if i0 == 0 else "g.baddbmm", 2.0 * N * ch[m] * ti * d,
+                              eo * N * ti * d + e * N * ch[m] * ti + (4 if i0 == 0 else 8) * N * ch[m] * d,
                               "cublas", pr, (N, ch[m], d, ti)))
     bwd += [Op("normalize_backward_kernel", 0, N * c * d * (4 + 2 * e)) for c in ch]
     bwd += cb
@@ -977,8 +975,9 @@ def markdown(rows: list, date: str) -> str:
         f"{EFF['cublas']['tf32']:.0%}, FP32 SIMT {EFF['cublas']['fp32']:.0%}; times wave quantization over 132 SMs",
         f"  (tiles 128x256 bf16, 128x128 otherwise) and K / (K + {K_OVERHEAD}) for the fixed cost of a tile.",
         "- The CUDA backend (csrc/cuda/ssa_cuda.cu): every product is cuBLAS (the rate above), in the input precision",
-        "  (bf16 operands for bf16 inputs); our kernels are memory-bound (row norms, square sums, normalization",
-        "  backward); the gram blocks are kept for the backward; the backward runs every sample of a modality.",
+        "  (bf16 operands for bf16 inputs); our kernels are memory-bound (row norms, square sums, the one-pass",
+        "  scaling of the products' derived operands, normalization backward); the gram blocks are kept for the",
+        "  backward; the backward runs every sample of a modality.",
         "- The Triton backend (mtut_ops/triton, since issue 12): per call the M maps are staged (_stage_rows: one",
         "  launch per modality, each row read from HBM, read again from L2, written normalized in the input dtype,",
         "  padded to ld = d rounded up to 16), forward and backward alike (nothing is kept); every GEMM is a plain",

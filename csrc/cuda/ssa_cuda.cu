@@ -14,7 +14,8 @@
 //         same bits and S is exactly 0. S_mn = |G_mm|^2 - 2 |G_mn|^2 + |G_nn|^2 with
 //         G = diag(s) P diag(s), squared and summed in fp64, clamped at 0.
 //         backward, for each modality m that needs a gradient:
-//         graw_m = sum_n coef_mn P_mn diag(s_n^2) X_n (the blocks reused, not recomputed).
+//         graw_m = sum_n coef_mn P_mn diag(s_n^2) X_n (the blocks reused, not recomputed;
+//         each weighted in one pass of our own into the operand dtype, then one product).
 // direct: forward, strips of rows I of the upper triangle of every K_m = Xh_m^T Xh_m,
 //         K_m[I, J >= I] = (X_m[:, I] s_m^2)^T X_m[:, J] (one GEMM per modality and strip),
 //         squared differences of every pair summed in fp64 (the diagonal once, above it
@@ -403,8 +404,6 @@ Prepared prepare(at::TensorList feats, const FeatInfo& info, double eps, bool sc
   return p;
 }
 
-at::Tensor column(const at::Tensor& v) { return v.unsqueeze(-1); }  // [N, C] -> [N, C, 1]
-
 // ------------------------------------------------------------------ gram
 
 // The blocks P_mn = X_m X_n^T (n >= m) of every sample, one GEMM each, into views of
@@ -462,14 +461,48 @@ at::Tensor sqdist_from_blocks(const Prepared& p, const FeatInfo& info, const at:
 
 // ------------------------------------------------------------------ direct
 
-// The left operand of the K strip: X[:, I] s^2, [N, ti, C] in the operand dtype.
-at::Tensor strip_left(const Prepared& p, int64_t m, int64_t i0, int64_t ti) {
-  const at::Tensor s = p.scales[m];
-  return (p.operands[m].narrow(2, i0, ti) * column(s * s)).to(p.operand).transpose(1, 2);
+// The operand dtype of the scaled products: the input's, fp32 for fp16 (see the header).
+template <typename Tin> using Operand = std::conditional_t<std::is_same_v<Tin, __half>, float, Tin>;
+
+// out[b, c, i] = x[b, c, i0 + i] s[b, c]^2 in the operand dtype, [N, C, ti] contiguous, in
+// one pass (x s^2 as ATen forms it: the product in the compute dtype, then rounded).
+template <typename Tin>
+__global__ void __launch_bounds__(kThreads) scaled_strip_kernel(
+    const Tin* __restrict__ x, int64_t sn, int64_t sc, int64_t sd, int64_t C, int64_t i0, int64_t ti,
+    int64_t rows_per_chunk, const Cmp<Tin>* __restrict__ s, Operand<Tin>* __restrict__ out) {
+  using T = Cmp<Tin>;
+  const int64_t chunk = blockIdx.x, b = blockIdx.y;
+  const int64_t r0 = chunk * rows_per_chunk, r1 = std::min(C, r0 + rows_per_chunk);
+  for (int64_t c = r0; c < r1; ++c) {
+    const T sc2 = s[b * C + c] * s[b * C + c];
+    const Tin* xr = x + b * sn + c * sc + i0 * sd;
+    Operand<Tin>* o = out + (b * C + c) * ti;
+    for (int64_t i = threadIdx.x; i < ti; i += kThreads)
+      o[i] = from_compute<Operand<Tin>>(static_cast<T>(to_double<Tin>(xr[i * sd])) * sc2);
+  }
 }
 
-template <typename Out>
+// The left operand of the K strip: X[:, I] s^2, [N, ti, C] (a transposed view) in the
+// operand dtype.
+template <typename Tin>
+at::Tensor strip_left(const Prepared& p, int64_t m, int64_t i0, int64_t ti, cudaStream_t stream) {
+  const at::Tensor& v = p.views[m];
+  const int64_t N = v.size(0), C = v.size(1);
+  at::Tensor out = at::empty({N, C, ti}, p.scales[m].options().dtype(p.operand));
+  const int64_t rows_per_chunk = std::max<int64_t>(1, kChunkEntries / ti);
+  for (int64_t b0 = 0; b0 < N; b0 += kMaxGrid) {
+    const int64_t nb = std::min(kMaxGrid, N - b0);
+    launch(scaled_strip_kernel<Tin>, dim3(grid_dim((C + rows_per_chunk - 1) / rows_per_chunk), grid_dim(nb)),
+           dim3(kThreads), stream, reinterpret_cast<const Tin*>(v.const_data_ptr()) + b0 * v.stride(0), v.stride(0),
+           v.stride(1), v.stride(2), C, i0, ti, rows_per_chunk, p.scales[m].const_data_ptr<Cmp<Tin>>() + b0 * C,
+           static_cast<Operand<Tin>*>(out.mutable_data_ptr()) + b0 * C * ti);
+  }
+  return out.transpose(1, 2);
+}
+
+template <typename Tin>
 at::Tensor sqdist_direct(const Prepared& p, const FeatInfo& info, cudaStream_t stream) {
+  using Out = Cmp<Tin>;
   const int64_t M = info.M, N = info.N, d = info.d;
   TORCH_CHECK_VALUE(M <= 8, "mtut: the cuda direct algorithm takes at most 8 modalities, got ", M,
                     "; use algo='gram'");
@@ -487,7 +520,7 @@ at::Tensor sqdist_direct(const Prepared& p, const FeatInfo& info, cudaStream_t s
     StripPairs args{};
     args.M = static_cast<int>(M);
     for (int64_t m = 0; m < M; ++m) {
-      K[m] = gemm(strip_left(p, m, i0, ti), p.operands[m].narrow(2, i0, width), cdt);  // [N, ti, d - i0]
+      K[m] = gemm(strip_left<Tin>(p, m, i0, ti, stream), p.operands[m].narrow(2, i0, width), cdt);  // [N, ti, d - i0]
       if (cdt == at::kDouble) args.k64[m] = K[m].const_data_ptr<double>();
       else args.k[m] = K[m].const_data_ptr<float>();
     }
@@ -521,75 +554,143 @@ at::Tensor sqdist_direct(const Prepared& p, const FeatInfo& info, cudaStream_t s
 
 // ------------------------------------------------------------------ backward
 
-// coef[m * M + n], [N, 1, 1]: the weight of pair (m, n) in dL/dXh_m, for both algorithms:
-// coef_mm = 4 a_m with a_m = sum_{n != m} w_mn, and coef_mn = -4 w_mn (n != m); and per
-// modality the sample's largest |coef| (1 where all are 0), which the scaled operands
-// are divided by so that they stay near 1 in 16 bits; it is multiplied back in the
-// normalization backward.
+// The weight of pair (m, n) in dL/dXh_m, for both algorithms: coef_mm = 4 a_m with
+// a_m = sum_{n != m} w_mn, and coef_mn = -4 w_mn (n != m); per modality the sample's
+// largest |coef| (1 where all are 0), ref_m, which the scaled operands are divided by so
+// that they stay near 1 in 16 bits (it is multiplied back in the normalization backward).
+// A handful of ATen ops on [N, M, M], whatever M (a loop over the pairs was 4 M^2 + 3 M
+// launches).
 struct Coefficients {
-  std::vector<at::Tensor> coef;  // [M * M] of [N, 1, 1]
-  std::vector<at::Tensor> ref;   // [M] of [N]
+  at::Tensor factor;  // [N, M, M] compute dtype: coef_mn / ref_m
+  at::Tensor ref;     // [N, M]
 };
 
-Coefficients pair_coefficients(const at::Tensor& w, const FeatInfo& info) {
-  const int64_t M = info.M, N = info.N;
-  Coefficients c;
-  c.coef.resize(M * M);
-  for (int64_t m = 0; m < M; ++m) {
-    const at::Tensor wm = w.select(1, m);
-    at::Tensor largest;
-    for (int64_t n = 0; n < M; ++n) {
-      c.coef[m * M + n] = (n == m ? (wm.sum(1) - wm.select(1, m)) * 4.0 : wm.select(1, n) * -4.0).view({N, 1, 1});
-      const at::Tensor a = c.coef[m * M + n].view({N}).abs();
-      largest = n == 0 ? a : at::maximum(largest, a);
+Coefficients pair_coefficients(const at::Tensor& w) {
+  at::Tensor coef = w * -4.0;
+  coef.diagonal(0, 1, 2).copy_((w.sum(2) - w.diagonal(0, 1, 2)) * 4.0);
+  const at::Tensor largest = coef.abs().amax(2);  // a NaN propagates through coef / ref
+  at::Tensor ref = at::where(largest == 0, at::ones_like(largest), largest);  // all-zero: 0 / 1 = 0
+  return {coef / ref.unsqueeze(2), ref};
+}
+
+// A = (coef_mn / ref_m) P_mn diag(s_n^2) in the operand dtype, one pass over a kept block
+// P [rows, cols] of every sample (batch stride `stride`): s scales its columns (n >= m: the
+// block P_mn itself) or its rows (n < m: the kept P_nm, whose transpose is the operand).
+// The same operations, in the same order, as block * s^2 * factor in ATen.
+template <typename Top>
+__global__ void __launch_bounds__(kThreads) weighted_block_kernel(
+    const Cmp<Top>* __restrict__ P, int64_t stride, int64_t rows, int64_t cols, int64_t rows_per_chunk,
+    const Cmp<Top>* __restrict__ s, bool scale_rows, const Cmp<Top>* __restrict__ factor, int64_t factor_stride,
+    Top* __restrict__ out) {
+  using T = Cmp<Top>;
+  const int64_t chunk = blockIdx.x, b = blockIdx.y;
+  const int64_t r0 = chunk * rows_per_chunk, r1 = std::min(rows, r0 + rows_per_chunk);
+  const T* p = P + b * stride;
+  const T* sb = s + b * (scale_rows ? rows : cols);
+  const T f = factor[b * factor_stride];
+  Top* o = out + b * rows * cols;
+  for (int64_t i = r0; i < r1; ++i) {  // consecutive threads: consecutive columns
+    const T si = scale_rows ? sb[i] : T(0);
+    for (int64_t j = threadIdx.x; j < cols; j += kThreads) {
+      const T sj = scale_rows ? si : sb[j];
+      o[i * cols + j] = from_compute<Top>(p[i * cols + j] * (sj * sj) * f);
     }
-    // NaN propagates through the ratio coef / ref; an all-zero sample keeps 0 / 1 = 0
-    c.ref.push_back(at::where(largest == 0, at::ones_like(largest), largest));
   }
-  return c;
 }
 
 // graw_m with dL/dXh_m = diag(ref_m s_m) graw_m = sum_n coef_mn G_mn Xh_n:
-// graw_m = sum_n (coef_mn / ref_m) P_mn diag(s_n^2) X_n, from the kept blocks.
+// graw_m = sum_n (coef_mn / ref_m) P_mn diag(s_n^2) X_n, from the kept blocks: per block one
+// pass that weights it (weighted_block_kernel) and one product; the first product writes
+// graw_m (no zero-filled accumulator).
+template <typename Top>
 std::vector<at::Tensor> gram_grad_raw(const Prepared& p, const at::Tensor& kept, const Coefficients& c,
-                                      const FeatInfo& info, const Needs& needs) {
+                                      const FeatInfo& info, const Needs& needs, cudaStream_t stream) {
   const int64_t M = info.M, N = info.N;
   std::vector<at::Tensor> g(M);
   for (int64_t m = 0; m < M; ++m) {
     if (!needs[m]) continue;
-    g[m] = at::zeros({N, info.channels[m], info.d}, p.norms[m].options());
     for (int64_t n = 0; n < M; ++n) {
-      const at::Tensor block = m <= n ? kept_block(kept, info.channels, m, n)
-                                      : kept_block(kept, info.channels, n, m).transpose(1, 2);
-      const at::Tensor sn = p.scales[n];
-      const at::Tensor factor = c.coef[m * M + n] / c.ref[m].view({N, 1, 1});
-      gemm_acc(g[m], (block * (sn * sn).unsqueeze(1) * factor).to(p.operand), p.operands[n]);
+      const bool upper = m <= n;
+      const at::Tensor block = kept_block(kept, info.channels, std::min(m, n), std::max(m, n));
+      const int64_t rows = block.size(1), cols = block.size(2);
+      const int64_t rows_per_chunk = std::max<int64_t>(1, kChunkEntries / cols);
+      at::Tensor weighted = at::empty({N, rows, cols}, block.options().dtype(p.operand));
+      const at::Tensor factor = c.factor.select(1, m).select(1, n);  // [N], stride M * M
+      for (int64_t b0 = 0; b0 < N; b0 += kMaxGrid) {
+        const int64_t nb = std::min(kMaxGrid, N - b0);
+        launch(weighted_block_kernel<Top>, dim3(grid_dim((rows + rows_per_chunk - 1) / rows_per_chunk), grid_dim(nb)),
+               dim3(kThreads), stream, block.const_data_ptr<Cmp<Top>>() + b0 * block.stride(0), block.stride(0), rows,
+               cols, rows_per_chunk, p.scales[n].const_data_ptr<Cmp<Top>>() + b0 * info.channels[n], !upper,
+               factor.const_data_ptr<Cmp<Top>>() + b0 * factor.stride(0), factor.stride(0),
+               static_cast<Top*>(weighted.mutable_data_ptr()) + b0 * rows * cols);
+      }
+      const at::Tensor A = upper ? weighted : weighted.transpose(1, 2);  // [N, C_m, C_n]
+      if (g[m].defined()) gemm_acc(g[m], A, p.operands[n]);
+      else g[m] = gemm(A, p.operands[n], info.compute_dtype);
     }
   }
   return g;
 }
 
+// E[b] = sum_n (coef_mn / ref_m) K_n[b] (n = m first, then the others in order, as ATen's
+// K_m * f_mm + K_n * f_mn ...) in the operand dtype, one pass over the strips [N, count].
+// (4 blocks per SM, as normalize_backward_kernel: otherwise ptxas kept it to 32 registers
+// for sm_80 and spilled one.)
+template <typename Top>
+__global__ void __launch_bounds__(kThreads, 4) combine_strips_kernel(
+    const StripPairs strips, int64_t count, int m, const Cmp<Top>* __restrict__ factor, Top* __restrict__ out) {
+  using T = Cmp<Top>;
+  const int64_t chunk = blockIdx.x, b = blockIdx.y;
+  const int M = strips.M;
+  const T* f = factor + (b * M + m) * M;
+  const int64_t e1 = std::min(count, (chunk + 1) * kChunkEntries);
+  for (int64_t e = chunk * kChunkEntries + threadIdx.x; e < e1; e += kThreads) {
+    T acc = strip_of<T>(strips, m)[b * count + e] * f[m];
+    for (int n = 0; n < M; ++n)
+      if (n != m) acc += strip_of<T>(strips, n)[b * count + e] * f[n];
+    out[b * count + e] = from_compute<Top>(acc);
+  }
+}
+
 // graw_m with dL/dXh_m = diag(ref_m s_m) graw_m for dL/dXh_m = Xh_m E_m, E_m = sum_n coef_mn K_n,
 // over strips of rows I: K_n[I, :] = X_n[:, I]^T diag(s_n^2) X_n, graw_m += X_m[:, I] E_m[I, :] / ref_m.
+template <typename Tin>
 std::vector<at::Tensor> direct_grad_raw(const Prepared& p, const Coefficients& c, const FeatInfo& info,
-                                        const Needs& needs) {
+                                        const Needs& needs, cudaStream_t stream) {
+  using Top = Operand<Tin>;
+  using T = Cmp<Tin>;
   const int64_t M = info.M, N = info.N, d = info.d;
+  TORCH_CHECK_VALUE(M <= 8, "mtut: the cuda direct algorithm takes at most 8 modalities, got ", M,
+                    "; use algo='gram'");
   const int64_t rows = std::clamp<int64_t>(kStripBudget / std::max<int64_t>(N * d * M, 1), 1, d);
   std::vector<at::Tensor> g(M);
-  for (int64_t m = 0; m < M; ++m)
-    if (needs[m]) g[m] = at::zeros({N, info.channels[m], d}, p.norms[m].options());
   std::vector<at::Tensor> K(M);
   for (int64_t i0 = 0; i0 < d; i0 += rows) {
-    const int64_t ti = std::min(rows, d - i0);
-    for (int64_t m = 0; m < M; ++m)  // K_m enters E_m and every other E_n: all are formed
-      K[m] = gemm(strip_left(p, m, i0, ti), p.operands[m], info.compute_dtype);  // [N, ti, d]
+    const int64_t ti = std::min(rows, d - i0), count = ti * d;
+    StripPairs args{};
+    args.M = static_cast<int>(M);
+    for (int64_t m = 0; m < M; ++m) {  // K_m enters E_m and every other E_n: all are formed
+      K[m] = gemm(strip_left<Tin>(p, m, i0, ti, stream), p.operands[m], info.compute_dtype);  // [N, ti, d]
+      if constexpr (std::is_same_v<T, double>) args.k64[m] = K[m].const_data_ptr<double>();
+      else args.k[m] = K[m].const_data_ptr<float>();
+    }
     for (int64_t m = 0; m < M; ++m) {
       if (!needs[m]) continue;
-      const at::Tensor ref = c.ref[m].view({N, 1, 1});
-      at::Tensor E = K[m] * (c.coef[m * M + m] / ref);
-      for (int64_t n = 0; n < M; ++n)
-        if (n != m) E.add_(K[n] * (c.coef[m * M + n] / ref));
-      gemm_acc(g[m], p.operands[m].narrow(2, i0, ti), E.to(p.operand));
+      at::Tensor E = at::empty({N, ti, d}, K[m].options().dtype(p.operand));
+      for (int64_t b0 = 0; b0 < N; b0 += kMaxGrid) {
+        const int64_t nb = std::min(kMaxGrid, N - b0);
+        StripPairs shifted = args;  // the same strips, from sample b0 on
+        for (int64_t n = 0; n < M; ++n) {
+          if constexpr (std::is_same_v<T, double>) shifted.k64[n] += b0 * count;
+          else shifted.k[n] += b0 * count;
+        }
+        launch(combine_strips_kernel<Top>, dim3(grid_dim((count + kChunkEntries - 1) / kChunkEntries), grid_dim(nb)),
+               dim3(kThreads), stream, shifted, count, static_cast<int>(m),
+               c.factor.const_data_ptr<T>() + b0 * M * M, static_cast<Top*>(E.mutable_data_ptr()) + b0 * count);
+      }
+      const at::Tensor left = p.operands[m].narrow(2, i0, ti);
+      if (g[m].defined()) gemm_acc(g[m], left, E);
+      else g[m] = gemm(left, E, info.compute_dtype);  // the first strip writes graw_m
     }
   }
   return g;
@@ -610,7 +711,7 @@ std::vector<at::Tensor> finish(std::vector<at::Tensor>& graw, const Prepared& p,
       continue;
     }
     const at::Tensor& v = p.views[m];
-    const at::Tensor factor = c.ref[m].to(info.compute_dtype).contiguous();
+    const at::Tensor factor = c.ref.select(1, static_cast<int64_t>(m)).contiguous();
     at::Tensor out = info.dtype == info.compute_dtype ? graw[m] : at::empty_like(graw[m], v.options());
     launch(normalize_backward_kernel<Tin>, dim3(static_cast<unsigned>(info.N * v.size(1))), dim3(kThreads), stream,
            graw[m].const_data_ptr<Cmp<Tin>>(), reinterpret_cast<const Tin*>(v.const_data_ptr<T>()), v.stride(0),
@@ -637,7 +738,7 @@ std::tuple<at::Tensor, at::Tensor> sqdist_forward(at::TensorList feats, double e
     using Out = Cmp<typename Raw<scalar_t>::type>;
     const Prepared p = prepare<scalar_t>(feats, info, eps, /*scaled_products=*/a == Algo::Direct, stream);
     if (a == Algo::Direct) {
-      S = sqdist_direct<Out>(p, info, stream);
+      S = sqdist_direct<typename Raw<scalar_t>::type>(p, info, stream);
     } else {
       // The same buffer whether or not it is kept, so that S is the same bits either way;
       // zeroed, so that its padding is defined too.
@@ -659,20 +760,20 @@ std::vector<at::Tensor> sqdist_backward(at::TensorList feats, const at::Tensor& 
   check_saved(saved, info, a, feats[0]);
   const DeviceScope guard(feats[0].device());
   cudaStream_t stream = current_stream();
-  const Coefficients c = pair_coefficients(weight.to(info.compute_dtype), info);
+  const Coefficients c = pair_coefficients(weight.to(info.compute_dtype));
   std::vector<at::Tensor> grads;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, info.dtype, "mtut_sqdist_backward_cuda", [&] {
     const Prepared p = prepare<scalar_t>(feats, info, eps, /*scaled_products=*/true, stream);
     std::vector<at::Tensor> g;
     if (a == Algo::Direct) {
-      g = direct_grad_raw(p, c, info, needs);
+      g = direct_grad_raw<typename Raw<scalar_t>::type>(p, c, info, needs, stream);
     } else {
       at::Tensor kept = saved;
       if (kept.numel() == 0) {  // not kept by the forward: the blocks again
         kept = at::zeros({info.N, kept_gram_size(info.channels)}, feats[0].options().dtype(info.compute_dtype));
         gram_blocks(p, info, kept);
       }
-      g = gram_grad_raw(p, kept, c, info, needs);
+      g = gram_grad_raw<Operand<typename Raw<scalar_t>::type>>(p, kept, c, info, needs, stream);
     }
     grads = finish<scalar_t>(g, p, c, info, eps, feats, needs, stream);
   });
