@@ -124,16 +124,16 @@ def reading(test: dict, seeds: int, rgb_at_branch: float | None = None) -> str:
                   f"starts, the study asks >= {REGIME_RGB_TOP1})")
     if seeds < 10:
         return (f"Reading: {seeds} paired seed{'s' if seeds != 1 else ''} cannot tell whether MTUT lifts the RGB "
-                f"network ({interval}){regime}; that takes the powered, preregistered study (>= 10 paired seeds): "
-                "docs/study/design.md.")
+                f"network ({interval}){regime}; that takes the powered, preregistered study (>= 10 paired seeds), "
+                "whose answer is in docs/study/results.md.")
     if low > 0:
         verdict = "the RGB network gained"
     elif high < 0:
         verdict = "the RGB network lost"
     else:
         verdict = "no gain or loss is detectable (the interval includes 0)"
-    return (f"Reading: over {seeds} paired seeds {verdict} ({interval}){regime}; the preregistered study is "
-            "docs/study/design.md.")
+    return (f"Reading: over {seeds} paired seeds {verdict} ({interval}){regime}; the preregistered study's "
+            "answer: docs/study/results.md.")
 
 
 def main(argv: list[str] | None = None) -> int:
