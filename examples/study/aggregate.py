@@ -351,7 +351,7 @@ def plot_paired(rows: list[dict], stats: dict, path: Path) -> None:
                 highs.append(t["bootstrap_high"] - t["mean"])
     ax.errorbar(range(len(means)), means, yerr=[lows, highs], fmt="o", capsize=4)
     ax.axhline(0, color="gray", linewidth=0.8)
-    ax.set_xticks(range(len(labels)), labels, fontsize="x-small")
+    ax.set_xticks(range(len(labels)), labels, fontsize="x-small", rotation=60, ha="right")  # 9 labels: no overlap
     ax.set_ylabel("mean gain")
     ax.set_title(f"mean gain, {round(100 * stats['level'])}% bootstrap interval")
     fig.tight_layout()
