@@ -162,8 +162,12 @@ at::Tensor gemm(const at::Tensor& a, const at::Tensor& b, at::ScalarType out) {
 #endif
 }
 
-// acc += a @ b, acc in fp32/fp64.
-void gemm_acc(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b) {
+// acc += a @ b, acc in fp32/fp64 (`out`); an undefined acc becomes a @ b (no zero fill).
+void gemm_acc(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b, at::ScalarType out) {
+  if (!acc.defined()) {
+    acc = gemm(a, b, out);
+    return;
+  }
 #ifdef MTUT_CUDA_EMULATE
   record(a, b, acc.scalar_type());
   acc.baddbmm_(a.to(acc.scalar_type()), b.to(acc.scalar_type()));
@@ -277,10 +281,27 @@ __global__ void combine_gram_kernel(const double* __restrict__ t, int64_t N, int
 // d - i0], contiguous): partial[b, p, chunk] += sum of w (K_m - K_n)^2 for pair p = (m < n),
 // w = 0 below the diagonal, 1 on it, 2 above (the mirror). One block per (chunk, b).
 struct StripPairs {
-  const float* k[8];  // up to 8 modalities (checked on the host)
+  const float* k[8];  // up to 8 modalities (check_direct_modalities)
   const double* k64[8];
   int M;
 };
+
+void check_direct_modalities(int64_t M) {
+  TORCH_CHECK_VALUE(M <= 8, "mtut: the cuda direct algorithm takes at most 8 modalities, got ", M,
+                    "; use algo='gram'");
+}
+
+// The strips K[m] (contiguous, fp32 or fp64) of every modality, from sample b0 on (each
+// sample `per_sample` entries).
+StripPairs strip_pairs(const std::vector<at::Tensor>& K, int64_t b0, int64_t per_sample) {
+  StripPairs s{};
+  s.M = static_cast<int>(K.size());
+  for (size_t m = 0; m < K.size(); ++m) {
+    if (K[m].scalar_type() == at::kDouble) s.k64[m] = K[m].const_data_ptr<double>() + b0 * per_sample;
+    else s.k[m] = K[m].const_data_ptr<float>() + b0 * per_sample;
+  }
+  return s;
+}
 
 template <typename T>
 __device__ __forceinline__ const T* strip_of(const StripPairs& s, int m);
@@ -504,8 +525,7 @@ template <typename Tin>
 at::Tensor sqdist_direct(const Prepared& p, const FeatInfo& info, cudaStream_t stream) {
   using Out = Cmp<Tin>;
   const int64_t M = info.M, N = info.N, d = info.d;
-  TORCH_CHECK_VALUE(M <= 8, "mtut: the cuda direct algorithm takes at most 8 modalities, got ", M,
-                    "; use algo='gram'");
+  check_direct_modalities(M);
   const int pairs = static_cast<int>(M * (M - 1) / 2);
   const int64_t rows = std::clamp<int64_t>(kStripBudget / std::max<int64_t>(N * d * M, 1), 1, d);
   const int64_t strips = (d + rows - 1) / rows;
@@ -517,20 +537,11 @@ at::Tensor sqdist_direct(const Prepared& p, const FeatInfo& info, cudaStream_t s
   for (int64_t s = 0; s < strips; ++s) {
     const int64_t i0 = s * rows, ti = std::min(rows, d - i0), width = d - i0;
     std::vector<at::Tensor> K(M);
-    StripPairs args{};
-    args.M = static_cast<int>(M);
-    for (int64_t m = 0; m < M; ++m) {
-      K[m] = gemm(strip_left<Tin>(p, m, i0, ti, stream), p.operands[m].narrow(2, i0, width), cdt);  // [N, ti, d - i0]
-      if (cdt == at::kDouble) args.k64[m] = K[m].const_data_ptr<double>();
-      else args.k[m] = K[m].const_data_ptr<float>();
-    }
+    for (int64_t m = 0; m < M; ++m)  // [N, ti, d - i0]
+      K[m] = gemm(strip_left<Tin>(p, m, i0, ti, stream), p.operands[m].narrow(2, i0, width), cdt);
     for (int64_t b0 = 0; b0 < N; b0 += kMaxGrid) {
       const int64_t nb = std::min(kMaxGrid, N - b0);
-      StripPairs shifted = args;  // the same strips, from sample b0 on
-      for (int64_t m = 0; m < M; ++m) {
-        if (cdt == at::kDouble) shifted.k64[m] += b0 * ti * width;
-        else shifted.k[m] += b0 * ti * width;
-      }
+      const StripPairs shifted = strip_pairs(K, b0, ti * width);  // the same strips, from sample b0 on
       const dim3 grid(grid_dim((ti + rows_per_chunk - 1) / rows_per_chunk), grid_dim(nb));
       double* out = partial.mutable_data_ptr<double>() + b0 * pairs * slots;
       if (cdt == at::kDouble)
@@ -625,8 +636,7 @@ std::vector<at::Tensor> gram_grad_raw(const Prepared& p, const at::Tensor& kept,
                static_cast<Top*>(weighted.mutable_data_ptr()) + b0 * rows * cols);
       }
       const at::Tensor A = upper ? weighted : weighted.transpose(1, 2);  // [N, C_m, C_n]
-      if (g[m].defined()) gemm_acc(g[m], A, p.operands[n]);
-      else g[m] = gemm(A, p.operands[n], info.compute_dtype);
+      gemm_acc(g[m], A, p.operands[n], info.compute_dtype);
     }
   }
   return g;
@@ -660,37 +670,24 @@ std::vector<at::Tensor> direct_grad_raw(const Prepared& p, const Coefficients& c
   using Top = Operand<Tin>;
   using T = Cmp<Tin>;
   const int64_t M = info.M, N = info.N, d = info.d;
-  TORCH_CHECK_VALUE(M <= 8, "mtut: the cuda direct algorithm takes at most 8 modalities, got ", M,
-                    "; use algo='gram'");
+  check_direct_modalities(M);
   const int64_t rows = std::clamp<int64_t>(kStripBudget / std::max<int64_t>(N * d * M, 1), 1, d);
   std::vector<at::Tensor> g(M);
   std::vector<at::Tensor> K(M);
   for (int64_t i0 = 0; i0 < d; i0 += rows) {
     const int64_t ti = std::min(rows, d - i0), count = ti * d;
-    StripPairs args{};
-    args.M = static_cast<int>(M);
-    for (int64_t m = 0; m < M; ++m) {  // K_m enters E_m and every other E_n: all are formed
+    for (int64_t m = 0; m < M; ++m)  // K_m enters E_m and every other E_n: all are formed
       K[m] = gemm(strip_left<Tin>(p, m, i0, ti, stream), p.operands[m], info.compute_dtype);  // [N, ti, d]
-      if constexpr (std::is_same_v<T, double>) args.k64[m] = K[m].const_data_ptr<double>();
-      else args.k[m] = K[m].const_data_ptr<float>();
-    }
     for (int64_t m = 0; m < M; ++m) {
       if (!needs[m]) continue;
       at::Tensor E = at::empty({N, ti, d}, K[m].options().dtype(p.operand));
       for (int64_t b0 = 0; b0 < N; b0 += kMaxGrid) {
         const int64_t nb = std::min(kMaxGrid, N - b0);
-        StripPairs shifted = args;  // the same strips, from sample b0 on
-        for (int64_t n = 0; n < M; ++n) {
-          if constexpr (std::is_same_v<T, double>) shifted.k64[n] += b0 * count;
-          else shifted.k[n] += b0 * count;
-        }
         launch(combine_strips_kernel<Top>, dim3(grid_dim((count + kChunkEntries - 1) / kChunkEntries), grid_dim(nb)),
-               dim3(kThreads), stream, shifted, count, static_cast<int>(m),
+               dim3(kThreads), stream, strip_pairs(K, b0, count), count, static_cast<int>(m),
                c.factor.const_data_ptr<T>() + b0 * M * M, static_cast<Top*>(E.mutable_data_ptr()) + b0 * count);
       }
-      const at::Tensor left = p.operands[m].narrow(2, i0, ti);
-      if (g[m].defined()) gemm_acc(g[m], left, E);
-      else g[m] = gemm(left, E, info.compute_dtype);  // the first strip writes graw_m
+      gemm_acc(g[m], p.operands[m].narrow(2, i0, ti), E, info.compute_dtype);
     }
   }
   return g;
