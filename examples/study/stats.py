@@ -142,9 +142,8 @@ def paired_t_test(diffs: Sequence[float], level: float = 0.95) -> PairedTest:
         return PairedTest(n, mean, nan, nan, nan, max(n - 1, 0), nan, nan, nan, level)
     sd = float(x.std(ddof=1))
     if sd <= 16 * np.finfo(np.float64).eps * float(np.abs(x).max()):
-        # equal differences that differ in their last bits (gains of counts over different
-        # clip totals, e.g. 2/189 formed as 150/189 - 148/189 and 140/189 - 138/189): sd = 0,
-        # not a rounding residue that would make t ~1e14
+        # equal differences whose float mean is off by an ulp (numpy's mean of [0.1] * 3 is
+        # not 0.1, so std gives 1.7e-17): sd = 0, not a residue that would make t ~1e16
         sd = 0.0
     se = sd / math.sqrt(n)
     df = n - 1
