@@ -157,6 +157,22 @@ def _arch_list(nvcc):
     return ";".join(archs) + "+PTX"
 
 
+def _cublas_include_dirs(cuda_home):
+    """Where cublas_v2.h is (the CUDA kernels call cuBLAS's pointer-array GEMM): the toolkit's
+    include directory, or else the one of the cuBLAS wheel that a pip-installed CUDA torch
+    depends on (nvidia/cu13/include, nvidia/cublas/include for CUDA 12)."""
+    if os.path.exists(os.path.join(cuda_home, "include", "cublas_v2.h")):
+        return []
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        for found in sorted(glob.glob(os.path.join(root, "*", "include", "cublas_v2.h"))):
+            return [os.path.dirname(found)]
+    _fail(f"no cublas_v2.h in {cuda_home}/include nor in an nvidia-cublas wheel: install the CUDA toolkit's "
+          "cuBLAS headers (or the nvidia-cublas wheel of torch's CUDA), or set MTUT_CPU_ONLY=1")
+
+
 def _sources():
     rel = lambda patterns: sorted(os.path.relpath(p, HERE) for pat in patterns for p in glob.glob(os.path.join(HERE, pat)))
     return rel(["csrc/*.cpp", "csrc/cpu/*.cpp"]), rel(["csrc/cuda/*.cu", "csrc/cuda/*.cpp"])
@@ -186,7 +202,7 @@ def _torch_build():
         ext = CUDAExtension(
             "mtut_ops._C",
             cpp_sources + cuda_sources,
-            include_dirs=[os.path.join(HERE, "csrc")],
+            include_dirs=[os.path.join(HERE, "csrc")] + _cublas_include_dirs(CUDA_HOME),
             extra_compile_args={"cxx": cxx + ["-DMTUT_WITH_CUDA"], "nvcc": nvcc_flags},
             py_limited_api=True,
         )

@@ -396,10 +396,43 @@ def compiled_expert(p: Problem, scen: str) -> Plan:
 
 # ------------------------------------------------------------------ mtut: the CUDA backend as it is
 
-def cuda_plan(p: Problem, scen: str, algo: str, active) -> Plan:
+#: csrc/cuda/ssa_cuda.cu kMaxSlices, kSplitRule (min_k, align, tile_overhead) and tile_cost
+#: (the output tile assumed and the HBM bytes per step of it, by operand dtype).
+MAX_SLICES = 16
+SPLIT_RULE = (256, 8, 128)
+SPLIT_TILE = {"bf16": (128, 256, 32768), "fp16": (128, 256, 32768), "fp32": (128, 128, 32768),
+              "fp64": (128, 128, 245760)}
+
+
+def gram_splits(N: int, Cm: int, Cn: int, d: int, sms: int, operand: str, rule: tuple = SPLIT_RULE) -> int:
+    """csrc/cuda/ssa_cuda.cu gram_splits: into how many slices S the CUDA gram forward cuts the
+    contraction d of block (m, n): d % S == 0, each slice a multiple of ``align`` and at least
+    ``min_k`` long; the cost of S is waves(tiles S) (d / S + tile_overhead) steps of an output
+    tile plus the partials' extra (8 S - 4) N Cm Cn bytes at step_bytes a step; the cheapest,
+    the smaller S on a tie (python_tests/test_cuda_emulated.py checks that the two agree)."""
+    min_k, align, overhead = rule
+    rows, cols, step_bytes = SPLIT_TILE[operand]
+    tiles = N * math.ceil(Cm / rows) * math.ceil(Cn / cols)
+    best, best_cost = 1, 0.0
+    for S in range(1, MAX_SLICES + 1):
+        if d % S:
+            continue
+        k = d // S
+        if S > 1 and (k % align or k < min_k):
+            continue
+        waves = float((tiles * S + sms - 1) // sms)
+        cost = waves * float(k + overhead) + ((8 * S - 4) * N * Cm * Cn / step_bytes if S > 1 else 0.0)
+        if S == 1 or cost < best_cost:
+            best, best_cost = S, cost
+    return best
+
+
+def cuda_plan(p: Problem, scen: str, algo: str, active, sms: int = 132) -> Plan:
     """The CUDA backend as the code is now (csrc/cuda/ssa_cuda.cu): cuBLAS for every product
-    (at::bmm / at::baddbmm, bf16 operands for bf16 inputs, fp32 accumulation), our kernels
-    for the reductions and the normalization backward; the gram blocks kept for the backward.
+    (at::bmm / at::baddbmm, bf16 operands for bf16 inputs, fp32 accumulation; the forward Gram
+    blocks split-K over (slice, sample) entries of one pointer-array product where gram_splits
+    says so), our kernels for the reductions and the normalization backward; the gram blocks
+    kept for the backward.
     The backward runs every sample of a modality that needs a gradient (the samples whose
     weight is zero are multiplied too: selecting them would need the host to read the
     weights)."""
@@ -411,11 +444,22 @@ def cuda_plan(p: Problem, scen: str, algo: str, active) -> Plan:
         blocks = [(m, n) for m in range(M) for n in range(m, M)]
         q = sum(ch[m] * ch[n] for m, n in blocks)
         fwd.append(Op("kept=zeros", 0, 4 * N * q))
-        for m, n in blocks:  # gram_blocks: one at::bmm per block into the kept buffer
-            fwd.append(Op(f"P{m}{n}=bmm", 2.0 * N * ch[m] * ch[n] * d, N * (ch[m] + ch[n]) * d * e + 4 * N * ch[m] * ch[n],
-                          "cublas", pr, (N, ch[m], ch[n], d)))
+        operand = "bf16" if scen == "bf16" else "fp32"
+        slices = {(m, n): gram_splits(N, ch[m], ch[n], d, sms, operand) for m, n in blocks}
+        for m, n in blocks:  # gram_blocks: one product per block, split-K where gram_splits says so
+            S = slices[m, n]
+            if S == 1:  # at::bmm into the kept buffer
+                fwd.append(Op(f"P{m}{n}=bmm", 2.0 * N * ch[m] * ch[n] * d,
+                              N * (ch[m] + ch[n]) * d * e + 4 * N * ch[m] * ch[n], "cublas", pr, (N, ch[m], ch[n], d)))
+            else:  # slice_pointers_kernel, then ONE cublasGemmBatchedEx over (slice, sample) into partials
+                fwd.append(Op("slice_pointers", 0, 0))
+                fwd.append(Op(f"P{m}{n}=split-K x{S}", 2.0 * N * ch[m] * ch[n] * d,
+                              N * (ch[m] + ch[n]) * d * e + 4 * S * N * ch[m] * ch[n], "cublas", pr,
+                              (N * S, ch[m], ch[n], d // S)))
         fwd.append(Op("partial=zeros", 0, 8 * N * len(blocks) * 16))
-        fwd += [Op(f"block_sqnorm({m},{n})", 0, 4 * N * ch[m] * ch[n]) for m, n in blocks]
+        # block_sqnorm_kernel: reads the block (or its S partials, then writes their sum to kept)
+        fwd += [Op(f"block_sqnorm({m},{n})", 0, 4 * N * ch[m] * ch[n] * (1 if slices[m, n] == 1 else slices[m, n] + 1))
+                for m, n in blocks]
         fwd += [Op("sum_partials", 0, 0), Op("S=empty", 0, 0), Op("combine_gram", 0, 0)]
     else:
         rows = max(1, min(d, (1 << 24) // max(N * d * M, 1)))
@@ -812,7 +856,7 @@ def plan(impl: str, p: Problem, scen: str, gpu: Optional[GPU] = None) -> Plan:
     if kind == "redesign":
         return redesign_plan(p, scen, algo, act)
     if backend == "cuda":
-        return cuda_plan(p, scen, algo, act)
+        return cuda_plan(p, scen, algo, act, (gpu or GPUS["H100-SXM"]).sms)
     return triton_plan(p, scen, algo, act, gpu)
 
 
@@ -977,7 +1021,11 @@ def markdown(rows: list, date: str) -> str:
         "- The CUDA backend (csrc/cuda/ssa_cuda.cu): every product is cuBLAS (the rate above), in the input precision",
         "  (bf16 operands for bf16 inputs); our kernels are memory-bound (row norms, square sums, the one-pass",
         "  scaling of the products' derived operands, normalization backward); the gram blocks are kept for the",
-        "  backward; the backward runs every sample of a modality.",
+        "  backward; the backward runs every sample of a modality. The forward Gram blocks are split-K (one",
+        "  pointer-array product over slice x sample entries, as fast as a strided batched one) where gram_splits",
+        "  (the code's rule, copied) says so, and their partials cost memory traffic. cuBLAS is assumed not to split",
+        "  K of a batched product on its own (at::bmm of the baselines and of the unsplit blocks): if it does, the",
+        "  baselines' and the unsplit products' times at Mixed_3c drop by up to half.",
         "- The Triton backend (mtut_ops/triton, since issue 12): per call the M maps are staged (_stage_rows: one",
         "  launch per modality, each row read from HBM, read again from L2, written normalized in the input dtype,",
         "  padded to ld = d rounded up to 16), forward and backward alike (nothing is kept); every GEMM is a plain",

@@ -157,6 +157,59 @@ def test_backward_ops_fp64(emulated, algo):
         torch.testing.assert_close(a, b.grad, rtol=1e-8, atol=1e-10 * (1 + b.grad.abs().max().item()))
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "padded_rows"])
+def test_split_gram_layouts(emulated, layout):
+    """The gram forward's split-K product reads both layouts cuBLAS takes without a copy:
+    channels contiguous (channels-last maps) and positions contiguous with rows longer than d.
+    The emulated rule cuts d = 70 into slices here; distances and gradients (from the kept
+    blocks and without) against the fp64 reference."""
+    N, channels, spatial = 2, [5, 7, 3], [2, 35]
+    for c in channels:
+        for n in channels:
+            assert emulated.ops.gram_splits(N, c, n, 70, 4, torch.float64, 1, 1, 2) > 1
+    feats = make_feats(N, channels, spatial, seed=9)
+    if layout == "channels_last":
+        feats = [f.movedim(1, -1).contiguous().movedim(-1, 1) for f in feats]
+        assert all(f.stride(1) == 1 and f.stride(-1) == f.shape[1] for f in feats)
+    else:
+        feats = [torch.nn.functional.pad(f.flatten(2), (0, 3))[..., :70].unflatten(2, spatial) for f in feats]
+        assert all(f.stride(-1) == 1 and f.stride(1) == 73 for f in feats)
+    S_ref = R.pairwise_sqdist(feats)
+    torch.testing.assert_close(emulated.pairwise_sqdist(feats, EPS, "gram"), S_ref, rtol=1e-9,
+                               atol=1e-9 * S_ref.abs().max().item())
+    g = torch.randn(N, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    ref = leaf(feats)
+    (R.pairwise_sqdist(ref) * g).sum().backward()
+    _, kept = emulated.ops.sqdist_forward(feats, EPS, "gram", False, True)
+    for saved in (kept, torch.empty(0, dtype=torch.float64)):
+        grads = emulated.ops.sqdist_backward(feats, saved, g + g.transpose(1, 2), EPS, "gram", [True] * 3)
+        for a, b in zip(grads, ref):
+            torch.testing.assert_close(a, b.grad, rtol=1e-9, atol=1e-9 * b.grad.abs().max().item())
+
+
+def test_split_rule_is_the_models(emulated):
+    """bench/gpu_model.py prices the CUDA gram forward with a copy of its split-K rule
+    (gram_splits): the same constants and the same choice, over shapes with and without
+    wave quantization, GPUs of 108 to 170 SMs and every operand dtype."""
+    from bench.gpu_model import MAX_SLICES, SPLIT_RULE, SPLIT_TILE, gram_splits
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64}
+    for name, dtype in dtypes.items():
+        assert emulated.ops.split_constants(dtype) == [*map(float, SPLIT_RULE), *map(float, SPLIT_TILE[name]),
+                                                       float(MAX_SLICES)]
+    cases = [(6, 480, 480, 25088), (6, 832, 832, 3136), (6, 1024, 1024, 392), (1, 64, 64, 4096), (2, 480, 832, 25088),
+             (6, 480, 480, 25090), (32, 256, 256, 1 << 16), (1, 2000, 2000, 512), (4, 100, 300, 12544)]
+    chosen = set()
+    for N, Cm, Cn, d in cases:
+        for sms in (108, 132, 170):
+            for name, dtype in dtypes.items():
+                S = gram_splits(N, Cm, Cn, d, sms, name)
+                assert emulated.ops.gram_splits(N, Cm, Cn, d, sms, dtype, *SPLIT_RULE) == S, (N, Cm, Cn, d, sms, name)
+                chosen.add(S)
+    assert len(chosen) >= 3, chosen  # the cases exercise the rule: several different splits
+    assert gram_splits(6, 480, 480, 25088, 132, "bf16") > 1  # Mixed_3c: the short waves are split
+
+
 def test_backward_strips(emulated):
     """The direct backward in strips of rows: the emulated build's strip budget (3072
     entries) cuts d = 203 into strips of 7 rows, the last one ragged."""

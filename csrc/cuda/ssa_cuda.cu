@@ -1,6 +1,7 @@
 // CUDA kernels of sqdist_forward and sqdist_backward (DESIGN.md §2-§3).
 //
-// The GEMM-shaped work runs in cuBLAS (through at::bmm / at::baddbmm, fp32 accumulation
+// The GEMM-shaped work runs in cuBLAS (through at::bmm / at::baddbmm, and the split-K Gram
+// blocks through cublasGemmBatchedEx on ATen's handle; fp32 accumulation
 // and output for fp16/bf16 operands, TF32 for fp32 exactly when torch allows it); our own
 // kernels do what is around it, on the C x C blocks or the K strips: the row norms, the
 // scaled square sums and square differences in fp64, the normalization backward. The
@@ -11,7 +12,10 @@
 // gram:   forward, one GEMM per block P_mn = X_m X_n^T (n >= m) on the raw rows, kept for
 //         the backward in one buffer [N, kept_gram_size]; every block is its own GEMM of its
 //         own shape (no stacked GEMM), so for X_m = X_n the blocks P_mm, P_mn, P_nn are the
-//         same bits and S is exactly 0. S_mn = |G_mm|^2 - 2 |G_mn|^2 + |G_nn|^2 with
+//         same bits and S is exactly 0. Where the blocks have too few output tiles for the
+//         GPU and a long contraction (Mixed_3c), a block is ONE pointer-array cuBLAS product
+//         over (slice of d, sample) entries into partials added in a fixed order (split-K,
+//         gram_splits). S_mn = |G_mm|^2 - 2 |G_mn|^2 + |G_nn|^2 with
 //         G = diag(s) P diag(s), squared and summed in fp64, clamped at 0.
 //         backward, for each modality m that needs a gradient:
 //         graw_m = sum_n coef_mn P_mn diag(s_n^2) X_n (the blocks reused, not recomputed;
@@ -44,12 +48,16 @@
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/ops/maximum.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/ones_like.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 #ifndef MTUT_CUDA_EMULATE
+#include <ATen/cuda/CUDAContext.h>  // cuBLAS handle (cublas_v2.h: setup.py finds it) and device properties
+#include <ATen/cuda/Exceptions.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -126,10 +134,13 @@ constexpr int64_t kMaxGrid = 65535;  // grid.y and grid.z limit
 #ifndef MTUT_CUDA_EMULATE
 constexpr int64_t kStripBudget = int64_t(1) << 24;  // entries of one set of K strips (all modalities)
 constexpr int64_t kChunkEntries = int64_t(1) << 16;  // entries one block square-sums (gram blocks, strips)
+int64_t multiprocessors() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
 #else
 // so that the tests' small shapes walk many strips and many chunks of rows
 constexpr int64_t kStripBudget = 3072;
 constexpr int64_t kChunkEntries = 64;
+// and so that they split the Gram blocks' contraction (on an imagined 4-SM device)
+int64_t multiprocessors() { return 4; }
 #endif
 
 unsigned grid_dim(int64_t n) {
@@ -188,6 +199,158 @@ void gemm_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b) {
 #endif
 }
 
+// ------------------------------------------------------------------ split-K Gram blocks
+//
+// A Gram block P_mn = X_m X_n^T has few output tiles and a long contraction (Mixed_3c: 480 x
+// 480 per sample, 6 samples, d = 25088: ~100 tiles of 128 x 128 for 132 SMs): one GEMM entry
+// per sample leaves SMs idle for a whole d-long tile. So the contraction is cut into S equal
+// slices and every (slice, sample) is an entry of ONE pointer-array batched cuBLAS product
+// into partial blocks, which the square-sum kernel adds in a fixed order (block_sqnorm_kernel,
+// which writes the kept block). Without a host read and with the same bits on every run.
+
+constexpr int64_t kMaxSlices = 16;
+
+// What the split costs and saves, in the time one output tile takes per position of the
+// contraction ("a step"): a launch of T tiles of k positions takes waves(T) (k + overhead)
+// steps; the partials cost (8 S - 4) N C_m C_n bytes more than one product into the kept block
+// (S written and read, the sum written, instead of one written and read), at `step_bytes` a
+// step. Hopper figures (bench/gpu_model.py's cuBLAS rates on 132 SMs): a 16-bit tile (128 x
+// 256) steps in ~11 ns, a TF32 or fp64 one (128 x 128) in ~13 or ~86 ns; HBM moves ~2.8 TB/s.
+struct SplitRule {
+  int64_t min_k;          // each slice at least this many positions long
+  int64_t align;          // and a multiple of it (16-byte aligned operands for the tensor cores)
+  int64_t tile_overhead;  // a tile's fixed cost, in steps
+};
+constexpr SplitRule kGpuSplitRule{256, 8, 128};
+#ifndef MTUT_CUDA_EMULATE
+constexpr SplitRule kSplitRule = kGpuSplitRule;
+#else
+constexpr SplitRule kSplitRule{1, 1, 2};  // so that the tests' small shapes split
+#endif
+
+// The output tile cuBLAS is assumed to use (128 x 256 for 16-bit operands, 128 x 128
+// otherwise) and the bytes HBM moves in one of its steps, by operand dtype.
+struct TileCost {
+  int64_t rows, cols;
+  double step_bytes;
+};
+TileCost tile_cost(at::ScalarType operand) {
+  switch (operand) {
+    case at::kHalf:
+    case at::kBFloat16: return {128, 256, 32768};
+    case at::kFloat: return {128, 128, 32768};  // TF32's (without TF32 a split pays more)
+    default: return {128, 128, 245760};
+  }
+}
+
+// S for one block: the contraction d cut into S <= kMaxSlices slices of k = d / S (d % S == 0;
+// k a multiple of rule.align and at least rule.min_k; S = 1 always allowed), the one of least
+// cost (see SplitRule), the smaller S on a tie. bench/gpu_model.py gram_splits is the same
+// rule (python_tests/test_cuda_emulated.py compares them).
+int64_t gram_splits(int64_t N, int64_t Cm, int64_t Cn, int64_t d, int64_t sms, const TileCost& tile,
+                    const SplitRule& rule = kSplitRule) {
+  const int64_t tiles = N * ((Cm + tile.rows - 1) / tile.rows) * ((Cn + tile.cols - 1) / tile.cols);
+  int64_t best = 1;
+  double best_cost = 0;
+  for (int64_t S = 1; S <= kMaxSlices; ++S) {
+    if (d % S != 0) continue;
+    const int64_t k = d / S;
+    if (S > 1 && (k % rule.align != 0 || k < rule.min_k)) continue;
+    const double waves = static_cast<double>((tiles * S + sms - 1) / sms);
+    const double partials = static_cast<double>(8 * S - 4) * static_cast<double>(N * Cm * Cn);
+    const double cost = waves * static_cast<double>(k + rule.tile_overhead) + (S > 1 ? partials / tile.step_bytes : 0);
+    if (S == 1 || cost < best_cost) best = S, best_cost = cost;
+  }
+  return best;
+}
+
+// How cuBLAS can read the rows [C, d] of a view [N, C, d]: positions contiguous (a d x C
+// column-major matrix, leading dimension the channel stride) or channels contiguous (C x d,
+// leading dimension the position stride). Other layouts are not split (at::bmm copies them).
+struct RowsLayout {
+  bool ok = false;
+  bool positions_contiguous = false;
+  int64_t lead = 0;
+  int64_t channel_stride() const { return positions_contiguous ? lead : 1; }
+  int64_t position_stride() const { return positions_contiguous ? 1 : lead; }
+};
+
+RowsLayout rows_layout(const at::Tensor& v) {
+  const int64_t C = v.size(1), d = v.size(2), sc = v.stride(1), sd = v.stride(2);
+  constexpr int64_t kIntMax = 2147483647;  // cuBLAS takes int sizes and leading dimensions
+  RowsLayout r;
+  if (sd == 1 && (sc >= d || C == 1)) r = {true, true, C == 1 ? d : sc};
+  else if (sc == 1 && (sd >= C || d == 1)) r = {true, false, d == 1 ? C : sd};
+  r.ok = r.ok && r.lead <= kIntMax && C <= kIntMax && d <= kIntMax;
+  return r;
+}
+
+// The operand and output pointers of entry e = s N + b (slice s, sample b) of a split
+// product, one thread per entry: rows of X_m[b] and X_n[b] from position s k on, partial
+// block s of sample b. Byte offsets.
+__global__ void __launch_bounds__(kThreads) slice_pointers_kernel(
+    const char* xm, const char* xn, char* out, int64_t xm_sample, int64_t xn_sample, int64_t xm_slice,
+    int64_t xn_slice, int64_t out_sample, int64_t out_slice, int64_t N, int64_t count, const void** a,
+    const void** b, void** c) {
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (e >= count) return;
+  const int64_t s = e / N, smp = e - s * N;
+  a[e] = xm + smp * xm_sample + s * xm_slice;
+  b[e] = xn + smp * xn_sample + s * xn_slice;
+  c[e] = out + smp * out_sample + s * out_slice;
+}
+
+#ifndef MTUT_CUDA_EMULATE
+cudaDataType_t cuda_type(at::ScalarType t) {
+  switch (t) {
+    case at::kDouble: return CUDA_R_64F;
+    case at::kFloat: return CUDA_R_32F;
+    case at::kHalf: return CUDA_R_16F;
+    case at::kBFloat16: return CUDA_R_16BF;
+    default: TORCH_CHECK(false, "mtut: internal: no cuBLAS type for ", t);
+  }
+}
+#endif
+
+// out_e [Cm, Cn] (row-major) = A_e B_e^T for every entry e of the pointer arrays `ptrs`
+// ([3, count]: A_e, B_e, out_e), A_e = Cm rows of X_m and B_e = Cn rows of X_n, k positions
+// each, laid out as la / lb; `in` operands, `out` output and accumulation (fp32 for 16-bit
+// and fp32 operands, TF32 exactly when torch's own matmuls use it: the handle's math mode is
+// the one ATen sets for them; fp64 for fp64).
+void sliced_gram_product(const at::Tensor& ptrs, int64_t count, int64_t Cm, int64_t Cn, int64_t k,
+                         const RowsLayout& la, const RowsLayout& lb, at::ScalarType in, at::ScalarType out) {
+#ifdef MTUT_CUDA_EMULATE
+  gemm_log().push_back(std::string(c10::toString(in)) + "x" + c10::toString(in) + "->" + c10::toString(out));
+  const int64_t* p = ptrs.const_data_ptr<int64_t>();
+  const auto options = at::TensorOptions().dtype(in);
+  for (int64_t e = 0; e < count; ++e) {
+    auto* a = reinterpret_cast<void*>(p[e]);
+    auto* b = reinterpret_cast<void*>(p[count + e]);
+    auto* c = reinterpret_cast<void*>(p[2 * count + e]);
+    const at::Tensor A = at::from_blob(a, {Cm, k}, {la.channel_stride(), la.position_stride()}, options);
+    const at::Tensor B = at::from_blob(b, {Cn, k}, {lb.channel_stride(), lb.position_stride()}, options);
+    at::Tensor C = at::from_blob(c, {Cm, Cn}, {Cn, 1}, options.dtype(out));
+    at::mm_out(C, A.to(out), B.to(out).t());  // 16-bit products are exact in fp32, as on the tensor cores
+  }
+#else
+  // Column-major, cuBLAS computes out_e^T [Cn, Cm] = op(B_e) [Cn, k] op(A_e)^T [k, Cm].
+  const auto* p = reinterpret_cast<void* const*>(ptrs.const_data_ptr<int64_t>());
+  const cublasOperation_t opa = lb.positions_contiguous ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t opb = la.positions_contiguous ? CUBLAS_OP_N : CUBLAS_OP_T;
+  const bool f64 = out == at::kDouble;
+  const float one = 1, zero = 0;
+  const double one64 = 1, zero64 = 0;
+  cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();  // on the current stream
+  TORCH_CUDABLAS_CHECK(cublasGemmBatchedEx(
+      handle, opa, opb, static_cast<int>(Cn), static_cast<int>(Cm), static_cast<int>(k),
+      f64 ? static_cast<const void*>(&one64) : &one, const_cast<const void**>(p + count), cuda_type(in),
+      static_cast<int>(lb.lead), const_cast<const void**>(p), cuda_type(in), static_cast<int>(la.lead),
+      f64 ? static_cast<const void*>(&zero64) : &zero, const_cast<void**>(p + 2 * count), cuda_type(out),
+      static_cast<int>(Cn), static_cast<int>(count), f64 ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F,
+      CUBLAS_GEMM_DEFAULT));
+#endif
+}
+
 // ------------------------------------------------------------------ row scales
 
 // norm[b, c] = ||x[b, c, :]|| and scale[b, c] = 1 / max(norm, eps): one warp per row, fp64
@@ -216,22 +379,35 @@ __global__ void __launch_bounds__(kThreads) row_scale_kernel(
 // ------------------------------------------------------------------ gram: scaled square sums
 
 // partial[b * row_stride + chunk] = sum over the rows of `chunk` of sum_j (s_m[i] P[i, j] s_n[j])^2
-// in fp64, for one block P [C_m, C_n] of every sample (batch stride `stride`).
+// in fp64, for one block P [C_m, C_n] of every sample (batch stride `stride`). With slices > 1
+// the block is first the sum of its split-K partials (slice t at P's offset in `parts` plus
+// t part_stride), added in slice order and written to P. (4 blocks per SM, as
+// normalize_backward_kernel: otherwise ptxas spilled a register for sm_90.)
 template <typename T>
-__global__ void __launch_bounds__(kThreads) block_sqnorm_kernel(
-    const T* __restrict__ P, int64_t stride, int64_t Cm, int64_t Cn, int64_t rows_per_chunk,
-    const T* __restrict__ sm, const T* __restrict__ sn, int64_t row_stride, double* __restrict__ partial) {
+__global__ void __launch_bounds__(kThreads, 4) block_sqnorm_kernel(
+    T* __restrict__ P, int64_t stride, int64_t Cm, int64_t Cn, int64_t rows_per_chunk, const T* __restrict__ parts,
+    int64_t part_stride, int64_t slices, const T* __restrict__ sm, const T* __restrict__ sn, int64_t row_stride,
+    double* __restrict__ partial) {
   __shared__ double scratch[kThreads / 32];
   const int64_t chunk = blockIdx.x, b = blockIdx.y;
   const int64_t r0 = chunk * rows_per_chunk, r1 = std::min(Cm, r0 + rows_per_chunk);
-  const T* p = P + b * stride;
+  T* p = P + b * stride;
   const T* a = sm + b * Cm;
   const T* c = sn + b * Cn;
   double acc = 0;
   for (int64_t i = r0; i < r1; ++i) {  // consecutive threads read consecutive columns
     const double ai = static_cast<double>(a[i]);
     for (int64_t j = threadIdx.x; j < Cn; j += kThreads) {
-      const double v = ai * static_cast<double>(p[i * Cn + j]) * static_cast<double>(c[j]);
+      T pij;
+      if (slices > 1) {
+        const T* q = parts + b * stride + i * Cn + j;
+        pij = q[0];
+        for (int64_t t = 1; t < slices; ++t) pij += q[t * part_stride];
+        p[i * Cn + j] = pij;
+      } else {
+        pij = p[i * Cn + j];
+      }
+      const double v = ai * static_cast<double>(pij) * static_cast<double>(c[j]);
       acc += v * v;
     }
   }
@@ -427,17 +603,59 @@ Prepared prepare(at::TensorList feats, const FeatInfo& info, double eps, bool sc
 
 // ------------------------------------------------------------------ gram
 
-// The blocks P_mn = X_m X_n^T (n >= m) of every sample, one GEMM each, into views of
-// kept [N, kept_gram_size] (the layout of ssa_common.cpp:kept_block_offset).
-void gram_blocks(const Prepared& p, const FeatInfo& info, at::Tensor& kept) {
-  const int64_t M = info.M;
+// The blocks P_mn = X_m X_n^T (n >= m) of every sample into views of kept [N,
+// kept_gram_size] (the layout of ssa_common.cpp:kept_block_offset): one GEMM each, split-K
+// where gram_splits says so (then into partials, which sqdist_from_blocks adds into kept).
+struct GramProducts {
+  at::Tensor parts;             // [most slices, N, kept_gram_size] partial blocks, or undefined
+  std::vector<int64_t> slices;  // per block (block_index order): 1, or its number of partials
+};
+
+GramProducts gram_blocks(const Prepared& p, const FeatInfo& info, at::Tensor& kept, cudaStream_t stream) {
+  const int64_t M = info.M, N = info.N, d = info.d;
+  const int64_t sms = multiprocessors();
+  const TileCost tile = tile_cost(p.views[0].scalar_type());
+  GramProducts g;
+  std::vector<RowsLayout> layouts;
+  for (int64_t m = 0; m < M; ++m) layouts.push_back(rows_layout(p.views[m]));
+  int64_t most = 1;
   for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = m; n < M; ++n)
-      gemm_into(kept_block(kept, info.channels, m, n), p.views[m], p.views[n].transpose(1, 2));
+    for (int64_t n = m; n < M; ++n) {
+      const bool can = layouts[m].ok && layouts[n].ok;
+      g.slices.push_back(can ? gram_splits(N, info.channels[m], info.channels[n], d, sms, tile) : 1);
+      most = std::max(most, g.slices.back());
+    }
+  if (most > 1) g.parts = at::empty({most, N, kept.size(1)}, kept.options());
+  const int64_t elem_in = p.views[0].element_size(), elem_out = kept.element_size();
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = m; n < M; ++n) {
+      const int64_t S = g.slices[block_index(static_cast<int>(m), static_cast<int>(n), static_cast<int>(M))];
+      if (S == 1) {
+        gemm_into(kept_block(kept, info.channels, m, n), p.views[m], p.views[n].transpose(1, 2));
+        continue;
+      }
+      const at::Tensor& xm = p.views[m];
+      const at::Tensor& xn = p.views[n];
+      const at::Tensor out = kept_block(g.parts.select(0, 0), info.channels, m, n);  // partial 0
+      const int64_t k = d / S, count = S * N;
+      at::Tensor ptrs = at::empty({3, count}, kept.options().dtype(at::kLong));
+      auto* arr = reinterpret_cast<void**>(ptrs.mutable_data_ptr<int64_t>());
+      launch(slice_pointers_kernel, dim3(static_cast<unsigned>((count + kThreads - 1) / kThreads)), dim3(kThreads),
+             stream, static_cast<const char*>(xm.const_data_ptr()), static_cast<const char*>(xn.const_data_ptr()),
+             static_cast<char*>(out.mutable_data_ptr()), xm.stride(0) * elem_in, xn.stride(0) * elem_in,
+             k * layouts[m].position_stride() * elem_in, k * layouts[n].position_stride() * elem_in,
+             out.stride(0) * elem_out, g.parts.stride(0) * elem_out, N, count, const_cast<const void**>(arr),
+             const_cast<const void**>(arr + count), arr + 2 * count);
+      sliced_gram_product(ptrs, count, info.channels[m], info.channels[n], k, layouts[m], layouts[n],
+                          xm.scalar_type(), kept.scalar_type());
+    }
+  return g;
 }
 
+// S from the kept blocks (adding the split-K partials into them first).
 template <typename Out>
-at::Tensor sqdist_from_blocks(const Prepared& p, const FeatInfo& info, const at::Tensor& kept, cudaStream_t stream) {
+at::Tensor sqdist_from_blocks(const Prepared& p, const FeatInfo& info, at::Tensor& kept, const GramProducts& g,
+                              cudaStream_t stream) {
   using T = Out;
   const int M = static_cast<int>(info.M);
   const int blocks = M * (M + 1) / 2;
@@ -454,14 +672,18 @@ at::Tensor sqdist_from_blocks(const Prepared& p, const FeatInfo& info, const at:
   for (int m = 0; m < M; ++m)
     for (int n = m; n < M; ++n) {
       const int q = block_index(m, n, M);
-      const at::Tensor block = kept_block(kept, info.channels, m, n);
+      at::Tensor block = kept_block(kept, info.channels, m, n);
+      const int64_t slices = g.slices[q];
+      const T* parts = slices > 1 ? kept_block(g.parts.select(0, 0), info.channels, m, n).const_data_ptr<T>() : nullptr;
+      const int64_t part_stride = slices > 1 ? g.parts.stride(0) : 0;
       const int64_t my_chunks = (info.channels[m] + rows_per_chunk[q] - 1) / rows_per_chunk[q];
       at::Tensor out = partial.select(1, q);  // [N, chunks], row stride blocks * chunks
       for (int64_t b0 = 0; b0 < info.N; b0 += kMaxGrid) {
         const int64_t nb = std::min(kMaxGrid, info.N - b0);
         launch(block_sqnorm_kernel<T>, dim3(grid_dim(my_chunks), grid_dim(nb)), dim3(kThreads), stream,
-               block.const_data_ptr<T>() + b0 * block.stride(0), block.stride(0), info.channels[m], info.channels[n],
-               rows_per_chunk[q], p.scales[m].const_data_ptr<T>() + b0 * info.channels[m],
+               block.mutable_data_ptr<T>() + b0 * block.stride(0), block.stride(0), info.channels[m], info.channels[n],
+               rows_per_chunk[q], parts ? parts + b0 * block.stride(0) : nullptr, part_stride, slices,
+               p.scales[m].const_data_ptr<T>() + b0 * info.channels[m],
                p.scales[n].const_data_ptr<T>() + b0 * info.channels[n], blocks * chunks,
                out.mutable_data_ptr<double>() + b0 * blocks * chunks);
       }
@@ -478,6 +700,17 @@ at::Tensor sqdist_from_blocks(const Prepared& p, const FeatInfo& info, const at:
   launch(combine_gram_kernel<Out>, dim3(static_cast<unsigned>((count + kThreads - 1) / kThreads)), dim3(kThreads),
          stream, t.const_data_ptr<double>(), info.N, M, S.mutable_data_ptr<Out>());
   return S;
+}
+
+// The gram forward: the blocks into a new kept buffer, and S. The same buffer whether or not
+// it is kept, so that S is the same bits either way; zeroed, so that its padding is defined.
+template <typename Out>
+std::pair<at::Tensor, at::Tensor> gram_forward(const Prepared& p, const FeatInfo& info, const at::Tensor& like,
+                                               cudaStream_t stream) {
+  at::Tensor kept = at::zeros({info.N, kept_gram_size(info.channels)}, like.options().dtype(info.compute_dtype));
+  const GramProducts g = gram_blocks(p, info, kept, stream);
+  at::Tensor S = sqdist_from_blocks<Out>(p, info, kept, g, stream);
+  return {S, kept};
 }
 
 // ------------------------------------------------------------------ direct
@@ -737,11 +970,7 @@ std::tuple<at::Tensor, at::Tensor> sqdist_forward(at::TensorList feats, double e
     if (a == Algo::Direct) {
       S = sqdist_direct<typename Raw<scalar_t>::type>(p, info, stream);
     } else {
-      // The same buffer whether or not it is kept, so that S is the same bits either way;
-      // zeroed, so that its padding is defined too.
-      kept = at::zeros({info.N, kept_gram_size(info.channels)}, options);
-      gram_blocks(p, info, kept);
-      S = sqdist_from_blocks<Out>(p, info, kept, stream);
+      std::tie(S, kept) = gram_forward<Out>(p, info, feats[0], stream);
     }
   });
   return {S, a == Algo::Gram && for_backward ? kept : at::empty({0}, options)};
@@ -766,10 +995,8 @@ std::vector<at::Tensor> sqdist_backward(at::TensorList feats, const at::Tensor& 
       g = direct_grad_raw<typename Raw<scalar_t>::type>(p, c, info, needs, stream);
     } else {
       at::Tensor kept = saved;
-      if (kept.numel() == 0) {  // not kept by the forward: the blocks again
-        kept = at::zeros({info.N, kept_gram_size(info.channels)}, feats[0].options().dtype(info.compute_dtype));
-        gram_blocks(p, info, kept);
-      }
+      if (kept.numel() == 0)  // not kept by the forward: the blocks again (S is not needed)
+        kept = gram_forward<Cmp<typename Raw<scalar_t>::type>>(p, info, feats[0], stream).second;
       g = gram_grad_raw<Operand<typename Raw<scalar_t>::type>>(p, kept, c, info, needs, stream);
     }
     grads = finish<scalar_t>(g, p, c, info, eps, feats, needs, stream);
@@ -787,12 +1014,28 @@ std::vector<at::Tensor> sqdist_backward(at::TensorList feats, const at::Tensor& 
 // real ops (csrc/mtut_ops.cpp), here for the CPU key the emulation runs on.
 namespace mtut::cuda {
 std::vector<std::string> take_gemm_log() { return std::exchange(gemm_log(), {}); }
+// The GPU build's split rule and tile costs, for the test against bench/gpu_model.py.
+std::vector<double> split_constants(at::ScalarType operand) {
+  const TileCost t = tile_cost(operand);
+  const SplitRule& r = kGpuSplitRule;
+  return {double(r.min_k), double(r.align), double(r.tile_overhead), double(t.rows), double(t.cols), t.step_bytes,
+          double(kMaxSlices)};
+}
+int64_t gram_splits_of(int64_t N, int64_t Cm, int64_t Cn, int64_t d, int64_t sms, at::ScalarType operand,
+                       int64_t min_k, int64_t align, int64_t tile_overhead) {
+  return gram_splits(N, Cm, Cn, d, sms, tile_cost(operand), {min_k, align, tile_overhead});
+}
 }  // namespace mtut::cuda
 
 TORCH_LIBRARY(mtut_emulated, m) {
   m.def("sqdist_forward(Tensor[] feats, float eps, str algo, bool directed, bool for_backward) -> (Tensor, Tensor)");
   // The products run since the last call, as "operand x operand -> output" dtypes.
   m.def("take_gemm_log() -> str[]", &mtut::cuda::take_gemm_log);
+  // The split-K rule of the Gram blocks, for the test against bench/gpu_model.py's copy.
+  m.def("split_constants(ScalarType operand) -> float[]", &mtut::cuda::split_constants);
+  m.def("gram_splits(int N, int Cm, int Cn, int d, int sms, ScalarType operand, int min_k, int align, "
+        "int tile_overhead) -> int",
+        &mtut::cuda::gram_splits_of);
   m.def(
       "sqdist_backward(Tensor[] feats, Tensor saved, Tensor weight, float eps, str algo, bool[] needs_grad) "
       "-> Tensor[]");
