@@ -445,22 +445,27 @@ def cuda_plan(p: Problem, scen: str, algo: str, active, sms: int = 132) -> Plan:
         q = sum(ch[m] * ch[n] for m, n in blocks)
         fwd.append(Op("kept=zeros", 0, 4 * N * q))
         operand = "bf16" if scen == "bf16" else "fp32"
-        slices = {(m, n): gram_splits(N, ch[m], ch[n], d, sms, operand) for m, n in blocks}
-        for m, n in blocks:  # gram_blocks: one product per block, split-K where gram_splits says so
-            S = slices[m, n]
-            if S == 1:  # at::bmm into the kept buffer
-                fwd.append(Op(f"P{m}{n}=bmm", 2.0 * N * ch[m] * ch[n] * d,
-                              N * (ch[m] + ch[n]) * d * e + 4 * N * ch[m] * ch[n], "cublas", pr, (N, ch[m], ch[n], d)))
-            else:  # slice_pointers_kernel, then ONE cublasGemmBatchedEx over (slice, sample) into partials
+        groups = {}  # gram_blocks: the blocks of one shape (contiguous maps) are one product
+        for m, n in blocks:
+            groups.setdefault((ch[m], ch[n]), []).append((m, n))
+        slices = {}
+        for (cm, cn), group in groups.items():
+            G = len(group)
+            S = gram_splits(N * G, cm, cn, d, sms, operand)
+            slices.update({b: S for b in group})
+            if G == 1 and S == 1:  # at::bmm into the kept buffer
+                fwd.append(Op(f"P{group[0]}=bmm", 2.0 * N * cm * cn * d, N * (cm + cn) * d * e + 4 * N * cm * cn,
+                              "cublas", pr, (N, cm, cn, d)))
+            else:  # slice_pointers_kernel, then ONE cublasGemmBatchedEx over (block, slice, sample)
                 fwd.append(Op("slice_pointers", 0, 0))
-                fwd.append(Op(f"P{m}{n}=split-K x{S}", 2.0 * N * ch[m] * ch[n] * d,
-                              N * (ch[m] + ch[n]) * d * e + 4 * S * N * ch[m] * ch[n], "cublas", pr,
-                              (N * S, ch[m], ch[n], d // S)))
+                fwd.append(Op(f"{G} blocks {cm}x{cn}, split-K x{S}", 2.0 * G * N * cm * cn * d,
+                              G * N * (cm + cn) * d * e + 4 * S * G * N * cm * cn, "cublas", pr,
+                              (G * N * S, cm, cn, d // S)))
         fwd.append(Op("partial=zeros", 0, 8 * N * len(blocks) * 16))
         # block_sqnorm_kernel: reads the block (or its S partials, then writes their sum to kept)
         fwd += [Op(f"block_sqnorm({m},{n})", 0, 4 * N * ch[m] * ch[n] * (1 if slices[m, n] == 1 else slices[m, n] + 1))
                 for m, n in blocks]
-        fwd += [Op("sum_partials", 0, 0), Op("S=empty", 0, 0), Op("combine_gram", 0, 0)]
+        fwd += [Op("sum_partials", 0, 0), Op("combine_gram", 0, 0)]  # (S = at::empty: no kernel)
     else:
         rows = max(1, min(d, (1 << 24) // max(N * d * M, 1)))
         fwd.append(Op("partial=zeros", 0, 0))
@@ -476,7 +481,7 @@ def cuda_plan(p: Problem, scen: str, algo: str, active, sms: int = 132) -> Plan:
     fwd += cf
     host_fwd = HOST["api_call"] + HOST["cpp_op"] * len(fwd)
 
-    bwd = [Op("pair coefficient", 0, 0) for _ in range(11)]  # pair_coefficients: 11 ATen ops on [N, M, M]
+    bwd = [Op("pair_coefficients_kernel", 0, 0)]  # coef / ref and ref of every (sample, modality) in one kernel
     bwd += [Op("row_scale", 0, N * c * d * e + 8 * N * c) for c in ch]
     needs = [True] * M  # both networks train: every modality needs a gradient
     if algo == "gram":
@@ -1021,9 +1026,9 @@ def markdown(rows: list, date: str) -> str:
         "- The CUDA backend (csrc/cuda/ssa_cuda.cu): every product is cuBLAS (the rate above), in the input precision",
         "  (bf16 operands for bf16 inputs); our kernels are memory-bound (row norms, square sums, the one-pass",
         "  scaling of the products' derived operands, normalization backward); the gram blocks are kept for the",
-        "  backward; the backward runs every sample of a modality. The forward Gram blocks are split-K (one",
-        "  pointer-array product over slice x sample entries, as fast as a strided batched one) where gram_splits",
-        "  (the code's rule, copied) says so, and their partials cost memory traffic. cuBLAS is assumed not to split",
+        "  backward; the backward runs every sample of a modality. The forward Gram blocks of one shape are ONE",
+        "  pointer-array product (over block x slice x sample entries, as fast as a strided batched one), split-K",
+        "  where gram_splits (the code's rule, copied) says so; the partials cost memory traffic. cuBLAS is assumed not to split",
         "  K of a batched product on its own (at::bmm of the baselines and of the unsplit blocks): if it does, the",
         "  baselines' and the unsplit products' times at Mixed_3c drop by up to half.",
         "- The Triton backend (mtut_ops/triton, since issue 12): per call the M maps are staged (_stage_rows: one",

@@ -154,3 +154,29 @@ def test_split_gram_on_cublas(layout):
     mtut_ops.ssa_loss(got, ce.cuda(), algo="gram", backend="cuda").backward()
     for a, b in zip(got, ref):
         torch.testing.assert_close(a.grad.cpu(), b.grad, rtol=1e-8, atol=1e-10 * (1 + b.grad.abs().max().item()))
+
+
+def test_split_gram_tf32_only_when_torch_allows_it():
+    """The split-K product runs on ATen's cuBLAS handle, whose math mode is torch's TF32
+    choice: float32 exact when TF32 is off, TF32-rounded operands when it is on."""
+    from bench.gpu_model import gram_splits
+
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    assert gram_splits(2, 64, 64, 4096, sms, "fp32") > 1
+    feats = [f.to("cuda", torch.float32) for f in make_feats(2, [64, 64], [16, 16, 16], seed=5)]
+    ref = R.pairwise_sqdist([f.double().cpu() for f in feats])
+    before = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        exact = mtut_ops.pairwise_sqdist(feats, algo="gram", backend="cuda").double().cpu()
+        torch.backends.cuda.matmul.allow_tf32 = True
+        tf32 = mtut_ops.pairwise_sqdist(feats, algo="gram", backend="cuda").double().cpu()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    assert ((exact - ref).abs() <= sqdist_bound([64, 64], 4096, torch.float32, "gram", ref)).all()
+    fits = []
+    for truncate in (False, True):  # as in test_tf32_only_when_torch_allows_it
+        staged = cuda_operand_sqdist([f.cpu() for f in feats], "gram", "tf32", truncate=truncate)
+        within = ((tf32 - staged).abs() <= sqdist_bound([64, 64], 4096, torch.float32, "gram", staged)).all()
+        fits.append(bool(within) and (tf32 - ref).abs().max() > 10 * (tf32 - staged).abs().max())
+    assert any(fits)

@@ -187,6 +187,28 @@ def test_split_gram_layouts(emulated, layout):
             torch.testing.assert_close(a, b.grad, rtol=1e-9, atol=1e-9 * b.grad.abs().max().item())
 
 
+@pytest.mark.parametrize("noncontiguous", [False, True])
+def test_gram_blocks_of_one_shape_are_one_product(emulated, noncontiguous):
+    """The forward's blocks of one shape and operand layout are one pointer-array product:
+    channels [6, 6, 4] give three (the three 6 x 6 blocks, the two 6 x 4, the 4 x 4 alone);
+    maps whose layout cuBLAS cannot read as they are (a stride in both dims) are one at::bmm
+    per block (six). Distances and gradients against the fp64 reference either way."""
+    N, channels, spatial = 2, [6, 6, 4], [5, 7]
+    feats = make_feats(N, channels, spatial, seed=12, noncontiguous=noncontiguous)
+    emulated.ops.take_gemm_log()
+    S, kept = emulated.ops.sqdist_forward(feats, EPS, "gram", False, True)
+    assert len(emulated.ops.take_gemm_log()) == (6 if noncontiguous else 3)
+    S_ref = R.pairwise_sqdist(feats)
+    torch.testing.assert_close(S, S_ref, rtol=1e-9, atol=1e-9 * S_ref.abs().max().item())
+    g = torch.randn(N, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    ref = leaf(feats)
+    (R.pairwise_sqdist(ref) * g).sum().backward()
+    for saved in (kept, torch.empty(0, dtype=torch.float64)):
+        grads = emulated.ops.sqdist_backward(feats, saved, g + g.transpose(1, 2), EPS, "gram", [True] * 3)
+        for a, b in zip(grads, ref):
+            torch.testing.assert_close(a, b.grad, rtol=1e-9, atol=1e-9 * b.grad.abs().max().item())
+
+
 def test_split_rule_is_the_models(emulated):
     """bench/gpu_model.py prices the CUDA gram forward with a copy of its split-K rule
     (gram_splits): the same constants and the same choice, over shapes with and without
@@ -310,8 +332,8 @@ def test_products_run_in_the_input_precision(emulated, algo, dtype):
 
 
 @pytest.mark.parametrize("dtype, spatial, expected", [
-    (torch.float32, (5, 10, 10), "direct"),  # d = 500 <= 550: direct on CUDA, gram by the CPU's FLOP rule
-    (torch.float32, (7, 10, 10), "gram"),  # d = 700 > 550
+    (torch.float32, (3, 10, 10), "direct"),  # d = 300 <= 300: direct on CUDA, gram by the CPU's FLOP rule
+    (torch.float32, (4, 10, 10), "gram"),  # d = 400 > 300
     (torch.bfloat16, (7, 10, 10), "direct"),  # d = 700 <= 750 for 16-bit inputs
 ])
 def test_auto_follows_the_cuda_rule(emulated, dtype, spatial, expected):

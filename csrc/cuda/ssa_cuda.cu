@@ -9,12 +9,13 @@
 // Reductions are summed in a fixed order, without floating-point atomics: the same inputs
 // give the same bits on every run.
 //
-// gram:   forward, one GEMM per block P_mn = X_m X_n^T (n >= m) on the raw rows, kept for
-//         the backward in one buffer [N, kept_gram_size]; every block is its own GEMM of its
-//         own shape (no stacked GEMM), so for X_m = X_n the blocks P_mm, P_mn, P_nn are the
-//         same bits and S is exactly 0. Where the blocks have too few output tiles for the
-//         GPU and a long contraction (Mixed_3c), a block is ONE pointer-array cuBLAS product
-//         over (slice of d, sample) entries into partials added in a fixed order (split-K,
+// gram:   forward, the blocks P_mn = X_m X_n^T (n >= m) on the raw rows, kept for the
+//         backward in one buffer [N, kept_gram_size]. Each block is its own product of its
+//         own operands (no stacked matrix), and the blocks of one shape and layout are
+//         entries of ONE pointer-array cuBLAS product (one kernel for all), so for X_m = X_n
+//         the blocks P_mm, P_mn, P_nn are the same bits and S is exactly 0. Where the blocks
+//         have too few output tiles for the GPU and a long contraction (Mixed_3c), the entries
+//         are (block, slice of d, sample), into partials added in a fixed order (split-K,
 //         gram_splits). S_mn = |G_mm|^2 - 2 |G_mn|^2 + |G_nn|^2 with
 //         G = diag(s) P diag(s), squared and summed in fp64, clamped at 0.
 //         backward, for each modality m that needs a gradient:
@@ -68,7 +69,9 @@
 #endif
 
 #include <algorithm>
+#include <limits>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -285,19 +288,32 @@ RowsLayout rows_layout(const at::Tensor& v) {
   return r;
 }
 
-// The operand and output pointers of entry e = s N + b (slice s, sample b) of a split
-// product, one thread per entry: rows of X_m[b] and X_n[b] from position s k on, partial
-// block s of sample b. Byte offsets.
+// The blocks one pointer-array product computes (all of one shape and operand layout): per
+// block the bases of X_m, X_n and of its output (partial 0, or the kept block), and the
+// sample strides of X_m and X_n, in bytes. At most kMaxGroup blocks (the 36 of M = 8; larger
+// groups are cut), passed by value as the kernel's parameters.
+constexpr int kMaxGroup = 36;
+struct BlockBases {
+  const char* xm[kMaxGroup];
+  const char* xn[kMaxGroup];
+  char* out[kMaxGroup];
+  int64_t xm_sample[kMaxGroup];
+  int64_t xn_sample[kMaxGroup];
+};
+
+// The operand and output pointers of entry e = (j S + s) N + b (block j, slice s, sample b),
+// one thread per entry: the rows of X_m[b] and X_n[b] from position s k on (byte steps
+// xm_slice, xn_slice), partial s of block j for sample b (steps out_sample, out_slice).
 __global__ void __launch_bounds__(kThreads) slice_pointers_kernel(
-    const char* xm, const char* xn, char* out, int64_t xm_sample, int64_t xn_sample, int64_t xm_slice,
-    int64_t xn_slice, int64_t out_sample, int64_t out_slice, int64_t N, int64_t count, const void** a,
-    const void** b, void** c) {
+    const BlockBases bases, int64_t xm_slice, int64_t xn_slice, int64_t out_sample, int64_t out_slice, int64_t N,
+    int64_t S, int64_t count, const void** a, const void** b, void** c) {
   const int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (e >= count) return;
-  const int64_t s = e / N, smp = e - s * N;
-  a[e] = xm + smp * xm_sample + s * xm_slice;
-  b[e] = xn + smp * xn_sample + s * xn_slice;
-  c[e] = out + smp * out_sample + s * out_slice;
+  const int64_t smp = e % N, s = (e / N) % S;
+  const int j = static_cast<int>(e / (N * S));
+  a[e] = bases.xm[j] + smp * bases.xm_sample[j] + s * xm_slice;
+  b[e] = bases.xn[j] + smp * bases.xn_sample[j] + s * xn_slice;
+  c[e] = bases.out[j] + smp * out_sample + s * out_slice;
 }
 
 #ifndef MTUT_CUDA_EMULATE
@@ -604,51 +620,80 @@ Prepared prepare(at::TensorList feats, const FeatInfo& info, double eps, bool sc
 // ------------------------------------------------------------------ gram
 
 // The blocks P_mn = X_m X_n^T (n >= m) of every sample into views of kept [N,
-// kept_gram_size] (the layout of ssa_common.cpp:kept_block_offset): one GEMM each, split-K
-// where gram_splits says so (then into partials, which sqdist_from_blocks adds into kept).
+// kept_gram_size] (the layout of ssa_common.cpp:kept_block_offset). The blocks of one shape
+// and operand layout (all of them for equal channel counts and contiguous maps) are ONE
+// pointer-array product, split-K where gram_splits says so for the group (then into partials,
+// which sqdist_from_blocks adds into kept); a block alone of its kind that is not split is
+// an at::bmm.
 struct GramProducts {
   at::Tensor parts;             // [most slices, N, kept_gram_size] partial blocks, or undefined
   std::vector<int64_t> slices;  // per block (block_index order): 1, or its number of partials
 };
 
 GramProducts gram_blocks(const Prepared& p, const FeatInfo& info, at::Tensor& kept, cudaStream_t stream) {
-  const int64_t M = info.M, N = info.N, d = info.d;
+  const int M = static_cast<int>(info.M);
+  const int64_t N = info.N, d = info.d;
   const int64_t sms = multiprocessors();
   const TileCost tile = tile_cost(p.views[0].scalar_type());
-  GramProducts g;
   std::vector<RowsLayout> layouts;
-  for (int64_t m = 0; m < M; ++m) layouts.push_back(rows_layout(p.views[m]));
-  int64_t most = 1;
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = m; n < M; ++n) {
-      const bool can = layouts[m].ok && layouts[n].ok;
-      g.slices.push_back(can ? gram_splits(N, info.channels[m], info.channels[n], d, sms, tile) : 1);
-      most = std::max(most, g.slices.back());
+  for (int m = 0; m < M; ++m) layouts.push_back(rows_layout(p.views[m]));
+  // groups of blocks (m, n) by (C_m, C_n, layout of X_m, layout of X_n), in block order
+  using Key = std::tuple<int64_t, int64_t, bool, int64_t, bool, int64_t>;
+  std::vector<std::pair<Key, std::vector<std::pair<int, int>>>> groups;
+  for (int m = 0; m < M; ++m)
+    for (int n = m; n < M; ++n) {
+      const int64_t q = block_index(m, n, M);
+      const Key key = layouts[m].ok && layouts[n].ok
+                          ? Key{info.channels[m], info.channels[n], layouts[m].positions_contiguous, layouts[m].lead,
+                                layouts[n].positions_contiguous, layouts[n].lead}
+                          : Key{info.channels[m], info.channels[n], false, -1 - q, false, -1 - q};  // alone: at::bmm
+      auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == key; });
+      if (it == groups.end() || it->second.size() == static_cast<size_t>(kMaxGroup))
+        groups.push_back({key, {}}), it = groups.end() - 1;
+      it->second.emplace_back(m, n);
     }
+  GramProducts g;
+  g.slices.assign(M * (M + 1) / 2, 1);
+  std::vector<int64_t> group_slices;
+  for (const auto& [key, blocks] : groups) {
+    const auto [m, n] = blocks[0];
+    const bool ok = layouts[m].ok && layouts[n].ok;
+    const int64_t G = static_cast<int64_t>(blocks.size());
+    const int64_t S = ok ? gram_splits(N * G, info.channels[m], info.channels[n], d, sms, tile) : 1;
+    group_slices.push_back(S);
+    for (const auto& [bm, bn] : blocks) g.slices[block_index(bm, bn, M)] = S;
+  }
+  const int64_t most = *std::max_element(g.slices.begin(), g.slices.end());
   if (most > 1) g.parts = at::empty({most, N, kept.size(1)}, kept.options());
   const int64_t elem_in = p.views[0].element_size(), elem_out = kept.element_size();
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = m; n < M; ++n) {
-      const int64_t S = g.slices[block_index(static_cast<int>(m), static_cast<int>(n), static_cast<int>(M))];
-      if (S == 1) {
-        gemm_into(kept_block(kept, info.channels, m, n), p.views[m], p.views[n].transpose(1, 2));
-        continue;
-      }
-      const at::Tensor& xm = p.views[m];
-      const at::Tensor& xn = p.views[n];
-      const at::Tensor out = kept_block(g.parts.select(0, 0), info.channels, m, n);  // partial 0
-      const int64_t k = d / S, count = S * N;
-      at::Tensor ptrs = at::empty({3, count}, kept.options().dtype(at::kLong));
-      auto* arr = reinterpret_cast<void**>(ptrs.mutable_data_ptr<int64_t>());
-      launch(slice_pointers_kernel, dim3(static_cast<unsigned>((count + kThreads - 1) / kThreads)), dim3(kThreads),
-             stream, static_cast<const char*>(xm.const_data_ptr()), static_cast<const char*>(xn.const_data_ptr()),
-             static_cast<char*>(out.mutable_data_ptr()), xm.stride(0) * elem_in, xn.stride(0) * elem_in,
-             k * layouts[m].position_stride() * elem_in, k * layouts[n].position_stride() * elem_in,
-             out.stride(0) * elem_out, g.parts.stride(0) * elem_out, N, count, const_cast<const void**>(arr),
-             const_cast<const void**>(arr + count), arr + 2 * count);
-      sliced_gram_product(ptrs, count, info.channels[m], info.channels[n], k, layouts[m], layouts[n],
-                          xm.scalar_type(), kept.scalar_type());
+  for (size_t gi = 0; gi < groups.size(); ++gi) {
+    const auto& blocks = groups[gi].second;
+    const int64_t S = group_slices[gi], G = static_cast<int64_t>(blocks.size());
+    const auto [m, n] = blocks[0];
+    if (G == 1 && S == 1) {
+      gemm_into(kept_block(kept, info.channels, m, n), p.views[m], p.views[n].transpose(1, 2));
+      continue;
     }
+    BlockBases bases{};
+    for (int64_t j = 0; j < G; ++j) {
+      const auto [bm, bn] = blocks[j];
+      const at::Tensor out = kept_block(S > 1 ? g.parts.select(0, 0) : kept, info.channels, bm, bn);
+      bases.xm[j] = static_cast<const char*>(p.views[bm].const_data_ptr());
+      bases.xn[j] = static_cast<const char*>(p.views[bn].const_data_ptr());
+      bases.out[j] = static_cast<char*>(out.mutable_data_ptr());
+      bases.xm_sample[j] = p.views[bm].stride(0) * elem_in;
+      bases.xn_sample[j] = p.views[bn].stride(0) * elem_in;
+    }
+    const int64_t k = d / S, count = G * S * N;
+    at::Tensor ptrs = at::empty({3, count}, kept.options().dtype(at::kLong));
+    auto* arr = reinterpret_cast<void**>(ptrs.mutable_data_ptr<int64_t>());
+    launch(slice_pointers_kernel, dim3(static_cast<unsigned>((count + kThreads - 1) / kThreads)), dim3(kThreads),
+           stream, bases, k * layouts[m].position_stride() * elem_in, k * layouts[n].position_stride() * elem_in,
+           kept.stride(0) * elem_out, (S > 1 ? g.parts.stride(0) : 0) * elem_out, N, S, count,
+           const_cast<const void**>(arr), const_cast<const void**>(arr + count), arr + 2 * count);
+    sliced_gram_product(ptrs, count, info.channels[m], info.channels[n], k, layouts[m], layouts[n],
+                        p.views[m].scalar_type(), kept.scalar_type());
+  }
   return g;
 }
 
@@ -802,19 +847,52 @@ at::Tensor sqdist_direct(const Prepared& p, const FeatInfo& info, cudaStream_t s
 // a_m = sum_{n != m} w_mn, and coef_mn = -4 w_mn (n != m); per modality the sample's
 // largest |coef| (1 where all are 0), ref_m, which the scaled operands are divided by so
 // that they stay near 1 in 16 bits (it is multiplied back in the normalization backward).
-// A handful of ATen ops on [N, M, M], whatever M (a loop over the pairs was 4 M^2 + 3 M
-// launches).
+// One kernel, a thread per (sample, modality) (it was 11 ATen ops on [N, M, M]).
 struct Coefficients {
   at::Tensor factor;  // [N, M, M] compute dtype: coef_mn / ref_m
-  at::Tensor ref;     // [N, M]
+  at::Tensor ref;     // [M, N]: ref_m of every sample, modality-major (contiguous per modality)
 };
 
-Coefficients pair_coefficients(const at::Tensor& w) {
-  at::Tensor coef = w * -4.0;
-  coef.diagonal(0, 1, 2).copy_((w.sum(2) - w.diagonal(0, 1, 2)) * 4.0);
-  const at::Tensor largest = coef.abs().amax(2);  // a NaN propagates through coef / ref
-  at::Tensor ref = at::where(largest == 0, at::ones_like(largest), largest);  // all-zero: 0 / 1 = 0
-  return {coef / ref.unsqueeze(2), ref};
+__device__ __forceinline__ float reciprocal(float v) { return __frcp_rn(v); }  // not a division: no called routine
+__device__ __forceinline__ double reciprocal(double v) { return __drcp_rn(v); }
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) pair_coefficients_kernel(
+    const T* __restrict__ w, int64_t sb, int64_t sm, int64_t sn, int64_t N, int M, T* __restrict__ factor,
+    T* __restrict__ ref) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;  // (b, m)
+  if (row >= N * M) return;
+  const int64_t b = row / M;
+  const int m = static_cast<int>(row - b * M);
+  const T* wr = w + b * sb + m * sm;
+  T sum = 0;
+  for (int n = 0; n < M; ++n) sum += wr[n * sn];
+  const T diag = T(4) * (sum - wr[m * sn]);
+  T largest = diag < 0 ? -diag : diag;
+  bool nan = diag != diag;
+  for (int n = 0; n < M; ++n) {
+    if (n == m) continue;
+    const T c = T(-4) * wr[n * sn];
+    const T a = c < 0 ? -c : c;
+    largest = a > largest ? a : largest;
+    nan = nan || c != c;
+  }
+  // a NaN weight makes the whole row NaN (as amax propagates it); all-zero rows: 0 * 1 = 0
+  const T r = nan ? std::numeric_limits<T>::quiet_NaN() : (largest == 0 ? T(1) : largest);
+  const T inv = nan ? r : reciprocal(r);
+  ref[static_cast<int64_t>(m) * N + b] = r;
+  T* f = factor + row * M;
+  for (int n = 0; n < M; ++n) f[n] = (n == m ? diag : T(-4) * wr[n * sn]) * inv;
+}
+
+template <typename T>
+Coefficients pair_coefficients(const at::Tensor& w, cudaStream_t stream) {
+  const int64_t N = w.size(0), M = w.size(1);
+  Coefficients c{at::empty({N, M, M}, w.options()), at::empty({M, N}, w.options())};
+  launch(pair_coefficients_kernel<T>, dim3(static_cast<unsigned>((N * M + kThreads - 1) / kThreads)), dim3(kThreads),
+         stream, w.const_data_ptr<T>(), w.stride(0), w.stride(1), w.stride(2), N, static_cast<int>(M),
+         c.factor.mutable_data_ptr<T>(), c.ref.mutable_data_ptr<T>());
+  return c;
 }
 
 // A = (coef_mn / ref_m) P_mn diag(s_n^2) in the operand dtype, one pass over a kept block
@@ -941,7 +1019,7 @@ std::vector<at::Tensor> finish(std::vector<at::Tensor>& graw, const Prepared& p,
       continue;
     }
     const at::Tensor& v = p.views[m];
-    const at::Tensor factor = c.ref.select(1, static_cast<int64_t>(m)).contiguous();
+    const at::Tensor factor = c.ref.select(0, static_cast<int64_t>(m));  // [N], contiguous
     at::Tensor out = info.dtype == info.compute_dtype ? graw[m] : at::empty_like(graw[m], v.options());
     launch(normalize_backward_kernel<Tin>, dim3(static_cast<unsigned>(info.N * v.size(1))), dim3(kThreads), stream,
            graw[m].const_data_ptr<Cmp<Tin>>(), reinterpret_cast<const Tin*>(v.const_data_ptr<T>()), v.stride(0),
@@ -986,7 +1064,9 @@ std::vector<at::Tensor> sqdist_backward(at::TensorList feats, const at::Tensor& 
   check_saved(saved, info, a, feats[0]);
   const DeviceScope guard(feats[0].device());
   cudaStream_t stream = current_stream();
-  const Coefficients c = pair_coefficients(weight.to(info.compute_dtype));
+  const at::Tensor w = weight.to(info.compute_dtype);
+  const Coefficients c = info.compute_dtype == at::kDouble ? pair_coefficients<double>(w, stream)
+                                                           : pair_coefficients<float>(w, stream);
   std::vector<at::Tensor> grads;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, info.dtype, "mtut_sqdist_backward_cuda", [&] {
     const Prepared p = prepare<scalar_t>(feats, info, eps, /*scaled_products=*/true, stream);

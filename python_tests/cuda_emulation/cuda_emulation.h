@@ -48,6 +48,8 @@ inline __half __float2half_rn(float v) { return __half(v); }  // round to neares
 inline float __bfloat162float(__nv_bfloat16 v) { return static_cast<float>(v); }
 inline __nv_bfloat16 __float2bfloat16_rn(float v) { return __nv_bfloat16(v); }
 inline void __trap() { std::abort(); }
+inline float __frcp_rn(float v) { return 1.0f / v; }  // the correctly rounded reciprocal, as on the GPU
+inline double __drcp_rn(double v) { return 1.0 / v; }
 using std::fma;  // fma(float, float, float) stays in float, as on the GPU
 using std::sqrt;
 
