@@ -445,11 +445,14 @@ def cuda_plan(p: Problem, scen: str, algo: str, active, sms: int = 132) -> Plan:
         q = sum(ch[m] * ch[n] for m, n in blocks)
         fwd.append(Op("kept=zeros", 0, 4 * N * q))
         operand = "bf16" if scen == "bf16" else "fp32"
-        groups = {}  # gram_blocks: the blocks of one shape (contiguous maps) are one product
+        groups = {}  # gram_blocks: the blocks of one shape (contiguous maps) are one product, 36 at most
         for m, n in blocks:
-            groups.setdefault((ch[m], ch[n]), []).append((m, n))
+            chunk = 0
+            while len(groups.get((ch[m], ch[n], chunk), [])) == 36:
+                chunk += 1
+            groups.setdefault((ch[m], ch[n], chunk), []).append((m, n))
         slices = {}
-        for (cm, cn), group in groups.items():
+        for (cm, cn, _), group in groups.items():
             G = len(group)
             S = gram_splits(N * G, cm, cn, d, sms, operand)
             slices.update({b: S for b in group})

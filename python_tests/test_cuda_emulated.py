@@ -209,6 +209,17 @@ def test_gram_blocks_of_one_shape_are_one_product(emulated, noncontiguous):
             torch.testing.assert_close(a, b.grad, rtol=1e-9, atol=1e-9 * b.grad.abs().max().item())
 
 
+def test_gram_groups_of_more_than_36_blocks_are_cut(emulated):
+    """A pointer-array product takes at most 36 blocks (its bases are kernel parameters):
+    nine modalities of one shape have 45, computed as two products (36 + 9)."""
+    feats = make_feats(1, [3] * 9, [2, 5], seed=13)
+    emulated.ops.take_gemm_log()
+    S = emulated.pairwise_sqdist(feats, EPS, "gram")
+    assert len(emulated.ops.take_gemm_log()) == 2
+    S_ref = R.pairwise_sqdist(feats)
+    torch.testing.assert_close(S, S_ref, rtol=1e-9, atol=1e-9 * S_ref.abs().max().item())
+
+
 def test_split_rule_is_the_models(emulated):
     """bench/gpu_model.py prices the CUDA gram forward with a copy of its split-K rule
     (gram_splits): the same constants and the same choice, over shapes with and without

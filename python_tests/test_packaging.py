@@ -7,6 +7,7 @@ slow ones (a fresh venv with another torch, the sdist built into a wheel, CMake)
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import shutil
 import site
@@ -234,6 +235,37 @@ def test_sdist_is_complete_and_needs_no_torch(tmp_path):
     assert any(f.endswith(".cu") for f in wanted) and any(f.endswith(".h") for f in wanted)
     assert wanted <= names, sorted(wanted - names)
     assert not [n for n in names if n.endswith((".so", ".o")) or n.endswith("_build_info.py")]
+
+
+def function_of_setup_py(name: str):
+    """One function of setup.py (which runs setup() when imported), with its module's imports."""
+    import ast
+
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    body = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
+            or (isinstance(n, ast.FunctionDef) and n.name in (name, "_fail"))]
+    namespace: dict = {}
+    exec(compile(ast.Module(body=body, type_ignores=[]), str(ROOT / "setup.py"), "exec"), namespace)
+    return namespace[name]
+
+
+@checkout_only
+def test_cublas_header_from_the_toolkit_or_the_cublas_wheel(tmp_path):
+    """The CUDA kernels include cublas_v2.h: the toolkit's when it has one (nothing to add),
+    else the include directory of the nvidia-cublas wheel a pip-installed CUDA torch brings."""
+    find = function_of_setup_py("_cublas_include_dirs")
+    full = tmp_path / "full"
+    (full / "include").mkdir(parents=True)
+    (full / "include" / "cublas_v2.h").write_text("")
+    assert find(str(full)) == []
+    bare = tmp_path / "bare"
+    (bare / "include").mkdir(parents=True)
+    if importlib.util.find_spec("nvidia") is None:
+        with pytest.raises(SystemExit, match="cublas_v2.h"):
+            find(str(bare))
+    else:
+        (found,) = find(str(bare))
+        assert (Path(found) / "cublas_v2.h").is_file() and "nvidia" in Path(found).parts
 
 
 @checkout_only

@@ -647,9 +647,10 @@ GramProducts gram_blocks(const Prepared& p, const FeatInfo& info, at::Tensor& ke
                           ? Key{info.channels[m], info.channels[n], layouts[m].positions_contiguous, layouts[m].lead,
                                 layouts[n].positions_contiguous, layouts[n].lead}
                           : Key{info.channels[m], info.channels[n], false, -1 - q, false, -1 - q};  // alone: at::bmm
-      auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == key; });
-      if (it == groups.end() || it->second.size() == static_cast<size_t>(kMaxGroup))
-        groups.push_back({key, {}}), it = groups.end() - 1;
+      auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) {
+        return g.first == key && g.second.size() < static_cast<size_t>(kMaxGroup);  // a full group: the next one
+      });
+      if (it == groups.end()) groups.push_back({key, {}}), it = groups.end() - 1;
       it->second.emplace_back(m, n);
     }
   GramProducts g;
