@@ -5,6 +5,8 @@ logic is also checked on the CPU through the emulation (test_cuda_emulated.py).
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -82,24 +84,36 @@ def test_half_inputs_with_1024_channels_stay_finite(algo, dtype):
     assert torch.isfinite(loss) and all(torch.isfinite(f.grad).all() for f in fs)
 
 
-def test_tf32_only_when_torch_allows_it():
-    feats = [f.to("cuda", torch.float32) for f in make_feats(2, [256, 256], [4, 7, 7], seed=4)]
+@pytest.mark.parametrize("algo, channels, spatial", [
+    ("direct", [256, 256], [4, 7, 7]),
+    # d = 4096 with few output tiles: the split-K product, on ATen's cuBLAS handle, whose
+    # math mode is torch's TF32 choice
+    ("gram", [64, 64], [16, 16, 16]),
+])
+def test_tf32_only_when_torch_allows_it(algo, channels, spatial):
+    from bench.gpu_model import gram_splits
+
+    d = math.prod(spatial)
+    if algo == "gram":
+        sms = torch.cuda.get_device_properties(0).multi_processor_count
+        assert gram_splits(2, channels[0], channels[1], d, sms, "fp32") > 1
+    feats = [f.to("cuda", torch.float32) for f in make_feats(2, channels, spatial, seed=4 if algo == "direct" else 5)]
     ref = R.pairwise_sqdist([f.double().cpu() for f in feats])
     before = torch.backends.cuda.matmul.allow_tf32
     try:
         torch.backends.cuda.matmul.allow_tf32 = False
-        exact = mtut_ops.pairwise_sqdist(feats, algo="direct", backend="cuda").double().cpu()
+        exact = mtut_ops.pairwise_sqdist(feats, algo=algo, backend="cuda").double().cpu()
         torch.backends.cuda.matmul.allow_tf32 = True
-        tf32 = mtut_ops.pairwise_sqdist(feats, algo="direct", backend="cuda").double().cpu()
+        tf32 = mtut_ops.pairwise_sqdist(feats, algo=algo, backend="cuda").double().cpu()
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
-    assert ((exact - ref).abs() <= sqdist_bound([256, 256], 196, torch.float32, "direct", ref)).all()
+    assert ((exact - ref).abs() <= sqdist_bound(channels, d, torch.float32, algo, ref)).all()
     # cuBLAS rounds TF32 operands to nearest or truncates them (undocumented): one of the two
     # models must hold, and the result must follow the rounded operands (the TF32 path ran).
     fits = []
     for truncate in (False, True):
-        staged = cuda_operand_sqdist([f.cpu() for f in feats], "direct", "tf32", truncate=truncate)
-        within = ((tf32 - staged).abs() <= sqdist_bound([256, 256], 196, torch.float32, "direct", staged)).all()
+        staged = cuda_operand_sqdist([f.cpu() for f in feats], algo, "tf32", truncate=truncate)
+        within = ((tf32 - staged).abs() <= sqdist_bound(channels, d, torch.float32, algo, staged)).all()
         fits.append(bool(within) and (tf32 - ref).abs().max() > 10 * (tf32 - staged).abs().max())
     assert any(fits)
 
@@ -130,7 +144,7 @@ def test_large_d_peak_memory():
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "padded_rows"])
 def test_split_gram_on_cublas(layout):
-    """The gram forward's split-K product (one cublasGemmBatchedEx over slice x sample
+    """The gram forward's split-K product (one cublasGemmBatchedEx over block x slice x sample
     entries, read without a copy in each layout) against the fp64 reference, forward and
     backward: the emulation checks the pointers and the partial sums, only a GPU the cuBLAS
     operand transposes and leading dimensions."""
@@ -155,28 +169,3 @@ def test_split_gram_on_cublas(layout):
     for a, b in zip(got, ref):
         torch.testing.assert_close(a.grad.cpu(), b.grad, rtol=1e-8, atol=1e-10 * (1 + b.grad.abs().max().item()))
 
-
-def test_split_gram_tf32_only_when_torch_allows_it():
-    """The split-K product runs on ATen's cuBLAS handle, whose math mode is torch's TF32
-    choice: float32 exact when TF32 is off, TF32-rounded operands when it is on."""
-    from bench.gpu_model import gram_splits
-
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    assert gram_splits(2, 64, 64, 4096, sms, "fp32") > 1
-    feats = [f.to("cuda", torch.float32) for f in make_feats(2, [64, 64], [16, 16, 16], seed=5)]
-    ref = R.pairwise_sqdist([f.double().cpu() for f in feats])
-    before = torch.backends.cuda.matmul.allow_tf32
-    try:
-        torch.backends.cuda.matmul.allow_tf32 = False
-        exact = mtut_ops.pairwise_sqdist(feats, algo="gram", backend="cuda").double().cpu()
-        torch.backends.cuda.matmul.allow_tf32 = True
-        tf32 = mtut_ops.pairwise_sqdist(feats, algo="gram", backend="cuda").double().cpu()
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
-    assert ((exact - ref).abs() <= sqdist_bound([64, 64], 4096, torch.float32, "gram", ref)).all()
-    fits = []
-    for truncate in (False, True):  # as in test_tf32_only_when_torch_allows_it
-        staged = cuda_operand_sqdist([f.cpu() for f in feats], "gram", "tf32", truncate=truncate)
-        within = ((tf32 - staged).abs() <= sqdist_bound([64, 64], 4096, torch.float32, "gram", staged)).all()
-        fits.append(bool(within) and (tf32 - ref).abs().max() > 10 * (tf32 - staged).abs().max())
-    assert any(fits)

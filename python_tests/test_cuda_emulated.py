@@ -134,20 +134,33 @@ def test_zero_rows_and_nan(emulated):
         assert emulated.pairwise_sqdist(feats, EPS, algo)[0, 0, 1].isnan()
 
 
+def assert_sqdist_matches_reference(S, feats):
+    """S of fp64 maps against the fp64 reference."""
+    S_ref = R.pairwise_sqdist(feats)
+    torch.testing.assert_close(S, S_ref, rtol=1e-9, atol=1e-9 * S_ref.abs().max().item())
+
+
+def assert_backward_matches_reference(emulated, feats, kept, algo, seed):
+    """sqdist_backward for the symmetric distances (a random weight g + g^T), from the kept
+    blocks and without them, against autograd through the fp64 reference."""
+    N, M = feats[0].shape[0], len(feats)
+    g = torch.randn(N, M, M, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    ref = leaf(feats)
+    (R.pairwise_sqdist(ref) * g).sum().backward()
+    for saved in (kept, torch.empty(0, dtype=torch.float64)):
+        grads = emulated.ops.sqdist_backward(feats, saved, g + g.transpose(1, 2), EPS, algo, [True] * M)
+        for a, b in zip(grads, ref):
+            torch.testing.assert_close(a, b.grad, rtol=1e-9, atol=1e-9 * b.grad.abs().max().item())
+
+
 @pytest.mark.parametrize("algo", ["direct", "gram"])
 def test_backward_ops_fp64(emulated, algo):
     """sqdist_backward, for the symmetric distances and for the loss, against autograd
     through the reference, on strided inputs, from the kept blocks and without them."""
     feats = make_feats(2, [5, 7, 3], [2, 35], seed=9, noncontiguous=True)
-    g = torch.randn(2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    ref = leaf(feats)
-    (R.pairwise_sqdist(ref) * g).sum().backward()
     _, kept = emulated.ops.sqdist_forward(feats, EPS, algo, False, True)
     assert kept.numel() == (0 if algo == "direct" else 2 * 6 * 64)  # 6 blocks, each padded to 64 entries
-    for saved in (kept, torch.empty(0, dtype=torch.float64)):
-        grads = emulated.ops.sqdist_backward(feats, saved, g + g.transpose(1, 2), EPS, algo, [True] * 3)
-        for a, b in zip(grads, ref):
-            torch.testing.assert_close(a, b.grad, rtol=1e-9, atol=1e-9 * b.grad.abs().max().item())
+    assert_backward_matches_reference(emulated, feats, kept, algo, seed=1)
 
     ce = make_ce(3, 2, seed=4)
     ref = leaf(feats)
@@ -174,17 +187,9 @@ def test_split_gram_layouts(emulated, layout):
     else:
         feats = [torch.nn.functional.pad(f.flatten(2), (0, 3))[..., :70].unflatten(2, spatial) for f in feats]
         assert all(f.stride(-1) == 1 and f.stride(1) == 73 for f in feats)
-    S_ref = R.pairwise_sqdist(feats)
-    torch.testing.assert_close(emulated.pairwise_sqdist(feats, EPS, "gram"), S_ref, rtol=1e-9,
-                               atol=1e-9 * S_ref.abs().max().item())
-    g = torch.randn(N, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    ref = leaf(feats)
-    (R.pairwise_sqdist(ref) * g).sum().backward()
-    _, kept = emulated.ops.sqdist_forward(feats, EPS, "gram", False, True)
-    for saved in (kept, torch.empty(0, dtype=torch.float64)):
-        grads = emulated.ops.sqdist_backward(feats, saved, g + g.transpose(1, 2), EPS, "gram", [True] * 3)
-        for a, b in zip(grads, ref):
-            torch.testing.assert_close(a, b.grad, rtol=1e-9, atol=1e-9 * b.grad.abs().max().item())
+    S, kept = emulated.ops.sqdist_forward(feats, EPS, "gram", False, True)
+    assert_sqdist_matches_reference(S, feats)
+    assert_backward_matches_reference(emulated, feats, kept, "gram", seed=1)
 
 
 @pytest.mark.parametrize("noncontiguous", [False, True])
@@ -198,15 +203,8 @@ def test_gram_blocks_of_one_shape_are_one_product(emulated, noncontiguous):
     emulated.ops.take_gemm_log()
     S, kept = emulated.ops.sqdist_forward(feats, EPS, "gram", False, True)
     assert len(emulated.ops.take_gemm_log()) == (6 if noncontiguous else 3)
-    S_ref = R.pairwise_sqdist(feats)
-    torch.testing.assert_close(S, S_ref, rtol=1e-9, atol=1e-9 * S_ref.abs().max().item())
-    g = torch.randn(N, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    ref = leaf(feats)
-    (R.pairwise_sqdist(ref) * g).sum().backward()
-    for saved in (kept, torch.empty(0, dtype=torch.float64)):
-        grads = emulated.ops.sqdist_backward(feats, saved, g + g.transpose(1, 2), EPS, "gram", [True] * 3)
-        for a, b in zip(grads, ref):
-            torch.testing.assert_close(a, b.grad, rtol=1e-9, atol=1e-9 * b.grad.abs().max().item())
+    assert_sqdist_matches_reference(S, feats)
+    assert_backward_matches_reference(emulated, feats, kept, "gram", seed=2)
 
 
 def test_gram_groups_of_more_than_36_blocks_are_cut(emulated):
@@ -216,8 +214,7 @@ def test_gram_groups_of_more_than_36_blocks_are_cut(emulated):
     emulated.ops.take_gemm_log()
     S = emulated.pairwise_sqdist(feats, EPS, "gram")
     assert len(emulated.ops.take_gemm_log()) == 2
-    S_ref = R.pairwise_sqdist(feats)
-    torch.testing.assert_close(S, S_ref, rtol=1e-9, atol=1e-9 * S_ref.abs().max().item())
+    assert_sqdist_matches_reference(S, feats)
 
 
 def test_split_rule_is_the_models(emulated):

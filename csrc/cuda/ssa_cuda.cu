@@ -160,9 +160,11 @@ std::vector<std::string>& gemm_log() {
   static std::vector<std::string> log;
   return log;
 }
+void record(at::ScalarType a, at::ScalarType b, at::ScalarType out) {
+  gemm_log().push_back(std::string(c10::toString(a)) + "x" + c10::toString(b) + "->" + c10::toString(out));
+}
 void record(const at::Tensor& a, const at::Tensor& b, at::ScalarType out) {
-  gemm_log().push_back(std::string(c10::toString(a.scalar_type())) + "x" + c10::toString(b.scalar_type()) + "->" +
-                       c10::toString(out));
+  record(a.scalar_type(), b.scalar_type(), out);
 }
 #endif
 
@@ -205,11 +207,12 @@ void gemm_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b) {
 // ------------------------------------------------------------------ split-K Gram blocks
 //
 // A Gram block P_mn = X_m X_n^T has few output tiles and a long contraction (Mixed_3c: 480 x
-// 480 per sample, 6 samples, d = 25088: ~100 tiles of 128 x 128 for 132 SMs): one GEMM entry
-// per sample leaves SMs idle for a whole d-long tile. So the contraction is cut into S equal
-// slices and every (slice, sample) is an entry of ONE pointer-array batched cuBLAS product
-// into partial blocks, which the square-sum kernel adds in a fixed order (block_sqnorm_kernel,
-// which writes the kept block). Without a host read and with the same bits on every run.
+// 480 per sample, 6 samples, d = 25088: 48 tiles of 128 x 256 for 132 SMs): one GEMM entry
+// per sample leaves SMs idle for a whole d-long tile. So the blocks of one shape share ONE
+// pointer-array batched cuBLAS product, and where that is still short of tiles the
+// contraction is cut into S equal slices: every (block, slice, sample) is an entry, into
+// partial blocks which the square-sum kernel adds in a fixed order (block_sqnorm_kernel, which
+// writes the kept block). Without a host read and with the same bits on every run.
 
 constexpr int64_t kMaxSlices = 16;
 
@@ -269,7 +272,8 @@ int64_t gram_splits(int64_t N, int64_t Cm, int64_t Cn, int64_t d, int64_t sms, c
 
 // How cuBLAS can read the rows [C, d] of a view [N, C, d]: positions contiguous (a d x C
 // column-major matrix, leading dimension the channel stride) or channels contiguous (C x d,
-// leading dimension the position stride). Other layouts are not split (at::bmm copies them).
+// leading dimension the position stride). Other layouts are neither grouped nor split (one
+// at::bmm per block, which copies them).
 struct RowsLayout {
   bool ok = false;
   bool positions_contiguous = false;
@@ -336,7 +340,7 @@ cudaDataType_t cuda_type(at::ScalarType t) {
 void sliced_gram_product(const at::Tensor& ptrs, int64_t count, int64_t Cm, int64_t Cn, int64_t k,
                          const RowsLayout& la, const RowsLayout& lb, at::ScalarType in, at::ScalarType out) {
 #ifdef MTUT_CUDA_EMULATE
-  gemm_log().push_back(std::string(c10::toString(in)) + "x" + c10::toString(in) + "->" + c10::toString(out));
+  record(in, in, out);
   const int64_t* p = ptrs.const_data_ptr<int64_t>();
   const auto options = at::TensorOptions().dtype(in);
   for (int64_t e = 0; e < count; ++e) {
@@ -653,24 +657,21 @@ GramProducts gram_blocks(const Prepared& p, const FeatInfo& info, at::Tensor& ke
       if (it == groups.end()) groups.push_back({key, {}}), it = groups.end() - 1;
       it->second.emplace_back(m, n);
     }
-  GramProducts g;
+  GramProducts g;  // the slices of every group, first: the partials buffer is sized by the most
   g.slices.assign(M * (M + 1) / 2, 1);
-  std::vector<int64_t> group_slices;
   for (const auto& [key, blocks] : groups) {
     const auto [m, n] = blocks[0];
-    const bool ok = layouts[m].ok && layouts[n].ok;
+    if (!layouts[m].ok || !layouts[n].ok) continue;
     const int64_t G = static_cast<int64_t>(blocks.size());
-    const int64_t S = ok ? gram_splits(N * G, info.channels[m], info.channels[n], d, sms, tile) : 1;
-    group_slices.push_back(S);
+    const int64_t S = gram_splits(N * G, info.channels[m], info.channels[n], d, sms, tile);
     for (const auto& [bm, bn] : blocks) g.slices[block_index(bm, bn, M)] = S;
   }
   const int64_t most = *std::max_element(g.slices.begin(), g.slices.end());
   if (most > 1) g.parts = at::empty({most, N, kept.size(1)}, kept.options());
   const int64_t elem_in = p.views[0].element_size(), elem_out = kept.element_size();
-  for (size_t gi = 0; gi < groups.size(); ++gi) {
-    const auto& blocks = groups[gi].second;
-    const int64_t S = group_slices[gi], G = static_cast<int64_t>(blocks.size());
+  for (const auto& [key, blocks] : groups) {
     const auto [m, n] = blocks[0];
+    const int64_t S = g.slices[block_index(m, n, M)], G = static_cast<int64_t>(blocks.size());
     if (G == 1 && S == 1) {
       gemm_into(kept_block(kept, info.channels, m, n), p.views[m], p.views[n].transpose(1, 2));
       continue;
