@@ -1,6 +1,7 @@
 // The schemas of every mtut op, in one place, and the registrations that serve every
 // device: the device-agnostic ops, the composites, and autocast. The kernels of
-// sqdist_forward and sqdist_backward live in cpu/ and cuda/; the fake (meta)
+// sqdist_forward and sqdist_backward live in cpu/ and cuda/ (and cuda/ fuses the loss over
+// S, ssa_loss_from_sqdist and its backward, into one kernel each); the fake (meta)
 // implementations, autograd formulas and vmap rules are registered from Python
 // (mtut_ops/_registration.py).
 #include "ssa_common.h"
@@ -52,6 +53,10 @@ TORCH_LIBRARY(mtut, m) {
   m.def(
       "ssa_loss_from_sqdist(Tensor S, Tensor ce, float beta, float lambda_, str distance, SymInt d, "
       "float? pair_cap) -> Tensor");
+  // Its gradient w.r.t. S for the loss's gradient grad (a scalar), [N, M, M] (no gradient into ce).
+  m.def(
+      "ssa_loss_from_sqdist_backward(Tensor grad, Tensor S, Tensor ce, float beta, float lambda_, str distance, "
+      "SymInt d, float? pair_cap) -> Tensor");
   m.def(
       "ssa_loss(Tensor[] feats, Tensor ce, float beta, float lambda_, str distance, float eps, "
       "str algo, float? pair_cap) -> Tensor");
@@ -61,13 +66,14 @@ TORCH_LIBRARY_IMPL(mtut, CompositeExplicitAutograd, m) {
   m.impl("correlation", &mtut::correlation);
   m.impl("correlation_backward", &mtut::correlation_backward);
   m.impl("focal_weight", &mtut::focal_weight);
+  m.impl("ssa_loss_from_sqdist", &mtut::ssa_loss_from_sqdist);
+  m.impl("ssa_loss_from_sqdist_backward", &mtut::ssa_loss_from_sqdist_backward);
 }
 
 // The composites decompose for autograd and, under vmap, for the batching rules of
 // their parts (without the FuncTorchBatchedDecomposition entry vmap would loop).
 #define MTUT_COMPOSITES(m)                                       \
   m.impl("pairwise_sqdist", &mtut::pairwise_sqdist);             \
-  m.impl("ssa_loss_from_sqdist", &mtut::ssa_loss_from_sqdist);   \
   m.impl("ssa_loss", &mtut::ssa_loss)
 
 TORCH_LIBRARY_IMPL(mtut, CompositeImplicitAutograd, m) {
@@ -79,9 +85,10 @@ TORCH_LIBRARY_IMPL(mtut, FuncTorchBatchedDecomposition, m) {
 }
 
 // Inside an autocast region every mtut op runs as it does outside (see without_autocast).
-#define MTUT_WITHOUT_AUTOCAST(m)                                                                      \
-  for (const char* name : {"correlation", "correlation_backward", "sqdist_forward", "sqdist_backward", \
-                           "pairwise_sqdist", "focal_weight", "ssa_loss_from_sqdist", "ssa_loss"})    \
+#define MTUT_WITHOUT_AUTOCAST(m)                                                                        \
+  for (const char* name : {"correlation", "correlation_backward", "sqdist_forward", "sqdist_backward",   \
+                           "pairwise_sqdist", "focal_weight", "ssa_loss_from_sqdist",                    \
+                           "ssa_loss_from_sqdist_backward", "ssa_loss"})                                 \
   m.impl(name, torch::CppFunction::makeFromBoxedFunction<&mtut::without_autocast>())
 
 TORCH_LIBRARY_IMPL(mtut, AutocastCPU, m) {

@@ -283,30 +283,68 @@ at::Tensor pairwise_sqdist(at::TensorList feats, double eps, c10::string_view al
   return std::get<0>(sqdist_forward_op().call(feats, eps, algo, /*directed=*/false, for_backward(feats)));
 }
 
-at::Tensor ssa_loss_from_sqdist(
+Distance check_loss_from_sqdist(
     const at::Tensor& S, const at::Tensor& ce, double beta, double lambda, c10::string_view distance,
-    c10::SymInt d, std::optional<double> pair_cap) {
+    const c10::SymInt& d, std::optional<double> pair_cap) {
   check_loss_args(beta, lambda, pair_cap);
   const Distance dist = parse_distance(distance);
-  check_ce(ce, S.sym_size(1), S.sym_size(0), S);
   TORCH_CHECK_TYPE(
       S.scalar_type() == at::kFloat || S.scalar_type() == at::kDouble,
       "mtut: S must be a float32 or float64 tensor of squared distances, got ", S.scalar_type());
   TORCH_CHECK_VALUE(
       S.dim() == 3 && S.sym_size(1) == S.sym_size(2), "mtut: S must have shape [N, M, M], got shape ", S.sym_sizes());
+  TORCH_CHECK_VALUE(
+      S.sym_size(0) >= 1 && S.sym_size(1) >= 2,
+      "mtut: S must have shape [N, M, M] with N >= 1 samples and M >= 2 modalities, got shape ", S.sym_sizes());
+  check_ce(ce, S.sym_size(1), S.sym_size(0), S);
   TORCH_CHECK_VALUE(d >= 1, "mtut: d (the number of positions) must be >= 1, got ", d);
+  return dist;
+}
+
+namespace {
+
+// delta(S): sqrt(S) / d ("rms") or S ("fro2"). For "rms" the derivative at S == 0 is
+// defined as 0 (identical features: loss 0, gradient 0, never NaN): where() selects the
+// constant 0 there, so the infinite derivative of sqrt at 0 is dropped, not multiplied
+// by 0. A NaN S stays NaN, and so does its gradient.
+at::Tensor rms_root(const at::Tensor& S) { return at::where(S == 0, at::zeros_like(S), S).sqrt(); }
+
+// lambda * mean_b(rho * delta) of every ordered pair, [M, M] (the diagonal is 0).
+at::Tensor pair_terms(const at::Tensor& S, const at::Tensor& rho, double lambda, Distance dist, const c10::SymInt& d) {
+  const at::Tensor delta = dist == Distance::Rms ? rms_root(S).div(c10::Scalar(d)) : S;
+  return (rho * delta).mean(0) * lambda;
+}
+
+}  // namespace
+
+at::Tensor ssa_loss_from_sqdist(
+    const at::Tensor& S, const at::Tensor& ce, double beta, double lambda, c10::string_view distance,
+    c10::SymInt d, std::optional<double> pair_cap) {
+  const Distance dist = check_loss_from_sqdist(S, ce, beta, lambda, distance, d, pair_cap);
   const at::Tensor rho = focal_weight_op().call(ce, beta).to(S.scalar_type());  // no gradient into ce
-  at::Tensor delta = S;
-  if (dist == Distance::Rms) {
-    // delta = sqrt(S) / d, with d delta / d S defined as 0 at S == 0 (identical features:
-    // loss 0, gradient 0, never NaN): where() selects the constant 0 there, so the infinite
-    // derivative of sqrt at 0 is dropped, not multiplied by 0. A NaN S stays NaN, and so
-    // does its gradient.
-    delta = at::where(S == 0, at::zeros_like(S), S).sqrt().div(c10::Scalar(d));
-  }
-  at::Tensor terms = (rho * delta).mean(0) * lambda;            // [M, M]; the diagonal is 0
+  at::Tensor terms = pair_terms(S, rho, lambda, dist, d);
   if (pair_cap.has_value()) terms = terms.clamp_max(*pair_cap);  // mmpose's cap; gradient through at equality
   return terms.sum();
+}
+
+// The derivative of the arithmetic above, operation by operation as autograd takes it
+// (sum -> clamp_max: where(terms <= cap) -> * lambda -> mean: / N -> * rho -> "rms":
+// / d, then sqrt's grad / (2 sqrt), 0 where S == 0).
+at::Tensor ssa_loss_from_sqdist_backward(
+    const at::Tensor& grad, const at::Tensor& S, const at::Tensor& ce, double beta, double lambda,
+    c10::string_view distance, c10::SymInt d, std::optional<double> pair_cap) {
+  const Distance dist = check_loss_from_sqdist(S, ce, beta, lambda, distance, d, pair_cap);
+  TORCH_CHECK_VALUE(grad.dim() == 0, "mtut: grad of the loss must be a scalar, got shape ", grad.sym_sizes());
+  const at::Tensor rho = focal_weight_op().call(ce, beta).to(S.scalar_type());
+  at::Tensor g = grad.to(S.scalar_type()).expand_symint({S.sym_size(1), S.sym_size(2)});
+  if (pair_cap.has_value()) {
+    const at::Tensor terms = pair_terms(S, rho, lambda, dist, d);
+    g = at::where(terms <= *pair_cap, g, at::zeros_like(g));
+  }
+  at::Tensor g_delta = (g * lambda).div(c10::Scalar(S.sym_size(0))).unsqueeze(0) * rho;  // [N, M, M]
+  if (dist == Distance::Fro2) return g_delta;
+  const at::Tensor g_root = g_delta.div(c10::Scalar(d));
+  return at::where(S == 0, at::zeros_like(S), g_root / (rms_root(S) * 2));
 }
 
 at::Tensor ssa_loss(

@@ -1,8 +1,9 @@
 // Pieces shared by every device's kernels: input validation, the choice of
 // algorithm, the row normalization for the explicit correlation, and the
-// device-agnostic ops (correlation, focal weight) and composites (the SSA loss over
-// the squared distances). Everything here is written with ATen ops, so it runs on any
-// device; each device brings only sqdist_forward and sqdist_backward.
+// device-agnostic ops (correlation, focal weight, the SSA loss over the squared
+// distances) and the composites. Everything here is written with ATen ops, so it runs on
+// any device; each device brings sqdist_forward and sqdist_backward (and the cuda backend
+// a fused ssa_loss_from_sqdist and its backward).
 #pragma once
 
 #include <ATen/core/List.h>
@@ -65,19 +66,31 @@ at::Tensor correlation(const at::Tensor& feat, double eps);
 at::Tensor correlation_backward(const at::Tensor& grad, const at::Tensor& feat, double eps);
 at::Tensor focal_weight(const at::Tensor& ce, double beta);
 
-// The composites (CompositeImplicitAutograd): written with ATen ops and calls of the
-// mtut ops through the dispatcher, so autograd, torch.compile, vmap and autocast see
-// their parts. Symbolic-shape safe (sizes are read as SymInt).
+// The composites (CompositeImplicitAutograd): written with calls of the mtut ops through
+// the dispatcher, so autograd, torch.compile, vmap and autocast see their parts.
+// Symbolic-shape safe (sizes are read as SymInt).
 //   pairwise_sqdist        = sqdist_forward(feats, directed=false)[0]
-//   ssa_loss_from_sqdist   = the loss arithmetic over S (focal weight, distance, cap, mean, lambda)
 //   ssa_loss               = ssa_loss_from_sqdist(sqdist_forward(feats, directed=true)[0], ...)
 at::Tensor pairwise_sqdist(at::TensorList feats, double eps, c10::string_view algo);
-at::Tensor ssa_loss_from_sqdist(
-    const at::Tensor& S, const at::Tensor& ce, double beta, double lambda, c10::string_view distance,
-    c10::SymInt d, std::optional<double> pair_cap);
 at::Tensor ssa_loss(
     at::TensorList feats, const at::Tensor& ce, double beta, double lambda, c10::string_view distance,
     double eps, c10::string_view algo, std::optional<double> pair_cap);
+
+// The loss arithmetic over S [N, M, M] (focal weight, distance, mean, lambda, cap, sum)
+// and its gradient w.r.t. S, an op pair with an autograd formula (mtut_ops/_registration.py).
+// Written here with ATen ops for every device (CompositeExplicitAutograd); the cuda
+// backend replaces them with one kernel each (csrc/cuda/ssa_cuda.cu), because as ATen ops
+// they are ~16 tiny launches each way. check_loss_from_sqdist is the arguments' check
+// both share.
+Distance check_loss_from_sqdist(
+    const at::Tensor& S, const at::Tensor& ce, double beta, double lambda, c10::string_view distance,
+    const c10::SymInt& d, std::optional<double> pair_cap);
+at::Tensor ssa_loss_from_sqdist(
+    const at::Tensor& S, const at::Tensor& ce, double beta, double lambda, c10::string_view distance,
+    c10::SymInt d, std::optional<double> pair_cap);
+at::Tensor ssa_loss_from_sqdist_backward(
+    const at::Tensor& grad, const at::Tensor& S, const at::Tensor& ce, double beta, double lambda,
+    c10::string_view distance, c10::SymInt d, std::optional<double> pair_cap);
 
 // What sqdist_forward keeps for the backward with algorithm gram, [N, kept_gram_size]:
 // the unscaled blocks P_mn = X_m X_n^T, n >= m, of each sample one after the other (m

@@ -8,8 +8,8 @@ each backend op gets what torch.compile, autograd and torch.func need:
   op, a formula that refuses double backward with a clear error;
 * a vmap rule that folds the vmapped dimension into the batch N (every op is per sample).
 
-The composites (``ssa_loss``, ``ssa_loss_from_sqdist``, ``pairwise_sqdist``) need none of
-this: they decompose into ``sqdist_forward``, ``focal_weight`` and ATen ops.
+The composites (``ssa_loss``, ``pairwise_sqdist``) need none of this: they decompose into
+``sqdist_forward`` and ``ssa_loss_from_sqdist``.
 
 The autograd kernels are registered by :func:`register_autograd` below rather than by
 ``torch.library.register_autograd``, whose generated ``autograd.Function`` refuses the
@@ -250,6 +250,34 @@ def _focal_weight_fake(ce, beta):
     return ce.new_empty((N, M, M), dtype=V.compute_dtype(ce.dtype))
 
 
+def _check_loss_from_sqdist(S, ce, beta, lambda_, distance, d, pair_cap):
+    V.check_loss_args(beta, lambda_, pair_cap)
+    V.check_distance(distance)
+    if S.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"mtut: S must be a float32 or float64 tensor of squared distances, got {S.dtype}")
+    if S.dim() != 3:
+        raise ValueError(f"mtut: S must have shape [N, M, M], got shape {list(S.shape)}")
+    V._value_check(S.shape[1] == S.shape[2], lambda: f"mtut: S must have shape [N, M, M], got shape {list(S.shape)}")
+    V._value_check(S.shape[0] >= 1 and S.shape[1] >= 2, lambda: "mtut: S must have shape [N, M, M] with N >= 1 "
+                   f"samples and M >= 2 modalities, got shape {list(S.shape)}")
+    V.check_ce(ce, V.FeatInfo(S.shape[0], S.shape[1], d, (), S.dtype, S.device))
+    V._value_check(d >= 1, lambda: f"mtut: d (the number of positions) must be >= 1, got {d}")
+
+
+@torch.library.register_fake(f"{_NS}::ssa_loss_from_sqdist")
+def _ssa_loss_from_sqdist_fake(S, ce, beta, lambda_, distance, d, pair_cap):
+    _check_loss_from_sqdist(S, ce, beta, lambda_, distance, d, pair_cap)
+    return S.new_empty(())
+
+
+@torch.library.register_fake(f"{_NS}::ssa_loss_from_sqdist_backward")
+def _ssa_loss_from_sqdist_backward_fake(grad, S, ce, beta, lambda_, distance, d, pair_cap):
+    _check_loss_from_sqdist(S, ce, beta, lambda_, distance, d, pair_cap)
+    if grad.dim() != 0:
+        raise ValueError(f"mtut: grad of the loss must be a scalar, got shape {list(grad.shape)}")
+    return S.new_empty(S.shape)
+
+
 # ------------------------------------------------------------------ autograd and vmap of the C++ ops
 
 register_sqdist(f"{_NS}::sqdist_forward", f"{_NS}::sqdist_backward")
@@ -298,3 +326,41 @@ def _focal_weight_vmap(info, in_dims, ce, beta):
 torch.library.register_vmap(f"{_NS}::correlation", _correlation_vmap, lib=_lib)
 torch.library.register_vmap(f"{_NS}::correlation_backward", _correlation_backward_vmap, lib=_lib)
 torch.library.register_vmap(f"{_NS}::focal_weight", _focal_weight_vmap, lib=_lib)
+
+
+def _loss_setup(ctx, args, output):
+    S, ce, *ctx.loss_args = args
+    ctx.save_for_backward(S, ce)
+
+
+def _loss_backward(ctx, grad):
+    S, ce = ctx.saved_tensors
+    grad_S = torch.ops.mtut.ssa_loss_from_sqdist_backward(grad, S, ce, *ctx.loss_args) if ctx.needs[0] else None
+    return grad_S, None, None, None, None, None, None  # no gradient into ce (rho is a constant weight)
+
+
+register_autograd(f"{_NS}::ssa_loss_from_sqdist", _loss_setup, _loss_backward)
+refuse_double_backward(f"{_NS}::ssa_loss_from_sqdist_backward", f"{_NS}::ssa_loss_from_sqdist")
+
+
+def _batched(x: Optional[torch.Tensor], bdim: Optional[int], batch: int) -> torch.Tensor:
+    return x.movedim(bdim, 0) if bdim is not None else x.expand(batch, *x.shape)
+
+
+# The loss is a mean over the batch N, so the vmapped dimension cannot fold into N: one
+# call per batch entry (vmap of the loss is rare; its parts' rules do the heavy work).
+def _loss_vmap(info, in_dims, S, ce, *loss_args):
+    B = info.batch_size
+    S, ce = _batched(S, in_dims[0], B), _batched(ce, in_dims[1], B)
+    return torch.stack([torch.ops.mtut.ssa_loss_from_sqdist(S[i], ce[i], *loss_args) for i in range(B)]), 0
+
+
+def _loss_backward_vmap(info, in_dims, grad, S, ce, *loss_args):
+    B = info.batch_size
+    grad, S, ce = (_batched(t, dim, B) for t, dim in zip((grad, S, ce), in_dims))
+    op = torch.ops.mtut.ssa_loss_from_sqdist_backward
+    return torch.stack([op(grad[i], S[i], ce[i], *loss_args) for i in range(B)]), 0
+
+
+torch.library.register_vmap(f"{_NS}::ssa_loss_from_sqdist", _loss_vmap, lib=_lib)
+torch.library.register_vmap(f"{_NS}::ssa_loss_from_sqdist_backward", _loss_backward_vmap, lib=_lib)

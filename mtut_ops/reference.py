@@ -34,13 +34,22 @@ def focal_weight(ce: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
     """rho[b, m, n] = exp(beta * max(0, ce[m, b] - ce[n, b])) - 1 from ce [M, N]; no gradient."""
     ce = ce.detach()
     diff = ce.t().unsqueeze(2) - ce.t().unsqueeze(1)
-    return torch.exp(beta * diff.clamp(min=0)) - 1
+    return torch.expm1(beta * diff.clamp(min=0))  # exp(x) - 1 would cancel for small x
 
 
 def rms_distance(S: torch.Tensor, d: int) -> torch.Tensor:
     """delta = sqrt(S) / d, with the gradient defined as 0 where S == 0 (where() selects the
     constant there, dropping sqrt's infinite derivative); NaN stays NaN, gradient included."""
     return torch.where(S == 0, torch.zeros_like(S), S).sqrt() / d
+
+
+def ssa_loss_from_sqdist(S: torch.Tensor, ce: torch.Tensor, beta: float = 2.0, lambda_: float = 5e-3,
+                         distance: str = "rms", d: int = 1, pair_cap: Optional[float] = None) -> torch.Tensor:
+    """The loss over given squared distances S [N, M, M]: lambda * sum_{m, n} mean_b(rho_mn[b]
+    delta_mn[b]), each pair's term capped at pair_cap (rho_mm = 0: the diagonal adds 0)."""
+    delta = rms_distance(S, d) if distance == "rms" else S
+    terms = lambda_ * (focal_weight(ce, beta).to(S.dtype) * delta).mean(0)
+    return (terms if pair_cap is None else terms.clamp(max=pair_cap)).sum()
 
 
 def ssa_loss(

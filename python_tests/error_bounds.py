@@ -48,6 +48,18 @@ add gamma_{2 (C + d) + 12} relative to the magnitudes they sum. Each modality's 
 a sum of at most M - 1 pair terms, each at most the largest gradient entry in size for the
 student-only gradient of these tests, so
     |g' - g| <= (M - 1) (max_pairs |dS| / (2 S) + gamma_{2 (C + d) + 12}) max |g|.
+
+The loss over given S (ssa_loss_from_sqdist; S and ce exact in their dtype). Per sample the
+term t = rho delta: diff = ce_m - ce_n and x = beta diff carry 2u; expm1 (within 1 ulp =
+2u) turns a relative error e of x into x e^x / expm1(x) e <= (1 + x) e, so rho carries
+(2 + 2 (1 + x)) u; delta = sqrt(S) / d (sqrt, the division or a rounded 1 / d times it)
+3u; the product u: t carries k(x) u = (8 + 2x) u. Summing N terms (float32 left to right,
+or fp64) adds at most (N - 1) u of sum |t|; the mean's 1 / N and lambda 3u; summing the M^2
+pair terms (M^2 - 1) u of their absolute sum. So
+    |L' - L| <= (8 + 2 x_max + N + 2 + M^2) u lambda / N sum_{b, m, n} |t|   (to first order;
+    the factor is rounded up to gamma). Its gradient per entry: g lambda, 1 / N, rho, 1 / d,
+and 1 / (2 sqrt(S)) (sqrt, the factor 2 exact, the reciprocal or division, the product):
+    |g' - g| <= gamma_{12 + 2 x_max} |g|   element-wise.
 """
 from __future__ import annotations
 
@@ -185,3 +197,19 @@ def staged_rows(f: torch.Tensor, stage, eps: float = 1e-8) -> torch.Tensor:
 def exact_sqdist(rows: list[torch.Tensor]) -> torch.Tensor:
     """S (float64) of the given rows [N, C_m, d] as they are, without normalizing them again."""
     return _sqdist_of([r.transpose(1, 2) @ r for r in rows])
+
+
+def loss_from_sqdist_bounds(S: torch.Tensor, ce: torch.Tensor, beta: float, lambda_: float, distance: str, d: int,
+                            dtype: torch.dtype) -> tuple:
+    """(bound on |L' - L|, relative bound on each entry of dL/dS) for ssa_loss_from_sqdist in
+    ``dtype`` (float32 or float64) against the exact loss of the same S and ce (module docstring)."""
+    u = UNIT[dtype]
+    S, ce = S.double(), ce.double()
+    N, M = S.shape[0], S.shape[1]
+    diff = ce.t().unsqueeze(2) - ce.t().unsqueeze(1)
+    x = (beta * diff).clamp_min(0)
+    x_max = x.max().item()
+    delta = S.clamp_min(0).sqrt() / d if distance == "rms" else S
+    t = (torch.expm1(x) * delta).abs().sum().item()
+    loss = gamma(8 + 2 * x_max + N + 2 + M * M, u) * lambda_ / N * t
+    return loss, gamma(12 + 2 * x_max, u)

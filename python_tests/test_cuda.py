@@ -14,7 +14,7 @@ import mtut_ops
 from mtut_ops import reference as R
 
 from .conftest import leaf, make_ce, make_feats
-from .error_bounds import cuda_operand_sqdist, sqdist_bound
+from .error_bounds import cuda_operand_sqdist, loss_from_sqdist_bounds, sqdist_bound
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() and mtut_ops.backends.has_cuda_kernels()),
@@ -169,3 +169,29 @@ def test_split_gram_on_cublas(layout):
     for a, b in zip(got, ref):
         torch.testing.assert_close(a.grad.cpu(), b.grad, rtol=1e-8, atol=1e-10 * (1 + b.grad.abs().max().item()))
 
+
+
+@pytest.mark.parametrize("cap", [None, 0.02])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_loss_from_sqdist_kernels_on_the_gpu(dtype, cap):
+    """The fused loss kernels (one block each way) against the fp64 loss of the same S and
+    ce and its autograd gradient, and bit-identical from run to run."""
+    g = torch.Generator().manual_seed(0)
+    S = (torch.rand(300, 3, 3, generator=g, dtype=torch.float64) * 3).to(dtype)
+    ce = (torch.rand(3, 300, generator=g, dtype=torch.float64) * 2).to(dtype)
+    args = (2.0, 0.5, "rms", 49, cap)
+    S_ref = S.double().requires_grad_()
+    (G_ref,) = torch.autograd.grad(R.ssa_loss_from_sqdist(S_ref, ce.double(), *args), S_ref)
+    loss_err, grad_rel = loss_from_sqdist_bounds(S, ce, 2.0, 0.5, "rms", 49, dtype)
+    if dtype == torch.float64:  # the fp64 reference is within the same bounds of the exact values
+        loss_err, grad_rel = 2 * loss_err, 2 * grad_rel
+    Sc = S.cuda().requires_grad_()
+    runs = []
+    for _ in range(2):
+        L = torch.ops.mtut.ssa_loss_from_sqdist(Sc, ce.cuda(), *args)
+        (G,) = torch.autograd.grad(L, Sc)
+        runs.append((L, G))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    L_ref = R.ssa_loss_from_sqdist(S.double(), ce.double(), *args)
+    assert (L.double().cpu() - L_ref).abs().item() <= loss_err
+    assert ((G.double().cpu() - G_ref).abs() <= grad_rel * G_ref.abs()).all()

@@ -24,7 +24,7 @@ from mtut_ops import _validation as V
 from mtut_ops import reference as R
 
 from .conftest import leaf, make_ce, make_feats
-from .error_bounds import bf16_backward_bound, cuda_operand_sqdist, grad_rtol, sqdist_bound
+from .error_bounds import bf16_backward_bound, cuda_operand_sqdist, grad_rtol, loss_from_sqdist_bounds, sqdist_bound
 
 ROOT = Path(__file__).resolve().parents[1]
 EPS = 1e-8
@@ -355,3 +355,85 @@ def test_auto_follows_the_cuda_rule(emulated, dtype, spatial, expected):
     S, kept = emulated.ops.sqdist_forward(feats, EPS, "auto", True, True)
     assert (kept.numel() > 0) == (expected == "gram")
     assert torch.equal(S, emulated.pairwise_sqdist(feats, EPS, expected))
+
+
+# ------------------------------------------------------------------ the loss over S
+
+
+def loss_case(N, M, dtype, seed):
+    """Distances [N, M, M] (0 on the diagonal and, for N > 1, at one pair: identical
+    features) and per-sample losses [M, N], exact in ``dtype``."""
+    g = torch.Generator().manual_seed(seed)
+    S = torch.rand(N, M, M, generator=g, dtype=torch.float64) * 3
+    S[:, range(M), range(M)] = 0
+    if N > 1:
+        S[0, 0, 1] = 0
+    ce = torch.rand(M, N, generator=g, dtype=torch.float64) * 2
+    return S.to(dtype), ce.to(dtype)
+
+
+def exact_terms(S, ce, beta, lambda_, distance, d):
+    """The uncapped pair terms lambda mean_b(rho delta), [M, M], in fp64."""
+    S, ce = S.double(), ce.double()
+    delta = R.rms_distance(S, d) if distance == "rms" else S
+    return lambda_ * (R.focal_weight(ce, beta) * delta).mean(0)
+
+
+def cap_between_terms(terms):
+    """A pair_cap below the largest term and above the others (half of it if it is the
+    only positive one), far from every term, so rounding cannot change which are capped."""
+    top = terms.flatten().unique()[-2:]  # sorted
+    cap = (top.sum() / 2 if len(top) == 2 and top[0] > 0 else top[-1] / 2).item()
+    assert ((terms - cap).abs() > 1e-6 * cap).all()
+    return cap
+
+
+@pytest.mark.parametrize("capped", [False, True], ids=["uncapped", "capped"])
+@pytest.mark.parametrize("distance", ["rms", "fro2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("N, M", [(1, 2), (7, 3), (300, 5)])  # N = 300: more samples than threads
+def test_loss_from_sqdist_kernels(emulated, N, M, dtype, distance, capped):
+    """The cuda kernels of ssa_loss_from_sqdist and its backward (one block each), and the
+    ATen arithmetic every other device runs, against the fp64 loss of the same S and ce and
+    its autograd gradient, within error_bounds.loss_from_sqdist_bounds."""
+    S, ce = loss_case(N, M, dtype, seed=N + M)
+    beta, lambda_, d, g = 2.0, 0.5, 49, 1.5
+    terms = exact_terms(S, ce, beta, lambda_, distance, d)
+    cap = cap_between_terms(terms) if capped else None
+    S_ref = S.double().requires_grad_()
+    L_ref = R.ssa_loss_from_sqdist(S_ref, ce.double(), beta, lambda_, distance, d, cap)
+    (G_ref,) = torch.autograd.grad(L_ref * g, S_ref)
+    loss_err, grad_rel = loss_from_sqdist_bounds(S, ce, beta, lambda_, distance, d, dtype)
+    if dtype == torch.float64:  # the fp64 reference itself is within the same bounds of the exact values
+        loss_err, grad_rel = 2 * loss_err, 2 * grad_rel
+    args = (ce, beta, lambda_, distance, d, cap)
+    for ops in (emulated.ops, torch.ops.mtut):
+        L = ops.ssa_loss_from_sqdist(S, *args)
+        assert L.dtype == dtype and L.shape == ()
+        assert (L.double() - L_ref).abs().item() <= loss_err, (L.item(), L_ref.item(), loss_err)
+        G = ops.ssa_loss_from_sqdist_backward(torch.tensor(g, dtype=dtype), S, *args)
+        assert G.dtype == dtype and G.shape == S.shape
+        err = (G.double() - G_ref).abs()
+        assert (err <= grad_rel * G_ref.abs()).all(), (err / G_ref.abs()).nan_to_num().max()
+    if capped:  # the capped pair passes no gradient, the others with a positive term do
+        assert (G_ref[:, terms > cap] == 0).all() and (terms > cap).any()
+        assert (G_ref[:, (terms > 0) & (terms < cap)] != 0).any(0).all()
+
+
+def test_loss_from_sqdist_kernels_nan(emulated):
+    """A NaN distance makes the loss NaN and its own gradient entry NaN, in the kernels as
+    in the ATen arithmetic (with a cap too: the NaN pair passes zero gradient, times
+    1 / sqrt(NaN)); the identical pair's entries (S == 0) get gradient 0."""
+    S, ce = loss_case(4, 3, torch.float32, seed=3)
+    S[1, 2, 0] = float("nan")
+    _, grad_rel = loss_from_sqdist_bounds(S.nan_to_num(), ce, 2.0, 0.5, "rms", 49, torch.float32)
+    for cap in (None, 1e-3):
+        args = (ce, 2.0, 0.5, "rms", 49, cap)
+        assert emulated.ops.ssa_loss_from_sqdist(S, *args).isnan()
+        assert torch.ops.mtut.ssa_loss_from_sqdist(S, *args).isnan()
+        one = torch.tensor(1.0)
+        G = emulated.ops.ssa_loss_from_sqdist_backward(one, S, *args)
+        G_aten = torch.ops.mtut.ssa_loss_from_sqdist_backward(one, S, *args)
+        assert G.isnan().nonzero().tolist() == [[1, 2, 0]]
+        torch.testing.assert_close(G, G_aten, rtol=2 * grad_rel, atol=0, equal_nan=True)
+        assert (G[S == 0] == 0).all()

@@ -75,7 +75,7 @@ def test_autocast_changes_nothing(backend_device, algo, dtype):
 def test_autocast_kernels_are_registered():
     """Every C++ op has its autocast kernel on CPU and CUDA (checked without a GPU)."""
     for op in ("correlation", "correlation_backward", "sqdist_forward", "sqdist_backward", "pairwise_sqdist",
-               "focal_weight", "ssa_loss_from_sqdist", "ssa_loss"):
+               "focal_weight", "ssa_loss_from_sqdist", "ssa_loss_from_sqdist_backward", "ssa_loss"):
         for key in ("AutocastCPU", "AutocastCUDA"):
             assert torch._C._dispatch_has_kernel_for_dispatch_key(f"mtut::{op}", key), (op, key)
 

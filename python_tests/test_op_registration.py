@@ -10,6 +10,7 @@ import mtut_ops
 from mtut_ops import reference as R
 
 from .conftest import leaf, make_ce, make_feats, needs_opcheck
+from .error_bounds import loss_from_sqdist_bounds
 
 ALGOS = ["direct", "gram"]
 
@@ -67,6 +68,32 @@ def test_opcheck_ssa_loss(backend_device, algo, cap):
     S = torch.ops.mtut.pairwise_sqdist(feats, 1e-8, algo)
     for distance in ("rms", "fro2"):
         torch.library.opcheck(torch.ops.mtut.ssa_loss_from_sqdist.default, (S, ce, 2.0, 0.5, distance, 6, cap))
+        grad = torch.tensor(1.5, dtype=S.dtype, device=device, requires_grad=True)
+        _opcheck_backward_op(torch.ops.mtut.ssa_loss_from_sqdist_backward.default,
+                             (grad, S.detach().requires_grad_(), ce, 2.0, 0.5, distance, 6, cap))
+
+
+@pytest.mark.parametrize("cap", [None, 0.05])
+@pytest.mark.parametrize("distance", ["rms", "fro2"])
+def test_gradcheck_loss_from_sqdist(backend_device, distance, cap):
+    """The loss over S is its own op with a backward op (one kernel each on cuda): its
+    gradient is the derivative of its forward (gradcheck, fp64; the cap binds on some pairs
+    at 0.05) and equals autograd through the reference arithmetic."""
+    backend, device = backend_device
+    _native(backend)
+    g = torch.Generator().manual_seed(5)
+    S = (torch.rand(4, 3, 3, generator=g, dtype=torch.float64) + 0.1).to(device).requires_grad_()
+    ce = make_ce(3, 4, device=device)
+    args = (ce, 2.0, 0.5, distance, 6, cap)
+    assert torch.autograd.gradcheck(lambda s: torch.ops.mtut.ssa_loss_from_sqdist(s, *args), (S,))
+    (got,) = torch.autograd.grad(torch.ops.mtut.ssa_loss_from_sqdist(S, *args), S)
+    (want,) = torch.autograd.grad(R.ssa_loss_from_sqdist(S, *args), S)
+    # both fp64, each within error_bounds' relative bound of the exact gradient (the cuda
+    # kernel multiplies by reciprocals where ATen divides)
+    _, rel = loss_from_sqdist_bounds(S.detach(), ce, 2.0, 0.5, distance, 6, torch.float64)
+    assert ((got - want).abs() <= 2 * rel * want.abs()).all()
+    if cap is not None:  # it binds: some pair passes no gradient
+        assert ((want == 0).all(0) & (R.focal_weight(ce, 2.0) > 0).any(0)).any()
 
 
 @needs_opcheck
@@ -143,10 +170,11 @@ def test_cuda_kernels_are_compiled_in():
     """With FORCE_CUDA=1 (make test where nvcc exists, i.e. CI) the extension carries the
     CUDA kernels, and it imports and runs on the CPU without a GPU."""
     assert mtut_ops.backends.has_cuda_kernels()
-    for op in ("sqdist_forward", "sqdist_backward"):
+    for op in ("sqdist_forward", "sqdist_backward", "ssa_loss_from_sqdist", "ssa_loss_from_sqdist_backward"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"mtut::{op}", "CUDA"), op
     # the device-agnostic ops and the composites are registered once, for every device
-    for op in ("correlation", "correlation_backward", "focal_weight"):
+    for op in ("correlation", "correlation_backward", "focal_weight", "ssa_loss_from_sqdist",
+               "ssa_loss_from_sqdist_backward"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"mtut::{op}", "CompositeExplicitAutograd"), op
-    for op in ("pairwise_sqdist", "ssa_loss", "ssa_loss_from_sqdist"):
+    for op in ("pairwise_sqdist", "ssa_loss"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"mtut::{op}", "CompositeImplicitAutograd"), op

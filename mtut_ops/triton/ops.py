@@ -9,7 +9,8 @@ with the contracts of their C++ namesakes sqdist_forward / sqdist_backward
 (csrc/mtut_ops.cpp); the triton kernels keep nothing for the backward (``saved`` is
 empty: the Gram tiles are recomputed there). They get the same autograd formulas, vmap
 rules and double-backward refusal as the C++ ops (mtut_ops._registration), and the loss
-is the same C++ composite over their distances: ``torch.ops.mtut.ssa_loss_from_sqdist``.
+is the same C++ op over their distances: ``torch.ops.mtut.ssa_loss_from_sqdist`` (one fused
+kernel each way on CUDA when the extension has its CUDA kernels, ATen ops otherwise).
 
 Each op is a ``torch.library.triton_op`` whose launches go through ``wrap_triton``, so
 torch.compile traces into the kernels. The helpers that launch kernels are called by

@@ -52,6 +52,7 @@ inline float __frcp_rn(float v) { return 1.0f / v; }  // the correctly rounded r
 inline double __drcp_rn(double v) { return 1.0 / v; }
 using std::fma;  // fma(float, float, float) stays in float, as on the GPU
 using std::sqrt;
+using std::expm1;
 
 namespace mtut {
 namespace cuda {
