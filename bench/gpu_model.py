@@ -441,11 +441,13 @@ def cuda_plan(p: Problem, scen: str, algo: str, active, sms: int = 132) -> Plan:
     e, N, d, M, ch = elem(scen), p.N, p.d, p.M, p.channels
     pr = cublas_prec(scen)
     eo = e  # the scaled operands' dtype: the input's (bf16), fp32 otherwise
-    fwd = [Op("row_scale", 0, N * c * d * e + 8 * N * c) for c in ch]  # prepare(): one launch per modality
+    # new_saved: the buffer of the kept blocks (gram) and the row norms and scales, zeroed; then
+    # prepare(): one row_scale launch per modality
+    fwd = [Op("saved=zeros", 0, 4 * N * (sum(ch[m] * ch[n] for m in range(M) for n in range(m, M))
+                                          * (algo == "gram") + 2 * sum(ch)))]
+    fwd += [Op("row_scale", 0, N * c * d * e + 8 * N * c) for c in ch]
     if algo == "gram":
         blocks = [(m, n) for m in range(M) for n in range(m, M)]
-        q = sum(ch[m] * ch[n] for m, n in blocks)
-        fwd.append(Op("kept=zeros", 0, 4 * N * q))
         operand = "bf16" if scen == "bf16" else "fp32"
         groups = {}  # gram_blocks: the blocks of one shape (contiguous maps) are one product, 36 at most
         for m, n in blocks:
@@ -486,8 +488,9 @@ def cuda_plan(p: Problem, scen: str, algo: str, active, sms: int = 132) -> Plan:
     fwd += cf
     host_fwd = HOST["api_call"] + HOST["cpp_op"] * len(fwd) + node
 
-    bwd = [Op("pair_coefficients_kernel", 0, 0)]  # coef / ref and ref of every (sample, modality) in one kernel
-    bwd += [Op("row_scale", 0, N * c * d * e + 8 * N * c) for c in ch]
+    # coef / ref and ref of every (sample, modality) in one kernel; the row norms and scales are
+    # the forward's (kept in `saved`): no pass over the inputs for them
+    bwd = [Op("pair_coefficients_kernel", 0, 0)]
     needs = [True] * M  # both networks train: every modality needs a gradient
     if algo == "gram":
         for m in range(M):

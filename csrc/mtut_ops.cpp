@@ -28,8 +28,8 @@ TORCH_LIBRARY(mtut, m) {
 
   // What each backend provides. feats: M tensors [N, C_m, *S] ->
   //   S [N, M, M], S[b,m,n] = ||K_m[b] - K_n[b]||_F^2 (compute dtype), and `saved`: what
-  //   the backward reuses when for_backward is set (the cpu backend's Gram blocks for
-  //   algo gram, [N, sum_{m<=n} C_m C_n]; otherwise an empty tensor).
+  //   the backward reuses when for_backward is set, [N, saved_width] (ssa_common.h: the Gram
+  //   blocks for algo gram, and on cuda the row norms and scales), else an empty tensor.
   // directed picks the autograd formula: false, S_mn = S_nm depends on both inputs
   // (weight g + g^T); true, term (m, n) sends gradient into X_m only (weight g).
   m.def("sqdist_forward(Tensor[] feats, float eps, str algo, bool directed, bool for_backward) -> (Tensor, Tensor)");

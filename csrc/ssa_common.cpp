@@ -221,15 +221,22 @@ at::Tensor kept_block(const at::Tensor& kept, const std::vector<int64_t>& channe
   TORCH_CHECK(false, "mtut: internal: no kept block (", m, ", ", n, ") for ", M, " modalities");
 }
 
-void check_saved(const at::Tensor& saved, const FeatInfo& info, Algo a, const at::Tensor& like) {
+int64_t saved_width(const std::vector<int64_t>& channels, Algo a, Backend backend) {
+  const int64_t blocks = a == Algo::Gram ? kept_gram_size(channels) : 0;
+  if (backend == Backend::Cpu) return blocks;
+  int64_t rows = 0;
+  for (int64_t c : channels) rows += c;
+  return blocks + padded(2 * rows);
+}
+
+void check_saved(const at::Tensor& saved, const FeatInfo& info, Algo a, Backend backend, const at::Tensor& like) {
   if (saved.numel() == 0) return;
+  const int64_t width = saved_width(info.channels, a, backend);
   TORCH_CHECK_VALUE(
-      a == Algo::Gram && saved.dim() == 2 && saved.size(0) == info.N &&
-          saved.size(1) == kept_gram_size(info.channels) && saved.scalar_type() == info.compute_dtype &&
-          saved.device() == like.device(),
-      "mtut: saved must be empty or what sqdist_forward returned for these feats with algo 'gram' ([N, ",
-      kept_gram_size(info.channels), "] in ", info.compute_dtype, "), got shape ", saved.sizes(), " and ",
-      saved.scalar_type());
+      width > 0 && saved.dim() == 2 && saved.size(0) == info.N && saved.size(1) == width &&
+          saved.scalar_type() == info.compute_dtype && saved.device() == like.device(),
+      "mtut: saved must be empty or what sqdist_forward returned for these feats with this algo ([N, ", width,
+      "] in ", info.compute_dtype, "), got shape ", saved.sizes(), " and ", saved.scalar_type());
 }
 
 Normalized normalize_rows(const at::Tensor& feat, const FeatInfo& info, double eps) {

@@ -98,8 +98,14 @@ at::Tensor ssa_loss_from_sqdist_backward(
 // alignment; the padding is zero); kept_block is the [N, C_m, C_n] view of block (m, n).
 int64_t kept_gram_size(const std::vector<int64_t>& channels);
 at::Tensor kept_block(const at::Tensor& kept, const std::vector<int64_t>& channels, int64_t m, int64_t n);
-// Checks sqdist_backward's `saved`: empty, or the kept blocks of these feats (algo gram).
-void check_saved(const at::Tensor& saved, const FeatInfo& info, Algo algo, const at::Tensor& like);
+// The entries per sample of sqdist_forward's `saved` (for_backward): the cpu backend keeps the
+// Gram blocks (algo gram; nothing for direct); the cuda backend keeps them too, followed by
+// the row norms r and then the scales s = 1 / max(r, eps) of every modality (2 sum C_m
+// entries, padded to 64), so that its backward reads neither the inputs for them nor
+// recomputes them.
+int64_t saved_width(const std::vector<int64_t>& channels, Algo algo, Backend backend);
+// Checks sqdist_backward's `saved`: empty, or what sqdist_forward returned for these feats.
+void check_saved(const at::Tensor& saved, const FeatInfo& info, Algo algo, Backend backend, const at::Tensor& like);
 
 // The boxed kernel every mtut op registers for the Autocast keys: autocast is switched
 // off for the op and everything it calls (the kernels' own at::mm / at::bmm, the

@@ -211,10 +211,11 @@ def _sqdist_forward_fake(feats, eps, algo, directed, for_backward):
     V.check_eps(eps)
     V.check_algo(algo)
     S = feats[0].new_empty((info.N, info.M, info.M), dtype=info.compute_dtype)
-    # With algorithm gram the kernels keep the Gram blocks for the backward.
+    # What the kernels keep for the backward (V.saved_width): the Gram blocks (algorithm gram),
+    # and on cuda the row norms and scales.
     backend = "cuda" if info.device.type == "cuda" else "cpu"
-    keeps = for_backward and V.resolve_algo(algo, info.d, info.channels, backend, info.dtype) == "gram"
-    saved_shape = (info.N, V.kept_gram_size(info.channels)) if keeps else (0,)
+    width = V.saved_width(info.channels, V.resolve_algo(algo, info.d, info.channels, backend, info.dtype), backend)
+    saved_shape = (info.N, width) if for_backward and width > 0 else (0,)
     return S, feats[0].new_empty(saved_shape, dtype=info.compute_dtype)
 
 

@@ -244,3 +244,11 @@ def kept_gram_size(channels: Sequence[int]):
     """The Gram entries per sample sqdist_forward keeps for the backward (algorithm gram): the
     blocks C_m x C_n, n >= m, each padded to a multiple of 64 (csrc/ssa_common.cpp)."""
     return sum((channels[m] * channels[n] + 63) // 64 * 64 for m in range(len(channels)) for n in range(m, len(channels)))
+
+
+def saved_width(channels: Sequence[int], algo: str, backend: str) -> int:
+    """The entries per sample of sqdist_forward's ``saved`` (for_backward; ``algo`` resolved):
+    the cpu backend keeps the Gram blocks (gram) or nothing; the cuda backend keeps them too,
+    followed by the row norms and scales of every modality, padded to 64 (csrc/ssa_common.h)."""
+    blocks = kept_gram_size(channels) if algo == "gram" else 0
+    return blocks if backend == "cpu" else blocks + (2 * sum(channels) + 63) // 64 * 64

@@ -159,7 +159,9 @@ def test_backward_ops_fp64(emulated, algo):
     through the reference, on strided inputs, from the kept blocks and without them."""
     feats = make_feats(2, [5, 7, 3], [2, 35], seed=9, noncontiguous=True)
     _, kept = emulated.ops.sqdist_forward(feats, EPS, algo, False, True)
-    assert kept.numel() == (0 if algo == "direct" else 2 * 6 * 64)  # 6 blocks, each padded to 64 entries
+    # 6 blocks, each padded to 64 entries (gram), then the 2 x 15 row norms and scales, padded to 64
+    assert kept.shape == (2, (6 * 64 if algo == "gram" else 0) + 64)
+    assert kept.shape[1] == V.saved_width([5, 7, 3], algo, "cuda")
     assert_backward_matches_reference(emulated, feats, kept, algo, seed=1)
 
     ce = make_ce(3, 2, seed=4)
@@ -168,6 +170,24 @@ def test_backward_ops_fp64(emulated, algo):
     grads = emulated.ssa_loss_grads(feats, ce, algo, pair_cap=10.0)
     for a, b in zip(grads, ref):
         torch.testing.assert_close(a, b.grad, rtol=1e-8, atol=1e-10 * (1 + b.grad.abs().max().item()))
+
+
+@pytest.mark.parametrize("algo", ["direct", "gram"])
+def test_backward_reads_the_forwards_row_norms(emulated, algo):
+    """The backward takes the row norms and scales from `saved` (no pass over the inputs for
+    them): the same bits as when it computes them again (an empty saved), and different
+    ones when the saved scales are changed."""
+    feats = make_feats(2, [5, 7], [3, 4], seed=4)
+    _, saved = emulated.ops.sqdist_forward(feats, EPS, algo, True, True)
+    weight = torch.rand(2, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    kept = emulated.ops.sqdist_backward(feats, saved, weight, EPS, algo, [True, True])
+    again = emulated.ops.sqdist_backward(feats, torch.empty(0, dtype=torch.float64), weight, EPS, algo, [True, True])
+    assert all(torch.equal(a, b) for a, b in zip(kept, again))
+    scales = saved.shape[1] - 64 + 12  # the scales of both modalities (after their 12 norms)
+    tampered = saved.clone()
+    tampered[:, scales:scales + 12] *= 2
+    changed = emulated.ops.sqdist_backward(feats, tampered, weight, EPS, algo, [True, True])
+    assert not any(torch.equal(a, b) for a, b in zip(changed, kept))
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "padded_rows"])
@@ -347,13 +367,15 @@ def test_products_run_in_the_input_precision(emulated, algo, dtype):
 def test_auto_follows_the_cuda_rule(emulated, dtype, spatial, expected):
     """algo='auto' in the CUDA kernels is the CUDA rule for the inputs' dtype (csrc/ssa_common.cpp
     auto_rule, mirrored by mtut_ops._validation.AUTO_RULES), not the CPU's. Which algorithm
-    ran shows in what the forward keeps for the backward: the Gram blocks, or nothing."""
+    ran shows in what the forward keeps for the backward: the Gram blocks and the row norms,
+    or the norms alone."""
     channels, d = [4, 4], spatial[0] * spatial[1] * spatial[2]
     assert V.resolve_algo("auto", d, channels, "cuda", dtype) == expected
     assert V.resolve_algo("auto", d, channels, "cpu", dtype) == "gram"
     feats = [f.to(dtype) for f in make_feats(1, channels, list(spatial), seed=3)]
     S, kept = emulated.ops.sqdist_forward(feats, EPS, "auto", True, True)
-    assert (kept.numel() > 0) == (expected == "gram")
+    assert kept.shape == (1, V.saved_width(channels, expected, "cuda"))
+    assert V.saved_width(channels, "gram", "cuda") != V.saved_width(channels, "direct", "cuda")
     assert torch.equal(S, emulated.pairwise_sqdist(feats, EPS, expected))
 
 

@@ -358,7 +358,7 @@ std::vector<at::Tensor> sqdist_backward(at::TensorList feats, const at::Tensor& 
   check_eps(eps);
   const Needs needs = check_needs_grad(needs_grad, info);
   const Algo a = resolve_algo(algo, info.d, info.channels, Backend::Cpu, info.dtype);
-  check_saved(saved, info, a, feats[0]);
+  check_saved(saved, info, a, Backend::Cpu, feats[0]);
   const std::vector<Rows> rows = rows_of(feats, info, eps);
   const at::Tensor w = weight.to(at::kDouble).contiguous();
   std::vector<at::Tensor> grads;

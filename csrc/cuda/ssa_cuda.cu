@@ -10,7 +10,7 @@
 // give the same bits on every run.
 //
 // gram:   forward, the blocks P_mn = X_m X_n^T (n >= m) on the raw rows, kept for the
-//         backward in one buffer [N, kept_gram_size]. Each block is its own product of its
+//         backward in one buffer [N, saved_width] (with the row norms and scales). Each block is its own product of its
 //         own operands (no stacked matrix), and the blocks of one shape and layout are
 //         entries of ONE pointer-array cuBLAS product (one kernel for all), so for X_m = X_n
 //         the blocks P_mm, P_mn, P_nn are the same bits and S is exactly 0. Where the blocks
@@ -26,6 +26,9 @@
 //         squared differences of every pair summed in fp64 (the diagonal once, above it
 //         twice). backward, strips of K_n[I, :] and E_m = sum_n coef_mn K_n[I, :],
 //         graw_m += X_m[:, I] E_m. Nothing is kept: the strips are d x d in total.
+// Both algorithms keep the row norms and scales (2 sum C_m values per sample) for the
+// backward, which so reads each input only where a product or the normalization backward
+// needs it.
 // Then dL/dX_m from graw_m (dL/dXh_m = diag(s_m) graw_m) by the fused normalization
 // backward, in place for fp32/fp64 inputs. Beyond the gradients the backward holds the
 // kept blocks (gram) or one set of strips of at most kStripBudget entries (direct).
@@ -373,12 +376,12 @@ void sliced_gram_product(const at::Tensor& ptrs, int64_t count, int64_t Cm, int6
 
 // ------------------------------------------------------------------ row scales
 
-// norm[b, c] = ||x[b, c, :]|| and scale[b, c] = 1 / max(norm, eps): one warp per row, fp64
-// sum in a fixed order.
+// norm[b, c] = ||x[b, c, :]|| and scale[b, c] = 1 / max(norm, eps) (sample stride ld): one
+// warp per row, fp64 sum in a fixed order.
 template <typename Tin>
 __global__ void __launch_bounds__(kThreads) row_scale_kernel(
     const Tin* __restrict__ x, int64_t sn, int64_t sc, int64_t sd, int64_t C, int64_t d, int64_t rows, double eps,
-    Cmp<Tin>* __restrict__ norm, Cmp<Tin>* __restrict__ scale) {
+    int64_t ld, Cmp<Tin>* __restrict__ norm, Cmp<Tin>* __restrict__ scale) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32;
   if (row >= rows) return;  // whole warps leave together
   const int lane = threadIdx.x % 32;
@@ -391,8 +394,9 @@ __global__ void __launch_bounds__(kThreads) row_scale_kernel(
   for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffffu, acc, offset);
   if (lane == 0) {
     const double r = sqrt(acc);
-    norm[row] = static_cast<Cmp<Tin>>(r);
-    scale[row] = static_cast<Cmp<Tin>>(1.0 / (r < eps ? eps : r));  // NaN stays NaN, as clamp_min keeps it
+    const int64_t at = (row / C) * ld + row % C;
+    norm[at] = static_cast<Cmp<Tin>>(r);
+    scale[at] = static_cast<Cmp<Tin>>(1.0 / (r < eps ? eps : r));  // NaN stays NaN, as clamp_min keeps it
   }
 }
 
@@ -401,19 +405,19 @@ __global__ void __launch_bounds__(kThreads) row_scale_kernel(
 // partial[b * row_stride + chunk] = sum over the rows of `chunk` of sum_j (s_m[i] P[i, j] s_n[j])^2
 // in fp64, for one block P [C_m, C_n] of every sample (batch stride `stride`). With slices > 1
 // the block is first the sum of its split-K partials (slice t at P's offset in `parts` plus
-// t part_stride), added in slice order and written to P. (4 blocks per SM, as
-// normalize_backward_kernel: otherwise ptxas spilled a register for sm_90.)
+// t part_stride), added in slice order and written to P. (At least 3 blocks per SM, up to 85
+// registers: without a bound ptxas spilled for sm_90, with 4 blocks (64 registers) for sm_80.)
 template <typename T>
-__global__ void __launch_bounds__(kThreads, 4) block_sqnorm_kernel(
+__global__ void __launch_bounds__(kThreads, 3) block_sqnorm_kernel(
     T* __restrict__ P, int64_t stride, int64_t Cm, int64_t Cn, int64_t rows_per_chunk, const T* __restrict__ parts,
-    int64_t part_stride, int64_t slices, const T* __restrict__ sm, const T* __restrict__ sn, int64_t row_stride,
-    double* __restrict__ partial) {
+    int64_t part_stride, int64_t slices, const T* __restrict__ sm, const T* __restrict__ sn, int64_t s_ld,
+    int64_t row_stride, double* __restrict__ partial) {
   __shared__ double scratch[kThreads / 32];
   const int64_t chunk = blockIdx.x, b = blockIdx.y;
   const int64_t r0 = chunk * rows_per_chunk, r1 = std::min(Cm, r0 + rows_per_chunk);
   T* p = P + b * stride;
-  const T* a = sm + b * Cm;
-  const T* c = sn + b * Cn;
+  const T* a = sm + b * s_ld;
+  const T* c = sn + b * s_ld;
   double acc = 0;
   for (int64_t i = r0; i < r1; ++i) {  // consecutive threads read consecutive columns
     const double ai = static_cast<double>(a[i]);
@@ -560,15 +564,15 @@ __global__ void __launch_bounds__(kThreads) sum_pair_partials_kernel(
 template <typename Tin>
 __global__ void __launch_bounds__(kThreads, 4) normalize_backward_kernel(
     const Cmp<Tin>* graw, const Tin* __restrict__ x, int64_t sn, int64_t sc, int64_t sd, int64_t C, int64_t d,
-    const Cmp<Tin>* __restrict__ norm, const Cmp<Tin>* __restrict__ scale, const Cmp<Tin>* __restrict__ factor,
-    double eps, double inv_eps, Tin* out) {
+    const Cmp<Tin>* __restrict__ norm, const Cmp<Tin>* __restrict__ scale, int64_t s_ld,
+    const Cmp<Tin>* __restrict__ factor, double eps, double inv_eps, Tin* out) {
   using T = Cmp<Tin>;
   __shared__ double scratch[kThreads / 32];
   __shared__ double dot;
   const int64_t row = blockIdx.x;
   // grid.x < 2^31, so 32-bit division (64-bit division is a called routine: a stack frame)
   const int64_t b = static_cast<unsigned>(blockIdx.x) / static_cast<unsigned>(C), ch = row - b * C;
-  const T s = scale[row], r = norm[row], f = factor[b];
+  const T s = scale[b * s_ld + ch], r = norm[b * s_ld + ch], f = factor[b];
   const T* g = graw + row * d;
   const Tin* xr = x + b * sn + ch * sc;
   Tin* o = out + row * d;
@@ -594,25 +598,42 @@ __global__ void __launch_bounds__(kThreads, 4) normalize_backward_kernel(
 struct Prepared {
   std::vector<at::Tensor> views;     // [N, C_m, d] views of the inputs (copies only where no view exists)
   std::vector<at::Tensor> operands;  // the rows as product operands: the views, or fp32 copies for fp16
-  std::vector<at::Tensor> norms;     // [N, C_m] compute dtype, r = ||x||
-  std::vector<at::Tensor> scales;    // [N, C_m] compute dtype, s = 1 / max(r, eps)
+  std::vector<at::Tensor> norms;     // [N, C_m] compute dtype, r = ||x||, a view of the saved buffer
+  std::vector<at::Tensor> scales;    // [N, C_m] compute dtype, s = 1 / max(r, eps), likewise (same strides)
   at::ScalarType operand;            // the dtype of the scaled operands (see the header)
 };
 
+// The buffer sqdist_forward returns as `saved` (ssa_common.h saved_width): [N, the kept
+// blocks (gram) | r of every modality | s of every modality | padding], zeroed (the blocks'
+// padding is defined). The forward uses the same buffer whether or not it is returned, so
+// that S is the same bits either way.
+at::Tensor new_saved(const FeatInfo& info, Algo a, const at::Tensor& like) {
+  return at::zeros({info.N, saved_width(info.channels, a, Backend::Cuda)}, like.options().dtype(info.compute_dtype));
+}
+
+// The rows of every modality as views, with their norms and scales in `saved` (a
+// new_saved buffer): computed there (one pass over each input), or, with `from_saved`,
+// the forward's (no pass over the inputs).
 template <typename T>
-Prepared prepare(at::TensorList feats, const FeatInfo& info, double eps, bool scaled_products, cudaStream_t stream) {
+Prepared prepare(at::TensorList feats, const FeatInfo& info, double eps, bool scaled_products, const at::Tensor& saved,
+                 Algo a, bool from_saved, cudaStream_t stream) {
   using Tin = typename Raw<T>::type;
   Prepared p;
   p.operand = info.dtype == at::kHalf ? at::kFloat : info.dtype;
+  int64_t rows_total = 0;
+  for (int64_t c : info.channels) rows_total += c;
+  int64_t at_r = a == Algo::Gram ? kept_gram_size(info.channels) : 0;
   for (const auto& f : feats) {
     at::Tensor v = f.reshape({info.N, f.size(1), info.d});
-    at::Tensor r = at::empty({info.N, f.size(1)}, f.options().dtype(info.compute_dtype));
-    at::Tensor s = at::empty({info.N, f.size(1)}, f.options().dtype(info.compute_dtype));
+    at::Tensor r = saved.narrow(1, at_r, f.size(1));
+    at::Tensor s = saved.narrow(1, at_r + rows_total, f.size(1));
+    at_r += f.size(1);
     const int64_t rows = info.N * f.size(1);
     const int64_t blocks = (rows + kThreads / 32 - 1) / (kThreads / 32);
-    launch(row_scale_kernel<Tin>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), stream,
-           reinterpret_cast<const Tin*>(v.const_data_ptr<T>()), v.stride(0), v.stride(1), v.stride(2), f.size(1),
-           info.d, rows, eps, r.mutable_data_ptr<Cmp<Tin>>(), s.mutable_data_ptr<Cmp<Tin>>());
+    if (!from_saved)
+      launch(row_scale_kernel<Tin>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), stream,
+             reinterpret_cast<const Tin*>(v.const_data_ptr<T>()), v.stride(0), v.stride(1), v.stride(2), f.size(1),
+             info.d, rows, eps, r.stride(0), r.mutable_data_ptr<Cmp<Tin>>(), s.mutable_data_ptr<Cmp<Tin>>());
     p.operands.push_back(scaled_products && p.operand != info.dtype ? v.to(p.operand) : v);
     p.views.push_back(v);
     p.norms.push_back(r);
@@ -730,8 +751,8 @@ at::Tensor sqdist_from_blocks(const Prepared& p, const FeatInfo& info, at::Tenso
         launch(block_sqnorm_kernel<T>, dim3(grid_dim(my_chunks), grid_dim(nb)), dim3(kThreads), stream,
                block.mutable_data_ptr<T>() + b0 * block.stride(0), block.stride(0), info.channels[m], info.channels[n],
                rows_per_chunk[q], parts ? parts + b0 * block.stride(0) : nullptr, part_stride, slices,
-               p.scales[m].const_data_ptr<T>() + b0 * info.channels[m],
-               p.scales[n].const_data_ptr<T>() + b0 * info.channels[n], blocks * chunks,
+               p.scales[m].const_data_ptr<T>() + b0 * p.scales[m].stride(0),
+               p.scales[n].const_data_ptr<T>() + b0 * p.scales[n].stride(0), p.scales[m].stride(0), blocks * chunks,
                out.mutable_data_ptr<double>() + b0 * blocks * chunks);
       }
     }
@@ -749,15 +770,11 @@ at::Tensor sqdist_from_blocks(const Prepared& p, const FeatInfo& info, at::Tenso
   return S;
 }
 
-// The gram forward: the blocks into a new kept buffer, and S. The same buffer whether or not
-// it is kept, so that S is the same bits either way; zeroed, so that its padding is defined.
+// The gram forward: the blocks into the kept part of a new_saved buffer, and S.
 template <typename Out>
-std::pair<at::Tensor, at::Tensor> gram_forward(const Prepared& p, const FeatInfo& info, const at::Tensor& like,
-                                               cudaStream_t stream) {
-  at::Tensor kept = at::zeros({info.N, kept_gram_size(info.channels)}, like.options().dtype(info.compute_dtype));
+at::Tensor gram_forward(const Prepared& p, const FeatInfo& info, at::Tensor& kept, cudaStream_t stream) {
   const GramProducts g = gram_blocks(p, info, kept, stream);
-  at::Tensor S = sqdist_from_blocks<Out>(p, info, kept, g, stream);
-  return {S, kept};
+  return sqdist_from_blocks<Out>(p, info, kept, g, stream);
 }
 
 // ------------------------------------------------------------------ direct
@@ -770,12 +787,12 @@ template <typename Tin> using Operand = std::conditional_t<std::is_same_v<Tin, _
 template <typename Tin>
 __global__ void __launch_bounds__(kThreads) scaled_strip_kernel(
     const Tin* __restrict__ x, int64_t sn, int64_t sc, int64_t sd, int64_t C, int64_t i0, int64_t ti,
-    int64_t rows_per_chunk, const Cmp<Tin>* __restrict__ s, Operand<Tin>* __restrict__ out) {
+    int64_t rows_per_chunk, const Cmp<Tin>* __restrict__ s, int64_t s_ld, Operand<Tin>* __restrict__ out) {
   using T = Cmp<Tin>;
   const int64_t chunk = blockIdx.x, b = blockIdx.y;
   const int64_t r0 = chunk * rows_per_chunk, r1 = std::min(C, r0 + rows_per_chunk);
   for (int64_t c = r0; c < r1; ++c) {
-    const T sc2 = s[b * C + c] * s[b * C + c];
+    const T sc2 = s[b * s_ld + c] * s[b * s_ld + c];
     const Tin* xr = x + b * sn + c * sc + i0 * sd;
     Operand<Tin>* o = out + (b * C + c) * ti;
     for (int64_t i = threadIdx.x; i < ti; i += kThreads)
@@ -795,8 +812,8 @@ at::Tensor strip_left(const Prepared& p, int64_t m, int64_t i0, int64_t ti, cuda
     const int64_t nb = std::min(kMaxGrid, N - b0);
     launch(scaled_strip_kernel<Tin>, dim3(grid_dim((C + rows_per_chunk - 1) / rows_per_chunk), grid_dim(nb)),
            dim3(kThreads), stream, reinterpret_cast<const Tin*>(v.const_data_ptr()) + b0 * v.stride(0), v.stride(0),
-           v.stride(1), v.stride(2), C, i0, ti, rows_per_chunk, p.scales[m].const_data_ptr<Cmp<Tin>>() + b0 * C,
-           static_cast<Operand<Tin>*>(out.mutable_data_ptr()) + b0 * C * ti);
+           v.stride(1), v.stride(2), C, i0, ti, rows_per_chunk,
+           p.scales[m].const_data_ptr<Cmp<Tin>>() + b0 * p.scales[m].stride(0), p.scales[m].stride(0), static_cast<Operand<Tin>*>(out.mutable_data_ptr()) + b0 * C * ti);
   }
   return out.transpose(1, 2);
 }
@@ -904,13 +921,13 @@ Coefficients pair_coefficients(const at::Tensor& w, cudaStream_t stream) {
 template <typename Top>
 __global__ void __launch_bounds__(kThreads) weighted_block_kernel(
     const Cmp<Top>* __restrict__ P, int64_t stride, int64_t rows, int64_t cols, int64_t rows_per_chunk,
-    const Cmp<Top>* __restrict__ s, bool scale_rows, const Cmp<Top>* __restrict__ factor, int64_t factor_stride,
-    Top* __restrict__ out) {
+    const Cmp<Top>* __restrict__ s, int64_t s_ld, bool scale_rows, const Cmp<Top>* __restrict__ factor,
+    int64_t factor_stride, Top* __restrict__ out) {
   using T = Cmp<Top>;
   const int64_t chunk = blockIdx.x, b = blockIdx.y;
   const int64_t r0 = chunk * rows_per_chunk, r1 = std::min(rows, r0 + rows_per_chunk);
   const T* p = P + b * stride;
-  const T* sb = s + b * (scale_rows ? rows : cols);
+  const T* sb = s + b * s_ld;
   const T f = factor[b * factor_stride];
   Top* o = out + b * rows * cols;
   for (int64_t i = r0; i < r1; ++i) {  // consecutive threads: consecutive columns
@@ -944,7 +961,8 @@ std::vector<at::Tensor> gram_grad_raw(const Prepared& p, const at::Tensor& kept,
         const int64_t nb = std::min(kMaxGrid, N - b0);
         launch(weighted_block_kernel<Top>, dim3(grid_dim((rows + rows_per_chunk - 1) / rows_per_chunk), grid_dim(nb)),
                dim3(kThreads), stream, block.const_data_ptr<Cmp<Top>>() + b0 * block.stride(0), block.stride(0), rows,
-               cols, rows_per_chunk, p.scales[n].const_data_ptr<Cmp<Top>>() + b0 * info.channels[n], !upper,
+               cols, rows_per_chunk, p.scales[n].const_data_ptr<Cmp<Top>>() + b0 * p.scales[n].stride(0),
+               p.scales[n].stride(0), !upper,
                factor.const_data_ptr<Cmp<Top>>() + b0 * factor.stride(0), factor.stride(0),
                static_cast<Top*>(weighted.mutable_data_ptr()) + b0 * rows * cols);
       }
@@ -1026,7 +1044,8 @@ std::vector<at::Tensor> finish(std::vector<at::Tensor>& graw, const Prepared& p,
     launch(normalize_backward_kernel<Tin>, dim3(static_cast<unsigned>(info.N * v.size(1))), dim3(kThreads), stream,
            graw[m].const_data_ptr<Cmp<Tin>>(), reinterpret_cast<const Tin*>(v.const_data_ptr<T>()), v.stride(0),
            v.stride(1), v.stride(2), v.size(1), info.d, p.norms[m].const_data_ptr<Cmp<Tin>>(),
-           p.scales[m].const_data_ptr<Cmp<Tin>>(), factor.const_data_ptr<Cmp<Tin>>(), eps, eps > 0 ? 1.0 / eps : 0.0,
+           p.scales[m].const_data_ptr<Cmp<Tin>>(), p.scales[m].stride(0), factor.const_data_ptr<Cmp<Tin>>(), eps,
+           eps > 0 ? 1.0 / eps : 0.0,
            reinterpret_cast<Tin*>(out.mutable_data_ptr<T>()));
     grads.push_back(out.view(feats[m].sizes()));
   }
@@ -1141,17 +1160,15 @@ std::tuple<at::Tensor, at::Tensor> sqdist_forward(at::TensorList feats, double e
   const DeviceScope guard(feats[0].device());
   cudaStream_t stream = current_stream();
   const auto options = feats[0].options().dtype(info.compute_dtype);
-  at::Tensor S, kept;
+  at::Tensor S, saved = new_saved(info, a, feats[0]);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, info.dtype, "mtut_sqdist_forward_cuda", [&] {
     using Out = Cmp<typename Raw<scalar_t>::type>;
-    const Prepared p = prepare<scalar_t>(feats, info, eps, /*scaled_products=*/a == Algo::Direct, stream);
-    if (a == Algo::Direct) {
-      S = sqdist_direct<typename Raw<scalar_t>::type>(p, info, stream);
-    } else {
-      std::tie(S, kept) = gram_forward<Out>(p, info, feats[0], stream);
-    }
+    const Prepared p = prepare<scalar_t>(feats, info, eps, /*scaled_products=*/a == Algo::Direct, saved, a,
+                                         /*from_saved=*/false, stream);
+    S = a == Algo::Direct ? sqdist_direct<typename Raw<scalar_t>::type>(p, info, stream)
+                          : gram_forward<Out>(p, info, saved, stream);
   });
-  return {S, a == Algo::Gram && for_backward ? kept : at::empty({0}, options)};
+  return {S, for_backward ? saved : at::empty({0}, options)};
 }
 
 std::vector<at::Tensor> sqdist_backward(at::TensorList feats, const at::Tensor& saved, const at::Tensor& weight,
@@ -1161,7 +1178,7 @@ std::vector<at::Tensor> sqdist_backward(at::TensorList feats, const at::Tensor& 
   check_eps(eps);
   const Needs needs = check_needs_grad(needs_grad, info);
   const Algo a = resolve_algo(algo, info.d, info.channels, Backend::Cuda, info.dtype);
-  check_saved(saved, info, a, feats[0]);
+  check_saved(saved, info, a, Backend::Cuda, feats[0]);
   const DeviceScope guard(feats[0].device());
   cudaStream_t stream = current_stream();
   const at::Tensor w = weight.to(info.compute_dtype);
@@ -1169,15 +1186,16 @@ std::vector<at::Tensor> sqdist_backward(at::TensorList feats, const at::Tensor& 
                                                            : pair_coefficients<float>(w, stream);
   std::vector<at::Tensor> grads;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, info.dtype, "mtut_sqdist_backward_cuda", [&] {
-    const Prepared p = prepare<scalar_t>(feats, info, eps, /*scaled_products=*/true, stream);
+    // the forward's row norms and Gram blocks, or (not kept: an empty saved) both again
+    const bool kept = saved.numel() > 0;
+    at::Tensor buffer = kept ? saved : new_saved(info, a, feats[0]);
+    const Prepared p = prepare<scalar_t>(feats, info, eps, /*scaled_products=*/true, buffer, a, kept, stream);
     std::vector<at::Tensor> g;
     if (a == Algo::Direct) {
       g = direct_grad_raw<typename Raw<scalar_t>::type>(p, c, info, needs, stream);
     } else {
-      at::Tensor kept = saved;
-      if (kept.numel() == 0)  // not kept by the forward: the blocks again (S is not needed)
-        kept = gram_forward<Cmp<typename Raw<scalar_t>::type>>(p, info, feats[0], stream).second;
-      g = gram_grad_raw<Operand<typename Raw<scalar_t>::type>>(p, kept, c, info, needs, stream);
+      if (!kept) gram_forward<Cmp<typename Raw<scalar_t>::type>>(p, info, buffer, stream);  // (S is not needed)
+      g = gram_grad_raw<Operand<typename Raw<scalar_t>::type>>(p, buffer, c, info, needs, stream);
     }
     grads = finish<scalar_t>(g, p, c, info, eps, feats, needs, stream);
   });
