@@ -405,19 +405,20 @@ __global__ void __launch_bounds__(kThreads) row_scale_kernel(
 // partial[b * row_stride + chunk] = sum over the rows of `chunk` of sum_j (s_m[i] P[i, j] s_n[j])^2
 // in fp64, for one block P [C_m, C_n] of every sample (batch stride `stride`). With slices > 1
 // the block is first the sum of its split-K partials (slice t at P's offset in `parts` plus
-// t part_stride), added in slice order and written to P. (At least 3 blocks per SM, up to 85
-// registers: without a bound ptxas spilled for sm_90, with 4 blocks (64 registers) for sm_80.)
+// t part_stride), added in slice order and written to P. The scales sm, sn live in the same
+// buffer as the blocks (new_saved), so a sample's are `stride` apart too. (4 blocks per SM,
+// as normalize_backward_kernel: otherwise ptxas spilled a register for sm_90.)
 template <typename T>
-__global__ void __launch_bounds__(kThreads, 3) block_sqnorm_kernel(
+__global__ void __launch_bounds__(kThreads, 4) block_sqnorm_kernel(
     T* __restrict__ P, int64_t stride, int64_t Cm, int64_t Cn, int64_t rows_per_chunk, const T* __restrict__ parts,
-    int64_t part_stride, int64_t slices, const T* __restrict__ sm, const T* __restrict__ sn, int64_t s_ld,
-    int64_t row_stride, double* __restrict__ partial) {
+    int64_t part_stride, int64_t slices, const T* __restrict__ sm, const T* __restrict__ sn, int64_t row_stride,
+    double* __restrict__ partial) {
   __shared__ double scratch[kThreads / 32];
   const int64_t chunk = blockIdx.x, b = blockIdx.y;
   const int64_t r0 = chunk * rows_per_chunk, r1 = std::min(Cm, r0 + rows_per_chunk);
   T* p = P + b * stride;
-  const T* a = sm + b * s_ld;
-  const T* c = sn + b * s_ld;
+  const T* a = sm + b * stride;
+  const T* c = sn + b * stride;
   double acc = 0;
   for (int64_t i = r0; i < r1; ++i) {  // consecutive threads read consecutive columns
     const double ai = static_cast<double>(a[i]);
@@ -746,13 +747,16 @@ at::Tensor sqdist_from_blocks(const Prepared& p, const FeatInfo& info, at::Tenso
       const int64_t part_stride = slices > 1 ? g.parts.stride(0) : 0;
       const int64_t my_chunks = (info.channels[m] + rows_per_chunk[q] - 1) / rows_per_chunk[q];
       at::Tensor out = partial.select(1, q);  // [N, chunks], row stride blocks * chunks
+      const int64_t ld = block.stride(0);  // (N = 1: a size-1 dimension's stride is arbitrary)
+      TORCH_CHECK(info.N == 1 || (p.scales[m].stride(0) == ld && p.scales[n].stride(0) == ld),
+                  "mtut: internal: the scales and the kept blocks are not in one buffer");
       for (int64_t b0 = 0; b0 < info.N; b0 += kMaxGrid) {
         const int64_t nb = std::min(kMaxGrid, info.N - b0);
         launch(block_sqnorm_kernel<T>, dim3(grid_dim(my_chunks), grid_dim(nb)), dim3(kThreads), stream,
                block.mutable_data_ptr<T>() + b0 * block.stride(0), block.stride(0), info.channels[m], info.channels[n],
                rows_per_chunk[q], parts ? parts + b0 * block.stride(0) : nullptr, part_stride, slices,
                p.scales[m].const_data_ptr<T>() + b0 * p.scales[m].stride(0),
-               p.scales[n].const_data_ptr<T>() + b0 * p.scales[n].stride(0), p.scales[m].stride(0), blocks * chunks,
+               p.scales[n].const_data_ptr<T>() + b0 * p.scales[n].stride(0), blocks * chunks,
                out.mutable_data_ptr<double>() + b0 * blocks * chunks);
       }
     }
@@ -813,7 +817,8 @@ at::Tensor strip_left(const Prepared& p, int64_t m, int64_t i0, int64_t ti, cuda
     launch(scaled_strip_kernel<Tin>, dim3(grid_dim((C + rows_per_chunk - 1) / rows_per_chunk), grid_dim(nb)),
            dim3(kThreads), stream, reinterpret_cast<const Tin*>(v.const_data_ptr()) + b0 * v.stride(0), v.stride(0),
            v.stride(1), v.stride(2), C, i0, ti, rows_per_chunk,
-           p.scales[m].const_data_ptr<Cmp<Tin>>() + b0 * p.scales[m].stride(0), p.scales[m].stride(0), static_cast<Operand<Tin>*>(out.mutable_data_ptr()) + b0 * C * ti);
+           p.scales[m].const_data_ptr<Cmp<Tin>>() + b0 * p.scales[m].stride(0), p.scales[m].stride(0),
+           static_cast<Operand<Tin>*>(out.mutable_data_ptr()) + b0 * C * ti);
   }
   return out.transpose(1, 2);
 }
@@ -1282,7 +1287,8 @@ TORCH_LIBRARY_IMPL(mtut_emulated, CPU, m) {
   m.impl("ssa_loss_from_sqdist_backward", &mtut::cuda::ssa_loss_from_sqdist_backward);
 }
 TORCH_LIBRARY_IMPL(mtut_emulated, AutocastCPU, m) {
-  for (const char* name : {"sqdist_forward", "sqdist_backward", "ssa_loss_from_sqdist", "ssa_loss_from_sqdist_backward"})
+  for (const char* name :
+       {"sqdist_forward", "sqdist_backward", "ssa_loss_from_sqdist", "ssa_loss_from_sqdist_backward"})
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&mtut::without_autocast>());
 }
 #else
