@@ -97,8 +97,12 @@ def register_autograd(
     returns_list = op._schema.returns[0].type.kind() == "ListType"
 
     def kernel(*args):
-        flat, layout = _flatten(args)
-        if not (torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in flat)):
+        if torch.is_grad_enabled():
+            flat, layout = _flatten(args)
+            needs_node = any(isinstance(t, torch.Tensor) and t.requires_grad for t in flat)
+        else:
+            needs_node = False  # (and no flattening: eval loops call the op often)
+        if not needs_node:
             with torch._C._AutoDispatchBelowAutograd():
                 return op(*args)
         with enable_single_level_autograd_function():

@@ -193,9 +193,11 @@ def check_algo(algo: str) -> None:
         raise ValueError(f"mtut: algo must be 'auto', 'direct' or 'gram', got {algo!r}")
 
 
-def check_loss_inputs(feats, ce, beta, lambda_, distance, eps, algo, pair_cap) -> FeatInfo:
-    """Every argument of ssa_loss (cheap checks only: no kernel runs)."""
-    info = check_feats(feats)
+def check_loss_inputs(feats, ce, beta, lambda_, distance, eps, algo, pair_cap,
+                      info: Optional[FeatInfo] = None) -> FeatInfo:
+    """Every argument of ssa_loss (cheap checks only: no kernel runs); ``info``: feats'
+    check_feats, where the caller has it."""
+    info = check_feats(feats) if info is None else info
     check_ce(ce, info)
     check_loss_args(beta, lambda_, pair_cap)
     check_distance(distance)

@@ -29,9 +29,13 @@ def has_cuda_kernels() -> bool:
 _HAS_CUDA_KERNELS = torch._C._dispatch_has_kernel_for_dispatch_key("mtut::sqdist_forward", "CUDA")
 
 
+# Asked once, at import: a file-system search (~10 us) in every call of the API otherwise.
+_TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None
+
+
 def has_triton_kernels() -> bool:
     """True when mtut_ops.triton registered its ops (triton importable)."""
-    return importlib.util.find_spec("triton") is not None and hasattr(torch.ops.mtut, "triton_sqdist_forward")
+    return _TRITON_IMPORTABLE and hasattr(torch.ops.mtut, "triton_sqdist_forward")
 
 
 def triton_interpreted() -> bool:

@@ -39,12 +39,9 @@ def _reference_ops() -> _Ops:
 
 def _native_ops() -> _Ops:
     """The C++ ops: the cpu kernels for CPU tensors, the cuda kernels for CUDA tensors."""
-    return _Ops(
-        pairwise_sqdist=lambda *a: torch.ops.mtut.pairwise_sqdist(*a),
-        ssa_loss=lambda *a: torch.ops.mtut.ssa_loss(*a),
-        correlation=lambda *a: torch.ops.mtut.correlation(*a),
-        focal_weight=lambda *a: torch.ops.mtut.focal_weight(*a),
-    )
+    ops = torch.ops.mtut
+    return _Ops(pairwise_sqdist=ops.pairwise_sqdist, ssa_loss=ops.ssa_loss, correlation=ops.correlation,
+                focal_weight=ops.focal_weight)
 
 
 def _triton_ops() -> _Ops:
@@ -53,16 +50,20 @@ def _triton_ops() -> _Ops:
     return _Ops(
         pairwise_sqdist=triton_ops.pairwise_sqdist,
         ssa_loss=triton_ops.ssa_loss,
-        correlation=lambda *a: torch.ops.mtut.correlation(*a),  # device-agnostic: builds d x d anyway
-        focal_weight=lambda *a: torch.ops.mtut.focal_weight(*a),
+        correlation=torch.ops.mtut.correlation,  # device-agnostic: builds d x d anyway
+        focal_weight=torch.ops.mtut.focal_weight,
     )
 
 
 _BACKEND_OPS = {"reference": _reference_ops, "cpu": _native_ops, "cuda": _native_ops, "triton": _triton_ops}
+_TABLES: dict = {}  # each backend's table, built once (its op lookups cost microseconds a call)
 
 
 def _ops(backend: Optional[str], device: torch.device) -> _Ops:
-    return _BACKEND_OPS[pick_backend(backend, device)]()
+    name = pick_backend(backend, device)
+    if name not in _TABLES:
+        _TABLES[name] = _BACKEND_OPS[name]()
+    return _TABLES[name]
 
 
 def _stack_ce(ce_losses: Losses, info: V.FeatInfo) -> torch.Tensor:
@@ -163,6 +164,6 @@ def ssa_loss(
     """
     info = V.check_feats(feats)
     ce = _stack_ce(ce_losses, info)
-    V.check_loss_inputs(feats, ce, beta, lambda_, distance, eps, algo, pair_cap)
+    V.check_loss_inputs(feats, ce, beta, lambda_, distance, eps, algo, pair_cap, info)
     pair_cap = None if pair_cap is None else float(pair_cap)
     return _ops(backend, info.device).ssa_loss(list(feats), ce, beta, lambda_, distance, eps, algo, pair_cap)
