@@ -56,14 +56,12 @@ def _triton_ops() -> _Ops:
 
 
 _BACKEND_OPS = {"reference": _reference_ops, "cpu": _native_ops, "cuda": _native_ops, "triton": _triton_ops}
-_TABLES: dict = {}  # each backend's table, built once (its op lookups cost microseconds a call)
 
 
 def _ops(backend: Optional[str], device: torch.device) -> _Ops:
-    name = pick_backend(backend, device)
-    if name not in _TABLES:
-        _TABLES[name] = _BACKEND_OPS[name]()
-    return _TABLES[name]
+    # (built per call: a cache filled inside a torch.compile'd call is a guard that fails on
+    # the next one, so the first graph would be traced twice)
+    return _BACKEND_OPS[pick_backend(backend, device)]()
 
 
 def _stack_ce(ce_losses: Losses, info: V.FeatInfo) -> torch.Tensor:
