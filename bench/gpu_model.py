@@ -484,7 +484,7 @@ def cuda_plan(p: Problem, scen: str, algo: str, active, sms: int = 132) -> Plan:
                               pr, (N, ti, width, c)))
             fwd.append(Op("strip_sqdiff", 0, M * 4 * N * ti * width))
         fwd += [Op("S=zeros", 0, 0), Op("sum_pair_partials", 0, 0)]
-    cf, cb, node = _composite()
+    cf, cb, node = _loss_ops()
     fwd += cf
     host_fwd = HOST["api_call"] + HOST["cpp_op"] * len(fwd) + node
 
@@ -566,7 +566,7 @@ def _reread(per_sample_bytes: float, gpu_l2_mb: float = 50) -> int:
     return max(1, math.ceil(per_sample_bytes / (gpu_l2_mb * 1e6 / 2)))
 
 
-def _composite() -> tuple:
+def _loss_ops() -> tuple:
     """ssa_loss_from_sqdist and its backward on cuda (csrc/cuda/ssa_cuda.cu): one kernel each,
     one block over the [N, M, M] values (at the minimum kernel time), and one more autograd
     node, in Python (mtut_ops/_registration.py), each way: (forward ops, backward ops, the
@@ -723,7 +723,7 @@ def triton_plan(p: Problem, scen: str, algo: str, active, gpu: Optional["GPU"] =
         fwd += [Op("torch glue", 0, 0) for _ in range(3)]  # sum, to_square (cat, index)
         torch_ops += 4
         launches += 1
-    cf, cb, node = _composite()
+    cf, cb, node = _loss_ops()
     fwd += cf
     host_fwd = (HOST["api_call"] + HOST["eager_op"] * torch_ops + HOST["triton_launch"] * launches
                 + HOST["h2d_tensor"] * h2d + HOST["cpp_op"] * len(cf) + node)
@@ -790,7 +790,7 @@ def redesign_plan(p: Problem, scen: str, algo: str, active=None) -> Plan:
     act = typical_active(N, M) if active is None else active
     rows_active = [(b, m) for b in range(N) for m in range(M) if any(bool(act[b, m, n]) for n in range(M) if n != m)]
     X = N * C * d * e
-    cf, cb, node = _composite()
+    cf, cb, node = _loss_ops()
     if algo == "gram":
         up = sum(ch[m] * ch[n] for m in range(M) for n in range(m, M))
         fwd = [Op("stack + row scales", 0, 3 * X),
