@@ -32,12 +32,10 @@ TORCH_LIBRARY(mtut, m) {
   //   blocks for algo gram, and on cuda the row norms and scales), else an empty tensor.
   // directed picks the autograd formula: false, S_mn = S_nm depends on both inputs
   // (weight g + g^T); true, term (m, n) sends gradient into X_m only (weight g).
-  m.def("sqdist_forward(Tensor[] feats, float eps, str algo, bool directed, bool for_backward) -> (Tensor, Tensor)");
+  m.def(mtut::schema::kSqdistForward);
   // For each m with needs_grad[m]: sum_n weight[:, m, n] * dS_mn/dX_m with X_n held
   // constant (the partial in the first argument). An empty tensor for the others.
-  m.def(
-      "sqdist_backward(Tensor[] feats, Tensor saved, Tensor weight, float eps, str algo, bool[] needs_grad) "
-      "-> Tensor[]");
+  m.def(mtut::schema::kSqdistBackward);
 
   // S [N, M, M] for all pairs, differentiable into every input (the symmetric distances).
   m.def("pairwise_sqdist(Tensor[] feats, float eps, str algo) -> Tensor");
@@ -50,13 +48,9 @@ TORCH_LIBRARY(mtut, m) {
   // each pair term optionally capped at pair_cap; gradient into X_m only for term (m, n).
   // ssa_loss_from_sqdist is its arithmetic over given squared distances S [N, M, M]
   // (d = the number of positions, for "rms").
-  m.def(
-      "ssa_loss_from_sqdist(Tensor S, Tensor ce, float beta, float lambda_, str distance, SymInt d, "
-      "float? pair_cap) -> Tensor");
+  m.def(mtut::schema::kLossFromSqdist);
   // Its gradient w.r.t. S for the loss's gradient grad (a scalar), [N, M, M] (no gradient into ce).
-  m.def(
-      "ssa_loss_from_sqdist_backward(Tensor grad, Tensor S, Tensor ce, float beta, float lambda_, str distance, "
-      "SymInt d, float? pair_cap) -> Tensor");
+  m.def(mtut::schema::kLossFromSqdistBackward);
   m.def(
       "ssa_loss(Tensor[] feats, Tensor ce, float beta, float lambda_, str distance, float eps, "
       "str algo, float? pair_cap) -> Tensor");

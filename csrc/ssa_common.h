@@ -107,6 +107,22 @@ int64_t saved_width(const std::vector<int64_t>& channels, Algo algo, Backend bac
 // Checks sqdist_backward's `saved`: empty, or what sqdist_forward returned for these feats.
 void check_saved(const at::Tensor& saved, const FeatInfo& info, Algo algo, Backend backend, const at::Tensor& like);
 
+// The schemas of the ops a device implements, declared by csrc/mtut_ops.cpp and, under its
+// own namespace, by the test-only CUDA emulation (python_tests/cuda_emulation): one text for both.
+namespace schema {
+inline constexpr const char* kSqdistForward =
+    "sqdist_forward(Tensor[] feats, float eps, str algo, bool directed, bool for_backward) -> (Tensor, Tensor)";
+inline constexpr const char* kSqdistBackward =
+    "sqdist_backward(Tensor[] feats, Tensor saved, Tensor weight, float eps, str algo, bool[] needs_grad) "
+    "-> Tensor[]";
+inline constexpr const char* kLossFromSqdist =
+    "ssa_loss_from_sqdist(Tensor S, Tensor ce, float beta, float lambda_, str distance, SymInt d, "
+    "float? pair_cap) -> Tensor";
+inline constexpr const char* kLossFromSqdistBackward =
+    "ssa_loss_from_sqdist_backward(Tensor grad, Tensor S, Tensor ce, float beta, float lambda_, str distance, "
+    "SymInt d, float? pair_cap) -> Tensor";
+}  // namespace schema
+
 // The boxed kernel every mtut op registers for the Autocast keys: autocast is switched
 // off for the op and everything it calls (the kernels' own at::mm / at::bmm, the
 // composites' arithmetic), so inside an autocast region an op runs as it does outside;

@@ -1262,7 +1262,7 @@ int64_t gram_splits_of(int64_t N, int64_t Cm, int64_t Cn, int64_t d, int64_t sms
 }  // namespace mtut::cuda
 
 TORCH_LIBRARY(mtut_emulated, m) {
-  m.def("sqdist_forward(Tensor[] feats, float eps, str algo, bool directed, bool for_backward) -> (Tensor, Tensor)");
+  m.def(mtut::schema::kSqdistForward);
   // The products run since the last call, as "operand x operand -> output" dtypes.
   m.def("take_gemm_log() -> str[]", &mtut::cuda::take_gemm_log);
   // The split-K rule of the Gram blocks, for the test against bench/gpu_model.py's copy.
@@ -1270,15 +1270,9 @@ TORCH_LIBRARY(mtut_emulated, m) {
   m.def("gram_splits(int N, int Cm, int Cn, int d, int sms, ScalarType operand, int min_k, int align, "
         "int tile_overhead) -> int",
         &mtut::cuda::gram_splits_of);
-  m.def(
-      "sqdist_backward(Tensor[] feats, Tensor saved, Tensor weight, float eps, str algo, bool[] needs_grad) "
-      "-> Tensor[]");
-  m.def(
-      "ssa_loss_from_sqdist(Tensor S, Tensor ce, float beta, float lambda_, str distance, SymInt d, "
-      "float? pair_cap) -> Tensor");
-  m.def(
-      "ssa_loss_from_sqdist_backward(Tensor grad, Tensor S, Tensor ce, float beta, float lambda_, str distance, "
-      "SymInt d, float? pair_cap) -> Tensor");
+  m.def(mtut::schema::kSqdistBackward);
+  m.def(mtut::schema::kLossFromSqdist);
+  m.def(mtut::schema::kLossFromSqdistBackward);
 }
 TORCH_LIBRARY_IMPL(mtut_emulated, CPU, m) {
   m.impl("sqdist_forward", &mtut::cuda::sqdist_forward);
