@@ -200,9 +200,12 @@ def exact_sqdist(rows: list[torch.Tensor]) -> torch.Tensor:
 
 
 def loss_from_sqdist_bounds(S: torch.Tensor, ce: torch.Tensor, beta: float, lambda_: float, distance: str, d: int,
-                            dtype: torch.dtype) -> tuple:
+                            dtype: torch.dtype, reference_dtype: torch.dtype = torch.float64) -> tuple:
     """(bound on |L' - L|, relative bound on each entry of dL/dS) for ssa_loss_from_sqdist in
-    ``dtype`` (float32 or float64) against the exact loss of the same S and ce (module docstring)."""
+    ``dtype`` (float32 or float64) against the loss of the same S and ce computed in
+    ``reference_dtype`` (module docstring). A reference in the same dtype carries the same
+    bound of the exact values, so the two differ by twice it; a float64 reference of a
+    float32 result is taken as exact."""
     u = UNIT[dtype]
     S, ce = S.double(), ce.double()
     N, M = S.shape[0], S.shape[1]
@@ -212,4 +215,5 @@ def loss_from_sqdist_bounds(S: torch.Tensor, ce: torch.Tensor, beta: float, lamb
     delta = S.clamp_min(0).sqrt() / d if distance == "rms" else S
     t = (torch.expm1(x) * delta).abs().sum().item()
     loss = gamma(8 + 2 * x_max + N + 2 + M * M, u) * lambda_ / N * t
-    return loss, gamma(12 + 2 * x_max, u)
+    both = 2 if reference_dtype == dtype else 1
+    return both * loss, both * gamma(12 + 2 * x_max, u)
