@@ -151,7 +151,7 @@ HOST = {
     "graph_call": 30e-6,  # one compiled graph call (guards, autograd.Function), forward or backward
     "cpp_op": 3e-6,  # a kernel launched or an ATen op called from C++ (mtut's ops, composites)
     "api_call": 40e-6,  # mtut_ops.ssa_loss from Python: validation, dispatch, autograd node
-    "py_node": 25e-6,  # one more Python autograd node (register_autograd), forward or backward (~30 µs
+    "py_node": 25e-6,  # a second Python autograd node (register_autograd), forward or backward (~30 µs
     # forward measured on this workplace's 2-core CPU, mtut_ops.ssa_loss_from_sqdist on CPU tensors)
     "triton_launch": 15e-6,  # one wrap_triton launch from Python (autotuner cache lookup, launcher)
     "h2d_tensor": 15e-6,  # torch.tensor(list, device=cuda): a small copy that waits for the stream
@@ -484,7 +484,7 @@ def cuda_plan(p: Problem, scen: str, algo: str, active, sms: int = 132) -> Plan:
                               pr, (N, ti, width, c)))
             fwd.append(Op("strip_sqdiff", 0, M * 4 * N * ti * width))
         fwd += [Op("S=zeros", 0, 0), Op("sum_pair_partials", 0, 0)]
-    cf, cb, node = _loss_ops()
+    cf, cb, node = _loss_ops(own_node=False)
     fwd += cf
     host_fwd = HOST["api_call"] + HOST["cpp_op"] * len(fwd) + node
 
@@ -566,12 +566,15 @@ def _reread(per_sample_bytes: float, gpu_l2_mb: float = 50) -> int:
     return max(1, math.ceil(per_sample_bytes / (gpu_l2_mb * 1e6 / 2)))
 
 
-def _loss_ops() -> tuple:
+def _loss_ops(own_node: bool) -> tuple:
     """ssa_loss_from_sqdist and its backward on cuda (csrc/cuda/ssa_cuda.cu): one kernel each,
-    one block over the [N, M, M] values (at the minimum kernel time), and one more autograd
-    node, in Python (mtut_ops/_registration.py), each way: (forward ops, backward ops, the
-    node's host time per direction). Before the fused kernels: ~16 ATen ops each way."""
-    return [Op("loss_from_sqdist_kernel", 0, 0)], [Op("loss_from_sqdist_backward_kernel", 0, 0)], HOST["py_node"]
+    one block over the [N, M, M] values (at the minimum kernel time): (forward ops, backward
+    ops, the host time per direction of the loss's own autograd node). Before the fused
+    kernels: ~16 ATen ops each way. ``own_node``: the loss op records its own Python node
+    (the Triton backend's ssa_loss, a Python composition); torch.ops.mtut.ssa_loss (the CUDA
+    backend) runs it in the distances' node (mtut_ops/_registration.py _ssa_loss_compute)."""
+    node = HOST["py_node"] if own_node else 0.0
+    return [Op("loss_from_sqdist_kernel", 0, 0)], [Op("loss_from_sqdist_backward_kernel", 0, 0)], node
 
 
 def triton_kind(scen: str) -> str:
@@ -723,7 +726,7 @@ def triton_plan(p: Problem, scen: str, algo: str, active, gpu: Optional["GPU"] =
         fwd += [Op("torch glue", 0, 0) for _ in range(3)]  # sum, to_square (cat, index)
         torch_ops += 4
         launches += 1
-    cf, cb, node = _loss_ops()
+    cf, cb, node = _loss_ops(own_node=True)
     fwd += cf
     host_fwd = (HOST["api_call"] + HOST["eager_op"] * torch_ops + HOST["triton_launch"] * launches
                 + HOST["h2d_tensor"] * h2d + HOST["cpp_op"] * len(cf) + node)
@@ -790,7 +793,7 @@ def redesign_plan(p: Problem, scen: str, algo: str, active=None) -> Plan:
     act = typical_active(N, M) if active is None else active
     rows_active = [(b, m) for b in range(N) for m in range(M) if any(bool(act[b, m, n]) for n in range(M) if n != m)]
     X = N * C * d * e
-    cf, cb, node = _loss_ops()
+    cf, cb, node = _loss_ops(own_node=False)
     if algo == "gram":
         up = sum(ch[m] * ch[n] for m in range(M) for n in range(m, M))
         fwd = [Op("stack + row scales", 0, 3 * X),
@@ -1105,7 +1108,8 @@ def markdown(rows: list, date: str) -> str:
         f"- Host time per op: eager ATen op {HOST['eager_op'] * 1e6:g} µs (view {HOST['view_op'] * 1e6:g}), inductor"
         f" kernel {HOST['inductor_kernel'] * 1e6:g} µs + {HOST['graph_call'] * 1e6:g} µs per graph call, C++ op"
         f" {HOST['cpp_op'] * 1e6:g} µs, mtut API call {HOST['api_call'] * 1e6:g} µs (and"
-        f" {HOST['py_node'] * 1e6:g} µs each way for the loss op's own autograd node),",
+        f" {HOST['py_node'] * 1e6:g} µs each way for a second autograd node: the Triton backend's loss op; the CUDA"
+        f" backend's ssa_loss is one node),",
         f"  Triton launch from Python {HOST['triton_launch'] * 1e6:g} µs, small host->GPU tensor"
         f" {HOST['h2d_tensor'] * 1e6:g} µs (and it waits for the stream: the Triton backend's host and GPU times add).",
         "  Wall time = max(GPU, host) elsewhere.",

@@ -9,7 +9,8 @@ each backend op gets what torch.compile, autograd and torch.func need:
 * a vmap rule that folds the vmapped dimension into the batch N (every op is per sample).
 
 The composites (``ssa_loss``, ``pairwise_sqdist``) need none of this: they decompose into
-``sqdist_forward`` and ``ssa_loss_from_sqdist``.
+``sqdist_forward`` and ``ssa_loss_from_sqdist``. ``ssa_loss`` on CPU and CUDA tensors still
+gets an autograd kernel, for speed: its two parts in one node (see the end of the file).
 
 The autograd kernels are registered by :func:`register_autograd` below rather than by
 ``torch.library.register_autograd``, whose generated ``autograd.Function`` refuses the
@@ -65,23 +66,33 @@ def register_autograd(
     setup: Callable,
     backward: Callable,
     lib: torch.library.Library = _lib,
+    *,
+    compute: Optional[Callable] = None,
+    keys: Sequence[str] = ("Autograd",),
 ) -> None:
     """The Autograd kernel of op ``qualname``.
 
     ``setup(ctx, args, output)`` saves what the backward needs (``args`` as the op takes
     them, Tensor[] as lists); ``backward(ctx, *grads)`` returns one gradient per argument
     (a list for a Tensor[] argument, None where there is none). ``ctx.needs_input_grad``
-    is given in the same structure (a list of bools for a Tensor[] argument)."""
+    is given in the same structure (a list of bools for a Tensor[] argument).
+
+    ``compute(ctx, args) -> output``, when given, is what the node runs below autograd in
+    place of the op and ``setup`` (it saves what the backward needs itself): a composite
+    whose parts run in ONE node (one Python node each way, not one per part). ``keys``:
+    the dispatch keys registered (``AutogradCPU`` etc. where the op's composite kernel
+    must keep the others: the alias ``Autograd`` ranks below ``CompositeImplicitAutograd``)."""
     op = torch._library.utils.lookup_op(qualname)
 
     class Node(_SingleLevelFunction):
         @staticmethod
         def forward(ctx, layout, *flat):
             args = _unflatten(flat, layout)
-            with torch._C._AutoDispatchBelowAutograd():
-                out = op(*args)
             ctx.layout = layout
-            setup(ctx, args, out)
+            with torch._C._AutoDispatchBelowAutograd():
+                out = op(*args) if compute is None else compute(ctx, args)
+            if compute is None:
+                setup(ctx, args, out)
             # autograd.Function returns tensors or tuples of them, not lists (Tensor[] outputs)
             return tuple(out) if isinstance(out, list) else out
 
@@ -109,7 +120,8 @@ def register_autograd(
             out = Node.apply(layout, *flat)
         return list(out) if returns_list else out
 
-    lib.impl(qualname.split("::")[1], kernel, "Autograd")
+    for key in keys:
+        lib.impl(qualname.split("::")[1], kernel, key)
 
 
 def _no_saving(ctx, args, output):
@@ -369,3 +381,40 @@ def _loss_backward_vmap(info, in_dims, grad, S, ce, *loss_args):
 
 torch.library.register_vmap(f"{_NS}::ssa_loss_from_sqdist", _loss_vmap, lib=_lib)
 torch.library.register_vmap(f"{_NS}::ssa_loss_from_sqdist_backward", _loss_backward_vmap, lib=_lib)
+
+
+# ------------------------------------------------------------------ the loss in one autograd node
+
+# mtut::ssa_loss is a C++ composite of sqdist_forward and ssa_loss_from_sqdist: through
+# autograd it would record both ops' Python nodes (~25 µs of host time each way each, what
+# bounds the loss at small shapes such as I3D's Mixed_5c). On CPU and CUDA tensors it gets
+# one node running the same two ops each way (the same bits); elsewhere (meta tensors, vmap's
+# decomposition, no gradient) the composite runs. ce and the loss arguments are checked by
+# ssa_loss_from_sqdist, after the distances (the functional API checks them first).
+
+
+def _ssa_loss_compute(ctx, args):
+    feats, ce, beta, lambda_, distance, eps, algo, pair_cap = args
+    # (GradMode is off in here: the op's own for_backward test would say no)
+    for_backward = any(f.requires_grad for f in feats)
+    S, saved = torch.ops.mtut.sqdist_forward(feats, eps, algo, True, for_backward)  # directed: term (m, n) -> X_m
+    loss_args = (beta, lambda_, distance, V._prod(feats[0].shape[2:]), pair_cap)
+    loss = torch.ops.mtut.ssa_loss_from_sqdist(S, ce, *loss_args)
+    ctx.save_for_backward(*feats, saved, S, ce)
+    ctx.loss_args, ctx.eps, ctx.algo = loss_args, eps, algo
+    return loss
+
+
+def _ssa_loss_backward(ctx, grad):
+    *feats, saved, S, ce = ctx.saved_tensors
+    needs = list(ctx.needs[0])
+    rest = (None,) * 7  # ce (rho is a constant weight) and the non-tensor arguments
+    if not any(needs):
+        return (None, *rest)
+    grad_S = torch.ops.mtut.ssa_loss_from_sqdist_backward(grad, S, ce, *ctx.loss_args)
+    grads = torch.ops.mtut.sqdist_backward(feats, saved, grad_S, ctx.eps, ctx.algo, needs)
+    return ([g if n else None for g, n in zip(grads, needs)], *rest)
+
+
+register_autograd(f"{_NS}::ssa_loss", _no_saving, _ssa_loss_backward, compute=_ssa_loss_compute,
+                  keys=("AutogradCPU", "AutogradCUDA"))

@@ -188,8 +188,8 @@ def test_focal_weight_matches_reference(backend_device):
 def test_auto_matches_the_documented_cost_model(backend_device):
     """algo='auto' inside the kernels picks what mtut_ops._validation.resolve_algo picks."""
     backend, device = backend_device
-    # the last shape is gram by the CPU's rule and direct by the CUDA one (d <= 300)
-    for channels, spatial in [([16, 16], [2, 3]), ([4, 4], [8, 8]), ([40, 8], [7, 7]), ([50, 50], [5, 5, 10])]:
+    # the last shape is gram by the CPU's rule and direct by the CUDA one (d <= 100)
+    for channels, spatial in [([16, 16], [2, 3]), ([4, 4], [8, 8]), ([40, 8], [7, 7]), ([50, 50], [4, 5, 5])]:
         feats = make_feats(2, channels, spatial, device=device, dtype=torch.float32)
         choice = V.resolve_algo("auto", feats[0][0, 0].numel(), channels, backend, torch.float32)
         auto = torch.ops.mtut.pairwise_sqdist(feats, 1e-8, "auto") if backend in ("cpu", "cuda") else None
@@ -200,9 +200,9 @@ def test_auto_matches_the_documented_cost_model(backend_device):
             assert V.resolve_algo("auto", 392, [1024, 1024], b, dtype) == "direct"  # I3D Mixed_5c at 224
             assert V.resolve_algo("auto", 3136, [832, 832], b, dtype) == "gram"  # Mixed_4f
             assert V.resolve_algo("auto", 25088, [480, 480], b, dtype) == "gram"  # Mixed_3c
-    # the rule depends on the backend and dtype: d = 250 and 700, C = 100
-    assert V.resolve_algo("auto", 250, [50, 50], "cpu", torch.float32) == "gram"
-    assert V.resolve_algo("auto", 250, [50, 50], "cuda", torch.float32) == "direct"
+    # the rule depends on the backend and dtype: d = 100 and 700, C = 100
+    assert V.resolve_algo("auto", 100, [50, 50], "cpu", torch.float32) == "gram"
+    assert V.resolve_algo("auto", 100, [50, 50], "cuda", torch.float32) == "direct"
     assert V.resolve_algo("auto", 700, [50, 50], "cuda", torch.float32) == "gram"
     assert V.resolve_algo("auto", 700, [50, 50], "cuda", torch.bfloat16) == "direct"
     assert V.resolve_algo("auto", 700, [50, 50], "cuda", torch.float64) == "gram"

@@ -360,8 +360,8 @@ def test_products_run_in_the_input_precision(emulated, algo, dtype):
 
 
 @pytest.mark.parametrize("dtype, spatial, expected", [
-    (torch.float32, (3, 10, 10), "direct"),  # d = 300 <= 300: direct on CUDA, gram by the CPU's FLOP rule
-    (torch.float32, (4, 10, 10), "gram"),  # d = 400 > 300
+    (torch.float32, (1, 10, 10), "direct"),  # d = 100 <= 100: direct on CUDA, gram by the CPU's FLOP rule
+    (torch.float32, (1, 10, 11), "gram"),  # d = 110 > 100
     (torch.bfloat16, (7, 10, 10), "direct"),  # d = 700 <= 750 for 16-bit inputs
 ])
 def test_auto_follows_the_cuda_rule(emulated, dtype, spatial, expected):

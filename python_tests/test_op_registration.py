@@ -132,6 +132,42 @@ def test_gradcheck(backend_device, algo):
     assert torch.autograd.gradcheck(lambda f: mtut_ops.correlation(f, backend=backend), (feats[0],))
 
 
+@pytest.mark.parametrize("algo", ALGOS)
+def test_ssa_loss_is_one_autograd_node(backend_device, algo):
+    """Through autograd, ssa_loss records ONE node (its parts, sqdist_forward and
+    ssa_loss_from_sqdist, would record one each: twice the Python host time each way) that
+    runs the same ops: the loss and every gradient are the parts' bits, a modality without
+    requires_grad gets none, and the node keeps the forward's saved buffer."""
+    backend, device = backend_device
+    _native(backend)
+    args = (2.0, 0.5, "rms", 1e-8, algo, 10.0)
+    ce = make_ce(2, 2, device=device)
+
+    def by_parts(fs):
+        S, _ = torch.ops.mtut.sqdist_forward(fs, 1e-8, algo, True, True)
+        return torch.ops.mtut.ssa_loss_from_sqdist(S, ce, 2.0, 0.5, "rms", 6, 10.0)
+
+    for grads_of in ([0, 1], [1]):
+        feats = _feats(device, requires_grad=False)
+        fused = [f.detach().requires_grad_(m in grads_of) for m, f in enumerate(feats)]
+        parts = [f.detach().requires_grad_(m in grads_of) for m, f in enumerate(feats)]
+        L = torch.ops.mtut.ssa_loss(fused, ce, *args)
+        leaves = [type(n).__name__ for n, _ in L.grad_fn.next_functions if n is not None]
+        assert leaves == ["AccumulateGrad"] * len(grads_of), leaves
+        kept = torch.ops.mtut.sqdist_forward(parts, 1e-8, algo, True, True)[1]
+        assert L.grad_fn.saved_tensors[2].shape == kept.shape
+        L_parts = by_parts(parts)
+        assert torch.equal(L, L_parts)
+        L.backward()
+        L_parts.backward()
+        for f, g in zip(fused, parts):
+            assert (f.grad is None) == (g.grad is None)
+            if g.grad is not None:
+                assert torch.equal(f.grad, g.grad)
+        with torch.no_grad():
+            assert torch.equal(torch.ops.mtut.ssa_loss(fused, ce, *args), L_parts)
+
+
 @pytest.mark.parametrize("algo", ["direct", "gram", "auto"])
 def test_torch_compile_fullgraph_matches_eager(backend_device, algo):
     backend, device = backend_device
