@@ -441,11 +441,12 @@ def cuda_plan(p: Problem, scen: str, algo: str, active, sms: int = 132) -> Plan:
     e, N, d, M, ch = elem(scen), p.N, p.d, p.M, p.channels
     pr = cublas_prec(scen)
     eo = e  # the scaled operands' dtype: the input's (bf16), fp32 otherwise
-    # new_saved: the buffer of the kept blocks (gram) and the row norms and scales, zeroed; then
-    # prepare(): one row_scale launch per modality
+    # new_saved: the buffer of the kept blocks (gram: zeroed) and the row norms and scales; then
+    # prepare(): ONE row_scale launch for every modality (up to 8), which writes the direct
+    # layout's padding too
     fwd = [Op("saved=zeros", 0, 4 * N * (sum(ch[m] * ch[n] for m in range(M) for n in range(m, M))
-                                          * (algo == "gram") + 2 * sum(ch)))]
-    fwd += [Op("row_scale", 0, N * c * d * e + 8 * N * c) for c in ch]
+                                          + 2 * sum(ch)))] if algo == "gram" else []
+    fwd += [Op("row_scale", 0, sum(N * c * d * e + 8 * N * c for c in ch))]
     if algo == "gram":
         blocks = [(m, n) for m in range(M) for n in range(m, M)]
         operand = "bf16" if scen == "bf16" else "fp32"
@@ -475,15 +476,15 @@ def cuda_plan(p: Problem, scen: str, algo: str, active, sms: int = 132) -> Plan:
         fwd += [Op("sum_partials", 0, 0), Op("combine_gram", 0, 0)]  # (S = at::empty: no kernel)
     else:
         rows = max(1, min(d, (1 << 24) // max(N * d * M, 1)))
-        fwd.append(Op("partial=zeros", 0, 0))
-        for i0 in range(0, d, rows):
+        for i0 in range(0, d, rows):  # (partial and S: written whole by the kernels, no zero fill)
             ti, width = min(rows, d - i0), d - i0
-            for c in ch:  # strip_left: scaled_strip_kernel x[:, I] s^2 -> operand dtype, then the K strip
-                fwd.append(Op("scaled_strip", 0, N * c * ti * (e + eo) + 4 * N * c))
+            # strip_lefts: ONE scaled_strip_kernel, x_m[:, I] s_m^2 -> operand dtype for every m; the K strips
+            fwd.append(Op("scaled_strip", 0, sum(N * c * ti * (e + eo) + 4 * N * c for c in ch)))
+            for c in ch:
                 fwd.append(Op("K=bmm", 2.0 * N * ti * width * c, N * c * (ti + width) * e + 4 * N * ti * width, "cublas",
                               pr, (N, ti, width, c)))
             fwd.append(Op("strip_sqdiff", 0, M * 4 * N * ti * width))
-        fwd += [Op("S=zeros", 0, 0), Op("sum_pair_partials", 0, 0)]
+        fwd += [Op("sum_pair_partials", 0, 0)]
     cf, cb, node = _loss_ops(own_node=False)
     fwd += cf
     host_fwd = HOST["api_call"] + HOST["cpp_op"] * len(fwd) + node
@@ -506,8 +507,8 @@ def cuda_plan(p: Problem, scen: str, algo: str, active, sms: int = 132) -> Plan:
         rows = max(1, min(d, (1 << 24) // max(N * d * M, 1)))
         for i0 in range(0, d, rows):
             ti = min(rows, d - i0)
+            bwd.append(Op("scaled_strip", 0, sum(N * c * ti * (e + eo) + 4 * N * c for c in ch)))
             for c in ch:  # every K strip again, full rows
-                bwd.append(Op("scaled_strip", 0, N * c * ti * (e + eo) + 4 * N * c))
                 bwd.append(Op("K=bmm", 2.0 * N * ti * d * c, N * c * (ti + d) * e + 4 * N * ti * d, "cublas", pr,
                               (N, ti, d, c)))
             for m in range(M):

@@ -211,11 +211,13 @@ def check_loss_inputs(feats, ce, beta, lambda_, distance, eps, algo, pair_cap,
 # and cuda. The GPU entries are the crossovers bench/gpu_model.py predicts for H100
 # (PREDICTED; no GPU has run them): cuda and triton are bound by launches and memory on
 # small problems (d_direct) and run direct and gram at different rates (alpha). float32
-# takes one rule whether or not TF32 is allowed (cuda's two crossovers are close;
-# triton's lie at d ~ 400 exact and ~ 1200 with TF32: 600 between them).
+# takes one rule whether or not TF32 is allowed (the choice fixes the shape of what the
+# forward saves, which a fake tensor must know at trace time): cuda's small-C crossovers
+# lie at d ~ 130-400 exact and ~ 500-800 with TF32 (400 between them), triton's at d ~ 400
+# exact and ~ 1200 with TF32 (600 between them).
 AUTO_RULES = {
     "cpu": {},  # the FLOPs decide: (1.0, 0) for every dtype
-    "cuda": {torch.float16: (0.5, 750), torch.bfloat16: (0.5, 750), torch.float32: (0.55, 100)},
+    "cuda": {torch.float16: (0.5, 750), torch.bfloat16: (0.5, 750), torch.float32: (0.55, 400)},
     "triton": {torch.float16: (0.5, 1500), torch.bfloat16: (0.5, 1500), torch.float32: (0.5, 600)},
 }
 

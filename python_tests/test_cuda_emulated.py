@@ -190,6 +190,29 @@ def test_backward_reads_the_forwards_row_norms(emulated, algo):
     assert not any(torch.equal(a, b) for a, b in zip(changed, kept))
 
 
+@pytest.mark.parametrize("algo", ["direct", "gram"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_forward_writes_every_entry(emulated, algo, dtype):
+    """S, the saved buffer and the direct algorithm's partial sums are written whole by the
+    kernels (no zero-fill launches): the emulation fills such buffers with NaN (ssa_cuda.cu
+    unwritten()), so an entry left out shows as NaN. Three modalities, strips of unequal
+    length (the emulated strip budget) and a saved row with padding; the saved row is the
+    norms, the scales, then zeros."""
+    channels = [5, 7, 3]
+    feats = [f.to(dtype) for f in make_feats(2, channels, [5, 7], seed=6)]
+    S, saved = emulated.ops.sqdist_forward(feats, EPS, algo, True, True)
+    assert not S.isnan().any() and torch.equal(S.diagonal(dim1=1, dim2=2), torch.zeros_like(S[:, 0]))
+    assert saved.shape == (2, V.saved_width(channels, algo, "cuda")) and not saved.isnan().any()
+    rows = sum(channels)
+    tail = saved[:, saved.shape[1] - V.saved_width(channels, "direct", "cuda"):]
+    r = torch.cat([f.reshape(2, c, -1).double() for f, c in zip(feats, channels)], dim=1).norm(dim=2)
+    # fp64 sums of d = 35 squares in another order, sqrt and 1/r, then one rounding to saved's dtype
+    rtol = torch.finfo(saved.dtype).eps / 2 + (35 + 2) * 2.0 ** -53
+    torch.testing.assert_close(tail[:, :rows].double(), r, rtol=rtol, atol=0)
+    torch.testing.assert_close(tail[:, rows:2 * rows].double(), 1 / r, rtol=rtol, atol=0)
+    assert torch.equal(tail[:, 2 * rows:], torch.zeros_like(tail[:, 2 * rows:]))
+
+
 @pytest.mark.parametrize("layout", ["channels_last", "padded_rows"])
 def test_split_gram_layouts(emulated, layout):
     """The gram forward's split-K product reads both layouts cuBLAS takes without a copy:
@@ -360,8 +383,8 @@ def test_products_run_in_the_input_precision(emulated, algo, dtype):
 
 
 @pytest.mark.parametrize("dtype, spatial, expected", [
-    (torch.float32, (1, 10, 10), "direct"),  # d = 100 <= 100: direct on CUDA, gram by the CPU's FLOP rule
-    (torch.float32, (1, 10, 11), "gram"),  # d = 110 > 100
+    (torch.float32, (4, 10, 10), "direct"),  # d = 400 <= 400: direct on CUDA, gram by the CPU's FLOP rule
+    (torch.float32, (5, 10, 9), "gram"),  # d = 450 > 400
     (torch.bfloat16, (7, 10, 10), "direct"),  # d = 700 <= 750 for 16-bit inputs
 ])
 def test_auto_follows_the_cuda_rule(emulated, dtype, spatial, expected):

@@ -68,6 +68,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #else
+#include <ATen/ops/full.h>   // unwritten(): NaN-filled buffers
 #include "cuda_emulation.h"  // test-only: python_tests/cuda_emulation runs the kernels on the CPU
 #endif
 
@@ -148,6 +149,16 @@ constexpr int64_t kChunkEntries = 64;
 // and so that they split the Gram blocks' contraction (on an imagined 4-SM device)
 int64_t multiprocessors() { return 4; }
 #endif
+
+// A buffer whose every entry a kernel writes (no zero-fill launch): at::empty, and NaN in
+// the emulation, so that the tests see any entry left unwritten.
+at::Tensor unwritten(at::IntArrayRef sizes, const at::TensorOptions& options) {
+#ifdef MTUT_CUDA_EMULATE
+  return at::full(sizes, std::numeric_limits<double>::quiet_NaN(), options);
+#else
+  return at::empty(sizes, options);
+#endif
+}
 
 unsigned grid_dim(int64_t n) {
   TORCH_CHECK(n <= kMaxGrid, "mtut: internal: grid dimension ", n, " exceeds ", kMaxGrid);
@@ -376,16 +387,35 @@ void sliced_gram_product(const at::Tensor& ptrs, int64_t count, int64_t Cm, int6
 
 // ------------------------------------------------------------------ row scales
 
-// norm[b, c] = ||x[b, c, :]|| and scale[b, c] = 1 / max(norm, eps) (sample stride ld): one
-// warp per row, fp64 sum in a fixed order.
+// The rows of up to kRowGroup modalities for one row_scale_kernel launch: modality m's rows
+// are the group's rows [first[m], first[m + 1]) (N C_m of them, sample-major), its norms go
+// to a sample's row of `saved` at r_at[m] and its scales at r_at[m] + s_offset.
+constexpr int kRowGroup = 8;
+template <typename Tin>
+struct RowGroup {
+  const Tin* x[kRowGroup];
+  int64_t sn[kRowGroup], sc[kRowGroup], sd[kRowGroup], C[kRowGroup], r_at[kRowGroup];
+  int64_t first[kRowGroup + 1];
+  int count;
+};
+
+// norm = ||x[b, c, :]|| and scale = 1 / max(norm, eps) of every row of a group (one launch
+// for up to kRowGroup modalities): one warp per row, fp64 sum in a fixed order. The warps
+// of rows b < N also zero sample b's entries [pad_from, ld) of saved (pad_from = ld: none).
 template <typename Tin>
 __global__ void __launch_bounds__(kThreads) row_scale_kernel(
-    const Tin* __restrict__ x, int64_t sn, int64_t sc, int64_t sd, int64_t C, int64_t d, int64_t rows, double eps,
-    int64_t ld, Cmp<Tin>* __restrict__ norm, Cmp<Tin>* __restrict__ scale) {
+    const RowGroup<Tin> rows, int64_t d, double eps, int64_t N, int64_t ld, int64_t s_offset,
+    int64_t pad_from, Cmp<Tin>* __restrict__ saved) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32;
-  if (row >= rows) return;  // whole warps leave together
+  if (row >= rows.first[rows.count]) return;  // whole warps leave together
   const int lane = threadIdx.x % 32;
-  const Tin* p = x + (row / C) * sn + (row % C) * sc;
+  if (row < N)
+    for (int64_t k = pad_from + lane; k < ld; k += 32) saved[row * ld + k] = static_cast<Cmp<Tin>>(0);
+  int m = 0;
+  while (row >= rows.first[m + 1]) ++m;
+  const int64_t local = row - rows.first[m], b = local / rows.C[m], c = local - b * rows.C[m];
+  const Tin* p = rows.x[m] + b * rows.sn[m] + c * rows.sc[m];
+  const int64_t sd = rows.sd[m];
   double acc = 0;
   for (int64_t k = lane; k < d; k += 32) {
     const double v = to_double<Tin>(p[k * sd]);
@@ -394,9 +424,9 @@ __global__ void __launch_bounds__(kThreads) row_scale_kernel(
   for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffffu, acc, offset);
   if (lane == 0) {
     const double r = sqrt(acc);
-    const int64_t at = (row / C) * ld + row % C;
-    norm[at] = static_cast<Cmp<Tin>>(r);
-    scale[at] = static_cast<Cmp<Tin>>(1.0 / (r < eps ? eps : r));  // NaN stays NaN, as clamp_min keeps it
+    Cmp<Tin>* at = saved + b * ld + rows.r_at[m] + c;
+    at[0] = static_cast<Cmp<Tin>>(r);
+    at[s_offset] = static_cast<Cmp<Tin>>(1.0 / (r < eps ? eps : r));  // NaN stays NaN, as clamp_min keeps it
   }
 }
 
@@ -480,7 +510,8 @@ __global__ void combine_gram_kernel(const double* __restrict__ t, int64_t N, int
 
 // For one strip of rows [i0, i0 + ti) and columns [i0, d) of every K_m (strips[m]: [N, ti,
 // d - i0], contiguous): partial[b, p, chunk] += sum of w (K_m - K_n)^2 for pair p = (m < n),
-// w = 0 below the diagonal, 1 on it, 2 above (the mirror). One block per (chunk, b).
+// w = 0 below the diagonal, 1 on it, 2 above (the mirror). One block per (chunk, b); the
+// chunks past a short strip's rows write 0 (so that every slot of partial is written).
 struct StripPairs {
   const float* k[8];  // up to 8 modalities (check_direct_modalities)
   const double* k64[8];
@@ -534,7 +565,8 @@ __global__ void __launch_bounds__(kThreads) strip_sqdiff_kernel(
     }
 }
 
-// S[b, m, n] = S[b, n, m] = sum over slots of partial[b, p, :] for pair p = (m < n).
+// S[b, m, n] = S[b, n, m] = sum over slots of partial[b, p, :] for pair p = (m < n), and
+// S[b, m, m] = 0 (pair 0's block writes the diagonal: S needs no zero-fill launch).
 template <typename Out>
 __global__ void __launch_bounds__(kThreads) sum_pair_partials_kernel(
     const double* __restrict__ partial, int64_t slots, int M, Out* __restrict__ S) {
@@ -542,6 +574,7 @@ __global__ void __launch_bounds__(kThreads) sum_pair_partials_kernel(
   const int64_t b = blockIdx.x;
   const int p = blockIdx.y;
   const int pairs = M * (M - 1) / 2;
+  if (p == 0 && threadIdx.x < M) S[(b * M + threadIdx.x) * M + threadIdx.x] = static_cast<Out>(0);
   const double total = block_sum_strided(partial + (b * pairs + p) * slots, slots, 1, scratch);
   if (threadIdx.x == 0) {
     int m = 0, rest = p;  // p enumerates (m, n > m) with m major
@@ -605,16 +638,20 @@ struct Prepared {
 };
 
 // The buffer sqdist_forward returns as `saved` (ssa_common.h saved_width): [N, the kept
-// blocks (gram) | r of every modality | s of every modality | padding], zeroed (the blocks'
-// padding is defined). The forward uses the same buffer whether or not it is returned, so
-// that S is the same bits either way.
+// blocks (gram) | r of every modality | s of every modality | padding], every entry defined:
+// zeroed for gram (the blocks' padding), for direct written whole by prepare's row_scale
+// launch (no zero-fill launch). The forward uses the same buffer whether or not it is
+// returned, so that S is the same bits either way.
 at::Tensor new_saved(const FeatInfo& info, Algo a, const at::Tensor& like) {
-  return at::zeros({info.N, saved_width(info.channels, a, Backend::Cuda)}, like.options().dtype(info.compute_dtype));
+  const auto options = like.options().dtype(info.compute_dtype);
+  const int64_t width = saved_width(info.channels, a, Backend::Cuda);
+  return a == Algo::Gram ? at::zeros({info.N, width}, options) : unwritten({info.N, width}, options);
 }
 
 // The rows of every modality as views, with their norms and scales in `saved` (a
-// new_saved buffer): computed there (one pass over each input), or, with `from_saved`,
-// the forward's (no pass over the inputs).
+// new_saved buffer): computed there (one pass over each input, one launch for up to
+// kRowGroup modalities, which also zeroes the direct layout's padding), or, with
+// `from_saved`, the forward's (no pass over the inputs).
 template <typename T>
 Prepared prepare(at::TensorList feats, const FeatInfo& info, double eps, bool scaled_products, const at::Tensor& saved,
                  Algo a, bool from_saved, cudaStream_t stream) {
@@ -623,23 +660,35 @@ Prepared prepare(at::TensorList feats, const FeatInfo& info, double eps, bool sc
   p.operand = info.dtype == at::kHalf ? at::kFloat : info.dtype;
   int64_t rows_total = 0;
   for (int64_t c : info.channels) rows_total += c;
-  int64_t at_r = a == Algo::Gram ? kept_gram_size(info.channels) : 0;
+  const int64_t r0 = a == Algo::Gram ? kept_gram_size(info.channels) : 0, ld = saved.size(1);
+  int64_t at_r = r0, pad_from = a == Algo::Gram ? ld : r0 + 2 * rows_total;  // gram: zeroed by new_saved
+  RowGroup<Tin> group{};
+  auto flush = [&] {
+    const int64_t blocks = (group.first[group.count] + kThreads / 32 - 1) / (kThreads / 32);
+    launch(row_scale_kernel<Tin>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), stream, group, info.d, eps,
+           info.N, ld, rows_total, pad_from, saved.mutable_data_ptr<Cmp<Tin>>());
+    group = RowGroup<Tin>{};
+    pad_from = ld;  // (the first launch zeroed it)
+  };
   for (const auto& f : feats) {
     at::Tensor v = f.reshape({info.N, f.size(1), info.d});
     at::Tensor r = saved.narrow(1, at_r, f.size(1));
     at::Tensor s = saved.narrow(1, at_r + rows_total, f.size(1));
+    if (!from_saved) {
+      const int g = group.count++;
+      group.x[g] = reinterpret_cast<const Tin*>(v.const_data_ptr<T>());
+      group.sn[g] = v.stride(0), group.sc[g] = v.stride(1), group.sd[g] = v.stride(2);
+      group.C[g] = f.size(1), group.r_at[g] = at_r;
+      group.first[g + 1] = group.first[g] + info.N * f.size(1);
+      if (group.count == kRowGroup) flush();
+    }
     at_r += f.size(1);
-    const int64_t rows = info.N * f.size(1);
-    const int64_t blocks = (rows + kThreads / 32 - 1) / (kThreads / 32);
-    if (!from_saved)
-      launch(row_scale_kernel<Tin>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), stream,
-             reinterpret_cast<const Tin*>(v.const_data_ptr<T>()), v.stride(0), v.stride(1), v.stride(2), f.size(1),
-             info.d, rows, eps, r.stride(0), r.mutable_data_ptr<Cmp<Tin>>(), s.mutable_data_ptr<Cmp<Tin>>());
     p.operands.push_back(scaled_products && p.operand != info.dtype ? v.to(p.operand) : v);
     p.views.push_back(v);
     p.norms.push_back(r);
     p.scales.push_back(s);
   }
+  if (group.count > 0) flush();
   return p;
 }
 
@@ -786,41 +835,71 @@ at::Tensor gram_forward(const Prepared& p, const FeatInfo& info, at::Tensor& kep
 // The operand dtype of the scaled products: the input's, fp32 for fp16 (see the header).
 template <typename Tin> using Operand = std::conditional_t<std::is_same_v<Tin, __half>, float, Tin>;
 
-// out[b, c, i] = x[b, c, i0 + i] s[b, c]^2 in the operand dtype, [N, C, ti] contiguous, in
-// one pass (x s^2 as ATen forms it: the product in the compute dtype, then rounded).
+// The rows of every modality (at most 8: check_direct_modalities) for one scaled_strip_kernel
+// launch: modality m's rows are [first[m], first[m + 1]) of the channels of all modalities.
+template <typename Tin>
+struct StripSources {
+  const Tin* x[8];
+  const Cmp<Tin>* s[8];
+  int64_t sn[8], sc[8], sd[8];
+  int64_t first[9];
+  int M;
+};
+
+// The left operands of one set of K strips, every modality in one launch: for modality m,
+// out_m[b, c, i] = x_m[b, c, i0 + i] s_m[b, c]^2 in the operand dtype, [N, C_m, ti] contiguous
+// at out + N first[m] ti (x s^2 as ATen forms it: the product in the compute dtype, then
+// rounded). One block per chunk of rows (over all modalities' channels) and sample b0 + y.
 template <typename Tin>
 __global__ void __launch_bounds__(kThreads) scaled_strip_kernel(
-    const Tin* __restrict__ x, int64_t sn, int64_t sc, int64_t sd, int64_t C, int64_t i0, int64_t ti,
-    int64_t rows_per_chunk, const Cmp<Tin>* __restrict__ s, int64_t s_ld, Operand<Tin>* __restrict__ out) {
+    const StripSources<Tin> src, int64_t N, int64_t b0, int64_t i0, int64_t ti, int64_t rows_per_chunk, int64_t s_ld,
+    Operand<Tin>* __restrict__ out) {
   using T = Cmp<Tin>;
-  const int64_t chunk = blockIdx.x, b = blockIdx.y;
-  const int64_t r0 = chunk * rows_per_chunk, r1 = std::min(C, r0 + rows_per_chunk);
-  for (int64_t c = r0; c < r1; ++c) {
-    const T sc2 = s[b * s_ld + c] * s[b * s_ld + c];
-    const Tin* xr = x + b * sn + c * sc + i0 * sd;
-    Operand<Tin>* o = out + (b * C + c) * ti;
+  const int64_t b = b0 + blockIdx.y;
+  const int64_t r0 = blockIdx.x * rows_per_chunk, r1 = std::min(src.first[src.M], r0 + rows_per_chunk);
+  int m = 0;
+  for (int64_t row = r0; row < r1; ++row) {
+    while (row >= src.first[m + 1]) ++m;
+    const int64_t c = row - src.first[m], C = src.first[m + 1] - src.first[m];
+    const T sc2 = src.s[m][b * s_ld + c] * src.s[m][b * s_ld + c];
+    const int64_t sd = src.sd[m];
+    const Tin* xr = src.x[m] + b * src.sn[m] + c * src.sc[m] + i0 * sd;
+    Operand<Tin>* o = out + (N * src.first[m] + b * C + c) * ti;
     for (int64_t i = threadIdx.x; i < ti; i += kThreads)
       o[i] = from_compute<Operand<Tin>>(static_cast<T>(to_double<Tin>(xr[i * sd])) * sc2);
   }
 }
 
-// The left operand of the K strip: X[:, I] s^2, [N, ti, C] (a transposed view) in the
-// operand dtype.
+// The left operands of the K strips of every modality: X_m[:, I] s_m^2, [N, ti, C_m]
+// (transposed views of one buffer) in the operand dtype, one launch.
 template <typename Tin>
-at::Tensor strip_left(const Prepared& p, int64_t m, int64_t i0, int64_t ti, cudaStream_t stream) {
-  const at::Tensor& v = p.views[m];
-  const int64_t N = v.size(0), C = v.size(1);
-  at::Tensor out = at::empty({N, C, ti}, p.scales[m].options().dtype(p.operand));
+std::vector<at::Tensor> strip_lefts(const Prepared& p, int64_t i0, int64_t ti, cudaStream_t stream) {
+  const int M = static_cast<int>(p.views.size());
+  const int64_t N = p.views[0].size(0), s_ld = p.scales[0].stride(0);  // (the scales share one buffer)
+  StripSources<Tin> src{};
+  src.M = M;
+  for (int m = 0; m < M; ++m) {
+    const at::Tensor& v = p.views[m];
+    src.x[m] = reinterpret_cast<const Tin*>(v.const_data_ptr());
+    src.s[m] = p.scales[m].const_data_ptr<Cmp<Tin>>();
+    src.sn[m] = v.stride(0), src.sc[m] = v.stride(1), src.sd[m] = v.stride(2);
+    src.first[m + 1] = src.first[m] + v.size(1);
+  }
+  const int64_t rows = src.first[M];
+  at::Tensor out = unwritten({N * rows * ti}, p.scales[0].options().dtype(p.operand));
   const int64_t rows_per_chunk = std::max<int64_t>(1, kChunkEntries / ti);
   for (int64_t b0 = 0; b0 < N; b0 += kMaxGrid) {
     const int64_t nb = std::min(kMaxGrid, N - b0);
-    launch(scaled_strip_kernel<Tin>, dim3(grid_dim((C + rows_per_chunk - 1) / rows_per_chunk), grid_dim(nb)),
-           dim3(kThreads), stream, reinterpret_cast<const Tin*>(v.const_data_ptr()) + b0 * v.stride(0), v.stride(0),
-           v.stride(1), v.stride(2), C, i0, ti, rows_per_chunk,
-           p.scales[m].const_data_ptr<Cmp<Tin>>() + b0 * p.scales[m].stride(0), p.scales[m].stride(0),
-           static_cast<Operand<Tin>*>(out.mutable_data_ptr()) + b0 * C * ti);
+    launch(scaled_strip_kernel<Tin>, dim3(grid_dim((rows + rows_per_chunk - 1) / rows_per_chunk), grid_dim(nb)),
+           dim3(kThreads), stream, src, N, b0, i0, ti, rows_per_chunk, s_ld,
+           static_cast<Operand<Tin>*>(out.mutable_data_ptr()));
   }
-  return out.transpose(1, 2);
+  std::vector<at::Tensor> lefts;
+  for (int m = 0; m < M; ++m) {
+    const int64_t C = src.first[m + 1] - src.first[m];
+    lefts.push_back(out.narrow(0, N * src.first[m] * ti, N * C * ti).view({N, C, ti}).transpose(1, 2));
+  }
+  return lefts;
 }
 
 template <typename Tin>
@@ -834,17 +913,18 @@ at::Tensor sqdist_direct(const Prepared& p, const FeatInfo& info, cudaStream_t s
   const int64_t rows_per_chunk = std::max<int64_t>(1, kChunkEntries / d);
   const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
   const int64_t slots = strips * chunks;
-  at::Tensor partial = at::zeros({N, pairs, slots}, at::TensorOptions().dtype(at::kDouble).device(p.views[0].device()));
+  // every slot is written (a strip's chunks past its rows write 0): no zero-fill launch
+  at::Tensor partial = unwritten({N, pairs, slots}, at::TensorOptions().dtype(at::kDouble).device(p.views[0].device()));
   const at::ScalarType cdt = info.compute_dtype;
   for (int64_t s = 0; s < strips; ++s) {
     const int64_t i0 = s * rows, ti = std::min(rows, d - i0), width = d - i0;
-    std::vector<at::Tensor> K(M);
-    for (int64_t m = 0; m < M; ++m)  // [N, ti, d - i0]
-      K[m] = gemm(strip_left<Tin>(p, m, i0, ti, stream), p.operands[m].narrow(2, i0, width), cdt);
+    std::vector<at::Tensor> K = strip_lefts<Tin>(p, i0, ti, stream);  // each replaced by its product (frees
+    for (int64_t m = 0; m < M; ++m)                                       // the operands with the last)
+      K[m] = gemm(K[m], p.operands[m].narrow(2, i0, width), cdt);  // [N, ti, d - i0]
     for (int64_t b0 = 0; b0 < N; b0 += kMaxGrid) {
       const int64_t nb = std::min(kMaxGrid, N - b0);
       const StripPairs shifted = strip_pairs(K, b0, ti * width);  // the same strips, from sample b0 on
-      const dim3 grid(grid_dim((ti + rows_per_chunk - 1) / rows_per_chunk), grid_dim(nb));
+      const dim3 grid(grid_dim(chunks), grid_dim(nb));
       double* out = partial.mutable_data_ptr<double>() + b0 * pairs * slots;
       if (cdt == at::kDouble)
         launch(strip_sqdiff_kernel<double>, grid, dim3(kThreads), stream, shifted, ti, width, rows_per_chunk, chunks,
@@ -854,14 +934,13 @@ at::Tensor sqdist_direct(const Prepared& p, const FeatInfo& info, cudaStream_t s
                s, slots, out);
     }
   }
-  at::Tensor S = at::zeros({N, M, M}, p.norms[0].options());
-  if (pairs > 0)
-    for (int64_t b0 = 0; b0 < N; b0 += kMaxGrid) {
-      const int64_t nb = std::min(kMaxGrid, N - b0);
-      launch(sum_pair_partials_kernel<Out>, dim3(grid_dim(nb), static_cast<unsigned>(pairs)), dim3(kThreads), stream,
-             partial.const_data_ptr<double>() + b0 * pairs * slots, slots, static_cast<int>(M),
-             S.mutable_data_ptr<Out>() + b0 * M * M);
-    }
+  at::Tensor S = unwritten({N, M, M}, p.norms[0].options());  // every entry written here (M >= 2)
+  for (int64_t b0 = 0; b0 < N; b0 += kMaxGrid) {
+    const int64_t nb = std::min(kMaxGrid, N - b0);
+    launch(sum_pair_partials_kernel<Out>, dim3(grid_dim(nb), static_cast<unsigned>(pairs)), dim3(kThreads), stream,
+           partial.const_data_ptr<double>() + b0 * pairs * slots, slots, static_cast<int>(M),
+           S.mutable_data_ptr<Out>() + b0 * M * M);
+  }
   return S;
 }
 
@@ -1012,8 +1091,9 @@ std::vector<at::Tensor> direct_grad_raw(const Prepared& p, const Coefficients& c
   std::vector<at::Tensor> K(M);
   for (int64_t i0 = 0; i0 < d; i0 += rows) {
     const int64_t ti = std::min(rows, d - i0), count = ti * d;
+    K = strip_lefts<Tin>(p, i0, ti, stream);  // each replaced by its product, as in sqdist_direct
     for (int64_t m = 0; m < M; ++m)  // K_m enters E_m and every other E_n: all are formed
-      K[m] = gemm(strip_left<Tin>(p, m, i0, ti, stream), p.operands[m], info.compute_dtype);  // [N, ti, d]
+      K[m] = gemm(K[m], p.operands[m], info.compute_dtype);  // [N, ti, d]
     for (int64_t m = 0; m < M; ++m) {
       if (!needs[m]) continue;
       at::Tensor E = at::empty({N, ti, d}, K[m].options().dtype(p.operand));
