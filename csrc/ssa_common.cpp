@@ -221,12 +221,17 @@ at::Tensor kept_block(const at::Tensor& kept, const std::vector<int64_t>& channe
   TORCH_CHECK(false, "mtut: internal: no kept block (", m, ", ", n, ") for ", M, " modalities");
 }
 
+SavedLayout saved_layout(const std::vector<int64_t>& channels, Algo a, Backend backend) {
+  SavedLayout l;
+  l.norms = a == Algo::Gram ? kept_gram_size(channels) : 0;
+  if (backend == Backend::Cuda)
+    for (int64_t c : channels) l.rows += c;
+  l.width = l.norms + (l.rows > 0 ? padded(2 * l.rows) : 0);
+  return l;
+}
+
 int64_t saved_width(const std::vector<int64_t>& channels, Algo a, Backend backend) {
-  const int64_t blocks = a == Algo::Gram ? kept_gram_size(channels) : 0;
-  if (backend == Backend::Cpu) return blocks;
-  int64_t rows = 0;
-  for (int64_t c : channels) rows += c;
-  return blocks + padded(2 * rows);
+  return saved_layout(channels, a, backend).width;
 }
 
 void check_saved(const at::Tensor& saved, const FeatInfo& info, Algo a, Backend backend, const at::Tensor& like) {

@@ -98,12 +98,19 @@ at::Tensor ssa_loss_from_sqdist_backward(
 // alignment; the padding is zero); kept_block is the [N, C_m, C_n] view of block (m, n).
 int64_t kept_gram_size(const std::vector<int64_t>& channels);
 at::Tensor kept_block(const at::Tensor& kept, const std::vector<int64_t>& channels, int64_t m, int64_t n);
-// The entries per sample of sqdist_forward's `saved` (for_backward): the cpu backend keeps the
-// Gram blocks (algo gram; nothing for direct); the cuda backend keeps them too, followed by
-// the row norms r and then the scales s = 1 / max(r, eps) of every modality (2 sum C_m
-// entries, padded to 64), so that its backward reads neither the inputs for them nor
-// recomputes them.
-int64_t saved_width(const std::vector<int64_t>& channels, Algo algo, Backend backend);
+// A sample's row of sqdist_forward's `saved` (for_backward): the cpu backend keeps the Gram
+// blocks (algo gram; nothing for direct); the cuda backend keeps them too, followed by the
+// row norms r and then the scales s = 1 / max(r, eps) of every modality (2 sum C_m entries,
+// padded to 64), so that its backward reads neither the inputs for them nor recomputes them.
+struct SavedLayout {
+  int64_t norms = 0;   // where r of modality 0 starts (after the kept blocks); r of m at norms + sum_{k<m} C_k
+  int64_t rows = 0;    // sum C_m (cuda; 0 on cpu): the scales start at norms + rows
+  int64_t width = 0;   // entries per sample; [norms + 2 rows, width) is padding (zero)
+  int64_t scales() const { return norms + rows; }
+  int64_t padding() const { return norms + 2 * rows; }
+};
+SavedLayout saved_layout(const std::vector<int64_t>& channels, Algo algo, Backend backend);
+int64_t saved_width(const std::vector<int64_t>& channels, Algo algo, Backend backend);  // saved_layout().width
 // Checks sqdist_backward's `saved`: empty, or what sqdist_forward returned for these feats.
 void check_saved(const at::Tensor& saved, const FeatInfo& info, Algo algo, Backend backend, const at::Tensor& like);
 

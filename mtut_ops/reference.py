@@ -47,9 +47,15 @@ def ssa_loss_from_sqdist(S: torch.Tensor, ce: torch.Tensor, beta: float = 2.0, l
                          distance: str = "rms", d: int = 1, pair_cap: Optional[float] = None) -> torch.Tensor:
     """The loss over given squared distances S [N, M, M]: lambda * sum_{m, n} mean_b(rho_mn[b]
     delta_mn[b]), each pair's term capped at pair_cap (rho_mm = 0: the diagonal adds 0)."""
-    delta = rms_distance(S, d) if distance == "rms" else S
-    terms = lambda_ * (focal_weight(ce, beta).to(S.dtype) * delta).mean(0)
+    terms = pair_terms(S, ce, beta, lambda_, distance, d)
     return (terms if pair_cap is None else terms.clamp(max=pair_cap)).sum()
+
+
+def pair_terms(S: torch.Tensor, ce: torch.Tensor, beta: float = 2.0, lambda_: float = 5e-3, distance: str = "rms",
+               d: int = 1) -> torch.Tensor:
+    """The uncapped terms of ssa_loss_from_sqdist, [M, M]: lambda mean_b(rho_mn[b] delta_mn[b])."""
+    delta = rms_distance(S, d) if distance == "rms" else S
+    return lambda_ * (focal_weight(ce, beta).to(S.dtype) * delta).mean(0)
 
 
 def ssa_loss(

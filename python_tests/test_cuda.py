@@ -40,6 +40,21 @@ def test_bit_identical_run_to_run(algo, dtype):
 
 
 @pytest.mark.parametrize("algo", ["direct", "gram"])
+def test_no_host_synchronization(algo):
+    """The loss forward and backward never make the host wait for the GPU (in a training step
+    that would stall the host behind the networks' whole forward): torch's sync debug mode
+    raises on every synchronizing call of ATen's."""
+    feats = leaf([f.to("cuda", torch.bfloat16) for f in make_feats(3, [96, 130], [4, 7, 9], seed=1)])
+    ce = make_ce(2, 3, device="cuda")
+    mtut_ops.ssa_loss(feats, ce, algo=algo, backend="cuda").backward()  # (first-call setup)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        mtut_ops.ssa_loss(feats, ce, algo=algo, backend="cuda").backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+@pytest.mark.parametrize("algo", ["direct", "gram"])
 def test_side_stream_and_cuda_graphs(algo):
     """On a side stream, and captured by torch.compile(mode='reduce-overhead') (CUDA
     graphs), the results equal eager ones on the default stream."""

@@ -417,13 +417,6 @@ def loss_case(N, M, dtype, seed):
     return S.to(dtype), ce.to(dtype)
 
 
-def exact_terms(S, ce, beta, lambda_, distance, d):
-    """The uncapped pair terms lambda mean_b(rho delta), [M, M], in fp64."""
-    S, ce = S.double(), ce.double()
-    delta = R.rms_distance(S, d) if distance == "rms" else S
-    return lambda_ * (R.focal_weight(ce, beta) * delta).mean(0)
-
-
 def cap_between_terms(terms):
     """A pair_cap below the largest term and above the others (half of it if it is the
     only positive one), far from every term, so rounding cannot change which are capped."""
@@ -443,7 +436,7 @@ def test_loss_from_sqdist_kernels(emulated, N, M, dtype, distance, capped):
     its autograd gradient, within error_bounds.loss_from_sqdist_bounds."""
     S, ce = loss_case(N, M, dtype, seed=N + M)
     beta, lambda_, d, g = 2.0, 0.5, 49, 1.5
-    terms = exact_terms(S, ce, beta, lambda_, distance, d)
+    terms = R.pair_terms(S.double(), ce.double(), beta, lambda_, distance, d)
     cap = cap_between_terms(terms) if capped else None
     S_ref = S.double().requires_grad_()
     L_ref = R.ssa_loss_from_sqdist(S_ref, ce.double(), beta, lambda_, distance, d, cap)

@@ -658,22 +658,21 @@ Prepared prepare(at::TensorList feats, const FeatInfo& info, double eps, bool sc
   using Tin = typename Raw<T>::type;
   Prepared p;
   p.operand = info.dtype == at::kHalf ? at::kFloat : info.dtype;
-  int64_t rows_total = 0;
-  for (int64_t c : info.channels) rows_total += c;
-  const int64_t r0 = a == Algo::Gram ? kept_gram_size(info.channels) : 0, ld = saved.size(1);
-  int64_t at_r = r0, pad_from = a == Algo::Gram ? ld : r0 + 2 * rows_total;  // gram: zeroed by new_saved
+  const SavedLayout layout = saved_layout(info.channels, a, Backend::Cuda);
+  const int64_t ld = layout.width;
+  int64_t at_r = layout.norms, pad_from = a == Algo::Gram ? ld : layout.padding();  // gram: zeroed by new_saved
   RowGroup<Tin> group{};
   auto flush = [&] {
     const int64_t blocks = (group.first[group.count] + kThreads / 32 - 1) / (kThreads / 32);
     launch(row_scale_kernel<Tin>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), stream, group, info.d, eps,
-           info.N, ld, rows_total, pad_from, saved.mutable_data_ptr<Cmp<Tin>>());
+           info.N, ld, layout.rows, pad_from, saved.mutable_data_ptr<Cmp<Tin>>());
     group = RowGroup<Tin>{};
     pad_from = ld;  // (the first launch zeroed it)
   };
   for (const auto& f : feats) {
     at::Tensor v = f.reshape({info.N, f.size(1), info.d});
     at::Tensor r = saved.narrow(1, at_r, f.size(1));
-    at::Tensor s = saved.narrow(1, at_r + rows_total, f.size(1));
+    at::Tensor s = saved.narrow(1, at_r + layout.rows, f.size(1));
     if (!from_saved) {
       const int g = group.count++;
       group.x[g] = reinterpret_cast<const Tin*>(v.const_data_ptr<T>());
