@@ -86,6 +86,30 @@ def test_unknown_or_unavailable_backend():
             mtut_ops.ssa_loss(F2, CE, backend="cuda")
 
 
+@pytest.mark.parametrize("interpret", ["0", "1"])
+@pytest.mark.parametrize("triton_ops", [False, True])
+@pytest.mark.parametrize("cuda_kernels", [False, True])
+def test_backend_fast_path_chooses_as_the_list(monkeypatch, interpret, triton_ops, cuda_kernels):
+    """pick_backend's shortcut for the usual cases chooses what the rule over the list of
+    available backends chooses, or raises the same error, for every device, backend,
+    interpreter setting and build (with and without CUDA kernels and triton ops)."""
+    from mtut_ops import backends as B
+
+    monkeypatch.setenv("TRITON_INTERPRET", interpret)
+    monkeypatch.setattr(B, "_HAS_CUDA_KERNELS", cuda_kernels)
+    monkeypatch.setattr(B, "has_triton_kernels", lambda: triton_ops)
+
+    def outcome(pick, backend, device):
+        try:
+            return pick(backend, device)
+        except (ValueError, RuntimeError) as e:
+            return type(e), str(e)
+
+    for device in (torch.device("cpu"), torch.device("cuda"), torch.device("meta")):
+        for backend in (None, *B.BACKENDS, "tpu"):
+            assert outcome(B.pick_backend, backend, device) == outcome(B.pick_listed, backend, device), (backend, device)
+
+
 def test_module_rejects_bad_config():
     with pytest.raises(ValueError, match=r"algo must be"):
         mtut_ops.SSALoss(algo="fastest")
