@@ -435,9 +435,9 @@ def cuda_plan(p: Problem, scen: str, algo: str, active, sms: int = 132) -> Plan:
     blocks split-K over (slice, sample) entries of one pointer-array product where gram_splits
     says so), our kernels for the reductions and the normalization backward; the gram blocks
     kept for the backward.
-    The backward runs every sample of a modality that needs a gradient (the samples whose
-    weight is zero are multiplied too: selecting them would need the host to read the
-    weights)."""
+    The backward's products run every sample of a modality that needs a gradient (the
+    samples whose weight is zero are multiplied too: selecting them would need the host to
+    read the weights); its normalization backward only writes their zero gradient."""
     e, N, d, M, ch = elem(scen), p.N, p.d, p.M, p.channels
     pr = cublas_prec(scen)
     eo = e  # the scaled operands' dtype: the input's (bf16), fp32 otherwise
@@ -520,7 +520,10 @@ def cuda_plan(p: Problem, scen: str, algo: str, active, sms: int = 132) -> Plan:
                 bwd.append(Op("g=bmm" if i0 == 0 else "g.baddbmm", 2.0 * N * ch[m] * ti * d,
                               eo * N * ti * d + e * N * ch[m] * ti + (4 if i0 == 0 else 8) * N * ch[m] * d,
                               "cublas", pr, (N, ch[m], d, ti)))
-    bwd += [Op("normalize_backward_kernel", 0, N * c * d * (4 + 2 * e)) for c in ch]
+    # the normalization backward reads graw and x of the rows with weight, and only writes the
+    # zero gradient of the others (pair_coefficients_kernel marks them with ref = 0)
+    weighted = [sum(1 for b in range(N) if any(bool(active[b, m, n]) for n in range(M) if n != m)) for m in range(M)]
+    bwd += [Op("normalize_backward_kernel", 0, c * d * (w * (4 + 2 * e) + (N - w) * e)) for c, w in zip(ch, weighted)]
     bwd += cb
     host_bwd = HOST["api_call"] / 2 + HOST["cpp_op"] * len(bwd) + node
     return Plan(fwd, bwd, host_fwd, host_bwd)

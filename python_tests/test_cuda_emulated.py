@@ -173,6 +173,24 @@ def test_backward_ops_fp64(emulated, algo):
 
 
 @pytest.mark.parametrize("algo", ["direct", "gram"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_rows_without_weight_are_not_read(emulated, algo, dtype):
+    """A (sample, modality) whose weights are all 0 (the better network of a pair, M = 2)
+    gets gradient exactly 0 without its rows being read: with a NaN in the other
+    network's map the products give that row NaN, and the normalization backward still
+    writes 0 (the full formula would give 0 * NaN). The rows with weight are unchanged:
+    NaN on the NaN sample, the values of a clean run on the other."""
+    feats = [f.to(dtype) for f in make_feats(2, [5, 7], [3, 4], seed=7)]
+    weight = torch.zeros(2, 2, 2, dtype=torch.float64)
+    weight[:, 0, 1] = torch.tensor([0.7, 1.3])  # term (0, n = 1): only modality 0 is pulled
+    clean = emulated.ops.sqdist_backward(feats, torch.empty(0, dtype=torch.float64), weight, EPS, algo, [True, True])
+    feats[1][0, 3, 1, 2] = float("nan")
+    grads = emulated.ops.sqdist_backward(feats, torch.empty(0, dtype=torch.float64), weight, EPS, algo, [True, True])
+    assert torch.equal(grads[1], torch.zeros_like(grads[1])) and torch.equal(clean[1], grads[1])
+    assert grads[0][0].isnan().all() and torch.equal(grads[0][1], clean[0][1]) and clean[0][1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("algo", ["direct", "gram"])
 def test_backward_reads_the_forwards_row_norms(emulated, algo):
     """The backward takes the row norms and scales from `saved` (no pass over the inputs for
     them): the same bits as when it computes them again (an empty saved), and different

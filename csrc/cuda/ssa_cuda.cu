@@ -591,6 +591,8 @@ __global__ void __launch_bounds__(kThreads) sum_pair_partials_kernel(
 // xh = s x and s = 1 / r where r > eps:
 //   r > eps:  dx = (dL/dxh - xh <xh, dL/dxh>) / r = f s^2 (graw - s^2 x <x, graw>)
 //   r <= eps: dx = dL/dxh / eps = f s inv_eps graw
+//   f = 0 (a row without weight): dx = 0, written without reading graw or x (where those
+//            hold NaN or Inf the formulas would give NaN: the loss is NaN then anyway)
 // (no division in the kernel: a division is a called routine, with a stack frame).
 // out may be graw itself (same dtype and layout): a row is read before it is written.
 // (At least 4 blocks per SM: lets ptxas use up to 64 registers; for sm_80 it otherwise
@@ -610,7 +612,9 @@ __global__ void __launch_bounds__(kThreads, 4) normalize_backward_kernel(
   const T* g = graw + row * d;
   const Tin* xr = x + b * sn + ch * sc;
   Tin* o = out + row * d;
-  if (r > eps) {
+  if (f == T(0)) {  // a row without SSA weight (pair_coefficients_kernel): gradient 0, nothing to read
+    for (int64_t k = threadIdx.x; k < d; k += kThreads) o[k] = from_compute<Tin>(T(0));
+  } else if (r > eps) {
     double acc = 0;
 #pragma unroll 2
     for (int64_t k = threadIdx.x; k < d; k += kThreads) acc += to_double<Tin>(xr[k * sd]) * static_cast<double>(g[k]);
@@ -947,8 +951,11 @@ at::Tensor sqdist_direct(const Prepared& p, const FeatInfo& info, cudaStream_t s
 
 // The weight of pair (m, n) in dL/dXh_m, for both algorithms: coef_mm = 4 a_m with
 // a_m = sum_{n != m} w_mn, and coef_mn = -4 w_mn (n != m); per modality the sample's
-// largest |coef| (1 where all are 0), ref_m, which the scaled operands are divided by so
-// that they stay near 1 in 16 bits (it is multiplied back in the normalization backward).
+// largest |coef|, ref_m, which the scaled operands are divided by so that they stay near 1
+// in 16 bits (it is multiplied back in the normalization backward). A row without weight
+// (all coef 0: the network is the better one on that sample, or M - 1 pairs have rho = 0)
+// divides by 1 and stores ref_m = 0: its gradient is 0, which the normalization backward
+// writes without reading the row (for M = 2, half the (sample, modality) rows).
 // One kernel, a thread per (sample, modality) (it was 11 ATen ops on [N, M, M]).
 struct Coefficients {
   at::Tensor factor;  // [N, M, M] compute dtype: coef_mn / ref_m
@@ -982,7 +989,7 @@ __global__ void __launch_bounds__(kThreads) pair_coefficients_kernel(
   // a NaN weight makes the whole row NaN (as amax propagates it); all-zero rows: 0 * 1 = 0
   const T r = nan ? std::numeric_limits<T>::quiet_NaN() : (largest == 0 ? T(1) : largest);
   const T inv = nan ? r : reciprocal(r);
-  ref[static_cast<int64_t>(m) * N + b] = r;
+  ref[static_cast<int64_t>(m) * N + b] = largest == 0 ? T(0) : r;  // (NaN compares unequal: stays NaN)
   T* f = factor + row * M;
   for (int n = 0; n < M; ++n) f[n] = (n == m ? diag : T(-4) * wr[n * sn]) * inv;
 }
@@ -1124,7 +1131,7 @@ std::vector<at::Tensor> finish(std::vector<at::Tensor>& graw, const Prepared& p,
     }
     const at::Tensor& v = p.views[m];
     const at::Tensor factor = c.ref.select(0, static_cast<int64_t>(m));  // [N], contiguous
-    at::Tensor out = info.dtype == info.compute_dtype ? graw[m] : at::empty_like(graw[m], v.options());
+    at::Tensor out = info.dtype == info.compute_dtype ? graw[m] : unwritten(graw[m].sizes(), v.options());
     launch(normalize_backward_kernel<Tin>, dim3(static_cast<unsigned>(info.N * v.size(1))), dim3(kThreads), stream,
            graw[m].const_data_ptr<Cmp<Tin>>(), reinterpret_cast<const Tin*>(v.const_data_ptr<T>()), v.stride(0),
            v.stride(1), v.stride(2), v.size(1), info.d, p.norms[m].const_data_ptr<Cmp<Tin>>(),
