@@ -61,15 +61,15 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
 def pick_backend(backend: Optional[str], device: torch.device) -> str:
     """The backend to run on ``device``: ``backend`` checked, or the default for the device."""
     # The usual cases first, without listing every backend (~10 µs a call: the triton
-    # query); what pick_listed would choose (python_tests/test_errors.py checks it)
+    # query); what _pick_listed would choose (python_tests/test_errors.py checks it)
     if device.type == "cuda" and _HAS_CUDA_KERNELS and backend in (None, "cuda"):
         return "cuda"
     if device.type == "cpu" and (backend == "cpu" or (backend is None and not triton_interpreted())):
         return "cpu"
-    return pick_listed(backend, device)
+    return _pick_listed(backend, device)
 
 
-def pick_listed(backend: Optional[str], device: torch.device) -> str:
+def _pick_listed(backend: Optional[str], device: torch.device) -> str:
     """pick_backend from the list of the backends available on ``device``."""
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"mtut: backend must be one of {BACKENDS} or None, got {backend!r}")

@@ -107,7 +107,7 @@ def test_backend_fast_path_chooses_as_the_list(monkeypatch, interpret, triton_op
 
     for device in (torch.device("cpu"), torch.device("cuda"), torch.device("meta")):
         for backend in (None, *B.BACKENDS, "tpu"):
-            assert outcome(B.pick_backend, backend, device) == outcome(B.pick_listed, backend, device), (backend, device)
+            assert outcome(B.pick_backend, backend, device) == outcome(B._pick_listed, backend, device), (backend, device)
 
 
 def test_module_rejects_bad_config():

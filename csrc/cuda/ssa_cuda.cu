@@ -30,7 +30,9 @@
 // backward, which so reads each input only where a product or the normalization backward
 // needs it.
 // Then dL/dX_m from graw_m (dL/dXh_m = diag(s_m) graw_m) by the fused normalization
-// backward, in place for fp32/fp64 inputs. Beyond the gradients the backward holds the
+// backward, in place for fp32/fp64 inputs; a (sample, modality) row without SSA weight gets
+// its zero gradient without being read. Launches: one per modality group where the work is
+// per row (row norms, scaled strips), and no zero fills where the kernels write every entry. Beyond the gradients the backward holds the
 // kept blocks (gram) or one set of strips of at most kStripBudget entries (direct).
 //
 // Operand precision: fp32 and fp64 inputs are their own operands. bf16 inputs are the
