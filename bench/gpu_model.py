@@ -10,7 +10,8 @@ torch.backends.cuda.matmul.allow_tf32 on; "bf16": bfloat16 inputs):
     expert-eager / expert-compile    the expert Gram code (one bmm over stacked modalities)
     mtut-cuda-{direct,gram,auto}     the CUDA backend as the code is now (csrc/cuda: cuBLAS for
                                      every product, one per block; gram blocks kept for the
-                                     backward; the backward over every sample)
+                                     backward; the gram backward over M - 1 rows a sample for
+                                     equal channel counts, the direct one over every sample)
     mtut-triton-{direct,gram,auto}   the Triton backend as the code is now (mtut_ops/triton: the
                                      inputs staged once per pass, normalized and rounded to the
                                      dot's operand type, padded to 16; every GEMM a plain tl.dot,
@@ -435,9 +436,11 @@ def cuda_plan(p: Problem, scen: str, algo: str, active, sms: int = 132) -> Plan:
     blocks split-K over (slice, sample) entries of one pointer-array product where gram_splits
     says so), our kernels for the reductions and the normalization backward; the gram blocks
     kept for the backward.
-    The backward's products run every sample of a modality that needs a gradient (the
-    samples whose weight is zero are multiplied too: selecting them would need the host to
-    read the weights); its normalization backward only writes their zero gradient."""
+    The gram backward's products, where every modality has the same channel count (all the
+    named shapes), run over M - 1 (sample, modality) rows a sample, picked on the GPU (the
+    rows with weight first); otherwise over every sample of a modality that needs a gradient.
+    The direct backward multiplies every sample; the normalization backward only writes the
+    zero gradient of rows without weight."""
     e, N, d, M, ch = elem(scen), p.N, p.d, p.M, p.channels
     pr = cublas_prec(scen)
     eo = e  # the scaled operands' dtype: the input's (bf16), fp32 otherwise
@@ -493,7 +496,22 @@ def cuda_plan(p: Problem, scen: str, algo: str, active, sms: int = 132) -> Plan:
     # the forward's (kept in `saved`): no pass over the inputs for them
     bwd = [Op("pair_coefficients_kernel", 0, 0)]
     needs = [True] * M  # both networks train: every modality needs a gradient
-    if algo == "gram":
+    # the (sample, modality) rows with a weight (pair_coefficients_kernel: ref != 0)
+    weighted = [sum(1 for b in range(N) if any(bool(active[b, m, n]) for n in range(M) if n != m)) for m in range(M)]
+    if algo == "gram" and len(set(ch)) == 1 and M <= 8:
+        # student_grad_raw: every A_mn [C, C] of the weighted rows (weighted_block_kernel; the
+        # lower blocks written transposed, rows without weight skipped), one pointer kernel, then
+        # ONE pointer-array product per term over L = M - 1 slots a sample (the loss's promise):
+        # the first writes graw, the others add to it
+        C, L = ch[0], min(M - 1, sum(needs))
+        for m in range(M):
+            bwd += [Op("weighted_block", 0, weighted[m] * C * C * (4 + eo) + 4 * N * C) for _ in range(M)]
+        bwd.append(Op("student_pointers", 0, 0))
+        for j in range(M):
+            bwd.append(Op("g=students" if j == 0 else "g+=students", 2.0 * N * L * C * C * d,
+                          eo * N * L * C * C + e * N * L * C * d + (4 if j == 0 else 8) * N * L * C * d,
+                          "cublas", pr, (N * L, C, d, C)))
+    elif algo == "gram":
         for m in range(M):
             if not needs[m]:
                 continue
@@ -522,7 +540,6 @@ def cuda_plan(p: Problem, scen: str, algo: str, active, sms: int = 132) -> Plan:
                               "cublas", pr, (N, ch[m], d, ti)))
     # the normalization backward reads graw and x of the rows with weight, and only writes the
     # zero gradient of the others (pair_coefficients_kernel marks them with ref = 0)
-    weighted = [sum(1 for b in range(N) if any(bool(active[b, m, n]) for n in range(M) if n != m)) for m in range(M)]
     bwd += [Op("normalize_backward_kernel", 0, c * d * (w * (4 + 2 * e) + (N - w) * e)) for c, w in zip(ch, weighted)]
     bwd += cb
     host_bwd = HOST["api_call"] / 2 + HOST["cpp_op"] * len(bwd) + node

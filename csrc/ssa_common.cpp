@@ -143,6 +143,12 @@ Needs check_needs_grad(const c10::List<bool>& needs_grad, const FeatInfo& info) 
   return needs;
 }
 
+int64_t check_students(int64_t students, const FeatInfo& info) {
+  TORCH_CHECK_VALUE(students >= 0, "mtut: students must be >= 0 (0: any number of modalities per sample; k: at most k "
+                    "modalities per sample have a non-zero weight row), got ", students);
+  return students == 0 ? info.M : std::min(students, info.M);
+}
+
 void check_loss_args(double beta, double lambda, std::optional<double> pair_cap) {
   TORCH_CHECK_VALUE(std::isfinite(beta) && beta >= 0, "mtut: beta must be a finite number >= 0, got ", beta);
   TORCH_CHECK_VALUE(std::isfinite(lambda) && lambda >= 0, "mtut: lambda_ must be a finite number >= 0, got ", lambda);
@@ -177,8 +183,8 @@ struct AutoRule {
 
 AutoRule auto_rule(Backend backend, at::ScalarType dtype) {
   if (backend == Backend::Cpu || dtype == at::kDouble) return {1.0, 0};  // FLOPs decide (no fp64 GPU model)
-  if (dtype == at::kHalf || dtype == at::kBFloat16) return {0.5, 750};
-  return {0.55, 400};  // float32, TF32 or not
+  if (dtype == at::kHalf || dtype == at::kBFloat16) return {0.4, 750};
+  return {0.3, 128};  // float32, TF32 or not
 }
 }  // namespace
 

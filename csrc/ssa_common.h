@@ -40,6 +40,12 @@ void check_weight(const at::Tensor& weight, const FeatInfo& info, const at::Tens
 // needs_grad: one flag per modality (sqdist_backward skips the modalities without one).
 using Needs = std::vector<char>;
 Needs check_needs_grad(const c10::List<bool>& needs_grad, const FeatInfo& info);
+// sqdist_backward's `students`: 0 (any number), or the most modalities per sample whose
+// weight row (w[b, m, :]) is non-zero and not NaN, a promise the loss's own backward can
+// make (M - 1: the modality with the lowest ce is nobody's student). The CUDA gram backward
+// multiplies only that many rows per sample; a row beyond the promise gets a NaN gradient.
+// Returns the slots per sample: min(students or M, M).
+int64_t check_students(int64_t students, const FeatInfo& info);
 void check_loss_args(double beta, double lambda, std::optional<double> pair_cap);
 Distance parse_distance(std::string_view distance);
 
@@ -120,8 +126,8 @@ namespace schema {
 inline constexpr const char* kSqdistForward =
     "sqdist_forward(Tensor[] feats, float eps, str algo, bool directed, bool for_backward) -> (Tensor, Tensor)";
 inline constexpr const char* kSqdistBackward =
-    "sqdist_backward(Tensor[] feats, Tensor saved, Tensor weight, float eps, str algo, bool[] needs_grad) "
-    "-> Tensor[]";
+    "sqdist_backward(Tensor[] feats, Tensor saved, Tensor weight, float eps, str algo, bool[] needs_grad, "
+    "int students=0) -> Tensor[]";
 inline constexpr const char* kLossFromSqdist =
     "ssa_loss_from_sqdist(Tensor S, Tensor ce, float beta, float lambda_, str distance, SymInt d, "
     "float? pair_cap) -> Tensor";

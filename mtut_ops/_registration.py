@@ -198,11 +198,12 @@ def _sqdist_vmap(op):
 
 
 def _sqdist_backward_vmap(op):
-    def rule(info, in_dims, feats, saved, weight, eps, algo, needs_grad):
+    def rule(info, in_dims, feats, saved, weight, eps, algo, needs_grad, *students):
         B = info.batch_size
         saved = _fold(saved, in_dims[1], B) if saved.numel() > 0 else saved
+        # (the batch entries' samples become samples: a per-sample promise `students` still holds)
         grads = op([_fold(f, d, B) for f, d in zip(feats, in_dims[0])], saved, _fold(weight, in_dims[2], B), eps, algo,
-                   needs_grad)
+                   needs_grad, *students)
         return _per_sample_outputs(grads, B)
 
     return rule
@@ -236,12 +237,13 @@ def _sqdist_forward_fake(feats, eps, algo, directed, for_backward):
 
 
 @torch.library.register_fake(f"{_NS}::sqdist_backward")
-def _sqdist_backward_fake(feats, saved, weight, eps, algo, needs_grad):
+def _sqdist_backward_fake(feats, saved, weight, eps, algo, needs_grad, students=0):
     info = V.check_feats(feats)
     V.check_weight(weight, info)
     V.check_eps(eps)
     V.check_algo(algo)
     V.check_needs_grad(needs_grad, info)
+    V.check_students(students)
     return [f.new_empty(f.shape) if need else f.new_empty((0,)) for f, need in zip(feats, needs_grad)]
 
 
@@ -412,7 +414,10 @@ def _ssa_loss_backward(ctx, grad):
     if not any(needs):
         return (None, *rest)
     grad_S = torch.ops.mtut.ssa_loss_from_sqdist_backward(grad, S, ce, *ctx.loss_args)
-    grads = torch.ops.mtut.sqdist_backward(feats, saved, grad_S, ctx.eps, ctx.algo, needs)
+    # students = M - 1: the modality with the lowest ce has rho = 0 towards every other, so its
+    # weight row is 0 (or NaN where S, ce or grad is not finite): the CUDA gram backward then
+    # multiplies M - 1 rows per sample instead of M (for M = 2, half the products' work)
+    grads = torch.ops.mtut.sqdist_backward(feats, saved, grad_S, ctx.eps, ctx.algo, needs, len(feats) - 1)
     return ([g if n else None for g, n in zip(grads, needs)], *rest)
 
 

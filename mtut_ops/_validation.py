@@ -159,6 +159,14 @@ def check_needs_grad(needs_grad: Sequence[bool], info: FeatInfo) -> None:
         raise ValueError(f"mtut: needs_grad must hold one flag per modality (M = {info.M}), got {len(needs_grad)}")
 
 
+def check_students(students: int) -> None:
+    """sqdist_backward's promise (csrc/ssa_common.h check_students): 0, or at most this many
+    modalities per sample have a weight row that is neither 0 nor NaN."""
+    if isinstance(students, bool) or not isinstance(students, int) or students < 0:
+        raise ValueError("mtut: students must be >= 0 (0: any number of modalities per sample; k: at most k "
+                         f"modalities per sample have a non-zero weight row), got {students}")
+
+
 def _check_number(value, name: str, rule: str) -> None:
     """value >= 0 and finite; for a symbolic value the sign becomes a runtime assertion."""
     if isinstance(value, _SYMBOLIC):
@@ -217,7 +225,7 @@ def check_loss_inputs(feats, ce, beta, lambda_, distance, eps, algo, pair_cap,
 # exact and ~ 1200 with TF32 (600 between them).
 AUTO_RULES = {
     "cpu": {},  # the FLOPs decide: (1.0, 0) for every dtype
-    "cuda": {torch.float16: (0.5, 750), torch.bfloat16: (0.5, 750), torch.float32: (0.55, 400)},
+    "cuda": {torch.float16: (0.4, 750), torch.bfloat16: (0.4, 750), torch.float32: (0.3, 128)},
     "triton": {torch.float16: (0.5, 1500), torch.bfloat16: (0.5, 1500), torch.float32: (0.5, 600)},
 }
 

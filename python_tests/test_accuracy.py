@@ -188,7 +188,7 @@ def test_focal_weight_matches_reference(backend_device):
 def test_auto_matches_the_documented_cost_model(backend_device):
     """algo='auto' inside the kernels picks what mtut_ops._validation.resolve_algo picks."""
     backend, device = backend_device
-    # the last shape is gram by the CPU's rule and direct by the CUDA one (d <= 400)
+    # the last shape is gram by the CPU's rule and direct by the CUDA one (d <= 128)
     for channels, spatial in [([16, 16], [2, 3]), ([4, 4], [8, 8]), ([40, 8], [7, 7]), ([50, 50], [4, 5, 5])]:
         feats = make_feats(2, channels, spatial, device=device, dtype=torch.float32)
         choice = V.resolve_algo("auto", feats[0][0, 0].numel(), channels, backend, torch.float32)

@@ -72,7 +72,8 @@ class Emulated:
                                                 feats[0][0, 0].numel(), args["pair_cap"])
         (weight,) = torch.autograd.grad(L, S)
         needs = [True] * len(feats) if needs_grad is None else needs_grad
-        return self.ops.sqdist_backward(feats, saved, weight, EPS, algo, needs)
+        # the promise mtut::ssa_loss's backward makes (the lowest-ce modality teaches, never learns)
+        return self.ops.sqdist_backward(feats, saved, weight, EPS, algo, needs, len(feats) - 1)
 
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
@@ -317,10 +318,12 @@ def test_backward_strips(emulated):
 
 @pytest.mark.parametrize("algo", ["direct", "gram"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=lambda d: str(d)[6:])
-def test_backward_low_precision_inputs(emulated, algo, dtype):
+@pytest.mark.parametrize("channels", [[6, 9], [7, 7]], ids=["per-block", "students"])
+def test_backward_low_precision_inputs(emulated, algo, dtype, channels):
     """float32 gradients are finished in place, float16/bfloat16 ones into a new tensor;
-    a zero row (float32) takes the eps rule of the normalization backward."""
-    feats = [f.to(dtype) for f in make_feats(2, [6, 9], [5, 7], seed=6)]
+    a zero row (float32) takes the eps rule of the normalization backward. Equal channel
+    counts take the gram backward's student products (their weighted blocks rounded alike)."""
+    feats = [f.to(dtype) for f in make_feats(2, channels, [5, 7], seed=6)]
     if dtype == torch.float32:
         feats[0][1, 2] = 0
     ce = make_ce(2, 2, seed=3)
@@ -329,7 +332,7 @@ def test_backward_low_precision_inputs(emulated, algo, dtype):
     grads = emulated.ssa_loss_grads(feats, ce.float(), algo)
     # The weights come from S, off by the float32 bound and by the rounded operands; the
     # bf16 backward rounds its scaled operands too (error_bounds.bf16_backward_bound).
-    channels, d = [6, 9], 35
+    d = 35
     S_ref = R.pairwise_sqdist([f.double() for f in feats])
     S_target = cuda_operand_sqdist(feats, algo, operands_of(dtype))
     S_err = sqdist_bound(channels, d, torch.float32, algo, S_target) + (S_target - S_ref).abs()
@@ -345,6 +348,85 @@ def test_backward_low_precision_inputs(emulated, algo, dtype):
         assert a.dtype == dtype and a.shape == b.shape
         tol = rel * b.grad.abs().max() + extra + fi.eps / 2 * b.grad.abs() + fi.smallest_normal * fi.eps / 2
         assert ((a.double() - b.grad).abs() <= tol).all(), ((a.double() - b.grad).abs() - tol).max()
+
+
+def loss_weight(emulated, feats, ce):
+    """(saved, dL/dS) of the loss as mtut::ssa_loss forms them (blocks kept)."""
+    S, saved = emulated.ops.sqdist_forward(feats, EPS, "gram", True, True)
+    S.requires_grad_()
+    L = torch.ops.mtut.ssa_loss_from_sqdist(S, ce, 2.0, 0.5, "rms", feats[0][0, 0].numel(), None)
+    return saved, torch.autograd.grad(L, S)[0]
+
+
+@pytest.mark.parametrize("M", [2, 3])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "padded_rows"])
+def test_student_products(emulated, M, layout):
+    """Equal channel counts: the gram backward's products run over the students' rows only,
+    M pointer-array products (one per term) over N (M - 1) entries, the loss's promise. The
+    gradients against the fp64 reference (a tie of every ce on one sample: no student there,
+    zero gradient); the same bits as with a slot for every modality (students = 0); and
+    M products in the backward where the per-block path runs M^2."""
+    N, spatial = 4, [2, 35]
+    feats = make_feats(N, [6] * M, spatial, seed=11)
+    if layout == "channels_last":
+        feats = [f.movedim(1, -1).contiguous().movedim(-1, 1) for f in feats]
+    elif layout == "padded_rows":
+        feats = [torch.nn.functional.pad(f.flatten(2), (0, 3))[..., :70].unflatten(2, spatial) for f in feats]
+    ce = make_ce(M, N, seed=5)
+    ce[:, 1] = 0.75  # sample 1: every network equally good
+    ref = leaf(feats)
+    R.ssa_loss(ref, ce, lambda_=0.5).backward()
+    emulated.ops.take_gemm_log()
+    grads = emulated.ssa_loss_grads(feats, ce, "gram")
+    assert len(emulated.ops.take_gemm_log()) == 1 + M  # the forward's blocks: one product
+    for a, b in zip(grads, ref):
+        torch.testing.assert_close(a, b.grad, rtol=1e-8, atol=1e-10 * (1 + b.grad.abs().max().item()))
+        assert torch.equal(a[1], torch.zeros_like(a[1])) and a.abs().sum() > 0
+    saved, weight = loss_weight(emulated, feats, ce)
+    every = emulated.ops.sqdist_backward(feats, saved, weight, EPS, "gram", [True] * M, 0)
+    assert all(torch.equal(a, b) for a, b in zip(every, grads))
+
+
+@pytest.mark.parametrize("needs", [[False, True], [True, False, True]])
+def test_student_products_with_frozen_modalities(emulated, needs):
+    """A modality that needs no gradient takes no slot: with fewer modalities to train than
+    the promise (L = min(students, trained)), the slots go to the trained ones, students first."""
+    M, N = len(needs), 5
+    feats = make_feats(N, [5] * M, [3, 4], seed=2)
+    ce = make_ce(M, N, seed=8)
+    ref = [f.detach().requires_grad_(n) for f, n in zip(feats, needs)]
+    R.ssa_loss(ref, ce, lambda_=0.5).backward()
+    grads = emulated.ssa_loss_grads(feats, ce, "gram", needs_grad=needs)
+    for a, b, n in zip(grads, ref, needs):
+        if n:
+            torch.testing.assert_close(a, b.grad, rtol=1e-8, atol=1e-10 * (1 + b.grad.abs().max().item()))
+        else:
+            assert a.numel() == 0
+
+
+def test_student_promise_broken_or_nan(emulated):
+    """Rows whose weight is NaN take no slot (their gradient is NaN anyway); a student beyond
+    the caller's promise gets a NaN gradient, never a wrong number; a promise of M is no
+    promise (the same bits as students = 0)."""
+    M, N = 3, 3
+    feats = make_feats(N, [4] * M, [2, 5], seed=3)
+    weight = torch.rand(N, M, M, dtype=torch.float64, generator=torch.Generator().manual_seed(6)) + 0.1
+    weight[0, 0, 2] = float("nan")  # sample 0: modality 0's row is NaN
+    weight[0, 2] = 0  # and modality 2 is nobody's student: modality 1 is its only student
+    none = torch.empty(0, dtype=torch.float64)
+    every = emulated.ops.sqdist_backward(feats, none, weight, EPS, "gram", [True] * M, 0)
+    def same(a, b):  # the same bits, NaN where NaN
+        return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(0), b.nan_to_num(0))
+
+    assert all(same(a, b) for a, b in zip(every, emulated.ops.sqdist_backward(
+        feats, none, weight, EPS, "gram", [True] * M, M)))
+    one = emulated.ops.sqdist_backward(feats, none, weight, EPS, "gram", [True] * M, 1)
+    assert one[0][0].isnan().all() and every[0][0].isnan().all()
+    assert torch.equal(one[1][0], every[1][0]) and one[1][0].abs().sum() > 0
+    assert torch.equal(one[2][0], torch.zeros_like(one[2][0])) and torch.equal(one[2][0], every[2][0])
+    # samples 1 and 2: three students each, one slot: modality 0 takes it, 1 and 2 are NaN
+    assert torch.equal(one[0][1:], every[0][1:]) and not every[0][1:].isnan().any()
+    assert one[1][1:].isnan().all() and one[2][1:].isnan().all()
 
 
 @pytest.mark.parametrize("algo", ["direct", "gram"])
@@ -401,8 +483,8 @@ def test_products_run_in_the_input_precision(emulated, algo, dtype):
 
 
 @pytest.mark.parametrize("dtype, spatial, expected", [
-    (torch.float32, (4, 10, 10), "direct"),  # d = 400 <= 400: direct on CUDA, gram by the CPU's FLOP rule
-    (torch.float32, (5, 10, 9), "gram"),  # d = 450 > 400
+    (torch.float32, (2, 8, 8), "direct"),  # d = 128 <= 128: direct on CUDA, gram by the CPU's FLOP rule
+    (torch.float32, (5, 5, 6), "gram"),  # d = 150 > 128
     (torch.bfloat16, (7, 10, 10), "direct"),  # d = 700 <= 750 for 16-bit inputs
 ])
 def test_auto_follows_the_cuda_rule(emulated, dtype, spatial, expected):

@@ -60,6 +60,10 @@ def test_torch_ops_rejects_bad_weight_and_grad():
         torch.ops.mtut.sqdist_backward(F2, none, torch.zeros(2, 2, 2), 1e-8, "gram", [True, True, False])
     with pytest.raises(ValueError, match=r"saved must be empty or what sqdist_forward returned"):
         torch.ops.mtut.sqdist_backward(F2, torch.zeros(2, 5), torch.zeros(2, 2, 2), 1e-8, "gram", [True, True])
+    for device in ("cpu", "meta"):  # the kernels and the fake
+        with pytest.raises(ValueError, match=r"students must be >= 0 \(0: any number of modalities per sample"):
+            torch.ops.mtut.sqdist_backward([f.to(device) for f in F2], none.to(device),
+                                           torch.zeros(2, 2, 2, device=device), 1e-8, "gram", [True, True], -1)
     with pytest.raises(ValueError, match=r"grad must have shape \[N, d, d\]"):
         torch.ops.mtut.correlation_backward(torch.zeros(2, 3, 3), F2[0], 1e-8)
     with pytest.raises(ValueError, match=r"ce must have shape \[M, N\] with M >= 2"):

@@ -51,8 +51,8 @@ def test_opcheck_sqdist_forward_and_backward(backend_device, algo, noncontiguous
         torch.library.opcheck(torch.ops.mtut.sqdist_forward.default, (feats, 1e-8, algo, directed, for_backward))
     _, saved = torch.ops.mtut.sqdist_forward(feats, 1e-8, algo, directed, True)
     weight = torch.rand(2, 2, 2, dtype=torch.float64, device=device, requires_grad=True)
-    for needs in ([True, True], [False, True]):
-        args = (feats, saved.detach(), weight, 1e-8, algo, needs)
+    for needs, students in (([True, True], ()), ([False, True], ()), ([True, True], (2,))):
+        args = (feats, saved.detach(), weight, 1e-8, algo, needs, *students)  # (a dense weight: no promise)
         _opcheck_backward_op(torch.ops.mtut.sqdist_backward.default, args)
     torch.library.opcheck(torch.ops.mtut.pairwise_sqdist.default, (feats, 1e-8, algo))
 

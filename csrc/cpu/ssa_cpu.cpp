@@ -352,9 +352,11 @@ std::tuple<at::Tensor, at::Tensor> sqdist_forward(at::TensorList feats, double e
 }
 
 std::vector<at::Tensor> sqdist_backward(at::TensorList feats, const at::Tensor& saved, const at::Tensor& weight,
-                                        double eps, c10::string_view algo, const c10::List<bool>& needs_grad) {
+                                        double eps, c10::string_view algo, const c10::List<bool>& needs_grad,
+                                        int64_t students) {
   const FeatInfo info = check_feats(feats);
   check_weight(weight, info, feats[0]);
+  check_students(students, info);  // (a CUDA hint: the cpu backward runs every row, weighted or not)
   check_eps(eps);
   const Needs needs = check_needs_grad(needs_grad, info);
   const Algo a = resolve_algo(algo, info.d, info.channels, Backend::Cpu, info.dtype);

@@ -20,7 +20,10 @@
 //         G = diag(s) P diag(s), squared and summed in fp64, clamped at 0.
 //         backward, for each modality m that needs a gradient:
 //         graw_m = sum_n coef_mn P_mn diag(s_n^2) X_n (the blocks reused, not recomputed;
-//         each weighted in one pass of our own into the operand dtype, then one product).
+//         each weighted in one pass of our own into the operand dtype). For equal channel
+//         counts the products run over the rows with weight only (student_grad_raw: M
+//         pointer-array products over `students` rows a sample, picked on the GPU), else
+//         one product per block over every sample.
 // direct: forward, strips of rows I of the upper triangle of every K_m = Xh_m^T Xh_m,
 //         K_m[I, J >= I] = (X_m[:, I] s_m^2)^T X_m[:, J] (one GEMM per modality and strip),
 //         squared differences of every pair summed in fp64 (the diagonal once, above it
@@ -153,11 +156,14 @@ int64_t multiprocessors() { return 4; }
 #endif
 
 // A buffer whose every entry a kernel writes (no zero-fill launch): at::empty, and NaN in
-// the emulation, so that the tests see any entry left unwritten.
-at::Tensor unwritten(at::IntArrayRef sizes, const at::TensorOptions& options) {
+// the emulation, so that the tests see any entry left unwritten (or `fill`: a number, where
+// an entry read but never written must show as a wrong number, not as an expected NaN).
+at::Tensor unwritten(at::IntArrayRef sizes, const at::TensorOptions& options,
+                     double fill = std::numeric_limits<double>::quiet_NaN()) {
 #ifdef MTUT_CUDA_EMULATE
-  return at::full(sizes, std::numeric_limits<double>::quiet_NaN(), options);
+  return at::full(sizes, fill, options);
 #else
+  (void)fill;
   return at::empty(sizes, options);
 #endif
 }
@@ -1008,20 +1014,32 @@ Coefficients pair_coefficients(const at::Tensor& w, cudaStream_t stream) {
 
 // A = (coef_mn / ref_m) P_mn diag(s_n^2) in the operand dtype, one pass over a kept block
 // P [rows, cols] of every sample (batch stride `stride`): s scales its columns (n >= m: the
-// block P_mn itself) or its rows (n < m: the kept P_nm, whose transpose is the operand).
+// block P_mn itself) or its rows (n < m: the kept P_nm, whose transpose is the operand;
+// `transposed` writes it as A [cols, rows], row-major, as the student products read every
+// A; its chunks are of output rows then). Samples with skip[b] == 0 (ref_m: the row has no
+// weight) are left unwritten.
 // The same operations, in the same order, as block * s^2 * factor in ATen.
 template <typename Top>
 __global__ void __launch_bounds__(kThreads) weighted_block_kernel(
     const Cmp<Top>* __restrict__ P, int64_t stride, int64_t rows, int64_t cols, int64_t rows_per_chunk,
     const Cmp<Top>* __restrict__ s, int64_t s_ld, bool scale_rows, const Cmp<Top>* __restrict__ factor,
-    int64_t factor_stride, Top* __restrict__ out) {
+    int64_t factor_stride, bool transposed, const Cmp<Top>* __restrict__ skip, Top* __restrict__ out) {
   using T = Cmp<Top>;
   const int64_t chunk = blockIdx.x, b = blockIdx.y;
+  if (skip != nullptr && skip[b] == T(0)) return;
   const int64_t r0 = chunk * rows_per_chunk, r1 = std::min(rows, r0 + rows_per_chunk);
   const T* p = P + b * stride;
   const T* sb = s + b * s_ld;
   const T f = factor[b * factor_stride];
   Top* o = out + b * rows * cols;
+  if (transposed) {  // chunks of output rows (P's columns), consecutive threads write consecutive
+    for (int64_t j = r0; j < std::min(cols, r0 + rows_per_chunk); ++j)  // entries; the strided reads
+      for (int64_t i = threadIdx.x; i < rows; i += kThreads) {              // of P hit L1 from j + 1 on
+        const T si = scale_rows ? sb[i] : sb[j];
+        o[j * rows + i] = from_compute<Top>(p[i * cols + j] * (si * si) * f);
+      }
+    return;
+  }
   for (int64_t i = r0; i < r1; ++i) {  // consecutive threads: consecutive columns
     const T si = scale_rows ? sb[i] : T(0);
     for (int64_t j = threadIdx.x; j < cols; j += kThreads) {
@@ -1031,13 +1049,178 @@ __global__ void __launch_bounds__(kThreads) weighted_block_kernel(
   }
 }
 
+// ------------------------------------------------------------------ gram backward: the students' rows
+//
+// A (sample, modality) row gets gradient only where its weight row is non-zero: for the loss
+// with M = 2, one network per sample (the one with the higher ce). Multiplying every row
+// does M / L times the work for L students a sample; which rows those are is known on the GPU
+// only (a host read of the weights would stall the host behind the networks' forward). So,
+// where every modality has the same channel count and an operand layout cuBLAS reads alike,
+// the backward's products are M pointer-array products (term 0: graw_m = A_mm X_m; term j:
+// graw_m += A_mn X_n, n the j-th other modality) over L slots per sample, which
+// student_pointers_kernel fills on the GPU: first the sample's students (rows with a weight
+// neither 0 nor NaN, in modality order), then modalities that need a gradient but have none
+// there (their graw rows are computed from whatever their A holds and never read: the
+// normalization backward writes their 0, or for a NaN weight NaN, without reading). L is
+// sqdist_backward's `students` (the loss's backward promises M - 1), at most the number of
+// modalities that need a gradient; a student beyond it gets ref = NaN, i.e. a NaN gradient.
+constexpr int kMaxStudentModalities = 8;  // slot lists are 3-bit fields of one word
+struct StudentBases {
+  const char* x[kMaxStudentModalities];     // the operand rows of modality m, sample 0
+  int64_t x_sample[kMaxStudentModalities];  // their sample stride, bytes
+  char* graw[kMaxStudentModalities];        // graw_m [N, C, d], or null where m needs no gradient
+};
+
+// One thread per sample: its L slots, and for every slot k and term j entry
+// e = (j N + b) L + k of the pointer arrays: A_mn (the weighted blocks W [M, M, N, C, C],
+// w_block and w_sample bytes apart), the rows of X_n, graw_m.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) student_pointers_kernel(
+    const StudentBases bases, const char* W, int64_t w_block, int64_t w_sample, int64_t graw_sample, int64_t N, int M,
+    int L, T* __restrict__ ref, const void** a, const void** x, void** c) {
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (b >= N) return;
+  unsigned slots = 0, taken = 0;  // (bit fields, not arrays: no local memory)
+  int used = 0;
+  for (int m = 0; m < M; ++m) {
+    if (bases.graw[m] == nullptr) continue;
+    T& r = ref[m * N + b];
+    if (r == T(0) || r != r) continue;  // gradient 0, or NaN: no product needed
+    if (used < L) {
+      slots |= static_cast<unsigned>(m) << (3 * used++);
+      taken |= 1u << m;
+    } else {
+      r = std::numeric_limits<T>::quiet_NaN();  // beyond the caller's promise: NaN, never a wrong number
+    }
+  }
+  for (int m = 0; m < M && used < L; ++m)
+    if (bases.graw[m] != nullptr && !(taken >> m & 1u)) slots |= static_cast<unsigned>(m) << (3 * used++);
+  const int64_t per_term = N * L;
+  for (int k = 0; k < L; ++k) {
+    const int m = static_cast<int>(slots >> (3 * k) & 7u);
+    for (int j = 0; j < M; ++j) {
+      const int n = j == 0 ? m : (j - 1 < m ? j - 1 : j);
+      const int64_t e = j * per_term + b * L + k;
+      a[e] = W + (static_cast<int64_t>(m) * M + n) * w_block + b * w_sample;
+      x[e] = bases.x[n] + b * bases.x_sample[n];
+      c[e] = bases.graw[m] + b * graw_sample;
+    }
+  }
+}
+
+// graw_e [C, d] (row-major; `accumulate`: +=) = A_e [C, C] (row-major) X_e [C, d] (laid out as
+// lx) for the entries [first, first + count) of `ptrs` ([3, total]: A_e, X_e, graw_e); `in`
+// operands, `out` output and accumulation, as sliced_gram_product.
+void student_product(const at::Tensor& ptrs, int64_t first, int64_t count, int64_t C, int64_t d,
+                     const RowsLayout& lx, bool accumulate, at::ScalarType in, at::ScalarType out) {
+  const int64_t total = ptrs.size(1);
+#ifdef MTUT_CUDA_EMULATE
+  record(in, in, out);
+  const int64_t* p = ptrs.const_data_ptr<int64_t>();
+  const auto options = at::TensorOptions().dtype(in);
+  for (int64_t e = first; e < first + count; ++e) {
+    const at::Tensor A = at::from_blob(reinterpret_cast<void*>(p[e]), {C, C}, {C, 1}, options);
+    const at::Tensor X = at::from_blob(reinterpret_cast<void*>(p[total + e]), {C, d},
+                                       {lx.channel_stride(), lx.position_stride()}, options);
+    at::Tensor G = at::from_blob(reinterpret_cast<void*>(p[2 * total + e]), {C, d}, {d, 1}, options.dtype(out));
+    if (accumulate) G.addmm_(A.to(out), X.to(out));  // 16-bit products are exact in fp32, as on the tensor cores
+    else at::mm_out(G, A.to(out), X.to(out));
+  }
+#else
+  // Column-major, cuBLAS computes graw_e^T [d, C] = op(X_e) [d, C] A_e^T [C, C].
+  const auto* p = reinterpret_cast<void* const*>(ptrs.const_data_ptr<int64_t>());
+  const cublasOperation_t opx = lx.positions_contiguous ? CUBLAS_OP_N : CUBLAS_OP_T;
+  const bool f64 = out == at::kDouble;
+  const float one = 1, beta = accumulate ? 1.0f : 0.0f;
+  const double one64 = 1, beta64 = accumulate ? 1.0 : 0.0;
+  cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();  // on the current stream
+  TORCH_CUDABLAS_CHECK(cublasGemmBatchedEx(
+      handle, opx, CUBLAS_OP_N, static_cast<int>(d), static_cast<int>(C), static_cast<int>(C),
+      f64 ? static_cast<const void*>(&one64) : &one, const_cast<const void**>(p + total + first), cuda_type(in),
+      static_cast<int>(lx.lead), const_cast<const void**>(p + first), cuda_type(in), static_cast<int>(C),
+      f64 ? static_cast<const void*>(&beta64) : &beta, const_cast<void**>(p + 2 * total + first), cuda_type(out),
+      static_cast<int>(d), static_cast<int>(count), f64 ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F,
+      CUBLAS_GEMM_DEFAULT));
+#endif
+}
+
+// Whether the student products apply: at most kMaxStudentModalities modalities, one channel
+// count, and operands cuBLAS reads with one operation and leading dimension.
+bool student_products_apply(const Prepared& p, const FeatInfo& info) {
+  if (info.M > kMaxStudentModalities) return false;
+  const RowsLayout first = rows_layout(p.operands[0]);
+  for (int64_t m = 0; m < info.M; ++m) {
+    const RowsLayout l = rows_layout(p.operands[m]);
+    if (info.channels[m] != info.channels[0] || !l.ok || l.positions_contiguous != first.positions_contiguous ||
+        l.lead != first.lead)
+      return false;
+  }
+  return true;
+}
+
+// graw of gram_grad_raw through the student products (`slots` = L per sample).
+template <typename Top>
+std::vector<at::Tensor> student_grad_raw(const Prepared& p, const at::Tensor& kept, const Coefficients& c,
+                                         const FeatInfo& info, const Needs& needs, int64_t slots,
+                                         cudaStream_t stream) {
+  using T = Cmp<Top>;
+  const int M = static_cast<int>(info.M);
+  const int64_t N = info.N, C = info.channels[0], d = info.d;
+  const int64_t L = std::min<int64_t>(slots, std::count(needs.begin(), needs.end(), true));
+  std::vector<at::Tensor> g(M);
+  if (L == 0) return g;
+  // A_mn [C, C] row-major of every (m, n) that needs it, rows without weight left unwritten
+  at::Tensor W = unwritten({M, M, N, C, C}, kept.options().dtype(p.operand));
+  const int64_t rows_per_chunk = std::max<int64_t>(1, kChunkEntries / C);
+  for (int m = 0; m < M; ++m) {
+    if (!needs[m]) continue;
+    const at::Tensor ref = c.ref.select(0, m);  // [N], contiguous
+    for (int n = 0; n < M; ++n) {
+      const at::Tensor block = kept_block(kept, info.channels, std::min(m, n), std::max(m, n));
+      const at::Tensor factor = c.factor.select(1, m).select(1, n);  // [N], stride M * M
+      Top* out = static_cast<Top*>(W.select(0, m).select(0, n).mutable_data_ptr());
+      for (int64_t b0 = 0; b0 < N; b0 += kMaxGrid) {
+        const int64_t nb = std::min(kMaxGrid, N - b0);
+        launch(weighted_block_kernel<Top>, dim3(grid_dim((C + rows_per_chunk - 1) / rows_per_chunk), grid_dim(nb)),
+               dim3(kThreads), stream, block.const_data_ptr<T>() + b0 * block.stride(0), block.stride(0), C, C,
+               rows_per_chunk, p.scales[n].const_data_ptr<T>() + b0 * p.scales[n].stride(0), p.scales[n].stride(0),
+               /*scale_rows=*/n < m, factor.const_data_ptr<T>() + b0 * factor.stride(0), factor.stride(0),
+               /*transposed=*/n < m, ref.const_data_ptr<T>() + b0, out + b0 * C * C);
+      }
+    }
+  }
+  StudentBases bases{};
+  const int64_t elem = p.operands[0].element_size(), elem_w = W.element_size();
+  for (int m = 0; m < M; ++m) {
+    bases.x[m] = static_cast<const char*>(p.operands[m].const_data_ptr());
+    bases.x_sample[m] = p.operands[m].stride(0) * elem;
+    if (!needs[m]) continue;
+    // (compute dtype; emulated: 1, so that a student row without its products, NaN'd by the
+    // broken-promise rule, cannot pass for a row the rule left alone)
+    g[m] = unwritten({N, C, d}, kept.options(), 1.0);
+    bases.graw[m] = static_cast<char*>(g[m].mutable_data_ptr());
+  }
+  const int64_t per_term = N * L, total = M * per_term;
+  at::Tensor ptrs = at::empty({3, total}, kept.options().dtype(at::kLong));
+  auto* arr = reinterpret_cast<void**>(ptrs.mutable_data_ptr<int64_t>());
+  launch(student_pointers_kernel<T>, dim3(static_cast<unsigned>((N + kThreads - 1) / kThreads)), dim3(kThreads),
+         stream, bases, static_cast<const char*>(W.const_data_ptr()), N * C * C * elem_w, C * C * elem_w,
+         C * d * static_cast<int64_t>(kept.element_size()), N, M, static_cast<int>(L), c.ref.mutable_data_ptr<T>(),
+         const_cast<const void**>(arr), const_cast<const void**>(arr + total), arr + 2 * total);
+  const RowsLayout lx = rows_layout(p.operands[0]);
+  for (int j = 0; j < M; ++j)
+    student_product(ptrs, j * per_term, per_term, C, d, lx, /*accumulate=*/j > 0, p.operand, info.compute_dtype);
+  return g;
+}
+
 // graw_m with dL/dXh_m = diag(ref_m s_m) graw_m = sum_n coef_mn G_mn Xh_n:
 // graw_m = sum_n (coef_mn / ref_m) P_mn diag(s_n^2) X_n, from the kept blocks: per block one
 // pass that weights it (weighted_block_kernel) and one product; the first product writes
 // graw_m (no zero-filled accumulator).
 template <typename Top>
 std::vector<at::Tensor> gram_grad_raw(const Prepared& p, const at::Tensor& kept, const Coefficients& c,
-                                      const FeatInfo& info, const Needs& needs, cudaStream_t stream) {
+                                      const FeatInfo& info, const Needs& needs, int64_t slots, cudaStream_t stream) {
+  if (student_products_apply(p, info)) return student_grad_raw<Top>(p, kept, c, info, needs, slots, stream);
   const int64_t M = info.M, N = info.N;
   std::vector<at::Tensor> g(M);
   for (int64_t m = 0; m < M; ++m) {
@@ -1055,7 +1238,7 @@ std::vector<at::Tensor> gram_grad_raw(const Prepared& p, const at::Tensor& kept,
                dim3(kThreads), stream, block.const_data_ptr<Cmp<Top>>() + b0 * block.stride(0), block.stride(0), rows,
                cols, rows_per_chunk, p.scales[n].const_data_ptr<Cmp<Top>>() + b0 * p.scales[n].stride(0),
                p.scales[n].stride(0), !upper,
-               factor.const_data_ptr<Cmp<Top>>() + b0 * factor.stride(0), factor.stride(0),
+               factor.const_data_ptr<Cmp<Top>>() + b0 * factor.stride(0), factor.stride(0), false, nullptr,
                static_cast<Top*>(weighted.mutable_data_ptr()) + b0 * rows * cols);
       }
       const at::Tensor A = upper ? weighted : weighted.transpose(1, 2);  // [N, C_m, C_n]
@@ -1265,11 +1448,13 @@ std::tuple<at::Tensor, at::Tensor> sqdist_forward(at::TensorList feats, double e
 }
 
 std::vector<at::Tensor> sqdist_backward(at::TensorList feats, const at::Tensor& saved, const at::Tensor& weight,
-                                        double eps, c10::string_view algo, const c10::List<bool>& needs_grad) {
+                                        double eps, c10::string_view algo, const c10::List<bool>& needs_grad,
+                                        int64_t students) {
   const FeatInfo info = check_feats(feats);
   check_weight(weight, info, feats[0]);
   check_eps(eps);
   const Needs needs = check_needs_grad(needs_grad, info);
+  const int64_t slots = check_students(students, info);
   const Algo a = resolve_algo(algo, info.d, info.channels, Backend::Cuda, info.dtype);
   check_saved(saved, info, a, Backend::Cuda, feats[0]);
   const DeviceScope guard(feats[0].device());
@@ -1288,7 +1473,7 @@ std::vector<at::Tensor> sqdist_backward(at::TensorList feats, const at::Tensor& 
       g = direct_grad_raw<typename Raw<scalar_t>::type>(p, c, info, needs, stream);
     } else {
       if (!kept) gram_forward<Cmp<typename Raw<scalar_t>::type>>(p, info, buffer, stream);  // (S is not needed)
-      g = gram_grad_raw<Operand<typename Raw<scalar_t>::type>>(p, buffer, c, info, needs, stream);
+      g = gram_grad_raw<Operand<typename Raw<scalar_t>::type>>(p, buffer, c, info, needs, slots, stream);
     }
     grads = finish<scalar_t>(g, p, c, info, eps, feats, needs, stream);
   });
