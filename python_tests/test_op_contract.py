@@ -193,29 +193,6 @@ def test_vmap_folds_into_the_batch(backend_device):
         torch.testing.assert_close(rho[i].cpu(), R.focal_weight(ce[i].cpu()), rtol=1e-12, atol=0)
 
 
-def test_vmap_of_the_backward_op_passes_students_on(backend_device):
-    """vmap of sqdist_backward with a promise (students = 1: one weighted row per sample, as
-    the loss's backward makes for M = 2) equals the loop over the vmapped dimension."""
-    backend, device = backend_device
-    if backend not in ("cpu", "cuda"):
-        pytest.skip("torch.ops.mtut.sqdist_backward is the cpu/cuda backends'")
-    B, N = 3, 2
-    xa, xb = (torch.randn(B, N, 4, 2, 3, dtype=torch.float64, device=device) for _ in range(2))
-    weight = torch.zeros(B, N, 2, 2, dtype=torch.float64, device=device)
-    weight[:, 0, 0, 1] = 0.7  # sample 0: modality 0 learns from 1; sample 1: 1 from 0
-    weight[:, 1, 1, 0] = 1.3
-    none = torch.empty(0, dtype=torch.float64, device=device)
-
-    def backward(a, b, w):
-        return torch.ops.mtut.sqdist_backward([a, b], none, w, 1e-8, "gram", [True, True], 1)
-
-    batched = torch.vmap(backward)(xa, xb, weight)
-    for i in range(B):
-        for vm, one in zip(batched, backward(xa[i], xb[i], weight[i])):
-            torch.testing.assert_close(vm[i], one, rtol=1e-12, atol=1e-14)
-            assert one.abs().sum() > 0
-
-
 def test_func_grad_and_vmap_of_grad(backend_device):
     """torch.func.grad equals autograd's student-only gradient; vmap(grad) gives the
     per-example gradients."""

@@ -57,6 +57,28 @@ def test_opcheck_sqdist_forward_and_backward(backend_device, algo, noncontiguous
     torch.library.opcheck(torch.ops.mtut.pairwise_sqdist.default, (feats, 1e-8, algo))
 
 
+def test_vmap_of_the_backward_op_passes_students_on(backend_device):
+    """vmap of sqdist_backward with a promise (students = 1: one weighted row per sample, as
+    the loss's backward makes for M = 2) equals the loop over the vmapped dimension."""
+    backend, device = backend_device
+    _native(backend)
+    B, N = 3, 2
+    xa, xb = (torch.randn(B, N, 4, 2, 3, dtype=torch.float64, device=device) for _ in range(2))
+    weight = torch.zeros(B, N, 2, 2, dtype=torch.float64, device=device)
+    weight[:, 0, 0, 1] = 0.7  # sample 0: modality 0 learns from 1; sample 1: 1 from 0
+    weight[:, 1, 1, 0] = 1.3
+    none = torch.empty(0, dtype=torch.float64, device=device)
+
+    def backward(a, b, w):
+        return torch.ops.mtut.sqdist_backward([a, b], none, w, 1e-8, "gram", [True, True], 1)
+
+    batched = torch.vmap(backward)(xa, xb, weight)
+    for i in range(B):
+        for vm, one in zip(batched, backward(xa[i], xb[i], weight[i])):
+            torch.testing.assert_close(vm[i], one, rtol=1e-12, atol=1e-14)
+            assert one.abs().sum() > 0
+
+
 @needs_opcheck
 @pytest.mark.parametrize("cap", [None, 10.0])
 @pytest.mark.parametrize("algo", ALGOS)

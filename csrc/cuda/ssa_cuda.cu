@@ -1023,7 +1023,8 @@ template <typename Top>
 __global__ void __launch_bounds__(kThreads) weighted_block_kernel(
     const Cmp<Top>* __restrict__ P, int64_t stride, int64_t rows, int64_t cols, int64_t rows_per_chunk,
     const Cmp<Top>* __restrict__ s, int64_t s_ld, bool scale_rows, const Cmp<Top>* __restrict__ factor,
-    int64_t factor_stride, bool transposed, const Cmp<Top>* __restrict__ skip, Top* __restrict__ out) {
+    int64_t factor_stride, bool transposed, const Cmp<Top>* __restrict__ skip, Top* __restrict__ out,
+    int64_t out_stride) {
   using T = Cmp<Top>;
   const int64_t chunk = blockIdx.x, b = blockIdx.y;
   if (skip != nullptr && skip[b] == T(0)) return;
@@ -1031,7 +1032,7 @@ __global__ void __launch_bounds__(kThreads) weighted_block_kernel(
   const T* p = P + b * stride;
   const T* sb = s + b * s_ld;
   const T f = factor[b * factor_stride];
-  Top* o = out + b * rows * cols;
+  Top* o = out + b * out_stride;
   if (transposed) {  // chunks of output rows (P's columns), consecutive threads write consecutive
     for (int64_t j = r0; j < std::min(cols, r0 + rows_per_chunk); ++j)  // entries; the strided reads
       for (int64_t i = threadIdx.x; i < rows; i += kThreads) {              // of P hit L1 from j + 1 on
@@ -1072,7 +1073,7 @@ struct StudentBases {
 };
 
 // One thread per sample: its L slots, and for every slot k and term j entry
-// e = (j N + b) L + k of the pointer arrays: A_mn (the weighted blocks W [M, M, N, C, C],
+// e = (j N + b) L + k of the pointer arrays: A_mn (the weighted blocks W [M, M, N, >= C C],
 // w_block and w_sample bytes apart), the rows of X_n, graw_m.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) student_pointers_kernel(
@@ -1119,6 +1120,7 @@ void student_product(const at::Tensor& ptrs, int64_t first, int64_t count, int64
   const int64_t* p = ptrs.const_data_ptr<int64_t>();
   const auto options = at::TensorOptions().dtype(in);
   for (int64_t e = first; e < first + count; ++e) {
+    TORCH_CHECK(p[e] % 64 == 0, "mtut: internal: a weighted block not on a 64-byte boundary");  // (host memory: 64)
     const at::Tensor A = at::from_blob(reinterpret_cast<void*>(p[e]), {C, C}, {C, 1}, options);
     const at::Tensor X = at::from_blob(reinterpret_cast<void*>(p[total + e]), {C, d},
                                        {lx.channel_stride(), lx.position_stride()}, options);
@@ -1169,8 +1171,10 @@ std::vector<at::Tensor> student_grad_raw(const Prepared& p, const at::Tensor& ke
   const int64_t L = std::min<int64_t>(slots, std::count(needs.begin(), needs.end(), true));
   std::vector<at::Tensor> g(M);
   if (L == 0) return g;
-  // A_mn [C, C] row-major of every (m, n) that needs it, rows without weight left unwritten
-  at::Tensor W = unwritten({M, M, N, C, C}, kept.options().dtype(p.operand));
+  // A_mn [C, C] row-major of every (m, n) that needs it, rows without weight left unwritten;
+  // a sample's block starts on a 64-entry boundary (the products' pointers 128-byte aligned)
+  const int64_t w_sample = (C * C + 63) / 64 * 64;
+  at::Tensor W = unwritten({M, M, N, w_sample}, kept.options().dtype(p.operand));
   const int64_t rows_per_chunk = std::max<int64_t>(1, kChunkEntries / C);
   for (int m = 0; m < M; ++m) {
     if (!needs[m]) continue;
@@ -1185,7 +1189,7 @@ std::vector<at::Tensor> student_grad_raw(const Prepared& p, const at::Tensor& ke
                dim3(kThreads), stream, block.const_data_ptr<T>() + b0 * block.stride(0), block.stride(0), C, C,
                rows_per_chunk, p.scales[n].const_data_ptr<T>() + b0 * p.scales[n].stride(0), p.scales[n].stride(0),
                /*scale_rows=*/n < m, factor.const_data_ptr<T>() + b0 * factor.stride(0), factor.stride(0),
-               /*transposed=*/n < m, ref.const_data_ptr<T>() + b0, out + b0 * C * C);
+               /*transposed=*/n < m, ref.const_data_ptr<T>() + b0, out + b0 * w_sample, w_sample);
       }
     }
   }
@@ -1204,7 +1208,7 @@ std::vector<at::Tensor> student_grad_raw(const Prepared& p, const at::Tensor& ke
   at::Tensor ptrs = at::empty({3, total}, kept.options().dtype(at::kLong));
   auto* arr = reinterpret_cast<void**>(ptrs.mutable_data_ptr<int64_t>());
   launch(student_pointers_kernel<T>, dim3(static_cast<unsigned>((N + kThreads - 1) / kThreads)), dim3(kThreads),
-         stream, bases, static_cast<const char*>(W.const_data_ptr()), N * C * C * elem_w, C * C * elem_w,
+         stream, bases, static_cast<const char*>(W.const_data_ptr()), N * w_sample * elem_w, w_sample * elem_w,
          C * d * static_cast<int64_t>(kept.element_size()), N, M, static_cast<int>(L), c.ref.mutable_data_ptr<T>(),
          const_cast<const void**>(arr), const_cast<const void**>(arr + total), arr + 2 * total);
   const RowsLayout lx = rows_layout(p.operands[0]);
@@ -1239,7 +1243,7 @@ std::vector<at::Tensor> gram_grad_raw(const Prepared& p, const at::Tensor& kept,
                cols, rows_per_chunk, p.scales[n].const_data_ptr<Cmp<Top>>() + b0 * p.scales[n].stride(0),
                p.scales[n].stride(0), !upper,
                factor.const_data_ptr<Cmp<Top>>() + b0 * factor.stride(0), factor.stride(0), false, nullptr,
-               static_cast<Top*>(weighted.mutable_data_ptr()) + b0 * rows * cols);
+               static_cast<Top*>(weighted.mutable_data_ptr()) + b0 * rows * cols, rows * cols);
       }
       const at::Tensor A = upper ? weighted : weighted.transpose(1, 2);  // [N, C_m, C_n]
       gemm_acc(g[m], A, p.operands[n], info.compute_dtype);
