@@ -10,15 +10,15 @@ torch.backends.cuda.matmul.allow_tf32 on; "bf16": bfloat16 inputs):
     expert-eager / expert-compile    the expert Gram code (one bmm over stacked modalities)
     mtut-cuda-{direct,gram,auto}     the CUDA backend as the code is now (csrc/cuda: cuBLAS for
                                      every product, one per block; gram blocks kept for the
-                                     backward; the gram backward over M - 1 rows a sample for
-                                     equal channel counts, the direct one over every sample)
+                                     backward; the backward's products over M - 1 rows a
+                                     sample for equal channel counts)
     mtut-triton-{direct,gram,auto}   the Triton backend as the code is now (mtut_ops/triton: the
                                      inputs staged once per pass, normalized and rounded to the
                                      dot's operand type, padded to 16; every GEMM a plain tl.dot,
                                      on tensor cores for bf16 and TF32; per-kind autotune configs)
-    redesign-cuda-{direct,gram,auto} the next step of the CUDA path (not implemented): the backward
-                                     only over rows with a non-zero weight (pointer-array batched
-                                     GEMM), ONE GEMM over the stacked modalities, fewer launches
+    redesign-cuda-{direct,gram,auto} a further design (not implemented): ONE GEMM over the stacked
+                                     modalities, fewer launches (the backward over rows with a
+                                     non-zero weight, as the CUDA backend for equal channels)
   which mtut backend/algo is fastest, and whether algo="auto" picks it.
 
 How: every implementation is a list of kernels (Op), each with its FLOPs, HBM bytes, the
@@ -436,11 +436,10 @@ def cuda_plan(p: Problem, scen: str, algo: str, active, sms: int = 132) -> Plan:
     blocks split-K over (slice, sample) entries of one pointer-array product where gram_splits
     says so), our kernels for the reductions and the normalization backward; the gram blocks
     kept for the backward.
-    The gram backward's products, where every modality has the same channel count (all the
+    The backward's products, where every modality has the same channel count (all the
     named shapes), run over M - 1 (sample, modality) rows a sample, picked on the GPU (the
     rows with weight first); otherwise over every sample of a modality that needs a gradient.
-    The direct backward multiplies every sample; the normalization backward only writes the
-    zero gradient of rows without weight."""
+    The normalization backward only writes the zero gradient of rows without weight."""
     e, N, d, M, ch = elem(scen), p.N, p.d, p.M, p.channels
     pr = cublas_prec(scen)
     eo = e  # the scaled operands' dtype: the input's (bf16), fp32 otherwise
@@ -498,7 +497,8 @@ def cuda_plan(p: Problem, scen: str, algo: str, active, sms: int = 132) -> Plan:
     needs = [True] * M  # both networks train: every modality needs a gradient
     # the (sample, modality) rows with a weight (pair_coefficients_kernel: ref != 0)
     weighted = [sum(1 for b in range(N) if any(bool(active[b, m, n]) for n in range(M) if n != m)) for m in range(M)]
-    if algo == "gram" and len(set(ch)) == 1 and M <= 8:
+    students = len(set(ch)) == 1 and M <= 8  # student_products_apply (contiguous maps)
+    if algo == "gram" and students:
         # student_grad_raw: every A_mn [C, C] of the weighted rows (weighted_block_kernel; the
         # lower blocks written transposed, rows without weight skipped), one pointer kernel, then
         # ONE pointer-array product per term over L = M - 1 slots a sample (the loss's promise):
@@ -535,9 +535,16 @@ def cuda_plan(p: Problem, scen: str, algo: str, active, sms: int = 132) -> Plan:
                 # combine_strips_kernel: E = sum_n coef/ref K_n in the operand dtype; the first
                 # strip's product writes g, the others accumulate
                 bwd.append(Op("combine_strips", 0, M * 4 * N * ti * d + eo * N * ti * d))
-                bwd.append(Op("g=bmm" if i0 == 0 else "g.baddbmm", 2.0 * N * ch[m] * ti * d,
-                              eo * N * ti * d + e * N * ch[m] * ti + (4 if i0 == 0 else 8) * N * ch[m] * d,
-                              "cublas", pr, (N, ch[m], d, ti)))
+                if not students:
+                    bwd.append(Op("g=bmm" if i0 == 0 else "g.baddbmm", 2.0 * N * ch[m] * ti * d,
+                                  eo * N * ti * d + e * N * ch[m] * ti + (4 if i0 == 0 else 8) * N * ch[m] * d,
+                                  "cublas", pr, (N, ch[m], d, ti)))
+            if students:  # ONE pointer-array product over the L = M - 1 student rows a sample
+                C, L = ch[0], min(M - 1, sum(needs))
+                bwd.append(Op("student_pointers", 0, 0))
+                bwd.append(Op("g=students" if i0 == 0 else "g+=students", 2.0 * N * L * C * ti * d,
+                              eo * N * L * ti * d + e * N * L * C * ti + (4 if i0 == 0 else 8) * N * L * C * d,
+                              "cublas", pr, (N * L, C, d, ti)))
     # the normalization backward reads graw and x of the rows with weight, and only writes the
     # zero gradient of the others (pair_coefficients_kernel marks them with ref = 0)
     bwd += [Op("normalize_backward_kernel", 0, c * d * (w * (4 + 2 * e) + (N - w) * e)) for c, w in zip(ch, weighted)]
@@ -793,10 +800,9 @@ def triton_plan(p: Problem, scen: str, algo: str, active, gpu: Optional["GPU"] =
 
 
 def redesign_plan(p: Problem, scen: str, algo: str, active=None) -> Plan:
-    """The next step of the CUDA path (the current one, cuda_plan, already leaves every
-    product to cuBLAS and keeps the gram blocks): the backward multiplies only
-    rows that carry a non-zero weight (a pointer-array batched GEMM over the (sample,
-    modality) pairs with a weight: for M = 2 one modality per sample). GEMMs in the input
+    """A further design of the CUDA path (the current one, cuda_plan, leaves every product to
+    cuBLAS, keeps the gram blocks and, for equal channel counts, multiplies only the rows
+    with a weight): the rows stacked, ONE GEMM over all modalities. GEMMs in the input
     precision (bf16 inputs: bf16 operands, fp32 accumulation).
 
     gram:   stack the rows and their scales (one pass), ONE cuBLAS GEMM for the upper blocks
@@ -1119,7 +1125,8 @@ def markdown(rows: list, date: str) -> str:
         "- The CUDA backend (csrc/cuda/ssa_cuda.cu): every product is cuBLAS (the rate above), in the input precision",
         "  (bf16 operands for bf16 inputs); our kernels are memory-bound (row norms, square sums, the one-pass",
         "  scaling of the products' derived operands, normalization backward); the gram blocks are kept for the",
-        "  backward; the backward runs every sample of a modality. The forward Gram blocks of one shape are ONE",
+        "  backward; for equal channel counts the backward's products run over M - 1 (sample, modality) rows a",
+        "  sample, picked on the GPU (pointer-array products; else every sample of a modality). The forward Gram blocks of one shape are ONE",
         "  pointer-array product (over block x slice x sample entries, as fast as a strided batched one), split-K",
         "  where gram_splits (the code's rule, copied) says so; the partials cost memory traffic. cuBLAS is assumed not to split",
         "  K of a batched product on its own (at::bmm of the baselines and of the unsplit blocks): if it does, the",
@@ -1149,9 +1156,8 @@ def markdown(rows: list, date: str) -> str:
         "  baselines keep those GEMMs and fuse the rest (bench/gpu_model.py compiled_*); mtut's kernels are counted",
         "  from csrc/cuda and mtut_ops/triton. Both networks train (every modality needs a gradient); per sample the",
         "  losses are distinct, so M - 1 modalities get SSA gradient (what the backward's weight skipping sees).",
-        "- The redesign (the next step, not implemented; bench/gpu_model.py redesign_plan): as the CUDA backend, but",
-        "  the backward multiplies only the rows with a non-zero weight (a grouped GEMM whose row list is built on the",
-        "  GPU: with cuBLAS the host would have to read the weights, a synchronization). gram: ONE GEMM",
+        "- The redesign (not implemented; bench/gpu_model.py redesign_plan): as the CUDA backend (the backward over",
+        "  the rows with a non-zero weight, as the CUDA backend now does for equal channel counts), and gram: ONE GEMM",
         "  for the upper blocks (m <= n) of H over the stacked rows, kept; fused square-sum; backward ONE GEMM W X.",
         "  direct (d <= C): K_m by cuBLAS, one fused pairwise square-difference reduce, backward E_m fused + ONE GEMM.",
         "  auto: the CUDA rule (direct while d (C + 2P) <= alpha C^2 or d <= d_direct; mtut_ops/_validation.py AUTO_RULES).",

@@ -184,7 +184,7 @@ struct AutoRule {
 AutoRule auto_rule(Backend backend, at::ScalarType dtype) {
   if (backend == Backend::Cpu || dtype == at::kDouble) return {1.0, 0};  // FLOPs decide (no fp64 GPU model)
   if (dtype == at::kHalf || dtype == at::kBFloat16) return {0.4, 750};
-  return {0.3, 128};  // float32, TF32 or not
+  return {0.45, 128};  // float32, TF32 or not
 }
 }  // namespace
 

@@ -42,9 +42,9 @@ using Needs = std::vector<char>;
 Needs check_needs_grad(const c10::List<bool>& needs_grad, const FeatInfo& info);
 // sqdist_backward's `students`: 0 (any number), or the most modalities per sample whose
 // weight row (w[b, m, :]) is non-zero and not NaN, a promise the loss's own backward can
-// make (M - 1: the modality with the lowest ce is nobody's student). The CUDA gram backward
-// multiplies only that many rows per sample; a row beyond the promise gets a NaN gradient.
-// Returns the slots per sample: min(students or M, M).
+// make (M - 1: the modality with the lowest ce is nobody's student). The CUDA backward
+// (equal channel counts) multiplies only that many rows per sample; a row beyond the
+// promise gets a NaN gradient. Returns the slots per sample: min(students or M, M).
 int64_t check_students(int64_t students, const FeatInfo& info);
 void check_loss_args(double beta, double lambda, std::optional<double> pair_cap);
 Distance parse_distance(std::string_view distance);

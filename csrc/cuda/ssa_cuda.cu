@@ -21,7 +21,7 @@
 //         backward, for each modality m that needs a gradient:
 //         graw_m = sum_n coef_mn P_mn diag(s_n^2) X_n (the blocks reused, not recomputed;
 //         each weighted in one pass of our own into the operand dtype). For equal channel
-//         counts the products run over the rows with weight only (student_grad_raw: M
+//         counts the products run over the rows with weight only (student_gram_grad_raw: M
 //         pointer-array products over `students` rows a sample, picked on the GPU), else
 //         one product per block over every sample.
 // direct: forward, strips of rows I of the upper triangle of every K_m = Xh_m^T Xh_m,
@@ -1050,35 +1050,41 @@ __global__ void __launch_bounds__(kThreads) weighted_block_kernel(
   }
 }
 
-// ------------------------------------------------------------------ gram backward: the students' rows
+// ------------------------------------------------------------------ backward: the students' rows
 //
 // A (sample, modality) row gets gradient only where its weight row is non-zero: for the loss
 // with M = 2, one network per sample (the one with the higher ce). Multiplying every row
 // does M / L times the work for L students a sample; which rows those are is known on the GPU
 // only (a host read of the weights would stall the host behind the networks' forward). So,
 // where every modality has the same channel count and an operand layout cuBLAS reads alike,
-// the backward's products are M pointer-array products (term 0: graw_m = A_mm X_m; term j:
-// graw_m += A_mn X_n, n the j-th other modality) over L slots per sample, which
+// the backward's products are pointer-array products over L slots per sample, which
 // student_pointers_kernel fills on the GPU: first the sample's students (rows with a weight
 // neither 0 nor NaN, in modality order), then modalities that need a gradient but have none
-// there (their graw rows are computed from whatever their A holds and never read: the
+// there (their graw rows are computed from whatever their operands hold and never read: the
 // normalization backward writes their 0, or for a NaN weight NaN, without reading). L is
 // sqdist_backward's `students` (the loss's backward promises M - 1), at most the number of
 // modalities that need a gradient; a student beyond it gets ref = NaN, i.e. a NaN gradient.
+//   gram:   M products (term 0: graw_m = A_mm X_m; term j: graw_m += A_mn X_n, n the j-th
+//           other modality), A_mn the weighted blocks.
+//   direct: per strip of rows I one product graw_m (+)= X_m[:, I] E_m[I, :].
 constexpr int kMaxStudentModalities = 8;  // slot lists are 3-bit fields of one word
 struct StudentBases {
-  const char* x[kMaxStudentModalities];     // the operand rows of modality m, sample 0
-  int64_t x_sample[kMaxStudentModalities];  // their sample stride, bytes
-  char* graw[kMaxStudentModalities];        // graw_m [N, C, d], or null where m needs no gradient
+  // term (m, n): the left operand of sample b at left[m M + n] + b left_sample[m M + n], the
+  // right one likewise (bytes); graw_m [N, C, d] (null where m needs no gradient)
+  const char* left[kMaxStudentModalities * kMaxStudentModalities];
+  const char* right[kMaxStudentModalities * kMaxStudentModalities];
+  int64_t left_sample[kMaxStudentModalities * kMaxStudentModalities];
+  int64_t right_sample[kMaxStudentModalities * kMaxStudentModalities];
+  char* graw[kMaxStudentModalities];
 };
 
-// One thread per sample: its L slots, and for every slot k and term j entry
-// e = (j N + b) L + k of the pointer arrays: A_mn (the weighted blocks W [M, M, N, >= C C],
-// w_block and w_sample bytes apart), the rows of X_n, graw_m.
+// One thread per sample: its L slots, and for every slot k (modality m) and term j (n = m
+// for j = 0, else the j-th other modality; `terms` of them) entry e = (j N + b) L + k of the
+// pointer arrays: the left and right operands of (m, n), graw_m.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) student_pointers_kernel(
-    const StudentBases bases, const char* W, int64_t w_block, int64_t w_sample, int64_t graw_sample, int64_t N, int M,
-    int L, T* __restrict__ ref, const void** a, const void** x, void** c) {
+    const StudentBases bases, int64_t graw_sample, int64_t N, int M, int L, int terms, T* __restrict__ ref,
+    const void** left, const void** right, void** out) {
   const int64_t b = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (b >= N) return;
   unsigned slots = 0, taken = 0;  // (bit fields, not arrays: no local memory)
@@ -1099,49 +1105,58 @@ __global__ void __launch_bounds__(kThreads) student_pointers_kernel(
   const int64_t per_term = N * L;
   for (int k = 0; k < L; ++k) {
     const int m = static_cast<int>(slots >> (3 * k) & 7u);
-    for (int j = 0; j < M; ++j) {
+    for (int j = 0; j < terms; ++j) {
       const int n = j == 0 ? m : (j - 1 < m ? j - 1 : j);
+      const int q = m * M + n;
       const int64_t e = j * per_term + b * L + k;
-      a[e] = W + (static_cast<int64_t>(m) * M + n) * w_block + b * w_sample;
-      x[e] = bases.x[n] + b * bases.x_sample[n];
-      c[e] = bases.graw[m] + b * graw_sample;
+      left[e] = bases.left[q] + b * bases.left_sample[q];
+      right[e] = bases.right[q] + b * bases.right_sample[q];
+      out[e] = bases.graw[m] + b * graw_sample;
     }
   }
 }
 
-// graw_e [C, d] (row-major; `accumulate`: +=) = A_e [C, C] (row-major) X_e [C, d] (laid out as
-// lx) for the entries [first, first + count) of `ptrs` ([3, total]: A_e, X_e, graw_e); `in`
+// A matrix operand of the pointer-array products: entry (i, j) at i lead + j (row_major) or
+// at j lead + i.
+struct Matrix {
+  bool row_major;
+  int64_t lead;
+};
+Matrix rows_matrix(const RowsLayout& l) { return {l.positions_contiguous, l.lead}; }  // the rows [C, d] of a map
+
+// out_e [rows, cols] (row-major; `accumulate`: +=) = left_e [rows, k] right_e [k, cols] for the
+// entries [first, first + count) of `ptrs` ([3, total]: left_e, right_e, out_e); `in`
 // operands, `out` output and accumulation, as sliced_gram_product.
-void student_product(const at::Tensor& ptrs, int64_t first, int64_t count, int64_t C, int64_t d,
-                     const RowsLayout& lx, bool accumulate, at::ScalarType in, at::ScalarType out) {
+void pointer_product(const at::Tensor& ptrs, int64_t first, int64_t count, int64_t rows, int64_t cols, int64_t k,
+                     Matrix left, Matrix right, bool accumulate, at::ScalarType in, at::ScalarType out) {
   const int64_t total = ptrs.size(1);
 #ifdef MTUT_CUDA_EMULATE
   record(in, in, out);
   const int64_t* p = ptrs.const_data_ptr<int64_t>();
   const auto options = at::TensorOptions().dtype(in);
+  const auto strides = [](Matrix x) { return x.row_major ? std::vector<int64_t>{x.lead, 1} : std::vector<int64_t>{1, x.lead}; };
   for (int64_t e = first; e < first + count; ++e) {
-    TORCH_CHECK(p[e] % 64 == 0, "mtut: internal: a weighted block not on a 64-byte boundary");  // (host memory: 64)
-    const at::Tensor A = at::from_blob(reinterpret_cast<void*>(p[e]), {C, C}, {C, 1}, options);
-    const at::Tensor X = at::from_blob(reinterpret_cast<void*>(p[total + e]), {C, d},
-                                       {lx.channel_stride(), lx.position_stride()}, options);
-    at::Tensor G = at::from_blob(reinterpret_cast<void*>(p[2 * total + e]), {C, d}, {d, 1}, options.dtype(out));
-    if (accumulate) G.addmm_(A.to(out), X.to(out));  // 16-bit products are exact in fp32, as on the tensor cores
-    else at::mm_out(G, A.to(out), X.to(out));
+    const at::Tensor L = at::from_blob(reinterpret_cast<void*>(p[e]), {rows, k}, strides(left), options);
+    const at::Tensor R = at::from_blob(reinterpret_cast<void*>(p[total + e]), {k, cols}, strides(right), options);
+    at::Tensor G = at::from_blob(reinterpret_cast<void*>(p[2 * total + e]), {rows, cols}, {cols, 1}, options.dtype(out));
+    if (accumulate) G.addmm_(L.to(out), R.to(out));  // 16-bit products are exact in fp32, as on the tensor cores
+    else at::mm_out(G, L.to(out), R.to(out));
   }
 #else
-  // Column-major, cuBLAS computes graw_e^T [d, C] = op(X_e) [d, C] A_e^T [C, C].
+  // Column-major, cuBLAS computes out_e^T [cols, rows] = right_e^T [cols, k] left_e^T [k, rows]:
+  // a row-major operand is its transpose column-major (no op), the other one needs op T.
   const auto* p = reinterpret_cast<void* const*>(ptrs.const_data_ptr<int64_t>());
-  const cublasOperation_t opx = lx.positions_contiguous ? CUBLAS_OP_N : CUBLAS_OP_T;
   const bool f64 = out == at::kDouble;
   const float one = 1, beta = accumulate ? 1.0f : 0.0f;
   const double one64 = 1, beta64 = accumulate ? 1.0 : 0.0;
   cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();  // on the current stream
   TORCH_CUDABLAS_CHECK(cublasGemmBatchedEx(
-      handle, opx, CUBLAS_OP_N, static_cast<int>(d), static_cast<int>(C), static_cast<int>(C),
-      f64 ? static_cast<const void*>(&one64) : &one, const_cast<const void**>(p + total + first), cuda_type(in),
-      static_cast<int>(lx.lead), const_cast<const void**>(p + first), cuda_type(in), static_cast<int>(C),
+      handle, right.row_major ? CUBLAS_OP_N : CUBLAS_OP_T, left.row_major ? CUBLAS_OP_N : CUBLAS_OP_T,
+      static_cast<int>(cols), static_cast<int>(rows), static_cast<int>(k), f64 ? static_cast<const void*>(&one64) : &one,
+      const_cast<const void**>(p + total + first), cuda_type(in), static_cast<int>(right.lead),
+      const_cast<const void**>(p + first), cuda_type(in), static_cast<int>(left.lead),
       f64 ? static_cast<const void*>(&beta64) : &beta, const_cast<void**>(p + 2 * total + first), cuda_type(out),
-      static_cast<int>(d), static_cast<int>(count), f64 ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F,
+      static_cast<int>(cols), static_cast<int>(count), f64 ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F,
       CUBLAS_GEMM_DEFAULT));
 #endif
 }
@@ -1160,22 +1175,52 @@ bool student_products_apply(const Prepared& p, const FeatInfo& info) {
   return true;
 }
 
+// The slots per sample (at most the modalities that need a gradient), the graw buffers of those
+// (compute dtype; emulated: 1, so that a student row without its products, NaN'd by the
+// broken-promise rule, cannot pass for a row the rule left alone) and their bases.
+int64_t student_graw(const FeatInfo& info, const Needs& needs, int64_t slots, const at::TensorOptions& options,
+                     std::vector<at::Tensor>& g, StudentBases& bases) {
+  const int64_t L = std::min<int64_t>(slots, std::count(needs.begin(), needs.end(), true));
+  for (int64_t m = 0; m < info.M && L > 0; ++m) {
+    if (!needs[m]) continue;
+    g[m] = unwritten({info.N, info.channels[0], info.d}, options, 1.0);
+    bases.graw[m] = static_cast<char*>(g[m].mutable_data_ptr());
+  }
+  return L;
+}
+
+// Fills `ptrs` [3, terms N L] for the bases (student_pointers_kernel).
+template <typename T>
+at::Tensor student_pointers(const StudentBases& bases, const FeatInfo& info, int64_t L, int terms,
+                            const Coefficients& c, cudaStream_t stream) {
+  const int64_t N = info.N, total = terms * N * L;
+  at::Tensor ptrs = at::empty({3, total}, c.ref.options().dtype(at::kLong));
+  auto* arr = reinterpret_cast<void**>(ptrs.mutable_data_ptr<int64_t>());
+  launch(student_pointers_kernel<T>, dim3(static_cast<unsigned>((N + kThreads - 1) / kThreads)), dim3(kThreads),
+         stream, bases, info.channels[0] * info.d * static_cast<int64_t>(c.ref.element_size()), N,
+         static_cast<int>(info.M), static_cast<int>(L), terms, c.ref.mutable_data_ptr<T>(),
+         const_cast<const void**>(arr), const_cast<const void**>(arr + total), arr + 2 * total);
+  return ptrs;
+}
+
 // graw of gram_grad_raw through the student products (`slots` = L per sample).
 template <typename Top>
-std::vector<at::Tensor> student_grad_raw(const Prepared& p, const at::Tensor& kept, const Coefficients& c,
-                                         const FeatInfo& info, const Needs& needs, int64_t slots,
-                                         cudaStream_t stream) {
+std::vector<at::Tensor> student_gram_grad_raw(const Prepared& p, const at::Tensor& kept, const Coefficients& c,
+                                              const FeatInfo& info, const Needs& needs, int64_t slots,
+                                              cudaStream_t stream) {
   using T = Cmp<Top>;
   const int M = static_cast<int>(info.M);
   const int64_t N = info.N, C = info.channels[0], d = info.d;
-  const int64_t L = std::min<int64_t>(slots, std::count(needs.begin(), needs.end(), true));
   std::vector<at::Tensor> g(M);
+  StudentBases bases{};
+  const int64_t L = student_graw(info, needs, slots, kept.options(), g, bases);
   if (L == 0) return g;
   // A_mn [C, C] row-major of every (m, n) that needs it, rows without weight left unwritten;
   // a sample's block starts on a 64-entry boundary (the products' pointers 128-byte aligned)
   const int64_t w_sample = (C * C + 63) / 64 * 64;
   at::Tensor W = unwritten({M, M, N, w_sample}, kept.options().dtype(p.operand));
   const int64_t rows_per_chunk = std::max<int64_t>(1, kChunkEntries / C);
+  const int64_t elem = p.operands[0].element_size(), elem_w = W.element_size();
   for (int m = 0; m < M; ++m) {
     if (!needs[m]) continue;
     const at::Tensor ref = c.ref.select(0, m);  // [N], contiguous
@@ -1191,29 +1236,22 @@ std::vector<at::Tensor> student_grad_raw(const Prepared& p, const at::Tensor& ke
                /*scale_rows=*/n < m, factor.const_data_ptr<T>() + b0 * factor.stride(0), factor.stride(0),
                /*transposed=*/n < m, ref.const_data_ptr<T>() + b0, out + b0 * w_sample, w_sample);
       }
+      bases.left[m * M + n] = reinterpret_cast<const char*>(out);
+      bases.left_sample[m * M + n] = w_sample * elem_w;
+      bases.right[m * M + n] = static_cast<const char*>(p.operands[n].const_data_ptr());
+      bases.right_sample[m * M + n] = p.operands[n].stride(0) * elem;
     }
   }
-  StudentBases bases{};
-  const int64_t elem = p.operands[0].element_size(), elem_w = W.element_size();
-  for (int m = 0; m < M; ++m) {
-    bases.x[m] = static_cast<const char*>(p.operands[m].const_data_ptr());
-    bases.x_sample[m] = p.operands[m].stride(0) * elem;
-    if (!needs[m]) continue;
-    // (compute dtype; emulated: 1, so that a student row without its products, NaN'd by the
-    // broken-promise rule, cannot pass for a row the rule left alone)
-    g[m] = unwritten({N, C, d}, kept.options(), 1.0);
-    bases.graw[m] = static_cast<char*>(g[m].mutable_data_ptr());
-  }
-  const int64_t per_term = N * L, total = M * per_term;
-  at::Tensor ptrs = at::empty({3, total}, kept.options().dtype(at::kLong));
-  auto* arr = reinterpret_cast<void**>(ptrs.mutable_data_ptr<int64_t>());
-  launch(student_pointers_kernel<T>, dim3(static_cast<unsigned>((N + kThreads - 1) / kThreads)), dim3(kThreads),
-         stream, bases, static_cast<const char*>(W.const_data_ptr()), N * w_sample * elem_w, w_sample * elem_w,
-         C * d * static_cast<int64_t>(kept.element_size()), N, M, static_cast<int>(L), c.ref.mutable_data_ptr<T>(),
-         const_cast<const void**>(arr), const_cast<const void**>(arr + total), arr + 2 * total);
-  const RowsLayout lx = rows_layout(p.operands[0]);
+  const at::Tensor ptrs = student_pointers<T>(bases, info, L, M, c, stream);
+#ifdef MTUT_CUDA_EMULATE
+  const int64_t* lp = ptrs.const_data_ptr<int64_t>();
+  for (int64_t e = 0; e < ptrs.size(1); ++e)  // (host memory is 64-byte aligned)
+    TORCH_CHECK(lp[e] % 64 == 0, "mtut: internal: a weighted block not on a 64-byte boundary");
+#endif
+  const Matrix x = rows_matrix(rows_layout(p.operands[0]));
   for (int j = 0; j < M; ++j)
-    student_product(ptrs, j * per_term, per_term, C, d, lx, /*accumulate=*/j > 0, p.operand, info.compute_dtype);
+    pointer_product(ptrs, j * N * L, N * L, C, d, C, {true, C}, x, /*accumulate=*/j > 0, p.operand,
+                    info.compute_dtype);
   return g;
 }
 
@@ -1224,7 +1262,7 @@ std::vector<at::Tensor> student_grad_raw(const Prepared& p, const at::Tensor& ke
 template <typename Top>
 std::vector<at::Tensor> gram_grad_raw(const Prepared& p, const at::Tensor& kept, const Coefficients& c,
                                       const FeatInfo& info, const Needs& needs, int64_t slots, cudaStream_t stream) {
-  if (student_products_apply(p, info)) return student_grad_raw<Top>(p, kept, c, info, needs, slots, stream);
+  if (student_products_apply(p, info)) return student_gram_grad_raw<Top>(p, kept, c, info, needs, slots, stream);
   const int64_t M = info.M, N = info.N;
   std::vector<at::Tensor> g(M);
   for (int64_t m = 0; m < M; ++m) {
@@ -1273,10 +1311,11 @@ __global__ void __launch_bounds__(kThreads, 4) combine_strips_kernel(
 }
 
 // graw_m with dL/dXh_m = diag(ref_m s_m) graw_m for dL/dXh_m = Xh_m E_m, E_m = sum_n coef_mn K_n,
-// over strips of rows I: K_n[I, :] = X_n[:, I]^T diag(s_n^2) X_n, graw_m += X_m[:, I] E_m[I, :] / ref_m.
+// over strips of rows I: K_n[I, :] = X_n[:, I]^T diag(s_n^2) X_n, graw_m += X_m[:, I] E_m[I, :] / ref_m;
+// for equal channel counts one pointer-array product a strip over the students' rows.
 template <typename Tin>
 std::vector<at::Tensor> direct_grad_raw(const Prepared& p, const Coefficients& c, const FeatInfo& info,
-                                        const Needs& needs, cudaStream_t stream) {
+                                        const Needs& needs, int64_t slots, cudaStream_t stream) {
   using Top = Operand<Tin>;
   using T = Cmp<Tin>;
   const int64_t M = info.M, N = info.N, d = info.d;
@@ -1284,22 +1323,40 @@ std::vector<at::Tensor> direct_grad_raw(const Prepared& p, const Coefficients& c
   const int64_t rows = std::clamp<int64_t>(kStripBudget / std::max<int64_t>(N * d * M, 1), 1, d);
   std::vector<at::Tensor> g(M);
   std::vector<at::Tensor> K(M);
+  const bool students = student_products_apply(p, info);
+  StudentBases bases{};
+  const int64_t L = students ? student_graw(info, needs, slots, c.ref.options(), g, bases) : 0;
+  const RowsLayout lx = rows_layout(p.operands[0]);
   for (int64_t i0 = 0; i0 < d; i0 += rows) {
     const int64_t ti = std::min(rows, d - i0), count = ti * d;
     K = strip_lefts<Tin>(p, i0, ti, stream);  // each replaced by its product, as in sqdist_direct
     for (int64_t m = 0; m < M; ++m)  // K_m enters E_m and every other E_n: all are formed
       K[m] = gemm(K[m], p.operands[m], info.compute_dtype);  // [N, ti, d]
+    std::vector<at::Tensor> E(M);
     for (int64_t m = 0; m < M; ++m) {
       if (!needs[m]) continue;
-      at::Tensor E = at::empty({N, ti, d}, K[m].options().dtype(p.operand));
+      E[m] = at::empty({N, ti, d}, K[m].options().dtype(p.operand));
       for (int64_t b0 = 0; b0 < N; b0 += kMaxGrid) {
         const int64_t nb = std::min(kMaxGrid, N - b0);
         launch(combine_strips_kernel<Top>, dim3(grid_dim((count + kChunkEntries - 1) / kChunkEntries), grid_dim(nb)),
                dim3(kThreads), stream, strip_pairs(K, b0, count), count, static_cast<int>(m),
-               c.factor.const_data_ptr<T>() + b0 * M * M, static_cast<Top*>(E.mutable_data_ptr()) + b0 * count);
+               c.factor.const_data_ptr<T>() + b0 * M * M, static_cast<Top*>(E[m].mutable_data_ptr()) + b0 * count);
       }
-      gemm_acc(g[m], p.operands[m].narrow(2, i0, ti), E, info.compute_dtype);
+      if (!students) gemm_acc(g[m], p.operands[m].narrow(2, i0, ti), E[m], info.compute_dtype);
     }
+    if (L == 0) continue;
+    const int64_t elem = p.operands[0].element_size();
+    for (int64_t m = 0; m < M; ++m) {
+      if (!needs[m]) continue;
+      const int64_t q = m * M + m;  // one term: (m, m)
+      bases.left[q] = static_cast<const char*>(p.operands[m].const_data_ptr()) + i0 * lx.position_stride() * elem;
+      bases.left_sample[q] = p.operands[m].stride(0) * elem;
+      bases.right[q] = static_cast<const char*>(E[m].const_data_ptr());
+      bases.right_sample[q] = count * E[m].element_size();
+    }
+    const at::Tensor ptrs = student_pointers<T>(bases, info, L, 1, c, stream);
+    pointer_product(ptrs, 0, N * L, info.channels[0], d, ti, rows_matrix(lx), {true, d}, /*accumulate=*/i0 > 0,
+                    p.operand, info.compute_dtype);
   }
   return g;
 }
@@ -1474,7 +1531,7 @@ std::vector<at::Tensor> sqdist_backward(at::TensorList feats, const at::Tensor& 
     const Prepared p = prepare<scalar_t>(feats, info, eps, /*scaled_products=*/true, buffer, a, kept, stream);
     std::vector<at::Tensor> g;
     if (a == Algo::Direct) {
-      g = direct_grad_raw<typename Raw<scalar_t>::type>(p, c, info, needs, stream);
+      g = direct_grad_raw<typename Raw<scalar_t>::type>(p, c, info, needs, slots, stream);
     } else {
       if (!kept) gram_forward<Cmp<typename Raw<scalar_t>::type>>(p, info, buffer, stream);  // (S is not needed)
       g = gram_grad_raw<Operand<typename Raw<scalar_t>::type>>(p, buffer, c, info, needs, slots, stream);
