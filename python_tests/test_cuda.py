@@ -185,10 +185,11 @@ def test_split_gram_on_cublas(layout):
         torch.testing.assert_close(a.grad.cpu(), b.grad, rtol=1e-8, atol=1e-10 * (1 + b.grad.abs().max().item()))
 
 
+@pytest.mark.parametrize("algo", ["gram", "direct"])
 @pytest.mark.parametrize("M", [2, 3])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "padded_rows"])
-def test_student_products_on_cublas(layout, M):
-    """The gram backward's student products (M pointer-array cuBLAS products over the rows with
+def test_student_products_on_cublas(layout, M, algo):
+    """The backward's student products (pointer-array cuBLAS products over the rows with
     weight, picked on the GPU) against the fp64 reference in each layout cuBLAS reads without a
     copy, and a broken promise (a dense weight, students = 1) gives NaN rows, not numbers: the
     emulation checks the slots, only a GPU the transposes, leading dimensions and beta."""
@@ -202,13 +203,13 @@ def test_student_products_on_cublas(layout, M):
     ref = leaf([f.cpu() for f in feats])
     R.ssa_loss(ref, ce).backward()
     got = leaf(feats)
-    mtut_ops.ssa_loss(got, ce.cuda(), algo="gram", backend="cuda").backward()
+    mtut_ops.ssa_loss(got, ce.cuda(), algo=algo, backend="cuda").backward()
     for a, b in zip(got, ref):
         torch.testing.assert_close(a.grad.cpu(), b.grad, rtol=1e-8, atol=1e-10 * (1 + b.grad.abs().max().item()))
     weight = torch.rand(N, M, M, dtype=torch.float64, device="cuda") + 0.1  # every row a student
     none = torch.empty(0, dtype=torch.float64, device="cuda")
-    one = torch.ops.mtut.sqdist_backward(feats, none, weight, 1e-8, "gram", [True] * M, 1)
-    every = torch.ops.mtut.sqdist_backward(feats, none, weight, 1e-8, "gram", [True] * M, 0)
+    one = torch.ops.mtut.sqdist_backward(feats, none, weight, 1e-8, algo, [True] * M, 1)
+    every = torch.ops.mtut.sqdist_backward(feats, none, weight, 1e-8, algo, [True] * M, 0)
     assert not every[0].isnan().any()  # (another batch count: cuBLAS may pick another kernel)
     torch.testing.assert_close(one[0], every[0], rtol=1e-10, atol=1e-12 * every[0].abs().max().item())
     assert all(g.isnan().all() for g in one[1:])
