@@ -121,7 +121,9 @@ def register_autograd(
         return list(out) if returns_list else out
 
     for key in keys:
-        lib.impl(qualname.split("::")[1], kernel, key)
+        # allow_override: a custom_op (the triton backend's ops) comes with an Autograd kernel
+        # of its own, which this one replaces; torch 2.11 refuses that by default (2.14 allows it).
+        lib.impl(qualname.split("::")[1], kernel, key, allow_override=True)
 
 
 def _no_saving(ctx, args, output):

@@ -72,6 +72,50 @@ def test_ops_without_a_gpu():
     _pytest(["python_tests/test_triton.py", "-k", "test_op_"], {"MTUT_REGISTER_TRITON": "1"}, timeout=600)
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_triton_op_annotations_say_the_schema():
+    """torch 2.11's triton_op ignores its schema= argument and infers the schema from the
+    function's annotations (mtut_ops/triton/ops.py): they must give the declared schema, or
+    importing mtut_ops fails on such a GPU machine."""
+    ops = importlib.import_module("mtut_ops.triton.ops")
+    for name, schema in ops._SCHEMAS.items():
+        assert torch.library.infer_schema(getattr(ops, name), mutates_args=()) == schema, name
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+@pytest.mark.parametrize("interpreted", [False, True], ids=["triton_op", "interpreter"])
+def test_registration_under_strict_library_impl(interpreted):
+    """torch 2.11 (the GPU machine's; 2.14 allows it) refuses a Library.impl over a kernel already
+    registered from Python unless allow_override=True, and the triton ops' Autograd kernel
+    replaces the one custom_op registers. Importing mtut_ops with that default must work."""
+    code = (
+        "import torch.library as L\n"
+        "impl = L.Library.impl\n"
+        "def strict(self, *args, allow_override=False, **kwargs):\n"
+        "    return impl(self, *args, allow_override=allow_override, **kwargs)\n"
+        "L.Library.impl = strict\n"
+        "import torch, mtut_ops\n"
+        "assert hasattr(torch.ops.mtut, 'triton_sqdist_forward')\n"
+    )
+    env = {"TRITON_INTERPRET": "1"} if interpreted else {"MTUT_REGISTER_TRITON": "1"}
+    proc = _run(code, env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def test_triton_dots_with_an_accumulator_say_its_dtype():
+    """triton 3.6 (the GPU machine's) asserts that tl.dot's accumulator has out_dtype, which
+    defaults to float32: a float64 accumulator without out_dtype fails to compile there."""
+    import ast
+
+    for path in sorted((ROOT / "mtut_ops" / "triton").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "dot"
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "tl"):
+                keywords = {k.arg for k in node.keywords}
+                if len(node.args) >= 3 or "acc" in keywords:
+                    assert "out_dtype" in keywords, f"{path.name}:{node.lineno}: tl.dot with an accumulator, no out_dtype"
+
+
 def test_import_without_triton():
     """No triton: mtut_ops imports, registers no triton op, and backend='triton' says why."""
     code = (

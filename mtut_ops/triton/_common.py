@@ -47,12 +47,21 @@ import torch
 import triton
 import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
-from torch.library import wrap_triton
 
 from .. import _validation as V
 
 #: True when triton.jit builds interpreted kernels (TRITON_INTERPRET=1): fixed at import.
 INTERPRETED = bool(getattr(triton, "knobs", None) and triton.knobs.runtime.interpret)  # no knobs: triton < 3.4, never registered
+
+if INTERPRETED:
+    def wrap_triton(kernel):
+        """The kernel as it is: under the interpreter the ops are custom_ops that nothing
+        traces into, and torch 2.11's wrap_triton fails on triton 3.6's interpreted kernels."""
+        return kernel
+else:
+    # (torch's triton_op finds an op's kernels by this name at the call sites: keep it)
+    from torch.library import wrap_triton
+
 
 #: tl.constexpr codes of the operand modes (what a 16-bit or TF32 rounding rounds to).
 ROUND_CODE = {"ieee": 0, "fp16": 1, "bf16": 2, "tf32": 3}

@@ -34,9 +34,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
-from ._common import Packed, configs, dot_precision, launcher_kind, launchers, min_block, on_device, round_operand
+from ._common import (Packed, configs, dot_precision, launcher_kind, launchers, min_block, on_device, round_operand,
+                      wrap_triton)
 
 # (BLOCK_D, BLOCK_C, num_warps, num_stages) per kind of operand; each free of spills and
 # within shared memory on sm_80 and sm_90 (tools/triton_static.py)
@@ -73,7 +73,7 @@ def _k_tile(z, c_start, c_end, offs_i, offs_j, mask_i, mask_j, d,
         if UPCAST:
             xi = xi.to(tl.float32)
             xj = xj.to(tl.float32)
-        acc = tl.dot(tl.trans(xi), xj, acc, input_precision=PRECISION)
+        acc = tl.dot(tl.trans(xi), xj, acc, input_precision=PRECISION, out_dtype=acc.dtype)  # (triton 3.6: say fp64)
     return acc
 
 

@@ -36,9 +36,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
-from ._common import Packed, configs, dot_precision, launcher_kind, launchers, min_block, on_device, padded, round_operand
+from ._common import (Packed, configs, dot_precision, launcher_kind, launchers, min_block, on_device, padded,
+                      round_operand, wrap_triton)
 
 # (BLOCK_C, BLOCK_K, num_warps, num_stages) per kind of operand; each free of spills and
 # within shared memory on sm_80 and sm_90 (tools/triton_static.py)
@@ -69,7 +69,7 @@ def _g_tile(z, offs_r, offs_c, mask_r, mask_c, d,
         if UPCAST:
             a = a.to(tl.float32)
             b = b.to(tl.float32)
-        acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION, out_dtype=acc.dtype)  # (triton 3.6: say fp64)
     return acc
 
 
@@ -163,7 +163,7 @@ def _gram_apply(z, h, sigma, modality, needed, out, d, C, ldh, M,
             if UPCAST:
                 hh = hh.to(tl.float32)
                 x = x.to(tl.float32)
-            acc = tl.dot(hh, x, acc, input_precision=PRECISION)
+            acc = tl.dot(hh, x, acc, input_precision=PRECISION, out_dtype=acc.dtype)
         if SCALED:
             acc = acc * tl.load(sigma + b * M + mod_r, mask=mask_r, other=1.0)[:, None]
         tl.store(out + (b.to(tl.int64) * C + offs_r[:, None]) * d + offs_k[None, :], acc,

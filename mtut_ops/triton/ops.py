@@ -54,7 +54,8 @@ def _check_backward(feats, weight, eps, algo, needs_grad) -> V.FeatInfo:
 # ------------------------------------------------------------------ ops
 
 
-def triton_sqdist_forward(feats: list, eps: float, algo: str, directed: bool, for_backward: bool) -> tuple:
+def triton_sqdist_forward(feats: list[torch.Tensor], eps: float, algo: str, directed: bool,
+                          for_backward: bool) -> tuple[torch.Tensor, torch.Tensor]:
     info = _check_sqdist(feats, eps, algo)
     pk = pack(feats, info, eps)
     pairs, index = pair_tables(info.M, pk.z.device)
@@ -66,8 +67,8 @@ def triton_sqdist_forward(feats: list, eps: float, algo: str, directed: bool, fo
     return S, S.new_empty((0,))  # nothing kept: the backward recomputes its tiles
 
 
-def triton_sqdist_backward(feats: list, saved: torch.Tensor, weight: torch.Tensor, eps: float, algo: str,
-                           needs_grad: list) -> list:
+def triton_sqdist_backward(feats: list[torch.Tensor], saved: torch.Tensor, weight: torch.Tensor, eps: float,
+                           algo: str, needs_grad: list[bool]) -> list[torch.Tensor]:
     info = _check_backward(feats, weight, eps, algo, needs_grad)
     pk = pack(feats, info, eps)
     if V.resolve_algo(algo, info.d, info.channels, "triton", info.dtype) == "direct":
@@ -103,6 +104,8 @@ def _register(fn, fake):
         op.register_fake(fake)
     else:
         # triton_op registers fn itself as the fake: it only runs torch ops and wrap_triton launches.
+        # (torch 2.11's triton_op ignores schema= and infers the schema from fn's annotations:
+        # they must say the same, which test_triton.py checks.)
         op = torch.library.triton_op(name, fn, mutates_args=(), schema=_SCHEMAS[fn.__name__])
     _keep_out_of_autocast(name)
     return op
