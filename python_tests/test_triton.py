@@ -74,11 +74,17 @@ def test_ops_without_a_gpu():
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_triton_op_annotations_say_the_schema():
-    """torch 2.11's triton_op ignores its schema= argument and infers the schema from the
-    function's annotations (mtut_ops/triton/ops.py): they must give the declared schema, or
-    importing mtut_ops fails on such a GPU machine."""
+    """The triton ops' schemas are inferred from their functions' annotations
+    (mtut_ops/triton/ops.py; torch 2.11's triton_op ignores a schema= argument): they must
+    give exactly these schemas (a bare `list` makes importing mtut_ops fail)."""
     ops = importlib.import_module("mtut_ops.triton.ops")
-    for name, schema in ops._SCHEMAS.items():
+    schemas = {
+        "triton_sqdist_forward": "(Tensor[] feats, float eps, str algo, bool directed, bool for_backward) -> (Tensor, Tensor)",
+        "triton_sqdist_backward": (
+            "(Tensor[] feats, Tensor saved, Tensor weight, float eps, str algo, bool[] needs_grad) -> Tensor[]"
+        ),
+    }
+    for name, schema in schemas.items():
         assert torch.library.infer_schema(getattr(ops, name), mutates_args=()) == schema, name
 
 

@@ -78,14 +78,6 @@ def triton_sqdist_backward(feats: list[torch.Tensor], saved: torch.Tensor, weigh
     return normalize_backward(grad_xh, pk, feats, eps, needs_grad)
 
 
-_SCHEMAS = {
-    "triton_sqdist_forward": "(Tensor[] feats, float eps, str algo, bool directed, bool for_backward) -> (Tensor, Tensor)",
-    "triton_sqdist_backward": (
-        "(Tensor[] feats, Tensor saved, Tensor weight, float eps, str algo, bool[] needs_grad) -> Tensor[]"
-    ),
-}
-
-
 def _fake_sqdist_forward(feats, eps, algo, directed, for_backward):
     info = _check_sqdist(feats, eps, algo)
     S = feats[0].new_empty((info.N, info.M, info.M), dtype=info.compute_dtype)
@@ -98,15 +90,15 @@ def _fake_sqdist_backward(feats, saved, weight, eps, algo, needs_grad):
 
 
 def _register(fn, fake):
+    """Either way the schema is inferred from fn's annotations (torch 2.11's triton_op ignores
+    a schema= argument, so they are the one place that states it; test_triton.py checks it)."""
     name = "mtut::" + fn.__name__
     if INTERPRETED:
-        op = torch.library.custom_op(name, fn, mutates_args=(), schema=_SCHEMAS[fn.__name__])
+        op = torch.library.custom_op(name, fn, mutates_args=())
         op.register_fake(fake)
     else:
         # triton_op registers fn itself as the fake: it only runs torch ops and wrap_triton launches.
-        # (torch 2.11's triton_op ignores schema= and infers the schema from fn's annotations:
-        # they must say the same, which test_triton.py checks.)
-        op = torch.library.triton_op(name, fn, mutates_args=(), schema=_SCHEMAS[fn.__name__])
+        op = torch.library.triton_op(name, fn, mutates_args=())
     _keep_out_of_autocast(name)
     return op
 
