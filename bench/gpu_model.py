@@ -430,6 +430,19 @@ def gram_splits(N: int, Cm: int, Cn: int, d: int, sms: int, operand: str, rule: 
     return best
 
 
+STACK_BUDGET = 1 << 24  # csrc/cuda/ssa_cuda.cu kStripBudget: entries of one stacked strip
+
+
+def stack_strip_width(N: int, M: int, C: int, d: int, budget: int = STACK_BUDGET) -> int:
+    """Positions per stacked strip of the folded bf16 student products (ssa_cuda.cu
+    stack_strip_width): the most that keep N M C ts within the budget, a multiple of 256 (the
+    product's tile width) where that is at least 256, at most d."""
+    ts = max(1, budget // max(N * M * C, 1))
+    if ts >= 256:
+        ts = ts // 256 * 256
+    return min(d, ts)
+
+
 def cuda_plan(p: Problem, scen: str, algo: str, active, sms: int = 132) -> Plan:
     """The CUDA backend as the code is now (csrc/cuda/ssa_cuda.cu): cuBLAS for every product
     (at::bmm / at::baddbmm, bf16 operands for bf16 inputs, fp32 accumulation; the forward Gram
@@ -439,7 +452,9 @@ def cuda_plan(p: Problem, scen: str, algo: str, active, sms: int = 132) -> Plan:
     The backward's products, where every modality has the same channel count (all the
     named shapes), run over M - 1 (sample, modality) rows a sample, picked on the GPU (the
     rows with weight first); otherwise over every sample of a modality that needs a gradient.
-    The normalization backward only writes the zero gradient of rows without weight."""
+    There the gram backward's products write the gradient itself (the normalization backward
+    folded into the weighted blocks; bf16: stacked strips, one product of K = M C a strip), and
+    the last pass only writes the zero gradient of rows without weight."""
     e, N, d, M, ch = elem(scen), p.N, p.d, p.M, p.channels
     pr = cublas_prec(scen)
     eo = e  # the scaled operands' dtype: the input's (bf16), fp32 otherwise
@@ -499,18 +514,33 @@ def cuda_plan(p: Problem, scen: str, algo: str, active, sms: int = 132) -> Plan:
     weighted = [sum(1 for b in range(N) if any(bool(active[b, m, n]) for n in range(M) if n != m)) for m in range(M)]
     students = len(set(ch)) == 1 and M <= 8  # student_products_apply (contiguous maps)
     if algo == "gram" and students:
-        # student_grad_raw: every A_mn [C, C] of the weighted rows (weighted_block_kernel; the
-        # lower blocks written transposed, rows without weight skipped), one pointer kernel, then
-        # ONE pointer-array product per term over L = M - 1 slots a sample (the loss's promise):
-        # the first writes graw, the others add to it
+        # student_gram_grads (the normalization backward folded into the weighted blocks): per
+        # weighted row one folded_blocks_kernel block reads its M kept block rows (twice: the
+        # diagonal correction, then the row) and writes the stacked B_m [C, M C] row
         C, L = ch[0], min(M - 1, sum(needs))
-        for m in range(M):
-            bwd += [Op("weighted_block", 0, weighted[m] * C * C * (4 + eo) + 4 * N * C) for _ in range(M)]
-        bwd.append(Op("student_pointers", 0, 0))
-        for j in range(M):
-            bwd.append(Op("g=students" if j == 0 else "g+=students", 2.0 * N * L * C * C * d,
-                          eo * N * L * C * C + e * N * L * C * d + (4 if j == 0 else 8) * N * L * C * d,
-                          "cublas", pr, (N * L, C, d, C)))
+        # (a lower block, n < m, is read down a column: a 32-byte sector per 4-byte entry, from L2)
+        bwd.append(Op("folded_blocks", 0, sum(weighted) * C * (2 * 4 * M * C + eo * M * C),
+                      l2_bytes=sum(w * C * m * C * 32 * 2 for m, w in enumerate(weighted))))
+        if scen == "bf16":
+            # per strip of positions: the maps' columns stacked [N, M C, ts] (stack_strip_kernel),
+            # then ONE pointer-array product over the L slots a sample, K = M C, written as the
+            # gradient in the input dtype (no fp32 graw, no normalization pass)
+            ts = stack_strip_width(N, M, C, d)
+            for i0 in range(0, d, ts):
+                w = min(ts, d - i0)
+                bwd.append(Op("stack_strip", 0, 2 * e * N * M * C * w))
+                bwd.append(Op("student_pointers", 0, 0))
+                bwd.append(Op("grad=students", 2.0 * N * L * C * M * C * w,
+                              eo * N * L * C * M * C + e * N * L * M * C * w + e * N * L * C * w,
+                              "cublas", pr, (N * L, C, w, M * C)))
+        else:
+            # M pointer-array products over the L slots, accumulating into the gradient itself
+            # (float32: in place; the first writes it)
+            bwd.append(Op("student_pointers", 0, 0))
+            for j in range(M):
+                bwd.append(Op("grad=students" if j == 0 else "grad+=students", 2.0 * N * L * C * C * d,
+                              eo * N * L * C * C + e * N * L * C * d + (4 if j == 0 else 8) * N * L * C * d,
+                              "cublas", pr, (N * L, C, d, C)))
     elif algo == "gram":
         for m in range(M):
             if not needs[m]:
@@ -546,8 +576,11 @@ def cuda_plan(p: Problem, scen: str, algo: str, active, sms: int = 132) -> Plan:
                               eo * N * L * ti * d + e * N * L * C * ti + (4 if i0 == 0 else 8) * N * L * C * d,
                               "cublas", pr, (N * L, C, d, ti)))
     # the normalization backward reads graw and x of the rows with weight, and only writes the
-    # zero gradient of the others (pair_coefficients_kernel marks them with ref = 0)
-    bwd += [Op("normalize_backward_kernel", 0, c * d * (w * (4 + 2 * e) + (N - w) * e)) for c, w in zip(ch, weighted)]
+    # zero gradient of the others (pair_coefficients_kernel marks them with ref = 0); after the
+    # folded student products only the latter
+    folded = algo == "gram" and students
+    bwd += [Op("normalize_backward_kernel", 0, c * d * ((0 if folded else w * (4 + 2 * e)) + (N - w) * e))
+            for c, w in zip(ch, weighted)]
     bwd += cb
     host_bwd = HOST["api_call"] / 2 + HOST["cpp_op"] * len(bwd) + node
     return Plan(fwd, bwd, host_fwd, host_bwd)
@@ -1126,7 +1159,10 @@ def markdown(rows: list, date: str) -> str:
         "  (bf16 operands for bf16 inputs); our kernels are memory-bound (row norms, square sums, the one-pass",
         "  scaling of the products' derived operands, normalization backward); the gram blocks are kept for the",
         "  backward; for equal channel counts the backward's products run over M - 1 (sample, modality) rows a",
-        "  sample, picked on the GPU (pointer-array products; else every sample of a modality). The forward Gram blocks of one shape are ONE",
+        "  sample, picked on the GPU (pointer-array products; else every sample of a modality); there gram folds the",
+        "  normalization backward into the weighted blocks, so its products write the gradient itself (bf16: per",
+        "  strip of positions the maps' columns stacked by a copy kernel, then ONE product of K = M C written in bf16;",
+        "  fp32: M products accumulating into the gradient; no graw buffer, no normalization pass). The forward Gram blocks of one shape are ONE",
         "  pointer-array product (over block x slice x sample entries, as fast as a strided batched one), split-K",
         "  where gram_splits (the code's rule, copied) says so; the partials cost memory traffic. cuBLAS is assumed not to split",
         "  K of a batched product on its own (at::bmm of the baselines and of the unsplit blocks): if it does, the",

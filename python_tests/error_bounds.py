@@ -217,3 +217,30 @@ def loss_from_sqdist_bounds(S: torch.Tensor, ce: torch.Tensor, beta: float, lamb
     loss = gamma(8 + 2 * x_max + N + 2 + M * M, u) * lambda_ / N * t
     both = 2 if reference_dtype == dtype else 1
     return both * loss, both * gamma(12 + 2 * x_max, u)
+
+
+def assert_cuda_grads_within_bound(grads, ref, feats, ce, algo: str, dtype: torch.dtype) -> None:
+    """Each entry of the CUDA kernels' float32/float16/bfloat16 gradients (``grads``, of the loss
+    with beta 2, lambda_ 0.5, "rms") within its bound of the fp64 reference's (``ref``: leaves
+    with .grad) for the inputs ``feats`` (on the CPU) and losses ``ce``."""
+    from mtut_ops import reference as R
+
+    # The weights come from S, off by the float32 bound and by the rounded operands; the
+    # bf16 backward rounds its scaled operands too (bf16_backward_bound).
+    channels, d = [f.shape[1] for f in feats], feats[0][0, 0].numel()
+    S_ref = R.pairwise_sqdist([f.double() for f in feats])
+    S_target = cuda_operand_sqdist(feats, algo, torch.bfloat16 if dtype == torch.bfloat16 else None)
+    S_err = sqdist_bound(channels, d, torch.float32, algo, S_target) + (S_target - S_ref).abs()
+    rel = grad_rtol(channels, d, torch.float32, algo, S_ref, S_err)
+    if dtype == torch.bfloat16:
+        S_leaf = S_ref.clone().requires_grad_()
+        (weight,) = torch.autograd.grad(torch.ops.mtut.ssa_loss_from_sqdist(S_leaf, ce, 2.0, 0.5, "rms", d, None), S_leaf)
+        rounded = bf16_backward_bound([f.double() for f in feats], weight, algo)
+    else:
+        rounded = [torch.zeros(f.shape, dtype=torch.float64) for f in feats]
+    fi = torch.finfo(dtype)
+    for a, b, extra in zip(grads, ref, rounded):
+        assert a.dtype == dtype and a.shape == b.shape
+        err = (a.detach().double().cpu() - b.grad).abs()
+        tol = rel * b.grad.abs().max() + extra + fi.eps / 2 * b.grad.abs() + fi.smallest_normal * fi.eps / 2
+        assert (err <= tol).all(), (err - tol).max()

@@ -14,7 +14,7 @@ import mtut_ops
 from mtut_ops import reference as R
 
 from .conftest import leaf, make_ce, make_feats
-from .error_bounds import cuda_operand_sqdist, loss_from_sqdist_bounds, sqdist_bound
+from .error_bounds import assert_cuda_grads_within_bound, cuda_operand_sqdist, loss_from_sqdist_bounds, sqdist_bound
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() and mtut_ops.backends.has_cuda_kernels()),
@@ -213,6 +213,25 @@ def test_student_products_on_cublas(layout, M, algo):
     assert not every[0].isnan().any()  # (another batch count: cuBLAS may pick another kernel)
     torch.testing.assert_close(one[0], every[0], rtol=1e-10, atol=1e-12 * every[0].abs().max().item())
     assert all(g.isnan().all() for g in one[1:])
+
+
+@pytest.mark.parametrize("M", [2, 3])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_folded_student_products_bf16_on_cublas(layout, M):
+    """bf16, equal channel counts, gram: the folded student products (per strip of positions
+    one cuBLAS product over the maps' stacked columns, K = M C, bf16 output with the gradient's
+    leading dimension) within the bf16 bound of the fp64 reference; d = 16384 is cut into two
+    strips of 2^24 / (N M C) positions (rounded to 256) for M = 2, four for M = 3."""
+    N, C, spatial = 4, 256, [4, 64, 64]
+    feats = [f.to(torch.bfloat16) for f in make_feats(N, [C] * M, spatial, seed=13)]
+    if layout == "channels_last":
+        feats = [f.movedim(1, -1).contiguous().movedim(-1, 1) for f in feats]
+    ce = make_ce(M, N)
+    ref = leaf([f.double() for f in feats])
+    R.ssa_loss(ref, ce, lambda_=0.5).backward()
+    got = leaf([f.cuda() for f in feats])
+    mtut_ops.ssa_loss(got, ce.float().cuda(), lambda_=0.5, algo="gram", backend="cuda").backward()
+    assert_cuda_grads_within_bound([g.grad for g in got], ref, feats, ce, "gram", torch.bfloat16)
 
 
 @pytest.mark.parametrize("cap", [None, 0.02])

@@ -24,7 +24,8 @@ from mtut_ops import _validation as V
 from mtut_ops import reference as R
 
 from .conftest import leaf, make_ce, make_feats
-from .error_bounds import bf16_backward_bound, cuda_operand_sqdist, grad_rtol, loss_from_sqdist_bounds, sqdist_bound
+from .error_bounds import (assert_cuda_grads_within_bound, bf16_backward_bound, cuda_operand_sqdist, grad_rtol,
+                           loss_from_sqdist_bounds, sqdist_bound)
 
 ROOT = Path(__file__).resolve().parents[1]
 EPS = 1e-8
@@ -302,6 +303,21 @@ def test_split_rule_is_the_models(emulated):
     assert gram_splits(6, 480, 480, 25088, 132, "bf16") > 1  # Mixed_3c: the short waves are split
 
 
+def test_stack_strip_width_is_the_models(emulated):
+    """bench/gpu_model.py prices the bf16 student products' stacked strips with a copy of the
+    GPU build's width rule (stack_strip_width): the same budget and the same widths."""
+    from bench.gpu_model import STACK_BUDGET, stack_strip_width
+
+    cases = [(6, 2, 480, 25088), (6, 3, 480, 25088), (6, 2, 832, 3136), (6, 2, 1024, 392), (1, 2, 64, 100),
+             (64, 8, 1024, 50000), (6, 2, 480, 200)]
+    widths = set()
+    for N, M, C, d in cases:
+        width, budget = emulated.ops.stack_strip_width(N, M, C, d)
+        assert budget == STACK_BUDGET and width == stack_strip_width(N, M, C, d), (N, M, C, d)
+        widths.add(width)
+    assert len(widths) >= 4, widths
+
+
 def test_backward_strips(emulated):
     """The direct backward in strips of rows: the emulated build's strip budget (3072
     entries) cuts d = 203 into strips of 7 rows, the last one ragged."""
@@ -322,7 +338,8 @@ def test_backward_strips(emulated):
 def test_backward_low_precision_inputs(emulated, algo, dtype, channels):
     """float32 gradients are finished in place, float16/bfloat16 ones into a new tensor;
     a zero row (float32) takes the eps rule of the normalization backward. Equal channel
-    counts take the gram backward's student products (their weighted blocks rounded alike)."""
+    counts take the gram backward's student products, the normalization backward folded into
+    their weighted blocks (rounded alike; its eps rule too)."""
     feats = [f.to(dtype) for f in make_feats(2, channels, [5, 7], seed=6)]
     if dtype == torch.float32:
         feats[0][1, 2] = 0
@@ -330,24 +347,36 @@ def test_backward_low_precision_inputs(emulated, algo, dtype, channels):
     ref = leaf([f.double() for f in feats])
     R.ssa_loss(ref, ce, lambda_=0.5).backward()
     grads = emulated.ssa_loss_grads(feats, ce.float(), algo)
-    # The weights come from S, off by the float32 bound and by the rounded operands; the
-    # bf16 backward rounds its scaled operands too (error_bounds.bf16_backward_bound).
-    d = 35
-    S_ref = R.pairwise_sqdist([f.double() for f in feats])
-    S_target = cuda_operand_sqdist(feats, algo, operands_of(dtype))
-    S_err = sqdist_bound(channels, d, torch.float32, algo, S_target) + (S_target - S_ref).abs()
-    rel = grad_rtol(channels, d, torch.float32, algo, S_ref, S_err)
-    if dtype == torch.bfloat16:
-        S_leaf = S_ref.clone().requires_grad_()
-        (weight,) = torch.autograd.grad(torch.ops.mtut.ssa_loss_from_sqdist(S_leaf, ce, 2.0, 0.5, "rms", d, None), S_leaf)
-        rounded = bf16_backward_bound([f.double() for f in feats], weight, algo)
-    else:
-        rounded = [torch.zeros(f.shape, dtype=torch.float64) for f in feats]
-    fi = torch.finfo(dtype)
-    for a, b, extra in zip(grads, ref, rounded):
-        assert a.dtype == dtype and a.shape == b.shape
-        tol = rel * b.grad.abs().max() + extra + fi.eps / 2 * b.grad.abs() + fi.smallest_normal * fi.eps / 2
-        assert ((a.double() - b.grad).abs() <= tol).all(), ((a.double() - b.grad).abs() - tol).max()
+    assert_cuda_grads_within_bound(grads, ref, feats, ce, algo, dtype)
+
+
+@pytest.mark.parametrize("M", [2, 3])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_folded_student_products_bf16(emulated, M, layout):
+    """bf16, equal channel counts, gram: the normalization backward folded into the weighted
+    blocks and, per strip of positions, ONE product over the maps' stacked columns (K = M C)
+    that writes the bf16 gradient itself (no fp32 buffer); every strip (the emulated budget
+    cuts d = 70 into two) within the bf16 bound, and rows without weight exactly 0."""
+    N, C, spatial = 4, 6, [2, 35]
+    feats = [f.to(torch.bfloat16) for f in make_feats(N, [C] * M, spatial, seed=11)]
+    if layout == "channels_last":
+        feats = [f.movedim(1, -1).contiguous().movedim(-1, 1) for f in feats]
+    ce = make_ce(M, N, seed=5)
+    ce[:, 1] = 0.75  # sample 1: every network equally good, no student
+    ref = leaf([f.double() for f in feats])
+    R.ssa_loss(ref, ce, lambda_=0.5).backward()
+    emulated.ops.take_gemm_log()
+    emulated.pairwise_sqdist(feats, EPS, "gram")
+    forward = len(emulated.ops.take_gemm_log())
+    grads = emulated.ssa_loss_grads(feats, ce.float(), "gram")
+    width = 3072 // (N * M * C)  # the emulated build's strip budget: 3072 entries (stack_strip_width)
+    strips = -(-70 // width)
+    assert strips == 2
+    log = emulated.ops.take_gemm_log()
+    assert log[forward:] == ["BFloat16xBFloat16->BFloat16"] * strips, log
+    assert_cuda_grads_within_bound(grads, ref, feats, ce, "gram", torch.bfloat16)
+    for a in grads:
+        assert torch.equal(a[1], torch.zeros_like(a[1])) and a.abs().sum() > 0
 
 
 def loss_weight(emulated, feats, ce, algo):

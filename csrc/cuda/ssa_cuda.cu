@@ -143,8 +143,10 @@ cudaStream_t current_stream() { return nullptr; }
 #endif
 
 constexpr int64_t kMaxGrid = 65535;  // grid.y and grid.z limit
+// entries of one set of K strips (all modalities), or of one stacked strip (student products)
+constexpr int64_t kGpuStripBudget = int64_t(1) << 24;
 #ifndef MTUT_CUDA_EMULATE
-constexpr int64_t kStripBudget = int64_t(1) << 24;  // entries of one set of K strips (all modalities)
+constexpr int64_t kStripBudget = kGpuStripBudget;
 constexpr int64_t kChunkEntries = int64_t(1) << 16;  // entries one block square-sums (gram blocks, strips)
 int64_t multiprocessors() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
 #else
@@ -1014,33 +1016,20 @@ Coefficients pair_coefficients(const at::Tensor& w, cudaStream_t stream) {
 
 // A = (coef_mn / ref_m) P_mn diag(s_n^2) in the operand dtype, one pass over a kept block
 // P [rows, cols] of every sample (batch stride `stride`): s scales its columns (n >= m: the
-// block P_mn itself) or its rows (n < m: the kept P_nm, whose transpose is the operand;
-// `transposed` writes it as A [cols, rows], row-major, as the student products read every
-// A; its chunks are of output rows then). Samples with skip[b] == 0 (ref_m: the row has no
-// weight) are left unwritten.
+// block P_mn itself) or its rows (n < m: the kept P_nm, whose transpose is the operand).
 // The same operations, in the same order, as block * s^2 * factor in ATen.
 template <typename Top>
 __global__ void __launch_bounds__(kThreads) weighted_block_kernel(
     const Cmp<Top>* __restrict__ P, int64_t stride, int64_t rows, int64_t cols, int64_t rows_per_chunk,
     const Cmp<Top>* __restrict__ s, int64_t s_ld, bool scale_rows, const Cmp<Top>* __restrict__ factor,
-    int64_t factor_stride, bool transposed, const Cmp<Top>* __restrict__ skip, Top* __restrict__ out,
-    int64_t out_stride) {
+    int64_t factor_stride, Top* __restrict__ out, int64_t out_stride) {
   using T = Cmp<Top>;
   const int64_t chunk = blockIdx.x, b = blockIdx.y;
-  if (skip != nullptr && skip[b] == T(0)) return;
   const int64_t r0 = chunk * rows_per_chunk, r1 = std::min(rows, r0 + rows_per_chunk);
   const T* p = P + b * stride;
   const T* sb = s + b * s_ld;
   const T f = factor[b * factor_stride];
   Top* o = out + b * out_stride;
-  if (transposed) {  // chunks of output rows (P's columns), consecutive threads write consecutive
-    for (int64_t j = r0; j < std::min(cols, r0 + rows_per_chunk); ++j)  // entries; the strided reads
-      for (int64_t i = threadIdx.x; i < rows; i += kThreads) {              // of P hit L1 from j + 1 on
-        const T si = scale_rows ? sb[i] : sb[j];
-        o[j * rows + i] = from_compute<Top>(p[i * cols + j] * (si * si) * f);
-      }
-    return;
-  }
   for (int64_t i = r0; i < r1; ++i) {  // consecutive threads: consecutive columns
     const T si = scale_rows ? sb[i] : T(0);
     for (int64_t j = threadIdx.x; j < cols; j += kThreads) {
@@ -1060,12 +1049,14 @@ __global__ void __launch_bounds__(kThreads) weighted_block_kernel(
 // the backward's products are pointer-array products over L slots per sample, which
 // student_pointers_kernel fills on the GPU: first the sample's students (rows with a weight
 // neither 0 nor NaN, in modality order), then modalities that need a gradient but have none
-// there (their graw rows are computed from whatever their operands hold and never read: the
-// normalization backward writes their 0, or for a NaN weight NaN, without reading). L is
-// sqdist_backward's `students` (the loss's backward promises M - 1), at most the number of
-// modalities that need a gradient; a student beyond it gets ref = NaN, i.e. a NaN gradient.
-//   gram:   M products (term 0: graw_m = A_mm X_m; term j: graw_m += A_mn X_n, n the j-th
-//           other modality), A_mn the weighted blocks.
+// there (their rows are computed from whatever their operands hold and then overwritten: the
+// last pass writes their 0, or for a NaN weight NaN, without reading). L is sqdist_backward's
+// `students` (the loss's backward promises M - 1), at most the number of modalities that need
+// a gradient; a student beyond it gets ref = NaN, i.e. a NaN gradient.
+//   gram:   the normalization backward folded into the weighted blocks (folded_blocks_kernel),
+//           so that the products write dL/dX_m itself: for bf16 inputs per strip of positions
+//           ONE product of K = M C over the maps' stacked columns (stack_strip_kernel), written
+//           in bf16; else M products (term 0: dx_m = B_mm X_m; term j: dx_m += B_mn X_n).
 //   direct: per strip of rows I one product graw_m (+)= X_m[:, I] E_m[I, :].
 constexpr int kMaxStudentModalities = 8;  // slot lists are 3-bit fields of one word
 struct StudentBases {
@@ -1124,11 +1115,14 @@ struct Matrix {
 };
 Matrix rows_matrix(const RowsLayout& l) { return {l.positions_contiguous, l.lead}; }  // the rows [C, d] of a map
 
-// out_e [rows, cols] (row-major; `accumulate`: +=) = left_e [rows, k] right_e [k, cols] for the
-// entries [first, first + count) of `ptrs` ([3, total]: left_e, right_e, out_e); `in`
-// operands, `out` output and accumulation, as sliced_gram_product.
+// out_e [rows, cols] (row-major, rows out_lead apart; `accumulate`: +=) = left_e [rows, k]
+// right_e [k, cols] for the entries [first, first + count) of `ptrs` ([3, total]: left_e,
+// right_e, out_e); `in` operands, `out` output (fp32/fp64 accumulation: a 16-bit output is the
+// fp32 result rounded once), as sliced_gram_product.
 void pointer_product(const at::Tensor& ptrs, int64_t first, int64_t count, int64_t rows, int64_t cols, int64_t k,
-                     Matrix left, Matrix right, bool accumulate, at::ScalarType in, at::ScalarType out) {
+                     Matrix left, Matrix right, bool accumulate, at::ScalarType in, at::ScalarType out,
+                     int64_t out_lead = 0) {
+  if (out_lead == 0) out_lead = cols;
   const int64_t total = ptrs.size(1);
 #ifdef MTUT_CUDA_EMULATE
   record(in, in, out);
@@ -1138,9 +1132,11 @@ void pointer_product(const at::Tensor& ptrs, int64_t first, int64_t count, int64
   for (int64_t e = first; e < first + count; ++e) {
     const at::Tensor L = at::from_blob(reinterpret_cast<void*>(p[e]), {rows, k}, strides(left), options);
     const at::Tensor R = at::from_blob(reinterpret_cast<void*>(p[total + e]), {k, cols}, strides(right), options);
-    at::Tensor G = at::from_blob(reinterpret_cast<void*>(p[2 * total + e]), {rows, cols}, {cols, 1}, options.dtype(out));
-    if (accumulate) G.addmm_(L.to(out), R.to(out));  // 16-bit products are exact in fp32, as on the tensor cores
-    else at::mm_out(G, L.to(out), R.to(out));
+    at::Tensor G = at::from_blob(reinterpret_cast<void*>(p[2 * total + e]), {rows, cols}, {out_lead, 1}, options.dtype(out));
+    const at::ScalarType acc = out == at::kDouble ? at::kDouble : at::kFloat;  // 16-bit products are exact in fp32
+    const at::Tensor product = at::mm(L.to(acc), R.to(acc));                   // as on the tensor cores
+    if (accumulate) G.add_(product);
+    else G.copy_(product);
   }
 #else
   // Column-major, cuBLAS computes out_e^T [cols, rows] = right_e^T [cols, k] left_e^T [k, rows]:
@@ -1156,7 +1152,7 @@ void pointer_product(const at::Tensor& ptrs, int64_t first, int64_t count, int64
       const_cast<const void**>(p + total + first), cuda_type(in), static_cast<int>(right.lead),
       const_cast<const void**>(p + first), cuda_type(in), static_cast<int>(left.lead),
       f64 ? static_cast<const void*>(&beta64) : &beta, const_cast<void**>(p + 2 * total + first), cuda_type(out),
-      static_cast<int>(cols), static_cast<int>(count), f64 ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F,
+      static_cast<int>(out_lead), static_cast<int>(count), f64 ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F,
       CUBLAS_GEMM_DEFAULT));
 #endif
 }
@@ -1175,9 +1171,10 @@ bool student_products_apply(const Prepared& p, const FeatInfo& info) {
   return true;
 }
 
-// The slots per sample (at most the modalities that need a gradient), the graw buffers of those
-// (compute dtype; emulated: 1, so that a student row without its products, NaN'd by the
-// broken-promise rule, cannot pass for a row the rule left alone) and their bases.
+// The slots per sample (at most the modalities that need a gradient), the output buffers of
+// those (graw in the compute dtype, or the gradient itself: `options`; emulated: 1, so that a
+// student row without its products, NaN'd by the broken-promise rule, cannot pass for a row
+// the rule left alone) and their bases.
 int64_t student_graw(const FeatInfo& info, const Needs& needs, int64_t slots, const at::TensorOptions& options,
                      std::vector<at::Tensor>& g, StudentBases& bases) {
   const int64_t L = std::min<int64_t>(slots, std::count(needs.begin(), needs.end(), true));
@@ -1189,80 +1186,247 @@ int64_t student_graw(const FeatInfo& info, const Needs& needs, int64_t slots, co
   return L;
 }
 
-// Fills `ptrs` [3, terms N L] for the bases (student_pointers_kernel).
+// Fills `ptrs` [3, terms N L] for the bases (student_pointers_kernel); `graw_elem`: the
+// element size of the outputs [N, C, d].
 template <typename T>
 at::Tensor student_pointers(const StudentBases& bases, const FeatInfo& info, int64_t L, int terms,
-                            const Coefficients& c, cudaStream_t stream) {
+                            const Coefficients& c, int64_t graw_elem, cudaStream_t stream) {
   const int64_t N = info.N, total = terms * N * L;
   at::Tensor ptrs = at::empty({3, total}, c.ref.options().dtype(at::kLong));
   auto* arr = reinterpret_cast<void**>(ptrs.mutable_data_ptr<int64_t>());
   launch(student_pointers_kernel<T>, dim3(static_cast<unsigned>((N + kThreads - 1) / kThreads)), dim3(kThreads),
-         stream, bases, info.channels[0] * info.d * static_cast<int64_t>(c.ref.element_size()), N,
-         static_cast<int>(info.M), static_cast<int>(L), terms, c.ref.mutable_data_ptr<T>(),
-         const_cast<const void**>(arr), const_cast<const void**>(arr + total), arr + 2 * total);
+         stream, bases, info.channels[0] * info.d * graw_elem, N, static_cast<int>(info.M), static_cast<int>(L),
+         terms, c.ref.mutable_data_ptr<T>(), const_cast<const void**>(arr), const_cast<const void**>(arr + total),
+         arr + 2 * total);
   return ptrs;
 }
 
-// graw of gram_grad_raw through the student products (`slots` = L per sample).
+// The normalization backward folded into the weighted blocks, so that the student products
+// write dL/dX_m itself (no graw buffer, no pass over it). With f_mn = coef_mn / ref_m and
+// t_c = <x_c, graw_c> = sum_n f_mn sum_k (P_mn[c, k] s_nk)^2 (from the kept blocks, no pass
+// over the maps), normalize_backward_kernel's dx_c = ref s_c^2 (graw_c - s_c^2 x_c t_c)
+// (r_c > eps; else without the second term) is dx_m = sum_n B_mn X_n with
+//   B_mn[c, k] = ref s_c^2 f_mn P_mn[c, k] s_nk^2, except on the diagonal of B_mm:
+//   B_mm[c, c] = ref s_c^2 (f_mm P_mm[c, c] s_c^2 - s_c^2 t_c),
+// every entry computed in the compute dtype (the diagonal in fp64: its two terms nearly cancel
+// where graw_c lies along x_c) and rounded once to the operand dtype. (Bound: a rounded entry
+// adds what the rounded weighted block adds before the projection, the diagonal at most
+// u |<xh_c, dL/dxh_c>| |xh_c| more, which the projection's own error term covers:
+// python_tests/error_bounds.py bf16_backward_bound.) One block per row (c, b) of modality m:
+// row c of every B_mn at out + b out_stride + n block_step + c row_step (the stacked operand
+// B_m = [B_m0 | B_m1 | ...], [C, M C] row-major: block_step C, row_step M C; or separate
+// [C, C] blocks); rows of samples without weight (ref_m = 0) are left unwritten. The kept
+// blocks P_ij (i <= j) of sample 0 are `blocks` + (their upper-triangle index) kept_step and
+// the scales s_n `scales` + n C, `norm` the norms r_m (equal channel counts; no pointer arrays
+// in the parameters: indexed at run time they were copied to the stack). (4 blocks per SM, as
+// normalize_backward_kernel: otherwise ptxas spilled two registers.)
 template <typename Top>
-std::vector<at::Tensor> student_gram_grad_raw(const Prepared& p, const at::Tensor& kept, const Coefficients& c,
-                                              const FeatInfo& info, const Needs& needs, int64_t slots,
-                                              cudaStream_t stream) {
+__global__ void __launch_bounds__(kThreads, 4) folded_blocks_kernel(
+    const Cmp<Top>* __restrict__ blocks, int64_t kept_step, int64_t block_stride, const Cmp<Top>* __restrict__ scales,
+    int64_t s_ld, int64_t C, int M, int m, int64_t b0, const Cmp<Top>* __restrict__ norm, double eps,
+    const Cmp<Top>* __restrict__ factor,
+    const Cmp<Top>* __restrict__ ref, Top* __restrict__ out, int64_t out_stride, int64_t block_step,
+    int64_t row_step) {
   using T = Cmp<Top>;
-  const int M = static_cast<int>(info.M);
-  const int64_t N = info.N, C = info.channels[0], d = info.d;
-  std::vector<at::Tensor> g(M);
-  StudentBases bases{};
-  const int64_t L = student_graw(info, needs, slots, kept.options(), g, bases);
-  if (L == 0) return g;
-  // A_mn [C, C] row-major of every (m, n) that needs it, rows without weight left unwritten;
-  // a sample's block starts on a 64-entry boundary (the products' pointers 128-byte aligned)
-  const int64_t w_sample = (C * C + 63) / 64 * 64;
-  at::Tensor W = unwritten({M, M, N, w_sample}, kept.options().dtype(p.operand));
-  const int64_t rows_per_chunk = std::max<int64_t>(1, kChunkEntries / C);
-  const int64_t elem = p.operands[0].element_size(), elem_w = W.element_size();
-  for (int m = 0; m < M; ++m) {
-    if (!needs[m]) continue;
-    const at::Tensor ref = c.ref.select(0, m);  // [N], contiguous
+  __shared__ double scratch[kThreads / 32];
+  __shared__ double t;
+  const int64_t c = blockIdx.x, b = b0 + blockIdx.y;
+  const T rf = ref[b];  // ref_m of sample b
+  if (rf == T(0)) return;
+  const T* f = factor + (b * M + m) * M;
+  const T* sb = scales + b * s_ld;  // s_n of sample b at sb + n C
+  // P_mn[c, k]: the kept P_ij (i = min, j = max) at index i M - i (i - 1) / 2 + j - i
+  const auto block = [&](int n) {
+    const int i = n < m ? n : m, j = n < m ? m : n;
+    return blocks + (i * M - i * (i - 1) / 2 + j - i) * kept_step + b * block_stride;
+  };
+  const T sc = sb[m * C + c];
+  const bool project = norm[b * s_ld + c] > eps;  // r_m of row c (the rule of normalize_backward)
+  if (project) {  // (uniform over the block: the __syncthreads in block_sum are safe)
+    double acc = 0;
     for (int n = 0; n < M; ++n) {
-      const at::Tensor block = kept_block(kept, info.channels, std::min(m, n), std::max(m, n));
-      const at::Tensor factor = c.factor.select(1, m).select(1, n);  // [N], stride M * M
-      Top* out = static_cast<Top*>(W.select(0, m).select(0, n).mutable_data_ptr());
-      for (int64_t b0 = 0; b0 < N; b0 += kMaxGrid) {
-        const int64_t nb = std::min(kMaxGrid, N - b0);
-        launch(weighted_block_kernel<Top>, dim3(grid_dim((C + rows_per_chunk - 1) / rows_per_chunk), grid_dim(nb)),
-               dim3(kThreads), stream, block.const_data_ptr<T>() + b0 * block.stride(0), block.stride(0), C, C,
-               rows_per_chunk, p.scales[n].const_data_ptr<T>() + b0 * p.scales[n].stride(0), p.scales[n].stride(0),
-               /*scale_rows=*/n < m, factor.const_data_ptr<T>() + b0 * factor.stride(0), factor.stride(0),
-               /*transposed=*/n < m, ref.const_data_ptr<T>() + b0, out + b0 * w_sample, w_sample);
+      const T* P = block(n);
+      const T* s = sb + n * C;
+      double part = 0;
+      for (int64_t k = threadIdx.x; k < C; k += kThreads) {
+        const double v = static_cast<double>(n >= m ? P[c * C + k] : P[k * C + c]) * s[k];
+        part += v * v;
       }
-      bases.left[m * M + n] = reinterpret_cast<const char*>(out);
-      bases.left_sample[m * M + n] = w_sample * elem_w;
-      bases.right[m * M + n] = static_cast<const char*>(p.operands[n].const_data_ptr());
-      bases.right_sample[m * M + n] = p.operands[n].stride(0) * elem;
+      acc += static_cast<double>(f[n]) * part;
+    }
+    const double total = block_sum(acc, scratch);
+    if (threadIdx.x == 0) t = total;
+    __syncthreads();
+  }
+  const T a = rf * sc * sc;
+  Top* o = out + b * out_stride + c * row_step;
+  for (int n = 0; n < M; ++n) {
+    const T* P = block(n);
+    const T* s = sb + n * C;
+    const T fa = a * f[n];
+    for (int64_t k = threadIdx.x; k < C; k += kThreads) {
+      if (n == m && k == c) continue;  // the diagonal, below
+      const T sk = s[k];
+      o[n * block_step + k] = from_compute<Top>(fa * (n >= m ? P[c * C + k] : P[k * C + c]) * (sk * sk));
     }
   }
-  const at::Tensor ptrs = student_pointers<T>(bases, info, L, M, c, stream);
+  if (threadIdx.x == 0) {
+    const double s2 = static_cast<double>(sc) * sc;
+    const double diag = static_cast<double>(f[m]) * block(m)[c * C + c] * s2 - (project ? s2 * t : 0.0);
+    o[m * block_step + c] = from_compute<Top>(static_cast<T>(static_cast<double>(a) * diag));
+  }
+}
+
+// Xs[b, m C + c, i] = x_m[b, c, i0 + i], i < width, rows `lead` apart: the maps' columns of one
+// strip stacked (the right operand of K = M C), one block per row (b, m, c).
+struct StackSources {
+  const void* base[kMaxStudentModalities];
+  int64_t sn[kMaxStudentModalities], sc[kMaxStudentModalities], sd[kMaxStudentModalities];  // elements
+};
+
+template <typename Tin>
+__global__ void __launch_bounds__(kThreads) stack_strip_kernel(const StackSources src, int M, int64_t C, int64_t i0,
+                                                               int64_t width, int64_t lead, Tin* __restrict__ out) {
+  // grid.x = N M C < 2^31, so 32-bit division (64-bit division is a called routine: a stack frame)
+  const unsigned row = blockIdx.x, mc = static_cast<unsigned>(M * C);
+  const unsigned b = row / mc, rest = row - b * mc, m = rest / static_cast<unsigned>(C);
+  const int64_t c = rest - m * static_cast<unsigned>(C), sd = src.sd[m];
+  const Tin* x = static_cast<const Tin*>(src.base[m]) + b * src.sn[m] + c * src.sc[m] + i0 * sd;
+  Tin* o = out + static_cast<int64_t>(row) * lead;
+  for (int64_t i = threadIdx.x; i < width; i += kThreads) o[i] = x[i * sd];
+}
+
+// Positions per stacked strip: the most that keep N M C of them within kStripBudget entries, a
+// multiple of 256 (the product's output tile width) where that is at least 256, at most d
+// (bench/gpu_model.py stack_strip_width is the same rule).
+int64_t stack_strip_width(int64_t N, int64_t M, int64_t C, int64_t d, int64_t budget = kStripBudget) {
+  int64_t width = std::max<int64_t>(1, budget / std::max<int64_t>(N * M * C, 1));
+  if (width >= 256) width = width / 256 * 256;
+  return std::min(width, d);
+}
+
+// The emulation checks that every left operand of the student products (the folded blocks)
+// starts on a 64-byte boundary (host memory is 64-byte aligned; on the GPU, 128).
+void check_left_aligned(const at::Tensor& ptrs) {
 #ifdef MTUT_CUDA_EMULATE
   const int64_t* lp = ptrs.const_data_ptr<int64_t>();
-  for (int64_t e = 0; e < ptrs.size(1); ++e)  // (host memory is 64-byte aligned)
-    TORCH_CHECK(lp[e] % 64 == 0, "mtut: internal: a weighted block not on a 64-byte boundary");
+  for (int64_t e = 0; e < ptrs.size(1); ++e)
+    TORCH_CHECK(lp[e] % 64 == 0, "mtut: internal: a folded block not on a 64-byte boundary");
+#else
+  (void)ptrs;
 #endif
-  const Matrix x = rows_matrix(rows_layout(p.operands[0]));
-  for (int j = 0; j < M; ++j)
-    pointer_product(ptrs, j * N * L, N * L, C, d, C, {true, C}, x, /*accumulate=*/j > 0, p.operand,
-                    info.compute_dtype);
+}
+
+// dL/dX_m of the gram backward through the student products (`slots` = L per sample), the
+// normalization backward folded in (folded_blocks_kernel): for 16-bit operands (bf16 inputs)
+// per strip of positions the maps' columns stacked (stack_strip_kernel) and ONE product,
+// dx_m[:, strip] = B_m [C, M C] Xs [M C, width], written in the input dtype (no fp32 buffer:
+// the product's K = M C instead of M products of K = C accumulating in fp32 memory); else M
+// products dx_m (+)= B_mn X_n (the left operand a column block of B_m) into the compute-dtype
+// result (float32/float64: the gradient itself; float16: its fp32 buffer). The rows without
+// weight: finish (folded) writes them.
+template <typename Top>
+std::vector<at::Tensor> student_gram_grads(const Prepared& p, const at::Tensor& kept, const Coefficients& c,
+                                           const FeatInfo& info, const Needs& needs, int64_t slots, double eps,
+                                           cudaStream_t stream) {
+  using T = Cmp<Top>;
+  const int M = static_cast<int>(info.M);
+  const int64_t N = info.N, C = info.channels[0], d = info.d, MC = M * C;
+  const bool stacked = p.operand == at::kBFloat16 || p.operand == at::kHalf;
+  std::vector<at::Tensor> g(M);
+  StudentBases bases{};
+  const auto out_dtype = stacked ? p.operand : info.compute_dtype;
+  const int64_t L = student_graw(info, needs, slots, kept.options().dtype(out_dtype), g, bases);
+  if (L == 0) return g;
+  // B_mn of every m that needs it: stacked, B_m [C, M C] row-major; else the blocks [C, C]
+  // apart. Every operand a product reads starts on a 64-entry boundary (its pointer
+  // 128-byte aligned, as cuBLAS's vectorized loads like).
+  const int64_t w_block = (C * C + 63) / 64 * 64, w_sample = stacked ? (C * MC + 63) / 64 * 64 : M * N * w_block;
+  at::Tensor W = unwritten({M, stacked ? N * w_sample : w_sample}, kept.options().dtype(p.operand));
+  const int64_t out_stride = stacked ? w_sample : w_block, block_step = stacked ? C : N * w_block;
+  // the kept blocks in upper-triangle order one kept_step apart, the scales C apart (saved's layout)
+  const T* blocks = kept_block(kept, info.channels, 0, 0).const_data_ptr<T>();
+  const int64_t kept_step = M > 1 ? kept_block(kept, info.channels, 0, 1).const_data_ptr<T>() - blocks : 0;
+  for (int i = 0, index = 0; i < M; ++i)
+    for (int j = i; j < M; ++j, ++index)
+      TORCH_CHECK(kept_block(kept, info.channels, i, j).const_data_ptr<T>() == blocks + index * kept_step,
+                  "mtut: internal: the kept blocks are not evenly spaced");
+  const T* scales = p.scales[0].const_data_ptr<T>();
+  for (int n = 0; n < M; ++n)
+    TORCH_CHECK(p.scales[n].const_data_ptr<T>() == scales + n * C && p.scales[n].stride(0) == p.scales[0].stride(0),
+                "mtut: internal: the row scales are not C apart");
+  for (int m = 0; m < M; ++m) {
+    if (!needs[m]) continue;
+    for (int64_t b0 = 0; b0 < N; b0 += kMaxGrid)
+      launch(folded_blocks_kernel<Top>, dim3(static_cast<unsigned>(C), grid_dim(std::min(kMaxGrid, N - b0))),
+             dim3(kThreads), stream, blocks, kept_step, kept.stride(0), scales, p.scales[0].stride(0), C, M, m, b0,
+             p.norms[m].const_data_ptr<T>(), eps, c.factor.const_data_ptr<T>(), c.ref.select(0, m).const_data_ptr<T>(),
+             static_cast<Top*>(W.select(0, m).mutable_data_ptr()), out_stride, block_step, stacked ? MC : C);
+  }
+  const int64_t elem_w = W.element_size();
+  const auto left_base = [&](int m, int n) {
+    return static_cast<const char*>(W.select(0, m).const_data_ptr()) + n * block_step * elem_w;
+  };
+  if (!stacked) {
+    const int64_t elem = p.operands[0].element_size();
+    int64_t elem_out = 0;
+    for (int m = 0; m < M; ++m) {
+      if (!needs[m]) continue;
+      elem_out = g[m].element_size();
+      for (int n = 0; n < M; ++n) {
+        bases.left[m * M + n] = left_base(m, n);
+        bases.left_sample[m * M + n] = w_block * elem_w;
+        bases.right[m * M + n] = static_cast<const char*>(p.operands[n].const_data_ptr());
+        bases.right_sample[m * M + n] = p.operands[n].stride(0) * elem;
+      }
+    }
+    const at::Tensor ptrs = student_pointers<T>(bases, info, L, M, c, elem_out, stream);
+    check_left_aligned(ptrs);
+    const Matrix x = rows_matrix(rows_layout(p.operands[0]));
+    for (int j = 0; j < M; ++j)
+      pointer_product(ptrs, j * N * L, N * L, C, d, C, {true, C}, x, /*accumulate=*/j > 0, p.operand,
+                      info.compute_dtype);
+    return g;
+  }
+  const int64_t width = stack_strip_width(N, M, C, d);
+  at::Tensor Xs = unwritten({N, MC, width}, kept.options().dtype(p.operand));
+  StackSources src{};
+  for (int m = 0; m < M; ++m) {
+    const at::Tensor& x = p.operands[m];
+    src.base[m] = x.const_data_ptr();
+    src.sn[m] = x.stride(0), src.sc[m] = x.stride(1), src.sd[m] = x.stride(2);
+  }
+  std::vector<char*> out_base(M, nullptr);
+  for (int m = 0; m < M; ++m) out_base[m] = bases.graw[m];
+  const int64_t elem_x = Xs.element_size(), elem_out = elem_x;
+  for (int64_t i0 = 0; i0 < d; i0 += width) {
+    const int64_t w = std::min(width, d - i0);
+    launch(stack_strip_kernel<Top>, dim3(static_cast<unsigned>(N * MC)), dim3(kThreads), stream, src, M, C, i0, w,
+           width, static_cast<Top*>(Xs.mutable_data_ptr()));
+    for (int m = 0; m < M; ++m) {
+      if (!needs[m]) continue;
+      bases.left[m * M + m] = left_base(m, 0);  // one term: all of B_m
+      bases.left_sample[m * M + m] = w_sample * elem_w;
+      bases.right[m * M + m] = static_cast<const char*>(Xs.const_data_ptr());
+      bases.right_sample[m * M + m] = MC * width * elem_x;
+      bases.graw[m] = out_base[m] + i0 * elem_out;
+    }
+    const at::Tensor ptrs = student_pointers<T>(bases, info, L, 1, c, elem_out, stream);
+    check_left_aligned(ptrs);
+    pointer_product(ptrs, 0, N * L, C, w, MC, {true, MC}, {true, width}, /*accumulate=*/false, p.operand,
+                    p.operand, /*out_lead=*/d);
+  }
   return g;
 }
 
 // graw_m with dL/dXh_m = diag(ref_m s_m) graw_m = sum_n coef_mn G_mn Xh_n:
 // graw_m = sum_n (coef_mn / ref_m) P_mn diag(s_n^2) X_n, from the kept blocks: per block one
 // pass that weights it (weighted_block_kernel) and one product; the first product writes
-// graw_m (no zero-filled accumulator).
+// graw_m (no zero-filled accumulator). (Channel counts that differ, or layouts the student
+// products cannot read alike: every sample of a modality.)
 template <typename Top>
 std::vector<at::Tensor> gram_grad_raw(const Prepared& p, const at::Tensor& kept, const Coefficients& c,
-                                      const FeatInfo& info, const Needs& needs, int64_t slots, cudaStream_t stream) {
-  if (student_products_apply(p, info)) return student_gram_grad_raw<Top>(p, kept, c, info, needs, slots, stream);
+                                      const FeatInfo& info, const Needs& needs, cudaStream_t stream) {
   const int64_t M = info.M, N = info.N;
   std::vector<at::Tensor> g(M);
   for (int64_t m = 0; m < M; ++m) {
@@ -1280,7 +1444,7 @@ std::vector<at::Tensor> gram_grad_raw(const Prepared& p, const at::Tensor& kept,
                dim3(kThreads), stream, block.const_data_ptr<Cmp<Top>>() + b0 * block.stride(0), block.stride(0), rows,
                cols, rows_per_chunk, p.scales[n].const_data_ptr<Cmp<Top>>() + b0 * p.scales[n].stride(0),
                p.scales[n].stride(0), !upper,
-               factor.const_data_ptr<Cmp<Top>>() + b0 * factor.stride(0), factor.stride(0), false, nullptr,
+               factor.const_data_ptr<Cmp<Top>>() + b0 * factor.stride(0), factor.stride(0),
                static_cast<Top*>(weighted.mutable_data_ptr()) + b0 * rows * cols, rows * cols);
       }
       const at::Tensor A = upper ? weighted : weighted.transpose(1, 2);  // [N, C_m, C_n]
@@ -1354,20 +1518,42 @@ std::vector<at::Tensor> direct_grad_raw(const Prepared& p, const Coefficients& c
       bases.right[q] = static_cast<const char*>(E[m].const_data_ptr());
       bases.right_sample[q] = count * E[m].element_size();
     }
-    const at::Tensor ptrs = student_pointers<T>(bases, info, L, 1, c, stream);
+    const at::Tensor ptrs = student_pointers<T>(bases, info, L, 1, c, c.ref.element_size(), stream);
     pointer_product(ptrs, 0, N * L, info.channels[0], d, ti, rows_matrix(lx), {true, d}, /*accumulate=*/i0 > 0,
                     p.operand, info.compute_dtype);
   }
   return g;
 }
 
+// The last pass after the folded student products (student_gram_grads), one block per row
+// (b, c): a row without weight (ref = 0) gets its zero gradient and a NaN-weighted one NaN,
+// neither read (the products may have written them from a filler slot); a row with weight is
+// final, or (float16 inputs) its fp32 result is rounded into `out`.
+template <typename Tg, typename Tout>
+__global__ void __launch_bounds__(kThreads) folded_finish_kernel(const Tg* g, int64_t C, int64_t d,
+                                                                 const Cmp<Tout>* __restrict__ factor, Tout* out) {
+  using T = Cmp<Tout>;
+  const int64_t row = blockIdx.x;
+  const int64_t b = static_cast<unsigned>(blockIdx.x) / static_cast<unsigned>(C);  // (32-bit: see normalize_backward)
+  const T f = factor[b];
+  Tout* o = out + row * d;
+  if (f == T(0) || f != f) {
+    const Tout v = from_compute<Tout>(f == T(0) ? T(0) : f);
+    for (int64_t k = threadIdx.x; k < d; k += kThreads) o[k] = v;
+  } else if (static_cast<const void*>(g) != static_cast<const void*>(out)) {
+    const Tg* gr = g + row * d;
+    for (int64_t k = threadIdx.x; k < d; k += kThreads) o[k] = from_compute<Tout>(static_cast<T>(to_double<Tg>(gr[k])));
+  }
+}
+
 // dL/dfeats from the graw buffers: the fused normalization backward, in place when the
 // input is in the compute dtype (float32/float64), else into a new tensor of the input
-// dtype; an empty tensor for the modalities without needs[m].
+// dtype; an empty tensor for the modalities without needs[m]. `folded`: the buffers hold
+// dL/dX of the rows with weight already (student_gram_grads), only the others are written.
 template <typename T>
 std::vector<at::Tensor> finish(std::vector<at::Tensor>& graw, const Prepared& p, const Coefficients& c,
                                const FeatInfo& info, double eps, at::TensorList feats, const Needs& needs,
-                               cudaStream_t stream) {
+                               bool folded, cudaStream_t stream) {
   using Tin = typename Raw<T>::type;
   std::vector<at::Tensor> grads;
   for (size_t m = 0; m < graw.size(); ++m) {
@@ -1377,13 +1563,23 @@ std::vector<at::Tensor> finish(std::vector<at::Tensor>& graw, const Prepared& p,
     }
     const at::Tensor& v = p.views[m];
     const at::Tensor factor = c.ref.select(0, static_cast<int64_t>(m));  // [N], contiguous
-    at::Tensor out = info.dtype == info.compute_dtype ? graw[m] : unwritten(graw[m].sizes(), v.options());
-    launch(normalize_backward_kernel<Tin>, dim3(static_cast<unsigned>(info.N * v.size(1))), dim3(kThreads), stream,
-           graw[m].const_data_ptr<Cmp<Tin>>(), reinterpret_cast<const Tin*>(v.const_data_ptr<T>()), v.stride(0),
-           v.stride(1), v.stride(2), v.size(1), info.d, p.norms[m].const_data_ptr<Cmp<Tin>>(),
-           p.scales[m].const_data_ptr<Cmp<Tin>>(), p.scales[m].stride(0), factor.const_data_ptr<Cmp<Tin>>(), eps,
-           eps > 0 ? 1.0 / eps : 0.0,
-           reinterpret_cast<Tin*>(out.mutable_data_ptr<T>()));
+    const bool own = graw[m].scalar_type() == info.dtype;
+    at::Tensor out = own ? graw[m] : unwritten(graw[m].sizes(), v.options());
+    if (folded && own) {
+      launch(folded_finish_kernel<Tin, Tin>, dim3(static_cast<unsigned>(info.N * v.size(1))), dim3(kThreads), stream,
+             reinterpret_cast<const Tin*>(graw[m].const_data_ptr()), v.size(1), info.d,
+             factor.const_data_ptr<Cmp<Tin>>(), reinterpret_cast<Tin*>(out.mutable_data_ptr()));
+    } else if (folded) {
+      launch(folded_finish_kernel<Cmp<Tin>, Tin>, dim3(static_cast<unsigned>(info.N * v.size(1))), dim3(kThreads),
+             stream, graw[m].const_data_ptr<Cmp<Tin>>(), v.size(1), info.d, factor.const_data_ptr<Cmp<Tin>>(),
+             reinterpret_cast<Tin*>(out.mutable_data_ptr()));
+    } else {
+      launch(normalize_backward_kernel<Tin>, dim3(static_cast<unsigned>(info.N * v.size(1))), dim3(kThreads), stream,
+             graw[m].const_data_ptr<Cmp<Tin>>(), reinterpret_cast<const Tin*>(v.const_data_ptr<T>()), v.stride(0),
+             v.stride(1), v.stride(2), v.size(1), info.d, p.norms[m].const_data_ptr<Cmp<Tin>>(),
+             p.scales[m].const_data_ptr<Cmp<Tin>>(), p.scales[m].stride(0), factor.const_data_ptr<Cmp<Tin>>(), eps,
+             eps > 0 ? 1.0 / eps : 0.0, reinterpret_cast<Tin*>(out.mutable_data_ptr<T>()));
+    }
     grads.push_back(out.view(feats[m].sizes()));
   }
   return grads;
@@ -1529,14 +1725,17 @@ std::vector<at::Tensor> sqdist_backward(at::TensorList feats, const at::Tensor& 
     const bool kept = saved.numel() > 0;
     at::Tensor buffer = kept ? saved : new_saved(info, a, feats[0]);
     const Prepared p = prepare<scalar_t>(feats, info, eps, /*scaled_products=*/true, buffer, a, kept, stream);
+    using Tin = typename Raw<scalar_t>::type;
     std::vector<at::Tensor> g;
+    const bool folded = a == Algo::Gram && student_products_apply(p, info);
     if (a == Algo::Direct) {
-      g = direct_grad_raw<typename Raw<scalar_t>::type>(p, c, info, needs, slots, stream);
+      g = direct_grad_raw<Tin>(p, c, info, needs, slots, stream);
     } else {
-      if (!kept) gram_forward<Cmp<typename Raw<scalar_t>::type>>(p, info, buffer, stream);  // (S is not needed)
-      g = gram_grad_raw<Operand<typename Raw<scalar_t>::type>>(p, buffer, c, info, needs, slots, stream);
+      if (!kept) gram_forward<Cmp<Tin>>(p, info, buffer, stream);  // (S is not needed)
+      g = folded ? student_gram_grads<Operand<Tin>>(p, buffer, c, info, needs, slots, eps, stream)
+                 : gram_grad_raw<Operand<Tin>>(p, buffer, c, info, needs, stream);
     }
-    grads = finish<scalar_t>(g, p, c, info, eps, feats, needs, stream);
+    grads = finish<scalar_t>(g, p, c, info, eps, feats, needs, folded, stream);
   });
   return grads;
 }
@@ -1593,6 +1792,9 @@ int64_t gram_splits_of(int64_t N, int64_t Cm, int64_t Cn, int64_t d, int64_t sms
                        int64_t min_k, int64_t align, int64_t tile_overhead) {
   return gram_splits(N, Cm, Cn, d, sms, tile_cost(operand), {min_k, align, tile_overhead});
 }
+std::vector<int64_t> stack_strip_widths(int64_t N, int64_t M, int64_t C, int64_t d) {
+  return {stack_strip_width(N, M, C, d, kGpuStripBudget), kGpuStripBudget};
+}
 }  // namespace mtut::cuda
 
 TORCH_LIBRARY(mtut_emulated, m) {
@@ -1604,6 +1806,8 @@ TORCH_LIBRARY(mtut_emulated, m) {
   m.def("gram_splits(int N, int Cm, int Cn, int d, int sms, ScalarType operand, int min_k, int align, "
         "int tile_overhead) -> int",
         &mtut::cuda::gram_splits_of);
+  // The GPU build's stacked-strip width (student products) and its budget, likewise.
+  m.def("stack_strip_width(int N, int M, int C, int d) -> int[]", &mtut::cuda::stack_strip_widths);
   m.def(mtut::schema::kSqdistBackward);
   m.def(mtut::schema::kLossFromSqdist);
   m.def(mtut::schema::kLossFromSqdistBackward);
