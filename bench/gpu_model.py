@@ -431,16 +431,17 @@ def gram_splits(N: int, Cm: int, Cn: int, d: int, sms: int, operand: str, rule: 
 
 
 STACK_BUDGET = 1 << 24  # csrc/cuda/ssa_cuda.cu kStripBudget: entries of one stacked strip
+STACK_MIN_WIDTH = 256  # kMinStackWidth
 
 
 def stack_strip_width(N: int, M: int, C: int, d: int, budget: int = STACK_BUDGET) -> int:
     """Positions per stacked strip of the folded bf16 student products (ssa_cuda.cu
     stack_strip_width): the most that keep N M C ts within the budget, a multiple of 256 (the
-    product's tile width) where that is at least 256, at most d."""
-    ts = max(1, budget // max(N * M * C, 1))
+    product's tile width) where that is at least 256, but at least STACK_MIN_WIDTH, at most d."""
+    ts = budget // max(N * M * C, 1)
     if ts >= 256:
         ts = ts // 256 * 256
-    return min(d, ts)
+    return min(d, max(ts, STACK_MIN_WIDTH))
 
 
 def cuda_plan(p: Problem, scen: str, algo: str, active, sms: int = 132) -> Plan:

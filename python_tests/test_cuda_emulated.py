@@ -305,15 +305,16 @@ def test_split_rule_is_the_models(emulated):
 
 def test_stack_strip_width_is_the_models(emulated):
     """bench/gpu_model.py prices the bf16 student products' stacked strips with a copy of the
-    GPU build's width rule (stack_strip_width): the same budget and the same widths."""
-    from bench.gpu_model import STACK_BUDGET, stack_strip_width
+    GPU build's width rule (stack_strip_width): the same budget, least width and widths."""
+    from bench.gpu_model import STACK_BUDGET, STACK_MIN_WIDTH, stack_strip_width
 
     cases = [(6, 2, 480, 25088), (6, 3, 480, 25088), (6, 2, 832, 3136), (6, 2, 1024, 392), (1, 2, 64, 100),
              (64, 8, 1024, 50000), (6, 2, 480, 200)]
     widths = set()
     for N, M, C, d in cases:
-        width, budget = emulated.ops.stack_strip_width(N, M, C, d)
-        assert budget == STACK_BUDGET and width == stack_strip_width(N, M, C, d), (N, M, C, d)
+        width, budget, least = emulated.ops.stack_strip_width(N, M, C, d)
+        assert (budget, least) == (STACK_BUDGET, STACK_MIN_WIDTH)
+        assert width == stack_strip_width(N, M, C, d), (N, M, C, d)
         widths.add(width)
     assert len(widths) >= 4, widths
 
@@ -369,7 +370,7 @@ def test_folded_student_products_bf16(emulated, M, layout):
     emulated.pairwise_sqdist(feats, EPS, "gram")
     forward = len(emulated.ops.take_gemm_log())
     grads = emulated.ssa_loss_grads(feats, ce.float(), "gram")
-    width = 3072 // (N * M * C)  # the emulated build's strip budget: 3072 entries (stack_strip_width)
+    width = 3072 // (N * M * C)  # the emulated build's strip budget: 3072 entries, at least 16 (stack_strip_width)
     strips = -(-70 // width)
     assert strips == 2
     log = emulated.ops.take_gemm_log()

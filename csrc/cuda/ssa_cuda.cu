@@ -148,11 +148,13 @@ constexpr int64_t kGpuStripBudget = int64_t(1) << 24;
 #ifndef MTUT_CUDA_EMULATE
 constexpr int64_t kStripBudget = kGpuStripBudget;
 constexpr int64_t kChunkEntries = int64_t(1) << 16;  // entries one block square-sums (gram blocks, strips)
+constexpr int64_t kMinStackWidth = 256;  // positions of a stacked strip at least (a 16-bit output tile's width)
 int64_t multiprocessors() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
 #else
 // so that the tests' small shapes walk many strips and many chunks of rows
 constexpr int64_t kStripBudget = 3072;
 constexpr int64_t kChunkEntries = 64;
+constexpr int64_t kMinStackWidth = 16;
 // and so that they split the Gram blocks' contraction (on an imagined 4-SM device)
 int64_t multiprocessors() { return 4; }
 #endif
@@ -1297,12 +1299,15 @@ __global__ void __launch_bounds__(kThreads) stack_strip_kernel(const StackSource
 }
 
 // Positions per stacked strip: the most that keep N M C of them within kStripBudget entries, a
-// multiple of 256 (the product's output tile width) where that is at least 256, at most d
+// multiple of 256 (the product's output tile width) where that is at least 256, but at least
+// kMinStackWidth (large N M C: thin strips would be launches, not products; a strip of 256
+// positions is still far less than the fp32 buffer of every position it replaces), at most d
 // (bench/gpu_model.py stack_strip_width is the same rule).
-int64_t stack_strip_width(int64_t N, int64_t M, int64_t C, int64_t d, int64_t budget = kStripBudget) {
-  int64_t width = std::max<int64_t>(1, budget / std::max<int64_t>(N * M * C, 1));
+int64_t stack_strip_width(int64_t N, int64_t M, int64_t C, int64_t d, int64_t budget = kStripBudget,
+                          int64_t min_width = kMinStackWidth) {
+  int64_t width = budget / std::max<int64_t>(N * M * C, 1);
   if (width >= 256) width = width / 256 * 256;
-  return std::min(width, d);
+  return std::min(std::max(width, min_width), d);
 }
 
 // The emulation checks that every left operand of the student products (the folded blocks)
@@ -1793,7 +1798,8 @@ int64_t gram_splits_of(int64_t N, int64_t Cm, int64_t Cn, int64_t d, int64_t sms
   return gram_splits(N, Cm, Cn, d, sms, tile_cost(operand), {min_k, align, tile_overhead});
 }
 std::vector<int64_t> stack_strip_widths(int64_t N, int64_t M, int64_t C, int64_t d) {
-  return {stack_strip_width(N, M, C, d, kGpuStripBudget), kGpuStripBudget};
+  constexpr int64_t kGpuMinStackWidth = 256;
+  return {stack_strip_width(N, M, C, d, kGpuStripBudget, kGpuMinStackWidth), kGpuStripBudget, kGpuMinStackWidth};
 }
 }  // namespace mtut::cuda
 
@@ -1806,7 +1812,7 @@ TORCH_LIBRARY(mtut_emulated, m) {
   m.def("gram_splits(int N, int Cm, int Cn, int d, int sms, ScalarType operand, int min_k, int align, "
         "int tile_overhead) -> int",
         &mtut::cuda::gram_splits_of);
-  // The GPU build's stacked-strip width (student products) and its budget, likewise.
+  // The GPU build's stacked-strip width (student products), its budget and least width, likewise.
   m.def("stack_strip_width(int N, int M, int C, int d) -> int[]", &mtut::cuda::stack_strip_widths);
   m.def(mtut::schema::kSqdistBackward);
   m.def(mtut::schema::kLossFromSqdist);
