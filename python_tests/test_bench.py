@@ -270,7 +270,8 @@ def test_gpu_model_triton_configs_are_the_kernels_configs():
 
     assert sizes(direct._FORWARD_CONFIGS) == G.TRITON_CONFIGS["direct_forward"]
     assert sizes(direct._BACKWARD_CONFIGS) == G.TRITON_CONFIGS["direct_backward"]
-    assert sizes(gram._CONFIGS) == G.TRITON_CONFIGS["gram"]
+    assert sizes(gram._CONFIGS) == sizes(gram._APPLY_CONFIGS) == G.TRITON_CONFIGS["gram"]
+    assert sizes(gram._COEF_CONFIGS) == G.TRITON_CONFIGS["gram_coef"]
 
 
 def test_gpu_model_triton_runs_every_dot_on_the_operand_type_of_its_scenario():
@@ -337,8 +338,12 @@ def test_gpu_model_default_backend_and_auto_rule_predicted_right():
 # 0..784 costs exact fp32 at least 1.252x there. (0.45, 128) costs exact fp32 up to 1.252x
 # (geometric mean 1.011) and TF32 up to 1.09x (M = 3, C_m = 832, d = 1024; geometric mean
 # 1.005). The CPU's FLOP rule there would cost up to 1.9x (cuda fp32) .. 2.3x (cuda bf16).
+# triton TF32's worst point, M = 2, C_m = 1024, d = 1024 (gram 2.05 ms, direct 1.43 ms: the
+# rule picks gram by a hair), was 1.39x; since the coefficient kernel has 64-wide tiles only
+# (triton 3.6 spilled in its 128-wide ones) it is 1.43x, and every alpha in 0.05..1.0 and
+# d_direct in 0..2000 costs TF32 or exact fp32 at least that much.
 AUTO_REGRET = {("cuda", "fp32"): 1.26, ("cuda", "tf32"): 1.25, ("cuda", "bf16"): 1.1,
-               ("triton", "fp32"): 1.25, ("triton", "bf16"): 1.25, ("triton", "tf32"): 1.4}
+               ("triton", "fp32"): 1.25, ("triton", "bf16"): 1.25, ("triton", "tf32"): 1.45}
 
 
 @pytest.mark.parametrize("backend, scen", list(AUTO_REGRET))

@@ -41,12 +41,26 @@ from ._common import (Packed, configs, dot_precision, launcher_kind, launchers, 
                       round_operand, wrap_triton)
 
 # (BLOCK_C, BLOCK_K, num_warps, num_stages) per kind of operand; each free of spills and
-# within shared memory on sm_80 and sm_90 (tools/triton_static.py)
+# within shared memory on sm_80 and sm_90 (tools/triton_static.py), with triton 3.8 and
+# with 3.6 (torch 2.11's): the coefficient kernel holds more than its Gram tile (3.6 spilled
+# 8-156 B in every 128-wide tile of it), the float64 apply one stage less (3.6: 8 B on sm_90)
 _CONFIGS = configs(("BLOCK_C", "BLOCK_K"), {
     "tc16": [(64, 32, 4, 4), (64, 64, 4, 3), (128, 32, 8, 3), (128, 64, 8, 3)],
     "tf32": [(64, 32, 4, 4), (64, 32, 8, 3), (128, 32, 8, 2)],
     "ieee": [(32, 32, 4, 2), (32, 64, 4, 2), (64, 16, 8, 2)],
     "fp64": [(32, 32, 4, 2)],
+})
+_COEF_CONFIGS = configs(("BLOCK_C", "BLOCK_K"), {
+    "tc16": [(64, 32, 4, 4), (64, 64, 4, 3), (64, 64, 8, 3)],
+    "tf32": [(64, 32, 4, 4), (64, 32, 8, 3)],
+    "ieee": [(32, 32, 4, 2), (32, 64, 4, 2), (64, 16, 8, 2)],
+    "fp64": [(32, 32, 4, 2)],
+})
+_APPLY_CONFIGS = configs(("BLOCK_C", "BLOCK_K"), {
+    "tc16": [(64, 32, 4, 4), (64, 64, 4, 3), (128, 32, 8, 3), (128, 64, 8, 3)],
+    "tf32": [(64, 32, 4, 4), (64, 32, 8, 3), (128, 32, 8, 2)],
+    "ieee": [(32, 32, 4, 2), (32, 64, 4, 2), (64, 16, 8, 2)],
+    "fp64": [(32, 32, 4, 1)],
 })
 _INTERPRETED_CONFIG = triton.Config({"BLOCK_C": 16, "BLOCK_K": 16})
 
@@ -178,8 +192,8 @@ def _modality_of_rows(pk: Packed) -> torch.Tensor:
 
 # reset_to_zero: a config with bigger tiles leaves the extra slots of a finer one alone.
 _FORWARD = launchers(_gram_forward, _CONFIGS, _INTERPRETED_CONFIG, key=["d", "C", "C_max"], reset_to_zero=["partial"])
-_COEF = launchers(_gram_coef, _CONFIGS, _INTERPRETED_CONFIG, key=["d", "C", "M"])
-_APPLY = launchers(_gram_apply, _CONFIGS, _INTERPRETED_CONFIG, key=["d", "C", "M"])
+_COEF = launchers(_gram_coef, _COEF_CONFIGS, _INTERPRETED_CONFIG, key=["d", "C", "M"])
+_APPLY = launchers(_gram_apply, _APPLY_CONFIGS, _INTERPRETED_CONFIG, key=["d", "C", "M"])
 
 
 def gram_forward(pk: Packed) -> torch.Tensor:
