@@ -20,10 +20,12 @@
 //         G = diag(s) P diag(s), squared and summed in fp64, clamped at 0.
 //         backward, for each modality m that needs a gradient:
 //         graw_m = sum_n coef_mn P_mn diag(s_n^2) X_n (the blocks reused, not recomputed;
-//         each weighted in one pass of our own into the operand dtype). For equal channel
-//         counts the products run over the rows with weight only (student_gram_grad_raw: M
-//         pointer-array products over `students` rows a sample, picked on the GPU), else
-//         one product per block over every sample.
+//         each weighted in one pass of our own into the operand dtype), one product per
+//         block over every sample. For equal channel counts the products run over the rows
+//         with weight only (`students` rows a sample, picked on the GPU) and write dL/dX_m
+//         itself, the normalization backward folded into the weighted blocks
+//         (student_gram_grads; bf16: per strip of positions ONE product of K = M C over the
+//         maps' stacked columns).
 // direct: forward, strips of rows I of the upper triangle of every K_m = Xh_m^T Xh_m,
 //         K_m[I, J >= I] = (X_m[:, I] s_m^2)^T X_m[:, J] (one GEMM per modality and strip),
 //         squared differences of every pair summed in fp64 (the diagonal once, above it
@@ -33,15 +35,19 @@
 // backward, which so reads each input only where a product or the normalization backward
 // needs it.
 // Then dL/dX_m from graw_m (dL/dXh_m = diag(s_m) graw_m) by the fused normalization
-// backward, in place for fp32/fp64 inputs; a (sample, modality) row without SSA weight gets
-// its zero gradient without being read. Launches: one per modality group where the work is
-// per row (row norms, scaled strips), and no zero fills where the kernels write every entry. Beyond the gradients the backward holds the
-// kept blocks (gram) or one set of strips of at most kStripBudget entries (direct).
+// backward (but after the folded student products), in place for fp32/fp64 inputs; a
+// (sample, modality) row without SSA weight gets its zero gradient without being read.
+// Launches: one per modality group where the work is per row (row norms, scaled strips),
+// and no zero fills where the kernels write every entry. Beyond the gradients the backward
+// holds the kept blocks (gram) and one stacked strip (its student products, bf16: at most
+// kStripBudget entries, or 256 positions where those are more) or one set of strips of at
+// most kStripBudget entries (direct).
 //
 // Operand precision: fp32 and fp64 inputs are their own operands. bf16 inputs are the
 // operands of every product, and the small derived operands (X s^2, the coefficient-
 // weighted blocks and strips) are rounded to bf16 (fp32's range; the per-sample factor
-// that keeps them near 1 is applied after the product). fp16 inputs are the operands of
+// that keeps them near 1 is applied after the product, or folded into the blocks where the
+// gram student products write the gradient itself). fp16 inputs are the operands of
 // the forward Gram blocks; the products whose operands carry the scales run in fp32 on
 // fp32 copies, because fp16's range (6e-5 .. 65504) cannot hold x s^2 or P s^2.
 //
