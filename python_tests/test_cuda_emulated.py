@@ -24,8 +24,7 @@ from mtut_ops import _validation as V
 from mtut_ops import reference as R
 
 from .conftest import leaf, make_ce, make_feats
-from .error_bounds import (assert_cuda_grads_within_bound, bf16_backward_bound, cuda_operand_sqdist, grad_rtol,
-                           loss_from_sqdist_bounds, sqdist_bound)
+from .error_bounds import assert_cuda_grads_within_bound, cuda_operand_sqdist, loss_from_sqdist_bounds, sqdist_bound
 
 ROOT = Path(__file__).resolve().parents[1]
 EPS = 1e-8
