@@ -1374,19 +1374,17 @@ std::vector<at::Tensor> student_gram_grads(const Prepared& p, const at::Tensor& 
              p.norms[m].const_data_ptr<T>(), eps, c.factor.const_data_ptr<T>(), c.ref.select(0, m).const_data_ptr<T>(),
              static_cast<Top*>(W.select(0, m).mutable_data_ptr()), out_stride, block_step, stacked ? MC : C);
   }
-  const int64_t elem_w = W.element_size();
+  const int64_t elem_w = W.element_size(), elem_out = c10::elementSize(out_dtype);
   const auto left_base = [&](int m, int n) {
     return static_cast<const char*>(W.select(0, m).const_data_ptr()) + n * block_step * elem_w;
   };
   if (!stacked) {
     const int64_t elem = p.operands[0].element_size();
-    int64_t elem_out = 0;
     for (int m = 0; m < M; ++m) {
       if (!needs[m]) continue;
-      elem_out = g[m].element_size();
       for (int n = 0; n < M; ++n) {
         bases.left[m * M + n] = left_base(m, n);
-        bases.left_sample[m * M + n] = w_block * elem_w;
+        bases.left_sample[m * M + n] = out_stride * elem_w;
         bases.right[m * M + n] = static_cast<const char*>(p.operands[n].const_data_ptr());
         bases.right_sample[m * M + n] = p.operands[n].stride(0) * elem;
       }
@@ -1407,9 +1405,7 @@ std::vector<at::Tensor> student_gram_grads(const Prepared& p, const at::Tensor& 
     src.base[m] = x.const_data_ptr();
     src.sn[m] = x.stride(0), src.sc[m] = x.stride(1), src.sd[m] = x.stride(2);
   }
-  std::vector<char*> out_base(M, nullptr);
-  for (int m = 0; m < M; ++m) out_base[m] = bases.graw[m];
-  const int64_t elem_x = Xs.element_size(), elem_out = elem_x;
+  const int64_t elem_x = Xs.element_size();
   for (int64_t i0 = 0; i0 < d; i0 += width) {
     const int64_t w = std::min(width, d - i0);
     launch(stack_strip_kernel<Top>, dim3(static_cast<unsigned>(N * MC)), dim3(kThreads), stream, src, M, C, i0, w,
@@ -1417,10 +1413,10 @@ std::vector<at::Tensor> student_gram_grads(const Prepared& p, const at::Tensor& 
     for (int m = 0; m < M; ++m) {
       if (!needs[m]) continue;
       bases.left[m * M + m] = left_base(m, 0);  // one term: all of B_m
-      bases.left_sample[m * M + m] = w_sample * elem_w;
+      bases.left_sample[m * M + m] = out_stride * elem_w;
       bases.right[m * M + m] = static_cast<const char*>(Xs.const_data_ptr());
       bases.right_sample[m * M + m] = MC * width * elem_x;
-      bases.graw[m] = out_base[m] + i0 * elem_out;
+      bases.graw[m] = static_cast<char*>(g[m].mutable_data_ptr()) + i0 * elem_out;  // the strip's columns
     }
     const at::Tensor ptrs = student_pointers<T>(bases, info, L, 1, c, elem_out, stream);
     check_left_aligned(ptrs);
