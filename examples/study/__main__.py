@@ -28,7 +28,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run by path: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from examples.study.aggregate import aggregate, format_test  # noqa: E402
+from examples.study.aggregate import aggregate, format_clip_level, format_test  # noqa: E402
 from examples.study.pairs import ARMS, BASELINE, DEFAULT_ARMS, run_pair  # noqa: E402
 from examples.study.pretext import train_pretext  # noqa: E402
 from examples.training.config import build_parser, config_from_args  # noqa: E402
@@ -107,8 +107,8 @@ def pretext_main(argv: list[str]) -> int:
 def aggregate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m examples.study aggregate",
                                 description="Read paired runs (ROOT/seed<S>/<arm>/), write the paired table "
-                                            "(paired.csv, paired.md), the statistics (stats.json) and a plot "
-                                            "(paired.png).",
+                                            "(paired.csv, per_clip.csv, paired.md), the statistics, seed- and "
+                                            "clip-level (stats.json) and a plot (paired.png).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("roots", nargs="+", help="study folders (each holding seed<S>/<arm>/ run folders)")
     p.add_argument("--out", help="output folder (default: FIRST_ROOT/aggregate_<split>)")
@@ -148,7 +148,9 @@ def aggregate_main(argv: list[str]) -> int:
         if "gain" in tests:
             print(f"{arm} vs {stats['baseline']}, {stats['modality']} {stats['split']} top-1 gain: "
                   f"{format_test(tests['gain'])}")
-    print(f"wrote {out}/paired.csv, paired.md, stats.json" + (", paired.png" if args.plot else ""))
+    for arm, c in stats["clip_level"].items():
+        print(f"{arm} vs {stats['baseline']}, clip level: {format_clip_level(c)}")
+    print(f"wrote {out}/paired.csv, per_clip.csv, paired.md, stats.json" + (", paired.png" if args.plot else ""))
     return 0
 
 
