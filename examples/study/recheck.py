@@ -121,7 +121,10 @@ def recompute(folder: Path) -> dict[str, float]:
             _test_summary(f"gain.{name}", (k - counts[BASELINE]) / n, out)
             out[f"net.{name}"] = [int(v) for v in k - counts[BASELINE]]
     cols = rows[0].keys()
-    col = lambda key: np.array([float(r[key]) for r in rows])  # noqa: E731
+
+    def col(key: str) -> np.ndarray:
+        return np.array([float(r[key]) for r in rows])
+
     if f"corr_dist_{BASELINE}" in cols:
         base = col(f"corr_dist_{BASELINE}")
         for key in (c for c in cols if c.startswith("corr_dist_")):

@@ -8,8 +8,14 @@ import math
 import numpy as np
 import pytest
 
-from examples.study.clips import clip_bootstrap, clip_counts, clip_level, crossed_bootstrap, crossed_means, \
-    worst_case_matrix
+from examples.study.clips import (
+    clip_bootstrap,
+    clip_counts,
+    clip_level,
+    crossed_bootstrap,
+    crossed_means,
+    worst_case_matrix,
+)
 
 # 2 seeds x 4 clips: clip means over the seeds 1, 0.5, 0, -0.5 (mean 0.25)
 D = np.array([[1, 0, 0, -1],

@@ -49,7 +49,7 @@ def test_the_toy_study_rechecks_to_its_hand_worked_numbers(tmp_path, capsys):
     assert study_main(["recheck", str(toy)]) == 1
     assert "MISMATCH gain.on.t: printed 0.501, recomputed 0.500" in capsys.readouterr().out
     (toy / "claims.csv").write_text(claims + "gain.on.t_low,-0.634,0,\n")  # right, but not in the write-up
-    lines, problems = check(toy)
+    _, problems = check(toy)
     assert problems == ["gain.on.t_low: -0.634 does not occur in " + str(toy / "results.md")]
     (toy / "claims.csv").write_text(claims + "clip.shuffled.fixed,1,0,\n")
     assert check(toy)[1] == ["clip.shuffled.fixed: the committed outputs do not determine it"]

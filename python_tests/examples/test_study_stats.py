@@ -9,7 +9,13 @@ import math
 import numpy as np
 import pytest
 
-from examples.study.stats import bootstrap_ci, bootstrap_means, min_detectable_effect, paired_t_test, summarize_gains
+from examples.study.stats import (
+    bootstrap_ci,
+    bootstrap_means,
+    min_detectable_effect,
+    paired_t_test,
+    summarize_gains,
+)
 
 
 def test_paired_t_test_on_a_toy_input_against_a_hand_computation():
