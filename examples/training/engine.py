@@ -32,7 +32,6 @@ from .checkpoint import (
 from .config import BRANCH_CHANGES, RESUMABLE_CHANGES, Paths, TrainConfig, parse_pretrained, validate
 from .evaluation import EvalResult, evaluate, save_logits, save_train_ce
 from .metrics import MetricsLog
-from .tensorboard import ScalarWriter
 
 
 def seed_everything(seed: int) -> None:
@@ -204,7 +203,7 @@ class Trainer:
         elif branch_from is not None:
             history = self._branch(Path(branch_from))
         self.log = MetricsLog(self.paths.metrics_json, self.paths.metrics_csv, history)
-        self.tb = ScalarWriter(self.paths.root / "tb") if cfg.tensorboard and self.rt.main else None
+        self.tb = open_tensorboard(self.paths.root / "tb") if cfg.tensorboard and self.rt.main else None
 
     # ------------------------------------------------------------------ state
 
@@ -330,7 +329,7 @@ class Trainer:
                            "perf/clips_per_s": n * self.rt.world / max(done - waited, 1e-9),
                            "perf/step_seconds": done - waited, "perf/data_seconds": loaded - waited,
                            "perf/max_memory_mib": _max_memory_mib(self.rt.device)}
-                self.tb.add_scalars(step, scalars)
+                add_scalars(self.tb, step, scalars)
             waited = time.perf_counter()
         seconds = time.perf_counter() - started
         sums = np.asarray(dd.all_sum(sums.tolist(), self.rt))
@@ -405,7 +404,7 @@ class Trainer:
                     self.log.append(row)
                     print(_epoch_line(row, cfg.ssa_start) + (" | best" if best else ""), flush=True)
                     if self.tb is not None:
-                        self.tb.add_scalars(epoch * len(self.train_loader), {
+                        add_scalars(self.tb, epoch * len(self.train_loader), {
                             f"epoch/{k}": float(v) for k, v in row.items()
                             if k != "epoch" and isinstance(v, (int, float))})
                         self.tb.flush()
@@ -484,6 +483,24 @@ def effective_lr(cfg: TrainConfig, world: int) -> float:
     if cfg.lr_scaling == "linear":
         return cfg.lr * cfg.batch_size * world / cfg.lr_reference_batch
     return cfg.lr
+
+
+def open_tensorboard(logdir: Path):
+    """A ``torch.utils.tensorboard.SummaryWriter`` on ``logdir``, or None (with a one-line
+    message) where the ``tensorboard`` package is not installed: training goes on without it."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("[tensorboard] package not installed, training without TensorBoard scalars "
+              "(pip install tensorboard; --no-tensorboard silences this)", flush=True)
+        return None
+    return SummaryWriter(str(logdir))
+
+
+def add_scalars(writer, step: int, scalars: Mapping[str, float]) -> None:
+    """Each scalar under its own tag (SummaryWriter.add_scalars would make one run per tag)."""
+    for tag, value in scalars.items():
+        writer.add_scalar(tag, value, step)
 
 
 def _max_memory_mib(device: torch.device) -> float:
