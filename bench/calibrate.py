@@ -14,6 +14,7 @@ Writes <out>/calibrate-<part>.md (medians of 15 runs over 3 rotating input sets)
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -132,12 +133,12 @@ def part_torch(r: Run):
     r.sync()
     r.say(f"- host per eager op: forward {(t1 - t0) / 2 * 1e3:.1f} us, backward "
           f"{(time.perf_counter() - t1) / 2 * 1e3:.1f} us (model {G.HOST_US['eager']})")
+    # both algorithms' products at every shape (what the auto rule weighs), without mtut_ops._C
+    # (not built yet at this step)
     r.say("\n## torch.bmm at our product shapes (bf16, ms; model low-high)\n")
-    for name in SHAPES:
+    for name, algo in itertools.product(SHAPES, ("direct", "gram")):
         N, C, d = r.shape(name)
-        p = G.Problem(N, (C, C), d)
-        algo = G.auto_algo(p, "bf16")
-        pl = G.mtut_cuda(p, "bf16", algo)
+        pl = G.mtut_cuda(G.Problem(N, (C, C), d), "bf16", algo)
         for k in {k.gemm: k for k in pl.forward + pl.backward if k.gemm}.values():  # one per shape
             b_, m, n_, kk = k.gemm
             A = torch.randn(b_, m, kk, device=r.dev, dtype=torch.float32 if r.dry else torch.bfloat16)
