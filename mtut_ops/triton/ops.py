@@ -58,7 +58,7 @@ def triton_sqdist_forward(feats: list[torch.Tensor], eps: float, algo: str, dire
                           for_backward: bool) -> tuple[torch.Tensor, torch.Tensor]:
     info = _check_sqdist(feats, eps, algo)
     pk = pack(feats, info, eps)
-    pairs, index = pair_tables(info.M, pk.z.device)
+    pairs, index = pair_tables(info.M, pk.z)
     if V.resolve_algo(algo, info.d, info.channels, "triton", info.dtype) == "direct":
         values = direct_forward(pk, pairs)
     else:
