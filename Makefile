@@ -53,9 +53,9 @@ gpu-static: $(VENV)/.deps
 	 else echo "gpu-static: no CUDA toolkit here: the CUDA kernels are not checked"; fi
 	$(PY) tools/triton_static.py -j $(MAX_JOBS)
 
-# On a machine with a GPU: build for it, the GPU tests and every op test on cuda and triton,
-# the benchmarks; results and a log in bench/results/ (tools/gpu_check.sh; under 8 minutes
-# on an H200). Uses the machine's own python (GPU_PYTHON), no venv, no downloads.
+# On a machine with a GPU, first contact (tools/gpu_check.sh, about 5 minutes on an H100): the
+# torch-only calibration, the build for its arch, ours per kernel beside bench/gpu_model.py;
+# bench/results/gpu-check-*/. The machine's own python (GPU_PYTHON), no venv, no downloads.
 gpu-check:
 	GPU_PYTHON=$(GPU_PYTHON) bash tools/gpu_check.sh
 
