@@ -51,7 +51,10 @@ def rebuild_command() -> str:
     root = _source_root()
     if root is not None:
         return f"pip install --no-build-isolation -e {root}   (or `make build` there)"
-    return "pip install --no-build-isolation --no-deps --force-reinstall <the mtut source directory, sdist or git URL you installed from>"
+    return (
+        "pip install --no-build-isolation --no-deps --force-reinstall "
+        "<the mtut source directory, sdist or git URL you installed from>"
+    )
 
 
 def _describe(info: dict) -> str:
@@ -99,7 +102,8 @@ def load() -> bool:
     global LOAD_ERROR, BUILD_INFO, _HAS_OPS
     BUILD_INFO = _read_build_info()
     if importlib.util.find_spec("mtut_ops._C") is None:
-        LOAD_ERROR = _message(f"it is not built (found no mtut_ops/_C*.so next to {os.path.dirname(__file__)}/__init__.py)")
+        here = os.path.dirname(__file__)
+        LOAD_ERROR = _message(f"it is not built (found no mtut_ops/_C*.so next to {here}/__init__.py)")
         return False
     if BUILD_INFO is not None:
         why = mismatch(BUILD_INFO)

@@ -20,7 +20,8 @@ functorch does for its own transform-local nodes, so ``torch.func.grad`` and
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 import torch
 
@@ -256,7 +257,7 @@ def _correlation_fake(feat, eps):
 
 @torch.library.register_fake(f"{_NS}::correlation_backward")
 def _correlation_backward_fake(grad, feat, eps):
-    info = V.check_feats([feat, feat])
+    V.check_feats([feat, feat])
     V.check_eps(eps)
     return feat.new_empty(feat.shape)
 
@@ -330,7 +331,8 @@ def _correlation_vmap(info, in_dims, feat, eps):
 
 def _correlation_backward_vmap(info, in_dims, grad, feat, eps):
     B = info.batch_size
-    return _unfold(torch.ops.mtut.correlation_backward(_fold(grad, in_dims[0], B), _fold(feat, in_dims[1], B), eps), B), 0
+    grad, feat = _fold(grad, in_dims[0], B), _fold(feat, in_dims[1], B)
+    return _unfold(torch.ops.mtut.correlation_backward(grad, feat, eps), B), 0
 
 
 def _focal_weight_vmap(info, in_dims, ce, beta):

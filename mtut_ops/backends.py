@@ -73,7 +73,8 @@ def pick_backend(backend: Optional[str], device: torch.device) -> str:
     # query); what _pick_listed would choose (python_tests/test_errors.py checks it)
     if device.type == "cuda" and _HAS_CUDA_KERNELS and backend in (None, "cuda"):
         return "cuda"
-    if device.type == "cpu" and _extension._HAS_OPS and (backend == "cpu" or (backend is None and not triton_interpreted())):
+    cpu_default = backend is None and not triton_interpreted()
+    if device.type == "cpu" and _extension._HAS_OPS and (backend == "cpu" or cpu_default):
         return "cpu"
     return _pick_listed(backend, device)
 
@@ -84,7 +85,9 @@ def _pick_listed(backend: Optional[str], device: torch.device) -> str:
         raise ValueError(f"mtut: backend must be one of {BACKENDS} or None, got {backend!r}")
     if backend != "reference":
         # None included: the default is a fused backend, never silently the d x d reference
-        _extension._require_ops(f"backend={backend!r}" if backend is not None else f"the default backend for tensors on {device}")
+        _extension._require_ops(
+            f"backend={backend!r}" if backend is not None else f"the default backend for tensors on {device}"
+        )
     available = available_backends(device)
     if backend is None:
         for choice in ("cuda", "triton", "cpu"):  # fused kernels first; never the d x d reference by default

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
 
@@ -74,7 +75,8 @@ def _stack_ce(ce_losses: Losses, info: V.FeatInfo) -> torch.Tensor:
                 f"got a {type(ce_losses).__name__} of {len(ce_losses)}"
             )
         def message():
-            return f"mtut: each of ce_losses must have shape [N] = [{info.N}], got shapes {[list(c.shape) for c in ce_losses]}"
+            shapes = [list(c.shape) for c in ce_losses]
+            return f"mtut: each of ce_losses must have shape [N] = [{info.N}], got shapes {shapes}"
 
         for c in ce_losses:
             if c.dim() != 1:

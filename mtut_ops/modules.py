@@ -1,7 +1,8 @@
 """nn.Module wrappers over mtut_ops.functional."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 from torch import nn

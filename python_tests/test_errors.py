@@ -45,7 +45,8 @@ def test_api_rejects(case, backend):
 def test_api_options_are_keyword_only():
     """An old positional call (beta, lambda_ after ce) is refused with the keywords to use,
     never read as something else; SSALoss passes its options by name."""
-    with pytest.raises(TypeError, match=r"ssa_loss\(\) takes 2 positional .* write ssa_loss\(\.\.\., beta=1\.5, lambda_=0\.1\)"):
+    meant = r"ssa_loss\(\) takes 2 positional .* write ssa_loss\(\.\.\., beta=1\.5, lambda_=0\.1\)"
+    with pytest.raises(TypeError, match=meant):
         mtut_ops.ssa_loss(F2, CE, 1.5, 0.1)
     with pytest.raises(TypeError, match=r"beta, lambda_, distance, eps, algo, pair_cap, backend"):
         mtut_ops.ssa_loss(F2, CE, 2.0)

@@ -107,7 +107,7 @@ def _register(fn, fake):
 def _keep_out_of_autocast(qualname: str) -> None:
     """As every C++ mtut op (csrc/ssa_common.cpp:without_autocast): inside an autocast
     region the op runs as outside it."""
-    for device_type, key in (("cpu", "AutocastCPU"), ("cuda", "AutocastCUDA")):
+    for key in ("AutocastCPU", "AutocastCUDA"):
         keyset = P.dispatch_key_set(key)
         op = P.lookup_op(qualname)
 
