@@ -1,4 +1,4 @@
-"""Edge cases of DESIGN.md §6: d = 1, N = 1, zero rows, identical inputs, NaN, determinism."""
+"""Edge cases of docs/design.md §6: d = 1, N = 1, zero rows, identical inputs, NaN, determinism."""
 from __future__ import annotations
 
 import pytest
