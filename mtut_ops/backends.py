@@ -36,7 +36,7 @@ def has_cuda_kernels() -> bool:
 _HAS_CUDA_KERNELS = _extension._HAS_OPS and P.has_kernel("mtut::sqdist_forward", "CUDA")
 
 
-# Asked once, at import: a file-system search (~10 us) in every call of the API otherwise.
+# Asked once, at import: otherwise a file-system search in every call of the API.
 _TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None
 
 
@@ -69,8 +69,8 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
 
 def pick_backend(backend: Optional[str], device: torch.device) -> str:
     """The backend to run on ``device``: ``backend`` checked, or the default for the device."""
-    # The usual cases first, without listing every backend (~10 µs a call: the triton
-    # query); what _pick_listed would choose (python_tests/test_errors.py checks it)
+    # The usual cases first, without listing every backend (the triton query costs host
+    # time in every call); what _pick_listed would choose (python_tests/test_errors.py checks it)
     if device.type == "cuda" and _HAS_CUDA_KERNELS and backend in (None, "cuda"):
         return "cuda"
     cpu_default = backend is None and not triton_interpreted()
