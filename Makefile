@@ -18,7 +18,7 @@ export CUDA_HOME ?= /usr/local/cuda
 export FORCE_CUDA ?= 1
 endif
 
-.PHONY: setup build test test-fast check-install gpu-static gpu-check demo bench test-gpu bench-gpu clean
+.PHONY: setup build test test-fast lint format check-install gpu-static gpu-check demo bench test-gpu bench-gpu clean
 
 $(VENV)/.deps: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,18 @@ build: $(VENV)/.deps
 
 test: build
 	$(PY) -m pytest python_tests -q
+
+# Lint and format checks (CI): ruff with pyproject.toml's settings, clang-format with
+# .clang-format. `make format` applies both formatters.
+CXX_SOURCES = $(shell find csrc python_tests/cuda_emulation -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu')
+lint: $(VENV)/.deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/clang-format --dry-run -Werror $(CXX_SOURCES)
+
+format: $(VENV)/.deps
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/clang-format -i $(CXX_SOURCES)
 
 # Installs mtut as a new user would (sdist -> fresh venv with another torch -> wheel ->
 # smoke test; pip's build isolation fails fast; a mismatched _C; the CMake library).

@@ -1,4 +1,4 @@
-"""Benchmark the SSA loss against the best code a user would otherwise write (DESIGN.md §6).
+"""Benchmark the SSA loss against the best code a user would otherwise write (docs/design.md §6).
 
 For each shape and dtype, in one process, on one device:
   mmpose-eager     the published mmpose formulation (builds every d x d K_m)

@@ -153,7 +153,7 @@ def test_compile_mark_dynamic(backend_device):
     def loss(fs, ce):
         if backend in ("cpu", "cuda"):
             return torch.ops.mtut.ssa_loss(fs, ce, 2.0, 0.5, "rms", 1e-8, "gram", None)
-        return mtut_ops.ssa_loss(fs, ce, 2.0, 0.5, "rms", 1e-8, "gram", backend=backend)
+        return mtut_ops.ssa_loss(fs, ce, beta=2.0, lambda_=0.5, distance="rms", eps=1e-8, algo="gram", backend=backend)
 
     step = torch.compile(loss, fullgraph=True, backend=counter)
     compiles = []

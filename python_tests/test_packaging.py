@@ -173,15 +173,26 @@ def test_old_triton_is_not_used(tmp_path):
     assert "REGISTERED False" in out.stdout and "BACKENDS ['reference', 'cpu']" in out.stdout
 
 
-def test_reference_only_stands_in_for_every_name_of_backends():
-    """_reference_only replaces mtut_ops.backends when _C is not loaded: it must offer
-    everything the API imports from there."""
-    from mtut_ops import _reference_only, backends
-
-    public = {n for n in vars(backends) if not n.startswith("_") and callable(getattr(backends, n))}
-    public -= {"annotations", "Optional"} | {n for n, v in vars(backends).items() if isinstance(v, type(os))}
-    assert public <= set(vars(_reference_only)), public - set(vars(_reference_only))
-    assert _reference_only.BACKENDS == backends.BACKENDS
+def test_without_the_library_the_api_binds_the_one_backends_module(tmp_path):
+    """Without _C, mtut_ops.backends is still backends.py (no module stands in for it), so
+    what functional.py binds does not depend on import order; it answers reference-only."""
+    code = ("import sys, torch, mtut_ops, mtut_ops.functional as F\n"
+            "from mtut_ops import backends, _extension\n"
+            "print('HAS_OPS', mtut_ops._HAS_OPS)\n"
+            "print('MODULE', sys.modules['mtut_ops.backends'].__file__.endswith('backends.py'), "
+            "F.pick_backend is backends.pick_backend)\n"
+            "print('CUDA', backends.available_backends('cuda'), backends.has_triton_kernels())\n"
+            "print('PICK', backends.pick_backend('reference', torch.device('cpu')))\n"
+            "for b in ('cpu', 'triton'):\n"
+            "    try:\n"
+            "        backends.pick_backend(b, torch.device('cpu'))\n"
+            "    except _extension.ExtensionUnavailableError as e:\n"
+            "        print('RAISED', b, 'not built' in str(e))\n")
+    out = run_python(code, copy_package(tmp_path, None, with_library=False), tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "HAS_OPS False" in out.stdout and "MODULE True True" in out.stdout
+    assert "CUDA ['reference'] False" in out.stdout and "PICK reference" in out.stdout
+    assert "RAISED cpu True" in out.stdout and "RAISED triton True" in out.stdout
 
 
 # ------------------------------------------------------------------ setup.py and the sdist

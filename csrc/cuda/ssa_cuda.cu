@@ -1,4 +1,4 @@
-// CUDA kernels of sqdist_forward and sqdist_backward (DESIGN.md §2-§3).
+// CUDA kernels of sqdist_forward and sqdist_backward (docs/design.md §2-§3).
 //
 // The GEMM-shaped work runs in cuBLAS (through at::bmm / at::baddbmm, and the split-K Gram
 // blocks through cublasGemmBatchedEx on ATen's handle; fp32 accumulation

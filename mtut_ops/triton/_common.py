@@ -46,9 +46,9 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from torch._subclasses.fake_tensor import is_fake
 
 from .. import _validation as V
+from .._torch_private import is_fake
 
 #: True when triton.jit builds interpreted kernels (TRITON_INTERPRET=1): fixed at import.
 INTERPRETED = bool(getattr(triton, "knobs", None) and triton.knobs.runtime.interpret)  # no knobs: triton < 3.4, never registered

@@ -1,4 +1,4 @@
-"""The direct algorithm (DESIGN.md §2) in triton: tiles of the d x d matrices, nothing d x d stored.
+"""The direct algorithm (docs/design.md §2) in triton: tiles of the d x d matrices, nothing d x d stored.
 
 The kernels read the staged stack z (``_common.pack``: normalized rows, already in the
 operand type, zero-padded to ld positions, which the kernels take for d), so every K tile

@@ -1,4 +1,4 @@
-"""The gram algorithm (DESIGN.md §2) in triton: S_mn = ||G_mm||^2 - 2 ||G_mn||^2 + ||G_nn||^2.
+"""The gram algorithm (docs/design.md §2) in triton: S_mn = ||G_mm||^2 - 2 ||G_mn||^2 + ||G_nn||^2.
 
 All modalities share one stacked Gram matrix G = Xh Xh^T over the C = sum_m C_m channel
 rows, whose (m, n) block is G_mn (C_m x C_n). The kernels compute it from the staged
