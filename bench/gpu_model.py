@@ -13,7 +13,7 @@ The GPU time is the sum over the kernels; the host issues them (its per-op cost 
 calling layer: eager ATen, a compiled graph, our C++ op) and the wall time is
 max(GPU, host), each end of the range with each end of the other.
 
-What is modelled (DESIGN.md §6 names the implementations):
+What is modelled (docs/design.md §6 names the implementations):
   expert-eager    bench/baselines.expert_gram_ssa_loss, traced op by op on meta tensors
   expert-compile  the same under torch.compile: cuBLAS bmm each way, the rest fused (by hand)
   mtut-cuda       the CUDA backend without the split-K Gram forward: every product a torch
