@@ -28,8 +28,8 @@ from examples.training.checkpoint import load_checkpoint, write_json_atomic  # n
 from examples.training.config import TrainConfig, validate  # noqa: E402
 from examples.training.data import build_datasets, eval_loader, require_clips, skipped_entries  # noqa: E402
 from examples.training.engine import accuracy_lines, build_model  # noqa: E402
-from examples.training.runlog import check_writable  # noqa: E402
 from examples.training.evaluation import evaluate, save_logits  # noqa: E402
+from examples.training.runlog import check_writable  # noqa: E402
 
 
 def config_of(ckpt: dict, **overrides) -> TrainConfig:

@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "show":
             from .show import show
 
-            out = show(args.root, args.out or args.root / "grid.png", split=args.split, clips=args.clips, frames=args.frames,
-                       modalities=args.modalities)
+            out = show(args.root, args.out or args.root / "grid.png", split=args.split, clips=args.clips,
+                       frames=args.frames, modalities=args.modalities)
             print(f"wrote {out}")
     except (NVGestureDataError, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -14,11 +14,10 @@ import pytest
 import torch
 
 from examples import evaluate_nvgesture, export_nvgesture, infer_nvgesture
-from examples.deploy import check_video_modality
-from examples.data.errors import BadClipError, EmptySplitError
-from examples.data.errors import VideoError
+from examples.data.errors import BadClipError, EmptySplitError, VideoError
 from examples.data.listfile import TEST_LIST, TRAIN_LIST, parse_line
 from examples.data.video import check_frames
+from examples.deploy import check_video_modality
 from examples.mtut_model import MTUTModel
 from examples.train_nvgesture import main
 from examples.training import Trainer, train
