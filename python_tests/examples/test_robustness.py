@@ -23,6 +23,7 @@ from examples.train_nvgesture import main
 from examples.training import Trainer, train
 from examples.training.checkpoint import load_checkpoint
 from examples.training.config import default_workers, schedule_warnings
+from examples.training.engine import check_resumable
 from examples.training.runlog import DivergenceError
 
 from .helpers import tiny_config
@@ -253,3 +254,11 @@ def test_evaluate_skips_bad_clips_when_asked(data_root, tmp_path, capsys):
 def test_workers_default_leaves_a_core():
     # observed: --workers 4 on a 2-core machine (torch warns twice per run)
     assert 0 <= default_workers() <= max(0, len(os.sched_getaffinity(0)) - 1)
+
+
+def test_skip_bad_may_be_switched_on_at_resume(tmp_path):
+    # observed: --resume --skip-bad was refused (skip_bad: checkpoint False vs now True)
+    cfg = tiny_config(tmp_path, tmp_path / "run")
+    check_resumable(cfg.to_dict(), dataclasses.replace(cfg, skip_bad=True, keep_every=2))
+    with pytest.raises(ValueError, match="lr: checkpoint"):
+        check_resumable(cfg.to_dict(), dataclasses.replace(cfg, skip_bad=True, lr=0.5))
