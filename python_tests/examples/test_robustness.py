@@ -262,3 +262,17 @@ def test_skip_bad_may_be_switched_on_at_resume(tmp_path):
     check_resumable(cfg.to_dict(), dataclasses.replace(cfg, skip_bad=True, keep_every=2))
     with pytest.raises(ValueError, match="lr: checkpoint"):
         check_resumable(cfg.to_dict(), dataclasses.replace(cfg, skip_bad=True, lr=0.5))
+
+
+def test_divergence_ends_the_command_with_one_line(data_root, tmp_path, monkeypatch, capsys):
+    # observed: training went on after nan and exited 0
+    loss = MTUTModel.loss
+    monkeypatch.setattr(MTUTModel, "loss", lambda self, *a, **kw: dataclasses.replace(
+        loss(self, *a, **kw), total=torch.tensor(float("inf"))))
+    args = ["--data-root", str(data_root), "--out", str(tmp_path / "run"), "--preset", "cpu-small", "--no-progress",
+            "--epochs", "1", "--width", "0.125", "--frames", "8", "--test-frames", "8", "--size", "48",
+            "--resize", "52", "--batch-size", "4", "--no-tensorboard"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "error: training diverged: the loss is inf at epoch 1, step 1" in err and "no epoch was saved" in err
+    assert "Traceback" not in err and not (tmp_path / "run" / "last.pt").exists()
