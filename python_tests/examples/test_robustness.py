@@ -81,7 +81,8 @@ def test_ssa_after_the_last_epoch_and_late_lr_steps_are_named(data_root, tmp_pat
     cfg = tiny_config(data_root, tmp_path / "run", epochs=3, ssa_start=61, lr_steps=(30, 2), preset="full")
     warnings = schedule_warnings(cfg)
     assert len(warnings) == 2
-    assert "SSA never runs: --ssa-start 61 (the value of preset 'full') is after the last epoch (--epochs 3)" in warnings[0]
+    assert ("SSA never runs: --ssa-start 61 (the value of preset 'full') is after the last epoch (--epochs 3)"
+            in warnings[0])
     assert "--lr-steps 30 (as given)" in warnings[1]
     assert schedule_warnings(dataclasses.replace(cfg, ssa_start=3, lr_steps=(2,))) == []
     assert schedule_warnings(dataclasses.replace(cfg, ssa=False, lr_steps=(2,))) == []  # SSA off is said
