@@ -705,7 +705,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     if args.render:
         data = json.loads(Path(args.render).read_text())
         rows = [Row(**r) for r in data["rows"]]

@@ -14,6 +14,7 @@ Writes <out>/calibrate-<part>.md (medians of 15 runs over 3 rotating input sets)
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import sys
 import time
@@ -115,11 +116,11 @@ def part_torch(r: Run):
     n, dt = (256, torch.float32) if r.dry else (8192, torch.bfloat16)
     a = torch.randn(n, n, device=r.dev, dtype=dt)
     b = torch.randn_like(a)
-    r.say(f"- GEMM {n}^3 {dt}: {2 * n**3 / r.ms(lambda: a @ b) / 1e9:.1f} TFLOP/s "
+    r.say(f"- GEMM {n}^3 {dt}: {2 * n**3 / r.ms(functools.partial(torch.matmul, a, b)) / 1e9:.1f} TFLOP/s "
           f"(model ceiling {r.gpu.tflops['bf16']:.0f})")
     x = torch.empty(2**20 if r.dry else 2**31, dtype=torch.uint8, device=r.dev)
     y = torch.empty_like(x)
-    r.say(f"- copy {x.numel() >> 20} MiB: {2 * x.numel() / r.ms(lambda: y.copy_(x)) / 1e9:.2f} TB/s read+write "
+    r.say(f"- copy {x.numel() >> 20} MiB: {2 * x.numel() / r.ms(functools.partial(y.copy_, x)) / 1e9:.2f} TB/s read+write "
           f"(model {r.gpu.copy_tbs})")
     del a, b, x, y
     z = torch.zeros(1, device=r.dev, requires_grad=True)
@@ -145,7 +146,7 @@ def part_torch(r: Run):
             # the Gram blocks X_m X_n^T read their right operand transposed, as the backend does
             B = (torch.randn(b_, n_, kk, device=r.dev, dtype=A.dtype).transpose(1, 2) if k.name.startswith("bmm P")
                  else torch.randn(b_, kk, n_, device=r.dev, dtype=A.dtype))
-            t = r.ms(lambda: torch.bmm(A, B))
+            t = r.ms(functools.partial(torch.bmm, A, B))
             r.say(f"- {name} {algo} {k.name} {k.gemm}: {t:.3f} ms, {k.flops / t / 1e9:.1f} TFLOP/s; "
                   f"model {_r(tuple(1e3 * u for u in G.kernel_time(k, r.gpu, 'bf16')))} ms")
             del A, B
