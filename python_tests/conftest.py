@@ -1,4 +1,9 @@
-"""Shared fixtures: backends to test, hypothesis profiles, input builders."""
+"""Shared fixtures: backends to test, hypothesis profiles, input builders, the tiers.
+
+Tiers (Makefile): `make test` runs `-m "not deep"`, `make test-deep` runs `-m deep`. A test
+is `deep` when marked so, or when it runs on the interpreted triton backend through
+`backend_device` (`make test-triton-interp`: every backend_device test on triton).
+"""
 from __future__ import annotations
 
 import os
@@ -9,10 +14,15 @@ from hypothesis import HealthCheck, settings
 
 import mtut_ops
 
+# "ci": the fast tier's budget (derandomized: the same examples every run); "deep": make
+# test-deep's full budget (`-m hypothesis`, the marker hypothesis gives its tests); "dev":
+# a local hunt for new examples.
+_QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large]
 settings.register_profile(
     "ci", max_examples=int(os.environ.get("MTUT_HYPOTHESIS_EXAMPLES", "30")), deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], derandomize=True,
+    suppress_health_check=_QUIET, derandomize=True,
 )
+settings.register_profile("deep", max_examples=200, deadline=None, suppress_health_check=_QUIET, derandomize=True)
 settings.register_profile("dev", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("MTUT_HYPOTHESIS_PROFILE", "ci"))
 
@@ -20,10 +30,10 @@ settings.load_profile(os.environ.get("MTUT_HYPOTHESIS_PROFILE", "ci"))
 def _fused_backends():
     """(backend, device) pairs of every fused implementation runnable here.
 
-    Triton on CPU (TRITON_INTERPRET=1) is left out: the interpreter is far too slow for
-    the whole suite; python_tests/test_triton*.py test it on small shapes instead, and
-    run chosen files in a subprocess with MTUT_TEST_BACKEND=triton, where it is the one
-    backend.
+    Triton on CPU (TRITON_INTERPRET=1, which must be set before mtut_ops is imported)
+    is the one backend of a run with MTUT_TEST_BACKEND=triton (`make test-triton-interp`);
+    such tests are deep (pytest_collection_modifyitems): the interpreter is far too slow
+    for the fast tier, where python_tests/test_triton_kernels.py checks it on small shapes.
     """
     if os.environ.get("MTUT_TEST_BACKEND") == "triton":
         return [("triton", "cuda" if torch.cuda.is_available() else "cpu")]
@@ -52,6 +62,15 @@ needs_opcheck = pytest.mark.skipif(not _opcheck_importable(), reason="torch.libr
 @pytest.fixture(scope="module", params=FUSED, ids=[f"{b}-{d}" for b, d in FUSED])
 def backend_device(request):
     return request.param
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every backend_device test on the interpreted triton backend belongs to the deep tier."""
+    if os.environ.get("MTUT_TEST_BACKEND") != "triton" or torch.cuda.is_available():
+        return
+    for item in items:
+        if "backend_device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.deep)
 
 
 def make_feats(N, channels, spatial, dtype=torch.float64, device="cpu", noncontiguous=False, seed=0):

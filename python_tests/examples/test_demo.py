@@ -46,6 +46,7 @@ def test_demo_settings_are_the_study_in_small():
     assert demo.PRETEXT_RUN["modalities"] == ("rgb",) and demo.ARMS == ("ssa_off", "ssa_on")
 
 
+@pytest.mark.deep  # trains pretext + two arms end to end: tens of seconds
 def test_demo_end_to_end_tiny(tmp_path, monkeypatch, capsys):
     target = dataclasses.replace(TINY_RUN_DATA, rgb_hard_p=0.5)
     monkeypatch.setattr(demo, "DEMO_DATA", target)
