@@ -72,13 +72,14 @@ test: build-here
 	$(MAKE) test-fast
 
 # The fast tier: the main run; the triton ops' GPU registration traced without a GPU
-# (MTUT_REGISTER_TRITON=1); the triton kernels under the interpreter (TRITON_INTERPRET=1,
-# which must be set before mtut_ops is imported). With a GPU the main run covers both.
+# (MTUT_REGISTER_TRITON=1); the triton kernels and the per-op reference checks on the
+# triton backend, interpreted (TRITON_INTERPRET=1, which must be set before mtut_ops is
+# imported; conftest.py). With a GPU the main run covers both.
 test-fast: built
 	$(call pytest_tier,fast tier,,-m "not deep" python_tests)
 ifneq ($(HAS_GPU),1)
 	$(call pytest_tier,fast tier: triton registration,MTUT_REGISTER_TRITON=1,-m "not deep" python_tests/test_triton.py -k test_op_)
-	$(call pytest_tier,fast tier: triton kernels interpreted,TRITON_INTERPRET=1,-m "not deep" python_tests/test_triton_kernels.py)
+	$(call pytest_tier,fast tier: triton interpreted,TRITON_INTERPRET=1 MTUT_TEST_BACKEND=triton,-m "not deep" python_tests/test_triton_kernels.py python_tests/test_accuracy.py)
 endif
 
 # The deep tier: what the fast one leaves out (seconds to minutes a test).
@@ -93,10 +94,11 @@ endif
 test-hypothesis: built
 	$(call pytest_tier,hypothesis at full budget,MTUT_HYPOTHESIS_PROFILE=deep,-m hypothesis python_tests)
 
-# Every backend_device test (edge cases, opcheck, gradcheck, compile, the op contract,
-# accuracy) on the triton backend, interpreted on the CPU (conftest marks them deep).
+# The other backend_device tests (edge cases, opcheck, gradcheck, compile, the op contract,
+# the property tests at 10 examples) on the triton backend, interpreted on the CPU
+# (conftest marks them deep).
 test-triton-interp: built
-	$(call pytest_tier,triton interpreted: every op test,TRITON_INTERPRET=1 MTUT_TEST_BACKEND=triton,-m deep python_tests)
+	$(call pytest_tier,triton interpreted: every op test,TRITON_INTERPRET=1 MTUT_TEST_BACKEND=triton MTUT_HYPOTHESIS_EXAMPLES=10,-m "interpreted and deep" python_tests)
 
 # Installs mtut as a new user would (sdist -> fresh venv with another torch -> wheel ->
 # smoke test; pip's build isolation fails fast; a mismatched _C; the CMake library).

@@ -2,7 +2,7 @@
 
 Tiers (Makefile): `make test` runs `-m "not deep"`, `make test-deep` runs `-m deep`. A test
 is `deep` when marked so, or when it runs on the interpreted triton backend through
-`backend_device` (`make test-triton-interp`: every backend_device test on triton).
+`backend_device` (MTUT_TEST_BACKEND=triton; see pytest_collection_modifyitems).
 """
 from __future__ import annotations
 
@@ -31,9 +31,10 @@ def _fused_backends():
     """(backend, device) pairs of every fused implementation runnable here.
 
     Triton on CPU (TRITON_INTERPRET=1, which must be set before mtut_ops is imported)
-    is the one backend of a run with MTUT_TEST_BACKEND=triton (`make test-triton-interp`);
-    such tests are deep (pytest_collection_modifyitems): the interpreter is far too slow
-    for the fast tier, where python_tests/test_triton_kernels.py checks it on small shapes.
+    is the one backend of a run with MTUT_TEST_BACKEND=triton: the fast tier runs
+    test_accuracy.py's per-op checks so, `make test-triton-interp` every other
+    backend_device test (pytest_collection_modifyitems marks them deep: the interpreter
+    is far too slow for the whole fast tier).
     """
     if os.environ.get("MTUT_TEST_BACKEND") == "triton":
         return [("triton", "cuda" if torch.cuda.is_available() else "cpu")]
@@ -64,12 +65,21 @@ def backend_device(request):
     return request.param
 
 
+#: Under the interpreter, the fast tier's check of the triton backend against the fp64
+#: reference: test_accuracy.py's per-op tests (its property tests run deep).
+_TRITON_FAST_MODULES = {"test_accuracy.py"}
+
+
 def pytest_collection_modifyitems(config, items):
-    """Every backend_device test on the interpreted triton backend belongs to the deep tier."""
+    """On the interpreted triton backend, the backend_device tests are deep but for the
+    per-op reference checks of _TRITON_FAST_MODULES."""
     if os.environ.get("MTUT_TEST_BACKEND") != "triton" or torch.cuda.is_available():
         return
     for item in items:
-        if "backend_device" in getattr(item, "fixturenames", ()):
+        if "backend_device" not in getattr(item, "fixturenames", ()):
+            continue
+        item.add_marker(pytest.mark.interpreted)
+        if item.path.name not in _TRITON_FAST_MODULES or item.get_closest_marker("hypothesis"):
             item.add_marker(pytest.mark.deep)
 
 

@@ -4,8 +4,9 @@ Runs where the kernels can: on CUDA, or on CPU under the triton interpreter
 (TRITON_INTERPRET=1 set before mtut_ops is imported, since the variable must be set before
 the @triton.jit functions are built: make test runs this file in its own pytest run with
 it set). Elsewhere the module is skipped. Only what is specific to the triton kernels is
-here; the edge cases, opcheck, gradcheck, torch.compile and the op contract run on triton
-through conftest's backend_device (make test-triton-interp; on a GPU, in every run).
+here; the per-op reference checks (test_accuracy.py), the edge cases, opcheck, gradcheck,
+torch.compile and the op contract run on triton through conftest's backend_device
+(make test and make test-triton-interp; on a GPU, in every run).
 
 The shapes cover N 1-2, M 2-3, C_m 1-20 differing per modality (20 > 16: two channel
 blocks of the interpreter's 16-wide config), d 1-40 with d not a multiple of the block
@@ -391,35 +392,6 @@ def test_tf32_follows_torch_switch(tf32_switch):
             torch.backends.cuda.matmul.fp32_precision = "ieee"
             S = mtut_ops.pairwise_sqdist(feats, algo=algo, backend="triton").double().cpu()
             assert ((S - exact).abs() <= sqdist_bound([20, 16], 42, torch.float32, algo, exact)).all(), (algo, switch)
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_gram_near_aligned_against_fp64(dtype):
-    """X_n = X_m + 1e-4 noise: S is ~1e-9 of the norms the Gram identity subtracts. Each
-    algorithm is held to its bound wherever that bound is below S (everywhere but the
-    float32 Gram identity, which cannot resolve such distances and is only clamped >= 0)."""
-    base = make_feats(2, [20], [3, 9], seed=3)[0]
-    noisy = base + 1e-4 * torch.randn(base.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-    feats = [base.to(DEVICE, dtype), noisy.to(DEVICE, dtype)]
-    ref = R.pairwise_sqdist([f.double().cpu() for f in feats])
-    for algo in ALGOS:
-        S = mtut_ops.pairwise_sqdist(feats, algo=algo, backend="triton").double().cpu()[:, 0, 1]
-        assert (S >= 0).all()
-        bound = sqdist_bound([20, 20], 27, dtype, algo, ref)[:, 0, 1]
-        if (bound < ref[:, 0, 1]).all():
-            assert ((S - ref[:, 0, 1]).abs() <= bound).all(), algo
-        else:
-            assert algo == "gram" and dtype == torch.float32
-
-
-def test_correlation_and_focal_weight():
-    (f,) = make_feats(2, [5], [3, 4], device=DEVICE, noncontiguous=True)
-    ours, ref = leaf([f]), leaf([f.cpu()])
-    K = mtut_ops.correlation(ours[0], backend="triton")
-    torch.testing.assert_close(K.detach().cpu(), R.correlation(ref[0]).detach(), rtol=1e-12, atol=1e-12)
-    ce = make_ce(3, 5, device=DEVICE)
-    rho = mtut_ops.focal_weight(ce, beta=2.0, backend="triton")
-    torch.testing.assert_close(rho.cpu(), R.focal_weight(ce.cpu(), 2.0), rtol=1e-12, atol=1e-15)
 
 
 def test_auto_picks_what_the_cost_model_picks():
