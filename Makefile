@@ -26,9 +26,12 @@ HAS_GPU := $(shell nvidia-smi -L > /dev/null 2>&1 && echo 1)
 
 # `make test` and `make demo` build what this machine runs: no GPU visible, the CPU kernels
 # only (~3 minutes on 2 cores instead of ~8 for six GPU architectures; the six are `make
-# gpu-static`'s business); a GPU visible, the CUDA kernels for its architecture only.
-ifeq ($(HAS_GPU),1)
+# gpu-static`'s business); a GPU visible, the CUDA kernels for its architecture only
+# (required where /usr/local/cuda has nvcc, else wherever setup.py finds a toolkit).
+ifeq ($(HAS_GPU)$(HAS_NVCC),11)
 HERE_BUILD = FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$$($(PY) -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")"
+else ifeq ($(HAS_GPU),1)
+HERE_BUILD = TORCH_CUDA_ARCH_LIST="$$($(PY) -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")"
 else
 HERE_BUILD = FORCE_CUDA=0 MTUT_CPU_ONLY=1
 endif
