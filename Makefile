@@ -44,7 +44,8 @@ define pytest_tier
 	 if [ $$rc -eq 5 ]; then echo "make: '$(1)' selected no tests"; fi; exit $$rc
 endef
 
-.PHONY: setup build build-here built test test-fast test-deep test-hypothesis test-triton-interp \
+.PHONY: setup build build-here built test test-fast test-fast-main test-fast-triton-registration \
+	test-fast-triton-kernels test-deep test-deep-main test-hypothesis test-triton-interp \
 	check-install gpu-static gpu-check demo bench test-gpu bench-gpu clean
 
 $(VENV)/.deps: requirements-dev.txt
@@ -72,26 +73,33 @@ built: $(VENV)/.deps
 # of tests on 2 cores): every op on every backend that runs here against the fp64
 # reference, the op contract, the errors, the examples' unit tests.
 test: build-here
-	$(MAKE) test-fast
+	$(MAKE) -k test-fast
 
 # The fast tier: the main run; the triton ops' GPU registration traced without a GPU
 # (MTUT_REGISTER_TRITON=1); the triton kernels and the per-op reference checks on the
 # triton backend, interpreted (TRITON_INTERPRET=1, which must be set before mtut_ops is
-# imported; conftest.py). With a GPU the main run covers both.
-test-fast: built
+# imported; conftest.py). With a GPU the main run covers both. Each is its own target:
+# `make -k test-fast` runs them all even when one fails.
+test-fast: test-fast-main test-fast-triton-registration test-fast-triton-kernels
+
+test-fast-main: built
 	$(call pytest_tier,fast tier,,-m "not deep" python_tests)
+
+test-fast-triton-registration: built
 ifneq ($(HAS_GPU),1)
 	$(call pytest_tier,fast tier: triton registration,MTUT_REGISTER_TRITON=1,-m "not deep" python_tests/test_triton.py -k test_op_)
+endif
+
+test-fast-triton-kernels: built
+ifneq ($(HAS_GPU),1)
 	$(call pytest_tier,fast tier: triton interpreted,TRITON_INTERPRET=1 MTUT_TEST_BACKEND=triton,-m "not deep" python_tests/test_triton_kernels.py python_tests/test_accuracy.py)
 endif
 
 # The deep tier: what the fast one leaves out (seconds to minutes a test).
-test-deep: built
+test-deep: test-deep-main test-hypothesis test-triton-interp
+
+test-deep-main: built
 	$(call pytest_tier,deep tier,,-m deep python_tests)
-	$(MAKE) test-hypothesis
-ifneq ($(HAS_GPU),1)
-	$(MAKE) test-triton-interp
-endif
 
 # The property tests at the full budget (the fast tier runs them at 30 examples).
 test-hypothesis: built
@@ -99,9 +107,11 @@ test-hypothesis: built
 
 # The other backend_device tests (edge cases, opcheck, gradcheck, compile, the op contract,
 # the property tests at 10 examples) on the triton backend, interpreted on the CPU
-# (conftest marks them deep).
+# (conftest marks them deep). With a GPU the deep run has them on triton compiled.
 test-triton-interp: built
+ifneq ($(HAS_GPU),1)
 	$(call pytest_tier,triton interpreted: every op test,TRITON_INTERPRET=1 MTUT_TEST_BACKEND=triton MTUT_HYPOTHESIS_EXAMPLES=10,-m "interpreted and deep" python_tests)
+endif
 
 # Installs mtut as a new user would (sdist -> fresh venv with another torch -> wheel ->
 # smoke test; pip's build isolation fails fast; a mismatched _C; the CMake library).
