@@ -42,6 +42,11 @@ else:
         allow_module_level=True,
     )
 
+# Interpreted, every test here is `interpreted`; the tensor-core operand models take seconds
+# a test there, so they run in the deep tier (make test-triton-interp); on a GPU all is fast.
+pytestmark = [pytest.mark.interpreted] if DEVICE == "cpu" else []
+deep_interpreted = pytest.mark.deep if DEVICE == "cpu" else (lambda f: f)
+
 ALGOS = ["direct", "gram"]
 
 # (N, channels, spatial, non-contiguous)
@@ -282,6 +287,7 @@ def test_staging_is_the_model(mode, tf32_switch):
         assert not torch.equal(want, torch.cat([staged_rows(f.cpu().float(), torch.float32) for f in feats], 1))
 
 
+@deep_interpreted
 @pytest.mark.parametrize("algo", ALGOS)
 @pytest.mark.parametrize("mode", ["fp16", "bf16", "tf32", "ieee"])
 @pytest.mark.parametrize("w_scale", [1.0, 2.0**-30], ids=["w1", "w2^-30"])
@@ -318,6 +324,7 @@ def test_backward_kernels_within_bound(algo, mode, w_scale, tf32_switch):
     assert (out[1, 13:19] == 0).all()
 
 
+@deep_interpreted
 @pytest.mark.parametrize("algo", ALGOS)
 @pytest.mark.parametrize("mode", ["fp16", "bf16", "tf32", "ieee"])
 def test_low_precision_inputs_within_bound(algo, mode, tf32_switch):
@@ -370,6 +377,7 @@ def test_low_precision_inputs_within_bound(algo, mode, tf32_switch):
         assert ((a.grad.double().cpu() - b.grad).abs() <= tol).all()
 
 
+@deep_interpreted
 def test_tf32_follows_torch_switch(tf32_switch):
     """float32 inputs take TF32 operands exactly while torch allows TF32 for matmuls, read at
     each call (legacy flag, set_float32_matmul_precision, the fp32_precision API), and exact
