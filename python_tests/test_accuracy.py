@@ -103,6 +103,8 @@ def test_ssa_loss_fp64_matches_reference(backend_device, shape, algo, distance, 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_low_precision_inputs_within_bound(backend_device, algo, dtype):
     backend, device = backend_device
+    if backend == "triton":
+        pytest.skip("the triton kernels round every operand: test_triton_kernels.py holds them to their model")
     channels, spatial = [48, 20, 33], [4, 5, 6]
     feats = [f.to(dtype) for f in make_feats(3, channels, spatial, device=device, seed=7)]
     ce = make_ce(3, 3, device=device)

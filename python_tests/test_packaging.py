@@ -120,6 +120,7 @@ def test_wheel_metadata_pins_the_torch_it_was_built_against():
 # ------------------------------------------------------------------ import with a broken library
 
 
+@pytest.mark.deep  # a fresh python (or setup.py) in a subprocess: seconds each
 def test_mismatched_library_leaves_the_reference_backend(tmp_path):
     info = (PKG / "_build_info.py").read_text().replace(repr(torch.__version__), repr("2.0.0+cu118"))
     assert "2.0.0+cu118" in info
@@ -134,6 +135,7 @@ def test_mismatched_library_leaves_the_reference_backend(tmp_path):
     assert "--no-build-isolation" in message
 
 
+@pytest.mark.deep  # a fresh python (or setup.py) in a subprocess: seconds each
 def test_missing_library_says_it_is_not_built(tmp_path):
     out = run_python(PROBE, copy_package(tmp_path, None, with_library=False), tmp_path)
     assert out.returncode == 0, out.stderr
@@ -156,6 +158,7 @@ def test_cuda_library_with_a_cpu_torch_is_refused():
     assert "compiled against" in _extension.mismatch(dict(info, torch_version="2.0.0"))
 
 
+@pytest.mark.deep  # a fresh python (or setup.py) in a subprocess: seconds each
 def test_old_triton_is_not_used(tmp_path):
     """A triton without triton.knobs (< 3.4, as torch 2.6/2.7 pin) neither breaks the
     import nor registers the triton ops, even with TRITON_INTERPRET=1."""
@@ -208,6 +211,7 @@ def poisoned_torch(tmp_path: Path) -> Path:
     return d.parent
 
 
+@pytest.mark.deep  # a fresh python (or setup.py) in a subprocess: seconds each
 @checkout_only
 def test_setup_without_torch_fails_fast_with_the_command(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -221,6 +225,7 @@ def test_setup_without_torch_fails_fast_with_the_command(tmp_path):
     assert elapsed < 30, elapsed
 
 
+@pytest.mark.deep  # a fresh python (or setup.py) in a subprocess: seconds each
 @checkout_only
 def test_sdist_is_complete_and_needs_no_torch(tmp_path):
     """The sdist builds without torch (as python -m build does, isolated) and holds every
@@ -279,6 +284,7 @@ def test_cublas_header_from_the_toolkit_or_the_cublas_wheel(tmp_path):
         assert (Path(found) / "cublas_v2.h").is_file() and "nvidia" in Path(found).parts
 
 
+@pytest.mark.deep  # a fresh python (or setup.py) in a subprocess: seconds each
 @checkout_only
 @pytest.mark.skipif(torch.version.cuda is None, reason="needs a CUDA build of torch")
 def test_nvcc_of_another_cuda_major_is_named(tmp_path):

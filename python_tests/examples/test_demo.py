@@ -46,6 +46,7 @@ def test_op_comparison_agrees_with_mmpose(monkeypatch):
     assert op["mixed3c_naive_gib"] == pytest.approx(4 * 6 * 25088**2 * 4 / 2**30, rel=1e-3)  # (M + 2) N d^2 fp32
 
 
+@pytest.mark.deep  # trains pretext + two arms end to end: tens of seconds
 def test_demo_end_to_end_tiny(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "DATA", TINY_RUN_DATA)
     monkeypatch.setattr(demo, "RUN", {**demo.RUN, "epochs": 3, "ssa_start": 2, "frames": 8, "test_frames": 8})
