@@ -296,6 +296,30 @@ def test_long_rows_in_segments(emulated, algo):
         torch.testing.assert_close(a, b.grad, rtol=1e-8, atol=1e-10 * (1 + b.grad.abs().max().item()))
 
 
+def test_long_rows_copied_four_at_a_time(emulated):
+    """The gram backward's copies over long rows step four entries a thread at a time, then
+    the ragged rest. The stacked bf16 strip (C = 1: N M C = 2 rows, 1536 positions within the
+    emulated budget; a position left out is NaN) within the bound of the fp64 reference; the
+    fp16 gradient's rounding pass over d = 2000 (its products run on fp32 copies into an fp32
+    buffer) gives the fp32 inputs' gradient rounded, bit for bit."""
+    feats = [f.to(torch.bfloat16) for f in make_feats(1, [1, 1], [2000], seed=16)]
+    ce = make_ce(2, 1, seed=7)
+    ref = leaf([f.double() for f in feats])
+    R.ssa_loss(ref, ce, lambda_=0.5).backward()
+    emulated.ops.take_gemm_log()
+    emulated.ops.take_fallbacks()
+    grads = emulated.ssa_loss_grads(feats, ce.float(), "gram")
+    assert "BFloat16xBFloat16->BFloat16" in emulated.ops.take_gemm_log() and emulated.ops.take_fallbacks() == []
+    assert_cuda_grads_within_bound(grads, ref, feats, ce, "gram", torch.bfloat16)
+
+    half = [f.half() for f in make_feats(1, [2, 2], [2000], seed=16)]
+    weight = torch.rand(1, 2, 2, generator=torch.Generator().manual_seed(3)) + 0.5
+    g16 = emulated.sqdist_backward(half, weight, EPS, "gram")
+    g32 = emulated.sqdist_backward([f.float() for f in half], weight, EPS, "gram")
+    assert emulated.ops.take_fallbacks() == [] and all(g.abs().max() > 0 for g in g16)
+    assert all(torch.equal(a, b.half()) for a, b in zip(g16, g32))
+
+
 def test_backward_strips(emulated):
     """The direct backward in strips of rows: the emulated build's strip budget (3072
     entries, 7 rows, rounded to 8) cuts d = 203 into strips of 8 rows, the last one ragged."""

@@ -153,8 +153,15 @@ __global__ void __launch_bounds__(kThreads) folded_finish_kernel(const Tg* g, in
     for (int64_t k = k0 + threadIdx.x; k < k1; k += kThreads) o[k] = v;
   } else if (static_cast<const void*>(g) != static_cast<const void*>(out)) {
     const Tg* gr = g + row * d;
-    for (int64_t k = k0 + threadIdx.x; k < k1; k += kThreads)
-      o[k] = from_compute<Tout>(static_cast<T>(to_double<Tg>(gr[k])));
+    int64_t k = k0 + threadIdx.x;
+    for (; k + 3 * kThreads < k1; k += 4 * kThreads) {  // four loads in flight
+      Tg v[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) v[u] = gr[k + u * kThreads];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) o[k + u * kThreads] = from_compute<Tout>(static_cast<T>(to_double<Tg>(v[u])));
+    }
+    for (; k < k1; k += kThreads) o[k] = from_compute<Tout>(static_cast<T>(to_double<Tg>(gr[k])));
   }
 }
 

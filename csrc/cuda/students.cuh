@@ -216,7 +216,15 @@ __global__ void __launch_bounds__(kThreads) stack_strip_kernel(const StackSource
   const int64_t k0 = static_cast<int64_t>(blockIdx.y) * seg_len, k1 = std::min(width, k0 + seg_len);  // (row_split)
   const Tin* x = static_cast<const Tin*>(src.base[m]) + b * src.sn[m] + c * src.sc[m] + i0 * sd;
   Tin* o = out + static_cast<int64_t>(row) * lead;
-  for (int64_t i = k0 + threadIdx.x; i < k1; i += kThreads) o[i] = x[i * sd];
+  int64_t i = k0 + threadIdx.x;
+  for (; i + 3 * kThreads < k1; i += 4 * kThreads) {  // four loads in flight
+    Tin v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) v[u] = x[(i + u * kThreads) * sd];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) o[i + u * kThreads] = v[u];
+  }
+  for (; i < k1; i += kThreads) o[i] = x[i * sd];
 }
 
 // Positions per stacked strip: the most that keep N M C of them within kStripBudget entries, a
