@@ -101,17 +101,10 @@ def test_half_inputs_with_1024_channels_stay_finite(algo, dtype):
 
 @pytest.mark.parametrize("algo, channels, spatial", [
     ("direct", [256, 256], [4, 7, 7]),
-    # d = 4096 with few output tiles: the split-K product, on ATen's cuBLAS handle, whose
-    # math mode is torch's TF32 choice
-    ("gram", [64, 64], [16, 16, 16]),
+    ("gram", [64, 64], [16, 16, 16]),  # d = 4096: the blocks' at::bmm, on torch's TF32 choice
 ])
 def test_tf32_only_when_torch_allows_it(algo, channels, spatial):
-    from bench.gpu_model import gram_splits
-
     d = math.prod(spatial)
-    if algo == "gram":
-        sms = torch.cuda.get_device_properties(0).multi_processor_count
-        assert gram_splits(2, channels[0], channels[1], d, sms, "fp32") > 1
     feats = [f.to("cuda", torch.float32) for f in make_feats(2, channels, spatial, seed=4 if algo == "direct" else 5)]
     ref = R.pairwise_sqdist([f.double().cpu() for f in feats])
     before = torch.backends.cuda.matmul.allow_tf32
@@ -158,16 +151,10 @@ def test_large_d_peak_memory():
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "padded_rows"])
-def test_split_gram_on_cublas(layout):
-    """The gram forward's split-K product (one cublasGemmBatchedEx over block x slice x sample
-    entries, read without a copy in each layout) against the fp64 reference, forward and
-    backward: the emulation checks the pointers and the partial sums, only a GPU the cuBLAS
-    operand transposes and leading dimensions."""
-    from bench.gpu_model import gram_splits
-
-    N, channels, spatial = 2, [48, 72], [16, 16, 16]  # d = 4096: few output tiles, a long contraction
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    assert gram_splits(N, 48, 72, 4096, sms, "fp64") > 1
+def test_gram_layouts_on_cublas(layout):
+    """The gram forward's blocks (one at::bmm each into the kept buffer, the maps read
+    without a copy in each layout) against the fp64 reference, forward and backward."""
+    N, channels, spatial = 2, [48, 72], [16, 16, 16]  # d = 4096: a long contraction
     feats = [f.cuda() for f in make_feats(N, channels, spatial, seed=4)]
     if layout == "channels_last":
         feats = [f.movedim(1, -1).contiguous().movedim(-1, 1) for f in feats]
@@ -213,6 +200,28 @@ def test_student_products_on_cublas(layout, M, algo):
     assert not every[0].isnan().any()  # (another batch count: cuBLAS may pick another kernel)
     torch.testing.assert_close(one[0], every[0], rtol=1e-10, atol=1e-12 * every[0].abs().max().item())
     assert all(g.isnan().all() for g in one[1:])
+
+
+@pytest.mark.parametrize("algo", ["gram", "direct"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("case", ["odd_cd", "storage_offset"])
+def test_unaligned_inputs_on_cublas(case, dtype, algo):
+    """Inputs whose student products would read or write misaligned pointers (C d = 4 x 75:
+    the gradient's samples 150 bytes apart in bf16; maps one element into their storage) run
+    without a fault (the host's alignment proof sends them to ATen) and within the bound."""
+    N, C, M = 4, 4, 2
+    feats = [f.to(dtype) for f in make_feats(N, [C] * M, [3, 25], seed=21)]
+    ce = make_ce(M, N)
+    ref = leaf([f.double() for f in feats])
+    R.ssa_loss(ref, ce, lambda_=0.5).backward()
+    got = [f.cuda() for f in feats]
+    if case == "storage_offset":  # (the copy to the GPU made them contiguous again)
+        got = [torch.cat([torch.zeros(1, dtype=dtype, device="cuda"), f.flatten()])[1:].view(f.shape) for f in got]
+        assert all(g.data_ptr() % 16 != 0 for g in got)
+    got = leaf(got)
+    mtut_ops.ssa_loss(got, ce.float().cuda(), lambda_=0.5, algo=algo, backend="cuda").backward()
+    torch.cuda.synchronize()
+    assert_cuda_grads_within_bound([g.grad for g in got], ref, feats, ce, algo, dtype)
 
 
 @pytest.mark.parametrize("M", [2, 3])

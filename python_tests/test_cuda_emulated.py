@@ -15,6 +15,7 @@ the direct algorithm's bf16-rounded left operand).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ EPS = 1e-8
 def emulated():
     from torch.utils import cpp_extension
 
-    build = ROOT / "build" / "cuda_emulated"
+    build = ROOT / "build" / os.environ.get("MTUT_EMULATION_BUILD_DIR", "cuda_emulated")
     build.mkdir(parents=True, exist_ok=True)
     here = Path(__file__).resolve().parent / "cuda_emulation"
     cpp_extension.load(
@@ -213,7 +214,7 @@ def test_backward_reads_the_forwards_row_norms(emulated, algo):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_forward_writes_every_entry(emulated, algo, dtype):
     """S, the saved buffer and the direct algorithm's partial sums are written whole by the
-    kernels (no zero-fill launches): the emulation fills such buffers with NaN (ssa_cuda.cu
+    kernels (no zero-fill launches): the emulation fills such buffers with NaN (common.cuh
     unwritten()), so an entry left out shows as NaN. Three modalities, strips of unequal
     length (the emulated strip budget) and a saved row with padding; the saved row is the
     norms, the scales, then zeros."""
@@ -233,15 +234,11 @@ def test_forward_writes_every_entry(emulated, algo, dtype):
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "padded_rows"])
-def test_split_gram_layouts(emulated, layout):
-    """The gram forward's split-K product reads both layouts cuBLAS takes without a copy:
-    channels contiguous (channels-last maps) and positions contiguous with rows longer than d.
-    The emulated rule cuts d = 70 into slices here; distances and gradients (from the kept
-    blocks and without) against the fp64 reference."""
+def test_gram_layouts(emulated, layout):
+    """The gram forward's products read both layouts cuBLAS takes without a copy: channels
+    contiguous (channels-last maps) and positions contiguous with rows longer than d.
+    Distances and gradients (from the kept blocks and without) against the fp64 reference."""
     N, channels, spatial = 2, [5, 7, 3], [2, 35]
-    for c in channels:
-        for n in channels:
-            assert emulated.ops.gram_splits(N, c, n, 70, 4, torch.float64, 1, 1, 2) > 1
     feats = make_feats(N, channels, spatial, seed=9)
     if layout == "channels_last":
         feats = [f.movedim(1, -1).contiguous().movedim(-1, 1) for f in feats]
@@ -255,33 +252,77 @@ def test_split_gram_layouts(emulated, layout):
 
 
 @pytest.mark.parametrize("noncontiguous", [False, True])
-def test_gram_blocks_of_one_shape_are_one_product(emulated, noncontiguous):
-    """The forward's blocks of one shape and operand layout are one pointer-array product:
-    channels [6, 6, 4] give three (the three 6 x 6 blocks, the two 6 x 4, the 4 x 4 alone);
-    maps whose layout cuBLAS cannot read as they are (a stride in both dims) are one at::bmm
-    per block (six). Distances and gradients against the fp64 reference either way."""
+def test_gram_blocks_are_one_product_each(emulated, noncontiguous):
+    """The forward's blocks are one at::bmm each over the samples, written into the kept
+    buffer, whatever the maps' layout: channels [6, 6, 4] give six. Distances and gradients
+    against the fp64 reference either way."""
     N, channels, spatial = 2, [6, 6, 4], [5, 7]
     feats = make_feats(N, channels, spatial, seed=12, noncontiguous=noncontiguous)
     emulated.ops.take_gemm_log()
     S, kept = emulated.ops.sqdist_forward(feats, EPS, "gram", False, True)
-    assert len(emulated.ops.take_gemm_log()) == (6 if noncontiguous else 3)
+    assert emulated.ops.take_gemm_log() == ["DoublexDouble->Double"] * 6
     assert_sqdist_matches_reference(S, feats)
     assert_backward_matches_reference(emulated, feats, kept, "gram", seed=2)
 
 
-def test_gram_groups_of_more_than_36_blocks_are_cut(emulated):
-    """A pointer-array product takes at most 36 blocks (its bases are kernel parameters):
-    nine modalities of one shape have 45, computed as two products (36 + 9)."""
-    feats = make_feats(1, [3] * 9, [2, 5], seed=13)
-    emulated.ops.take_gemm_log()
-    S = emulated.pairwise_sqdist(feats, EPS, "gram")
-    assert len(emulated.ops.take_gemm_log()) == 2
+def test_gram_square_sums_in_long_chunks(emulated):
+    """Blocks large enough that a chunk of the square-sum pass (two waves on the emulated
+    4-SM device: 64 blocks) gives threads four entries or more: the unrolled loop, its
+    four sums and the ragged tail, against the fp64 reference; identical maps give S = 0."""
+    feats = make_feats(2, [190, 200], [3, 5], seed=14)
+    assert 190 * 200 * 2 // 64 >= 4 * 256
+    assert_sqdist_matches_reference(emulated.pairwise_sqdist(feats, EPS, "gram"), feats)
+    same = [feats[1], feats[1].clone()]
+    S = emulated.pairwise_sqdist(same, EPS, "gram")
+    assert torch.equal(S, torch.zeros_like(S))
+
+
+@pytest.mark.parametrize("algo", ["gram", "direct"])
+def test_long_rows_in_segments(emulated, algo):
+    """Rows long enough that the passes over them are cut into segments of blocks (on the
+    emulated 4-SM device, d = 2100: the row norms in 16 segments, summed in order; the folded
+    gram backward's last pass in 2): the saved norms within the fp64 summation bound, and
+    distances and gradients against the fp64 reference."""
+    feats = make_feats(2, [4, 4], [2100], seed=15)
+    S, saved = emulated.ops.sqdist_forward(feats, EPS, algo, True, True)
     assert_sqdist_matches_reference(S, feats)
+    tail = saved[:, saved.shape[1] - V.saved_width([4, 4], "direct", "cuda"):]
+    r = torch.cat([f.reshape(2, 4, -1) for f in feats], dim=1).norm(dim=2)
+    torch.testing.assert_close(tail[:, :8], r, rtol=(2100 + 2) * 2.0 ** -53, atol=0)
+    ce = make_ce(2, 2, seed=6)
+    ref = leaf(feats)
+    R.ssa_loss(ref, ce, lambda_=0.5).backward()
+    for a, b in zip(emulated.ssa_loss_grads(feats, ce, algo), ref):
+        torch.testing.assert_close(a, b.grad, rtol=1e-8, atol=1e-10 * (1 + b.grad.abs().max().item()))
+
+
+def test_long_rows_copied_four_at_a_time(emulated):
+    """The gram backward's copies over long rows step four entries a thread at a time, then
+    the ragged rest. The stacked bf16 strip (C = 1: N M C = 2 rows, 1536 positions within the
+    emulated budget; a position left out is NaN) within the bound of the fp64 reference; the
+    fp16 gradient's rounding pass over d = 2000 (its products run on fp32 copies into an fp32
+    buffer) gives the fp32 inputs' gradient rounded, bit for bit."""
+    feats = [f.to(torch.bfloat16) for f in make_feats(1, [1, 1], [2000], seed=16)]
+    ce = make_ce(2, 1, seed=7)
+    ref = leaf([f.double() for f in feats])
+    R.ssa_loss(ref, ce, lambda_=0.5).backward()
+    emulated.ops.take_gemm_log()
+    emulated.ops.take_fallbacks()
+    grads = emulated.ssa_loss_grads(feats, ce.float(), "gram")
+    assert "BFloat16xBFloat16->BFloat16" in emulated.ops.take_gemm_log() and emulated.ops.take_fallbacks() == []
+    assert_cuda_grads_within_bound(grads, ref, feats, ce, "gram", torch.bfloat16)
+
+    half = [f.half() for f in make_feats(1, [2, 2], [2000], seed=16)]
+    weight = torch.rand(1, 2, 2, generator=torch.Generator().manual_seed(3)) + 0.5
+    g16 = emulated.sqdist_backward(half, weight, EPS, "gram")
+    g32 = emulated.sqdist_backward([f.float() for f in half], weight, EPS, "gram")
+    assert emulated.ops.take_fallbacks() == [] and all(g.abs().max() > 0 for g in g16)
+    assert all(torch.equal(a, b.half()) for a, b in zip(g16, g32))
 
 
 def test_backward_strips(emulated):
     """The direct backward in strips of rows: the emulated build's strip budget (3072
-    entries) cuts d = 203 into strips of 7 rows, the last one ragged."""
+    entries, 7 rows, rounded to 8) cuts d = 203 into strips of 8 rows, the last one ragged."""
     feats = make_feats(1, [4, 3], [7, 29], seed=3)
     ce = torch.tensor([[1.0], [0.1]], dtype=torch.float64)
     ref = leaf(feats)
@@ -295,7 +336,7 @@ def test_backward_strips(emulated):
 
 @pytest.mark.parametrize("algo", ["direct", "gram"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=lambda d: str(d)[6:])
-@pytest.mark.parametrize("channels", [[6, 9], [7, 7]], ids=["per-block", "students"])
+@pytest.mark.parametrize("channels", [[6, 9], [8, 8]], ids=["per-block", "students"])
 def test_backward_low_precision_inputs(emulated, algo, dtype, channels):
     """float32 gradients are finished in place, float16/bfloat16 ones into a new tensor;
     a zero row (float32) takes the eps rule of the normalization backward. Equal channel
@@ -317,8 +358,9 @@ def test_folded_student_products_bf16(emulated, M, layout):
     """bf16, equal channel counts, gram: the normalization backward folded into the weighted
     blocks and, per strip of positions, ONE product over the maps' stacked columns (K = M C)
     that writes the bf16 gradient itself (no fp32 buffer); every strip (the emulated budget
-    cuts d = 70 into two) within the bf16 bound, and rows without weight exactly 0."""
-    N, C, spatial = 4, 6, [2, 35]
+    cuts d = 56 into two) within the bf16 bound, and rows without weight exactly 0. (C d = 448:
+    the gradient's samples and the strips' offsets 16-byte aligned, as the products need.)"""
+    N, C, spatial = 4, 8, [2, 28]
     feats = [f.to(torch.bfloat16) for f in make_feats(N, [C] * M, spatial, seed=11)]
     if layout == "channels_last":
         feats = [f.movedim(1, -1).contiguous().movedim(-1, 1) for f in feats]
@@ -331,7 +373,7 @@ def test_folded_student_products_bf16(emulated, M, layout):
     forward = len(emulated.ops.take_gemm_log())
     grads = emulated.ssa_loss_grads(feats, ce.float(), "gram")
     width = 3072 // (N * M * C)  # the emulated build's strip budget: 3072 entries, at least 16 (stack_strip_width)
-    strips = -(-70 // width)
+    strips = -(-56 // width)
     assert strips == 2
     log = emulated.ops.take_gemm_log()
     assert log[forward:] == ["BFloat16xBFloat16->BFloat16"] * strips, log
@@ -372,7 +414,8 @@ def test_student_products(emulated, M, layout, algo):
     emulated.pairwise_sqdist(feats, EPS, algo)
     forward = len(emulated.ops.take_gemm_log())
     grads = emulated.ssa_loss_grads(feats, ce, algo)
-    strips = -(-70 // max(1, 3072 // (N * 70 * M)))  # the emulated build's strip budget: 3072 entries
+    rows = 3072 // (N * 70 * M)  # the emulated build's strip budget: 3072 entries, rounded to a multiple of 8
+    strips = -(-70 // max(8, rows // 8 * 8))
     assert len(emulated.ops.take_gemm_log()) - forward == (M if algo == "gram" else strips * (M + 1))
     for a, b in zip(grads, ref):
         torch.testing.assert_close(a, b.grad, rtol=1e-8, atol=1e-10 * (1 + b.grad.abs().max().item()))
@@ -424,6 +467,59 @@ def test_student_promise_broken_or_nan(emulated, algo):
     # samples 1 and 2: three students each, one slot: modality 0 takes it, 1 and 2 are NaN
     assert torch.equal(one[0][1:], every[0][1:]) and not every[0][1:].isnan().any()
     assert one[1][1:].isnan().all() and one[2][1:].isnan().all()
+
+
+def with_storage_offset(f):
+    """The same values as a view one element into a bigger tensor: its base pointer 2, 4 or 8
+    bytes past an aligned allocation."""
+    flat = torch.cat([torch.zeros(1, dtype=f.dtype), f.flatten()])
+    return flat[1:].view(f.shape)
+
+
+@pytest.mark.parametrize("case, algo, dtype, spatial, unaligned", [
+    # C d = 4 x 75: the bf16 gradient's sample stride and rows, 150 bytes
+    ("odd_cd", "gram", torch.bfloat16, [3, 25], "gram students"),
+    ("odd_cd_control", "gram", torch.bfloat16, [4, 20], None),  # C d = 4 x 80: aligned, the folded path
+    # the user's maps are the right operands of the fp64 gram student products, the left ones
+    # of the direct ones; the bf16 gram products read the stacked copy instead
+    ("storage_offset", "gram", torch.float64, [4, 20], "gram students"),
+    ("storage_offset", "direct", torch.float64, [4, 20], "direct students"),
+    ("storage_offset", "gram", torch.bfloat16, [4, 20], None),
+    # d = 70 in strips of 8 rows (the emulated budget, 5 rows, rounded up): the offsets i0 of
+    # every strip and the last strip's E (6 rows: 840 bytes a sample in bf16, padded) are
+    # aligned, so the products run
+    ("last_strip", "direct", torch.float64, [2, 35], None),
+    ("last_strip", "direct", torch.bfloat16, [2, 35], None),
+    ("last_strip", "direct", torch.float32, [4, 19], None),
+])
+def test_unaligned_pointer_products_take_aten(emulated, case, algo, dtype, spatial, unaligned):
+    """A student product (cublasGemmBatchedEx, pointers formed on the GPU) runs only where
+    the host has proven every pointer and leading dimension 16-byte aligned; otherwise the
+    backward takes its ATen path (counted by the emulation) with the same result. The
+    emulated product itself raises on a misaligned pointer, as the GPU would fault."""
+    N, C, M = 4, 4, 2
+    feats = [f.to(dtype) for f in make_feats(N, [C] * M, spatial, seed=21)]
+    if case == "storage_offset":
+        feats = [with_storage_offset(f) for f in feats]
+        assert all(f.storage_offset() == 1 for f in feats)
+    ce = make_ce(M, N, seed=5)
+    ce[:, 1] = 0.75  # a sample without a student
+    ref = leaf([f.double() for f in feats])
+    R.ssa_loss(ref, ce, lambda_=0.5).backward()
+    emulated.ops.take_fallbacks()
+    emulated.ops.take_gemm_log()
+    grads = emulated.ssa_loss_grads(feats, ce.to(torch.float64 if dtype == torch.float64 else torch.float32), algo)
+    log = emulated.ops.take_gemm_log()
+    assert emulated.ops.take_fallbacks() == ([unaligned] if unaligned else []), case
+    if dtype == torch.float64:
+        for a, b in zip(grads, ref):
+            torch.testing.assert_close(a, b.grad, rtol=1e-8, atol=1e-10 * (1 + b.grad.abs().max().item()))
+    else:
+        assert_cuda_grads_within_bound(grads, ref, feats, ce, algo, dtype)
+    if case == "odd_cd_control":  # the folded bf16 products wrote the gradient
+        assert "BFloat16xBFloat16->BFloat16" in log, log
+    if case == "odd_cd":
+        assert "BFloat16xBFloat16->BFloat16" not in log, log
 
 
 @pytest.mark.parametrize("algo", ["direct", "gram"])

@@ -104,7 +104,7 @@ template <typename T>
 Coefficients pair_coefficients(const at::Tensor& w, cudaStream_t stream) {
   const int64_t N = w.size(0), M = w.size(1);
   Coefficients c{at::empty({N, M, M}, w.options()), at::empty({M, N}, w.options())};
-  launch(pair_coefficients_kernel<T>, dim3(static_cast<unsigned>((N * M + kThreads - 1) / kThreads)), dim3(kThreads),
+  launch("pair_coefficients_kernel", pair_coefficients_kernel<T>, dim3(static_cast<unsigned>((N * M + kThreads - 1) / kThreads)), dim3(kThreads),
          stream, w.const_data_ptr<T>(), w.stride(0), w.stride(1), w.stride(2), N, static_cast<int>(M),
          c.factor.mutable_data_ptr<T>(), c.ref.mutable_data_ptr<T>());
   return c;
@@ -140,19 +140,28 @@ __global__ void __launch_bounds__(kThreads) weighted_block_kernel(
 // neither read (the products may have written them from a filler slot); a row with weight is
 // final, or (float16 inputs) its fp32 result is rounded into `out`.
 template <typename Tg, typename Tout>
-__global__ void __launch_bounds__(kThreads) folded_finish_kernel(const Tg* g, int64_t C, int64_t d,
+__global__ void __launch_bounds__(kThreads) folded_finish_kernel(const Tg* g, int64_t C, int64_t d, int64_t seg_len,
                                                                  const Cmp<Tout>* __restrict__ factor, Tout* out) {
   using T = Cmp<Tout>;
   const int64_t row = blockIdx.x;
   const int64_t b = static_cast<unsigned>(blockIdx.x) / static_cast<unsigned>(C);  // (32-bit: see normalize_backward)
+  const int64_t k0 = static_cast<int64_t>(blockIdx.y) * seg_len, k1 = std::min(d, k0 + seg_len);  // (row_split)
   const T f = factor[b];
   Tout* o = out + row * d;
   if (f == T(0) || f != f) {
     const Tout v = from_compute<Tout>(f == T(0) ? T(0) : f);
-    for (int64_t k = threadIdx.x; k < d; k += kThreads) o[k] = v;
+    for (int64_t k = k0 + threadIdx.x; k < k1; k += kThreads) o[k] = v;
   } else if (static_cast<const void*>(g) != static_cast<const void*>(out)) {
     const Tg* gr = g + row * d;
-    for (int64_t k = threadIdx.x; k < d; k += kThreads) o[k] = from_compute<Tout>(static_cast<T>(to_double<Tg>(gr[k])));
+    int64_t k = k0 + threadIdx.x;
+    for (; k + 3 * kThreads < k1; k += 4 * kThreads) {  // four loads in flight
+      Tg v[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) v[u] = gr[k + u * kThreads];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) o[k + u * kThreads] = from_compute<Tout>(static_cast<T>(to_double<Tg>(v[u])));
+    }
+    for (; k < k1; k += kThreads) o[k] = from_compute<Tout>(static_cast<T>(to_double<Tg>(gr[k])));
   }
 }
 
@@ -175,16 +184,19 @@ std::vector<at::Tensor> finish(std::vector<at::Tensor>& graw, const Prepared& p,
     const at::Tensor factor = c.ref.select(0, static_cast<int64_t>(m));  // [N], contiguous
     const bool own = graw[m].scalar_type() == info.dtype;
     at::Tensor out = own ? graw[m] : unwritten(graw[m].sizes(), v.options());
+    const int64_t rows = info.N * v.size(1), segs = row_split(rows, info.d, multiprocessors());
+    const int64_t seg_len = (info.d + segs - 1) / segs;
+    const dim3 grid(static_cast<unsigned>(rows), grid_dim(segs));
     if (folded && own) {
-      launch(folded_finish_kernel<Tin, Tin>, dim3(static_cast<unsigned>(info.N * v.size(1))), dim3(kThreads), stream,
-             reinterpret_cast<const Tin*>(graw[m].const_data_ptr()), v.size(1), info.d,
+      launch("folded_finish_kernel", folded_finish_kernel<Tin, Tin>, grid, dim3(kThreads), stream,
+             reinterpret_cast<const Tin*>(graw[m].const_data_ptr()), v.size(1), info.d, seg_len,
              factor.const_data_ptr<Cmp<Tin>>(), reinterpret_cast<Tin*>(out.mutable_data_ptr()));
     } else if (folded) {
-      launch(folded_finish_kernel<Cmp<Tin>, Tin>, dim3(static_cast<unsigned>(info.N * v.size(1))), dim3(kThreads),
-             stream, graw[m].const_data_ptr<Cmp<Tin>>(), v.size(1), info.d, factor.const_data_ptr<Cmp<Tin>>(),
+      launch("folded_finish_kernel", folded_finish_kernel<Cmp<Tin>, Tin>, grid, dim3(kThreads), stream,
+             graw[m].const_data_ptr<Cmp<Tin>>(), v.size(1), info.d, seg_len, factor.const_data_ptr<Cmp<Tin>>(),
              reinterpret_cast<Tin*>(out.mutable_data_ptr()));
     } else {
-      launch(normalize_backward_kernel<Tin>, dim3(static_cast<unsigned>(info.N * v.size(1))), dim3(kThreads), stream,
+      launch("normalize_backward_kernel", normalize_backward_kernel<Tin>, dim3(static_cast<unsigned>(info.N * v.size(1))), dim3(kThreads), stream,
              graw[m].const_data_ptr<Cmp<Tin>>(), reinterpret_cast<const Tin*>(v.const_data_ptr<T>()), v.stride(0),
              v.stride(1), v.stride(2), v.size(1), info.d, p.norms[m].const_data_ptr<Cmp<Tin>>(),
              p.scales[m].const_data_ptr<Cmp<Tin>>(), p.scales[m].stride(0), factor.const_data_ptr<Cmp<Tin>>(), eps,

@@ -82,14 +82,19 @@ __device__ __forceinline__ double block_sum(double v, double* scratch) {
 }
 
 #ifndef MTUT_CUDA_EMULATE  // (the emulation's stand-ins: python_tests/cuda_emulation/cuda_emulation.h)
-// kernel<<<grid, block, 0, stream>>>(args...), then the launch error check.
+// kernel<<<grid, block, 0, stream>>>(args...), then the launch error check. (`name`: for the
+// emulation's launch log, which tools/cuda_static.py checks against two waves.)
 template <typename... KArgs, typename... Args>
-void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t stream, Args&&... args) {
+void launch(const char* /*name*/, void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t stream,
+            Args&&... args) {
   kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 using DeviceScope = c10::cuda::CUDAGuard;
 cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+// A pointer-array product that could not be proven aligned took its ATen path (the emulation
+// counts them for the tests).
+void note_fallback(const char* /*what*/) {}
 #endif
 
 constexpr int64_t kMaxGrid = 65535;  // grid.y and grid.z limit
@@ -98,7 +103,6 @@ constexpr int64_t kGpuStripBudget = int64_t(1) << 24;
 constexpr int64_t kGpuMinStackWidth = 256;  // positions of a stacked strip at least (a 16-bit output tile's width)
 #ifndef MTUT_CUDA_EMULATE
 constexpr int64_t kStripBudget = kGpuStripBudget;
-constexpr int64_t kChunkEntries = int64_t(1) << 16;  // entries one block square-sums (gram blocks, strips)
 constexpr int64_t kMinStackWidth = kGpuMinStackWidth;
 int64_t multiprocessors() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
 
@@ -124,6 +128,36 @@ __device__ __forceinline__ double block_sum_strided(const double* p, int64_t cou
 }
 
 
+// Blocks of kThreads that fill `sms` SMs twice at full occupancy (2048 threads an SM): what a
+// launch of ours must have at least, unless it is small by design (the launch table,
+// tools/cuda_static.py, checks every launch at the named shapes).
+constexpr int64_t kBlocksPerSm = 2048 / kThreads;
+constexpr int64_t fill_blocks(int64_t sms) { return 2 * sms * kBlocksPerSm; }
+
+// The chunks of a pass over `per_sample` entries of each of N samples (grid (count, N)): two
+// waves of blocks where there are at least kThreads entries a block for that (fill_blocks),
+// the same chunks for every block of one shape (so that X_m = X_n gives the same sums).
+struct Chunks {
+  int64_t entries, count;
+};
+Chunks fill_chunks(int64_t per_sample, int64_t N, int64_t sms) {
+  const int64_t entries = std::max<int64_t>(kThreads, per_sample * N / fill_blocks(sms));
+  return {entries, std::max<int64_t>(1, (per_sample + entries - 1) / entries)};
+}
+
+// Rows per chunk of a pass over `rows` rows of `row_len` entries for each of N samples: whole
+// rows, about fill_chunks's entries a block.
+int64_t fill_rows(int64_t rows, int64_t row_len, int64_t N, int64_t sms) {
+  const int64_t len = std::max<int64_t>(row_len, 1);
+  return std::max<int64_t>(1, fill_chunks(rows * len, N, sms).entries / len);
+}
+
+// Segments of each row for a kernel with a block per (row, segment) of rows `len` long: two
+// waves of blocks where the rows allow it, at least 4 kThreads entries (four a thread) a segment.
+int64_t row_split(int64_t rows, int64_t len, int64_t sms) {
+  const int64_t wanted = (fill_blocks(sms) + rows - 1) / std::max<int64_t>(rows, 1);
+  return std::clamp<int64_t>(wanted, 1, std::max<int64_t>(1, len / (4 * kThreads)));
+}
 
 __device__ __forceinline__ float reciprocal(float v) { return __frcp_rn(v); }  // not a division: no called routine
 __device__ __forceinline__ double reciprocal(double v) { return __drcp_rn(v); }

@@ -142,10 +142,10 @@ std::vector<at::Tensor> strip_lefts(const Prepared& p, int64_t i0, int64_t ti, c
   }
   const int64_t rows = src.first[M];
   at::Tensor out = unwritten({N * rows * ti}, p.scales[0].options().dtype(p.operand));
-  const int64_t rows_per_chunk = std::max<int64_t>(1, kChunkEntries / ti);
+  const int64_t rows_per_chunk = fill_rows(rows, ti, N, multiprocessors());
   for (int64_t b0 = 0; b0 < N; b0 += kMaxGrid) {
     const int64_t nb = std::min(kMaxGrid, N - b0);
-    launch(scaled_strip_kernel<Tin>, dim3(grid_dim((rows + rows_per_chunk - 1) / rows_per_chunk), grid_dim(nb)),
+    launch("scaled_strip_kernel", scaled_strip_kernel<Tin>, dim3(grid_dim((rows + rows_per_chunk - 1) / rows_per_chunk), grid_dim(nb)),
            dim3(kThreads), stream, src, N, b0, i0, ti, rows_per_chunk, s_ld,
            static_cast<Operand<Tin>*>(out.mutable_data_ptr()));
   }
@@ -157,15 +157,23 @@ std::vector<at::Tensor> strip_lefts(const Prepared& p, int64_t i0, int64_t ti, c
   return lefts;
 }
 
+// Rows of one set of K strips (all modalities): the most within kStripBudget entries, and
+// where that is fewer than d a multiple of 8 (at least 8), so that every strip's first
+// position i0 is 16 bytes into a row of any operand dtype (the pointer products' alignment).
+int64_t strip_rows(int64_t N, int64_t d, int64_t M) {
+  const int64_t rows = std::clamp<int64_t>(kStripBudget / std::max<int64_t>(N * d * M, 1), 1, d);
+  return rows >= d ? d : std::min(d, std::max<int64_t>(8, rows / 8 * 8));
+}
+
 template <typename Tin>
 at::Tensor sqdist_direct(const Prepared& p, const FeatInfo& info, cudaStream_t stream) {
   using Out = Cmp<Tin>;
   const int64_t M = info.M, N = info.N, d = info.d;
   check_direct_modalities(M);
   const int pairs = static_cast<int>(M * (M - 1) / 2);
-  const int64_t rows = std::clamp<int64_t>(kStripBudget / std::max<int64_t>(N * d * M, 1), 1, d);
+  const int64_t rows = strip_rows(N, d, M);
   const int64_t strips = (d + rows - 1) / rows;
-  const int64_t rows_per_chunk = std::max<int64_t>(1, kChunkEntries / d);
+  const int64_t rows_per_chunk = fill_rows(rows, d, N, multiprocessors());
   const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
   const int64_t slots = strips * chunks;
   // every slot is written (a strip's chunks past its rows write 0): no zero-fill launch
@@ -182,17 +190,17 @@ at::Tensor sqdist_direct(const Prepared& p, const FeatInfo& info, cudaStream_t s
       const dim3 grid(grid_dim(chunks), grid_dim(nb));
       double* out = partial.mutable_data_ptr<double>() + b0 * pairs * slots;
       if (cdt == at::kDouble)
-        launch(strip_sqdiff_kernel<double>, grid, dim3(kThreads), stream, shifted, ti, width, rows_per_chunk, chunks,
+        launch("strip_sqdiff_kernel", strip_sqdiff_kernel<double>, grid, dim3(kThreads), stream, shifted, ti, width, rows_per_chunk, chunks,
                s, slots, out);
       else
-        launch(strip_sqdiff_kernel<float>, grid, dim3(kThreads), stream, shifted, ti, width, rows_per_chunk, chunks,
+        launch("strip_sqdiff_kernel", strip_sqdiff_kernel<float>, grid, dim3(kThreads), stream, shifted, ti, width, rows_per_chunk, chunks,
                s, slots, out);
     }
   }
   at::Tensor S = unwritten({N, M, M}, p.norms[0].options());  // every entry written here (M >= 2)
   for (int64_t b0 = 0; b0 < N; b0 += kMaxGrid) {
     const int64_t nb = std::min(kMaxGrid, N - b0);
-    launch(sum_pair_partials_kernel<Out>, dim3(grid_dim(nb), static_cast<unsigned>(pairs)), dim3(kThreads), stream,
+    launch("sum_pair_partials_kernel", sum_pair_partials_kernel<Out>, dim3(grid_dim(nb), static_cast<unsigned>(pairs)), dim3(kThreads), stream,
            partial.const_data_ptr<double>() + b0 * pairs * slots, slots, static_cast<int>(M),
            S.mutable_data_ptr<Out>() + b0 * M * M);
   }

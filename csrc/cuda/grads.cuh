@@ -25,12 +25,12 @@ std::vector<at::Tensor> gram_grad_raw(const Prepared& p, const at::Tensor& kept,
       const bool upper = m <= n;
       const at::Tensor block = kept_block(kept, info.channels, std::min(m, n), std::max(m, n));
       const int64_t rows = block.size(1), cols = block.size(2);
-      const int64_t rows_per_chunk = std::max<int64_t>(1, kChunkEntries / cols);
+      const int64_t rows_per_chunk = fill_rows(rows, cols, N, multiprocessors());
       at::Tensor weighted = at::empty({N, rows, cols}, block.options().dtype(p.operand));
       const at::Tensor factor = c.factor.select(1, m).select(1, n);  // [N], stride M * M
       for (int64_t b0 = 0; b0 < N; b0 += kMaxGrid) {
         const int64_t nb = std::min(kMaxGrid, N - b0);
-        launch(weighted_block_kernel<Top>, dim3(grid_dim((rows + rows_per_chunk - 1) / rows_per_chunk), grid_dim(nb)),
+        launch("weighted_block_kernel", weighted_block_kernel<Top>, dim3(grid_dim((rows + rows_per_chunk - 1) / rows_per_chunk), grid_dim(nb)),
                dim3(kThreads), stream, block.const_data_ptr<Cmp<Top>>() + b0 * block.stride(0), block.stride(0), rows,
                cols, rows_per_chunk, p.scales[n].const_data_ptr<Cmp<Top>>() + b0 * p.scales[n].stride(0),
                p.scales[n].stride(0), !upper,
@@ -45,23 +45,59 @@ std::vector<at::Tensor> gram_grad_raw(const Prepared& p, const at::Tensor& kept,
 }
 
 // E[b] = sum_n (coef_mn / ref_m) K_n[b] (n = m first, then the others in order, as ATen's
-// K_m * f_mm + K_n * f_mn ...) in the operand dtype, one pass over the strips [N, count].
-// (4 blocks per SM, as normalize_backward_kernel: otherwise ptxas kept it to 32 registers
-// for sm_80 and spilled one.)
+// K_m * f_mm + K_n * f_mn ...) in the operand dtype, one pass over the strips [N, count] in
+// chunks of `chunk` entries (fill_chunks), four entries kThreads apart a step (4 M loads in
+// flight); E's samples `out_stride` apart.
 template <typename Top>
 __global__ void __launch_bounds__(kThreads, 4) combine_strips_kernel(
-    const StripPairs strips, int64_t count, int m, const Cmp<Top>* __restrict__ factor, Top* __restrict__ out) {
+    const StripPairs strips, int64_t count, int64_t chunk, int m, const Cmp<Top>* __restrict__ factor,
+    Top* __restrict__ out, int64_t out_stride) {
   using T = Cmp<Top>;
-  const int64_t chunk = blockIdx.x, b = blockIdx.y;
+  const int64_t b = blockIdx.y;
   const int M = strips.M;
   const T* f = factor + (b * M + m) * M;
-  const int64_t e1 = std::min(count, (chunk + 1) * kChunkEntries);
-  for (int64_t e = chunk * kChunkEntries + threadIdx.x; e < e1; e += kThreads) {
-    T acc = strip_of<T>(strips, m)[b * count + e] * f[m];
-    for (int n = 0; n < M; ++n)
-      if (n != m) acc += strip_of<T>(strips, n)[b * count + e] * f[n];
-    out[b * count + e] = from_compute<Top>(acc);
+  const int64_t e1 = std::min(count, (static_cast<int64_t>(blockIdx.x) + 1) * chunk);
+  const T* km = strip_of<T>(strips, m) + b * count;
+  Top* o = out + b * out_stride;
+  int64_t e = static_cast<int64_t>(blockIdx.x) * chunk + threadIdx.x;
+  for (; e + 3 * kThreads < e1; e += 4 * kThreads) {
+    T acc[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) acc[u] = km[e + u * kThreads] * f[m];
+    for (int n = 0; n < M; ++n) {
+      if (n == m) continue;
+      const T* kn = strip_of<T>(strips, n) + b * count;
+#pragma unroll
+      for (int u = 0; u < 4; ++u) acc[u] += kn[e + u * kThreads] * f[n];
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u) o[e + u * kThreads] = from_compute<Top>(acc[u]);
   }
+  for (; e < e1; e += kThreads) {
+    T acc = km[e] * f[m];
+    for (int n = 0; n < M; ++n)
+      if (n != m) acc += (strip_of<T>(strips, n) + b * count)[e] * f[n];
+    o[e] = from_compute<Top>(acc);
+  }
+}
+
+// E's sample stride for `count` entries a sample: padded to 8 entries (16 bytes of any
+// operand dtype), so that every sample's E is aligned whatever the strip's rows (the last).
+int64_t e_stride(int64_t count) { return (count + 7) / 8 * 8; }
+
+// Whether every pointer of direct_grad_raw's student products is proven aligned
+// (AlignmentProof): the inputs' rows (the left operands), every strip's offset i0 into them,
+// every strip's E sample stride (the last strip's too) and the gradient's sample stride.
+bool direct_students_aligned(const Prepared& p, const FeatInfo& info, int64_t rows) {
+  const int64_t N = info.N, d = info.d, e = c10::elementSize(p.operand), eo = c10::elementSize(info.compute_dtype);
+  AlignmentProof proof;
+  for (const at::Tensor& x : p.operands) proof.rows(x);
+  const int64_t step = rows_layout(p.operands[0]).position_stride();
+  for (int64_t i0 = 0; i0 < d; i0 += rows)
+    proof.bytes(i0 * step * e).bytes(N > 1 ? e_stride(std::min(rows, d - i0) * d) * e : 0);
+  proof.bytes(N > 1 ? info.channels[0] * d * eo : 0);
+  if (!proof.ok) note_fallback("direct students");
+  return proof.ok;
 }
 
 // graw_m with dL/dXh_m = diag(ref_m s_m) graw_m for dL/dXh_m = Xh_m E_m, E_m = sum_n coef_mn K_n,
@@ -74,10 +110,10 @@ std::vector<at::Tensor> direct_grad_raw(const Prepared& p, const Coefficients& c
   using T = Cmp<Tin>;
   const int64_t M = info.M, N = info.N, d = info.d;
   check_direct_modalities(M);
-  const int64_t rows = std::clamp<int64_t>(kStripBudget / std::max<int64_t>(N * d * M, 1), 1, d);
+  const int64_t rows = strip_rows(N, d, M);
   std::vector<at::Tensor> g(M);
   std::vector<at::Tensor> K(M);
-  const bool students = student_products_apply(p, info);
+  const bool students = student_products_apply(p, info) && direct_students_aligned(p, info, rows);
   StudentBases bases{};
   const int64_t L = students ? student_graw(info, needs, slots, c.ref.options(), g, bases) : 0;
   const RowsLayout lx = rows_layout(p.operands[0]);
@@ -87,14 +123,16 @@ std::vector<at::Tensor> direct_grad_raw(const Prepared& p, const Coefficients& c
     for (int64_t m = 0; m < M; ++m)  // K_m enters E_m and every other E_n: all are formed
       K[m] = gemm(K[m], p.operands[m], info.compute_dtype);  // [N, ti, d]
     std::vector<at::Tensor> E(M);
+    const Chunks ch = fill_chunks(count, N, multiprocessors());
     for (int64_t m = 0; m < M; ++m) {
       if (!needs[m]) continue;
-      E[m] = at::empty({N, ti, d}, K[m].options().dtype(p.operand));
+      const int64_t es = e_stride(count);
+      E[m] = at::empty({N, es}, K[m].options().dtype(p.operand)).narrow(1, 0, count).view({N, ti, d});
       for (int64_t b0 = 0; b0 < N; b0 += kMaxGrid) {
         const int64_t nb = std::min(kMaxGrid, N - b0);
-        launch(combine_strips_kernel<Top>, dim3(grid_dim((count + kChunkEntries - 1) / kChunkEntries), grid_dim(nb)),
-               dim3(kThreads), stream, strip_pairs(K, b0, count), count, static_cast<int>(m),
-               c.factor.const_data_ptr<T>() + b0 * M * M, static_cast<Top*>(E[m].mutable_data_ptr()) + b0 * count);
+        launch("combine_strips_kernel", combine_strips_kernel<Top>, dim3(grid_dim(ch.count), grid_dim(nb)), dim3(kThreads), stream,
+               strip_pairs(K, b0, count), count, ch.entries, static_cast<int>(m),
+               c.factor.const_data_ptr<T>() + b0 * M * M, static_cast<Top*>(E[m].mutable_data_ptr()) + b0 * es, es);
       }
       if (!students) gemm_acc(g[m], p.operands[m].narrow(2, i0, ti), E[m], info.compute_dtype);
     }
@@ -106,9 +144,10 @@ std::vector<at::Tensor> direct_grad_raw(const Prepared& p, const Coefficients& c
       bases.left[q] = static_cast<const char*>(p.operands[m].const_data_ptr()) + i0 * lx.position_stride() * elem;
       bases.left_sample[q] = p.operands[m].stride(0) * elem;
       bases.right[q] = static_cast<const char*>(E[m].const_data_ptr());
-      bases.right_sample[q] = count * E[m].element_size();
+      bases.right_sample[q] = E[m].stride(0) * E[m].element_size();
     }
     const at::Tensor ptrs = student_pointers<T>(bases, info, L, 1, c, c.ref.element_size(), stream);
+    require_aligned(bases, info, c.ref.element_size());
     pointer_product(ptrs, 0, N * L, info.channels[0], d, ti, rows_matrix(lx), {true, d}, /*accumulate=*/i0 > 0,
                     p.operand, info.compute_dtype);
   }

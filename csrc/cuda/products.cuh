@@ -40,6 +40,28 @@ struct Matrix {
 };
 Matrix rows_matrix(const RowsLayout& l) { return {l.positions_contiguous, l.lead}; }  // the rows [C, d] of a map
 
+// The alignment rule of the pointer-array products (pointer_product). cuBLAS reads their
+// pointers on the GPU and cannot check them (the leading dimensions it sees on the host); its
+// 16-bit and TF32 kernels load 16 bytes at a time, and a misaligned pointer is "misaligned
+// address", which ends the CUDA context. Every pointer the pointer kernels form is a base plus
+// a sample stride times the sample (plus a strip offset), so the bases, the sample strides
+// (where there is more than one sample) and the offsets, in bytes, all multiples of 16 prove
+// every pointer aligned: checked on the host before the product, and where it fails the
+// caller takes its ATen path (note_fallback).
+constexpr int64_t kAlign = 16;
+struct AlignmentProof {
+  bool ok = true;
+  AlignmentProof& pointer(const void* p) { return bytes(reinterpret_cast<intptr_t>(p)); }
+  AlignmentProof& bytes(int64_t v) {
+    ok = ok && v % kAlign == 0;
+    return *this;
+  }
+  // the rows [N, C, d] of an operand: its base and sample stride
+  AlignmentProof& rows(const at::Tensor& x) {
+    return pointer(x.const_data_ptr()).bytes(x.size(0) > 1 ? x.stride(0) * x.element_size() : 0);
+  }
+};
+
 }  // namespace
 }  // namespace cuda
 }  // namespace mtut
@@ -86,7 +108,7 @@ cudaDataType_t cuda_type(at::ScalarType t) {
 // out_e [rows, cols] (row-major, rows out_lead apart; `accumulate`: +=) = left_e [rows, k]
 // right_e [k, cols] for the entries [first, first + count) of `ptrs` ([3, total]: left_e,
 // right_e, out_e); `in` operands, `out` output (fp32/fp64 accumulation: a 16-bit output is the
-// fp32 result rounded once), as sliced_gram_product.
+// fp32 result rounded once). The caller has proven every pointer aligned (AlignmentProof).
 void pointer_product(const at::Tensor& ptrs, int64_t first, int64_t count, int64_t rows, int64_t cols, int64_t k,
                      Matrix left, Matrix right, bool accumulate, at::ScalarType in, at::ScalarType out,
                      int64_t out_lead = 0) {
@@ -99,14 +121,24 @@ void pointer_product(const at::Tensor& ptrs, int64_t first, int64_t count, int64
   const float one = 1, beta = accumulate ? 1.0f : 0.0f;
   const double one64 = 1, beta64 = accumulate ? 1.0 : 0.0;
   cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();  // on the current stream
-  TORCH_CUDABLAS_CHECK(cublasGemmBatchedEx(
+  // A 16-bit output: the fp32 sum rounded once (cuBLAS may otherwise add split-K partials in
+  // 16 bits), in the handle's math mode otherwise (torch's TF32 choice); restored after.
+  const bool narrow = out == at::kBFloat16 || out == at::kHalf;
+  cublasMath_t mode;
+  TORCH_CUDABLAS_CHECK(cublasGetMathMode(handle, &mode));
+  if (narrow)
+    TORCH_CUDABLAS_CHECK(cublasSetMathMode(
+        handle, static_cast<cublasMath_t>(mode | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
+  const cublasStatus_t status = cublasGemmBatchedEx(
       handle, right.row_major ? CUBLAS_OP_N : CUBLAS_OP_T, left.row_major ? CUBLAS_OP_N : CUBLAS_OP_T,
       static_cast<int>(cols), static_cast<int>(rows), static_cast<int>(k), f64 ? static_cast<const void*>(&one64) : &one,
       const_cast<const void**>(p + total + first), cuda_type(in), static_cast<int>(right.lead),
       const_cast<const void**>(p + first), cuda_type(in), static_cast<int>(left.lead),
       f64 ? static_cast<const void*>(&beta64) : &beta, const_cast<void**>(p + 2 * total + first), cuda_type(out),
       static_cast<int>(out_lead), static_cast<int>(count), f64 ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F,
-      CUBLAS_GEMM_DEFAULT));
+      CUBLAS_GEMM_DEFAULT);
+  if (narrow) TORCH_CUDABLAS_CHECK(cublasSetMathMode(handle, mode));  // before the status check can throw
+  TORCH_CUDABLAS_CHECK(status);
 }
 
 }  // namespace

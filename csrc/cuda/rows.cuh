@@ -1,4 +1,4 @@
-// The rows of every input: their norms and scales (row_scale_kernel) and the views and
+// The rows of every input: their norms and scales (row_sqsum_kernel, row_scale_kernel) and the views and
 // operands the products read (prepare).
 #pragma once
 
@@ -22,35 +22,68 @@ struct RowGroup {
   int count;
 };
 
-// norm = ||x[b, c, :]|| and scale = 1 / max(norm, eps) of every row of a group (one launch
-// for up to kRowGroup modalities): one warp per row, fp64 sum in a fixed order. The warps
-// of rows b < N also zero sample b's entries [pad_from, ld) of saved (pad_from = ld: none).
+// The segments of every row for row_sqsum_kernel (grid (row blocks, segments), a warp a row
+// and segment): two waves of blocks where the rows are long enough for that, at least 128
+// entries (four a lane) a segment.
+int64_t row_segments(int64_t rows, int64_t d, int64_t sms) {
+  const int64_t row_blocks = (rows + kThreads / 32 - 1) / (kThreads / 32);
+  const int64_t wanted = (fill_blocks(sms) + row_blocks - 1) / row_blocks;
+  return std::clamp<int64_t>(wanted, 1, std::max<int64_t>(1, d / 128));
+}
+
+// partial[row * segs + seg] = sum of x[b, c, k]^2 over segment `seg` of the row (fp64), for
+// every row of a group (up to kRowGroup modalities): a warp per (row, segment), four sums a
+// lane (four loads in flight) added in a fixed order, then the warp's shuffle sum.
 template <typename Tin>
-__global__ void __launch_bounds__(kThreads) row_scale_kernel(
-    const RowGroup<Tin> rows, int64_t d, double eps, int64_t N, int64_t ld, int64_t s_offset,
-    int64_t pad_from, Cmp<Tin>* __restrict__ saved) {
+__global__ void __launch_bounds__(kThreads) row_sqsum_kernel(const RowGroup<Tin> rows, int64_t d, int64_t seg_len,
+                                                              double* __restrict__ partial) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32;
   if (row >= rows.first[rows.count]) return;  // whole warps leave together
   const int lane = threadIdx.x % 32;
-  if (row < N)
-    for (int64_t k = pad_from + lane; k < ld; k += 32) saved[row * ld + k] = static_cast<Cmp<Tin>>(0);
   int m = 0;
   while (row >= rows.first[m + 1]) ++m;
   const int64_t local = row - rows.first[m], b = local / rows.C[m], c = local - b * rows.C[m];
   const Tin* p = rows.x[m] + b * rows.sn[m] + c * rows.sc[m];
   const int64_t sd = rows.sd[m];
-  double acc = 0;
-  for (int64_t k = lane; k < d; k += 32) {
+  const int64_t k1 = std::min(d, (static_cast<int64_t>(blockIdx.y) + 1) * seg_len);
+  int64_t k = static_cast<int64_t>(blockIdx.y) * seg_len + lane;
+  double acc[4] = {0, 0, 0, 0};
+  for (; k + 96 < k1; k += 128) {
+    double v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) v[u] = to_double<Tin>(p[(k + 32 * u) * sd]);
+#pragma unroll
+    for (int u = 0; u < 4; ++u) acc[u] += v[u] * v[u];
+  }
+  for (; k < k1; k += 32) {
     const double v = to_double<Tin>(p[k * sd]);
-    acc += v * v;
+    acc[0] += v * v;
   }
-  for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffffu, acc, offset);
-  if (lane == 0) {
-    const double r = sqrt(acc);
-    Cmp<Tin>* at = saved + b * ld + rows.r_at[m] + c;
-    at[0] = static_cast<Cmp<Tin>>(r);
-    at[s_offset] = static_cast<Cmp<Tin>>(1.0 / (r < eps ? eps : r));  // NaN stays NaN, as clamp_min keeps it
-  }
+  double sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_down_sync(0xffffffffu, sum, offset);
+  if (lane == 0) partial[row * gridDim.y + blockIdx.y] = sum;
+}
+
+// norm = ||x[b, c, :]|| (the sum of the row's `segs` partial sums, in order) and scale =
+// 1 / max(norm, eps) of every row of a group, a thread per row. The threads of rows b < N also
+// zero sample b's entries [pad_from, ld) of saved (pad_from = ld: none).
+template <typename Tin>
+__global__ void __launch_bounds__(kThreads) row_scale_kernel(
+    const RowGroup<Tin> rows, const double* __restrict__ partial, int64_t segs, double eps, int64_t N, int64_t ld,
+    int64_t s_offset, int64_t pad_from, Cmp<Tin>* __restrict__ saved) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (row >= rows.first[rows.count]) return;
+  if (row < N)
+    for (int64_t k = pad_from; k < ld; ++k) saved[row * ld + k] = static_cast<Cmp<Tin>>(0);
+  int m = 0;
+  while (row >= rows.first[m + 1]) ++m;
+  const int64_t local = row - rows.first[m], b = local / rows.C[m], c = local - b * rows.C[m];
+  double acc = 0;
+  for (int64_t t = 0; t < segs; ++t) acc += partial[row * segs + t];
+  const double r = sqrt(acc);
+  Cmp<Tin>* at = saved + b * ld + rows.r_at[m] + c;
+  at[0] = static_cast<Cmp<Tin>>(r);
+  at[s_offset] = static_cast<Cmp<Tin>>(1.0 / (r < eps ? eps : r));  // NaN stays NaN, as clamp_min keeps it
 }
 
 // ------------------------------------------------------------------ host side
@@ -89,9 +122,15 @@ Prepared prepare(at::TensorList feats, const FeatInfo& info, double eps, bool sc
   int64_t at_r = layout.norms, pad_from = a == Algo::Gram ? ld : layout.padding();  // gram: zeroed by new_saved
   RowGroup<Tin> group{};
   auto flush = [&] {
-    const int64_t blocks = (group.first[group.count] + kThreads / 32 - 1) / (kThreads / 32);
-    launch(row_scale_kernel<Tin>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), stream, group, info.d, eps,
-           info.N, ld, layout.rows, pad_from, saved.mutable_data_ptr<Cmp<Tin>>());
+    const int64_t rows = group.first[group.count];
+    const int64_t segs = row_segments(rows, info.d, multiprocessors()), seg_len = (info.d + segs - 1) / segs;
+    const at::Tensor partial = unwritten({rows * segs}, saved.options().dtype(at::kDouble));
+    launch("row_sqsum_kernel", row_sqsum_kernel<Tin>,
+           dim3(static_cast<unsigned>((rows + kThreads / 32 - 1) / (kThreads / 32)), grid_dim(segs)), dim3(kThreads),
+           stream, group, info.d, seg_len, partial.mutable_data_ptr<double>());
+    launch("row_scale_kernel", row_scale_kernel<Tin>, dim3(static_cast<unsigned>((rows + kThreads - 1) / kThreads)),
+           dim3(kThreads), stream, group, partial.const_data_ptr<double>(), segs, eps, info.N, ld, layout.rows,
+           pad_from, saved.mutable_data_ptr<Cmp<Tin>>());
     group = RowGroup<Tin>{};
     pad_from = ld;  // (the first launch zeroed it)
   };

@@ -115,7 +115,7 @@ at::Tensor student_pointers(const StudentBases& bases, const FeatInfo& info, int
   const int64_t N = info.N, total = terms * N * L;
   at::Tensor ptrs = at::empty({3, total}, c.ref.options().dtype(at::kLong));
   auto* arr = reinterpret_cast<void**>(ptrs.mutable_data_ptr<int64_t>());
-  launch(student_pointers_kernel<T>, dim3(static_cast<unsigned>((N + kThreads - 1) / kThreads)), dim3(kThreads),
+  launch("student_pointers_kernel", student_pointers_kernel<T>, dim3(static_cast<unsigned>((N + kThreads - 1) / kThreads)), dim3(kThreads),
          stream, bases, info.channels[0] * info.d * graw_elem, N, static_cast<int>(info.M), static_cast<int>(L),
          terms, c.ref.mutable_data_ptr<T>(), const_cast<const void**>(arr), const_cast<const void**>(arr + total),
          arr + 2 * total);
@@ -207,14 +207,24 @@ struct StackSources {
 
 template <typename Tin>
 __global__ void __launch_bounds__(kThreads) stack_strip_kernel(const StackSources src, int M, int64_t C, int64_t i0,
-                                                               int64_t width, int64_t lead, Tin* __restrict__ out) {
+                                                               int64_t width, int64_t seg_len, int64_t lead,
+                                                               Tin* __restrict__ out) {
   // grid.x = N M C < 2^31, so 32-bit division (64-bit division is a called routine: a stack frame)
   const unsigned row = blockIdx.x, mc = static_cast<unsigned>(M * C);
   const unsigned b = row / mc, rest = row - b * mc, m = rest / static_cast<unsigned>(C);
   const int64_t c = rest - m * static_cast<unsigned>(C), sd = src.sd[m];
+  const int64_t k0 = static_cast<int64_t>(blockIdx.y) * seg_len, k1 = std::min(width, k0 + seg_len);  // (row_split)
   const Tin* x = static_cast<const Tin*>(src.base[m]) + b * src.sn[m] + c * src.sc[m] + i0 * sd;
   Tin* o = out + static_cast<int64_t>(row) * lead;
-  for (int64_t i = threadIdx.x; i < width; i += kThreads) o[i] = x[i * sd];
+  int64_t i = k0 + threadIdx.x;
+  for (; i + 3 * kThreads < k1; i += 4 * kThreads) {  // four loads in flight
+    Tin v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) v[u] = x[(i + u * kThreads) * sd];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) o[i + u * kThreads] = v[u];
+  }
+  for (; i < k1; i += kThreads) o[i] = x[i * sd];
 }
 
 // Positions per stacked strip: the most that keep N M C of them within kStripBudget entries, a
@@ -229,16 +239,40 @@ int64_t stack_strip_width(int64_t N, int64_t M, int64_t C, int64_t d, int64_t bu
   return std::min(std::max(width, min_width), d);
 }
 
-// The emulation checks that every left operand of the student products (the folded blocks)
-// starts on a 64-byte boundary (host memory is 64-byte aligned; on the GPU, 128).
-void check_left_aligned(const at::Tensor& ptrs) {
-#ifdef MTUT_CUDA_EMULATE
-  const int64_t* lp = ptrs.const_data_ptr<int64_t>();
-  for (int64_t e = 0; e < ptrs.size(1); ++e)
-    TORCH_CHECK(lp[e] % 64 == 0, "mtut: internal: a folded block not on a 64-byte boundary");
-#else
-  (void)ptrs;
-#endif
+// The bases the pointer kernel adds sample strides to (left, right, graw), checked against
+// the alignment rule where the product is about to run: the caller's predicate
+// (student_gram_aligned, direct_students_aligned) said they would pass.
+void require_aligned(const StudentBases& bases, const FeatInfo& info, int64_t graw_elem) {
+  AlignmentProof proof;
+  const bool many = info.N > 1;
+  proof.bytes(many ? info.channels[0] * info.d * graw_elem : 0);
+  for (int q = 0; q < kMaxStudentModalities * kMaxStudentModalities; ++q)
+    if (bases.left[q] != nullptr)
+      proof.pointer(bases.left[q]).pointer(bases.right[q]).bytes(many ? bases.left_sample[q] : 0)
+          .bytes(many ? bases.right_sample[q] : 0);
+  for (const char* g : bases.graw) proof.pointer(g);
+  TORCH_CHECK(proof.ok, "mtut: internal: a student product's pointer is not 16-byte aligned");
+}
+
+// Whether every pointer of student_gram_grads's products is proven aligned (AlignmentProof).
+// Its own buffers are: W's blocks and samples start 64 entries apart, the stacked strips are
+// a fresh buffer. What remains: the gradient's sample stride, and (16-bit operands) the
+// stacked strips' sample stride and their offsets into the gradient; else the inputs' rows
+// (the right operands).
+bool student_gram_aligned(const Prepared& p, const FeatInfo& info) {
+  const int64_t N = info.N, M = info.M, C = info.channels[0], d = info.d, e = c10::elementSize(p.operand);
+  const bool many = N > 1;
+  AlignmentProof proof;
+  if (p.operand == at::kBFloat16 || p.operand == at::kHalf) {  // (as student_gram_grads's `stacked`)
+    const int64_t width = stack_strip_width(N, M, C, d);
+    proof.bytes(many ? C * d * e : 0).bytes(many ? M * C * width * e : 0);
+    for (int64_t i0 = 0; i0 < d; i0 += width) proof.bytes(i0 * e);
+  } else {
+    proof.bytes(many ? C * d * c10::elementSize(info.compute_dtype) : 0);
+    for (const at::Tensor& x : p.operands) proof.rows(x);
+  }
+  if (!proof.ok) note_fallback("gram students");
+  return proof.ok;
 }
 
 // dL/dX_m of the gram backward through the student products (`slots` = L per sample), the
@@ -282,7 +316,7 @@ std::vector<at::Tensor> student_gram_grads(const Prepared& p, const at::Tensor& 
   for (int m = 0; m < M; ++m) {
     if (!needs[m]) continue;
     for (int64_t b0 = 0; b0 < N; b0 += kMaxGrid)
-      launch(folded_blocks_kernel<Top>, dim3(static_cast<unsigned>(C), grid_dim(std::min(kMaxGrid, N - b0))),
+      launch("folded_blocks_kernel", folded_blocks_kernel<Top>, dim3(static_cast<unsigned>(C), grid_dim(std::min(kMaxGrid, N - b0))),
              dim3(kThreads), stream, blocks, kept_step, kept.stride(0), scales, p.scales[0].stride(0), C, M, m, b0,
              p.norms[m].const_data_ptr<T>(), eps, c.factor.const_data_ptr<T>(), c.ref.select(0, m).const_data_ptr<T>(),
              static_cast<Top*>(W.select(0, m).mutable_data_ptr()), out_stride, block_step, stacked ? MC : C);
@@ -303,7 +337,7 @@ std::vector<at::Tensor> student_gram_grads(const Prepared& p, const at::Tensor& 
       }
     }
     const at::Tensor ptrs = student_pointers<T>(bases, info, L, M, c, elem_out, stream);
-    check_left_aligned(ptrs);
+    require_aligned(bases, info, elem_out);
     const Matrix x = rows_matrix(rows_layout(p.operands[0]));
     for (int j = 0; j < M; ++j)
       pointer_product(ptrs, j * N * L, N * L, C, d, C, {true, C}, x, /*accumulate=*/j > 0, p.operand,
@@ -321,8 +355,9 @@ std::vector<at::Tensor> student_gram_grads(const Prepared& p, const at::Tensor& 
   const int64_t elem_x = Xs.element_size();
   for (int64_t i0 = 0; i0 < d; i0 += width) {
     const int64_t w = std::min(width, d - i0);
-    launch(stack_strip_kernel<Top>, dim3(static_cast<unsigned>(N * MC)), dim3(kThreads), stream, src, M, C, i0, w,
-           width, static_cast<Top*>(Xs.mutable_data_ptr()));
+    const int64_t segs = row_split(N * MC, w, multiprocessors()), seg_len = (w + segs - 1) / segs;
+    launch("stack_strip_kernel", stack_strip_kernel<Top>, dim3(static_cast<unsigned>(N * MC), grid_dim(segs)),
+           dim3(kThreads), stream, src, M, C, i0, w, seg_len, width, static_cast<Top*>(Xs.mutable_data_ptr()));
     for (int m = 0; m < M; ++m) {
       if (!needs[m]) continue;
       bases.left[m * M + m] = left_base(m, 0);  // one term: all of B_m
@@ -332,7 +367,7 @@ std::vector<at::Tensor> student_gram_grads(const Prepared& p, const at::Tensor& 
       bases.graw[m] = static_cast<char*>(g[m].mutable_data_ptr()) + i0 * elem_out;  // the strip's columns
     }
     const at::Tensor ptrs = student_pointers<T>(bases, info, L, 1, c, elem_out, stream);
-    check_left_aligned(ptrs);
+    require_aligned(bases, info, elem_out);
     pointer_product(ptrs, 0, N * L, C, w, MC, {true, MC}, {true, width}, /*accumulate=*/false, p.operand,
                     p.operand, /*out_lead=*/d);
   }

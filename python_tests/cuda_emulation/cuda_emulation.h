@@ -8,6 +8,7 @@
 //   __syncthreads      a std::barrier over the block
 //   __shfl_down_sync   an exchange through a per-warp buffer between two warp barriers
 //   __shared__         a function-local static (shared by the threads of the running block)
+// (`launch` also logs instead of running in the launch plan mode: dry_run.)
 // It is not a performance model and not a race detector.
 #pragma once
 
@@ -27,6 +28,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -62,7 +64,7 @@ namespace cuda {
 namespace emulation {
 
 inline thread_local dim3 thread_index, block_index;
-inline dim3 block_dim;
+inline dim3 block_dim, grid_size;
 
 // The synchronization state of the running block.
 struct Block {
@@ -122,10 +124,28 @@ struct DeviceScope {
   explicit DeviceScope(const D&) {}
 };
 
+// The launch plan mode (launch_plan): the host code runs with the GPU build's budgets on a
+// 132-SM device, and every launch is logged (kernel, grid, block) instead of run, every
+// product skipped; the inputs are never read.
+struct Launched {
+  std::string kernel;
+  dim3 grid, block;
+};
+inline bool dry_run = false;
+inline std::vector<Launched>& launch_log() {
+  static std::vector<Launched> log;
+  return log;
+}
+
 template <typename... KArgs, typename... Args>
-void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t, Args&&... args) {
+void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t, Args&&... args) {
+  if (dry_run) {
+    launch_log().push_back({name, grid, block});
+    return;
+  }
   const unsigned threads = block.x * block.y * block.z;
   block_dim = block;
+  grid_size = grid;
   Workers& pool = workers(threads);
   running = &pool.state;
   for (unsigned z = 0; z < grid.z; ++z)
@@ -147,19 +167,26 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t, Args&
 using emulation::launch;
 using DeviceScope = emulation::DeviceScope;
 inline cudaStream_t current_stream() { return nullptr; }
-// so that the tests' small shapes walk many strips and many chunks of rows
-constexpr int64_t kStripBudget = 3072;
-constexpr int64_t kChunkEntries = 64;
-constexpr int64_t kMinStackWidth = 16;
-// and so that they split the Gram blocks' contraction (on an imagined 4-SM device)
-inline int64_t multiprocessors() { return 4; }
+// The ATen paths taken because a pointer-array product's alignment was not proven (common.cuh
+// note_fallback), for the tests (take_fallbacks).
+inline std::vector<std::string>& fallback_log() {
+  static std::vector<std::string> log;
+  return log;
+}
+inline void note_fallback(const char* what) { fallback_log().emplace_back(what); }
+// So that the tests' small shapes walk many strips and many chunks: small budgets on an
+// imagined 4-SM device (the launch plan sets the GPU build's, on 132 SMs).
+inline int64_t kStripBudget = 3072;
+inline int64_t kMinStackWidth = 16;
+inline int64_t emulated_sms = 4;
+inline int64_t multiprocessors() { return emulated_sms; }
 
 // A buffer whose every entry a kernel writes (common.cuh unwritten): filled with NaN here, so
 // that the tests see any entry left unwritten (or `fill`: a number, where an entry read but
 // never written must show as a wrong number, not as an expected NaN).
 inline at::Tensor unwritten(at::IntArrayRef sizes, const at::TensorOptions& options,
                             double fill = std::numeric_limits<double>::quiet_NaN()) {
-  return at::full(sizes, fill, options);
+  return emulation::dry_run ? at::empty(sizes, options) : at::full(sizes, fill, options);
 }
 
 }  // namespace cuda
@@ -168,6 +195,7 @@ inline at::Tensor unwritten(at::IntArrayRef sizes, const at::TensorOptions& opti
 #define threadIdx (::mtut::cuda::emulation::thread_index)
 #define blockIdx (::mtut::cuda::emulation::block_index)
 #define blockDim (::mtut::cuda::emulation::block_dim)
+#define gridDim (::mtut::cuda::emulation::grid_size)
 
 inline void __syncthreads() { ::mtut::cuda::emulation::running->block.arrive_and_wait(); }
 

@@ -23,6 +23,7 @@ void record(const at::Tensor& a, const at::Tensor& b, at::ScalarType out) {
 
 // a [N, p, k] @ b [N, k, q] -> [N, p, q] in `out` dtype (fp32 accumulation for 16-bit operands).
 at::Tensor gemm(const at::Tensor& a, const at::Tensor& b, at::ScalarType out) {
+  if (emulation::dry_run) return at::empty({a.size(0), a.size(1), b.size(2)}, a.options().dtype(out));
   record(a, b, out);
   return at::bmm(a.to(out), b.to(out));  // 16-bit products are exact in fp32, as on the tensor cores
 }
@@ -33,12 +34,14 @@ void gemm_acc(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b, at::Sca
     acc = gemm(a, b, out);
     return;
   }
+  if (emulation::dry_run) return;
   record(a, b, acc.scalar_type());
   acc.baddbmm_(a.to(acc.scalar_type()), b.to(acc.scalar_type()));
 }
 
 // out = a @ b into a preallocated fp32/fp64 view.
 void gemm_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b) {
+  if (emulation::dry_run) return;
   record(a, b, out.scalar_type());
   at::bmm_out(out, a.to(out.scalar_type()), b.to(out.scalar_type()));
 }
@@ -52,8 +55,13 @@ void pointer_product(const at::Tensor& ptrs, int64_t first, int64_t count, int64
                      int64_t out_lead = 0) {
   if (out_lead == 0) out_lead = cols;
   const int64_t total = ptrs.size(1);
+  if (emulation::dry_run) return;
   record(in, in, out);
   const int64_t* p = ptrs.const_data_ptr<int64_t>();
+  // what cuBLAS's 16-byte loads need, and a GPU would fault on ("misaligned address")
+  for (int64_t e = first; e < first + count; ++e)
+    TORCH_CHECK(p[e] % 16 == 0 && p[total + e] % 16 == 0 && p[2 * total + e] % 16 == 0,
+                "emulated cuBLAS: misaligned address (entry ", e, ")");
   const auto options = at::TensorOptions().dtype(in);
   const auto strides = [](Matrix x) { return x.row_major ? std::vector<int64_t>{x.lead, 1} : std::vector<int64_t>{1, x.lead}; };
   for (int64_t e = first; e < first + count; ++e) {
