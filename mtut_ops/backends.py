@@ -73,6 +73,12 @@ def _pick_listed(backend: Optional[str], device: torch.device) -> str:
     """pick_backend from the list of the backends available on ``device``."""
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"mtut: backend must be one of {BACKENDS} or None, got {backend!r}")
+    if device.type == "meta":
+        raise ValueError(
+            "mtut: the tensors are on the meta device (shapes without data): the API's backends compute on cpu "
+            "or cuda tensors; for shapes alone call the torch.ops.mtut ops (their fake implementations accept "
+            "meta tensors) or trace under torch.compile / FakeTensorMode"
+        )
     available = available_backends(device)
     if backend is None:
         for choice in ("cuda", "triton", "cpu"):  # fused kernels first; never the d x d reference by default
