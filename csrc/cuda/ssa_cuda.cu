@@ -968,8 +968,9 @@ at::Tensor sqdist_direct(const Prepared& p, const FeatInfo& info, cudaStream_t s
 // ------------------------------------------------------------------ backward
 
 // The weight of pair (m, n) in dL/dXh_m, for both algorithms: coef_mm = 4 a_m with
-// a_m = sum_{n != m} w_mn, and coef_mn = -4 w_mn (n != m); per modality the sample's
-// largest |coef|, ref_m, which the scaled operands are divided by so that they stay near 1
+// a_m = sum_{n != m} w_mn, and coef_mn = -4 w_mn (n != m); per modality the power of two
+// just above the sample's largest |coef|, ref_m, which the scaled operands are divided by
+// (exactly) so that they stay within 1
 // in 16 bits (it is multiplied back in the normalization backward). A row without weight
 // (all coef 0: the network is the better one on that sample, or M - 1 pairs have rho = 0)
 // divides by 1 and stores ref_m = 0: its gradient is 0, which the normalization backward
@@ -982,6 +983,17 @@ struct Coefficients {
 
 __device__ __forceinline__ float reciprocal(float v) { return __frcp_rn(v); }  // not a division: no called routine
 __device__ __forceinline__ double reciprocal(double v) { return __drcp_rn(v); }
+
+// The power of two in (v, 2 v] for a finite v > 0 (else v itself): dividing by it and
+// multiplying back are exact, so the scaled operands of a row carry the same bits up to
+// that power whatever weights set it (an identical pair's exact 0 stays isolated).
+template <typename T>
+__device__ __forceinline__ T power_of_two_above(T v) {
+  if (!(v < std::numeric_limits<T>::infinity())) return v;
+  int e;
+  frexp(v, &e);  // v = f 2^e, 0.5 <= f < 1
+  return ldexp(T(1), e);
+}
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) pair_coefficients_kernel(
@@ -1005,7 +1017,7 @@ __global__ void __launch_bounds__(kThreads) pair_coefficients_kernel(
     nan = nan || c != c;
   }
   // a NaN weight makes the whole row NaN (as amax propagates it); all-zero rows: 0 * 1 = 0
-  const T r = nan ? std::numeric_limits<T>::quiet_NaN() : (largest == 0 ? T(1) : largest);
+  const T r = nan ? std::numeric_limits<T>::quiet_NaN() : (largest == 0 ? T(1) : power_of_two_above(largest));
   const T inv = nan ? r : reciprocal(r);
   ref[static_cast<int64_t>(m) * N + b] = largest == 0 ? T(0) : r;  // (NaN compares unequal: stays NaN)
   T* f = factor + row * M;
@@ -1461,8 +1473,10 @@ std::vector<at::Tensor> gram_grad_raw(const Prepared& p, const at::Tensor& kept,
   return g;
 }
 
-// E[b] = sum_n (coef_mn / ref_m) K_n[b] (n = m first, then the others in order, as ATen's
-// K_m * f_mm + K_n * f_mn ...) in the operand dtype, one pass over the strips [N, count].
+// E[b] = sum_{n != m} (-coef_mn / ref_m) (K_m[b] - K_n[b]) (= sum_n (coef_mn / ref_m) K_n[b],
+// coef_mm = -sum_{n != m} coef_mn) in the operand dtype, one pass over the strips [N, count].
+// Each difference is formed before it is weighted, as in the forward: a pair with
+// K_m = K_n bit for bit adds exactly 0 (f_mm K_m + f_mn K_n would leave a rounding residue).
 // (4 blocks per SM, as normalize_backward_kernel: otherwise ptxas kept it to 32 registers
 // for sm_80 and spilled one.)
 template <typename Top>
@@ -1474,9 +1488,10 @@ __global__ void __launch_bounds__(kThreads, 4) combine_strips_kernel(
   const T* f = factor + (b * M + m) * M;
   const int64_t e1 = std::min(count, (chunk + 1) * kChunkEntries);
   for (int64_t e = chunk * kChunkEntries + threadIdx.x; e < e1; e += kThreads) {
-    T acc = strip_of<T>(strips, m)[b * count + e] * f[m];
+    const T km = strip_of<T>(strips, m)[b * count + e];
+    T acc = 0;
     for (int n = 0; n < M; ++n)
-      if (n != m) acc += strip_of<T>(strips, n)[b * count + e] * f[n];
+      if (n != m) acc += (km - strip_of<T>(strips, n)[b * count + e]) * -f[n];
     out[b * count + e] = from_compute<Top>(acc);
   }
 }
@@ -1619,14 +1634,18 @@ __device__ __forceinline__ T focal_rho(const LossInputs<T>& in, int64_t b, int m
   return expm1((diff < 0 ? T(0) : diff) * in.beta);  // clamp_min: a NaN passes
 }
 
-// lambda * mean_b(rho * delta) of pair (m, n), valid in thread 0; uncapped.
+// lambda * mean_b(rho * delta) of pair (m, n), valid in thread 0; uncapped. rho is selected
+// to 0 where S == 0 (as ssa_common.cpp:rho_where_apart): an overflowed rho (inf) never meets
+// a zero delta. rho is selected
+// to 0 where S == 0 (as ssa_common.cpp:rho_where_apart): an overflowed rho (inf) never meets
+// a zero delta.
 template <typename T>
 __device__ T pair_term(const LossInputs<T>& in, int m, int n, double* scratch) {
   double acc = 0;
   for (int64_t b = threadIdx.x; b < in.N; b += kThreads) {
     const T s = in.S[b * in.sb + m * in.sm + n * in.sn];
     const T delta = in.rms ? (s == 0 ? T(0) : sqrt(s) * in.inv_d) : s;
-    acc += static_cast<double>(focal_rho(in, b, m, n) * delta);
+    acc += static_cast<double>((s == 0 ? T(0) : focal_rho(in, b, m, n)) * delta);
   }
   return static_cast<T>(block_sum(acc, scratch) * static_cast<double>(in.inv_n)) * in.lambda;
 }
@@ -1645,7 +1664,9 @@ __global__ void __launch_bounds__(kThreads) loss_from_sqdist_kernel(const LossIn
 
 // dL/dS[b, m, n] = g_mn lambda / N rho, times ("rms") 1 / (2 d sqrt(S)), 0 where S == 0;
 // g_mn = g, or 0 where the pair's term is capped (clamp_max passes the gradient at
-// equality, not where the term is NaN). grad_S is [N, M, M] contiguous.
+// equality, not where the term is NaN). rho is selected to 0 before it multiplies where
+// g_mn is 0 or S == 0 (an overflowed rho, inf, times 0 would be NaN). grad_S is [N, M, M]
+// contiguous.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) loss_from_sqdist_backward_kernel(
     const LossInputs<T> in, const T* __restrict__ grad, T* __restrict__ grad_S) {
@@ -1662,7 +1683,7 @@ __global__ void __launch_bounds__(kThreads) loss_from_sqdist_backward_kernel(
       const T g_mean = (in.capped && !passes ? T(0) : g) * in.lambda * in.inv_n;
       for (int64_t b = threadIdx.x; b < in.N; b += kThreads) {
         const T s = in.S[b * in.sb + m * in.sm + n * in.sn];
-        const T g_delta = g_mean * focal_rho(in, b, m, n);
+        const T g_delta = g_mean * (g_mean == 0 || s == 0 ? T(0) : focal_rho(in, b, m, n));
         grad_S[(b * in.M + m) * in.M + n] =
             !in.rms ? g_delta : (s == 0 ? T(0) : g_delta * in.inv_d * reciprocal(sqrt(s) * T(2)));
       }
