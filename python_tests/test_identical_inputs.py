@@ -221,3 +221,40 @@ def test_triton_backend_under_the_interpreter():
                            "not under_the_interpreter and not emulated"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-4000:]
+
+
+@pytest.mark.skipif(TRITON, reason="the emulation runs in the cpu process")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("distance", ["rms", "fro2"])
+@pytest.mark.parametrize("gap", [40.0, 44.5, 100.0, 400.0, 1000.0])
+def test_cuda_emulated_loss_kernels_capped_and_zero_terms(emulated, dtype, distance, gap):  # noqa: F811
+    """Issue 31 in the fused CUDA loss kernels (emulated) and the ATen arithmetic alike: CE gaps
+    of 40-1000 nats (rho overflows past ~44.4 in float32, ~354.9 in float64). Pair (0, 1) is
+    capped and pair (0, 2) has S == 0: both send exactly 0, never NaN; the loss is the cap
+    plus the one finite term (2, 1), within error_bounds.loss_from_sqdist_bounds of fp64."""
+    from .error_bounds import loss_from_sqdist_bounds
+    from mtut_ops import reference as R
+
+    N, M, d, beta, lambda_, cap = 3, 3, 16, 2.0, 5e-3, 10.0
+    g = torch.Generator().manual_seed(int(gap))
+    S = torch.rand(N, M, M, generator=g, dtype=torch.float64) + 0.1
+    S = (S + S.transpose(1, 2)) / 2
+    S[:, 0, 2] = S[:, 2, 0] = 0
+    S.diagonal(dim1=1, dim2=2).zero_()
+    ce = torch.tensor([[gap] * N, [0.0] * N, [0.5] * N], dtype=torch.float64)
+    S_ref = S.clone().requires_grad_()
+    L_ref = R.ssa_loss_from_sqdist(S_ref, ce, beta, lambda_, distance, d, cap)
+    (G_ref,) = torch.autograd.grad(L_ref, S_ref)
+    assert torch.isfinite(L_ref) and torch.isfinite(G_ref).all() and (G_ref[:, 0] == 0).all()
+    # a bound for the finite terms: the same S with the overflowing gap replaced by a small one
+    loss_err, grad_rel = loss_from_sqdist_bounds(S, ce.clamp(max=0.5), beta, lambda_, distance, d, dtype)
+    S, ce = S.to(dtype), ce.to(dtype)
+    args = (ce, beta, lambda_, distance, d, cap)
+    for ops in (emulated.ops, torch.ops.mtut):
+        L = ops.ssa_loss_from_sqdist(S, *args)
+        G = ops.ssa_loss_from_sqdist_backward(torch.ones((), dtype=dtype), S, *args)
+        assert torch.isfinite(L) and torch.isfinite(G).all()
+        assert (G[:, 0] == 0).all()  # capped (0, 1), S == 0 (0, 2)
+        # plus the one rounding of the total (the cap dominates it) to dtype
+        assert (L.double() - L_ref).abs().item() <= loss_err + torch.finfo(dtype).eps / 2 * L_ref.abs().item()
+        assert ((G.double() - G_ref).abs() <= grad_rel * G_ref.abs()).all()
