@@ -592,8 +592,8 @@ def cuda_plan(p: Problem, scen: str, algo: str, active, sms: int = 132) -> Plan:
 #: The autotune configs of the Triton kernels, block sizes only (num_warps and num_stages do not
 #: enter the model), by kind of operand (mtut_ops/triton/_common.py KINDS: "tc16" = float16 and
 #: bfloat16 operands, "tf32", "ieee" = exact float32). Copied from mtut_ops/triton/direct.py
-#: _FORWARD_CONFIGS / _BACKWARD_CONFIGS and gram.py _CONFIGS (the forward kernel; the apply
-#: kernel's _APPLY_CONFIGS have the same block sizes) and _COEF_CONFIGS;
+#: _FORWARD_CONFIGS / _BACKWARD_CONFIGS and gram.py _CONFIGS (the forward kernel), _APPLY_CONFIGS
+#: and _COEF_CONFIGS;
 #: python_tests/test_bench.py checks the copy against the modules.
 TRITON_CONFIGS = {
     "direct_forward": {  # (BLOCK_D, BLOCK_C)
@@ -606,10 +606,15 @@ TRITON_CONFIGS = {
         "tf32": [(64, 16), (64, 32), (64, 64)],
         "ieee": [(32, 32), (32, 16)],
     },
-    "gram": {  # (BLOCK_C, BLOCK_K): the forward and apply kernels
+    "gram": {  # (BLOCK_C, BLOCK_K): the forward kernel
         "tc16": [(64, 32), (64, 64), (128, 32), (128, 64)],
         "tf32": [(64, 32), (64, 32), (128, 32)],
         "ieee": [(32, 32), (32, 64), (64, 16)],
+    },
+    "gram_apply": {  # (BLOCK_C, BLOCK_K): two tiles live, so no 128-wide tc16 tiles (they spilled)
+        "tc16": [(64, 32), (64, 64)],
+        "tf32": [(64, 32), (64, 32), (128, 32)],
+        "ieee": [(32, 32), (64, 16)],
     },
     "gram_coef": {  # (BLOCK_C, BLOCK_K): 64-wide tiles only (triton 3.6 spilled in 128-wide ones)
         "tc16": [(64, 32), (64, 64), (64, 64)],
@@ -803,7 +808,7 @@ def triton_plan(p: Problem, scen: str, algo: str, active, gpu: Optional["GPU"] =
     act = typical_active(N, M) if active is None else active
     if algo == "gram":
         coef_op = _best([_gram_ops(p, e, kind, bc, bk)[1] for bc, bk in TRITON_CONFIGS["gram_coef"][kind]], gpu)
-        apply_op = _best([_gram_ops(p, e, kind, bc, bk)[2] for bc, bk in TRITON_CONFIGS["gram"][kind]], gpu)
+        apply_op = _best([_gram_ops(p, e, kind, bc, bk)[2] for bc, bk in TRITON_CONFIGS["gram_apply"][kind]], gpu)
         ldh = _pad(C, 16)
         # coef glue: to, eye, masked_fill, sum, diag_embed, mul, mul, sub, ones (sigma), contiguous x2,
         # h = zeros, out = empty, modality (arange, ge, sum)

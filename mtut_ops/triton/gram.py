@@ -54,10 +54,12 @@ _COEF_CONFIGS = configs(("BLOCK_C", "BLOCK_K"), {
     "ieee": [(32, 32, 4, 2), (32, 64, 4, 2), (64, 16, 8, 2)],
     "fp64": [(32, 32, 4, 2)],
 })
+# (the apply kernel holds two C x K tiles through a product: it spilled in the 128-wide tiles
+# (sm_80 and sm_90) and in the ieee 32 x 64 one (sm_80), which are left out)
 _APPLY_CONFIGS = configs(("BLOCK_C", "BLOCK_K"), {
-    "tc16": [(64, 32, 4, 4), (64, 64, 4, 3), (128, 32, 8, 3), (128, 64, 8, 3)],
+    "tc16": [(64, 32, 4, 4), (64, 64, 4, 3)],
     "tf32": [(64, 32, 4, 4), (64, 32, 8, 3), (128, 32, 8, 2)],
-    "ieee": [(32, 32, 4, 2), (32, 64, 4, 2), (64, 16, 8, 2)],
+    "ieee": [(32, 32, 4, 2), (64, 16, 8, 2)],
     "fp64": [(32, 32, 4, 1)],
 })
 _INTERPRETED_CONFIG = triton.Config({"BLOCK_C": 16, "BLOCK_K": 16})
@@ -176,18 +178,29 @@ def _gram_apply(z, h, offsets, needed, weight, out, d, C, ldh, M, C_max,
         mask_k = offs_k < d
         z_b = z + b.to(tl.int64) * C * d
         h_rows = h + b.to(tl.int64) * C * ldh + offs_r[:, None] * ldh
-        acc = tl.zeros((BLOCK_C, BLOCK_K), dtype=out.dtype.element_ty)
-        a = _block_times_rows(tl.zeros_like(acc), h_rows, z_b, mask_r, offs_k, mask_k, tl.load(offsets + m), r_end, d,
-                              BLOCK_C, BLOCK_K, PRECISION, UPCAST)
+        ptrs = out + (b.to(tl.int64) * C + offs_r[:, None]) * d + offs_k[None, :]
+        mask = mask_r[:, None] & mask_k[None, :]
+        zeros = tl.zeros((BLOCK_C, BLOCK_K), dtype=out.dtype.element_ty)
+        # Two tiles live at most (three spilled in the 128-wide configs): A is recomputed for each
+        # weighted pair (one for M = 2) and the running sum kept in `out`, read back by the program
+        # that wrote it.
+        written = 0
         w_row = weight + (b * M + m) * M
         for n in range(0, M):
-            w = tl.load(w_row + n).to(acc.dtype)
+            w = tl.load(w_row + n).to(out.dtype.element_ty)
             if (n != m) & (w != 0):  # NaN counts as non-zero: it must propagate
-                bn = _block_times_rows(tl.zeros_like(acc), h_rows, z_b, mask_r, offs_k, mask_k, tl.load(offsets + n),
+                a = _block_times_rows(zeros, h_rows, z_b, mask_r, offs_k, mask_k, tl.load(offsets + m), r_end, d,
+                                      BLOCK_C, BLOCK_K, PRECISION, UPCAST)
+                bn = _block_times_rows(zeros, h_rows, z_b, mask_r, offs_k, mask_k, tl.load(offsets + n),
                                        tl.load(offsets + n + 1), d, BLOCK_C, BLOCK_K, PRECISION, UPCAST)
-                acc += (4.0 * w) * (a - bn)
-        tl.store(out + (b.to(tl.int64) * C + offs_r[:, None]) * d + offs_k[None, :], acc,
-                 mask=mask_r[:, None] & mask_k[None, :])
+                term = (4.0 * w) * (a - bn)
+                if written > 0:
+                    term += tl.load(ptrs, mask=mask, other=0.0)
+                tl.store(ptrs, term, mask=mask)
+                tl.debug_barrier()  # the next pair reads back what this one stored, maybe from other threads
+                written = 1
+        if written == 0:
+            tl.store(ptrs, zeros, mask=mask)
 
 
 # reset_to_zero: a config with bigger tiles leaves the extra slots of a finer one alone.
