@@ -1,7 +1,7 @@
 """What a user would run without mtut: the baselines of the benchmarks.
 
 All take feats [N, C_m, *S] (M >= 2 maps, the same N and d = prod(S)) and per-sample
-classification losses ce [M, N], and return the SSA loss of DESIGN.md §1 with mmpose's
+classification losses ce [M, N], and return the SSA loss of docs/design.md §1 with mmpose's
 defaults (distance "rms", beta 2, lambda 5e-3, every ordered-pair term capped at 10);
 term (m, n) sends its gradient into X_m only.
 
@@ -9,7 +9,7 @@ term (m, n) sends its gradient into X_m only.
   restated: normalize -> bmm -> per ordered pair sqrt(mean_ij (K_m - K_n.detach())^2),
   times the detached focal weight, mean over the batch, times lambda, capped at 10.
   It materializes every K_m (d x d per sample): ~6 N d^2 C FLOPs forward + backward.
-* ``expert_gram_ssa_loss``: the best a user would write in eager PyTorch (DESIGN.md §6):
+* ``expert_gram_ssa_loss``: the best a user would write in eager PyTorch (docs/design.md §6):
   normalize, concatenate the M modalities' rows into X [N, C, d] (C = sum C_m), ONE
   ``bmm(X, X.detach()^T)`` gives H [N, C, C] with every Gram block H_mn = Xh_m Xh_n^T at
   once; the block square-sums ||H_mn||^2 are accumulated in float64;

@@ -1,4 +1,4 @@
-"""Benchmark the SSA loss against the best code a user would otherwise write (DESIGN.md §6).
+"""Benchmark the SSA loss against the best code a user would otherwise write (docs/design.md §6).
 
 For each shape and dtype, in one process, on one device:
   mmpose-eager     the published mmpose formulation (builds every d x d K_m)
@@ -705,7 +705,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     if args.render:
         data = json.loads(Path(args.render).read_text())
         rows = [Row(**r) for r in data["rows"]]

@@ -10,12 +10,31 @@
 
 #ifdef MTUT_PYTHON_MODULE
 #include <Python.h>
-// An empty Python module, so that `import mtut_ops._C` loads this library and
-// runs the TORCH_LIBRARY registrations below.
+// A Python module, so that `import mtut_ops._C` loads this library and runs the
+// TORCH_LIBRARY registrations below; it carries the constants ssa_common states once
+// (the auto rule's factors, the saved layout's alignment) for mtut_ops/_validation.py.
+namespace {
+int add_float(PyObject* module, const char* name, double value) {
+  PyObject* v = PyFloat_FromDouble(value);
+  if (v == nullptr) return -1;
+  const int rc = PyModule_AddObjectRef(module, name, v);
+  Py_DECREF(v);
+  return rc;
+}
+}  // namespace
+
 extern "C" {
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
+  PyObject* module = PyModule_Create(&module_def);
+  if (module == nullptr) return nullptr;
+  if (add_float(module, "AUTO_FACTOR_CPU", mtut::auto_factor(mtut::Backend::Cpu)) < 0 ||
+      add_float(module, "AUTO_FACTOR_CUDA", mtut::auto_factor(mtut::Backend::Cuda)) < 0 ||
+      PyModule_AddIntConstant(module, "SAVED_ALIGN", static_cast<long>(mtut::kSavedAlign)) < 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }
 }
 #endif

@@ -162,34 +162,23 @@ Distance parse_distance(std::string_view distance) {
   return Distance::Fro2;
 }
 
-// The cost model of algo="auto" (mirrored in mtut_ops/_validation.py:resolve_algo).
+// algo="auto", one FLOP rule per device (exposed as mtut_ops._C.AUTO_FACTOR_CPU/_CUDA).
 // Per sample, with C = sum_m C_m and P = M(M-1)/2 pairs:
 //   direct: the upper triangle of every K_m, d^2/2 * C multiply-adds, plus P squared
 //           differences per K entry          ~ d^2 (C + 2P)
 //   gram:   the upper blocks of [X_1..X_M][X_1..X_M]^T, d C^2 / 2 multiply-adds  ~ d C^2
-// The backward passes have the same ratio. On the CPU (at its GEMM roofline) the FLOPs
-// decide: direct while d (C + 2P) <= C^2, roughly while d <= C. On a GPU the two
-// algorithms run at different rates and small problems are bound by launches and memory,
-// so the rule is: direct while d (C + 2P) <= alpha C^2 or d <= d_direct, with alpha and
-// d_direct per backend and dtype from the crossovers that bench/gpu_model.py predicts
-// for H100 (PREDICTED, no GPU has run them; bench/results/gpu-model-*.md). Every backend
-// picks direct at I3D Mixed_5c (d = 392, C = 2 x 1024) and gram at Mixed_4f (d = 3136,
-// C = 2 x 832) and Mixed_3c (d = 25088).
-namespace {
-struct AutoRule {
-  double alpha;
-  int64_t d_direct;
-};
-
-AutoRule auto_rule(Backend backend, at::ScalarType dtype) {
-  if (backend == Backend::Cpu || dtype == at::kDouble) return {1.0, 0};  // FLOPs decide (no fp64 GPU model)
-  if (dtype == at::kHalf || dtype == at::kBFloat16) return {0.4, 750};
-  return {0.45, 128};  // float32, TF32 or not
-}
-}  // namespace
+// The backward passes have the same ratio. Direct while d (C + 2P) <= factor * C^2:
+//   CPU 1: both run at the GEMM rate, so the FLOPs decide (roughly direct while d <= C).
+//   CUDA 0.5, PROVISIONAL (no GPU has measured it; `make gpu-check` times torch.bmm at
+//        both algorithms' shapes): direct's products are whole d x d matrices (twice the
+//        triangle it needs) that go through memory to the squared differences; gram's
+//        blocks are small C_m x C_n products of long rows.
+// Both pick direct at I3D Mixed_5c (d = 392, C = 2 x 1024) and gram at Mixed_4f
+// (d = 3136, C = 2 x 832) and Mixed_3c (d = 25088, C = 2 x 480).
+double auto_factor(Backend backend) { return backend == Backend::Cpu ? 1.0 : 0.5; }
 
 Algo resolve_algo(std::string_view algo, int64_t d, const std::vector<int64_t>& channels, Backend backend,
-                  at::ScalarType dtype) {
+                  at::ScalarType /*dtype: not used by the provisional rule*/) {
   if (algo == "direct") return Algo::Direct;
   if (algo == "gram") return Algo::Gram;
   TORCH_CHECK_VALUE(
@@ -197,15 +186,13 @@ Algo resolve_algo(std::string_view algo, int64_t d, const std::vector<int64_t>& 
   int64_t C = 0;
   for (int64_t c : channels) C += c;
   const int64_t M = static_cast<int64_t>(channels.size());
-  const AutoRule rule = auto_rule(backend, dtype);
   const double direct_cost = static_cast<double>(d) * (static_cast<double>(C) + static_cast<double>(M * (M - 1)));
-  const double gram_cost = rule.alpha * static_cast<double>(C) * static_cast<double>(C);
-  return direct_cost <= gram_cost || d <= rule.d_direct ? Algo::Direct : Algo::Gram;
+  const double gram_cost = auto_factor(backend) * static_cast<double>(C) * static_cast<double>(C);
+  return direct_cost <= gram_cost ? Algo::Direct : Algo::Gram;
 }
 
 namespace {
-constexpr int64_t kBlockAlign = 64;  // entries
-int64_t padded(int64_t n) { return (n + kBlockAlign - 1) / kBlockAlign * kBlockAlign; }
+int64_t padded(int64_t n) { return (n + kSavedAlign - 1) / kSavedAlign * kSavedAlign; }
 }  // namespace
 
 int64_t kept_gram_size(const std::vector<int64_t>& channels) {

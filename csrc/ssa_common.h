@@ -49,9 +49,11 @@ int64_t check_students(int64_t students, const FeatInfo& info);
 void check_loss_args(double beta, double lambda, std::optional<double> pair_cap);
 Distance parse_distance(std::string_view distance);
 
-// "direct", "gram", or "auto" resolved by the cost model of the backend that runs it, for
-// the inputs' dtype (see resolve_algo in ssa_common.cpp).
+// "direct", "gram", or "auto" resolved by the FLOP rule of the device that runs it:
+// direct while d (C + 2P) <= auto_factor(backend) C^2 (ssa_common.cpp says why). The
+// rule does not depend on the dtype yet (a measured rule may).
 enum class Backend { Cpu, Cuda };
+double auto_factor(Backend backend);
 Algo resolve_algo(std::string_view algo, int64_t d, const std::vector<int64_t>& channels, Backend backend,
                   at::ScalarType dtype);
 
@@ -100,14 +102,16 @@ at::Tensor ssa_loss_from_sqdist_backward(
 
 // What sqdist_forward keeps for the backward with algorithm gram, [N, kept_gram_size]:
 // the unscaled blocks P_mn = X_m X_n^T, n >= m, of each sample one after the other (m
-// major), each starting at a multiple of 64 entries (every block's GEMM sees the same
-// alignment; the padding is zero); kept_block is the [N, C_m, C_n] view of block (m, n).
+// major), each starting at a multiple of kSavedAlign entries (every block's GEMM sees the
+// same alignment; the padding is zero); kept_block is the [N, C_m, C_n] view of block (m, n).
+// kSavedAlign is exposed as mtut_ops._C.SAVED_ALIGN (the fake implementations need the width).
+constexpr int64_t kSavedAlign = 64;  // entries
 int64_t kept_gram_size(const std::vector<int64_t>& channels);
 at::Tensor kept_block(const at::Tensor& kept, const std::vector<int64_t>& channels, int64_t m, int64_t n);
 // A sample's row of sqdist_forward's `saved` (for_backward): the cpu backend keeps the Gram
 // blocks (algo gram; nothing for direct); the cuda backend keeps them too, followed by the
 // row norms r and then the scales s = 1 / max(r, eps) of every modality (2 sum C_m entries,
-// padded to 64), so that its backward reads neither the inputs for them nor recomputes them.
+// padded to kSavedAlign), so that its backward reads neither the inputs for them nor recomputes them.
 struct SavedLayout {
   int64_t norms = 0;   // where r of modality 0 starts (after the kept blocks); r of m at norms + sum_{k<m} C_k
   int64_t rows = 0;    // sum C_m (cuda; 0 on cpu): the scales start at norms + rows

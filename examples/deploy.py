@@ -71,11 +71,19 @@ def export_network(checkpoint: str | Path, modality: str, out: str | Path, *, fr
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     net, cfg, ckpt = network_from_checkpoint(checkpoint, modality)
+    out = Path(out)
+    if fmt == "export" and out.suffix != FORMATS["export"]:
+        raise ValueError(f"--out {out}: a torch.export program is written as {FORMATS['export']} (what --format "
+                         "export writes and infer_nvgesture.py reads; ONNX is not written by this tool)")
+    if fmt == "torchscript" and out.suffix == FORMATS["export"]:
+        raise ValueError(f"--out {out}: {FORMATS['export']} is read as a torch.export program; name a TorchScript "
+                         f"file {FORMATS['torchscript']}")
+    from examples.training.runlog import check_writable
+
+    check_writable(out.parent)  # before the work, not after it
     frames = frames or cfg["test_frames"] or cfg["frames"]
     meta = metadata(cfg, modality, frames, checkpoint, ckpt["epoch"])
     example = torch.zeros(2, meta["in_channels"], frames, cfg["size"], cfg["size"])
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(meta, indent=1)
     with torch.no_grad():
         if fmt == "export":
@@ -100,11 +108,14 @@ class Deployed:
         if not path.is_file():
             raise FileNotFoundError(f"no exported network at {path}")
         extra = {META_NAME: ""}
-        if path.suffix == ".pt2":
-            self.module = torch.export.load(path, extra_files=extra).module()
-        else:
-            self.module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-        self.meta = json.loads(extra[META_NAME])
+        try:
+            if path.suffix == ".pt2":
+                self.module = torch.export.load(path, extra_files=extra).module()
+            else:
+                self.module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        except Exception as e:  # torch raises RuntimeError and others, with messages about zip records
+            raise ValueError(_not_exported(path, e)) from None
+        self.meta = json.loads(extra[META_NAME]) if extra[META_NAME] else {}
         if self.meta.get("format") != META_FORMAT:
             raise ValueError(f"{path}: not an exported MTUT network (no {META_NAME} of format {META_FORMAT})")
 
@@ -130,9 +141,41 @@ class Deployed:
         return self.module(x)
 
     def classify_video(self, video: str | Path, window: tuple[int, int] | None = None, box=None) -> torch.Tensor:
-        """Logits ``[num_classes]`` of a video file's frames ``[start, end)`` (default: all)."""
+        """Logits ``[num_classes]`` of a video file's frames ``[start, end)`` (default: all).
+
+        A video named as NVGesture names a sensor's file (``sk_color.avi``, ``sk_depth.avi``,
+        ``duo_left.avi``) must be the network's modality's."""
         from examples.data.video import probe_video
 
+        check_video_modality(video, self.meta["modality"])
         start, end = window if window is not None else (0, probe_video(video).frames)
         frames, fps = read_window(video, start, end, gray=self.meta["in_channels"] == 1)
         return self.logits(self.prepare(frames, fps, box))[0]
+
+
+# NVGesture's file name of each video modality's sensor
+SENSOR_FILES = {"sk_color": "rgb", "sk_depth": "depth", "duo_left": "ir"}
+
+
+def check_video_modality(video: str | Path, modality: str) -> None:
+    """A ValueError when ``video``'s name says it is another modality's sensor video."""
+    said = SENSOR_FILES.get(Path(video).stem)
+    if said is not None and said != modality:
+        theirs = next(f for f, m in SENSOR_FILES.items() if m == modality) if modality in SENSOR_FILES.values() else None
+        raise ValueError(f"--video {video}: by its name a {said} video, but the network classifies {modality}" +
+                         (f" (NVGesture's {modality} video is {theirs}.avi)" if theirs else ""))
+
+
+def _not_exported(path: Path, error: Exception) -> str:
+    """Why ``path`` cannot be loaded as an exported network, with what to do."""
+    from examples.training.checkpoint import CheckpointError, read_safely
+
+    try:
+        obj = read_safely(path)
+    except (CheckpointError, OSError):
+        obj = None
+    if isinstance(obj, dict) and "model" in obj and "config" in obj:
+        return (f"--model {path} is a training checkpoint, not an exported network: export one network first "
+                f"(python examples/export_nvgesture.py --checkpoint {path} --modality rgb --out rgb.pt2)")
+    return (f"--model {path}: not an exported network (a .pt2 or .ts file written by examples/export_nvgesture.py; "
+            f"{type(error).__name__})")

@@ -38,8 +38,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--frames must be >= 1, got {args.frames}")
     try:
         meta = export_network(args.checkpoint, args.modality, args.out, frames=args.frames, fmt=args.format)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
+    except (CheckpointError, ValueError) as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
+    except OSError as e:
+        p.exit(1, f"{p.prog}: error: {e}\n")
+    except KeyboardInterrupt:
+        p.exit(130, f"{p.prog}: interrupted\n")
     print(f"wrote {args.out} ({args.format}): {meta['modality']} I3D, input [N, {meta['in_channels']}, "
           f"{meta['frames']}, {meta['size']}, {meta['size']}], epoch {meta['epoch']}")
     return 0

@@ -54,8 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         net = Deployed(args.model)
         logits = net.classify_video(args.video, args.window, args.box)
-    except (FileNotFoundError, ValueError, NVGestureDataError) as e:
+    except (OSError, ValueError, NVGestureDataError) as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
+    except KeyboardInterrupt:
+        p.exit(130, f"{p.prog}: interrupted\n")
     probs = logits.softmax(0)
     top = probs.argsort(descending=True)[: max(1, args.top)].tolist()
     names = net.meta["class_names"]

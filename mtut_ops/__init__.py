@@ -7,21 +7,24 @@ autograd formulas. The friendly API below validates inputs and picks the backend
 The ops are compiled C++ (mtut_ops._C) built against one torch. If that library is
 missing or was built for another torch, the import still succeeds with one warning
 (mtut_ops._extension.ExtensionWarning, which names both torches and the command that
-rebuilds it); then only ``backend="reference"`` runs and ``available_backends()`` says so.
+rebuilds it); then ``_HAS_OPS`` is False, only ``backend="reference"`` runs and
+``available_backends()`` says so (every other backend raises through ``_require_ops``).
+
+Names: the distribution is ``mtut`` (the project, named after the method), the import
+``mtut_ops`` (what is installed: the ops only; the training code in ``examples/`` is not),
+and the op namespace ``mtut`` (``torch.ops.mtut.*``, the method's name in traced graphs).
 """
-import sys
 
 import torch  # noqa: F401  (first: _C links against torch's shared libraries)
 
 from . import _extension
+from ._extension import _require_ops  # noqa: F401  (raises ExtensionUnavailableError without _C)
 
-if _extension.load():  # imports mtut_ops._C: TORCH_LIBRARY(mtut, ...)
+_HAS_OPS = _extension.load()  # imports mtut_ops._C: TORCH_LIBRARY(mtut, ...)
+if _HAS_OPS:
     from . import _registration  # noqa: F401  (fake implementations and autograd)
     from . import triton as _triton_backend  # noqa: F401  (registers the triton ops where triton can run)
 else:
-    from . import _reference_only
-
-    sys.modules[__name__ + ".backends"] = _reference_only  # what functional.py picks backends with
     _extension.warn()
 
 from . import reference

@@ -25,6 +25,9 @@ LOAD_ERROR: Optional[str] = None
 #: What setup.py recorded at build time (mtut_ops/_build_info.py), or None.
 BUILD_INFO: Optional[dict] = None
 
+#: Whether ``_C`` is loaded (the ops torch.ops.mtut.* are registered): set once by :func:`load`.
+_HAS_OPS: bool = False
+
 
 class ExtensionUnavailableError(RuntimeError):
     """A backend that needs the compiled library (cpu, cuda, triton) was asked for."""
@@ -48,7 +51,10 @@ def rebuild_command() -> str:
     root = _source_root()
     if root is not None:
         return f"pip install --no-build-isolation -e {root}   (or `make build` there)"
-    return "pip install --no-build-isolation --no-deps --force-reinstall <the mtut source directory, sdist or git URL you installed from>"
+    return (
+        "pip install --no-build-isolation --no-deps --force-reinstall "
+        "<the mtut source directory, sdist or git URL you installed from>"
+    )
 
 
 def _describe(info: dict) -> str:
@@ -92,11 +98,12 @@ def _read_build_info() -> Optional[dict]:
 
 def load() -> bool:
     """Imports ``mtut_ops._C`` if it was built for the torch imported now; sets LOAD_ERROR
-    otherwise. Returns whether it is loaded."""
-    global LOAD_ERROR, BUILD_INFO
+    otherwise. Returns whether it is loaded (also kept in ``_HAS_OPS``)."""
+    global LOAD_ERROR, BUILD_INFO, _HAS_OPS
     BUILD_INFO = _read_build_info()
     if importlib.util.find_spec("mtut_ops._C") is None:
-        LOAD_ERROR = _message(f"it is not built (found no mtut_ops/_C*.so next to {os.path.dirname(__file__)}/__init__.py)")
+        here = os.path.dirname(__file__)
+        LOAD_ERROR = _message(f"it is not built (found no mtut_ops/_C*.so next to {here}/__init__.py)")
         return False
     if BUILD_INFO is not None:
         why = mismatch(BUILD_INFO)
@@ -110,12 +117,13 @@ def load() -> bool:
         LOAD_ERROR = _message(f"it was built for {built} and fails to load with {_present()}: {e}")
         return False
     LOAD_ERROR = None
+    _HAS_OPS = True
     return True
 
 
-def require(what: str = "this backend") -> None:
+def _require_ops(what: str = "this backend") -> None:
     """Raises ExtensionUnavailableError (with LOAD_ERROR) unless ``_C`` is loaded."""
-    if LOAD_ERROR is not None:
+    if not _HAS_OPS:
         raise ExtensionUnavailableError(f"{what} needs the compiled op library. {LOAD_ERROR}")
 
 

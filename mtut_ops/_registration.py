@@ -20,12 +20,12 @@ functorch does for its own transform-local nodes, so ``torch.func.grad`` and
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 import torch
-from torch.autograd.function import _SingleLevelFunction
-from torch._functorch.utils import enable_single_level_autograd_function
 
+from . import _torch_private as P
 from . import _validation as V
 
 _NS = "mtut"
@@ -82,14 +82,14 @@ def register_autograd(
     whose parts run in ONE node (one Python node each way, not one per part). ``keys``:
     the dispatch keys registered (``AutogradCPU`` etc. where the op's composite kernel
     must keep the others: the alias ``Autograd`` ranks below ``CompositeImplicitAutograd``)."""
-    op = torch._library.utils.lookup_op(qualname)
+    op = P.lookup_op(qualname)
 
-    class Node(_SingleLevelFunction):
+    class Node(P.SingleLevelFunction):
         @staticmethod
         def forward(ctx, layout, *flat):
             args = _unflatten(flat, layout)
             ctx.layout = layout
-            with torch._C._AutoDispatchBelowAutograd():
+            with P.AutoDispatchBelowAutograd():
                 out = op(*args) if compute is None else compute(ctx, args)
             if compute is None:
                 setup(ctx, args, out)
@@ -114,16 +114,15 @@ def register_autograd(
         else:
             needs_node = False  # (and no flattening: eval loops call the op often)
         if not needs_node:
-            with torch._C._AutoDispatchBelowAutograd():
+            with P.AutoDispatchBelowAutograd():
                 return op(*args)
-        with enable_single_level_autograd_function():
+        with P.enable_single_level_autograd_function():
             out = Node.apply(layout, *flat)
         return list(out) if returns_list else out
 
     for key in keys:
-        # allow_override: a custom_op (the triton backend's ops) comes with an Autograd kernel
-        # of its own, which this one replaces; torch 2.11 refuses that by default (2.14 allows it).
-        lib.impl(qualname.split("::")[1], kernel, key, allow_override=True)
+        # a custom_op (the triton backend's ops) comes with an Autograd kernel of its own: replace it
+        P.impl_override(lib, qualname.split("::")[1], kernel, key)
 
 
 def _no_saving(ctx, args, output):
@@ -213,8 +212,8 @@ def _sqdist_backward_vmap(op):
 
 def register_sqdist(forward_op: str, backward_op: str, lib: torch.library.Library = _lib) -> None:
     """Autograd formulas and vmap rules of a backend's (sqdist_forward, sqdist_backward) pair."""
-    fwd = torch._library.utils.lookup_op(forward_op)
-    bwd = torch._library.utils.lookup_op(backward_op)
+    fwd = P.lookup_op(forward_op)
+    bwd = P.lookup_op(backward_op)
     register_autograd(forward_op, *sqdist_formulas(lambda *a: bwd(*a)), lib)
     refuse_double_backward(backward_op, forward_op, lib)
     torch.library.register_vmap(forward_op, _sqdist_vmap(fwd), lib=lib)
@@ -258,7 +257,7 @@ def _correlation_fake(feat, eps):
 
 @torch.library.register_fake(f"{_NS}::correlation_backward")
 def _correlation_backward_fake(grad, feat, eps):
-    info = V.check_feats([feat, feat])
+    V.check_feats([feat, feat])
     V.check_eps(eps)
     return feat.new_empty(feat.shape)
 
@@ -332,7 +331,8 @@ def _correlation_vmap(info, in_dims, feat, eps):
 
 def _correlation_backward_vmap(info, in_dims, grad, feat, eps):
     B = info.batch_size
-    return _unfold(torch.ops.mtut.correlation_backward(_fold(grad, in_dims[0], B), _fold(feat, in_dims[1], B), eps), B), 0
+    grad, feat = _fold(grad, in_dims[0], B), _fold(feat, in_dims[1], B)
+    return _unfold(torch.ops.mtut.correlation_backward(grad, feat, eps), B), 0
 
 
 def _focal_weight_vmap(info, in_dims, ce, beta):
@@ -390,8 +390,8 @@ torch.library.register_vmap(f"{_NS}::ssa_loss_from_sqdist_backward", _loss_backw
 # ------------------------------------------------------------------ the loss in one autograd node
 
 # mtut::ssa_loss is a C++ composite of sqdist_forward and ssa_loss_from_sqdist: through
-# autograd it would record both ops' Python nodes (~25 µs of host time each way each, what
-# bounds the loss at small shapes such as I3D's Mixed_5c). On CPU and CUDA tensors it gets
+# autograd it would record both ops' Python nodes, and at small shapes (I3D's Mixed_5c) the
+# host time of a Python node bounds the loss. On CPU and CUDA tensors it gets
 # one node running the same two ops each way (the same bits); elsewhere (meta tensors, vmap's
 # decomposition, no gradient) the composite runs. ce and the loss arguments are checked by
 # ssa_loss_from_sqdist, after the distances (the functional API checks them first).

@@ -13,6 +13,7 @@ specializing the shape; nothing here calls ``int()`` on a size.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -230,53 +231,62 @@ def check_loss_inputs(feats, ce, beta, lambda_, distance, eps, algo, pair_cap,
     return info
 
 
-# algo="auto" on each backend: direct while d (C + 2P) <= alpha C^2 or d <= d_direct
-# (backend -> dtype -> (alpha, d_direct)); mirrors csrc/ssa_common.cpp:auto_rule for cpu
-# and cuda. The GPU entries are the crossovers bench/gpu_model.py predicts for H100
-# (PREDICTED; no GPU has run them): cuda and triton are bound by launches and memory on
-# small problems (d_direct) and run direct and gram at different rates (alpha). float32
-# takes one rule whether or not TF32 is allowed (the choice fixes the shape of what the
-# forward saves, which a fake tensor must know at trace time): cuda's small-C crossovers
-# lie at d ~ 130-400 exact and ~ 500-800 with TF32 (400 between them), triton's at d ~ 400
-# exact and ~ 1200 with TF32 (600 between them).
-AUTO_RULES = {
-    "cpu": {},  # the FLOPs decide: (1.0, 0) for every dtype
-    "cuda": {torch.float16: (0.4, 750), torch.bfloat16: (0.4, 750), torch.float32: (0.45, 128)},
-    "triton": {torch.float16: (0.5, 1500), torch.bfloat16: (0.5, 1500), torch.float32: (0.5, 600)},
-}
+def _C_constant(name: str):
+    """A constant csrc/ssa_common states once, from the loaded mtut_ops._C (None without it:
+    then only the reference backend runs, which needs none of them)."""
+    lib = sys.modules.get(__package__ + "._C")
+    if lib is None:
+        return None
+    if not hasattr(lib, name):
+        raise ImportError(f"mtut_ops._C lacks {name}: it was built from older sources; rebuild it "
+                          "(python setup.py build_ext --inplace, or make build)")
+    return getattr(lib, name)
+
+
+#: algo="auto": direct while d (C + 2P) <= factor C^2, one factor per device
+#: (csrc/ssa_common.cpp:auto_factor says why; the CUDA factor is provisional, unmeasured).
+#: The triton backend runs GPU kernels (on CPU only under its interpreter): the CUDA factor.
+AUTO_FACTORS = {"cpu": _C_constant("AUTO_FACTOR_CPU"), "cuda": _C_constant("AUTO_FACTOR_CUDA")}
+AUTO_FACTORS["triton"] = AUTO_FACTORS["cuda"]
+#: Each kept Gram block and the cuda backend's norms-and-scales tail start at a multiple of
+#: this many entries (csrc/ssa_common.h:kSavedAlign).
+SAVED_ALIGN = _C_constant("SAVED_ALIGN")
 
 
 def resolve_algo(algo: str, d: int, channels: Sequence[int], backend: str = "cpu",
                  dtype: torch.dtype = torch.float32) -> str:
-    """'direct' or 'gram'; 'auto' by the cost model of ``backend`` for ``dtype`` inputs.
+    """'direct' or 'gram'; 'auto' by the FLOP rule of ``backend``'s device (``AUTO_FACTORS``).
 
     Per sample, with C = sum(channels) and P = M(M-1)/2 pairs, the direct algorithm costs
     about d^2 (C + 2P) multiply-adds and the Gram algorithm about d C^2 (forward and
-    backward alike). Direct is chosen while d (C + 2P) <= alpha C^2 or d <= d_direct,
-    with (alpha, d_direct) from ``AUTO_RULES`` ((1, 0) on the CPU and for float64: the
-    FLOPs decide). On symbolic sizes the comparison becomes a guard (a recompile only
+    backward alike): direct while d (C + 2P) <= factor C^2. ``dtype`` does not enter the
+    provisional rule. On symbolic sizes the comparison becomes a guard (a recompile only
     where the choice flips).
     """
     check_algo(algo)
     if algo != "auto":
         return algo
-    if backend not in AUTO_RULES:
-        raise ValueError(f"mtut: backend must be one of {', '.join(AUTO_RULES)}, got {backend!r}")
-    alpha, d_direct = AUTO_RULES[backend].get(dtype, (1.0, 0))
+    if backend not in AUTO_FACTORS:
+        raise ValueError(f"mtut: backend must be one of {', '.join(AUTO_FACTORS)}, got {backend!r}")
     C = sum(channels)
     M = len(channels)
-    return "direct" if d * (C + M * (M - 1)) <= alpha * C * C or d <= d_direct else "gram"
+    return "direct" if d * (C + M * (M - 1)) <= AUTO_FACTORS[backend] * C * C else "gram"
 
 
 def kept_gram_size(channels: Sequence[int]):
     """The Gram entries per sample sqdist_forward keeps for the backward (algorithm gram): the
-    blocks C_m x C_n, n >= m, each padded to a multiple of 64 (csrc/ssa_common.cpp)."""
-    return sum((channels[m] * channels[n] + 63) // 64 * 64 for m in range(len(channels)) for n in range(m, len(channels)))
+    blocks C_m x C_n, n >= m, each padded to a multiple of SAVED_ALIGN (csrc/ssa_common.cpp)."""
+    M = len(channels)
+    return sum(_aligned(channels[m] * channels[n]) for m in range(M) for n in range(m, M))
+
+
+def _aligned(n):
+    return (n + SAVED_ALIGN - 1) // SAVED_ALIGN * SAVED_ALIGN
 
 
 def saved_width(channels: Sequence[int], algo: str, backend: str) -> int:
     """The entries per sample of sqdist_forward's ``saved`` (for_backward; ``algo`` resolved):
     the cpu backend keeps the Gram blocks (gram) or nothing; the cuda backend keeps them too,
-    followed by the row norms and scales of every modality, padded to 64 (csrc/ssa_common.h)."""
+    followed by the row norms and scales of every modality, padded to SAVED_ALIGN (csrc/ssa_common.h)."""
     blocks = kept_gram_size(channels) if algo == "gram" else 0
-    return blocks if backend == "cpu" else blocks + (2 * sum(channels) + 63) // 64 * 64
+    return blocks if backend == "cpu" else blocks + _aligned(2 * sum(channels))

@@ -6,6 +6,10 @@
 | "cpu"       | cpu    | torch.ops.mtut.* C++ kernels (csrc/cpu)                    |
 | "cuda"      | cuda   | torch.ops.mtut.* CUDA kernels (csrc/cuda), when compiled   |
 | "triton"    | cuda   | Triton kernels (mtut_ops/triton), when triton is present   |
+
+Without the compiled library (``_extension._HAS_OPS`` false: ``_C`` missing or built for
+another torch) only "reference" runs; asking for any other backend, or for the default,
+raises ExtensionUnavailableError with the reason (``_extension._require_ops``).
 """
 from __future__ import annotations
 
@@ -14,6 +18,9 @@ import os
 from typing import Optional
 
 import torch
+
+from . import _extension
+from . import _torch_private as P
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
@@ -26,16 +33,16 @@ def has_cuda_kernels() -> bool:
 # Asked once (the package loads mtut_ops._C before this module): torch.compile reads a
 # module constant, but cannot trace the dispatcher query (a graph break under
 # fullgraph=True for every CUDA input).
-_HAS_CUDA_KERNELS = torch._C._dispatch_has_kernel_for_dispatch_key("mtut::sqdist_forward", "CUDA")
+_HAS_CUDA_KERNELS = _extension._HAS_OPS and P.has_kernel("mtut::sqdist_forward", "CUDA")
 
 
-# Asked once, at import: a file-system search (~10 us) in every call of the API otherwise.
+# Asked once, at import: otherwise a file-system search in every call of the API.
 _TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None
 
 
 def has_triton_kernels() -> bool:
     """True when mtut_ops.triton registered its ops (triton importable)."""
-    return _TRITON_IMPORTABLE and hasattr(torch.ops.mtut, "triton_sqdist_forward")
+    return _extension._HAS_OPS and _TRITON_IMPORTABLE and hasattr(torch.ops.mtut, "triton_sqdist_forward")
 
 
 def triton_interpreted() -> bool:
@@ -46,6 +53,8 @@ def triton_interpreted() -> bool:
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
     device = torch.device(device)
     out = ["reference"]
+    if not _extension._HAS_OPS:
+        return out
     if device.type == "cpu":
         out.append("cpu")
         if has_triton_kernels() and triton_interpreted():
@@ -60,11 +69,12 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
 
 def pick_backend(backend: Optional[str], device: torch.device) -> str:
     """The backend to run on ``device``: ``backend`` checked, or the default for the device."""
-    # The usual cases first, without listing every backend (~10 µs a call: the triton
-    # query); what _pick_listed would choose (python_tests/test_errors.py checks it)
+    # The usual cases first, without listing every backend (the triton query costs host
+    # time in every call); what _pick_listed would choose (python_tests/test_errors.py checks it)
     if device.type == "cuda" and _HAS_CUDA_KERNELS and backend in (None, "cuda"):
         return "cuda"
-    if device.type == "cpu" and (backend == "cpu" or (backend is None and not triton_interpreted())):
+    cpu_default = backend is None and not triton_interpreted()
+    if device.type == "cpu" and _extension._HAS_OPS and (backend == "cpu" or cpu_default):
         return "cpu"
     return _pick_listed(backend, device)
 
@@ -73,11 +83,16 @@ def _pick_listed(backend: Optional[str], device: torch.device) -> str:
     """pick_backend from the list of the backends available on ``device``."""
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"mtut: backend must be one of {BACKENDS} or None, got {backend!r}")
-    if device.type == "meta":
+    if device.type == "meta" and backend != "reference":  # (the reference's ATen ops run on meta)
         raise ValueError(
             "mtut: the tensors are on the meta device (shapes without data): the API's backends compute on cpu "
             "or cuda tensors; for shapes alone call the torch.ops.mtut ops (their fake implementations accept "
             "meta tensors) or trace under torch.compile / FakeTensorMode"
+        )
+    if backend != "reference":
+        # None included: the default is a fused backend, never silently the d x d reference
+        _extension._require_ops(
+            f"backend={backend!r}" if backend is not None else f"the default backend for tensors on {device}"
         )
     available = available_backends(device)
     if backend is None:

@@ -1,8 +1,11 @@
 """The functional API: validated wrappers over the ops, dispatched through one backend table."""
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
 
@@ -72,7 +75,8 @@ def _stack_ce(ce_losses: Losses, info: V.FeatInfo) -> torch.Tensor:
                 f"got a {type(ce_losses).__name__} of {len(ce_losses)}"
             )
         def message():
-            return f"mtut: each of ce_losses must have shape [N] = [{info.N}], got shapes {[list(c.shape) for c in ce_losses]}"
+            shapes = [list(c.shape) for c in ce_losses]
+            return f"mtut: each of ce_losses must have shape [N] = [{info.N}], got shapes {shapes}"
 
         for c in ce_losses:
             if c.dim() != 1:
@@ -83,6 +87,30 @@ def _stack_ce(ce_losses: Losses, info: V.FeatInfo) -> torch.Tensor:
         ce_losses = ce_losses.detach()
     V.check_ce(ce_losses, info)
     return ce_losses
+
+
+def _keyword_only_options(fn: Callable) -> Callable:
+    """``fn`` with a clear TypeError for an options argument passed by position.
+
+    The options were once positional: an old call ``ssa_loss(feats, ce, 2.0, 5e-3)`` gets a
+    message naming the keywords its values were meant for, never a silent reinterpretation."""
+    params = inspect.signature(fn).parameters.values()
+    n_positional = sum(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params)
+    options = [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+    @functools.wraps(fn)  # (inspect.signature(wrapper) shows fn's: the options after *)
+    def wrapper(*args, **kwargs):
+        if len(args) > n_positional:
+            extra = args[n_positional:]
+            meant = ", ".join(f"{name}={value!r}" for name, value in zip(options, extra))
+            raise TypeError(
+                f"mtut: {fn.__name__}() takes {n_positional} positional arguments and its options by keyword "
+                f"only ({', '.join(options)}); got {len(args)} positional arguments: write "
+                f"{fn.__name__}(..., {meant})"
+            )
+        return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def correlation(feat: torch.Tensor, eps: float = 1e-8, backend: Optional[str] = None) -> torch.Tensor:
@@ -125,9 +153,11 @@ def focal_weight(ce_losses: torch.Tensor, beta: float = 2.0, backend: Optional[s
     return _ops(backend, ce_losses.device).focal_weight(ce_losses.detach(), beta)
 
 
+@_keyword_only_options
 def ssa_loss(
     feats: Sequence[torch.Tensor],
     ce_losses: Losses,
+    *,
     beta: float = 2.0,
     lambda_: float = 5e-3,
     distance: str = "rms",
@@ -147,7 +177,7 @@ def ssa_loss(
     correlation structure of n where n classifies sample b better. Inputs that do not
     require grad (a frozen teacher network's features) cost no gradient work.
 
-    Args:
+    Args (the options after ``ce_losses`` by keyword only):
         feats: M >= 2 feature maps [N, C_m, *S] (e.g. I3D Mixed_5c [N, 1024, 8, 7, 7]).
         ce_losses: per-sample classification losses, [M, N] or a list of M tensors [N].
         beta, lambda_: the focal and loss weights (defaults: mmpose's, tuned for "rms").

@@ -1,7 +1,8 @@
 """nn.Module wrappers over mtut_ops.functional."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 from torch import nn
@@ -40,7 +41,15 @@ class SSALoss(nn.Module):
 
     def forward(self, feats: Sequence[torch.Tensor], ce_losses: Losses) -> torch.Tensor:
         return ssa_loss(
-            feats, ce_losses, self.beta, self.lambda_, self.distance, self.eps, self.algo, self.pair_cap, self.backend
+            feats,
+            ce_losses,
+            beta=self.beta,
+            lambda_=self.lambda_,
+            distance=self.distance,
+            eps=self.eps,
+            algo=self.algo,
+            pair_cap=self.pair_cap,
+            backend=self.backend,
         )
 
     def extra_repr(self) -> str:

@@ -1,4 +1,4 @@
-"""The SSA loss of DESIGN.md §1, written literally: the oracle every backend is tested against.
+"""The SSA loss of docs/design.md §1, written literally: the oracle every backend is tested against.
 
 It materializes the d x d correlation matrices K_m, so it is only for small inputs (and
 for fp64 checks). Every function works in the dtype of its inputs.

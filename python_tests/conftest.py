@@ -1,4 +1,9 @@
-"""Shared fixtures: backends to test, hypothesis profiles, input builders."""
+"""Shared fixtures: backends to test, hypothesis profiles, input builders, the tiers.
+
+Tiers (Makefile): `make test` runs `-m "not deep"`, `make test-deep` runs `-m deep`. A test
+is `deep` when marked so, or when it runs on the interpreted triton backend through
+`backend_device` (MTUT_TEST_BACKEND=triton; see pytest_collection_modifyitems).
+"""
 from __future__ import annotations
 
 import os
@@ -9,10 +14,15 @@ from hypothesis import HealthCheck, settings
 
 import mtut_ops
 
+# "ci": the fast tier's budget (derandomized: the same examples every run); "deep": make
+# test-deep's full budget (`-m hypothesis`, the marker hypothesis gives its tests); "dev":
+# a local hunt for new examples.
+_QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large]
 settings.register_profile(
     "ci", max_examples=int(os.environ.get("MTUT_HYPOTHESIS_EXAMPLES", "30")), deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], derandomize=True,
+    suppress_health_check=_QUIET, derandomize=True,
 )
+settings.register_profile("deep", max_examples=200, deadline=None, suppress_health_check=_QUIET, derandomize=True)
 settings.register_profile("dev", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("MTUT_HYPOTHESIS_PROFILE", "ci"))
 
@@ -20,10 +30,11 @@ settings.load_profile(os.environ.get("MTUT_HYPOTHESIS_PROFILE", "ci"))
 def _fused_backends():
     """(backend, device) pairs of every fused implementation runnable here.
 
-    Triton on CPU (TRITON_INTERPRET=1) is left out: the interpreter is far too slow for
-    the whole suite; python_tests/test_triton*.py test it on small shapes instead, and
-    run chosen files in a subprocess with MTUT_TEST_BACKEND=triton, where it is the one
-    backend.
+    Triton on CPU (TRITON_INTERPRET=1, which must be set before mtut_ops is imported)
+    is the one backend of a run with MTUT_TEST_BACKEND=triton: the fast tier runs
+    test_accuracy.py's per-op checks so, `make test-triton-interp` every other
+    backend_device test (pytest_collection_modifyitems marks them deep: the interpreter
+    is far too slow for the whole fast tier).
     """
     if os.environ.get("MTUT_TEST_BACKEND") == "triton":
         return [("triton", "cuda" if torch.cuda.is_available() else "cpu")]
@@ -52,6 +63,28 @@ needs_opcheck = pytest.mark.skipif(not _opcheck_importable(), reason="torch.libr
 @pytest.fixture(scope="module", params=FUSED, ids=[f"{b}-{d}" for b, d in FUSED])
 def backend_device(request):
     return request.param
+
+
+#: Under the interpreter, the fast tier's check of the triton backend against the fp64
+#: reference: test_accuracy.py's per-op tests, but for its property tests and the d = 2625
+#: one (the cpu/cuda kernels' tiles; minutes interpreted), which run deep.
+_TRITON_FAST_MODULES = {"test_accuracy.py"}
+_TRITON_DEEP_TESTS = {"test_many_tiles_and_strips_fp64"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """On the interpreted triton backend, the backend_device tests are deep but for the
+    per-op reference checks of _TRITON_FAST_MODULES."""
+    if os.environ.get("MTUT_TEST_BACKEND") != "triton" or torch.cuda.is_available():
+        return
+    for item in items:
+        if "backend_device" not in getattr(item, "fixturenames", ()):
+            continue
+        item.add_marker(pytest.mark.interpreted)
+        # (the attribute @given sets: hypothesis's own marker comes after this hook, with -m's selection)
+        if (item.path.name not in _TRITON_FAST_MODULES or getattr(item.obj, "is_hypothesis_test", False)
+                or item.originalname in _TRITON_DEEP_TESTS):
+            item.add_marker(pytest.mark.deep)
 
 
 def make_feats(N, channels, spatial, dtype=torch.float64, device="cpu", noncontiguous=False, seed=0):

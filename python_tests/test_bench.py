@@ -195,167 +195,72 @@ def test_cpu_backward_counts_follow_the_focal_weights():
 # ------------------------------------------------------------------ GPU model
 
 
-def test_gpu_model_gemm_time_by_hand():
-    """One bf16 GEMM [6 x 1664 x 3136] x [3136 x 1664] on the H100 model, computed by hand."""
+def test_gpu_model_littles_law_by_hand():
+    """Bytes x latency / bytes in flight, the resident blocks capped by the SMs."""
+    assert G.little(10e6, 24, 1024, 370, 132) == pytest.approx(10e6 * 370e-9 / (24 * 1024), rel=1e-12)
+    many = G.little(10e6, 10**6, 1024, 370, 132, resident=4)
+    assert many == pytest.approx(10e6 * 370e-9 / (132 * 4 * 1024), rel=1e-12)
+
+
+def test_gpu_model_kernel_time_is_the_roofline_or_latency_plus_floor():
     gpu = G.GPUS["H100-SXM"]
-    op = G.Op("gemm", flops=2 * 6 * 1664 * 1664 * 3136, bytes=0, path="cublas", prec="bf16",
-              gemm=(6, 1664, 1664, 3136))
-    # tiles of 128 x 256 (bf16): 13 x 7 = 91 per sample, 546 in all on 132 SMs -> 5 waves, 546 / 660
-    wave = 546 / (5 * 132)
-    keff = 3136 / (3136 + G.K_OVERHEAD)
-    expect = op.flops / (gpu.peak["bf16"] * 1e12 * G.EFF["cublas"]["bf16"] * wave * keff)
-    assert G.op_time(op, gpu) == pytest.approx(expect, rel=1e-12)
-
-
-def test_gpu_model_memory_bound_op_and_launch_floor():
-    gpu = G.GPUS["H200"]
-    big = G.Op("ew", flops=0, bytes=8e9, path="elementwise", prec="bf16")
-    assert G.op_time(big, gpu) == pytest.approx(8e9 / (gpu.hbm_tbs * 1e12 * G.EFF_HBM))
-    tiny = G.Op("ew", flops=0, bytes=64, path="elementwise", prec="bf16")
-    assert G.op_time(tiny, gpu) == G.MIN_KERNEL_S
+    lo_floor, hi_floor = (f * 1e-6 for f in G.FLOOR_US)
+    # an ATen pass (fills the GPU): bytes at the copy bandwidth
+    ew = G.kernel_time(G.Kernel("ew", 0, 3e9), gpu, "bf16")
+    assert ew == pytest.approx((1e-3 + lo_floor, 1e-3 + hi_floor), rel=1e-12)
+    # a bf16 bmm [6 x 1664 x 3136] x [3136 x 1664]: 128 x 256 tiles, 13 x 7 x 6 = 546 on 132 SMs:
+    # 5 waves, 546 / 660 of them busy at the low end
+    gemm = (6, 1664, 1664, 3136)
+    f = 2.0 * 6 * 1664 * 1664 * 3136
+    lo, hi = G.kernel_time(G.Kernel("bmm", f, 0, gemm), gpu, "bf16")
+    assert lo == pytest.approx(f / (798e12 * G.GEMM_EFF[1]) + lo_floor, rel=1e-12)
+    assert hi == pytest.approx(f / (798e12 * G.GEMM_EFF[0] * 546 / 660) + hi_floor, rel=1e-12)
+    # a kernel of ours with 24 blocks: the latency term, not the bandwidth, sets its time; DRAM's
+    # latency for 40 MB, L2's for 10 MB (under half the 50 MB L2)
+    for nbytes, (lat_lo, lat_hi) in ((40e6, (370e-9, 450e-9)), (10e6, (150e-9, 270e-9))):
+        lo, hi = G.kernel_time(G.Kernel("sqnorm", 0, nbytes, blocks=24, inflight=1024), gpu, "bf16")
+        assert lo == pytest.approx(nbytes * lat_lo / (24 * 1024) + lo_floor, rel=1e-12)
+        assert hi == pytest.approx(nbytes * lat_hi / (24 * 1024) + hi_floor, rel=1e-12)
+    assert G.ratio((2.0, 4.0), (1.0, 2.0)) == (1.0, 4.0)
 
 
 def test_gpu_model_work_of_whole_plans_by_hand():
     p = Problem(6, (832, 832), 3136)
+    flops = lambda ks: sum(k.flops for k in ks)  # noqa: E731
     # the eager expert code, traced on meta tensors: its two bmm are all its FLOPs
-    assert G.plan("expert-eager", p, "bf16").flops() == 4 * 6 * 3136 * 1664**2
-    # the CUDA gram path as it is: forward 3 blocks by cuBLAS, kept; backward M = 2 products
-    # (one per term) over N (M - 1) = 6 student rows; unequal channels: M^2 = 4 applied
-    # blocks over every sample (every modality needs a gradient)
-    fwd = 2 * 6 * 832 * 832 * 3136 * 3
-    bwd = 2 * 6 * 832 * 832 * 3136 * 2
-    assert G.plan("mtut-cuda-gram", p, "bf16").flops() == pytest.approx(fwd + bwd, rel=1e-12)
-    q = Problem(6, (832, 800), 3136)
-    fwd = 2 * 6 * 3136 * (832 * 832 + 832 * 800 + 800 * 800)
-    bwd = 2 * 6 * 3136 * (832 + 800) ** 2
-    assert G.plan("mtut-cuda-gram", q, "bf16").flops() == pytest.approx(fwd + bwd, rel=1e-12)
-    # the redesign: upper blocks forward, the active modality's rows backward (one per sample)
-    assert G.plan("redesign-cuda-gram", p, "bf16").flops() == pytest.approx(
-        2 * 6 * 3136 * 3 * 832**2 + 2 * 6 * 832 * 1664 * 3136, rel=1e-12)
-    assert G.resolve_auto(p) == "gram" and G.resolve_auto(Problem(6, (1024, 1024), 392)) == "direct"
+    pl = G.expert_eager(p, "bf16")
+    assert flops(pl.forward + pl.backward) == 4 * 6 * 3136 * 1664**2
+    # ours, gram: 3 blocks forward (bmm); backward one bmm over the N student rows of modality 0
+    pl = G.mtut_cuda(p, "bf16", "gram")
+    assert flops(pl.forward) == 2 * 6 * 832 * 832 * 3136 * 3
+    assert flops(pl.backward) == 2 * 6 * 832 * 1664 * 3136
+    # direct: K_0, K_1 forward; backward both recomputed for the student rows, then Xh_0 E
+    pl = G.mtut_cuda(p, "bf16", "direct")
+    assert flops(pl.forward) == flops(pl.backward) - 2 * 6 * 832 * 3136**2 == 2 * 6 * 3136**2 * 1664
 
 
-def test_gpu_model_cuda_backend_runs_every_product_in_cublas_in_the_input_precision():
-    p = Problem(6, (832, 832), 3136)
-    for algo in ("gram", "direct"):
-        pl = G.plan(f"mtut-cuda-{algo}", p, "bf16")
-        assert {o.path for o in pl.fwd + pl.bwd if o.flops} == {"cublas"}
-        assert {o.prec for o in pl.fwd + pl.bwd if o.flops} == {"bf16"}
-        assert {o.prec for o in G.plan(f"mtut-cuda-{algo}", p, "tf32").bwd if o.flops} == {"tf32"}
+def test_gpu_model_writes_predicted_ranges(tmp_path):
+    """The harness runs end to end and labels what it writes."""
+    G.main(["--out", str(tmp_path)])
+    md = next(tmp_path.glob("gpu-model-*.md")).read_text()
+    assert "PREDICTED" in md and "| H100-SXM | mixed4f | 2 | bf16 | gram |" in md
+    assert len(next(tmp_path.glob("gpu-model-*.csv")).read_text().splitlines()) == 1 + 2 * 4 * 2 * 2
 
 
-def test_gpu_check_calls_the_benchmark_with_options_it_has():
-    """tools/gpu_check.sh runs once, on a GPU we rarely get: an option the benchmark does not
-    know would waste that run (argparse exits 2), so its command line is parsed here."""
-    import re
-    import shlex
+def test_gpu_check_dry_run(tmp_path):
+    """tools/gpu_check.sh runs once, on a GPU we rarely get: its dry run (the calibration on tiny
+    CPU shapes, no build) goes through every step, so a typo costs no GPU time."""
+    import os
+    import subprocess
+    import sys
     from pathlib import Path
 
-    script = (Path(__file__).resolve().parents[1] / "tools" / "gpu_check.sh").read_text()
-    calls = [line for line in script.splitlines() if "-m bench.bench_ssa" in line and not line.lstrip().startswith("#")]
-    assert calls, "tools/gpu_check.sh no longer runs bench.bench_ssa"
-    for line in calls:
-        argv = shlex.split(line.split("-m bench.bench_ssa", 1)[1])
-        argv = [re.sub(r"\$\{?\w+\}?", "x", a) for a in argv]  # shell variables: any value
-        B.parser().parse_args(argv)
-
-
-def test_gpu_model_triton_configs_are_the_kernels_configs():
-    """The model's copy of the Triton autotune configs (block sizes) is the modules' own."""
-    pytest.importorskip("triton")
-    from mtut_ops.triton import direct, gram
-
-    def sizes(cfgs):
-        return {kind: [tuple(c.kwargs.values()) for c in v] for kind, v in cfgs.items() if kind != "fp64"}
-
-    assert sizes(direct._FORWARD_CONFIGS) == G.TRITON_CONFIGS["direct_forward"]
-    assert sizes(direct._BACKWARD_CONFIGS) == G.TRITON_CONFIGS["direct_backward"]
-    assert sizes(gram._CONFIGS) == G.TRITON_CONFIGS["gram"]
-    assert sizes(gram._APPLY_CONFIGS) == G.TRITON_CONFIGS["gram_apply"]
-    assert sizes(gram._COEF_CONFIGS) == G.TRITON_CONFIGS["gram_coef"]
-
-
-def test_gpu_model_triton_runs_every_dot_on_the_operand_type_of_its_scenario():
-    """Since the staged operands every Triton GEMM is a tensor-core tl.dot for bf16 and TF32
-    (none left on FMA), exact FMA only for float32 without TF32; both passes stage the inputs."""
-    p = Problem(6, (832, 832), 3136)
-    for algo in ("gram", "direct"):
-        for scen, path, prec in (("bf16", "triton-tc", "bf16"), ("tf32", "triton-tc", "tf32"),
-                                 ("fp32", "triton-fma", "fp32")):
-            pl = G.plan(f"mtut-triton-{algo}", p, scen)
-            assert {(o.path, o.prec) for o in pl.fwd + pl.bwd if o.flops} == {(path, prec)}
-            for ops in (pl.fwd, pl.bwd):
-                assert sum(o.name.startswith("_stage_rows") for o in ops) == p.M
-
-
-def test_gpu_model_triton_work_by_hand():
-    p = Problem(6, (832, 832), 3136)  # Mixed_4f: d = 3136 = ld, C = 1664
-    # staging, bf16: read the row (HBM), write it padded + norm and inv; the second read is L2
-    ops, launches, _, h2d = G._stage(p, 2)
-    assert launches == 2 and h2d == 1
-    assert ops[0].bytes == 6 * 832 * (3136 * 2 + 3136 * 2 + 8) and ops[0].l2_bytes == 6 * 832 * 3136 * 2
-    # gram, 128 x 64 tiles: forward 3 blocks of 7 x 7 tiles (diagonal blocks whole), coef the
-    # 13 * 14 / 2 upper tiles of the stacked G, apply 13 row tiles x 49 column tiles, K = 1664
-    fwd, coef, apply = G._gram_ops(p, 2, "tc16", 128, 64)
-    assert fwd.flops == 2.0 * 128**2 * 3136 * 3 * 49 * 6 and fwd.programs == 3 * 49 * 6
-    assert coef.flops == 2.0 * 128**2 * 3136 * 91 * 6 and coef.programs == 91 * 6
-    assert apply.flops == 2.0 * 128 * 64 * 1664 * 13 * 49 * 6 and apply.programs == 13 * 49 * 6
-    # direct forward, 128 x 64 tiles: 25 x 26 / 2 upper tiles, K_m and K_n over 832 rows each
-    op = G._direct_forward_op(p, 2, "tc16", 128, 64)
-    assert op.flops == 2.0 * 128**2 * (832 + 832) * 325 * 6 and op.programs == 325 * 6
-    # direct backward, 64 x 64: one active modality per sample, 49 column programs, each building
-    # K_m, K_n and x E for all 49 row blocks; x E has K = 64 (so the kernel's K is below 832)
-    op = G._direct_backward_op(p, 2, "tc16", 64, 64, typical_active(6, 2))
-    assert op.programs == 6 * 49
-    assert op.flops == pytest.approx(6 * 3 * 2.0 * 64**2 * 832 * 49 * 49, rel=1e-12)
-    assert op.gemm[3] == pytest.approx(1 / (2 / 3 / 832 + 1 / 3 / 64))
-    # the waves of the live programs: 294 programs on 132 SMs take 3 waves
-    assert G._waves(294, 132) == pytest.approx(294 / 396)
-
-
-def test_gpu_model_default_backend_and_auto_rule_predicted_right():
-    """The model's verdict on the code's choices for CUDA tensors at the named shapes: the
-    default backend (cuda, before triton) is the faster one and algo="auto" picks each
-    backend's faster algo (bench/results/gpu-model-*.md, 'Default backend and auto rule')."""
-    shapes = [s for s in G.SHAPES if s.M == 2 and s.name in ("mixed4f", "mixed5c_224")]
-    rows = G.predict(gpus=("H100-SXM",), shapes=shapes, scenarios=("bf16",))
-    for f in G.fastest(rows):
-        assert f["fastest_ours"].startswith("mtut-cuda-")
-        assert f["auto_right_cuda"] and f["auto_right_triton"]
-
-
-# The auto rules' regret (time of the rule's choice over the faster algorithm's, fwd +
-# bwd, by the model) over C_m in 64..1024, d in 49..6272, M = 2, 3, H100: the constants of
-# mtut_ops/_validation.py AUTO_RULES are read off G.crossovers(), where the crossovers
-# spread over about one step of that grid (~1.2x in d), and a choice one step past its
-# crossover costs up to ~1.08x for cuda bf16 and ~1.23x for triton bf16/fp32. cuda float32
-# takes one rule for exact fp32 and TF32 (the choice fixes the shape of `saved`, which a
-# fake must know when traced), whose crossovers differ: exact fp32's lie at d ~ 110-380
-# for C_m <= 256 (the products on SIMT), TF32's at d ~ 590-840. Since the gram backward's
-# student products write the gradient itself (the normalization backward folded in), exact
-# fp32 gram is also faster at M = 3, C_m = 256, d = 128 (0.206 against 0.258 ms: at these
-# sizes both algorithms' products fill 6 of 132 SMs), where no rule of this form picks it
-# without picking it where direct is faster: every alpha in 0.05..1.0 and d_direct in
-# 0..784 costs exact fp32 at least 1.252x there. (0.45, 128) costs exact fp32 up to 1.252x
-# (geometric mean 1.011) and TF32 up to 1.09x (M = 3, C_m = 832, d = 1024; geometric mean
-# 1.005). The CPU's FLOP rule there would cost up to 1.9x (cuda fp32) .. 2.3x (cuda bf16).
-# triton TF32's worst point, M = 2, C_m = 1024, d = 1024 (gram 2.05 ms, direct 1.43 ms: the
-# rule picks gram by a hair), was 1.39x; since the coefficient kernel has 64-wide tiles only
-# (triton 3.6 spilled in its 128-wide ones) it is 1.43x, and every alpha in 0.05..1.0 and
-# d_direct in 0..2000 costs TF32 or exact fp32 at least that much.
-AUTO_REGRET = {("cuda", "fp32"): 1.26, ("cuda", "tf32"): 1.25, ("cuda", "bf16"): 1.1,
-               ("triton", "fp32"): 1.25, ("triton", "bf16"): 1.25, ("triton", "tf32"): 1.45}
-
-
-@pytest.mark.parametrize("backend, scen", list(AUTO_REGRET))
-def test_gpu_auto_rule_follows_the_model_crossovers(backend, scen):
-    g = G.GPUS["H100-SXM"]
-    worst = (1.0, None)
-    for M in (2, 3):
-        for c in (64, 128, 256, 512, 832, 1024):
-            for d in (49, 128, 256, 392, 512, 784, 1024, 1568, 2048, 3136, 6272):
-                p = Problem(6, (c,) * M, d)
-                t = {a: G.plan(f"mtut-{backend}-{a}", p, scen, g).times(g)[1] for a in ("direct", "gram")}
-                regret = t[G.resolve_auto(p, backend, scen)] / min(t.values())
-                worst = max(worst, (regret, (M, c, d)), key=lambda w: w[0])
-    assert worst[0] <= AUTO_REGRET[(backend, scen)], worst
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, GPU_PYTHON=sys.executable, GPU_CHECK_OUT=str(tmp_path), OMP_WAIT_POLICY="passive")
+    proc = subprocess.run(["bash", "tools/gpu_check.sh", "--dry-run"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "=== gpu-check: passed" in proc.stdout
+    torch_md = (tmp_path / "calibrate-torch.md").read_text()
+    assert "expert-eager mixed3c fp32" in torch_md and "model" in torch_md
+    assert "mtut-cpu auto" in (tmp_path / "calibrate-mtut.md").read_text()

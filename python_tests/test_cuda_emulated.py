@@ -279,45 +279,6 @@ def test_gram_groups_of_more_than_36_blocks_are_cut(emulated):
     assert_sqdist_matches_reference(S, feats)
 
 
-def test_split_rule_is_the_models(emulated):
-    """bench/gpu_model.py prices the CUDA gram forward with a copy of its split-K rule
-    (gram_splits): the same constants and the same choice, over shapes with and without
-    wave quantization, GPUs of 108 to 170 SMs and every operand dtype."""
-    from bench.gpu_model import MAX_SLICES, SPLIT_RULE, SPLIT_TILE, gram_splits
-
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64}
-    for name, dtype in dtypes.items():
-        assert emulated.ops.split_constants(dtype) == [*map(float, SPLIT_RULE), *map(float, SPLIT_TILE[name]),
-                                                       float(MAX_SLICES)]
-    cases = [(6, 480, 480, 25088), (6, 832, 832, 3136), (6, 1024, 1024, 392), (1, 64, 64, 4096), (2, 480, 832, 25088),
-             (6, 480, 480, 25090), (32, 256, 256, 1 << 16), (1, 2000, 2000, 512), (4, 100, 300, 12544)]
-    chosen = set()
-    for N, Cm, Cn, d in cases:
-        for sms in (108, 132, 170):
-            for name, dtype in dtypes.items():
-                S = gram_splits(N, Cm, Cn, d, sms, name)
-                assert emulated.ops.gram_splits(N, Cm, Cn, d, sms, dtype, *SPLIT_RULE) == S, (N, Cm, Cn, d, sms, name)
-                chosen.add(S)
-    assert len(chosen) >= 3, chosen  # the cases exercise the rule: several different splits
-    assert gram_splits(6, 480, 480, 25088, 132, "bf16") > 1  # Mixed_3c: the short waves are split
-
-
-def test_stack_strip_width_is_the_models(emulated):
-    """bench/gpu_model.py prices the bf16 student products' stacked strips with a copy of the
-    GPU build's width rule (stack_strip_width): the same budget, least width and widths."""
-    from bench.gpu_model import STACK_BUDGET, STACK_MIN_WIDTH, stack_strip_width
-
-    cases = [(6, 2, 480, 25088), (6, 3, 480, 25088), (6, 2, 832, 3136), (6, 2, 1024, 392), (1, 2, 64, 100),
-             (64, 8, 1024, 50000), (6, 2, 480, 200)]
-    widths = set()
-    for N, M, C, d in cases:
-        width, budget, least = emulated.ops.stack_strip_width(N, M, C, d)
-        assert (budget, least) == (STACK_BUDGET, STACK_MIN_WIDTH)
-        assert width == stack_strip_width(N, M, C, d), (N, M, C, d)
-        widths.add(width)
-    assert len(widths) >= 4, widths
-
-
 def test_backward_strips(emulated):
     """The direct backward in strips of rows: the emulated build's strip budget (3072
     entries) cuts d = 203 into strips of 7 rows, the last one ragged."""
@@ -518,19 +479,18 @@ def test_products_run_in_the_input_precision(emulated, algo, dtype):
         assert set(log) == {own}, log
 
 
-@pytest.mark.parametrize("dtype, spatial, expected", [
-    (torch.float32, (2, 8, 8), "direct"),  # d = 128 <= 128: direct on CUDA, gram by the CPU's FLOP rule
-    (torch.float32, (5, 5, 6), "gram"),  # d = 150 > 128
-    (torch.bfloat16, (7, 10, 10), "direct"),  # d = 700 <= 750 for 16-bit inputs
-])
-def test_auto_follows_the_cuda_rule(emulated, dtype, spatial, expected):
-    """algo='auto' in the CUDA kernels is the CUDA rule for the inputs' dtype (csrc/ssa_common.cpp
-    auto_rule, mirrored by mtut_ops._validation.AUTO_RULES), not the CPU's. Which algorithm
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("expected", ["direct", "gram"])
+def test_auto_follows_the_cuda_rule(emulated, dtype, expected):
+    """algo='auto' in the CUDA kernels is the CUDA rule (csrc/ssa_common.cpp auto_factor, read
+    by mtut_ops._validation.AUTO_FACTORS) on both sides of its crossover. Which algorithm
     ran shows in what the forward keeps for the backward: the Gram blocks and the row norms,
     or the norms alone."""
-    channels, d = [4, 4], spatial[0] * spatial[1] * spatial[2]
+    channels = [4, 4]  # C = 8, P = 1: direct while 10 d <= factor * 64
+    d_last = int(V.AUTO_FACTORS["cuda"] * 64 // 10)
+    d = d_last if expected == "direct" else d_last + 1
+    spatial = (1, 1, d)
     assert V.resolve_algo("auto", d, channels, "cuda", dtype) == expected
-    assert V.resolve_algo("auto", d, channels, "cpu", dtype) == "gram"
     feats = [f.to(dtype) for f in make_feats(1, channels, list(spatial), seed=3)]
     S, kept = emulated.ops.sqdist_forward(feats, EPS, "auto", True, True)
     assert kept.shape == (1, V.saved_width(channels, expected, "cuda"))

@@ -1,4 +1,4 @@
-"""Edge cases of DESIGN.md §6: d = 1, N = 1, zero rows, identical inputs, NaN, determinism."""
+"""Edge cases of docs/design.md §6: d = 1, N = 1, zero rows, identical inputs, NaN, determinism."""
 from __future__ import annotations
 
 import warnings
@@ -119,7 +119,7 @@ def test_module_matches_functional():
     feats, ce = make_feats(2, [6, 6], [2, 3]), make_ce(2, 2)
     crit = mtut_ops.SSALoss(beta=1.5, lambda_=0.1, distance="fro2", pair_cap=5.0)
     assert "fro2" in repr(crit) and "pair_cap=5.0" in repr(crit)
-    torch.testing.assert_close(crit(feats, ce), mtut_ops.ssa_loss(feats, ce, 1.5, 0.1, "fro2", pair_cap=5.0))
+    torch.testing.assert_close(crit(feats, ce), mtut_ops.ssa_loss(feats, ce, beta=1.5, lambda_=0.1, distance="fro2", pair_cap=5.0))
     # ce_losses may also be a list of per-modality [N] losses.
     torch.testing.assert_close(crit(feats, list(ce)), crit(feats, ce))
 

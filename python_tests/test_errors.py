@@ -43,6 +43,18 @@ def test_api_rejects(case, backend):
         mtut_ops.ssa_loss(feats, ce, backend=backend, **kwargs)
 
 
+def test_api_options_are_keyword_only():
+    """An old positional call (beta, lambda_ after ce) is refused with the keywords to use,
+    never read as something else; SSALoss passes its options by name."""
+    meant = r"ssa_loss\(\) takes 2 positional .* write ssa_loss\(\.\.\., beta=1\.5, lambda_=0\.1\)"
+    with pytest.raises(TypeError, match=meant):
+        mtut_ops.ssa_loss(F2, CE, 1.5, 0.1)
+    with pytest.raises(TypeError, match=r"beta, lambda_, distance, eps, algo, pair_cap, backend"):
+        mtut_ops.ssa_loss(F2, CE, 2.0)
+    crit = mtut_ops.SSALoss(beta=1.5, lambda_=0.1, distance="fro2", backend="cpu")
+    torch.testing.assert_close(crit(F2, CE), mtut_ops.ssa_loss(F2, CE, beta=1.5, lambda_=0.1, distance="fro2"))
+
+
 @pytest.mark.parametrize("case", BAD_LOSS_INPUTS, ids=list(BAD_LOSS_INPUTS))
 def test_torch_ops_rejects(case):
     """Callers of torch.ops.mtut.ssa_loss get the same message from the C++ checks."""

@@ -5,9 +5,8 @@ frozen (no-grad) modalities, no recompute in the backward, the empty batch.
 Values are compared with the fp64 reference (mtut_ops.reference) or, where the point is
 that a way of calling changes nothing, bit for bit with the plain eager call.
 
-Under the triton interpreter (python_tests/test_triton.py runs this file in a subprocess
-with TRITON_INTERPRET=1 and MTUT_TEST_BACKEND=triton) the same tests run on the triton
-backend.
+Under the triton interpreter (make test-triton-interp: TRITON_INTERPRET=1 and
+MTUT_TEST_BACKEND=triton) the same tests run on the triton backend.
 """
 from __future__ import annotations
 
@@ -153,7 +152,7 @@ def test_compile_mark_dynamic(backend_device):
     def loss(fs, ce):
         if backend in ("cpu", "cuda"):
             return torch.ops.mtut.ssa_loss(fs, ce, 2.0, 0.5, "rms", 1e-8, "gram", None)
-        return mtut_ops.ssa_loss(fs, ce, 2.0, 0.5, "rms", 1e-8, "gram", backend=backend)
+        return mtut_ops.ssa_loss(fs, ce, beta=2.0, lambda_=0.5, distance="rms", eps=1e-8, algo="gram", backend=backend)
 
     step = torch.compile(loss, fullgraph=True, backend=counter)
     compiles = []

@@ -1,8 +1,6 @@
 """torch.library.opcheck on every op, gradcheck in fp64, torch.compile(fullgraph=True)."""
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -55,6 +53,26 @@ def test_opcheck_sqdist_forward_and_backward(backend_device, algo, noncontiguous
         args = (feats, saved.detach(), weight, 1e-8, algo, needs, *students)  # (a dense weight: no promise)
         _opcheck_backward_op(torch.ops.mtut.sqdist_backward.default, args)
     torch.library.opcheck(torch.ops.mtut.pairwise_sqdist.default, (feats, 1e-8, algo))
+
+
+@needs_opcheck
+@pytest.mark.parametrize("algo", ALGOS)
+def test_opcheck_triton_sqdist_forward_and_backward(backend_device, algo):
+    """The triton backend's ops (triton_op on a GPU, custom ops under the interpreter):
+    schema, autograd registration and fake tensors (its backward op takes no promise)."""
+    backend, device = backend_device
+    if backend != "triton":
+        pytest.skip("torch.ops.mtut.triton_* are the triton backend")
+    feats = _feats(device)
+    tests = ("test_schema", "test_autograd_registration", "test_faketensor")
+    for directed in (False, True):
+        torch.library.opcheck(torch.ops.mtut.triton_sqdist_forward.default, (feats, 1e-8, algo, directed, True),
+                              test_utils=tests)
+    weight = torch.rand(2, 2, 2, dtype=torch.float64, device=device, requires_grad=True)
+    saved = torch.empty(0, dtype=torch.float64, device=device)
+    for needs in ([True, True], [True, False]):
+        torch.library.opcheck(torch.ops.mtut.triton_sqdist_backward.default, (feats, saved, weight, 1e-8, algo, needs),
+                              test_utils=tests)
 
 
 def test_vmap_of_the_backward_op_passes_students_on(backend_device):
@@ -223,10 +241,11 @@ def test_compile_python_api_with_module(backend_device):
     torch.testing.assert_close(compiled(feats, ce), crit(feats, ce), rtol=0, atol=0)
 
 
-@pytest.mark.skipif(os.environ.get("FORCE_CUDA") != "1", reason="the build was not asked to compile csrc/cuda")
+@pytest.mark.skipif(not (mtut_ops._extension.BUILD_INFO or {}).get("cuda_arch_list"),
+                    reason="built without the CUDA kernels (make gpu-static builds them and runs this test)")
 def test_cuda_kernels_are_compiled_in():
-    """With FORCE_CUDA=1 (make test where nvcc exists, i.e. CI) the extension carries the
-    CUDA kernels, and it imports and runs on the CPU without a GPU."""
+    """A library built with the CUDA kernels (its build record says so: make test on a GPU
+    machine; make gpu-static on a CPU one, i.e. CI) carries them, and it imports without a GPU."""
     assert mtut_ops.backends.has_cuda_kernels()
     for op in ("sqdist_forward", "sqdist_backward", "ssa_loss_from_sqdist", "ssa_loss_from_sqdist_backward"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"mtut::{op}", "CUDA"), op

@@ -1,12 +1,14 @@
-"""The triton backend from the test process itself (no interpreter here), and the runner
-of python_tests/test_triton_kernels.py under the triton interpreter on CPU.
+"""The triton backend from the test process itself (no interpreter here): its registration,
+imports and what torch.compile traces of it.
 
 TRITON_INTERPRET must be set before the @triton.jit functions are built, i.e. before
 mtut_ops is imported, and it must not leak into the rest of the suite (it would put the
-slow interpreter under every backend test): so the kernel tests run in a subprocess
-with the variable set. Likewise, without a GPU the triton ops are only registered with
-MTUT_REGISTER_TRITON=1, so the test_op_* tests (tracing the GPU registration on fake
-CUDA tensors) run in a subprocess with that set.
+slow interpreter under every backend test): the Makefile runs the interpreted tests in
+their own pytest runs (make test: python_tests/test_triton_kernels.py; make
+test-triton-interp: every backend_device test on triton). Likewise, without a GPU the
+triton ops are only registered with MTUT_REGISTER_TRITON=1: make test runs the test_op_*
+tests below (tracing the GPU registration on fake CUDA tensors) in a pytest run with that
+set; in the main run they are skipped.
 """
 from __future__ import annotations
 
@@ -23,13 +25,13 @@ import torch
 import mtut_ops
 from mtut_ops.backends import has_triton_kernels, triton_interpreted
 
-from .conftest import FUSED, make_ce, make_feats
+from .conftest import make_ce, make_feats
 
 ROOT = Path(__file__).resolve().parent.parent
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 # The triton_op registration (not the interpreter's custom ops) is live in this process.
 REGISTERED = has_triton_kernels() and not triton_interpreted()
-registered_ops = pytest.mark.skipif(not REGISTERED, reason="no triton ops registered here: see test_ops_without_a_gpu")
+registered_ops = pytest.mark.skipif(not REGISTERED, reason="no triton ops registered here (make test runs these with MTUT_REGISTER_TRITON=1)")
 
 
 def _run(args, env_extra=None, timeout=600):
@@ -39,37 +41,6 @@ def _run(args, env_extra=None, timeout=600):
     env.update(env_extra or {})
     args = ["-c", args] if isinstance(args, str) else args
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def _pytest(args, env_extra, timeout):
-    proc = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", *args], dict(env_extra, OMP_WAIT_POLICY="passive"),
-                timeout)
-    assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-4000:]
-    summary = proc.stdout.strip().splitlines()[-1]
-    assert " passed" in summary and "skipped" not in summary, proc.stdout[-2000:]
-
-
-@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
-@pytest.mark.skipif(triton_interpreted(), reason="this process is interpreted: test_triton_kernels.py runs in it")
-def test_kernels_under_the_interpreter():
-    """python_tests/test_triton_kernels.py on CPU with TRITON_INTERPRET=1 (a few minutes)."""
-    _pytest(["python_tests/test_triton_kernels.py"], {"TRITON_INTERPRET": "1"}, timeout=1200)
-
-
-@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
-@pytest.mark.skipif(triton_interpreted(), reason="this process is interpreted")
-def test_op_contract_under_the_interpreter():
-    """python_tests/test_op_contract.py (autocast, double backward, dynamic shapes, vmap,
-    torch.func, frozen modalities, no recompute) with the triton backend, interpreted."""
-    _pytest(["python_tests/test_op_contract.py"], {"TRITON_INTERPRET": "1", "MTUT_TEST_BACKEND": "triton"},
-            timeout=1200)
-
-
-@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
-@pytest.mark.skipif(has_triton_kernels(), reason="the ops are registered here: the test_op_* tests run in this process")
-def test_ops_without_a_gpu():
-    """The test_op_* tests below, in a process that registers the triton ops without a GPU."""
-    _pytest(["python_tests/test_triton.py", "-k", "test_op_"], {"MTUT_REGISTER_TRITON": "1"}, timeout=600)
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")

@@ -1,9 +1,12 @@
 """The triton backend's kernels against mtut_ops.reference, on small shapes.
 
 Runs where the kernels can: on CUDA, or on CPU under the triton interpreter
-(TRITON_INTERPRET=1 set before mtut_ops is imported; python_tests/test_triton.py runs
-this file in such a subprocess, since the variable must be set before the @triton.jit
-functions are built). Elsewhere the module is skipped.
+(TRITON_INTERPRET=1 set before mtut_ops is imported, since the variable must be set before
+the @triton.jit functions are built: make test runs this file in its own pytest run with
+it set). Elsewhere the module is skipped. Only what is specific to the triton kernels is
+here; the per-op reference checks (test_accuracy.py), the edge cases, opcheck, gradcheck,
+torch.compile and the op contract run on triton through conftest's backend_device
+(make test and make test-triton-interp; on a GPU, in every run).
 
 The shapes cover N 1-2, M 2-3, C_m 1-20 differing per modality (20 > 16: two channel
 blocks of the interpreter's 16-wide config), d 1-40 with d not a multiple of the block
@@ -35,9 +38,14 @@ elif has_triton_kernels() and triton_interpreted():
     DEVICE = "cpu"
 else:
     pytest.skip(
-        "triton kernels need CUDA or TRITON_INTERPRET=1 (python_tests/test_triton.py runs this file under the interpreter)",
+        "triton kernels need CUDA or TRITON_INTERPRET=1 (make test runs this file under the interpreter)",
         allow_module_level=True,
     )
+
+# Interpreted, every test here is `interpreted`; the tensor-core operand models take seconds
+# a test there, so they run in the deep tier (make test-triton-interp); on a GPU all is fast.
+pytestmark = [pytest.mark.interpreted] if DEVICE == "cpu" else []
+deep_interpreted = pytest.mark.deep if DEVICE == "cpu" else (lambda f: f)
 
 ALGOS = ["direct", "gram"]
 
@@ -284,6 +292,7 @@ def test_staging_is_the_model(mode, tf32_switch):
         assert not torch.equal(want, torch.cat([staged_rows(f.cpu().float(), torch.float32) for f in feats], 1))
 
 
+@deep_interpreted
 @pytest.mark.parametrize("algo", ALGOS)
 @pytest.mark.parametrize("mode", ["fp16", "bf16", "tf32", "ieee"])
 @pytest.mark.parametrize("w_scale", [1.0, 2.0**-30], ids=["w1", "w2^-30"])
@@ -320,6 +329,7 @@ def test_backward_kernels_within_bound(algo, mode, w_scale, tf32_switch):
     assert (out[1, 13:19] == 0).all()
 
 
+@deep_interpreted
 @pytest.mark.parametrize("algo", ALGOS)
 @pytest.mark.parametrize("mode", ["fp16", "bf16", "tf32", "ieee"])
 def test_low_precision_inputs_within_bound(algo, mode, tf32_switch):
@@ -372,6 +382,7 @@ def test_low_precision_inputs_within_bound(algo, mode, tf32_switch):
         assert ((a.grad.double().cpu() - b.grad).abs() <= tol).all()
 
 
+@deep_interpreted
 def test_tf32_follows_torch_switch(tf32_switch):
     """float32 inputs take TF32 operands exactly while torch allows TF32 for matmuls, read at
     each call (legacy flag, set_float32_matmul_precision, the fp32_precision API), and exact
@@ -396,122 +407,6 @@ def test_tf32_follows_torch_switch(tf32_switch):
             assert ((S - exact).abs() <= sqdist_bound([20, 16], 42, torch.float32, algo, exact)).all(), (algo, switch)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_gram_near_aligned_against_fp64(dtype):
-    """X_n = X_m + 1e-4 noise: S is ~1e-9 of the norms the Gram identity subtracts. Each
-    algorithm is held to its bound wherever that bound is below S (everywhere but the
-    float32 Gram identity, which cannot resolve such distances and is only clamped >= 0)."""
-    base = make_feats(2, [20], [3, 9], seed=3)[0]
-    noisy = base + 1e-4 * torch.randn(base.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-    feats = [base.to(DEVICE, dtype), noisy.to(DEVICE, dtype)]
-    ref = R.pairwise_sqdist([f.double().cpu() for f in feats])
-    for algo in ALGOS:
-        S = mtut_ops.pairwise_sqdist(feats, algo=algo, backend="triton").double().cpu()[:, 0, 1]
-        assert (S >= 0).all()
-        bound = sqdist_bound([20, 20], 27, dtype, algo, ref)[:, 0, 1]
-        if (bound < ref[:, 0, 1]).all():
-            assert ((S - ref[:, 0, 1]).abs() <= bound).all(), algo
-        else:
-            assert algo == "gram" and dtype == torch.float32
-
-
-@pytest.mark.parametrize("algo", ALGOS)
-def test_deterministic_run_to_run(algo):
-    feats = make_feats(2, [20, 7, 11], [5, 8], device=DEVICE, dtype=torch.float32, noncontiguous=True)
-    ce = make_ce(3, 2, device=DEVICE, dtype=torch.float32)
-    runs = []
-    for _ in range(2):
-        xs = leaf(feats)
-        L = mtut_ops.ssa_loss(xs, ce, lambda_=0.5, algo=algo, backend="triton")
-        L.backward()
-        S = mtut_ops.pairwise_sqdist(feats, algo=algo, backend="triton")
-        runs.append([L, S] + [x.grad for x in xs])
-    assert all(torch.equal(a, b) for a, b in zip(*runs))
-
-
-@pytest.mark.parametrize("algo", ALGOS)
-def test_identical_inputs_give_exact_zeros(algo):
-    (f,) = make_feats(2, [7], [3, 7], device=DEVICE)  # d = 21 spans two blocks
-    feats = leaf([f, f.clone(), f.clone()])
-    S = mtut_ops.pairwise_sqdist([x.detach() for x in feats], algo=algo, backend="triton")
-    assert torch.equal(S, torch.zeros_like(S))
-    L = mtut_ops.ssa_loss(feats, make_ce(3, 2, device=DEVICE), algo=algo, backend="triton")
-    assert L.item() == 0.0
-    L.backward()
-    for x in feats:
-        assert torch.equal(x.grad, torch.zeros_like(x.grad))
-
-
-@pytest.mark.parametrize("algo", ALGOS)
-def test_zero_rows_follow_the_eps_rule(algo):
-    feats = make_feats(2, [5, 4], [3, 6], device=DEVICE)
-    feats[0][:, 1] = 0  # a dead channel: normalized to 0, like F.normalize
-    feats[1][0, :] = 0  # a whole dead sample
-    ce = make_ce(2, 2, device=DEVICE)
-    ours, ref = leaf(feats), leaf([f.cpu() for f in feats])
-    torch.testing.assert_close(
-        mtut_ops.pairwise_sqdist(feats, algo=algo, backend="triton").cpu(), R.pairwise_sqdist(ref).detach(),
-        rtol=1e-10, atol=1e-12,
-    )
-    L = mtut_ops.ssa_loss(ours, ce, lambda_=0.5, algo=algo, backend="triton")
-    Lr = R.ssa_loss(ref, ce.cpu(), lambda_=0.5)
-    torch.testing.assert_close(L.detach().cpu(), Lr.detach(), rtol=1e-10, atol=1e-14)
-    L.backward()
-    Lr.backward()
-    for a, b in zip(ours, ref):
-        assert torch.isfinite(a.grad).all()
-        torch.testing.assert_close(a.grad.cpu(), b.grad, rtol=1e-8, atol=1e-12)
-
-
-@pytest.mark.parametrize("algo", ALGOS)
-def test_nan_in_gives_nan_out(algo):
-    feats = make_feats(2, [4, 4, 3], [3, 3], device=DEVICE)
-    feats[0][1, 2, 0, 0] = float("nan")
-    S = mtut_ops.pairwise_sqdist(feats, algo=algo, backend="triton")
-    assert torch.isnan(S[1, 0, 1:]).all() and torch.isnan(S[1, 1:, 0]).all()
-    assert torch.isfinite(S[0]).all() and torch.isfinite(S[1, 1, 2])  # other samples and pairs untouched
-    xs = leaf(feats)
-    L = mtut_ops.ssa_loss(xs, make_ce(3, 2, device=DEVICE), algo=algo, backend="triton")
-    assert torch.isnan(L)
-    L.backward()
-    assert torch.isnan(xs[0].grad[1]).any()
-    ce = make_ce(3, 2, device=DEVICE)
-    ce[0, 0] = float("nan")
-    clean = make_feats(2, [4, 4, 3], [3, 3], device=DEVICE)
-    assert torch.isnan(mtut_ops.ssa_loss(clean, ce, algo=algo, backend="triton"))
-
-
-@pytest.mark.parametrize("algo", ALGOS)
-def test_gradient_flows_only_into_the_student(algo):
-    feats = leaf(make_feats(3, [6, 6], [3, 3], device=DEVICE))
-    ce = torch.tensor([[2.0, 3.0, 1.5], [0.5, 0.1, 0.2]], dtype=torch.float64, device=DEVICE)  # net 1 better
-    mtut_ops.ssa_loss(feats, ce, algo=algo, backend="triton").backward()
-    assert feats[0].grad.abs().max() > 0
-    assert torch.equal(feats[1].grad, torch.zeros_like(feats[1].grad))
-
-
-@pytest.mark.parametrize("algo", ALGOS)
-def test_gradcheck(algo):
-    feats = leaf(make_feats(1, [2, 3], [3], device=DEVICE))
-    assert torch.autograd.gradcheck(lambda *fs: mtut_ops.pairwise_sqdist(list(fs), algo=algo, backend="triton"), feats)
-    ce = torch.tensor([[1.1], [0.4]], dtype=torch.float64, device=DEVICE)  # network 0 worse: its term is all of X_0's
-
-    def loss_of(x):
-        return mtut_ops.ssa_loss([x, feats[1].detach()], ce, lambda_=0.5, algo=algo, backend="triton")
-
-    assert torch.autograd.gradcheck(loss_of, (feats[0],))
-
-
-def test_correlation_and_focal_weight():
-    (f,) = make_feats(2, [5], [3, 4], device=DEVICE, noncontiguous=True)
-    ours, ref = leaf([f]), leaf([f.cpu()])
-    K = mtut_ops.correlation(ours[0], backend="triton")
-    torch.testing.assert_close(K.detach().cpu(), R.correlation(ref[0]).detach(), rtol=1e-12, atol=1e-12)
-    ce = make_ce(3, 5, device=DEVICE)
-    rho = mtut_ops.focal_weight(ce, beta=2.0, backend="triton")
-    torch.testing.assert_close(rho.cpu(), R.focal_weight(ce.cpu(), 2.0), rtol=1e-12, atol=1e-15)
-
-
 def test_auto_picks_what_the_cost_model_picks():
     for channels, spatial in [([16, 16], [2, 3]), ([4, 4], [8, 8])]:
         feats = make_feats(1, channels, spatial, device=DEVICE, dtype=torch.float32)
@@ -520,54 +415,12 @@ def test_auto_picks_what_the_cost_model_picks():
         assert torch.equal(auto, torch.ops.mtut.triton_sqdist_forward(feats, 1e-8, choice, False, False)[0])
 
 
-# ------------------------------------------------------------------ registration
+# ------------------------------------------------------------------ errors
 
 
 def _args(algo="gram", cap=None):
     feats = leaf(make_feats(2, [3, 5], [2, 3], device=DEVICE))
     return feats, make_ce(2, 2, device=DEVICE), (2.0, 0.5, "rms", 1e-8, algo, cap)
-
-
-@pytest.mark.parametrize("algo", ALGOS)
-def test_opcheck(algo):
-    feats, ce, args = _args(algo, cap=10.0)
-    tests = ("test_schema", "test_autograd_registration", "test_faketensor")
-    for directed in (False, True):
-        torch.library.opcheck(torch.ops.mtut.triton_sqdist_forward.default, (feats, 1e-8, algo, directed, True),
-                              test_utils=tests)
-    weight = torch.rand(2, 2, 2, dtype=torch.float64, device=DEVICE, requires_grad=True)
-    saved = torch.empty(0, dtype=torch.float64, device=DEVICE)
-    for needs in ([True, True], [True, False]):
-        torch.library.opcheck(torch.ops.mtut.triton_sqdist_backward.default, (feats, saved, weight, 1e-8, algo, needs),
-                              test_utils=tests)
-
-
-@pytest.mark.parametrize("algo", ["direct", "gram", "auto"])
-def test_torch_compile_fullgraph(algo):
-    """The API and the ops compile with fullgraph=True (no graph break) and match eager
-    bit for bit (float64 inputs run one fixed config, whatever inductor's autotuning).
-
-    On CPU the kernels are interpreted and the ops are opaque custom ops (aot_eager); on
-    CUDA inductor traces into the kernels.
-    """
-    torch._dynamo.reset()
-    feats, ce, args = _args()
-
-    def step(fs, ce):
-        S = mtut_ops.pairwise_sqdist(fs, 1e-8, algo, backend="triton")
-        return mtut_ops.ssa_loss(fs, ce, lambda_=0.5, algo=algo, pair_cap=10.0, backend="triton") + S.sum()
-
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager" if DEVICE == "cpu" else "inductor")
-    eager_feats, comp_feats = leaf(feats), leaf(feats)
-    L_eager, L_comp = step(eager_feats, ce), compiled(comp_feats, ce)
-    torch.testing.assert_close(L_comp, L_eager, rtol=0, atol=0)
-    L_eager.backward()
-    L_comp.backward()
-    for a, b in zip(comp_feats, eager_feats):
-        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
-
-
-# ------------------------------------------------------------------ errors
 
 
 def test_ops_check_their_inputs():

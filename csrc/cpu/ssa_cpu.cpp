@@ -1,4 +1,4 @@
-// CPU kernels of sqdist_forward and sqdist_backward: both algorithms of DESIGN.md §2.
+// CPU kernels of sqdist_forward and sqdist_backward: both algorithms of docs/design.md §2.
 //
 // Memory: the normalized rows Xh = diag(s) X, s = 1 / max(||x||, eps), are never built.
 // Every product needs s only as a per-channel factor: a K strip is (X_I s^2)^T X_J, a

@@ -109,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "window. Flow is read from precomputed files, else computed for display.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     v.add_argument("--root", type=Path, required=True, help="dataset root")
-    v.add_argument("--out", type=Path, default=Path("grid.png"), help="PNG to write")
+    v.add_argument("--out", type=Path, help="PNG to write (default: ROOT/grid.png, beside the data)")
     v.add_argument("--split", choices=sorted(LIST_FILES), default="train", help="which list to show")
     v.add_argument("--clips", type=int, default=4, help="number of clips (one per class first)")
     v.add_argument("--frames", type=int, default=8, help="frames per row")
@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "show":
             from .show import show
 
-            out = show(args.root, args.out, split=args.split, clips=args.clips, frames=args.frames,
-                       modalities=args.modalities)
+            out = show(args.root, args.out or args.root / "grid.png", split=args.split, clips=args.clips,
+                       frames=args.frames, modalities=args.modalities)
             print(f"wrote {out}")
     except (NVGestureDataError, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

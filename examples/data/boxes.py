@@ -32,6 +32,7 @@ import torch
 
 from .errors import BadClipError, read_json_object
 from .listfile import normalize_clip_path
+from .modalities import modalities_of
 
 FRAME_BOXES_FILE = "bboxes.json"
 
@@ -83,12 +84,6 @@ def merge_boxes(boxes: np.ndarray, frames: Sequence[int]) -> np.ndarray | None:
     return np.array([rows[:, 0].min(), rows[:, 1].min(), rows[:, 2].max(), rows[:, 3].max()], np.float64)
 
 
-def _modalities(sample: dict) -> list[str]:
-    from .transforms import modalities_of
-
-    return modalities_of(sample)
-
-
 class MergeFrameBoxes:
     """``sample["box"]``: the union of the hand boxes of the frames the clip was sampled at
     (mmpose's ``MultiFrameBBoxMerge``), as fractions of the frame ``[x0, y0, x1, y1]``.
@@ -119,7 +114,7 @@ class MergeFrameBoxes:
         entry = self.boxes.get(normalize_clip_path(sample["path"]))
         if entry is None:
             raise BadClipError("no hand boxes for this clip", clip=sample["path"], file=self.source)
-        ref = _modalities(sample)[0]
+        ref = modalities_of(sample)[0]
         h, w = sample[ref].shape[1:3]
         entry = np.asarray(entry, np.float64)
         if entry.ndim == 1:  # one merged box, as fractions
@@ -182,7 +177,7 @@ class BoxJitterCrop:
         if "box" not in sample:
             raise ValueError(f"BoxJitterCrop: clip {sample['path']} has no merged box; put MergeFrameBoxes first")
         draw = self.draw()
-        for m in _modalities(sample):
+        for m in modalities_of(sample):
             x = sample[m]
             t, h, w, c = x.shape
             x0, y0, x1, y1 = self.crop_box(sample["box"], h, w, draw)

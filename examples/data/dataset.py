@@ -16,7 +16,22 @@ from .flow import flow_file, flow_matches, load_flow
 from .listfile import LIST_FILES, ClipRecord, find_list_file, read_list
 from .modalities import MODALITIES
 from .transforms import Transform
-from .video import probe_video, read_window
+from .video import check_frames, probe_video, read_window
+
+# Videos already decoded up to a frame: (path, size, mtime_ns) -> frames known good, so
+# that a list read again (a validation split carved from the training list, the next run
+# of a study) is not decoded again.
+_DECODED: dict[tuple[str, int, int], int] = {}
+
+
+def _decodable(path: Path, end: int) -> None:
+    """:func:`check_frames` up to ``end``, once per file version and process."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if _DECODED.get(key, 0) >= end:
+        return
+    check_frames(path, end)
+    _DECODED[key] = end
 
 
 class NVGestureDataset(Dataset):
@@ -55,6 +70,9 @@ class NVGestureDataset(Dataset):
             decoding are replaced by the next good clip.
         check_videos: open every needed video header (and flow file) at construction,
             so windows outside a video or unreadable files are reported up front.
+        check_frames: also decode every needed video up to its window's end at
+            construction, so a truncated file is reported up front (passed over with
+            ``skip_bad``), not when the clip is first read (training uses this).
 
     Raises:
         UnknownModalityError: a modality name not in ``rgb, depth, ir, flow``.
@@ -78,6 +96,7 @@ class NVGestureDataset(Dataset):
         list_file: str | Path | None = None,
         skip_bad: bool = False,
         check_videos: bool = True,
+        check_frames: bool = False,
     ):
         self.root = Path(root)
         if not self.root.is_dir():
@@ -102,6 +121,7 @@ class NVGestureDataset(Dataset):
         self.split, self.list_file = split, Path(list_file)
         self.transform = transform
         self.skip_bad = skip_bad
+        self.check_frames = check_frames
 
         records, self.skipped = read_list(self.list_file, skip_bad=skip_bad)
         self.records: list[ClipRecord] = []
@@ -162,6 +182,11 @@ class NVGestureDataset(Dataset):
                 raise self._error(record, e.reason, path) from None
             if end > info.frames:
                 raise self._error(record, f"window {start}:{end} is outside the video's {info.frames} frames", path)
+            if self.check_frames:
+                try:
+                    _decodable(path, end)
+                except VideoError as e:
+                    raise self._error(record, e.reason, path) from None
 
     def load(self, index: int) -> dict:
         """The untransformed sample of clip ``index``: uint8 ``[N, H, W, C]`` per video

@@ -80,6 +80,11 @@ class VideoError(NVGestureDataError):
         super().__init__(f"{self.file}: {reason}")
 
 
+class EmptySplitError(NVGestureDataError, ValueError):
+    """A split that has no clip to train or evaluate on (an empty list file, or every clip
+    passed over by ``skip_bad``)."""
+
+
 class BadClipWarning(UserWarning):
     """Issued for each bad line or clip passed over because of ``skip_bad=True``."""
 

@@ -1,4 +1,7 @@
-"""The modalities the dataset can return and where each comes from."""
+"""The modalities the dataset can return, where each comes from, and which a sample holds.
+
+boxes.py and transforms.py both read a sample's modalities from here (neither imports the other's helpers).
+"""
 
 from __future__ import annotations
 
@@ -25,3 +28,8 @@ MODALITIES: dict[str, Modality] = {
     "ir": Modality("ir", sensor="duo_left", channels=1),
     "flow": Modality("flow", sensor="color", channels=2, precomputed=True),
 }
+
+
+def modalities_of(sample: dict) -> list[str]:
+    """The modality keys present in ``sample``, in the sample's order."""
+    return [k for k in sample if k in MODALITIES]

@@ -160,6 +160,17 @@ class SyntheticConfig:
         if len(self.codec) != 4:
             raise ValueError(f"codec must be a 4-character FourCC, got {self.codec!r}")
 
+    def check_splits(self) -> None:
+        """Raise ``ValueError`` when these settings would leave the test list empty
+        (:func:`generate` checks; a config that only renders clips need not)."""
+        train_subjects = self.subjects - self.test_subjects
+        if self.clips_per_class <= train_subjects:
+            # clip i goes to subject i % subjects: the first clips fill the training subjects
+            raise ValueError(f"clips_per_class {self.clips_per_class} with subjects {self.subjects} and "
+                             f"test_subjects {self.test_subjects} leaves the test list empty (clip i is subject "
+                             f"i % subjects; the last {self.test_subjects} subjects are test): give clips_per_class "
+                             f">= {train_subjects + 1}, or fewer subjects")
+
 
 # ----------------------------------------------------------------------------- gestures
 
@@ -523,11 +534,13 @@ def _write_video(path: Path, frames: list[np.ndarray], fps: float, codec: str) -
 def generate(out: str | Path, cfg: SyntheticConfig = SyntheticConfig(), *, progress: bool = True) -> dict:
     """Write a synthetic NVGesture dataset under ``out``.
 
-    Existing files of the same names are overwritten.
+    Existing files of the same names are overwritten. Settings that would leave the
+    test list empty are refused (``ValueError``) before anything is written.
 
     Returns:
         a summary: ``{"train": clips, "test": clips, "seconds": wall time}``.
     """
+    cfg.check_splits()
     out = Path(out)
     started = time.perf_counter()
     lines: dict[str, list[str]] = {"train": [], "test": []}

@@ -22,10 +22,11 @@ import cv2
 import numpy as np
 import torch
 
+from .boxes import BoxJitterCrop, ColorJitter, MergeFrameBoxes
 from .classes import FLIP_LABEL_MAP
 from .errors import BadClipError, read_json_object
 from .listfile import normalize_clip_path
-from .modalities import MODALITIES
+from .modalities import modalities_of
 
 Sample = dict
 Transform = Callable[[Sample], Sample]
@@ -33,11 +34,6 @@ Transform = Callable[[Sample], Sample]
 # ImageNet statistics, in [0, 1] units, the usual choice for Kinetics-pretrained I3D.
 RGB_MEAN = (0.485, 0.456, 0.406)
 RGB_STD = (0.229, 0.224, 0.225)
-
-
-def modalities_of(sample: Sample) -> list[str]:
-    """The modality keys present in ``sample``, in the sample's order."""
-    return [k for k in sample if k in MODALITIES]
 
 
 def _common_hw(sample: Sample, what: str) -> tuple[int, int]:
@@ -380,8 +376,6 @@ def build_transforms(
     if train and frames is None:
         raise ValueError("frames=None (whole clip) is for test transforms; training batches need a fixed T")
     if box_pipeline == "mmpose":
-        from .boxes import BoxJitterCrop, ColorJitter, MergeFrameBoxes
-
         if boxes is None:
             raise ValueError("box_pipeline='mmpose' needs boxes (mmpose's bboxes.json, or clip -> merged box)")
         ops = [TemporalSample(frames, fps, random=train), MergeFrameBoxes(boxes)]

@@ -65,6 +65,24 @@ def probe_video(path: str | Path) -> VideoInfo:
         cap.release()
 
 
+def check_frames(path: str | Path, end: int) -> None:
+    """Decode (without colour conversion) frames ``[0, end)`` of a video, so that a file
+    truncated before ``end`` is found before training rather than when the clip is read.
+
+    Raises:
+        VideoError: missing or unreadable file, or fewer than ``end`` decodable frames.
+    """
+    path = Path(path)
+    cap = _open(path)
+    try:
+        info = _info(cap, path)
+        for i in range(end):
+            if not cap.grab():
+                raise VideoError(path, f"video ends at frame {i}, its header says {info.frames} (truncated?)")
+    finally:
+        cap.release()
+
+
 def read_window(path: str | Path, start: int, end: int, *, gray: bool = False) -> tuple[np.ndarray, float]:
     """Decode frames ``[start, end)`` of a video.
 

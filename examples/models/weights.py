@@ -58,16 +58,26 @@ class LoadReport:
     def __str__(self) -> str:
         lines = [f"loaded {len(self.loaded)} tensors"]
         if self.adapted:
-            lines.append(f"adapted: {', '.join(self.adapted)}")
+            lines.append(f"adapted: {_some(self.adapted)}")
         if self.skipped:
-            lines.append(f"skipped (classifier of another size): {', '.join(self.skipped)}")
+            lines.append(f"skipped (classifier of another size): {_some(self.skipped)}")
         if self.missing:
-            lines.append(f"missing from the checkpoint: {', '.join(self.missing)}")
+            lines.append(f"missing from the checkpoint: {_some(self.missing)}")
         if self.unexpected:
-            lines.append(f"not in the model: {', '.join(self.unexpected)}")
-        for key, got, want in self.mismatched:
+            lines.append(f"not in the model: {_some(self.unexpected)}")
+        for key, got, want in self.mismatched[:_SHOWN]:
             lines.append(f"shape mismatch: {key}: checkpoint {list(got)} vs model {list(want)}")
+        if len(self.mismatched) > _SHOWN:
+            lines.append(f"... and {len(self.mismatched) - _SHOWN} more shape mismatches")
         return "\n".join(lines)
+
+
+_SHOWN = 8  # keys listed per kind in a report: a wrong file differs in hundreds
+
+
+def _some(keys: list[str]) -> str:
+    more = f", ... ({len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else ""
+    return ", ".join(keys[:_SHOWN]) + more
 
 
 def adapt_stem(weight: torch.Tensor, in_channels: int, mode: str = "mean") -> torch.Tensor:
@@ -165,7 +175,17 @@ def load_i3d_weights(model: I3D, path: str | Path, *, stem: str = "mean", strict
     if not path.is_file():
         raise FileNotFoundError(f"I3D checkpoint not found: {path} (weights are never downloaded; "
                                 "give a local converted Kinetics file)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from examples.training.checkpoint import CheckpointError, read_safely  # training builds on models
+
+    state = read_safely(path)  # weights_only, with a CheckpointError for what is not a torch file
     if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
-    return load_i3d_state_dict(model, state, stem=stem, strict=strict)
+        raise CheckpointError(f"{path}: expected a state dict of I3D weights, got {type(state).__name__}")
+    if "model" in state and "config" in state and "optimizer" in state:
+        raise CheckpointError(f"{path}: a training checkpoint of this package, not converted Kinetics I3D weights: "
+                              f"start from its weights with --init-from {path} (or continue its run with --resume)")
+    try:
+        return load_i3d_state_dict(model, state, stem=stem, strict=strict)
+    except I3DWeightsError as e:
+        raise I3DWeightsError(f"{path}: these weights do not fit this I3D (a converted Kinetics I3D checkpoint is "
+                              "expected; a file of this package's training runs goes with --init-from)",
+                              e.report) from None

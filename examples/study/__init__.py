@@ -4,6 +4,6 @@
     python -m examples.study aggregate runs/study --split test
 
 See :mod:`examples.study.pairs` (the runs), :mod:`examples.study.aggregate` (the table,
-statistics and plot) and :mod:`examples.study.stats` (the t-test and the bootstrap,
-numpy only).
+statistics and plot) and :mod:`examples.study.stats` (the t-test and the bootstrap, on
+scipy.stats).
 """

@@ -1,4 +1,4 @@
-"""Command line of the paired study: ``python -m examples.study {pretext,pair,aggregate} ...``.
+"""Command line of the paired study: ``python -m examples.study {pretext,pair,aggregate,recheck} ...``.
 
     # the pretext network (RGB, other classes and subjects than the target's), trained once
     python -m examples.study pretext --data-root runs/study/pretext-data --target-root runs/study/data \
@@ -10,6 +10,8 @@
         --arms ssa_off ssa_on
     # the paired table, the statistics and the plot
     python -m examples.study aggregate runs/study/val --split val --out runs/study/val/aggregate
+    # a reader's recheck: every number of the write-up from the committed outputs
+    python -m examples.study recheck docs/study
 
 ``pair`` takes every option of ``examples/train_nvgesture.py`` (they describe the
 SSA-on arm; ``--ssa-start`` is its first SSA epoch) plus ``--seeds``, ``--arms`` and
@@ -28,12 +30,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # run by path: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from examples.study.aggregate import aggregate, format_test  # noqa: E402
+from examples.study.aggregate import aggregate, format_clip_level, format_test  # noqa: E402
 from examples.study.pairs import ARMS, BASELINE, DEFAULT_ARMS, run_pair  # noqa: E402
 from examples.study.pretext import train_pretext  # noqa: E402
 from examples.training.config import build_parser, config_from_args  # noqa: E402
 
-COMMANDS = ("pretext", "pair", "aggregate")
+COMMANDS = ("pretext", "pair", "aggregate", "recheck")
 
 
 def pair_parser() -> argparse.ArgumentParser:
@@ -107,8 +109,8 @@ def pretext_main(argv: list[str]) -> int:
 def aggregate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m examples.study aggregate",
                                 description="Read paired runs (ROOT/seed<S>/<arm>/), write the paired table "
-                                            "(paired.csv, paired.md), the statistics (stats.json) and a plot "
-                                            "(paired.png).",
+                                            "(paired.csv, per_clip.csv, paired.md), the statistics, seed- and "
+                                            "clip-level (stats.json) and a plot (paired.png).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("roots", nargs="+", help="study folders (each holding seed<S>/<arm>/ run folders)")
     p.add_argument("--out", help="output folder (default: FIRST_ROOT/aggregate_<split>)")
@@ -148,7 +150,9 @@ def aggregate_main(argv: list[str]) -> int:
         if "gain" in tests:
             print(f"{arm} vs {stats['baseline']}, {stats['modality']} {stats['split']} top-1 gain: "
                   f"{format_test(tests['gain'])}")
-    print(f"wrote {out}/paired.csv, paired.md, stats.json" + (", paired.png" if args.plot else ""))
+    for arm, c in stats["clip_level"].items():
+        print(f"{arm} vs {stats['baseline']}, clip level: {format_clip_level(c)}")
+    print(f"wrote {out}/paired.csv, per_clip.csv, paired.md, stats.json" + (", paired.png" if args.plot else ""))
     return 0
 
 
@@ -158,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip() + f"\n\ncommands: {', '.join(COMMANDS)} (COMMAND --help for its options)",
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if argv[0] == "recheck":
+        from examples.study.recheck import main as recheck_main
+
+        return recheck_main(argv[1:])
     return {"pretext": pretext_main, "pair": pair_main, "aggregate": aggregate_main}[argv[0]](argv[1:])
 
 

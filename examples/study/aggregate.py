@@ -17,9 +17,15 @@ the training logs, at the branch epoch, every network's training top-1 and the s
 of the focal weight on the top 10% of clips, and over the arm's SSA epochs the mean
 share of the focal weight on RGB-hard clips.
 
-Outputs (``--out``): ``paired.csv`` (one row per seed and arm), ``paired.md`` (the
-tables and the statistics), ``stats.json`` and ``paired.png`` (per-seed paired lines
-and the gains' intervals).
+The clip-level analysis (:mod:`examples.study.clips`): per arm the fixed and broken
+clips per seed, the clip bootstrap and the crossed clip x seed bootstrap of the mean gain,
+each with its minimum detectable effect (MDE: one-sided 5%, power 0.8; the seed-level
+test's MDE uses its t quantiles).
+
+Outputs (``--out``): ``paired.csv`` (one row per seed and arm), ``per_clip.csv`` (one
+row per seed, arm and clip: label and prediction), ``paired.md`` (the tables and the
+statistics), ``stats.json`` and ``paired.png`` (per-seed paired lines and the gains'
+intervals).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from examples.data.synthetic import HARD_FILE, load_hard_clips
 from examples.training.checkpoint import write_json_atomic, write_text_atomic
 from examples.training.evaluation import correlation_distance, load_logits
 
+from .clips import clip_level
 from .pairs import BASELINE, TRUNK
 from .stats import summarize_gains
 
@@ -229,14 +236,34 @@ def aggregate(roots: Sequence[str | Path], out: str | Path, *, split: str = "tes
             if len(values) == len(arm_rows):
                 closer = summarize_gains([-v for v in values], resamples=resamples, seed=bootstrap_seed, level=level)
                 stats["tests"][a][f"{key}_decrease"] = closer
+    # the clips as a sample too: per seed and clip, arm minus baseline correctness
+    stats["clip_level"] = {}
+    for a in arms:
+        D = np.stack([_correct(evals[s][a], modality).astype(np.int8) - _correct(evals[s][baseline], modality)
+                      for s in seeds])
+        stats["clip_level"][a] = clip_level(D, resamples=resamples, seed=bootstrap_seed, level=level)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(_csv(rows), out / "paired.csv")
+    write_text_atomic(_csv(per_clip_rows(evals, seeds, [baseline, *arms], modality)), out / "per_clip.csv")
     write_text_atomic(markdown(rows, stats), out / "paired.md")
     write_json_atomic({**stats, "rows": rows}, out / "stats.json")
     if plot:
         plot_paired(rows, stats, out / "paired.png")
     return {**stats, "rows": rows}
+
+
+def per_clip_rows(evals: dict, seeds: Sequence[int], arms: Sequence[str], modality: str) -> list[dict]:
+    """One row per seed, arm and clip: the label and the studied network's prediction
+    (what a reader needs to recompute every top-1, gain and clip-level interval)."""
+    rows = []
+    for s in seeds:
+        for a in arms:
+            lg = evals[s][a].logits
+            pred = lg["logits"][modality].argmax(1)
+            rows += [{"seed": s, "arm": a, "clip": p, "label": int(y), "pred": int(k)}
+                     for p, y, k in zip(lg["paths"], lg["labels"], pred)]
+    return rows
 
 
 def _hard_table(hard_clips, ev: ArmEval) -> dict[str, bool] | None:
@@ -276,8 +303,22 @@ def format_test(t: dict) -> str:
     return (f"mean {_f(t['mean'], '+.4f')}, {pct}% bootstrap [{_f(t['bootstrap_low'], '+.4f')}, "
             f"{_f(t['bootstrap_high'], '+.4f')}] ({t['resamples']} resamples, seed {t['bootstrap_seed']}), "
             f"{pct}% t interval [{_f(t['ci_low'], '+.4f')}, {_f(t['ci_high'], '+.4f')}], t = {_f(t['t'], '.3f')} "
-            f"(df {t['df']}), one-sided p = {_f(t['p_one_sided'], '.4g')}; {t['positive']} up, {t['zero']} level, "
+            f"(df {t['df']}), one-sided p = {_f(t['p_one_sided'], '.4g')}"
+            + (f", MDE {_f(t['mde'], '.4f')}" if "mde" in t else "") + f"; {t['positive']} up, {t['zero']} level, "
             f"{t['negative']} down")
+
+
+def format_clip_level(c: dict) -> str:
+    """One line: the clip and the crossed bootstrap intervals with their MDEs, and counts."""
+    pct = round(100 * c["clip_bootstrap"]["level"])
+    cb, xb = c["clip_bootstrap"], c["crossed_bootstrap"]
+    return (f"{c['clips']} clips x {c['seeds']} seeds, mean {_f(c['mean'], '+.4f')}; {pct}% clip bootstrap "
+            f"[{_f(cb['low'], '+.4f')}, {_f(cb['high'], '+.4f')}] (SE {_f(cb['se'], '.4f')}, MDE "
+            f"{_f(cb['mde'], '.4f')}), {pct}% crossed clip x seed bootstrap [{_f(xb['low'], '+.4f')}, "
+            f"{_f(xb['high'], '+.4f')}] (SE {_f(xb['se'], '.4f')}, MDE {_f(xb['mde'], '.4f')}); fixed per seed "
+            f"{c['fixed_per_seed']}, broken {c['broken_per_seed']}; {c['clips_changed_in_some_seed']} clips changed "
+            f"in some seed ({c['clips_fixed_in_some_seed']} fixed, {c['clips_broken_in_some_seed']} broken, "
+            f"{c['clips_fixed_and_broken']} both)")
 
 
 def markdown(rows: list[dict], stats: dict) -> str:
@@ -304,6 +345,8 @@ def markdown(rows: list[dict], stats: dict) -> str:
         for key, label in TESTED:
             if key in stats["tests"][a]:
                 lines.append(f"- {label}: {format_test(stats['tests'][a][key])}")
+        if a in stats.get("clip_level", {}):
+            lines.append(f"- clip level: {format_clip_level(stats['clip_level'][a])}")
         for key, t in stats["tests"][a].items():
             if key.startswith("corr_dist_"):
                 e = key.removeprefix("corr_dist_").removesuffix("_change_decrease")

@@ -20,12 +20,25 @@ import numpy as np
 import torch
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files 0600; what this package writes gets the mode open() would give
+# (0666 less the umask), read once here (reading the umask means setting it).
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def _atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then ``os.replace`` it over
-    ``path``: a crash leaves either the old file or the new one, never half of one."""
+    ``path``: a crash leaves either the old file or the new one, never half of one. The
+    file gets the permissions the umask gives a new file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +15,16 @@ from ..mtut_model import FOCAL_MODES, FUSIONS
 from .distributed import resolve_amp, resolve_device
 
 AMP_MODES = ("auto", "off", "fp16", "bf16")
+
+
+def default_workers() -> int:
+    """DataLoader workers: 4, or fewer on a machine with fewer cores (one left to the
+    training process; more workers than cores only makes torch warn and compete)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(4, cores - 1))
 
 
 @dataclass
@@ -79,7 +89,7 @@ class TrainConfig:
     val_subjects: int = 0
     skip_bad: bool = False
     cache: bool = False
-    workers: int = 4
+    workers: int = field(default_factory=default_workers)
     # evaluation (the test split is evaluated after the last epoch only, unless watch_test)
     eval_every: int = 5
     fusion: str = "softmax"
@@ -88,6 +98,7 @@ class TrainConfig:
     eval_test: bool = True
     save_logits: bool = True
     init_from: str | None = None
+    keep_every: int = 0
     # logging and LR scaling
     tensorboard: bool = True
     log_every: int = 1
@@ -107,8 +118,10 @@ class TrainConfig:
 
 
 # Fields that may differ between a run and its resumption (they do not change the trajectory).
+# skip_bad may be switched on to get past a clip found bad after the run started.
 RESUMABLE_CHANGES = frozenset({"epochs", "out", "workers", "eval_every", "progress", "plots", "threads", "data_root",
-                               "watch_test", "eval_test", "save_logits", "tensorboard", "log_every"})
+                               "watch_test", "eval_test", "save_logits", "tensorboard", "log_every", "skip_bad",
+                               "keep_every"})
 # Fields that may differ between a run and a branch started from one of its checkpoints
 # (``Trainer(cfg, branch_from=...)``): the SSA settings, which play no part while SSA is
 # off; a branch point must lie before SSA starts in both runs.
@@ -224,21 +237,22 @@ def build_parser() -> argparse.ArgumentParser:
     a("--config", metavar="FILE", help="settings file (JSON, or YAML with PyYAML installed): TrainConfig field "
                                        "names, e.g. {\"lr\": 0.01, \"lr_steps\": [30, 50]}; --print-config writes one")
     a("--print-config", action="store_true", help="print the resolved settings as JSON and exit")
-    a("--out", help="run folder: checkpoints, metrics, plots (default runs/nvgesture)")
+    a("--out", help="run folder: checkpoints, metrics, plots")
     a("--preset", choices=list(PRESETS),
       help="settings to start from: 'full' = 'mmpose-224' (mmpose's 224x224 recipe without boxes), "
            "'mmpose-224-box', 'mmpose-112-box-fps15' (mmpose's hand-box recipes; GPU), 'cpu-small' "
            "(minutes on a CPU), 'cpu-study' (the paired study's fit-then-align regime on a CPU) or 'cpu-pretext' "
            "(its pretext network)")
     a("--modalities", nargs="+", metavar="M", help=f"modalities, one I3D each ({', '.join(MODALITIES)}); "
-      "one modality = unimodal baseline (default rgb depth)")
+      "one modality = unimodal baseline")
     g = p.add_argument_group("optimization")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int, help="clips per process (per GPU)")
     g.add_argument("--lr", type=float)
     g.add_argument("--momentum", type=float)
     g.add_argument("--weight-decay", type=float)
-    g.add_argument("--lr-steps", type=int, nargs="*", metavar="EPOCH", help="divide the LR by 10 after these epochs")
+    g.add_argument("--lr-steps", type=int, nargs="*", metavar="EPOCH",
+                   help="multiply the LR by LR_GAMMA after these epochs (none: a constant LR)")
     g.add_argument("--lr-gamma", type=float)
     g.add_argument("--lr-scaling", choices=("none", "linear"),
                    help="linear: multiply --lr by the total batch (--batch-size x processes) / --lr-reference-batch")
@@ -249,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--no-ssa never switches SSA on (the SSA-off arm of a paired study)")
     g.add_argument("--ssa-start", type=int, metavar="EPOCH", help="first (1-based) epoch with the SSA loss")
     g.add_argument("--beta", type=float,
-                   help="focal regularization parameter (default 2; 0 is refused while SSA runs with --focal exp: "
+                   help="focal regularization parameter (0 is refused while SSA runs with --focal exp: "
                         "it makes rho = 0 for every sample, i.e. no SSA at all; use --focal constant)")
     g.add_argument("--focal", choices=FOCAL_MODES,
                    help="focal weight rho: exp (the paper's), constant (rho = 1 on every ordered pair: focal "
@@ -257,17 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ssa-shuffle", nargs="*", metavar="MODALITY",
                    help="control: permute these modalities' SSA features within the batch (a derangement from its "
                         "own seeded generator; the focal weights stay each clip's own), e.g. --ssa-shuffle depth")
-    g.add_argument("--lambda", dest="lambda_", type=float, help="SSA weight (default 5e-3, tuned for 'rms')")
+    g.add_argument("--lambda", dest="lambda_", type=float, metavar="LAMBDA", help="SSA weight (tuned for 'rms')")
     g.add_argument("--distance", choices=("rms", "fro2"))
     g.add_argument("--pair-cap", type=float,
-                   help="cap every ordered pair's term, as mmpose does (default 10; 0 = no cap)")
-    g.add_argument("--ssa-endpoints", nargs="+", metavar="ENDPOINT", help="I3D endpoints to align (default Mixed_5c)")
+                   help="cap every ordered pair's term, as mmpose does (0 = no cap)")
+    g.add_argument("--ssa-endpoints", nargs="+", metavar="ENDPOINT", help="I3D endpoints to align")
     g.add_argument("--algo", choices=("auto", "direct", "gram"))
     g.add_argument("--ssa-backend", choices=("auto", "cpu", "cuda", "triton", "reference"),
                    help="mtut_ops backend of the SSA op (auto = the device's default: cuda, then triton, on GPUs; "
                         "reference builds the d x d matrices, as mmpose does)")
     g.add_argument("--ssa-fp32", action=argparse.BooleanOptionalAction, default=None,
-                   help="cast the features to float32 before the SSA op (default on: the op's bf16/fp16 path has "
+                   help="cast the features to float32 before the SSA op (the op's bf16/fp16 path has "
                         "not been checked on a GPU yet)")
     g = p.add_argument_group("model")
     g.add_argument("--width", type=float, help="I3D width multiplier (1.0 = original)")
@@ -300,10 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pass over bad list lines and clips with a warning (counted) instead of stopping the run")
     g.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
                    help="decode every clip once and keep it in memory (small datasets)")
-    g.add_argument("--workers", type=int, help="DataLoader worker processes")
+    g.add_argument("--workers", type=int, help="DataLoader worker processes: 4, at most the cores - 1")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-every", type=int, metavar="E", help="evaluate every E epochs (0 = only at the end)")
-    g.add_argument("--fusion", choices=FUSIONS, help="fused score: mean of softmaxes (default) or of logits")
+    g.add_argument("--fusion", choices=FUSIONS, help="fused score: mean of softmaxes or of logits")
     g.add_argument("--best-metric", metavar="NAME",
                    help="validation top-1 that picks best.pt: a modality or 'fused' (auto = the first modality; "
                         "needs --val-subjects; the test split is never used)")
@@ -328,7 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
                    help="write TensorBoard scalars to OUT/tb (loss terms, lr, throughput, memory per iteration)")
     g.add_argument("--log-every", type=int, metavar="N", help="TensorBoard: every N iterations")
-    g.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    g.add_argument("--keep-every", type=int, metavar="K",
+                   help="also keep the checkpoint of every K-th epoch (OUT/epochNNN.pt; 0 = only last.pt and best.pt)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last.pt, with the settings saved in it (options given "
+                        "here override them; only those that keep the trajectory are accepted)")
     _add_defaults(p)
     return p
 
@@ -351,46 +369,31 @@ def _add_defaults(parser: argparse.ArgumentParser) -> None:
         action.help = f"{action.help or ''} [{shown}]".strip()
 
 
-def read_config_file(path: str | Path) -> dict:
-    """Settings from a JSON (or, with PyYAML, YAML) file: ``{field: value}`` with
-    :class:`TrainConfig` field names (``-`` may stand for ``_``; ``lambda`` for ``lambda_``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"--config {path}: not a file")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise ValueError(f"--config {path}: reading YAML needs PyYAML (pip install pyyaml); or write the file as "
-                             "JSON (--print-config prints one)") from None
-        raw = yaml.safe_load(text)
-    else:
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"--config {path}: not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"--config {path}: expected an object of settings")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    out = {}
-    for key, value in raw.items():
-        name = "lambda_" if key == "lambda" else key.replace("-", "_")
-        if name not in known:
-            raise ValueError(f"--config {path}: unknown setting {key!r}; known: {', '.join(sorted(known))}")
-        out[name] = tuple(value) if isinstance(value, list) else value
-    return out
-
-
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The preset's config, then the ``--config`` file's settings, then every option given
-    on the command line, validated."""
+    on the command line, validated.
+
+    With ``--resume`` and a run in ``--out``, the run's own settings (saved in its
+    ``last.pt``) take the preset's place: ``--out DIR --resume`` alone continues it.
+    """
+    from .config_file import read_config_file, typed, typed_fields
+
     from_file = read_config_file(args.config) if getattr(args, "config", None) else {}
-    preset = args.preset or from_file.pop("preset", None) or "full"
-    from_file.pop("preset", None)
-    if preset not in PRESETS:
-        raise ValueError(f"--config {args.config}: unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-    cfg = TrainConfig(preset=preset, **PRESETS[preset])
+    saved = _saved_config(args, from_file.get("out"))
+    if saved is not None:
+        if args.preset and args.preset != saved.get("preset"):
+            raise ValueError(f"--resume: the run in {saved['out']} was started with --preset {saved.get('preset')}, "
+                             f"not {args.preset}; leave --preset out to continue it with its settings")
+        preset = saved.get("preset", "full")
+        cfg = TrainConfig(**{k: typed(k, v, f"{saved['out']}/last.pt: {k!r}") for k, v in saved.items()
+                             if k in typed_fields()})
+        from_file.pop("preset", None)
+    else:
+        preset = args.preset or from_file.pop("preset", None) or "full"
+        from_file.pop("preset", None)
+        if preset not in PRESETS:
+            raise ValueError(f"--config {args.config}: unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        cfg = TrainConfig(preset=preset, **PRESETS[preset])
     for name, value in from_file.items():
         setattr(cfg, name, value)
     for f in dataclasses.fields(TrainConfig):
@@ -419,6 +422,52 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         cfg.hand_boxes = str(found[0])
     validate(cfg)
     return cfg
+
+
+def _saved_config(args: argparse.Namespace, out_in_file: str | None) -> dict | None:
+    """The settings saved in the run folder's ``last.pt`` when resuming (``None``
+    otherwise), with ``out`` the folder it was found in."""
+    if not getattr(args, "resume", False):
+        return None
+    from .checkpoint import load_checkpoint
+
+    out = args.out or out_in_file or TrainConfig.out
+    path = Path(out) / "last.pt"
+    if not path.is_file():
+        raise ValueError(f"--resume: no checkpoint at {path} (--out names the run folder to continue)")
+    return {**load_checkpoint(path)["config"], "out": str(out)}
+
+
+def resume_command(out: str | Path) -> str:
+    """The command that continues the run in ``out``."""
+    import shlex
+
+    return f"python examples/train_nvgesture.py --out {shlex.quote(str(out))} --resume"
+
+
+def schedule_warnings(cfg: TrainConfig) -> list[str]:
+    """Settings that leave part of the schedule without effect in this run: SSA starting
+    after the last epoch (the networks then train apart), LR steps at or after it."""
+    out = []
+    preset = PRESETS.get(cfg.preset, {})
+
+    def source(name: str, flag: str) -> str:
+        default = preset.get(name, getattr(TrainConfig, name, None))
+        return f"the value of preset {cfg.preset!r}" if _norm_value(getattr(cfg, name)) == _norm_value(default) else flag
+
+    if cfg.ssa and len(cfg.modalities) > 1 and cfg.ssa_start > cfg.epochs:
+        out.append(f"SSA never runs: --ssa-start {cfg.ssa_start} ({source('ssa_start', 'as given')}) is after the last "
+                   f"epoch (--epochs {cfg.epochs}), so the {len(cfg.modalities)} networks train independently. Give "
+                   f"--ssa-start E with E <= {cfg.epochs} for SSA, or --no-ssa to train without it")
+    late = [e for e in cfg.lr_steps if e >= cfg.epochs]
+    if late:
+        out.append(f"--lr-steps {' '.join(map(str, late))} ({source('lr_steps', 'as given')}): the LR would drop after "
+                   f"epoch(s) at or past the last one (--epochs {cfg.epochs}), so it never does there")
+    return out
+
+
+def _norm_value(v):
+    return list(v) if isinstance(v, (list, tuple)) else v
 
 
 def parse_pretrained(items: tuple[str, ...], modalities: tuple[str, ...]) -> dict[str, str]:
@@ -493,6 +542,7 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.eval_every >= 0, f"--eval-every must be >= 0, got {cfg.eval_every}")
     need(cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1, got {cfg.threads}")
     need(cfg.log_every >= 1, f"--log-every must be >= 1, got {cfg.log_every}")
+    need(cfg.keep_every >= 0, f"--keep-every must be >= 0 (0 = off), got {cfg.keep_every}")
     need(cfg.lr_scaling in ("none", "linear"), f"--lr-scaling must be none or linear, got {cfg.lr_scaling!r}")
     need(cfg.lr_reference_batch >= 1, f"--lr-reference-batch must be >= 1, got {cfg.lr_reference_batch}")
     need(cfg.fusion in FUSIONS, f"--fusion must be one of {FUSIONS}, got {cfg.fusion!r}")
@@ -533,6 +583,10 @@ class Paths:
         self.metrics_json = self.root / "metrics.json"
         self.metrics_csv = self.root / "metrics.csv"
         self.final = self.root / "final_eval.json"
+
+    def epoch_checkpoint(self, epoch: int) -> Path:
+        """The checkpoint kept after ``epoch`` (``--keep-every``)."""
+        return self.root / f"epoch{epoch:03d}.pt"
 
     def logits(self, epoch: int, split: str) -> Path:
         """Per-clip logits of the evaluation of ``split`` after ``epoch``."""

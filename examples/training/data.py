@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
 from examples.data import Compose, HandBoxCrop, NVGestureDataset, Resize, build_transforms
+from examples.data.errors import EmptySplitError
 
 from .config import TrainConfig
 
@@ -76,20 +77,25 @@ def transforms_of(cfg: TrainConfig, train: bool, boxes=None, resize: int | None 
 
 
 def _dataset(cfg: TrainConfig, split: str, train: bool) -> NVGestureDataset:
+    # check_frames: every clip decoded once here, so a truncated video stops (or, with
+    # --skip-bad, is passed over) before the first epoch, not in an evaluation after it
     frames = cfg.frames if train else cfg.test_frames
     if not cfg.cache or cfg.box_pipeline == "mmpose":
         # The mmpose box pipeline crops before resizing, differently every epoch: a cache
         # (when asked for) holds the decoded windows as they are.
         transform = transforms_of(cfg, train)
         if cfg.cache:
-            return CachedNVGesture(cfg.data_root, split, cfg.modalities, transform, skip_bad=cfg.skip_bad)
-        return NVGestureDataset(cfg.data_root, split, cfg.modalities, transform, skip_bad=cfg.skip_bad)
+            return CachedNVGesture(cfg.data_root, split, cfg.modalities, transform, skip_bad=cfg.skip_bad,
+                                   check_frames=True)
+        return NVGestureDataset(cfg.data_root, split, cfg.modalities, transform, skip_bad=cfg.skip_bad,
+                                check_frames=True)
     # The cache holds clips already cropped to the hand and resized; the per-epoch
     # transform's Resize is then a no-op and it only samples, crops, flips, normalizes.
     resize = cfg.resize if cfg.resize is not None else round(cfg.size * 8 / 7)
     prepare = Compose(([HandBoxCrop(cfg.hand_boxes)] if cfg.hand_boxes else []) + [Resize(resize)])
     transform = build_transforms(train, frames=frames, size=cfg.size, resize=resize, fps=cfg.fps, flip=cfg.flip)
-    return CachedNVGesture(cfg.data_root, split, cfg.modalities, transform, prepare=prepare, skip_bad=cfg.skip_bad)
+    return CachedNVGesture(cfg.data_root, split, cfg.modalities, transform, prepare=prepare, skip_bad=cfg.skip_bad,
+                           check_frames=True)
 
 
 def build_datasets(cfg: TrainConfig, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, Dataset]:
@@ -114,6 +120,34 @@ def build_datasets(cfg: TrainConfig, splits: tuple[str, ...] = ("train", "val", 
     if "test" in splits:
         out["test"] = _dataset(cfg, "test", train=False)
     return {k: out[k] for k in ("train", "val", "test") if k in out}
+
+
+def require_clips(datasets: dict[str, Dataset]) -> None:
+    """Raise :class:`EmptySplitError` for a split without clips: a run on it would train
+    on nothing (loss 0) or report an accuracy of 0 clips."""
+    for name, ds in datasets.items():
+        if len(ds):
+            continue
+        base = ds.dataset if isinstance(ds, Subset) else ds
+        skipped = getattr(base, "skipped", [])
+        if skipped:
+            why = (f"--skip-bad passed over every one of its {len(skipped)} entries (first: {skipped[0]}); "
+                   "fix or restore the data, the warnings above say what is wrong with each")
+        else:
+            why = f"its list file {getattr(base, 'list_file', '?')} lists no clip"
+        hint = " (--no-eval-test trains without it)" if name == "test" else ""
+        raise EmptySplitError(f"the {name} split has no clips: {why}{hint}")
+
+
+def skipped_entries(datasets: dict[str, Dataset]) -> list[str]:
+    """What ``--skip-bad`` passed over in building ``datasets`` (each list read once)."""
+    seen, out = set(), []
+    for ds in datasets.values():
+        base = ds.dataset if isinstance(ds, Subset) else ds
+        if id(base) not in seen and (base.split, str(base.list_file)) not in seen:
+            seen |= {id(base), (base.split, str(base.list_file))}
+            out += list(getattr(base, "skipped", []))
+    return out
 
 
 def preload(datasets: dict[str, Dataset], progress: bool = False) -> None:

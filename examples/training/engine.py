@@ -29,10 +29,19 @@ from .checkpoint import (
     set_rng_state,
     write_json_atomic,
 )
-from .config import BRANCH_CHANGES, RESUMABLE_CHANGES, Paths, TrainConfig, parse_pretrained, validate
+from .config import (
+    BRANCH_CHANGES,
+    RESUMABLE_CHANGES,
+    Paths,
+    TrainConfig,
+    parse_pretrained,
+    resume_command,
+    schedule_warnings,
+    validate,
+)
 from .evaluation import EvalResult, evaluate, save_logits, save_train_ce
 from .metrics import MetricsLog
-from .tensorboard import ScalarWriter
+from .runlog import DivergenceError, TextLog, TrainingInterrupted, check_writable, environment
 
 
 def seed_everything(seed: int) -> None:
@@ -166,13 +175,17 @@ class Trainer:
         if self.paths.checkpoint.exists() and not resume:
             raise ValueError(f"--out {cfg.out} already holds a run (last.pt): pass --resume to continue it, "
                              "or choose another --out")
+        self.say = TextLog(check_writable(self.paths.root) / "train.log" if self.rt.main else None)
+        if self.rt.main:
+            for warning in schedule_warnings(cfg):
+                self.say(f"WARNING: {warning}", error=True)
         seed_everything(cfg.seed)  # the same initial weights in every process
         self.model = build_model(cfg, verbose=self.rt.main).to(self.rt.device)
         self.ddp = DistributedDataParallel(self.model, device_ids=[self.rt.device.index]
                                            if self.rt.device.type == "cuda" else None) if self.rt.distributed else None
         self.lr = effective_lr(cfg, self.rt.world)
         if self.rt.main and self.lr != cfg.lr:
-            print(f"--lr-scaling linear: lr {cfg.lr:g} x total batch {cfg.batch_size * self.rt.world} / "
+            self.say(f"--lr-scaling linear: lr {cfg.lr:g} x total batch {cfg.batch_size * self.rt.world} / "
                   f"{cfg.lr_reference_batch} = {self.lr:g}")
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
@@ -180,6 +193,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.rt.amp_dtype == torch.float16)
         seed_everything(cfg.seed + 1000 * self.rt.rank)  # different augmentations per process
         self.datasets = D.build_datasets(cfg, ("train", "val", "test") if cfg.eval_test else ("train", "val"))
+        D.require_clips(self.datasets)
+        self.datasets_skipped = D.skipped_entries(self.datasets)
         self.train_loader, self.sampler = D.train_loader(self.datasets["train"], cfg, self.rt.rank, self.rt.world)
         self.eval_loaders = {name: D.eval_loader(ds, cfg, self.rt.rank, self.rt.world)
                              for name, ds in self.datasets.items() if name != "train"}
@@ -188,12 +203,13 @@ class Trainer:
         self.best_metric = f"val/top1/{cfg.modalities[0] if cfg.best_metric == 'auto' else cfg.best_metric}"
         self.best: dict | None = None  # {"metric", "value", "epoch"}
         if self.rt.main and "val" not in self.eval_loaders:
-            print("no validation split (--val-subjects K): no best.pt and no evaluation during training; " +
+            self.say("no validation split (--val-subjects K): no best.pt and no evaluation during training; " +
                   ("the test split is evaluated after the last epoch" + (" and watched (--watch-test)"
                                                                         if cfg.watch_test else "")
                    if cfg.eval_test else "the test split is not evaluated either (--no-eval-test)"))
         history: list[dict] = []
         self.branched_from: dict | None = None
+        self.pending: list[str] = []
         # Which training clips are "RGB-hard" (the synthetic generator's sidecar): read for
         # the focal-weight statistics only, never for training.
         self.hard_clips = load_hard_clips(Path(cfg.data_root))
@@ -203,8 +219,9 @@ class Trainer:
             raise FileNotFoundError(f"--resume: no checkpoint at {self.paths.checkpoint}")
         elif branch_from is not None:
             history = self._branch(Path(branch_from))
+        self.saved_epoch = self.start_epoch - 1
         self.log = MetricsLog(self.paths.metrics_json, self.paths.metrics_csv, history)
-        self.tb = ScalarWriter(self.paths.root / "tb") if cfg.tensorboard and self.rt.main else None
+        self.tb = open_tensorboard(self.paths.root / "tb") if cfg.tensorboard and self.rt.main else None
 
     # ------------------------------------------------------------------ state
 
@@ -222,13 +239,16 @@ class Trainer:
         set_rng_state(states[self.rt.rank])
         self.start_epoch = ckpt["epoch"] + 1
         self.best = ckpt.get("best")
+        # splits whose evaluation after the checkpoint's epoch had not finished
+        self.pending = list(ckpt.get("pending_eval", []))
 
     def _restore(self, ckpt: dict) -> list[dict]:
         check_resumable(ckpt["config"], self.cfg)
         self._load_training_state(ckpt, "--resume", "resume with the same number to continue exactly")
         self.branched_from = ckpt.get("branched_from")
         if self.rt.main:
-            print(f"resumed {self.paths.checkpoint} after epoch {ckpt['epoch']}")
+            self.say(f"resumed {self.paths.checkpoint} after epoch {ckpt['epoch']}" +
+                     (f" (its evaluation of {', '.join(self.pending)} follows)" if self.pending else ""))
         return ckpt["history"]
 
     def _branch(self, path: Path) -> list[dict]:
@@ -239,6 +259,7 @@ class Trainer:
         saved_check.update({k: v for k, v in self.cfg.to_dict().items() if k in BRANCH_CHANGES})
         check_resumable(saved_check, self.cfg)  # the same check a resume makes, on the shared settings
         self._load_training_state(ckpt, "--branch-from", "branch with the same number to share the random streams")
+        self.pending = []
         self.branched_from = {"path": str(path), "epoch": int(ckpt["epoch"])}
         if self.rt.main:
             # the prefix's per-clip files and best checkpoint belong to this run's history too
@@ -251,24 +272,33 @@ class Trainer:
             if self.best is not None and source.best.is_file() and not self.paths.best.exists():
                 self.paths.root.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source.best, self.paths.best)
-            print(f"branched from {path} after epoch {ckpt['epoch']}")
+            self.say(f"branched from {path} after epoch {ckpt['epoch']}")
         return ckpt["history"]
 
     def _save(self, epoch: int, best: bool = False) -> None:
-        """``last.pt`` (and ``best.pt`` when this epoch is the best so far on validation)."""
+        """``last.pt`` (and ``best.pt`` when this epoch is the best so far on validation).
+
+        ``self.pending`` (saved too) names the splits still to evaluate after ``epoch``; a
+        resume evaluates them first, so an evaluation that fails (a bad test clip) does
+        not cost the epoch.
+        """
         states = dd.gather(rng_state(), self.rt)  # every process's RNG, captured after its epoch
         if self.rt.main:
             ckpt = {
                 "format": CHECKPOINT_FORMAT, "epoch": epoch, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": states, "config": self.cfg.to_dict(),
-                "history": self.log.rows, "best": self.best,
+                "history": self.log.rows, "best": self.best, "pending_eval": list(self.pending),
             }
             if self.branched_from is not None:
                 ckpt["branched_from"] = self.branched_from
             if best:
                 save_atomic(ckpt, self.paths.best)
             save_atomic(ckpt, self.paths.checkpoint)
+            keep = self.cfg.keep_every
+            if keep and epoch % keep == 0 and not self.pending:
+                save_atomic(ckpt, self.paths.epoch_checkpoint(epoch))
+        self.saved_epoch = epoch
 
     # ------------------------------------------------------------------ loops
 
@@ -310,6 +340,7 @@ class Trainer:
                 if ssa_now:
                     perm = shuffle_permutation(len(labels), cfg.seed, epoch, i, self.rt.rank).to(labels.device)
             losses = self.model.loss(out, labels, ssa=ssa_now, perm=perm)
+            self._check_finite(losses, epoch, i + 1)
             clip_paths += list(batch["path"])
             clip_ce.append(losses.ce_per_sample.t().float().cpu())
             self.optimizer.zero_grad(set_to_none=True)
@@ -330,7 +361,7 @@ class Trainer:
                            "perf/clips_per_s": n * self.rt.world / max(done - waited, 1e-9),
                            "perf/step_seconds": done - waited, "perf/data_seconds": loaded - waited,
                            "perf/max_memory_mib": _max_memory_mib(self.rt.device)}
-                self.tb.add_scalars(step, scalars)
+                add_scalars(self.tb, step, scalars)
             waited = time.perf_counter()
         seconds = time.perf_counter() - started
         sums = np.asarray(dd.all_sum(sums.tolist(), self.rt))
@@ -349,6 +380,23 @@ class Trainer:
             if self.rt.main and cfg.save_logits:
                 save_train_ce(self.paths.logits(epoch, "train_ce"), paths, ce, mods, epoch, cfg.beta)
         return row
+
+    def _check_finite(self, losses, epoch: int, step: int) -> None:
+        """Stop before a step on an inf or NaN loss (every process alike), so no non-finite
+        weights are ever stepped into or saved."""
+        finite = bool(torch.isfinite(losses.total))
+        if self.rt.distributed:
+            finite = dd.all_sum([float(finite)], self.rt)[0] == self.rt.world
+        if finite:
+            return
+        ce = ", ".join(f"{m} {v.item():.4g}" for m, v in losses.ce.items())
+        kept = (f"{self.paths.checkpoint} keeps epoch {self.saved_epoch}" if self.saved_epoch >= 1 else
+                "no epoch was saved")
+        raise DivergenceError(
+            f"training diverged: the loss is {losses.total.item()} at epoch {epoch}, step {step} (CE {ce}; SSA "
+            f"{losses.ssa.item():.4g}); stopped before stepping into non-finite weights, {kept}. Lower --lr "
+            f"(now {self.lr:g}) or --lambda, and start a new run (--init-from {self.paths.checkpoint} keeps the "
+            "weights)")
 
     def evaluate(self, split: str, epoch: int) -> dict:
         """Top-1 per modality and fused, and confusion matrices, on ``split`` (all processes);
@@ -378,38 +426,48 @@ class Trainer:
         results: dict[str, dict] = {}
         last = cfg.epochs if stop_after is None else min(stop_after, cfg.epochs)
         try:
+            if self.rt.main:
+                self._write_run_records()
             if self.rt.main and self.start_epoch == 1:
                 sizes = ", ".join(f"{k} {len(v)}" for k, v in self.datasets.items())
-                print(f"training {'+'.join(cfg.modalities)} on {cfg.data_root} ({sizes} clips), "
-                      f"{self.rt.world} process(es) on {self.rt.device}, out {cfg.out}")
+                self.say(f"training {'+'.join(cfg.modalities)} on {cfg.data_root} ({sizes} clips), "
+                         f"{self.rt.world} process(es) on {self.rt.device}, out {cfg.out}")
             D.preload(self.datasets, cfg.progress and self.rt.main)
-            for epoch in range(self.start_epoch, last + 1):
-                started = time.perf_counter()
-                lr = self.optimizer.param_groups[0]["lr"]
-                row = {"epoch": epoch, "lr": lr, **self.train_epoch(epoch)}
-                self.scheduler.step()
-                row["train/seconds"] = time.perf_counter() - started
-                if epoch == cfg.epochs:
-                    evals = results = {split: self.evaluate(split, epoch) for split in self.eval_loaders}
-                elif cfg.eval_every and epoch % cfg.eval_every == 0:
-                    # during training: the validation split; the test split only when asked to watch it
-                    splits = [s for s in self.eval_loaders if s == "val" or (s == "test" and cfg.watch_test)]
-                    evals = {split: self.evaluate(split, epoch) for split in splits}
+            first = self.start_epoch - 1 if self.pending else self.start_epoch
+            for epoch in range(first, last + 1):
+                if epoch < self.start_epoch:  # resumed: the checkpoint's epoch still needs its evaluation
+                    row, splits = self.log.rows[-1], self.pending
                 else:
-                    evals = {}
+                    started = time.perf_counter()
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    row = {"epoch": epoch, "lr": lr, **self.train_epoch(epoch)}
+                    self.scheduler.step()
+                    row["train/seconds"] = time.perf_counter() - started
+                    splits = self._eval_splits(epoch)
+                    self.log.rows.append(row)
+                    self.pending = splits
+                    self._save(epoch)  # saved before evaluating: a failing evaluation keeps the epoch
+                    if self.rt.main:
+                        self.log.write()
+                evals = {split: self.evaluate(split, epoch) for split in splits}
+                self.pending = []
+                if epoch == cfg.epochs:
+                    results = evals
                 for split, res in evals.items():
-                    row |= {f"{split}/top1/{k}": v for k, v in res["top1"].items()}
+                    row |= {f"{split}/{acc}/{k}": v for acc in ("top1", "top5", "mean_class")
+                            for k, v in res.get(acc, {}).items()}
                     row |= {f"{split}/corr_dist/{e}": v for e, v in res.get("corr_dist", {}).items()}
                 best = self._update_best(epoch, row)
                 if self.rt.main:
-                    self.log.append(row)
-                    print(_epoch_line(row, cfg.ssa_start) + (" | best" if best else ""), flush=True)
+                    self.log.write()
+                    self.say(_epoch_line(row, cfg.ssa_start) + (" | best" if best else ""))
                     if self.tb is not None:
-                        self.tb.add_scalars(epoch * len(self.train_loader), {
+                        add_scalars(self.tb, epoch * len(self.train_loader), {
                             f"epoch/{k}": float(v) for k, v in row.items()
                             if k != "epoch" and isinstance(v, (int, float))})
                         self.tb.flush()
-                self._save(epoch, best=best)
+                if splits or best:
+                    self._save(epoch, best=best)
             if last < cfg.epochs:
                 return {"stopped_after": last}
             if not results:  # resumed a finished run: evaluate its final weights
@@ -420,10 +478,34 @@ class Trainer:
             if self.rt.main:
                 self._write_outputs(final)
             return final
+        except KeyboardInterrupt:
+            kept = self.saved_epoch
+            raise TrainingInterrupted(
+                f"interrupted after epoch {kept}: {self.paths.checkpoint} holds it; resume with "
+                f"{resume_command(cfg.out)}" if kept >= 1 else
+                "interrupted before the first epoch ended: nothing was saved; start the run again") from None
         finally:
             if self.tb is not None:
                 self.tb.close()
             dd.teardown(self.rt)
+
+    def _eval_splits(self, epoch: int) -> list[str]:
+        """The splits evaluated after ``epoch``: every split after the last epoch; during
+        training the validation split, and the test split only when asked to watch it."""
+        if epoch == self.cfg.epochs:
+            return list(self.eval_loaders)
+        if self.cfg.eval_every and epoch % self.cfg.eval_every == 0:
+            return [s for s in self.eval_loaders if s == "val" or (s == "test" and self.cfg.watch_test)]
+        return []
+
+    def _write_run_records(self) -> None:
+        """``config.json`` (the resolved settings) and ``environment.json`` (versions,
+        device, commit) of this start (a resume rewrites them)."""
+        write_json_atomic(self.cfg.to_dict(), self.paths.root / "config.json")
+        write_json_atomic(environment(self.rt.device, self.rt.world), self.paths.root / "environment.json")
+        if self.datasets_skipped:
+            self.say(f"--skip-bad: passed over {len(self.datasets_skipped)} bad list lines or clips:\n  " +
+                     "\n  ".join(self.datasets_skipped), error=True)
 
     def _write_outputs(self, final: dict) -> None:
         write_json_atomic(final, self.paths.final)
@@ -438,8 +520,7 @@ class Trainer:
                 plot_confusion(res["confusion"], self.paths.root / f"confusion_{split}.png",
                                f"{split} split, epoch {final['epochs']}")
         for split, res in final["splits"].items():
-            accs = ", ".join(f"{k} {v:.3f}" for k, v in res["top1"].items())
-            print(f"{split} top-1 ({res['clips']} clips): {accs}")
+            self.say(accuracy_lines(split, res))
 
 
 def focal_statistics(ce: np.ndarray, paths: list[str], modalities: tuple[str, ...], beta: float,
@@ -486,6 +567,24 @@ def effective_lr(cfg: TrainConfig, world: int) -> float:
     return cfg.lr
 
 
+def open_tensorboard(logdir: Path):
+    """A ``torch.utils.tensorboard.SummaryWriter`` on ``logdir``, or None (with a one-line
+    message) where the ``tensorboard`` package is not installed: training goes on without it."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("[tensorboard] package not installed, training without TensorBoard scalars "
+              "(pip install tensorboard; --no-tensorboard silences this)", flush=True)
+        return None
+    return SummaryWriter(str(logdir))
+
+
+def add_scalars(writer, step: int, scalars: Mapping[str, float]) -> None:
+    """Each scalar under its own tag (SummaryWriter.add_scalars would make one run per tag)."""
+    for tag, value in scalars.items():
+        writer.add_scalar(tag, value, step)
+
+
 def _max_memory_mib(device: torch.device) -> float:
     """Peak memory so far: CUDA memory allocated by torch on a GPU, else the process's peak RSS."""
     if device.type == "cuda":
@@ -493,6 +592,17 @@ def _max_memory_mib(device: torch.device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def accuracy_lines(split: str, res: dict, where: str = "") -> str:
+    """``test top-1 (3 clips): rgb 0.333, ...`` and a line of top-5 and mean class accuracy."""
+    def accs(kind: str) -> str:
+        return ", ".join(f"{k} {v:.3f}" for k, v in res.get(kind, {}).items())
+
+    line = f"{split} top-1 ({res['clips']} clips{where}): {accs('top1')}"
+    if res.get("top5"):
+        line += f"\n{split} top-5: {accs('top5')}; mean class accuracy: {accs('mean_class')}"
+    return line
 
 
 def _epoch_line(row: dict, ssa_start: int) -> str:

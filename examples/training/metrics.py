@@ -19,15 +19,28 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int)
 
 
 def summarize(scores: Mapping[str, torch.Tensor], labels: torch.Tensor, num_classes: int) -> dict:
-    """Top-1 accuracy and confusion matrix of every score ``[N, K]`` (one per modality, and ``fused``).
+    """Top-1 and top-5 accuracy, mean class accuracy and confusion matrix of every score
+    ``[N, K]`` (one per modality, and ``fused``).
 
-    Returns ``{"top1": {name: acc}, "confusion": {name: K x K list}, "clips": N}``.
+    Returns ``{"top1": {name: acc}, "top5": {...}, "mean_class": {...}, "confusion":
+    {name: K x K list}, "clips": N}``. The mean class accuracy averages the recall of the
+    classes present in ``labels`` (NVGesture's test list is not balanced). Accuracies of
+    no clips are ``None`` (JSON has no NaN).
     """
-    out: dict = {"top1": {}, "confusion": {}, "clips": int(labels.numel())}
+    n = int(labels.numel())
+    out: dict = {"top1": {}, "top5": {}, "mean_class": {}, "confusion": {}, "clips": n}
     for name, score in scores.items():
         pred = score.argmax(1)
-        out["top1"][name] = int((pred == labels).sum()) / labels.numel() if labels.numel() else float("nan")
-        out["confusion"][name] = confusion_matrix(pred, labels, num_classes).tolist()
+        confusion = confusion_matrix(pred, labels, num_classes)
+        out["confusion"][name] = confusion.tolist()
+        if not n:
+            out["top1"][name] = out["top5"][name] = out["mean_class"][name] = None
+            continue
+        out["top1"][name] = int((pred == labels).sum()) / n
+        top = score.topk(min(5, score.shape[1]), dim=1).indices
+        out["top5"][name] = int((top == labels[:, None]).any(1).sum()) / n
+        per_class = confusion.diag().double() / confusion.sum(1).double()
+        out["mean_class"][name] = float(per_class[confusion.sum(1) > 0].mean())
     return out
 
 

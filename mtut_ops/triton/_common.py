@@ -46,9 +46,9 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from torch._subclasses.fake_tensor import is_fake
 
 from .. import _validation as V
+from .._torch_private import is_fake
 
 #: True when triton.jit builds interpreted kernels (TRITON_INTERPRET=1): fixed at import.
 INTERPRETED = bool(getattr(triton, "knobs", None) and triton.knobs.runtime.interpret)  # no knobs: triton < 3.4, never registered
@@ -268,6 +268,32 @@ class Packed:
         return INTERPRETED and self.z.dtype == torch.bfloat16
 
 
+#: Small index tables, one per (values, dtype, device): built once, so that a call copies
+#: nothing from the host (a pageable copy stalls the host until the stream reaches it, and
+#: CUDA-graph capture refuses it). Bounded by the number of distinct shapes a program runs.
+_TABLES: dict = {}
+_TABLES_MAX = 1024
+
+
+def index_table(values, dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor:
+    """``values`` (nested tuples of ints or bools) as a tensor of ``dtype`` on ``like``'s device.
+    Cached for real tensors; built fresh while tracing (fake or functional tensors, a
+    dispatch mode), where a cached real tensor would not mix and nothing is copied anyway.
+    The tables are shared: callers only read them."""
+    tracing = is_fake(like) or type(like) is not torch.Tensor or torch._C._len_torch_dispatch_stack() > 0
+    if tracing:
+        return torch.tensor(values, dtype=dtype, device=like.device)
+    key = (values, dtype, like.device)
+    table = _TABLES.get(key)
+    if table is None:
+        if len(_TABLES) >= _TABLES_MAX:
+            _TABLES.clear()
+        with torch.inference_mode(False):  # usable outside an inference_mode region too
+            table = torch.tensor(values, dtype=dtype, device=like.device)
+        _TABLES[key] = table
+    return table
+
+
 def padded(n):
     """n rounded up to a multiple of 16 (works on symbolic sizes)."""
     return (n + 15) // 16 * 16
@@ -292,7 +318,7 @@ def pack(feats, info: V.FeatInfo, eps: float) -> Packed:
                 x, x.stride(0), x.stride(1), x.stride(2), z, norm, inv, offsets[m], C, C_m, info.d, z.shape[2], eps,
                 ROUND=ROUND_CODE[mode], BLOCK=_STAGE_BLOCK, num_warps=_STAGE_WARPS,
             )
-    offsets_t = torch.tensor(offsets, dtype=torch.int32, device=device)
+    offsets_t = index_table(tuple(offsets), torch.int32, z)
     return Packed(info, mode, z, norm, inv, offsets, offsets_t)
 
 
@@ -316,16 +342,17 @@ def normalize_backward(grad_xh: torch.Tensor, pk: Packed, feats, eps: float, nee
     return grads
 
 
-def pair_tables(M: int, device) -> tuple:
+def pair_tables(M: int, like: torch.Tensor) -> tuple:
     """The unordered pairs m < n as an int32 [P, 2] table, and a [M, M] long map from
-    (m, n) to 1 + the pair's index (0 on the diagonal), to scatter [N, P] into [N, M, M]."""
+    (m, n) to 1 + the pair's index (0 on the diagonal), to scatter [N, P] into [N, M, M];
+    on ``like``'s device (cached: index_table)."""
     pairs = [(m, n) for m in range(M) for n in range(m + 1, M)]
     index = [[0] * M for _ in range(M)]
     for p, (m, n) in enumerate(pairs):
         index[m][n] = index[n][m] = p + 1
     return (
-        torch.tensor(pairs, dtype=torch.int32, device=device),
-        torch.tensor(index, dtype=torch.long, device=device),
+        index_table(tuple(pairs), torch.int32, like),
+        index_table(tuple(map(tuple, index)), torch.long, like),
     )
 
 

@@ -1,4 +1,4 @@
-"""The direct algorithm (DESIGN.md §2) in triton: tiles of the d x d matrices, nothing d x d stored.
+"""The direct algorithm (docs/design.md §2) in triton: tiles of the d x d matrices, nothing d x d stored.
 
 The kernels read the staged stack z (``_common.pack``: normalized rows, already in the
 operand type, zero-padded to ld positions, which the kernels take for d), so every K tile
@@ -35,8 +35,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (Packed, configs, dot_precision, launcher_kind, launchers, min_block, on_device, round_operand,
-                      wrap_triton)
+from ._common import (Packed, configs, dot_precision, index_table, launcher_kind, launchers, min_block, on_device,
+                      round_operand, wrap_triton)
 
 # (BLOCK_D, BLOCK_C, num_warps, num_stages) per kind of operand; each free of spills and
 # within shared memory on sm_80 and sm_90 (tools/triton_static.py), with triton 3.8 and with
@@ -209,7 +209,7 @@ def direct_backward(pk: Packed, weight: torch.Tensor, needs_grad) -> torch.Tenso
     for the modalities with needs_grad[m] (the others' programs find no weight and exit). [N, C, ld]."""
     info = pk.info
     out = torch.zeros((info.N, pk.C, pk.ld), dtype=pk.inv.dtype, device=pk.z.device)
-    needed = torch.tensor(needs_grad, dtype=torch.bool, device=weight.device)[:, None]
+    needed = index_table(tuple(bool(x) for x in needs_grad), torch.bool, pk.z)[:, None]
     w = torch.where(needed, weight.to(pk.inv.dtype), 0.0).contiguous()  # exact zeros, even for a NaN weight
     kernel = _BACKWARD[launcher_kind(pk)]
 

@@ -1,4 +1,4 @@
-"""The gram algorithm (DESIGN.md §2) in triton: S_mn = ||G_mm||^2 - 2 ||G_mn||^2 + ||G_nn||^2.
+"""The gram algorithm (docs/design.md §2) in triton: S_mn = ||G_mm||^2 - 2 ||G_mn||^2 + ||G_nn||^2.
 
 All modalities share one stacked Gram matrix G = Xh Xh^T over the C = sum_m C_m channel
 rows, whose (m, n) block is G_mn (C_m x C_n). The kernels compute it from the staged
@@ -35,8 +35,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (Packed, configs, dot_precision, launcher_kind, launchers, min_block, on_device, padded,
-                      round_operand, wrap_triton)
+from ._common import (Packed, configs, dot_precision, index_table, launcher_kind, launchers, min_block, on_device,
+                      padded, round_operand, wrap_triton)
 
 # (BLOCK_C, BLOCK_K, num_warps, num_stages) per kind of operand; each free of spills and
 # within shared memory on sm_80 and sm_90 (tools/triton_static.py), with triton 3.8 and
@@ -223,13 +223,13 @@ def gram_forward(pk: Packed) -> torch.Tensor:
 
     with on_device(pk.z):
         wrap_triton(kernel)[grid](
-            pk.z, pk.offsets_t, torch.tensor(blocks, dtype=torch.int32, device=pk.z.device), partial,
+            pk.z, pk.offsets_t, index_table(tuple(blocks), torch.int32, pk.z), partial,
             pk.ld, pk.C, C_max, n_slots, PRECISION=dot_precision(pk.mode), UPCAST=pk.upcast,
         )
     norms = partial.sum(-1)  # [N, blocks]: ||G_mn||^2
     q = {mn: i for i, mn in enumerate(blocks)}
     pairs = [(m, n) for m in range(info.M) for n in range(m + 1, info.M)]
-    at = torch.tensor([[q[(m, m)], q[(m, n)], q[(n, n)]] for m, n in pairs], device=norms.device)
+    at = index_table(tuple((q[(m, m)], q[(m, n)], q[(n, n)]) for m, n in pairs), torch.long, norms)
     S = norms[:, at[:, 0]] - 2.0 * norms[:, at[:, 1]] + norms[:, at[:, 2]]
     return S.clamp_min(0)  # a difference of large terms; clamp_min keeps NaN
 
@@ -246,7 +246,7 @@ def gram_backward(pk: Packed, weight: torch.Tensor, needs_grad) -> torch.Tensor:
     # rows of modalities that need no gradient stay unwritten (never read)
     h = torch.empty((info.N, C, ldh), dtype=pk.z.dtype, device=pk.z.device)
     out = torch.empty((info.N, C, pk.ld), dtype=pk.inv.dtype, device=pk.z.device)
-    needed = torch.tensor(needs_grad, dtype=torch.int32, device=pk.z.device)
+    needed = index_table(tuple(int(x) for x in needs_grad), torch.int32, pk.z)
     kind = launcher_kind(pk)
 
     def coef_grid(meta):

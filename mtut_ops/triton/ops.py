@@ -27,6 +27,7 @@ from typing import Optional
 
 import torch
 
+from .. import _torch_private as P
 from .. import _validation as V
 from .._registration import register_sqdist
 from ._common import INTERPRETED, check_device, normalize_backward, pack, pair_tables, to_square
@@ -58,7 +59,7 @@ def triton_sqdist_forward(feats: list[torch.Tensor], eps: float, algo: str, dire
                           for_backward: bool) -> tuple[torch.Tensor, torch.Tensor]:
     info = _check_sqdist(feats, eps, algo)
     pk = pack(feats, info, eps)
-    pairs, index = pair_tables(info.M, pk.z.device)
+    pairs, index = pair_tables(info.M, pk.z)
     if V.resolve_algo(algo, info.d, info.channels, "triton", info.dtype) == "direct":
         values = direct_forward(pk, pairs)
     else:
@@ -106,12 +107,12 @@ def _register(fn, fake):
 def _keep_out_of_autocast(qualname: str) -> None:
     """As every C++ mtut op (csrc/ssa_common.cpp:without_autocast): inside an autocast
     region the op runs as outside it."""
-    for device_type, key in (("cpu", "AutocastCPU"), ("cuda", "AutocastCUDA")):
-        keyset = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
-        op = torch._library.utils.lookup_op(qualname)
+    for key in ("AutocastCPU", "AutocastCUDA"):
+        keyset = P.dispatch_key_set(key)
+        op = P.lookup_op(qualname)
 
         def kernel(*args, _op=op, _keyset=keyset):
-            with torch._C._ExcludeDispatchKeyGuard(_keyset):
+            with P.ExcludeDispatchKeyGuard(_keyset):
                 return _op(*args)
 
         _LIB.impl(qualname.split("::")[1], kernel, key)

@@ -11,6 +11,8 @@
 // It is not a performance model and not a race detector.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/full.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -18,6 +20,7 @@
 #include <atomic>
 #include <barrier>
 #include <functional>
+#include <limits>
 #include <map>
 #include <cmath>
 #include <cstdint>
@@ -139,6 +142,26 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t, Args&
 }
 
 }  // namespace emulation
+
+// What csrc/cuda/common.cuh takes from the CUDA runtime, and its budgets, for the CPU.
+using emulation::launch;
+using DeviceScope = emulation::DeviceScope;
+inline cudaStream_t current_stream() { return nullptr; }
+// so that the tests' small shapes walk many strips and many chunks of rows
+constexpr int64_t kStripBudget = 3072;
+constexpr int64_t kChunkEntries = 64;
+constexpr int64_t kMinStackWidth = 16;
+// and so that they split the Gram blocks' contraction (on an imagined 4-SM device)
+inline int64_t multiprocessors() { return 4; }
+
+// A buffer whose every entry a kernel writes (common.cuh unwritten): filled with NaN here, so
+// that the tests see any entry left unwritten (or `fill`: a number, where an entry read but
+// never written must show as a wrong number, not as an expected NaN).
+inline at::Tensor unwritten(at::IntArrayRef sizes, const at::TensorOptions& options,
+                            double fill = std::numeric_limits<double>::quiet_NaN()) {
+  return at::full(sizes, fill, options);
+}
+
 }  // namespace cuda
 }  // namespace mtut
 

@@ -166,3 +166,14 @@ def test_hand_scale_moves_the_camera_closer():
 def test_config_validation(kw, match):
     with pytest.raises(ValueError, match=match):
         SyntheticConfig(**kw)
+
+
+@pytest.mark.parametrize("clips, match", [(3, "leaves the test list empty"), (7, "clips_per_class >= 8")])
+def test_settings_that_leave_the_test_list_empty_are_refused(tmp_path, clips, match):
+    # issue 31: 3 clips of 10 subjects reach only subjects 1..3, none of the test subjects 8..10;
+    # make-synthetic wrote "24 train / 0 test clips" without a word
+    cfg = SyntheticConfig(clips_per_class=clips, subjects=10, test_subjects=3)
+    with pytest.raises(ValueError, match=match):
+        generate(tmp_path / "d", cfg, progress=False)
+    assert not (tmp_path / "d").exists()
+    SyntheticConfig(clips_per_class=8, subjects=10, test_subjects=3).check_splits()

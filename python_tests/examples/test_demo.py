@@ -1,80 +1,68 @@
-"""The demo: a reduced paired study (pretext network, paired seeds, the paired table and an
-honest reading), its settings, and a tiny end-to-end run."""
+"""The demo: the op against mmpose's code, a paired training run in which SSA acts, the
+study's answer quoted, an honest reading and valid JSON (tiny shapes here)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
 
 import examples.demo as demo
-from examples.data.classes import NUM_CLASSES
-from examples.study.pretext import pretext_data_config
 
-from .helpers import TINY_RUN_DATA, tiny_config
+from .helpers import TINY_RUN_DATA
 
 
-def _test(mean, low, high):
-    return {"mean": mean, "bootstrap_low": low, "bootstrap_high": high}
+def _pair(change: float, differ: int = 3) -> dict:
+    off = [0.10, 0.10, 0.10, 0.10]
+    on = [0.10, 0.10, 0.10, 0.10 * (1 + change)]
+    return {"corr_distance": {"ssa_off": off, "ssa_on": on}, "epochs": [1, 2, 3, 4], "ssa_start": 3,
+            "identical_before_ssa": True, "final_corr_distance_rel_change": change, "rgb_predictions_differ": differ,
+            "test_clips": 8}
 
 
-def test_reading_says_what_the_seeds_can_tell():
-    few = demo.reading(_test(0.05, 0.02, 0.08), 2)
-    assert "2 paired seeds cannot tell" in few and "[+0.020, +0.080]" in few and "docs/study/results.md" in few
-    powered = demo.reading(_test(0.03, 0.01, 0.05), 10)
-    assert "gained" in powered and "docs/study/results.md" in powered
-    assert "lost" in demo.reading(_test(-0.03, -0.05, -0.01), 12)
-    assert "includes 0" in demo.reading(_test(0.01, -0.01, 0.03), 10)
-    short = demo.reading(_test(0.0, 0.0, 0.0), 2, rgb_at_branch=0.19)
-    assert "cannot tell" in short and "nor is the paper's regime reached here (RGB training top-1 0.19" in short
-    assert "regime" not in demo.reading(_test(0.0, 0.0, 0.0), 2, rgb_at_branch=0.97)
+def test_reading_says_what_the_pair_shows_and_what_it_cannot():
+    # issue 31: the old demo printed identical arms and empty intervals without saying so
+    acts = demo.reading(_pair(-0.25))
+    assert acts.startswith("SSA acts") and "25% lower" in acts and "3 of 8 test clips" in acts
+    assert "not a result about accuracy" in acts and "registered study" in acts
+    assert demo.reading(_pair(0.27)).startswith("SSA moved the networks' features apart")
+    assert demo.reading(_pair(0.01)).startswith("SSA barely moved")
 
 
-def test_demo_settings_are_the_study_in_small():
-    target, pretext = demo.DEMO_DATA, demo.PRETEXT_DATA
-    assert set(target.classes).isdisjoint(pretext.classes)
-    assert set(pretext.classes) <= set(range(1, NUM_CLASSES + 1))
-    assert pretext.first_subject > target.first_subject + target.subjects - 1  # no shared subject
-    assert target.rgb_hard_p == 0.5
-    run = demo.DEMO_RUN
-    assert run.get("hand_boxes") is None  # no oracle hand crop
-    assert run["lr_steps"][-1] < run["ssa_start"] - 1 and (run["ssa_start"] - 1) / run["epochs"] == 0.8
-    assert run["ssa_endpoints"] == ("Mixed_3c",) and (run["epochs"], run["ssa_start"]) == (10, 9)
-    same = ("width", "frames", "size", "resize", "fps")
-    assert {k: run[k] for k in same} == {k: demo.PRETEXT_RUN[k] for k in same}
-    assert demo.PRETEXT_RUN["modalities"] == ("rgb",) and demo.ARMS == ("ssa_off", "ssa_on")
+def test_study_answer_is_quoted_or_its_absence_said(tmp_path):
+    answer = demo.study_answer()
+    assert answer is None or answer.startswith("**Answer")
+    assert demo.study_answer(tmp_path / "missing.md") is None
+    page = demo.report(None, {**_pair(-0.2), "endpoint": "Mixed_3c", "lambda": 10.0, "focal": "constant",
+                              "test_top1": {a: {"rgb": 0.5} for a in demo.ARMS}}, None)
+    assert "No study results are committed" in page
 
 
+def test_op_comparison_agrees_with_mmpose(monkeypatch):
+    monkeypatch.setattr(demo, "MIXED_4F", (16, (2, 3, 3)))
+    op = demo.op_comparison(clips=2, log=lambda *a: None)
+    assert op["loss_rel_diff"] < 1e-5  # the same loss: float32 sums over 18 positions
+    assert op["mmpose"]["seconds"] > 0 and op["mtut_ops"]["peak_mib"] >= 0
+    assert op["mixed3c_naive_gib"] == pytest.approx(4 * 6 * 25088**2 * 4 / 2**30, rel=1e-3)  # (M + 2) N d^2 fp32
+
+
+@pytest.mark.deep  # trains pretext + two arms end to end: tens of seconds
 def test_demo_end_to_end_tiny(tmp_path, monkeypatch, capsys):
-    target = dataclasses.replace(TINY_RUN_DATA, rgb_hard_p=0.5)
-    monkeypatch.setattr(demo, "DEMO_DATA", target)
-    monkeypatch.setattr(demo, "PRETEXT_DATA", pretext_data_config(target, classes=(3, 4), subjects=2,
-                                                                  clips_per_class=2))
-    tiny = {k: v for k, v in tiny_config(tmp_path, tmp_path).to_dict().items()
-            if k not in ("data_root", "out", "preset", "seed", "threads", "pretrained")}
-    monkeypatch.setattr(demo, "PRETEXT_RUN", {**tiny, "modalities": ("rgb",), "ssa": False, "epochs": 1,
-                                              "lr_steps": (), "eval_every": 0})
-    monkeypatch.setattr(demo, "DEMO_RUN", {**tiny, "epochs": 3, "lr_steps": (1,), "ssa_start": 3, "eval_every": 0})
+    monkeypatch.setattr(demo, "DATA", TINY_RUN_DATA)
+    monkeypatch.setattr(demo, "RUN", {**demo.RUN, "epochs": 3, "ssa_start": 2, "frames": 8, "test_frames": 8})
     out = tmp_path / "demo"
-    assert demo.main(["--out", str(out), "--seeds", "0", "--split", "val"]) == 0
+    assert demo.main(["--out", str(out), "--skip-op"]) == 0
     printed = capsys.readouterr().out
-    assert "| seed | rgb ssa_off | rgb ssa_on | gain |" in printed
-    assert "Reading: 1 paired seed cannot tell" in printed
-    results = json.loads((out / "results.json").read_text())
-    assert results["split"] == "val" and results["seeds"] == [0] and len(results["rows"]) == 1
-    assert (out / "aggregate_val" / "paired.png").is_file() and (out / "pretext" / "pretext_rgb.pth").is_file()
-    assert not (out / "pairs").exists()  # --split val: its own folder, the test split never built
-    # the pairs started from the pretext weights, and a rerun reuses everything
-    cfg = json.loads((out / "pairs-val" / "seed0" / "ssa_on" / "final_eval.json").read_text())["config"]
-    assert cfg["pretrained"] == [str(out / "pretext" / "pretext_rgb.pth")] and cfg["eval_test"] is False
-    assert demo.main(["--out", str(out), "--seeds", "0", "--split", "val"]) == 0
-    again = capsys.readouterr().out
-    assert "reusing finished run" in again and "finished, reused" in again
+    assert "## 2. SSA acting in training" in printed and "Reading: SSA" in printed
+    results = json.loads((out / "results.json").read_text())  # strict JSON: no NaN
+    pair = results["training"]
+    assert pair["epochs"] == [1, 2, 3] and pair["identical_before_ssa"] is True
+    assert pair["corr_distance"]["ssa_on"][-1] != pair["corr_distance"]["ssa_off"][-1]  # SSA changed the features
+    assert results["op"] is None and (out / "corr_distance.png").is_file()
+    assert demo.main(["--out", str(out), "--skip-op"]) == 0
+    assert "reusing" in capsys.readouterr().out
 
 
 def test_demo_rejects_bad_arguments():
-    with pytest.raises(SystemExit):
-        demo.main(["--seeds", "0", "0"])
     with pytest.raises(SystemExit):
         demo.main(["--threads", "0"])

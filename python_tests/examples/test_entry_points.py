@@ -33,7 +33,7 @@ def test_as_module(script):
     assert "usage:" in proc.stdout
 
 
-@pytest.mark.parametrize("command", ["pretext", "pair", "aggregate"])
+@pytest.mark.parametrize("command", ["pretext", "pair", "aggregate", "recheck"])
 def test_study_commands(command):
     for args in (["-m", "examples.study", command, "--help"], ["examples/study/__main__.py", command, "--help"]):
         proc = _run(args)

@@ -21,7 +21,7 @@ def test_mixed_5c_at_64x224_is_1024x8x7x7():
     assert logits.shape == (2, 25)
 
 
-@pytest.mark.slow
+@pytest.mark.deep
 def test_mixed_5c_at_64x224_computed():
     net = I3D(num_classes=None, width=1.0).eval()
     with torch.no_grad():

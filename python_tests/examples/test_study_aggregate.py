@@ -83,6 +83,24 @@ def test_paired_table_and_statistics_on_a_toy_input(toy, tmp_path):
     closer = stats["tests"]["ssa_on"]["corr_dist_Mixed_4f_change_decrease"]
     assert closer["mean"] == pytest.approx(0.25) and closer["p_one_sided"] == 0.0  # every seed 0.25 closer
 
+    # clip level, by hand from TOY: clip 7 fixed in seeds 0 and 2, clips 6 and 9 in seeds 2
+    # and 3; clip 3 broken in seed 2, clip 5 in seed 4. Clip means over the 5 seeds:
+    # -0.2, -0.2, +0.2, +0.4, +0.2 and 0 on 5 clips; mean 0.04; population variance
+    # (3 x 0.04 + 0.16 + 0.04) / 10 - 0.04^2 = 0.0304; clip-bootstrap SE sqrt(0.0304 / 10)
+    clip = stats["clip_level"]["ssa_on"]
+    assert clip["fixed_per_seed"] == [1, 0, 2, 1, 0] and clip["broken_per_seed"] == [0, 0, 1, 0, 1]
+    assert [rows[s]["fixed"] for s in range(5)] == clip["fixed_per_seed"]
+    assert (clip["clips_changed_in_some_seed"], clip["clips_fixed_in_some_seed"],
+            clip["clips_broken_in_some_seed"]) == (5, 3, 2)
+    assert clip["mean"] == pytest.approx(0.04) and clip["clip_bootstrap"]["se"] == pytest.approx(math.sqrt(0.00304))
+    assert clip["crossed_bootstrap"]["low"] < 0.04 < clip["crossed_bootstrap"]["high"]
+    with open(out / "per_clip.csv") as f:
+        per_clip = list(csv.DictReader(f))
+    assert len(per_clip) == 5 * 2 * 10  # seeds x arms x clips
+    seed2_on = [r for r in per_clip if r["seed"] == "2" and r["arm"] == "ssa_on"]
+    assert [r["pred"] == r["label"] for r in seed2_on] == [True] * 3 + [False] * 3 + [True] * 2 + [False] * 2
+    assert "crossed clip x seed bootstrap" in (out / "paired.md").read_text()
+
     with open(out / "paired.csv") as f:
         table = list(csv.DictReader(f))
     assert [float(r["gain"]) for r in table] == pytest.approx(GAINS)

@@ -1,4 +1,5 @@
-"""The paired study's statistics (numpy only): Student's t, the paired t-test, the bootstrap."""
+"""The paired study's statistics (scipy.stats) on toy inputs worked out by hand: the paired
+t-test, the bootstrap, the minimum detectable effect."""
 
 from __future__ import annotations
 
@@ -9,54 +10,12 @@ import numpy as np
 import pytest
 
 from examples.study.stats import (
-    betainc,
     bootstrap_ci,
     bootstrap_means,
+    min_detectable_effect,
     paired_t_test,
-    student_t_cdf,
-    student_t_ppf,
-    student_t_sf,
     summarize_gains,
 )
-
-# Critical values t_{q, df} from published tables of Student's t (e.g. NIST/SEMATECH
-# e-Handbook of Statistical Methods, table 1.3.6.7.2), 3 decimals there; q = P(T <= t).
-TABLE = [(0.95, 1, 6.314), (0.975, 1, 12.706), (0.95, 4, 2.132), (0.975, 4, 2.776), (0.95, 9, 1.833),
-         (0.975, 9, 2.262), (0.99, 9, 2.821), (0.95, 19, 1.729), (0.975, 19, 2.093), (0.975, 30, 2.042),
-         (0.995, 10, 3.169), (0.999, 5, 5.893)]
-
-
-@pytest.mark.parametrize("q,df,t", TABLE)
-def test_t_quantiles_match_the_published_table(q, df, t):
-    assert student_t_ppf(q, df) == pytest.approx(t, abs=6e-4)
-    assert student_t_cdf(t, df) == pytest.approx(q, abs=2e-4 * (1 - q) / 0.05 + 1e-5)
-    assert student_t_ppf(1 - q, df) == pytest.approx(-t, abs=6e-4)
-
-
-@pytest.mark.parametrize("t", [-7.5, -1.2, -0.3, 0.0, 0.4, 1.0, 2.5, 12.0, 150.0])
-def test_t_cdf_matches_the_closed_forms_for_one_and_two_degrees_of_freedom(t):
-    # df = 1 is the Cauchy distribution; df = 2 has F(t) = 1/2 + t / (2 sqrt(2 + t^2))
-    assert student_t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-13)
-    assert student_t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-13)
-    assert student_t_cdf(t, 1) + student_t_sf(t, 1) == pytest.approx(1.0, abs=1e-15)
-
-
-@pytest.mark.parametrize("df", [3, 4, 9, 17, 40])
-@pytest.mark.parametrize("t", [0.5, 1.7, 2.9])
-def test_t_cdf_matches_a_numerical_integral_of_the_density(df, t):
-    # An independent route: F(t) - 1/2 is the density's integral over [0, t] (Simpson's rule).
-    x = np.linspace(0.0, t, 20_001)
-    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-    pdf = np.exp(log_c - (df + 1) / 2 * np.log1p(x * x / df))
-    h = x[1] - x[0]
-    integral = h / 3 * (pdf[0] + pdf[-1] + 4 * pdf[1:-1:2].sum() + 2 * pdf[2:-1:2].sum())
-    assert student_t_cdf(t, df) - 0.5 == pytest.approx(integral, rel=1e-11, abs=1e-13)
-    assert student_t_sf(t, df) == pytest.approx(0.5 - integral, rel=1e-10)
-
-
-def test_t_goes_to_the_normal_for_many_degrees_of_freedom():
-    assert student_t_ppf(0.975, 10**7) == pytest.approx(1.959964, abs=1e-5)
-    assert betainc(2.0, 3.0, 0.4) == pytest.approx(0.5248, abs=1e-12)  # I_0.4(2,3) = 1 - 0.6^4 - 4*0.4*0.6^3
 
 
 def test_paired_t_test_on_a_toy_input_against_a_hand_computation():
@@ -118,3 +77,14 @@ def test_summary_counts_and_interval_contain_the_mean():
     assert (out["positive"], out["zero"], out["negative"]) == (3, 1, 1)
     assert out["bootstrap_low"] < out["mean"] < out["bootstrap_high"]
     assert out["resamples"] == 5000 and out["bootstrap_seed"] == 1
+
+
+def test_minimum_detectable_effect_against_table_quantiles():
+    # published tables (3 decimals there, hence abs 1e-5 on se 0.01): normal z_0.95 = 1.645,
+    # z_0.80 = 0.842; Student's t with 9 df 1.833 and 0.883, with 4 df 2.132 and 0.941
+    assert min_detectable_effect(0.01) == pytest.approx((1.645 + 0.842) * 0.01, abs=1e-5)
+    assert min_detectable_effect(0.01, df=9) == pytest.approx((1.833 + 0.883) * 0.01, abs=1e-5)
+    assert min_detectable_effect(0.01, df=9, power=0.5) == pytest.approx(1.833 * 0.01, abs=1e-5)
+    out = summarize_gains([0.02, 0.05, -0.01, 0.04, 0.03], resamples=100)
+    se = math.sqrt(2.12e-3 / 4) / math.sqrt(5)  # the toy test above
+    assert out["mde"] == pytest.approx((2.132 + 0.941) * se, abs=1e-3 * se)

@@ -112,7 +112,7 @@ def test_cli_errors_name_the_argument(data_root, tmp_path, capsys, argv, message
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.slow
+@pytest.mark.deep
 def test_ddp_two_processes_gloo(data_root, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -1,0 +1,344 @@
+// The backward's products over the students' rows only, their pointers built on the GPU
+// (gram: the normalization backward folded into the weighted blocks).
+#pragma once
+
+#include "backward.cuh"
+#include "products.cuh"
+
+namespace mtut {
+namespace cuda {
+namespace {
+
+// ------------------------------------------------------------------ backward: the students' rows
+//
+// A (sample, modality) row gets gradient only where its weight row is non-zero: for the loss
+// with M = 2, one network per sample (the one with the higher ce). Multiplying every row
+// does M / L times the work for L students a sample; which rows those are is known on the GPU
+// only (a host read of the weights would stall the host behind the networks' forward). So,
+// where every modality has the same channel count and an operand layout cuBLAS reads alike,
+// the backward's products are pointer-array products over L slots per sample, which
+// student_pointers_kernel fills on the GPU: first the sample's students (rows with a weight
+// neither 0 nor NaN, in modality order), then modalities that need a gradient but have none
+// there (their rows are computed from whatever their operands hold and then overwritten: the
+// last pass writes their 0, or for a NaN weight NaN, without reading). L is sqdist_backward's
+// `students` (the loss's backward promises M - 1), at most the number of modalities that need
+// a gradient; a student beyond it gets ref = NaN, i.e. a NaN gradient.
+//   gram:   the normalization backward folded into the weighted blocks (folded_blocks_kernel),
+//           so that the products write dL/dX_m itself: for bf16 inputs per strip of positions
+//           ONE product of K = M C over the maps' stacked columns (stack_strip_kernel), written
+//           in bf16; else M products (term 0: dx_m = B_mm X_m; term j: dx_m += B_mn X_n).
+//   direct: per strip of rows I one product graw_m (+)= X_m[:, I] E_m[I, :].
+constexpr int kMaxStudentModalities = 8;  // slot lists are 3-bit fields of one word
+struct StudentBases {
+  // term (m, n): the left operand of sample b at left[m M + n] + b left_sample[m M + n], the
+  // right one likewise (bytes); graw_m [N, C, d] (null where m needs no gradient)
+  const char* left[kMaxStudentModalities * kMaxStudentModalities];
+  const char* right[kMaxStudentModalities * kMaxStudentModalities];
+  int64_t left_sample[kMaxStudentModalities * kMaxStudentModalities];
+  int64_t right_sample[kMaxStudentModalities * kMaxStudentModalities];
+  char* graw[kMaxStudentModalities];
+};
+
+// One thread per sample: its L slots, and for every slot k (modality m) and term j (n = m
+// for j = 0, else the j-th other modality; `terms` of them) entry e = (j N + b) L + k of the
+// pointer arrays: the left and right operands of (m, n), graw_m.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) student_pointers_kernel(
+    const StudentBases bases, int64_t graw_sample, int64_t N, int M, int L, int terms, T* __restrict__ ref,
+    const void** left, const void** right, void** out) {
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (b >= N) return;
+  unsigned slots = 0, taken = 0;  // (bit fields, not arrays: no local memory)
+  int used = 0;
+  for (int m = 0; m < M; ++m) {
+    if (bases.graw[m] == nullptr) continue;
+    T& r = ref[m * N + b];
+    if (r == T(0) || r != r) continue;  // gradient 0, or NaN: no product needed
+    if (used < L) {
+      slots |= static_cast<unsigned>(m) << (3 * used++);
+      taken |= 1u << m;
+    } else {
+      r = std::numeric_limits<T>::quiet_NaN();  // beyond the caller's promise: NaN, never a wrong number
+    }
+  }
+  for (int m = 0; m < M && used < L; ++m)
+    if (bases.graw[m] != nullptr && !(taken >> m & 1u)) slots |= static_cast<unsigned>(m) << (3 * used++);
+  const int64_t per_term = N * L;
+  for (int k = 0; k < L; ++k) {
+    const int m = static_cast<int>(slots >> (3 * k) & 7u);
+    for (int j = 0; j < terms; ++j) {
+      const int n = j == 0 ? m : (j - 1 < m ? j - 1 : j);
+      const int q = m * M + n;
+      const int64_t e = j * per_term + b * L + k;
+      left[e] = bases.left[q] + b * bases.left_sample[q];
+      right[e] = bases.right[q] + b * bases.right_sample[q];
+      out[e] = bases.graw[m] + b * graw_sample;
+    }
+  }
+}
+
+
+// Whether the student products apply: at most kMaxStudentModalities modalities, one channel
+// count, and operands cuBLAS reads with one operation and leading dimension.
+bool student_products_apply(const Prepared& p, const FeatInfo& info) {
+  if (info.M > kMaxStudentModalities) return false;
+  const RowsLayout first = rows_layout(p.operands[0]);
+  for (int64_t m = 0; m < info.M; ++m) {
+    const RowsLayout l = rows_layout(p.operands[m]);
+    if (info.channels[m] != info.channels[0] || !l.ok || l.positions_contiguous != first.positions_contiguous ||
+        l.lead != first.lead)
+      return false;
+  }
+  return true;
+}
+
+// The slots per sample (at most the modalities that need a gradient), the output buffers of
+// those (graw in the compute dtype, or the gradient itself: `options`; emulated: 1, so that a
+// student row without its products, NaN'd by the broken-promise rule, cannot pass for a row
+// the rule left alone) and their bases.
+int64_t student_graw(const FeatInfo& info, const Needs& needs, int64_t slots, const at::TensorOptions& options,
+                     std::vector<at::Tensor>& g, StudentBases& bases) {
+  const int64_t L = std::min<int64_t>(slots, std::count(needs.begin(), needs.end(), true));
+  for (int64_t m = 0; m < info.M && L > 0; ++m) {
+    if (!needs[m]) continue;
+    g[m] = unwritten({info.N, info.channels[0], info.d}, options, 1.0);
+    bases.graw[m] = static_cast<char*>(g[m].mutable_data_ptr());
+  }
+  return L;
+}
+
+// Fills `ptrs` [3, terms N L] for the bases (student_pointers_kernel); `graw_elem`: the
+// element size of the outputs [N, C, d].
+template <typename T>
+at::Tensor student_pointers(const StudentBases& bases, const FeatInfo& info, int64_t L, int terms,
+                            const Coefficients& c, int64_t graw_elem, cudaStream_t stream) {
+  const int64_t N = info.N, total = terms * N * L;
+  at::Tensor ptrs = at::empty({3, total}, c.ref.options().dtype(at::kLong));
+  auto* arr = reinterpret_cast<void**>(ptrs.mutable_data_ptr<int64_t>());
+  launch(student_pointers_kernel<T>, dim3(static_cast<unsigned>((N + kThreads - 1) / kThreads)), dim3(kThreads),
+         stream, bases, info.channels[0] * info.d * graw_elem, N, static_cast<int>(info.M), static_cast<int>(L),
+         terms, c.ref.mutable_data_ptr<T>(), const_cast<const void**>(arr), const_cast<const void**>(arr + total),
+         arr + 2 * total);
+  return ptrs;
+}
+
+// The normalization backward folded into the weighted blocks, so that the student products
+// write dL/dX_m itself (no graw buffer, no pass over it). With f_mn = coef_mn / ref_m and
+// t_c = <x_c, graw_c> = sum_n f_mn sum_k (P_mn[c, k] s_nk)^2 (from the kept blocks, no pass
+// over the maps), normalize_backward_kernel's dx_c = ref s_c^2 (graw_c - s_c^2 x_c t_c)
+// (r_c > eps; else without the second term) is dx_m = sum_n B_mn X_n with
+//   B_mn[c, k] = ref s_c^2 f_mn P_mn[c, k] s_nk^2, except on the diagonal of B_mm:
+//   B_mm[c, c] = ref s_c^2 (f_mm P_mm[c, c] s_c^2 - s_c^2 t_c),
+// every entry computed in the compute dtype (the diagonal in fp64: its two terms nearly cancel
+// where graw_c lies along x_c) and rounded once to the operand dtype. (Bound: a rounded entry
+// adds what the rounded weighted block adds before the projection, the diagonal at most
+// u |<xh_c, dL/dxh_c>| |xh_c| more, which the projection's own error term covers:
+// python_tests/error_bounds.py bf16_backward_bound.) One block per row (c, b) of modality m:
+// row c of every B_mn at out + b out_stride + n block_step + c row_step (the stacked operand
+// B_m = [B_m0 | B_m1 | ...], [C, M C] row-major: block_step C, row_step M C; or separate
+// [C, C] blocks); rows of samples without weight (ref_m = 0) are left unwritten. The kept
+// blocks P_ij (i <= j) of sample 0 are `blocks` + (their upper-triangle index) kept_step and
+// the scales s_n `scales` + n C, `norm` the norms r_m (equal channel counts; no pointer arrays
+// in the parameters: indexed at run time they were copied to the stack). (4 blocks per SM, as
+// normalize_backward_kernel: otherwise ptxas spilled two registers.)
+template <typename Top>
+__global__ void __launch_bounds__(kThreads, 4) folded_blocks_kernel(
+    const Cmp<Top>* __restrict__ blocks, int64_t kept_step, int64_t block_stride, const Cmp<Top>* __restrict__ scales,
+    int64_t s_ld, int64_t C, int M, int m, int64_t b0, const Cmp<Top>* __restrict__ norm, double eps,
+    const Cmp<Top>* __restrict__ factor,
+    const Cmp<Top>* __restrict__ ref, Top* __restrict__ out, int64_t out_stride, int64_t block_step,
+    int64_t row_step) {
+  using T = Cmp<Top>;
+  __shared__ double scratch[kThreads / 32];
+  __shared__ double t;
+  const int64_t c = blockIdx.x, b = b0 + blockIdx.y;
+  const T rf = ref[b];  // ref_m of sample b
+  if (rf == T(0)) return;
+  const T* f = factor + (b * M + m) * M;
+  const T* sb = scales + b * s_ld;  // s_n of sample b at sb + n C
+  // P_mn[c, k]: the kept P_ij (i = min, j = max) at index i M - i (i - 1) / 2 + j - i
+  const auto block = [&](int n) {
+    const int i = n < m ? n : m, j = n < m ? m : n;
+    return blocks + (i * M - i * (i - 1) / 2 + j - i) * kept_step + b * block_stride;
+  };
+  const T sc = sb[m * C + c];
+  const bool project = norm[b * s_ld + c] > eps;  // r_m of row c (the rule of normalize_backward)
+  if (project) {  // (uniform over the block: the __syncthreads in block_sum are safe)
+    double acc = 0;
+    for (int n = 0; n < M; ++n) {
+      const T* P = block(n);
+      const T* s = sb + n * C;
+      double part = 0;
+      for (int64_t k = threadIdx.x; k < C; k += kThreads) {
+        const double v = static_cast<double>(n >= m ? P[c * C + k] : P[k * C + c]) * s[k];
+        part += v * v;
+      }
+      acc += static_cast<double>(f[n]) * part;
+    }
+    const double total = block_sum(acc, scratch);
+    if (threadIdx.x == 0) t = total;
+    __syncthreads();
+  }
+  const T a = rf * sc * sc;
+  Top* o = out + b * out_stride + c * row_step;
+  for (int n = 0; n < M; ++n) {
+    const T* P = block(n);
+    const T* s = sb + n * C;
+    const T fa = a * f[n];
+    for (int64_t k = threadIdx.x; k < C; k += kThreads) {
+      if (n == m && k == c) continue;  // the diagonal, below
+      const T sk = s[k];
+      o[n * block_step + k] = from_compute<Top>(fa * (n >= m ? P[c * C + k] : P[k * C + c]) * (sk * sk));
+    }
+  }
+  if (threadIdx.x == 0) {
+    const double s2 = static_cast<double>(sc) * sc;
+    const double diag = static_cast<double>(f[m]) * block(m)[c * C + c] * s2 - (project ? s2 * t : 0.0);
+    o[m * block_step + c] = from_compute<Top>(static_cast<T>(static_cast<double>(a) * diag));
+  }
+}
+
+// Xs[b, m C + c, i] = x_m[b, c, i0 + i], i < width, rows `lead` apart: the maps' columns of one
+// strip stacked (the right operand of K = M C), one block per row (b, m, c).
+struct StackSources {
+  const void* base[kMaxStudentModalities];
+  int64_t sn[kMaxStudentModalities], sc[kMaxStudentModalities], sd[kMaxStudentModalities];  // elements
+};
+
+template <typename Tin>
+__global__ void __launch_bounds__(kThreads) stack_strip_kernel(const StackSources src, int M, int64_t C, int64_t i0,
+                                                               int64_t width, int64_t lead, Tin* __restrict__ out) {
+  // grid.x = N M C < 2^31, so 32-bit division (64-bit division is a called routine: a stack frame)
+  const unsigned row = blockIdx.x, mc = static_cast<unsigned>(M * C);
+  const unsigned b = row / mc, rest = row - b * mc, m = rest / static_cast<unsigned>(C);
+  const int64_t c = rest - m * static_cast<unsigned>(C), sd = src.sd[m];
+  const Tin* x = static_cast<const Tin*>(src.base[m]) + b * src.sn[m] + c * src.sc[m] + i0 * sd;
+  Tin* o = out + static_cast<int64_t>(row) * lead;
+  for (int64_t i = threadIdx.x; i < width; i += kThreads) o[i] = x[i * sd];
+}
+
+// Positions per stacked strip: the most that keep N M C of them within kStripBudget entries, a
+// multiple of 256 (the product's output tile width) where that is at least 256, but at least
+// kMinStackWidth (large N M C: thin strips would be launches, not products; a strip of 256
+// positions is still far less than the fp32 buffer of every position it replaces), at most d
+// (bench/gpu_model.py stack_strip_width is the same rule).
+int64_t stack_strip_width(int64_t N, int64_t M, int64_t C, int64_t d, int64_t budget = kStripBudget,
+                          int64_t min_width = kMinStackWidth) {
+  int64_t width = budget / std::max<int64_t>(N * M * C, 1);
+  if (width >= 256) width = width / 256 * 256;
+  return std::min(std::max(width, min_width), d);
+}
+
+// The emulation checks that every left operand of the student products (the folded blocks)
+// starts on a 64-byte boundary (host memory is 64-byte aligned; on the GPU, 128).
+void check_left_aligned(const at::Tensor& ptrs) {
+#ifdef MTUT_CUDA_EMULATE
+  const int64_t* lp = ptrs.const_data_ptr<int64_t>();
+  for (int64_t e = 0; e < ptrs.size(1); ++e)
+    TORCH_CHECK(lp[e] % 64 == 0, "mtut: internal: a folded block not on a 64-byte boundary");
+#else
+  (void)ptrs;
+#endif
+}
+
+// dL/dX_m of the gram backward through the student products (`slots` = L per sample), the
+// normalization backward folded in (folded_blocks_kernel): for 16-bit operands (bf16 inputs)
+// per strip of positions the maps' columns stacked (stack_strip_kernel) and ONE product,
+// dx_m[:, strip] = B_m [C, M C] Xs [M C, width], written in the input dtype (no fp32 buffer:
+// the product's K = M C instead of M products of K = C accumulating in fp32 memory); else M
+// products dx_m (+)= B_mn X_n (the left operand a column block of B_m) into the compute-dtype
+// result (float32/float64: the gradient itself; float16: its fp32 buffer). The rows without
+// weight: finish (folded) writes them.
+template <typename Top>
+std::vector<at::Tensor> student_gram_grads(const Prepared& p, const at::Tensor& kept, const Coefficients& c,
+                                           const FeatInfo& info, const Needs& needs, int64_t slots, double eps,
+                                           cudaStream_t stream) {
+  using T = Cmp<Top>;
+  const int M = static_cast<int>(info.M);
+  const int64_t N = info.N, C = info.channels[0], d = info.d, MC = M * C;
+  const bool stacked = p.operand == at::kBFloat16 || p.operand == at::kHalf;
+  std::vector<at::Tensor> g(M);
+  StudentBases bases{};
+  const auto out_dtype = stacked ? p.operand : info.compute_dtype;
+  const int64_t L = student_graw(info, needs, slots, kept.options().dtype(out_dtype), g, bases);
+  if (L == 0) return g;
+  // B_mn of every m that needs it: stacked, B_m [C, M C] row-major; else the blocks [C, C]
+  // apart. Every operand a product reads starts on a 64-entry boundary (its pointer
+  // 128-byte aligned, as cuBLAS's vectorized loads like).
+  const int64_t w_block = (C * C + 63) / 64 * 64, w_sample = stacked ? (C * MC + 63) / 64 * 64 : M * N * w_block;
+  at::Tensor W = unwritten({M, stacked ? N * w_sample : w_sample}, kept.options().dtype(p.operand));
+  const int64_t out_stride = stacked ? w_sample : w_block, block_step = stacked ? C : N * w_block;
+  // the kept blocks in upper-triangle order one kept_step apart, the scales C apart (saved's layout)
+  const T* blocks = kept_block(kept, info.channels, 0, 0).const_data_ptr<T>();
+  const int64_t kept_step = M > 1 ? kept_block(kept, info.channels, 0, 1).const_data_ptr<T>() - blocks : 0;
+  for (int i = 0, index = 0; i < M; ++i)
+    for (int j = i; j < M; ++j, ++index)
+      TORCH_CHECK(kept_block(kept, info.channels, i, j).const_data_ptr<T>() == blocks + index * kept_step,
+                  "mtut: internal: the kept blocks are not evenly spaced");
+  const T* scales = p.scales[0].const_data_ptr<T>();
+  for (int n = 0; n < M; ++n)
+    TORCH_CHECK(p.scales[n].const_data_ptr<T>() == scales + n * C && p.scales[n].stride(0) == p.scales[0].stride(0),
+                "mtut: internal: the row scales are not C apart");
+  for (int m = 0; m < M; ++m) {
+    if (!needs[m]) continue;
+    for (int64_t b0 = 0; b0 < N; b0 += kMaxGrid)
+      launch(folded_blocks_kernel<Top>, dim3(static_cast<unsigned>(C), grid_dim(std::min(kMaxGrid, N - b0))),
+             dim3(kThreads), stream, blocks, kept_step, kept.stride(0), scales, p.scales[0].stride(0), C, M, m, b0,
+             p.norms[m].const_data_ptr<T>(), eps, c.factor.const_data_ptr<T>(), c.ref.select(0, m).const_data_ptr<T>(),
+             static_cast<Top*>(W.select(0, m).mutable_data_ptr()), out_stride, block_step, stacked ? MC : C);
+  }
+  const int64_t elem_w = W.element_size(), elem_out = c10::elementSize(out_dtype);
+  const auto left_base = [&](int m, int n) {
+    return static_cast<const char*>(W.select(0, m).const_data_ptr()) + n * block_step * elem_w;
+  };
+  if (!stacked) {
+    const int64_t elem = p.operands[0].element_size();
+    for (int m = 0; m < M; ++m) {
+      if (!needs[m]) continue;
+      for (int n = 0; n < M; ++n) {
+        bases.left[m * M + n] = left_base(m, n);
+        bases.left_sample[m * M + n] = out_stride * elem_w;
+        bases.right[m * M + n] = static_cast<const char*>(p.operands[n].const_data_ptr());
+        bases.right_sample[m * M + n] = p.operands[n].stride(0) * elem;
+      }
+    }
+    const at::Tensor ptrs = student_pointers<T>(bases, info, L, M, c, elem_out, stream);
+    check_left_aligned(ptrs);
+    const Matrix x = rows_matrix(rows_layout(p.operands[0]));
+    for (int j = 0; j < M; ++j)
+      pointer_product(ptrs, j * N * L, N * L, C, d, C, {true, C}, x, /*accumulate=*/j > 0, p.operand,
+                      info.compute_dtype);
+    return g;
+  }
+  const int64_t width = stack_strip_width(N, M, C, d);
+  at::Tensor Xs = unwritten({N, MC, width}, kept.options().dtype(p.operand));
+  StackSources src{};
+  for (int m = 0; m < M; ++m) {
+    const at::Tensor& x = p.operands[m];
+    src.base[m] = x.const_data_ptr();
+    src.sn[m] = x.stride(0), src.sc[m] = x.stride(1), src.sd[m] = x.stride(2);
+  }
+  const int64_t elem_x = Xs.element_size();
+  for (int64_t i0 = 0; i0 < d; i0 += width) {
+    const int64_t w = std::min(width, d - i0);
+    launch(stack_strip_kernel<Top>, dim3(static_cast<unsigned>(N * MC)), dim3(kThreads), stream, src, M, C, i0, w,
+           width, static_cast<Top*>(Xs.mutable_data_ptr()));
+    for (int m = 0; m < M; ++m) {
+      if (!needs[m]) continue;
+      bases.left[m * M + m] = left_base(m, 0);  // one term: all of B_m
+      bases.left_sample[m * M + m] = out_stride * elem_w;
+      bases.right[m * M + m] = static_cast<const char*>(Xs.const_data_ptr());
+      bases.right_sample[m * M + m] = MC * width * elem_x;
+      bases.graw[m] = static_cast<char*>(g[m].mutable_data_ptr()) + i0 * elem_out;  // the strip's columns
+    }
+    const at::Tensor ptrs = student_pointers<T>(bases, info, L, 1, c, elem_out, stream);
+    check_left_aligned(ptrs);
+    pointer_product(ptrs, 0, N * L, C, w, MC, {true, MC}, {true, width}, /*accumulate=*/false, p.operand,
+                    p.operand, /*out_lead=*/d);
+  }
+  return g;
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace mtut
