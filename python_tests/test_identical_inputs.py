@@ -15,7 +15,7 @@ Shapes, channel counts (1 included), strided layouts (the twin of a map may be l
 differently from it), dtypes, distances, caps and CE gaps up to 1000 nats are drawn by
 hypothesis (examples capped by the project's profile: conftest.py). The backend is cpu
 here; with MTUT_TEST_BACKEND=triton (and TRITON_INTERPRET=1 without a GPU) it is triton,
-which test_triton_backend_under_the_interpreter runs in a subprocess; the CUDA kernels
+which test_triton_backend_under_the_interpreter runs in a subprocess (deep tier); the CUDA kernels
 run on the CPU through the emulation of test_cuda_emulated.py.
 """
 from __future__ import annotations
@@ -210,7 +210,7 @@ def test_issue_snippet_gives_zero_gradients():
 
 @pytest.mark.skipif(TRITON or triton_interpreted(), reason="this process is the triton run")
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
-@pytest.mark.slow
+@pytest.mark.deep  # the interpreter: a minute or more
 def test_triton_backend_under_the_interpreter():
     """This file with the triton backend, interpreted on the CPU (a subprocess: TRITON_INTERPRET
     must be set before triton builds the kernels); fewer examples, the interpreter is slow."""
