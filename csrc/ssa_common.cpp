@@ -314,10 +314,18 @@ namespace {
 // by 0. A NaN S stays NaN, and so does its gradient.
 at::Tensor rms_root(const at::Tensor& S) { return at::where(S == 0, at::zeros_like(S), S).sqrt(); }
 
-// lambda * mean_b(rho * delta) of every ordered pair, [M, M] (the diagonal is 0).
+// rho, 0 where S == 0. rho overflows to inf past beta * gap ~ 88 (float32) or ~ 709
+// (float64); a term with S == 0 is 0 and sends no gradient whatever its weight, so the
+// weight is selected away there rather than multiplied by 0 (inf * 0 would be NaN).
+at::Tensor rho_where_apart(const at::Tensor& S, const at::Tensor& rho) {
+  return at::where(S == 0, at::zeros_like(rho), rho);
+}
+
+// lambda * mean_b(rho * delta) of every ordered pair, [M, M] (the diagonal is 0). A term
+// with an overflowed rho and S > 0 is inf (then capped, or the loss is inf).
 at::Tensor pair_terms(const at::Tensor& S, const at::Tensor& rho, double lambda, Distance dist, const c10::SymInt& d) {
   const at::Tensor delta = dist == Distance::Rms ? rms_root(S).div(c10::Scalar(d)) : S;
-  return (rho * delta).mean(0) * lambda;
+  return (rho_where_apart(S, rho) * delta).mean(0) * lambda;
 }
 
 }  // namespace
@@ -333,8 +341,9 @@ at::Tensor ssa_loss_from_sqdist(
 }
 
 // The derivative of the arithmetic above, operation by operation as autograd takes it
-// (sum -> clamp_max: where(terms <= cap) -> * lambda -> mean: / N -> * rho -> "rms":
-// / d, then sqrt's grad / (2 sqrt), 0 where S == 0).
+// (sum -> clamp_max: where(terms <= cap) -> * lambda -> mean: / N -> * rho, 0 where S == 0
+// -> "rms": / d, then sqrt's grad / (2 sqrt)). A capped term's weight is selected to 0
+// before rho multiplies it: an overflowed rho never meets a 0 there (inf * 0 = NaN).
 at::Tensor ssa_loss_from_sqdist_backward(
     const at::Tensor& grad, const at::Tensor& S, const at::Tensor& ce, double beta, double lambda,
     c10::string_view distance, c10::SymInt d, std::optional<double> pair_cap) {
@@ -346,7 +355,9 @@ at::Tensor ssa_loss_from_sqdist_backward(
     const at::Tensor terms = pair_terms(S, rho, lambda, dist, d);
     g = at::where(terms <= *pair_cap, g, at::zeros_like(g));
   }
-  at::Tensor g_delta = (g * lambda).div(c10::Scalar(S.sym_size(0))).unsqueeze(0) * rho;  // [N, M, M]
+  const at::Tensor g_mean = (g * lambda).div(c10::Scalar(S.sym_size(0))).unsqueeze(0);  // [1, M, M]
+  const at::Tensor r = rho_where_apart(S, at::where(g_mean == 0, at::zeros_like(rho), rho));
+  const at::Tensor g_delta = g_mean * r;  // [N, M, M]
   if (dist == Distance::Fro2) return g_delta;
   const at::Tensor g_root = g_delta.div(c10::Scalar(d));
   return at::where(S == 0, at::zeros_like(S), g_root / (rms_root(S) * 2));

@@ -264,7 +264,7 @@ def _correlation_backward_fake(grad, feat, eps):
 
 @torch.library.register_fake(f"{_NS}::focal_weight")
 def _focal_weight_fake(ce, beta):
-    V.check_focal_ce(ce)
+    V.check_focal_ce(ce, "ce")
     V.check_loss_args(beta, 0.0, None)
     M, N = ce.shape
     return ce.new_empty((N, M, M), dtype=V.compute_dtype(ce.dtype))
@@ -280,7 +280,7 @@ def _check_loss_from_sqdist(S, ce, beta, lambda_, distance, d, pair_cap):
     V._value_check(S.shape[1] == S.shape[2], lambda: f"mtut: S must have shape [N, M, M], got shape {list(S.shape)}")
     V._value_check(S.shape[0] >= 1 and S.shape[1] >= 2, lambda: "mtut: S must have shape [N, M, M] with N >= 1 "
                    f"samples and M >= 2 modalities, got shape {list(S.shape)}")
-    V.check_ce(ce, V.FeatInfo(S.shape[0], S.shape[1], d, (), S.dtype, S.device))
+    V.check_ce(ce, V.FeatInfo(S.shape[0], S.shape[1], d, (), S.dtype, S.device), "ce")
     V._value_check(d >= 1, lambda: f"mtut: d (the number of positions) must be >= 1, got {d}")
 
 

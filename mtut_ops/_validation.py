@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -109,15 +110,16 @@ def check_feats(feats: Sequence[torch.Tensor]) -> FeatInfo:
     return FeatInfo(first.N, first.M, first.d, tuple(channels), first.dtype, first.device)
 
 
-def check_ce(ce: torch.Tensor, info: FeatInfo) -> None:
+def check_ce(ce: torch.Tensor, info: FeatInfo, name: str = "ce_losses") -> None:
+    """``name``: the argument as the caller knows it (the API's ce_losses, the ops' ce)."""
     if not isinstance(ce, torch.Tensor):
-        raise TypeError(f"mtut: ce must be a tensor [M, N] of per-sample losses, got {type(ce).__name__}")
+        raise TypeError(f"mtut: {name} must be a tensor [M, N] of per-sample losses, got {type(ce).__name__}")
     if not ce.is_floating_point():
-        raise TypeError(f"mtut: ce must be a floating-point tensor of per-sample losses, got {ce.dtype}")
+        raise TypeError(f"mtut: {name} must be a floating-point tensor of per-sample losses, got {ce.dtype}")
     def message():
         return (
-            f"mtut: ce must have shape [M, N] = [{info.M}, {info.N}] (one per-sample loss per modality and sample), "
-            f"got shape {list(ce.shape)}"
+            f"mtut: {name} must have shape [M, N] = [{info.M}, {info.N}] (one per-sample loss per modality and "
+            f"sample), got shape {list(ce.shape)}"
         )
 
     if ce.dim() != 2:
@@ -125,20 +127,33 @@ def check_ce(ce: torch.Tensor, info: FeatInfo) -> None:
     _value_check(ce.shape[0] == info.M, message)
     _value_check(ce.shape[1] == info.N, message)
     if ce.device != info.device:
-        raise ValueError(f"mtut: ce is on {ce.device} but feats are on {info.device}")
+        raise ValueError(f"mtut: {name} is on {ce.device} but feats are on {info.device}")
 
 
-def check_focal_ce(ce: torch.Tensor) -> None:
+def check_focal_ce(ce: torch.Tensor, name: str = "ce_losses") -> None:
     """ce of focal_weight: [M, N], M >= 2, N >= 1, floating."""
-    message = f"mtut: ce must have shape [M, N] with M >= 2 modalities and N >= 1 samples, got shape "
+    message = f"mtut: {name} must have shape [M, N] with M >= 2 modalities and N >= 1 samples, got shape "
     if not isinstance(ce, torch.Tensor):
         raise ValueError(message + type(ce).__name__)
     if ce.dim() != 2:
         raise ValueError(message + str(list(ce.shape)))
     if not ce.is_floating_point():
-        raise TypeError(f"mtut: ce must be a floating-point tensor of per-sample losses, got {ce.dtype}")
+        raise TypeError(f"mtut: {name} must be a floating-point tensor of per-sample losses, got {ce.dtype}")
     _value_check(ce.shape[0] >= 2, lambda: message + str(list(ce.shape)))
     _value_check(ce.shape[1] >= 1, lambda: message + str(list(ce.shape)))
+
+
+def warn_single_position(info: FeatInfo) -> None:
+    """d = 1 (pooled [N, C] features, or every spatiotemporal dim 1): each channel row
+    normalizes to +-1, so K_m is the 1 x 1 matrix [C_m] whatever the features: the loss is
+    a constant and sends no gradient. Almost surely features taken after global pooling;
+    a warning, not an error, as the loss is defined."""
+    if isinstance(info.d, int) and info.d == 1:  # (a symbolic d is not specialized on)
+        warnings.warn(
+            "mtut: the feature maps have d = 1 position (shape [N, C], or every spatiotemporal dim 1): each "
+            "correlation K_m is then [[C_m]] whatever the features, so the SSA loss is a constant and sends them "
+            "no gradient. SSA aligns correlations between positions: pass feature maps [N, C, *S] from before "
+            "global pooling (e.g. I3D Mixed_5c [N, 1024, 8, 7, 7])", UserWarning, stacklevel=4)
 
 
 def check_weight(weight: torch.Tensor, info: FeatInfo) -> None:
@@ -208,6 +223,7 @@ def check_loss_inputs(feats, ce, beta, lambda_, distance, eps, algo, pair_cap,
     check_feats, where the caller has it."""
     info = check_feats(feats) if info is None else info
     check_ce(ce, info)
+    warn_single_position(info)
     check_loss_args(beta, lambda_, pair_cap)
     check_distance(distance)
     check_eps(eps)

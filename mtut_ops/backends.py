@@ -83,6 +83,12 @@ def _pick_listed(backend: Optional[str], device: torch.device) -> str:
     """pick_backend from the list of the backends available on ``device``."""
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"mtut: backend must be one of {BACKENDS} or None, got {backend!r}")
+    if device.type == "meta" and backend != "reference":  # (the reference's ATen ops run on meta)
+        raise ValueError(
+            "mtut: the tensors are on the meta device (shapes without data): the API's backends compute on cpu "
+            "or cuda tensors; for shapes alone call the torch.ops.mtut ops (their fake implementations accept "
+            "meta tensors) or trace under torch.compile / FakeTensorMode"
+        )
     if backend != "reference":
         # None included: the default is a fused backend, never silently the d x d reference
         _extension._require_ops(

@@ -1,6 +1,8 @@
 """Edge cases of docs/design.md §6: d = 1, N = 1, zero rows, identical inputs, NaN, determinism."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -120,3 +122,67 @@ def test_module_matches_functional():
     torch.testing.assert_close(crit(feats, ce), mtut_ops.ssa_loss(feats, ce, beta=1.5, lambda_=0.1, distance="fro2", pair_cap=5.0))
     # ce_losses may also be a list of per-modality [N] losses.
     torch.testing.assert_close(crit(feats, list(ce)), crit(feats, ce))
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_d_equal_one_loss_warns(backend_device, algo):
+    """Pooled [N, C] features: the loss is a constant (K_m = [[C_m]]) with no gradient; the API says so."""
+    backend, device = backend_device
+    feats = make_feats(2, [3, 4], [], device=device)
+    ce = make_ce(2, 2, device=device)
+    with pytest.warns(UserWarning, match=r"d = 1 position .* no gradient.* before global pooling"):
+        L = mtut_ops.ssa_loss(feats, ce, algo=algo, backend=backend)
+    torch.testing.assert_close(L.cpu(), R.ssa_loss([f.cpu() for f in feats], ce.cpu()), rtol=1e-12, atol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # positions: no warning
+        mtut_ops.ssa_loss(make_feats(2, [3, 4], [2], device=device), ce, algo=algo, backend=backend)
+
+
+GAP_BACKENDS = ["reference", "fused"]
+
+
+@pytest.mark.parametrize("which", GAP_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("distance", ["rms", "fro2"])
+@pytest.mark.parametrize("gap", [40.0, 44.5, 100.0, 400.0, 1000.0])
+def test_capped_term_sends_exactly_zero_gradient_at_any_gap(backend_device, which, dtype, distance, gap):
+    """Issue 31: a CE gap past ~44.4 nats (float32; ~354.9 float64) overflows rho =
+    expm1(2 gap) to inf; a capped term must still send exactly 0, never NaN, and the other
+    terms their usual gradient (against the fp64 reference with that term's weight 0)."""
+    backend, device = backend_device
+    backend = "reference" if which == "reference" else backend
+    feats = make_feats(2, [3, 4], [2, 3], dtype=dtype, device=device, seed=5)
+    # network 1 teaches network 0 on sample 0 by `gap` nats; network 0 teaches 1 on sample 1
+    ce = torch.tensor([[gap, 0.2], [0.0, 1.2]], dtype=dtype, device=device)
+    fs = leaf(feats)
+    L = mtut_ops.ssa_loss(fs, ce, distance=distance, pair_cap=10.0, backend=backend, algo="gram")
+    L.backward()
+    assert torch.isfinite(L) and all(torch.isfinite(f.grad).all() for f in fs)
+    assert fs[0].grad.abs().max().item() == 0.0  # term (0, 1) is capped: X_0 gets nothing
+    # the uncapped term (1, 0) alone, in fp64: the loss less the cap
+    ref = leaf([f.detach().cpu().double() for f in feats])
+    ce_other = torch.tensor([[0.0, 0.2], [0.0, 1.2]], dtype=torch.float64)  # rho_01 = 0
+    R.ssa_loss(ref, ce_other, distance=distance).backward()
+    assert ref[0].grad.abs().max().item() == 0.0
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(fs[1].grad.cpu().double(), ref[1].grad, **tol)
+    torch.testing.assert_close(L.cpu().double() - 10.0, R.ssa_loss([r.detach() for r in ref], ce_other, distance=distance),
+                               **tol)
+
+
+@pytest.mark.parametrize("which", GAP_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_uncapped_overflow_is_an_inf_loss(backend_device, which, dtype):
+    """Without a cap an overflowed rho on a pair apart makes the loss inf (documented), not NaN;
+    on a pair at S = 0 it adds 0."""
+    backend, device = backend_device
+    backend = "reference" if which == "reference" else backend
+    gap = 1000.0
+    (a, b) = make_feats(2, [3, 3], [2, 3], dtype=dtype, device=device, seed=6)
+    ce = torch.tensor([[gap, 0.0], [0.0, 0.0]], dtype=dtype, device=device)
+    L = mtut_ops.ssa_loss([a, b], ce, backend=backend)
+    assert L.item() == float("inf")
+    same = leaf([a, a.clone()])
+    L0 = mtut_ops.ssa_loss(same, ce, distance="fro2", backend=backend)
+    L0.backward()
+    assert L0.item() == 0.0 and all(torch.count_nonzero(f.grad) == 0 for f in same)

@@ -11,7 +11,8 @@ from .conftest import make_ce, make_feats
 F2 = make_feats(2, [3, 4], [2, 3])
 CE = make_ce(2, 2)
 
-# (feats, ce, kwargs, exception type, message pattern)
+# (feats, ce, kwargs, exception type, message pattern); {ce} stands for the argument's name
+# as the caller knows it: the API's ce_losses, torch.ops.mtut.ssa_loss's ce
 BAD_LOSS_INPUTS = {
     "one modality": ([F2[0]], CE[:1], {}, ValueError, r"feats must hold at least 2"),
     "batch differs": ([F2[0], make_feats(3, [4], [2, 3])[0]], CE, {}, ValueError, r"feats\[1\] has batch size N = 3"),
@@ -21,9 +22,9 @@ BAD_LOSS_INPUTS = {
     "dtypes differ": ([F2[0], F2[1].float()], CE, {}, TypeError, r"feats\[1\] has dtype"),
     "1-d feats": ([F2[0], torch.randn(4, dtype=torch.float64)], CE, {}, ValueError, r"feats\[1\] must have shape \[N, C, \*S\]"),
     "empty feats": ([F2[0], torch.randn(2, 0, 2, 3, dtype=torch.float64)], CE, {}, ValueError, r"feats\[1\] is empty"),
-    "ce transposed": (F2, make_ce(2, 3).t(), {}, ValueError, r"ce must have shape \[M, N\] = \[2, 2\]"),
-    "ce 1-d": (F2, CE.flatten(), {}, ValueError, r"ce must have shape \[M, N\]"),
-    "ce integer": (F2, CE.long(), {}, TypeError, r"ce must be a floating-point"),
+    "ce transposed": (F2, make_ce(2, 3).t(), {}, ValueError, r"{ce} must have shape \[M, N\] = \[2, 2\]"),
+    "ce 1-d": (F2, CE.flatten(), {}, ValueError, r"{ce} must have shape \[M, N\]"),
+    "ce integer": (F2, CE.long(), {}, TypeError, r"{ce} must be a floating-point"),
     "unknown distance": (F2, CE, {"distance": "l2"}, ValueError, r"distance must be 'rms' or 'fro2', got 'l2'"),
     "unknown algo": (F2, CE, {"algo": "fast"}, ValueError, r"algo must be 'auto', 'direct' or 'gram', got 'fast'"),
     "negative eps": (F2, CE, {"eps": -1e-8}, ValueError, r"eps must be a finite number >= 0"),
@@ -38,7 +39,7 @@ BAD_LOSS_INPUTS = {
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_api_rejects(case, backend):
     feats, ce, kwargs, exc, pattern = BAD_LOSS_INPUTS[case]
-    with pytest.raises(exc, match=pattern):
+    with pytest.raises(exc, match=pattern.replace("{ce}", "ce_losses")):
         mtut_ops.ssa_loss(feats, ce, backend=backend, **kwargs)
 
 
@@ -60,7 +61,7 @@ def test_torch_ops_rejects(case):
     feats, ce, kwargs, exc, pattern = BAD_LOSS_INPUTS[case]
     args = dict(beta=2.0, lambda_=5e-3, distance="rms", eps=1e-8, algo="auto", pair_cap=None)
     args.update(kwargs)
-    with pytest.raises(exc, match=pattern):
+    with pytest.raises(exc, match=pattern.replace("{ce}", "ce")):
         torch.ops.mtut.ssa_loss(list(feats), ce, *args.values())
 
 
@@ -138,7 +139,7 @@ def test_tensors_on_different_devices():
     feats = [F2[0], F2[1].cuda()]
     with pytest.raises(ValueError, match=r"feats\[1\] is on cuda"):
         mtut_ops.ssa_loss(feats, CE)
-    with pytest.raises(ValueError, match=r"ce is on cuda"):
+    with pytest.raises(ValueError, match=r"ce_losses is on cuda"):
         mtut_ops.ssa_loss(F2, CE.cuda())
 
 
@@ -147,5 +148,24 @@ def test_tensors_on_different_devices_meta():
     feats = [F2[0], F2[1].to("meta")]
     with pytest.raises(ValueError, match=r"feats\[1\] is on meta"):
         mtut_ops.ssa_loss(feats, CE, backend="reference")
-    with pytest.raises(ValueError, match=r"ce is on meta"):
+    with pytest.raises(ValueError, match=r"ce_losses is on meta"):
         mtut_ops.ssa_loss(F2, CE.to("meta"), backend="cpu")
+
+
+def test_api_names_ce_losses():
+    """The API's parameter is ce_losses (focal_weight's too); the ops' is ce."""
+    with pytest.raises(ValueError, match=r"mtut: ce_losses must have shape \[M, N\] with M >= 2"):
+        mtut_ops.focal_weight(torch.zeros(1, 3))
+    with pytest.raises(TypeError, match=r"mtut: ce_losses must be a floating-point"):
+        mtut_ops.focal_weight(torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_meta_tensors_get_a_message_not_a_rebuild_hint():
+    feats = [f.to("meta") for f in F2]
+    for backend in (None, "cpu"):
+        with pytest.raises(ValueError, match=r"mtut: the tensors are on the meta device .*torch\.ops\.mtut") as info:
+            mtut_ops.ssa_loss(feats, CE.to("meta"), backend=backend)
+        assert "rebuild" not in str(info.value)
+    # the ops themselves run on meta tensors (their fake implementations)
+    out = torch.ops.mtut.ssa_loss(feats, CE.to("meta"), 2.0, 5e-3, "rms", 1e-8, "auto", None)
+    assert out.device.type == "meta" and out.shape == ()

@@ -181,8 +181,8 @@ def tc_sqdist_bound(rows, algo, S):
 def tc_backward_model(rows, weight, mode, algo):
     """What the backward kernels compute, for every modality: the gradient into the staged
     rows Gamma_m = Z_m E_m, E_m = 4 sum_n w_mn (Z_m^T Z_m - Z_n^T Z_n) (exact, float64; the
-    gram kernels' H Z is the same product: H = coef o Z Z^T), and a bound on the kernels'
-    error, elementwise ([N, C_m, d] each).
+    gram kernels' sum_n 4 w_mn (G_mm Z_m - G_mn Z_n), G = Z Z^T, is the same product), and a
+    bound on the kernels' error, elementwise ([N, C_m, d] each).
 
     Both kernels accumulate in float32 (unit U_ACC) and round one operand of the last GEMM
     to the operand type (u_op, and for float16 2^-25 absolutely below its normal range,
@@ -195,21 +195,21 @@ def tc_backward_model(rows, weight, mode, algo):
       over a tile, bounded by the max over all). With Ebar = |E| + dE >= |E'|:
       |Gamma' - Gamma| <= A_m (dE + u_op Ebar + 2 eta max Ebar)
                           + gamma_d A_m ((1 + u_op) Ebar + 2 eta max Ebar)   (the final dot over d).
-    gram: G' = G + dG, |dG| <= gamma_d A_m A^T (all C rows); H' = round(fl(coef / sigma G')) sigma:
-      |H' - H| <= dH = |coef| (gamma_d A_m A^T + (u32 + u_op + u32 u_op) Gbar) + eta sigma_m,
-      Gbar = |G| + gamma_d A_m A^T, sigma_m <= 2 max_n |coef(m, n)| (float16 only; coef/sigma exact);
-      |Gamma' - Gamma| <= dH A + gamma_C (|H| + dH) A                      (the final dot over C).
+    gram: G' = G + dG, |dG| <= gamma_d A_m A^T (all C rows); H' = round(G') (|G| <= 1: no scale):
+      |H' - G| <= dH = gamma_d A_m A^T + (u32 + u_op + u32 u_op) Gbar + eta, Gbar = |G| + gamma_d A_m A^T.
+      Per pair, A = H'_mm Z_m and B_n = H'_mn Z_n (dots over C_m, C_n):
+      |A' - A| + |B_n' - B_n| <= (dH + gamma_{C_max} (|G| + dH)) A over the columns of m and n;
+      then fl(4 w (A' - B_n')) summed over n: gamma_{M+2} 4 |w| (|G| + dH) A on those columns.
     """
     u_op, eta = U_OP[mode], ETA[mode]
     N, M = weight.shape[0], weight.shape[1]
     channels = [r.shape[1] for r in rows]
-    C, d = sum(channels), rows[0].shape[2]
+    d = rows[0].shape[2]
     W = weight.double().cpu().masked_fill(torch.eye(M, dtype=torch.bool), 0)
     K = [r.transpose(1, 2) @ r for r in rows]
     A = [r.abs() for r in rows]
     KA = [a.transpose(1, 2) @ a for a in A]
     Zs, As = torch.cat(rows, 1), torch.cat(A, 1)
-    coef = torch.diag_embed(4 * W.sum(-1)) - 4 * W
     modality = torch.cat([torch.full((c,), m) for m, c in enumerate(channels)])
     grads, bounds = [], []
     for m in range(M):
@@ -223,12 +223,17 @@ def tc_backward_model(rows, weight, mode, algo):
             bounds.append(A[m] @ (dE + u_op * Ebar + big) + gamma(d, U_ACC) * (A[m] @ ((1 + u_op) * Ebar + big)))
         else:
             G, GA = rows[m] @ Zs.transpose(1, 2), A[m] @ As.transpose(1, 2)
-            k = coef[:, m, modality][:, None, :]  # coef(m, mod(c)) for every column c
-            H = k * G
             Gbar = G.abs() + gamma(d, U_ACC) * GA
-            sigma = 2 * coef[:, m].abs().amax(-1)[:, None, None] if eta else 0.0
-            dH = k.abs() * (gamma(d, U_ACC) * GA + (U32 + u_op + U32 * u_op) * Gbar) + eta * sigma
-            bounds.append(dH @ As + gamma(C, U_ACC) * ((H.abs() + dH) @ As))
+            dH = gamma(d, U_ACC) * GA + (U32 + u_op + U32 * u_op) * Gbar + eta
+            bound = torch.zeros_like(grads[-1])
+            for n in range(M):
+                if n == m:
+                    continue
+                cols = ((modality == m) | (modality == n)).double()[None, None, :]  # the columns of m and n
+                dots = (dH * cols) @ As + gamma(max(channels), U_ACC) * (((G.abs() + dH) * cols) @ As)
+                combine = gamma(M + 2, U_ACC) * (((G.abs() + dH) * cols) @ As)
+                bound = bound + 4 * W[:, m, n, None, None].abs() * (dots + combine)
+            bounds.append(bound)
     return grads, bounds
 
 

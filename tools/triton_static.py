@@ -137,13 +137,13 @@ def kernels():
 
     def gram_coef(mode, d, Cm, M):
         op, cd, *_ = MODE[mode]
-        return (dict(z="*" + op, modality="*i32", needed="*i32", coef="*" + cd, h="*" + op),
-                dict(d=padded(d), C=M * Cm, ldh=padded(M * Cm), M=M))
+        return (dict(z="*" + op, offsets="*i32", needed="*i32", h="*" + op),
+                dict(d=padded(d), C=M * Cm, ldh=padded(M * Cm), M=M, C_max=Cm))
 
     def gram_apply(mode, d, Cm, M):
         op, cd, *_ = MODE[mode]
-        return (dict(z="*" + op, h="*" + op, sigma="*" + cd, modality="*i32", needed="*i32", out="*" + cd),
-                dict(d=padded(d), C=M * Cm, ldh=padded(M * Cm), M=M))
+        return (dict(z="*" + op, h="*" + op, offsets="*i32", needed="*i32", weight="*" + cd, out="*" + cd),
+                dict(d=padded(d), C=M * Cm, ldh=padded(M * Cm), M=M, C_max=Cm))
 
     def stage_rows(mode, d, Cm, M):
         op, cd, *_ = MODE[mode]

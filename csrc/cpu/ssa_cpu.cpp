@@ -145,8 +145,10 @@ at::Tensor sqdist_direct(const std::vector<Rows>& rows, const FeatInfo& info) {
 }
 
 // graw[m] with dL/dXh_m = diag(s_m) graw[m], for the weighted sum over n of dS_mn/dXh_m:
-// sum_n w_mn 4 Xh_m (K_m - K_n) = Xh_m E_m, E_m = 4 (a_m K_m - sum_n w_mn K_n),
-// a_m = sum_{n != m} w_mn. E_m is symmetric, so each upper strip E[I, J] serves twice:
+// sum_n w_mn 4 Xh_m (K_m - K_n) = Xh_m E_m, E_m = sum_n 4 w_mn (K_m - K_n). Each difference
+// is formed element-wise before it is weighted (as in the forward), so a pair with
+// K_m = K_n bit for bit adds exactly 0 (not a_m K_m less w_mn K_n, which leaves a rounding
+// residue). E_m is symmetric, so each upper strip E[I, J] serves twice:
 // columns J get X_I E[I, J] and columns I get X_J E[I, J]^T (the diagonal tile once).
 // Only modalities with needs[m] get a buffer and any work.
 template <typename T>
@@ -176,12 +178,9 @@ std::vector<at::Tensor> sqdist_grad_direct(const std::vector<Rows>& rows, const 
           if (need_k[m]) K[m] = at::mm(A[m].t(), rows[m].x.select(0, b).narrow(1, j0, tj));  // [ti, tj]
         for (int64_t m = 0; m < M; ++m) {
           if (!row_active[m]) continue;
-          double a = 0;
+          at::Tensor E = at::zeros_like(K[m]);
           for (int64_t n = 0; n < M; ++n)
-            if (n != m) a += w[b][m][n];
-          at::Tensor E = K[m] * (4.0 * a);
-          for (int64_t n = 0; n < M; ++n)
-            if (n != m && w[b][m][n] != 0) E.sub_(K[n], 4.0 * w[b][m][n]);
+            if (n != m && w[b][m][n] != 0) E.add_(K[m] - K[n], 4.0 * w[b][m][n]);
           const at::Tensor x = rows[m].x.select(0, b);
           at::Tensor g = graw[m].select(0, b);
           g.narrow(1, j0, tj).addmm_(x.narrow(1, i0, ti), E);  // rows I of E into columns J
@@ -286,10 +285,13 @@ at::Tensor sqdist_gram(const std::vector<Rows>& rows, const FeatInfo& info, cons
   return S.to(info.compute_dtype);
 }
 
-// dL/dXh_m = diag(s_m) graw[m] = 4 (a_m G_mm Xh_m - sum_n w_mn G_mn Xh_n) for every
-// modality m with needs[m], i.e. graw[m] = sum_n coef_n P_mn diag(s_n^2) X_n with
-// coef_m = 4 a_m, coef_n = -4 w_mn (n != m), a_m = sum_{n != m} w_mn. The blocks come
-// from `kept` when the forward kept them, else only the ones needed are computed.
+// dL/dXh_m = diag(s_m) graw[m] = sum_n 4 w_mn (G_mm Xh_m - G_mn Xh_n) for every modality m
+// with needs[m], i.e. graw[m] = sum_n 4 w_mn (Y_m - P_mn diag(s_n^2) X_n), Y_m = P_mm diag(s_m^2) X_m.
+// The two sides of each difference are the same operations on operands of the same layout:
+// P_mn with n < m is a transposed view (P_nm^T), so Y_m is then formed from P_mm^T (one
+// product per orientation used). For X_m = X_n the two sides are equal bit for bit and the
+// pair adds exactly 0. The blocks come from `kept` when the forward kept them, else only
+// the ones needed are computed.
 template <typename T>
 std::vector<at::Tensor> sqdist_grad_gram(const std::vector<Rows>& rows, const FeatInfo& info, const at::Tensor& weight,
                                          const at::Tensor& kept, const Needs& needs) {
@@ -298,35 +300,36 @@ std::vector<at::Tensor> sqdist_grad_gram(const std::vector<Rows>& rows, const Fe
   std::vector<at::Tensor> graw(M);
   for (int64_t m = 0; m < M; ++m)
     if (needs[m]) graw[m] = at::zeros_like(rows[m].x);
-  std::vector<double> coef(M * M);
   std::vector<std::vector<char>> wanted(M, std::vector<char>(M));
   for (int64_t b = 0; b < info.N; ++b) {
     bool any = false;
     for (auto& row : wanted) std::fill(row.begin(), row.end(), 0);
-    for (int64_t m = 0; m < M; ++m) {
-      double a = 0;
+    for (int64_t m = 0; m < M; ++m)
       for (int64_t n = 0; n < M; ++n)
-        if (n != m) a += w[b][m][n];
-      for (int64_t n = 0; n < M; ++n) {
-        coef[m * M + n] = !needs[m] ? 0.0 : n == m ? 4.0 * a : -4.0 * w[b][m][n];
-        if (coef[m * M + n] != 0) {  // a NaN weight must propagate, so only an exact 0 skips
-          wanted[std::min(m, n)][std::max(m, n)] = 1;
+        if (needs[m] && n != m && w[b][m][n] != 0) {  // a NaN weight must propagate, so only an exact 0 skips
+          wanted[m][m] = wanted[std::min(m, n)][std::max(m, n)] = 1;
           any = true;
         }
-      }
-    }
     if (!any) continue;  // e.g. the better network of a pair gets no SSA gradient
     GramBlocks G{std::vector<at::Tensor>(M * M), M};
     if (kept.numel() > 0) G = kept_blocks(kept, info, b);
     else compute_blocks(rows, b, G, wanted);
     for (int64_t m = 0; m < M; ++m) {
       if (!needs[m]) continue;
+      const at::Tensor sm = rows[m].scale.select(0, b);
+      const at::Tensor xm = rows[m].x.select(0, b);
+      at::Tensor y[2];  // Y_m from P_mm (for n > m) and from P_mm^T (for n < m)
       at::Tensor out = graw[m].select(0, b);
       for (int64_t n = 0; n < M; ++n) {
-        const double c = coef[m * M + n];
-        if (c == 0) continue;
+        if (n == m || w[b][m][n] == 0) continue;
+        const int lower = n < m;
+        if (!y[lower].defined()) {
+          const at::Tensor pmm = lower ? G.block(m, m).t() : G.block(m, m);
+          y[lower] = at::mm(pmm * (sm * sm).unsqueeze(0), xm);
+        }
         const at::Tensor sn = rows[n].scale.select(0, b);
-        out.addmm_(G.block(m, n) * (sn * sn * c).unsqueeze(0), rows[n].x.select(0, b));
+        const at::Tensor yn = at::mm(G.block(m, n) * (sn * sn).unsqueeze(0), rows[n].x.select(0, b));
+        out.add_(y[lower] - yn, 4.0 * w[b][m][n]);
       }
     }
   }

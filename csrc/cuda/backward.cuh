@@ -58,8 +58,9 @@ __global__ void __launch_bounds__(kThreads, 4) normalize_backward_kernel(
 // ------------------------------------------------------------------ backward
 
 // The weight of pair (m, n) in dL/dXh_m, for both algorithms: coef_mm = 4 a_m with
-// a_m = sum_{n != m} w_mn, and coef_mn = -4 w_mn (n != m); per modality the sample's
-// largest |coef|, ref_m, which the scaled operands are divided by so that they stay near 1
+// a_m = sum_{n != m} w_mn, and coef_mn = -4 w_mn (n != m); per modality the power of two
+// just above the sample's largest |coef|, ref_m, which the scaled operands are divided by
+// (exactly) so that they stay within 1
 // in 16 bits (it is multiplied back in the normalization backward). A row without weight
 // (all coef 0: the network is the better one on that sample, or M - 1 pairs have rho = 0)
 // divides by 1 and stores ref_m = 0: its gradient is 0, which the normalization backward
@@ -93,7 +94,7 @@ __global__ void __launch_bounds__(kThreads) pair_coefficients_kernel(
     nan = nan || c != c;
   }
   // a NaN weight makes the whole row NaN (as amax propagates it); all-zero rows: 0 * 1 = 0
-  const T r = nan ? std::numeric_limits<T>::quiet_NaN() : (largest == 0 ? T(1) : largest);
+  const T r = nan ? std::numeric_limits<T>::quiet_NaN() : (largest == 0 ? T(1) : power_of_two_above(largest));
   const T inv = nan ? r : reciprocal(r);
   ref[static_cast<int64_t>(m) * N + b] = largest == 0 ? T(0) : r;  // (NaN compares unequal: stays NaN)
   T* f = factor + row * M;

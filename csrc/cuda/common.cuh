@@ -162,6 +162,17 @@ int64_t row_split(int64_t rows, int64_t len, int64_t sms) {
 __device__ __forceinline__ float reciprocal(float v) { return __frcp_rn(v); }  // not a division: no called routine
 __device__ __forceinline__ double reciprocal(double v) { return __drcp_rn(v); }
 
+// The power of two in (v, 2 v] for a finite v > 0 (else v itself): dividing by it and
+// multiplying back are exact, so the scaled operands of a row carry the same bits up to
+// that power whatever weights set it (an identical pair's exact 0 stays isolated).
+template <typename T>
+__device__ __forceinline__ T power_of_two_above(T v) {
+  if (!(v < std::numeric_limits<T>::infinity())) return v;
+  int e;
+  frexp(v, &e);  // v = f 2^e, 0.5 <= f < 1
+  return ldexp(T(1), e);
+}
+
 // The operand dtype of the scaled products: the input's, fp32 for fp16 (see the header).
 template <typename Tin> using Operand = std::conditional_t<std::is_same_v<Tin, __half>, float, Tin>;
 

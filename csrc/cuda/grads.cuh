@@ -44,10 +44,12 @@ std::vector<at::Tensor> gram_grad_raw(const Prepared& p, const at::Tensor& kept,
   return g;
 }
 
-// E[b] = sum_n (coef_mn / ref_m) K_n[b] (n = m first, then the others in order, as ATen's
-// K_m * f_mm + K_n * f_mn ...) in the operand dtype, one pass over the strips [N, count] in
+// E[b] = sum_{n != m} (-coef_mn / ref_m) (K_m[b] - K_n[b]) (= sum_n (coef_mn / ref_m) K_n[b],
+// coef_mm = -sum_{n != m} coef_mn) in the operand dtype, one pass over the strips [N, count] in
 // chunks of `chunk` entries (fill_chunks), four entries kThreads apart a step (4 M loads in
-// flight); E's samples `out_stride` apart.
+// flight); E's samples `out_stride` apart. Each difference is formed before it is weighted,
+// as in the forward: a pair with K_m = K_n bit for bit adds exactly 0 (f_mm K_m + f_mn K_n
+// would leave a rounding residue).
 template <typename Top>
 __global__ void __launch_bounds__(kThreads, 4) combine_strips_kernel(
     const StripPairs strips, int64_t count, int64_t chunk, int m, const Cmp<Top>* __restrict__ factor,
@@ -61,22 +63,25 @@ __global__ void __launch_bounds__(kThreads, 4) combine_strips_kernel(
   Top* o = out + b * out_stride;
   int64_t e = static_cast<int64_t>(blockIdx.x) * chunk + threadIdx.x;
   for (; e + 3 * kThreads < e1; e += 4 * kThreads) {
-    T acc[4];
+    T own[4], acc[4];
 #pragma unroll
-    for (int u = 0; u < 4; ++u) acc[u] = km[e + u * kThreads] * f[m];
+    for (int u = 0; u < 4; ++u) {
+      own[u] = km[e + u * kThreads];
+      acc[u] = 0;
+    }
     for (int n = 0; n < M; ++n) {
       if (n == m) continue;
       const T* kn = strip_of<T>(strips, n) + b * count;
 #pragma unroll
-      for (int u = 0; u < 4; ++u) acc[u] += kn[e + u * kThreads] * f[n];
+      for (int u = 0; u < 4; ++u) acc[u] += (own[u] - kn[e + u * kThreads]) * -f[n];
     }
 #pragma unroll
     for (int u = 0; u < 4; ++u) o[e + u * kThreads] = from_compute<Top>(acc[u]);
   }
   for (; e < e1; e += kThreads) {
-    T acc = km[e] * f[m];
+    T acc = 0;
     for (int n = 0; n < M; ++n)
-      if (n != m) acc += (strip_of<T>(strips, n) + b * count)[e] * f[n];
+      if (n != m) acc += (km[e] - (strip_of<T>(strips, n) + b * count)[e]) * -f[n];
     o[e] = from_compute<Top>(acc);
   }
 }

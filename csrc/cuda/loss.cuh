@@ -34,14 +34,16 @@ __device__ __forceinline__ T focal_rho(const LossInputs<T>& in, int64_t b, int m
   return expm1((diff < 0 ? T(0) : diff) * in.beta);  // clamp_min: a NaN passes
 }
 
-// lambda * mean_b(rho * delta) of pair (m, n), valid in thread 0; uncapped.
+// lambda * mean_b(rho * delta) of pair (m, n), valid in thread 0; uncapped. rho is selected
+// to 0 where S == 0 (as ssa_common.cpp:rho_where_apart): an overflowed rho (inf) never meets
+// a zero delta.
 template <typename T>
 __device__ T pair_term(const LossInputs<T>& in, int m, int n, double* scratch) {
   double acc = 0;
   for (int64_t b = threadIdx.x; b < in.N; b += kThreads) {
     const T s = in.S[b * in.sb + m * in.sm + n * in.sn];
     const T delta = in.rms ? (s == 0 ? T(0) : sqrt(s) * in.inv_d) : s;
-    acc += static_cast<double>(focal_rho(in, b, m, n) * delta);
+    acc += static_cast<double>((s == 0 ? T(0) : focal_rho(in, b, m, n)) * delta);
   }
   return static_cast<T>(block_sum(acc, scratch) * static_cast<double>(in.inv_n)) * in.lambda;
 }
@@ -60,7 +62,9 @@ __global__ void __launch_bounds__(kThreads) loss_from_sqdist_kernel(const LossIn
 
 // dL/dS[b, m, n] = g_mn lambda / N rho, times ("rms") 1 / (2 d sqrt(S)), 0 where S == 0;
 // g_mn = g, or 0 where the pair's term is capped (clamp_max passes the gradient at
-// equality, not where the term is NaN). grad_S is [N, M, M] contiguous.
+// equality, not where the term is NaN). rho is selected to 0 before it multiplies where
+// g_mn is 0 or S == 0 (an overflowed rho, inf, times 0 would be NaN). grad_S is [N, M, M]
+// contiguous.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) loss_from_sqdist_backward_kernel(
     const LossInputs<T> in, const T* __restrict__ grad, T* __restrict__ grad_S) {
@@ -77,7 +81,7 @@ __global__ void __launch_bounds__(kThreads) loss_from_sqdist_backward_kernel(
       const T g_mean = (in.capped && !passes ? T(0) : g) * in.lambda * in.inv_n;
       for (int64_t b = threadIdx.x; b < in.N; b += kThreads) {
         const T s = in.S[b * in.sb + m * in.sm + n * in.sn];
-        const T g_delta = g_mean * focal_rho(in, b, m, n);
+        const T g_delta = g_mean * (g_mean == 0 || s == 0 ? T(0) : focal_rho(in, b, m, n));
         grad_S[(b * in.M + m) * in.M + n] =
             !in.rms ? g_delta : (s == 0 ? T(0) : g_delta * in.inv_d * reciprocal(sqrt(s) * T(2)));
       }

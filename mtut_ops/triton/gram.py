@@ -17,19 +17,17 @@ slots and sums of G_mm, G_mn and G_nn are the same bit for bit, and S is exactly
 (identical features: loss 0, gradient 0), at the price of ~1.5x the work of a triangle.
 
 Backward: dS_mn/dXh_m = 4 (G_mm Xh_m - G_mn Xh_n), so the gradient into the rows of
-modality m is 4 (a_m G_mm Xh_m - sum_n w_mn G_mn Xh_n), a_m = sum_{n != m} w_mn: one
-product H Xh with H = coef o G, coef(m, m) = 4 a_m and coef(m, n) = -4 w_mn. A first
-kernel writes H (C x C per sample, never d x d) from the upper tiles of the stacked G
-(tiles may straddle modalities there: each entry looks up its coefficient); a second
-one multiplies it into the staged rows, one output tile per program, summing in a fixed
-order.
-
-H is the first operand of that GEMM, so it is stored in the operand type. Its entries
-carry the weights (easily 1e-9 and below, under float16's range): for float16 each row
-block m of coef is divided by a power of two sigma_m with max_n |coef(m, n)| < sigma_m
-<= 2 max_n |coef(m, n)| (torch.frexp: exact), so |H / sigma| <= max |G| <= 1 (unit rows)
-and rounding it to float16 costs u |H| + 2^-25 sigma_m elementwise (u = 2^-11); the
-product is multiplied back by sigma_m (exact). bfloat16 and TF32 need no scale.
+modality m is sum_n 4 w_mn (G_mm Xh_m - G_mn Xh_n). A first kernel writes H = G (C x C per
+sample, never d x d) in the operand type, every ordered block (m, n) of a modality that
+needs a gradient tiled from its own start, as the forward tiles it; a second one, per row
+tile of modality m, forms A = G_mm Xh_m and each B_n = G_mn Xh_n with the same loop over
+each block's own columns and adds 4 w_mn (A - B_n), summing in a fixed order. The two
+sides of each difference are so the same operations on the same operands: for X_m = X_n
+they are equal bit for bit and the pair adds exactly 0 (a single product with H = coef o G
+summed 4 a_m G_mm Xh_m and -4 w_mn G_mn Xh_n in one accumulator, which leaves a residue).
+Computing the mirror blocks (n, m) themselves rather than transposing (m, n) costs the
+first kernel twice the Gram work of a triangle. |G| <= 1 (unit rows), so H needs no scale
+even in float16; the weights are applied in the accumulator's type (float32/float64).
 """
 from __future__ import annotations
 
@@ -56,10 +54,12 @@ _COEF_CONFIGS = configs(("BLOCK_C", "BLOCK_K"), {
     "ieee": [(32, 32, 4, 2), (32, 64, 4, 2), (64, 16, 8, 2)],
     "fp64": [(32, 32, 4, 2)],
 })
+# (the apply kernel holds two C x K tiles through a product: it spilled in the 128-wide tiles
+# (sm_80 and sm_90) and in the ieee 32 x 64 one (sm_80), which are left out)
 _APPLY_CONFIGS = configs(("BLOCK_C", "BLOCK_K"), {
-    "tc16": [(64, 32, 4, 4), (64, 64, 4, 3), (128, 32, 8, 3), (128, 64, 8, 3)],
+    "tc16": [(64, 32, 4, 4), (64, 64, 4, 3)],
     "tf32": [(64, 32, 4, 4), (64, 32, 8, 3), (128, 32, 8, 2)],
-    "ieee": [(32, 32, 4, 2), (32, 64, 4, 2), (64, 16, 8, 2)],
+    "ieee": [(32, 32, 4, 2), (64, 16, 8, 2)],
     "fp64": [(32, 32, 4, 1)],
 })
 _INTERPRETED_CONFIG = triton.Config({"BLOCK_C": 16, "BLOCK_K": 16})
@@ -113,81 +113,94 @@ def _gram_forward(z, offsets, blocks, partial, d, C, C_max, n_slots,
 
 
 @triton.jit
-def _gram_coef(z, modality, needed, coef, h, d, C, ldh, M,
-               BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-               ROUND: tl.constexpr):
-    """h[b, r, c] = coef[b, mod(r), mod(c)] * G[r, c] in the operand type, from the upper tiles of G (both
-    halves stored), for the tiles that hold a row or column of a modality with needed[m] (only such rows of h
-    are read)."""
+def _gram_coef(z, offsets, needed, h, d, C, ldh, M, C_max,
+                BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                ROUND: tl.constexpr):
+    """(The coefficients are applied later, in _gram_apply.) h[b, R, Cc] = G[R, Cc] in the operand type for the
+    tile (ta, tb) of the ordered block (m, n) = (q // M, q % M),
+    tiled from the block's own start (as the forward), for the modalities m with needed[m] (only their rows are read)."""
     tile = tl.program_id(0)
     b = tl.program_id(1)
-    n_tiles = tl.cdiv(C, BLOCK_C)
-    ti = tile // n_tiles
-    tj = tile % n_tiles
-    offs_r = ti * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs_c = tj * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_r = offs_r < C
-    mask_c = offs_c < C
-    mod_r = tl.load(modality + offs_r, mask=mask_r, other=0)
-    mod_c = tl.load(modality + offs_c, mask=mask_c, other=0)
-    need = tl.sum(tl.load(needed + mod_r, mask=mask_r, other=0)) + tl.sum(tl.load(needed + mod_c, mask=mask_c, other=0))
-    if (ti <= tj) & (need > 0):
-        mask = mask_r[:, None] & mask_c[None, :]
-        g = _g_tile(z + b.to(tl.int64) * C * d, offs_r, offs_c, mask_r, mask_c, d,
-                    BLOCK_C, BLOCK_K, PRECISION, UPCAST)
-        coef_b = coef + b * M * M
+    q = tl.program_id(2)
+    m = q // M
+    n = q % M
+    n_tiles = tl.cdiv(C_max, BLOCK_C)
+    ta = tile // n_tiles
+    tb = tile % n_tiles
+    r_start = tl.load(offsets + m) + ta * BLOCK_C
+    r_end = tl.load(offsets + m + 1)
+    c_start = tl.load(offsets + n) + tb * BLOCK_C
+    c_end = tl.load(offsets + n + 1)
+    if (r_start < r_end) & (c_start < c_end) & (tl.load(needed + m) != 0):
+        offs_r = r_start + tl.arange(0, BLOCK_C)
+        offs_c = c_start + tl.arange(0, BLOCK_C)
+        mask_r = offs_r < r_end
+        mask_c = offs_c < c_end
+        g = _g_tile(z + b.to(tl.int64) * C * d, offs_r, offs_c, mask_r, mask_c, d, BLOCK_C, BLOCK_K, PRECISION, UPCAST)
         h_b = h + b.to(tl.int64) * C * ldh
-        # A zero weight contributes exactly nothing, even where G is not finite.
-        k = tl.load(coef_b + mod_r[:, None] * M + mod_c[None, :], mask=mask, other=0.0)
-        v = round_operand(tl.where(k != 0, k * g, 0.0), ROUND, False)
-        tl.store(h_b + offs_r[:, None] * ldh + offs_c[None, :], v, mask=mask)
-        if ti < tj:  # the mirror tile: G[c, r] = G[r, c]
-            k_t = tl.load(coef_b + mod_c[:, None] * M + mod_r[None, :], mask=tl.trans(mask), other=0.0)
-            v_t = round_operand(tl.where(k_t != 0, k_t * tl.trans(g), 0.0), ROUND, False)
-            tl.store(h_b + offs_c[:, None] * ldh + offs_r[None, :], v_t, mask=tl.trans(mask))
+        tl.store(h_b + offs_r[:, None] * ldh + offs_c[None, :], round_operand(g, ROUND, False),
+                 mask=mask_r[:, None] & mask_c[None, :])
 
 
 @triton.jit
-def _gram_apply(z, h, sigma, modality, needed, out, d, C, ldh, M,
-                BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                SCALED: tl.constexpr):
-    """out[b, R, K] = sigma[b, mod(R)] sum_c h[b, R, c] z[b, c, K]  (= sum_c coef G[R, c] xh[c, K]), for
-    the row tiles that hold a row of a modality with needed[m] (the others' rows are never read).
-    h's rows are ldh long (C rounded up to 16, zeros beyond C): the loop over c runs to ldh, so
-    that its loads of h are aligned and unmasked along c (the rows of z beyond C read as 0)."""
-    tr = tl.program_id(0)
+def _block_times_rows(acc, h_rows, z_b, mask_r, offs_k, mask_k, c_start, c_end, d,
+                      BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """acc (zeros) + sum_{c in [c_start, c_end)} h[R, c] z[c, K], the columns walked from the block's own start."""
+    for c0 in range(c_start, c_end, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < c_end
+        hh = tl.load(h_rows + offs_c[None, :], mask=mask_r[:, None] & mask_c[None, :], other=0.0)
+        x = tl.load(z_b + offs_c[:, None].to(tl.int64) * d + offs_k[None, :],
+                    mask=mask_c[:, None] & mask_k[None, :], other=0.0)
+        if UPCAST:
+            hh = hh.to(tl.float32)
+            x = x.to(tl.float32)
+        acc = tl.dot(hh, x, acc, input_precision=PRECISION, out_dtype=acc.dtype)
+    return acc
+
+
+@triton.jit
+def _gram_apply(z, h, offsets, needed, weight, out, d, C, ldh, M, C_max,
+                BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """out[b, R, K] = sum_{n != m} 4 w_mn (A - B_n)[R, K], A = G_mm Xh_m, B_n = G_mn Xh_n, for the row tile R of
+    modality m (tiled from its start) with needed[m]; a zero weight adds nothing (not even a NaN of G)."""
+    n_rows = tl.cdiv(C_max, BLOCK_C)
+    m = tl.program_id(0) // n_rows
+    tr = tl.program_id(0) % n_rows
     tk = tl.program_id(1)
     b = tl.program_id(2)
-    offs_r = tr * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs_k = tk * BLOCK_K + tl.arange(0, BLOCK_K)
-    mask_r = offs_r < C
-    mask_k = offs_k < d
-    mod_r = tl.load(modality + offs_r, mask=mask_r, other=0)
-    need = tl.sum(tl.load(needed + mod_r, mask=mask_r, other=0))
-    if need > 0:
+    r_start = tl.load(offsets + m) + tr * BLOCK_C
+    r_end = tl.load(offsets + m + 1)
+    if (r_start < r_end) & (tl.load(needed + m) != 0):
+        offs_r = r_start + tl.arange(0, BLOCK_C)
+        offs_k = tk * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask_r = offs_r < r_end
+        mask_k = offs_k < d
         z_b = z + b.to(tl.int64) * C * d
         h_rows = h + b.to(tl.int64) * C * ldh + offs_r[:, None] * ldh
-        acc = tl.zeros((BLOCK_C, BLOCK_K), dtype=out.dtype.element_ty)
-        for c0 in range(0, ldh, BLOCK_C):
-            offs_c = c0 + tl.arange(0, BLOCK_C)
-            mask_c = offs_c < C
-            hh = tl.load(h_rows + offs_c[None, :], mask=mask_r[:, None] & (offs_c < ldh)[None, :], other=0.0)
-            x = tl.load(z_b + offs_c[:, None].to(tl.int64) * d + offs_k[None, :],
-                        mask=mask_c[:, None] & mask_k[None, :], other=0.0)
-            if UPCAST:
-                hh = hh.to(tl.float32)
-                x = x.to(tl.float32)
-            acc = tl.dot(hh, x, acc, input_precision=PRECISION, out_dtype=acc.dtype)
-        if SCALED:
-            acc = acc * tl.load(sigma + b * M + mod_r, mask=mask_r, other=1.0)[:, None]
-        tl.store(out + (b.to(tl.int64) * C + offs_r[:, None]) * d + offs_k[None, :], acc,
-                 mask=mask_r[:, None] & mask_k[None, :])
-
-
-def _modality_of_rows(pk: Packed) -> torch.Tensor:
-    """int32 [C]: the modality of every stacked channel row (static shapes, so it traces)."""
-    rows = torch.arange(pk.C, dtype=torch.int32, device=pk.z.device)
-    return (rows[:, None] >= pk.offsets_t[None, 1:-1]).sum(1, dtype=torch.int32)
+        ptrs = out + (b.to(tl.int64) * C + offs_r[:, None]) * d + offs_k[None, :]
+        mask = mask_r[:, None] & mask_k[None, :]
+        zeros = tl.zeros((BLOCK_C, BLOCK_K), dtype=out.dtype.element_ty)
+        # Two tiles live at most (three spilled in the 128-wide configs): A is recomputed for each
+        # weighted pair (one for M = 2) and the running sum kept in `out`, read back by the program
+        # that wrote it.
+        written = 0
+        w_row = weight + (b * M + m) * M
+        for n in range(0, M):
+            w = tl.load(w_row + n).to(out.dtype.element_ty)
+            if (n != m) & (w != 0):  # NaN counts as non-zero: it must propagate
+                a = _block_times_rows(zeros, h_rows, z_b, mask_r, offs_k, mask_k, tl.load(offsets + m), r_end, d,
+                                      BLOCK_C, BLOCK_K, PRECISION, UPCAST)
+                bn = _block_times_rows(zeros, h_rows, z_b, mask_r, offs_k, mask_k, tl.load(offsets + n),
+                                       tl.load(offsets + n + 1), d, BLOCK_C, BLOCK_K, PRECISION, UPCAST)
+                term = (4.0 * w) * (a - bn)
+                if written > 0:
+                    term += tl.load(ptrs, mask=mask, other=0.0)
+                tl.store(ptrs, term, mask=mask)
+                tl.debug_barrier()  # the next pair reads back what this one stored, maybe from other threads
+                written = 1
+        if written == 0:
+            tl.store(ptrs, zeros, mask=mask)
 
 
 # reset_to_zero: a config with bigger tiles leaves the extra slots of a finer one alone.
@@ -221,52 +234,35 @@ def gram_forward(pk: Packed) -> torch.Tensor:
     return S.clamp_min(0)  # a difference of large terms; clamp_min keeps NaN
 
 
-def _row_scale(coef: torch.Tensor) -> torch.Tensor:
-    """[N, M]: a power of two sigma_m with max_n |coef(m, n)| < sigma_m <= 2 max_n |coef(m, n)|
-    (1 where that maximum is 0 or not finite; at most 2^127, float32's largest power of two)."""
-    amax = coef.abs().amax(-1)
-    _, expo = torch.frexp(amax)  # amax = f 2^expo, 0.5 <= f < 1
-    sigma = torch.ldexp(torch.ones_like(amax), expo.clamp(max=127))
-    return torch.where(torch.isfinite(amax) & (amax > 0), sigma, torch.ones_like(amax))
-
-
 def gram_backward(pk: Packed, weight: torch.Tensor, needs_grad) -> torch.Tensor:
     """The gradient into the stacked Xh: rows of modality m get sum_n weight[:, m, n] dS_mn/dXh_m,
     for the modalities with needs_grad[m] (the other rows of the result are not computed). [N, C, ld]."""
     info = pk.info
     C = pk.C
-    w = weight.to(pk.inv.dtype)
-    eye = torch.eye(info.M, dtype=torch.bool, device=w.device)
-    w_off = w.masked_fill(eye, 0)  # the diagonal of the weight plays no part
-    coef = torch.diag_embed(4.0 * w_off.sum(-1)) - 4.0 * w_off
-    scaled = pk.mode == "fp16"
-    sigma = _row_scale(coef) if scaled else torch.ones(coef.shape[:2], dtype=coef.dtype, device=coef.device)
-    if scaled:
-        coef = coef / sigma[..., None]  # exact: powers of two
-    coef = coef.contiguous()
+    C_max = max(info.channels)
+    eye = torch.eye(info.M, dtype=torch.bool, device=weight.device)
+    w = weight.to(pk.inv.dtype).masked_fill(eye, 0).contiguous()  # the diagonal of the weight plays no part
     ldh = padded(C)
-    # the columns beyond C must be zeros (they meet masked rows of z); rows of modalities that need
-    # no gradient stay zero (their output rows are never read)
-    h = torch.zeros((info.N, C, ldh), dtype=pk.z.dtype, device=pk.z.device)
+    # rows of modalities that need no gradient stay unwritten (never read)
+    h = torch.empty((info.N, C, ldh), dtype=pk.z.dtype, device=pk.z.device)
     out = torch.empty((info.N, C, pk.ld), dtype=pk.inv.dtype, device=pk.z.device)
-    modality = _modality_of_rows(pk)
     needed = index_table(tuple(int(x) for x in needs_grad), torch.int32, pk.z)
     kind = launcher_kind(pk)
 
     def coef_grid(meta):
-        return (triton.cdiv(C, meta["BLOCK_C"]) ** 2, info.N)
+        return (triton.cdiv(C_max, meta["BLOCK_C"]) ** 2, info.N, info.M * info.M)
 
     def apply_grid(meta):
-        return (triton.cdiv(C, meta["BLOCK_C"]), triton.cdiv(pk.ld, meta["BLOCK_K"]), info.N)
+        return (info.M * triton.cdiv(C_max, meta["BLOCK_C"]), triton.cdiv(pk.ld, meta["BLOCK_K"]), info.N)
 
     precision = dot_precision(pk.mode)
     with on_device(pk.z):
         wrap_triton(_COEF[kind])[coef_grid](
-            pk.z, modality, needed, coef, h, pk.ld, C, ldh, info.M, PRECISION=precision, UPCAST=pk.upcast,
+            pk.z, pk.offsets_t, needed, h, pk.ld, C, ldh, info.M, C_max, PRECISION=precision, UPCAST=pk.upcast,
             ROUND=pk.round_code,
         )
         wrap_triton(_APPLY[kind])[apply_grid](
-            pk.z, h, sigma.contiguous(), modality, needed, out, pk.ld, C, ldh, info.M, PRECISION=precision,
-            UPCAST=pk.upcast, SCALED=scaled,
+            pk.z, h, pk.offsets_t, needed, w, out, pk.ld, C, ldh, info.M, C_max, PRECISION=precision,
+            UPCAST=pk.upcast,
         )
     return out
