@@ -21,6 +21,7 @@ Environment:
                          file (architectures compiled in parallel; default 2).
   MTUT_DEBUG=1           -O0 -g.
 """
+
 import glob
 import os
 import re
@@ -44,8 +45,17 @@ PY_LIMITED_API = "0x030A0000"  # CPython 3.10, as the wheel tag cp310-abi3 says
 
 # Commands that compile, or that write the wheel's metadata (which pins the torch):
 # they need torch. sdist and egg_info do not.
-TORCH_COMMANDS = {"build", "build_ext", "bdist_wheel", "bdist_egg", "bdist", "develop", "install",
-                  "editable_wheel", "dist_info"}
+TORCH_COMMANDS = {
+    "build",
+    "build_ext",
+    "bdist_wheel",
+    "bdist_egg",
+    "bdist",
+    "develop",
+    "install",
+    "editable_wheel",
+    "dist_info",
+}
 
 
 def _flag(name):
@@ -77,11 +87,15 @@ def _import_torch():
     except ImportError as e:
         outer = _outer_torch()
         if outer is not None:
-            seen = (f"torch {outer[0]} is installed ({outer[1]}), but pip builds in an isolated environment "
-                    "by default, which hides it. Build without isolation, against that torch:")
+            seen = (
+                f"torch {outer[0]} is installed ({outer[1]}), but pip builds in an isolated environment "
+                "by default, which hides it. Build without isolation, against that torch:"
+            )
         else:
-            seen = (f"torch is not importable here ({e}). Install torch first (https://pytorch.org/get-started), "
-                    "then build without isolation:")
+            seen = (
+                f"torch is not importable here ({e}). Install torch first (https://pytorch.org/get-started), "
+                "then build without isolation:"
+            )
         _fail(
             f"the extension is compiled against the torch it will run with: {seen}\n"
             "    pip install setuptools wheel ninja\n"
@@ -139,8 +153,11 @@ def _cuda_plan(torch, cuda_sources):
             )
     if reasons:
         if _flag("FORCE_CUDA"):
-            _fail("FORCE_CUDA=1 but the CUDA kernels cannot be built: " + "; ".join(reasons)
-                  + ".\nUnset FORCE_CUDA (or set MTUT_CPU_ONLY=1) to build the CPU kernels only.")
+            _fail(
+                "FORCE_CUDA=1 but the CUDA kernels cannot be built: "
+                + "; ".join(reasons)
+                + ".\nUnset FORCE_CUDA (or set MTUT_CPU_ONLY=1) to build the CPU kernels only."
+            )
         print("mtut: building the CPU kernels only: " + "; ".join(reasons), file=sys.stderr)
         return False, None
     return True, nvcc_version
@@ -170,12 +187,16 @@ def _cublas_include_dirs(cuda_home):
     for root in (spec.submodule_search_locations or []) if spec else []:
         for found in sorted(glob.glob(os.path.join(root, "*", "include", "cublas_v2.h"))):
             return [os.path.dirname(found)]
-    _fail(f"no cublas_v2.h in {cuda_home}/include nor in an nvidia-cublas wheel: install the CUDA toolkit's "
-          "cuBLAS headers (or the nvidia-cublas wheel of torch's CUDA), or set MTUT_CPU_ONLY=1")
+    _fail(
+        f"no cublas_v2.h in {cuda_home}/include nor in an nvidia-cublas wheel: install the CUDA toolkit's "
+        "cuBLAS headers (or the nvidia-cublas wheel of torch's CUDA), or set MTUT_CPU_ONLY=1"
+    )
 
 
 def _sources():
-    rel = lambda patterns: sorted(os.path.relpath(p, HERE) for pat in patterns for p in glob.glob(os.path.join(HERE, pat)))
+    def rel(patterns):
+        return sorted(os.path.relpath(p, HERE) for pat in patterns for p in glob.glob(os.path.join(HERE, pat)))
+
     return rel(["csrc/*.cpp", "csrc/cpu/*.cpp"]), rel(["csrc/cuda/*.cu", "csrc/cuda/*.cpp"])
 
 
@@ -186,8 +207,11 @@ def _torch_build():
 
     version = tuple(int(x) for x in re.findall(r"\d+", torch.__version__)[:2])
     if version < OLDEST_TESTED_TORCH:
-        print(f"mtut: warning: torch {torch.__version__} is older than the oldest torch this is tested with "
-              f"({'.'.join(map(str, OLDEST_TESTED_TORCH))}); building anyway", file=sys.stderr)
+        print(
+            f"mtut: warning: torch {torch.__version__} is older than the oldest torch this is tested with "
+            f"({'.'.join(map(str, OLDEST_TESTED_TORCH))}); building anyway",
+            file=sys.stderr,
+        )
 
     cpp_sources, cuda_sources = _sources()
     with_cuda, nvcc_version = _cuda_plan(torch, cuda_sources)
@@ -199,7 +223,9 @@ def _torch_build():
         arch_list = _arch_list(os.path.join(CUDA_HOME, "bin", "nvcc"))
         os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
         threads = os.environ.get("NVCC_THREADS", "2")
-        nvcc_flags = opt + limited + ["-DMTUT_WITH_CUDA", "--expt-relaxed-constexpr", "-lineinfo", f"--threads={threads}"]
+        nvcc_flags = (
+            opt + limited + ["-DMTUT_WITH_CUDA", "--expt-relaxed-constexpr", "-lineinfo", f"--threads={threads}"]
+        )
         ext = CUDAExtension(
             "mtut_ops._C",
             cpp_sources + cuda_sources,
@@ -235,9 +261,11 @@ def _torch_build():
             os.makedirs(os.path.dirname(target), exist_ok=True)
             with open(target, "w") as f:
                 f.write("\n".join(lines) + "\n")
-            print(f"mtut: built for torch {torch.__version__}"
-                  + (f", CUDA {nvcc_version}, TORCH_CUDA_ARCH_LIST={arch_list}" if with_cuda else ", CPU kernels only"),
-                  file=sys.stderr)
+            print(
+                f"mtut: built for torch {torch.__version__}"
+                + (f", CUDA {nvcc_version}, TORCH_CUDA_ARCH_LIST={arch_list}" if with_cuda else ", CPU kernels only"),
+                file=sys.stderr,
+            )
 
     public = torch.__version__.split("+")[0]
     return [ext], {"build_ext": build_ext}, [f"torch=={public}"]

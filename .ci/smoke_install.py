@@ -7,6 +7,7 @@
 
 Each mode prints what it checked and exits non-zero on the first failure.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -44,8 +45,10 @@ def installed():
     here = os.path.abspath(mtut_ops.__file__)
     check("site-packages" in here, f"mtut_ops imported from the installed package ({here})")
     check(_extension.LOAD_ERROR is None, f"the compiled library loaded ({_extension.LOAD_ERROR})")
-    check(_extension.BUILD_INFO["torch_version"] == torch.__version__,
-          f"built for the torch present ({_extension.BUILD_INFO['torch_version']})")
+    check(
+        _extension.BUILD_INFO["torch_version"] == torch.__version__,
+        f"built for the torch present ({_extension.BUILD_INFO['torch_version']})",
+    )
     requires = importlib.metadata.requires("mtut") or []
     pin = "torch==" + torch.__version__.split("+")[0]
     check(pin in requires, f"the wheel's metadata requires {pin} ({[r for r in requires if 'extra' not in r]})")

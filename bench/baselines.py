@@ -23,6 +23,7 @@ term (m, n) sends its gradient into X_m only.
   pair, each with its own backward), ~24 N d C_m^2 FLOPs for M = 2 against the expert
   code's 16. Not in the default benchmark set (``--impls gram-eager`` runs it).
 """
+
 from __future__ import annotations
 
 import itertools

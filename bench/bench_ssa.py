@@ -27,6 +27,7 @@ For each shape and dtype, in one process, on one device:
   python -m bench.bench_ssa --device cpu --shapes mixed4f --repeats 5
   python -m bench.bench_ssa --device cuda --dtype float32 tf32 bfloat16
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,9 +44,10 @@ import re
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
@@ -76,7 +78,9 @@ class Shape:
 
 
 def _i3d(name, C, spatial, note, M):
-    return Shape(name if M == 2 else f"{name}_m{M}", 6, (C,) * M, spatial, note + ("" if M == 2 else f", {M} modalities"))
+    return Shape(
+        name if M == 2 else f"{name}_m{M}", 6, (C,) * M, spatial, note + ("" if M == 2 else f", {M} modalities")
+    )
 
 
 NAMED = [
@@ -92,8 +96,13 @@ NAMED = [
 SWEEP_D = [Shape(f"sweep_d{d}", 6, (256, 256), (d,), "d sweep at C=256") for d in (64, 256, 1024, 4096)]
 SWEEP_C = [Shape(f"sweep_c{c}", 6, (c, c), (8, 7, 7), "C sweep at d=392") for c in (64, 256, 1024, 2048)]
 SHAPES = {s.name: s for s in NAMED + SWEEP_D + SWEEP_C}
-DTYPES = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-          "float64": torch.float64}
+DTYPES = {
+    "float32": torch.float32,
+    "tf32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float64": torch.float64,
+}
 
 
 # ------------------------------------------------------------------ implementations
@@ -122,15 +131,21 @@ def impl_table(device: torch.device, algos=("direct", "gram", "auto")) -> dict:
         Impl("mmpose-compile", "naive", _compiled(mmpose), compiled=True),
         Impl("expert-eager", "expert", lambda: expert),
         Impl("expert-compile", "expert", _compiled(expert), compiled=True),
-        Impl("gram-eager", "gram-pairs", lambda: (lambda f, ce: gram_identity_ssa_loss(f, ce))),
-        Impl("mtut-reference", "naive",
-             lambda: (lambda f, ce: mtut_ops.ssa_loss(f, ce, pair_cap=10.0, backend="reference"))),
+        Impl("gram-eager", "gram-pairs", lambda: lambda f, ce: gram_identity_ssa_loss(f, ce)),
+        Impl(
+            "mtut-reference",
+            "naive",
+            lambda: lambda f, ce: mtut_ops.ssa_loss(f, ce, pair_cap=10.0, backend="reference"),
+        ),
     ]
     for backend in mtut_ops.available_backends(device):
         if backend == "reference":
             continue
         for algo in algos:
-            fn = (lambda f, ce, b=backend, a=algo: mtut_ops.ssa_loss(f, ce, algo=a, pair_cap=10.0, backend=b))
+
+            def fn(f, ce, b=backend, a=algo):
+                return mtut_ops.ssa_loss(f, ce, algo=a, pair_cap=10.0, backend=b)
+
             impls.append(Impl(f"mtut-{backend}-{algo}", f"mtut-{backend}:{algo}", (lambda fn=fn: fn)))
     return {i.name: i for i in impls}
 
@@ -142,7 +157,7 @@ def resolved_kind(impl: Impl, shape: Shape, dtype: torch.dtype) -> tuple:
     """(cost kind for bench.costs.flops, note): mtut kinds name their resolved algorithm."""
     if not impl.kind.startswith("mtut-"):
         return impl.kind, ""
-    backend, algo = impl.kind[len("mtut-"):].split(":")
+    backend, algo = impl.kind[len("mtut-") :].split(":")
     note = ""
     if algo == "auto":
         algo = mtut_ops._validation.resolve_algo("auto", shape.d, shape.channels, backend, dtype)
@@ -166,7 +181,9 @@ class Meter:
         self.device = device
         self._libc = ctypes.CDLL("libc.so.6") if sys.platform.startswith("linux") else None
         self._before = 0
-        self.flush = torch.empty(flush_bytes // 4, dtype=torch.float32, device=device) if device.type == "cuda" else None
+        self.flush = (
+            torch.empty(flush_bytes // 4, dtype=torch.float32, device=device) if device.type == "cuda" else None
+        )
 
     def sync(self):
         if self.device.type == "cuda":
@@ -355,7 +372,9 @@ class Row:
 
 def make_inputs(shape: Shape, dtype, device, seed=0):
     g = torch.Generator().manual_seed(seed)
-    feats = [torch.randn(shape.N, c, *shape.spatial, generator=g).to(device=device, dtype=dtype) for c in shape.channels]
+    feats = [
+        torch.randn(shape.N, c, *shape.spatial, generator=g).to(device=device, dtype=dtype) for c in shape.channels
+    ]
     ce = (torch.rand(len(shape.channels), shape.N, generator=g) * 3).to(device)
     return feats, ce
 
@@ -398,8 +417,11 @@ def run_shape(meter: Meter, shape: Shape, dtype_name: str, impls: dict, args, lo
             row.gflop = (f + b) / 1e9
             if kind == "naive" and naive_bytes(shape.problem, elem) > args.naive_limit_gb * 2**30:
                 row.status = "not run"
-                _note(row, f"the d x d matrices alone need >= {naive_bytes(shape.problem, elem) / 2**30:.1f} GiB "
-                           f"(limit {args.naive_limit_gb} GiB)")
+                _note(
+                    row,
+                    f"the d x d matrices alone need >= {naive_bytes(shape.problem, elem) / 2**30:.1f} GiB "
+                    f"(limit {args.naive_limit_gb} GiB)",
+                )
                 continue
             if row.gflop > args.max_gflop:
                 row.status = "not run"
@@ -433,9 +455,13 @@ def run_shape(meter: Meter, shape: Shape, dtype_name: str, impls: dict, args, lo
             if not e <= rtol:
                 row.status = "disagrees"
                 _note(row, f"not timed: off the median by {e:.2e} (tolerance {rtol:.1e})")
-                print(f"!!! {shape.name} {dtype_name}: {name} DISAGREES with the other implementations: "
-                      f"loss {checks[name]['loss']!r}, gradient norms {checks[name]['grad_norms']}, "
-                      f"relative discrepancy {e:.3e} > {rtol:.1e}", file=sys.stderr, flush=True)
+                print(
+                    f"!!! {shape.name} {dtype_name}: {name} DISAGREES with the other implementations: "
+                    f"loss {checks[name]['loss']!r}, gradient norms {checks[name]['grad_norms']}, "
+                    f"relative discrepancy {e:.3e} > {rtol:.1e}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 live.pop(name)
 
         # interleaved rounds
@@ -446,7 +472,7 @@ def run_shape(meter: Meter, shape: Shape, dtype_name: str, impls: dict, args, lo
         deadline = time.perf_counter() + args.max_seconds
         for r in range(args.repeats):
             gc.collect()
-            order = names[r % len(names):] + names[: r % len(names)] if names else []
+            order = names[r % len(names) :] + names[: r % len(names)] if names else []
             for name in order:
                 meter.begin_peak()
                 try:
@@ -466,8 +492,11 @@ def run_shape(meter: Meter, shape: Shape, dtype_name: str, impls: dict, args, lo
                 t["bwd"].append(b_s)
                 t["total"].append(f_s + b_s)
                 t["peak"].append(peak)
-            log(f"  round {r + 1}: " + ", ".join(f"{n} {1e3 * times[n]['total'][-1]:,.0f} ms" for n in order if times[n]["total"])
-                + f"  (load {loadavg()})")
+            log(
+                f"  round {r + 1}: "
+                + ", ".join(f"{n} {1e3 * times[n]['total'][-1]:,.0f} ms" for n in order if times[n]["total"])
+                + f"  (load {loadavg()})"
+            )
             if time.perf_counter() > deadline and r + 1 >= args.min_repeats:
                 break
         if compiled and _compile_count() != graphs_before:
@@ -570,8 +599,11 @@ def _aa_lines(group: list, rec: dict) -> list:
         if r.impl in times and twin in times and len(times[r.impl]["total"]) == len(times[twin]["total"]) > 0:
             ratios = [a / b for a, b in zip(times[twin]["total"], times[r.impl]["total"])]
             lo, hi, _ = median_interval(ratios)
-            out += [f"A/A check (the same code twice: {twin} / {r.impl}, per round): median"
-                    f" {statistics.median(ratios):.2f} ({lo:.2f}–{hi:.2f}): ratios closer to 1 than this are noise.", ""]
+            out += [
+                f"A/A check (the same code twice: {twin} / {r.impl}, per round): median"
+                f" {statistics.median(ratios):.2f} ({lo:.2f}–{hi:.2f}): ratios closer to 1 than this are noise.",
+                "",
+            ]
     return out
 
 
@@ -580,7 +612,8 @@ def summary_markdown(rows: list, env: dict, records: list) -> str:
         f"# SSA loss benchmark: {env.get('device_name', env['device'])}",
         "",
         f"{env['date']} · torch {env['torch']} · {env['threads']} threads · OMP_WAIT_POLICY {env['omp_wait_policy']}"
-        f" · load average (1, 5, 15 min) at the start {env.get('load_average')}, at the end {env.get('load_average_end')}",
+        f" · load average (1, 5, 15 min) at the start {env.get('load_average')},"
+        f" at the end {env.get('load_average_end')}",
         "",
         "Forward + backward of the whole SSA loss (mmpose's defaults: rms, beta 2, lambda 5e-3, pair cap 10), N = 6.",
         "All implementations ran interleaved: round r runs each once, in one process. Times: median over the rounds,"
@@ -613,7 +646,9 @@ def summary_markdown(rows: list, env: dict, records: list) -> str:
         for r in group:
             agree = "—" if r.disagreement is None else f"{r.disagreement:.1e}"
             if r.status != "ok":
-                lines.append(f"| {r.impl} | — | — | {r.status} | {fmt(r.gflop)} | — | — | — | — | — | {agree} | {r.note} |")
+                lines.append(
+                    f"| {r.impl} | — | — | {r.status} | {fmt(r.gflop)} | — | — | — | — | — | {agree} | {r.note} |"
+                )
                 continue
             lines.append(
                 f"| {r.impl} | {fmt(r.fwd_ms)} | {fmt(r.bwd_ms)} | {fmt(r.total_ms)} ({fmt(r.total_p20_ms)}–"
@@ -633,7 +668,9 @@ def write_results(rows: list, env: dict, records: list, stem: str) -> list:
         w.writeheader()
         for r in rows:
             w.writerow({k: v for k, v in asdict(r).items() if k != "extra"})
-    paths[1].write_text(json.dumps({"environment": env, "shapes": records, "rows": [asdict(r) for r in rows]}, indent=1))
+    paths[1].write_text(
+        json.dumps({"environment": env, "shapes": records, "rows": [asdict(r) for r in rows]}, indent=1)
+    )
     paths[2].write_text(summary_markdown(rows, env, records))
     with contextlib.suppress(ImportError):
         paths.append(plot(rows, env, RESULTS / f"{stem}.png"))
@@ -650,8 +687,10 @@ def plot(rows: list, env: dict, path: Path) -> Path:
     shapes = list(dict.fromkeys(f"{r.shape} {r.dtype}" for r in rows))
     impls = list(dict.fromkeys(r.impl for r in rows))
     fig, axes = plt.subplots(1, 2, figsize=(15, 5.5))
-    for ax, key, label in ((axes[0], "total_ms", "forward + backward (ms, median)"),
-                           (axes[1], "peak_mb", "peak extra memory (MB)")):
+    for ax, key, label in (
+        (axes[0], "total_ms", "forward + backward (ms, median)"),
+        (axes[1], "peak_mb", "peak extra memory (MB)"),
+    ):
         width = 0.8 / max(1, len(impls))
         for k, impl in enumerate(impls):
             xs, ys, err = [], [], [[], []]
@@ -665,18 +704,29 @@ def plot(rows: list, env: dict, path: Path) -> Path:
                         err[1].append(r.total_p80_ms - r.total_ms)
             ax.bar(xs, ys, width=width, label=impl, yerr=err if key == "total_ms" else None, capsize=2)
         for i, s in enumerate(shapes):
-            if any(f"{r.shape} {r.dtype}" == s and r.status in ("not run", "oom") and r.impl.startswith("mmpose")
-                   for r in rows):
-                ax.annotate("mmpose: not run (d x d)", (i, 1), rotation=90, fontsize=7, ha="center",
-                            xycoords=("data", "axes fraction"), va="top")
+            if any(
+                f"{r.shape} {r.dtype}" == s and r.status in ("not run", "oom") and r.impl.startswith("mmpose")
+                for r in rows
+            ):
+                ax.annotate(
+                    "mmpose: not run (d x d)",
+                    (i, 1),
+                    rotation=90,
+                    fontsize=7,
+                    ha="center",
+                    xycoords=("data", "axes fraction"),
+                    va="top",
+                )
         ax.set_yscale("log")
         ax.set_xticks(range(len(shapes)))
         ax.set_xticklabels(shapes, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2)
-    fig.suptitle(f"SSA loss, {env.get('device_name', env['device'])}, torch {env['torch']}, {env['date'][:10]}"
-                 f" (load average {env.get('load_average')})")
+    fig.suptitle(
+        f"SSA loss, {env.get('device_name', env['device'])}, torch {env['torch']}, {env['date'][:10]}"
+        f" (load average {env.get('load_average')})"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -686,21 +736,38 @@ def plot(rows: list, env: dict, path: Path) -> Path:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", nargs="+", default=["float32"], choices=list(DTYPES),
-                   help="tf32: float32 inputs with torch.backends.cuda.matmul.allow_tf32 on")
+    p.add_argument(
+        "--dtype",
+        nargs="+",
+        default=["float32"],
+        choices=list(DTYPES),
+        help="tf32: float32 inputs with torch.backends.cuda.matmul.allow_tf32 on",
+    )
     p.add_argument("--shapes", nargs="+", default=[s.name for s in NAMED + SWEEP_D + SWEEP_C], choices=list(SHAPES))
-    p.add_argument("--impls", nargs="+", default=None,
-                   help=f"subset of implementations (default: all available but {', '.join(OPT_IN)})")
+    p.add_argument(
+        "--impls",
+        nargs="+",
+        default=None,
+        help=f"subset of implementations (default: all available but {', '.join(OPT_IN)})",
+    )
     p.add_argument("--repeats", type=int, default=5, help="timing rounds (each runs every implementation once)")
     p.add_argument("--min-repeats", type=int, default=3, help="rounds run even past --max-seconds")
     p.add_argument("--warmup", type=int, default=1, help="untimed forward + backward calls per implementation")
     p.add_argument("--max-seconds", type=float, default=900.0, help="time budget of the rounds of one shape")
-    p.add_argument("--max-gflop", type=float, default=2000.0,
-                   help="do not run (record as 'not run') an implementation needing more GFLOP per forward + backward")
+    p.add_argument(
+        "--max-gflop",
+        type=float,
+        default=2000.0,
+        help="do not run (record as 'not run') an implementation needing more GFLOP per forward + backward",
+    )
     p.add_argument("--naive-limit-gb", type=float, default=12.0, help="do not run naive code needing more")
     p.add_argument("--tag", default=None, help="name of the result files (default: <device>-<date>)")
-    p.add_argument("--render", default=None, metavar="JSON",
-                   help="only write the result files again from a results .json (its raw times; no benchmark)")
+    p.add_argument(
+        "--render",
+        default=None,
+        metavar="JSON",
+        help="only write the result files again from a results .json (its raw times; no benchmark)",
+    )
     return p
 
 
@@ -722,9 +789,13 @@ def main(argv=None):
     meter = Meter(device)
     env = environment(device)
     if device.type == "cpu" and os.environ.get("OMP_WAIT_POLICY", "").lower() != "passive":
-        print(f"warning: OMP_WAIT_POLICY is not 'passive' (load average {loadavg()} on {os.cpu_count()} cores): on a"
-              " shared machine OpenMP threads then spin against other jobs, and small ops ran up to 25x slower here"
-              " (sweep_d64, mmpose-eager, 2026-12-01); set OMP_WAIT_POLICY=passive", file=sys.stderr, flush=True)
+        print(
+            f"warning: OMP_WAIT_POLICY is not 'passive' (load average {loadavg()} on {os.cpu_count()} cores): on a"
+            " shared machine OpenMP threads then spin against other jobs, and small ops ran up to 25x slower here"
+            " (sweep_d64, mmpose-eager, 2026-12-01); set OMP_WAIT_POLICY=passive",
+            file=sys.stderr,
+            flush=True,
+        )
     impls = impl_table(device)
     if args.impls:
         unknown = set(args.impls) - set(impls)
@@ -740,13 +811,16 @@ def main(argv=None):
         for shape_name in args.shapes:
             shape = SHAPES[shape_name]
             print(f"== {shape_name} {dtype_name} (load {loadavg()})", flush=True)
-            shape_rows, record = run_shape(meter, shape, dtype_name, impls, args,
-                                           log=lambda s: print(s, flush=True))
+            shape_rows, record = run_shape(meter, shape, dtype_name, impls, args, log=lambda s: print(s, flush=True))
             rows += shape_rows
             records.append(record)
             for r in shape_rows:
-                print(f"  {r.impl:20s} {r.status:9s} fwd+bwd {fmt(r.total_ms, ' ms'):>12s} peak {fmt(r.peak_mb, ' MB'):>10s}"
-                      f"  vs expert {_ratio(r, 'expert'):>22s}  {r.note}", flush=True)
+                print(
+                    f"  {r.impl:20s} {r.status:9s} fwd+bwd {fmt(r.total_ms, ' ms'):>12s}"
+                    f" peak {fmt(r.peak_mb, ' MB'):>10s}"
+                    f"  vs expert {_ratio(r, 'expert'):>22s}  {r.note}",
+                    flush=True,
+                )
             env["load_average_end"] = loadavg()
             stem = args.tag or f"{device.type}-{env['date'][:10]}"
             paths = write_results(rows, env, records, stem)  # after every shape: a long run keeps what it has

@@ -5,6 +5,7 @@ and without SSA, so the loss's share of the step shows.
   python -m bench.bench_train_step --device cpu                       # CPU-sized default
   python -m bench.bench_train_step --device cuda --frames 64 --size 224 --batch 6
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,11 +48,20 @@ def main(argv=None):
         "depth": torch.rand(args.batch, 1, args.frames, args.size, args.size, device=device),
     }
     labels = torch.randint(0, 25, (args.batch,), device=device)
-    variants = {"no SSA (CE only)": (None, False), "SSA naive (reference)": ("reference", True), "SSA fused (mtut)": (None, True)}
+    variants = {
+        "no SSA (CE only)": (None, False),
+        "SSA naive (reference)": ("reference", True),
+        "SSA fused (mtut)": (None, True),
+    }
     rows = []
     for name, (backend, ssa) in variants.items():
-        model = MTUTModel(("rgb", "depth"), 25, width=args.width, ssa_endpoints=(args.endpoint,),
-                          ssa=SSAConfig(lambda_=5e-3, backend=backend)).to(device)
+        model = MTUTModel(
+            ("rgb", "depth"),
+            25,
+            width=args.width,
+            ssa_endpoints=(args.endpoint,),
+            ssa=SSAConfig(lambda_=5e-3, backend=backend),
+        ).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         step = step_fn(model, batch, labels, ssa, opt)
         step()  # warm-up
@@ -63,9 +73,20 @@ def main(argv=None):
             times.append(meter.now() - t0)
         with torch.no_grad():
             feat = model(batch).features["rgb"][args.endpoint]
-        rows.append({"variant": name, "step_ms": 1e3 * statistics.median(times), "p20_ms": 1e3 * quantile(times, 0.2),
-                     "p80_ms": 1e3 * quantile(times, 0.8), "peak_mb": peak, "feature_shape": list(feat.shape)})
-        print(f"{name:24s} step {rows[-1]['step_ms']:9.1f} ms  peak {peak:8.1f} MB  SSA features {list(feat.shape)}", flush=True)
+        rows.append(
+            {
+                "variant": name,
+                "step_ms": 1e3 * statistics.median(times),
+                "p20_ms": 1e3 * quantile(times, 0.2),
+                "p80_ms": 1e3 * quantile(times, 0.8),
+                "peak_mb": peak,
+                "feature_shape": list(feat.shape),
+            }
+        )
+        print(
+            f"{name:24s} step {rows[-1]['step_ms']:9.1f} ms  peak {peak:8.1f} MB  SSA features {list(feat.shape)}",
+            flush=True,
+        )
 
     base = rows[0]["step_ms"]
     for r in rows[1:]:
@@ -88,7 +109,10 @@ def main(argv=None):
     ]
     for r in rows:
         share = f"{100 * r['loss_share']:.1f} %" if "loss_share" in r else "—"
-        lines.append(f"| {r['variant']} | {r['step_ms']:,.0f} ({r['p20_ms']:,.0f}–{r['p80_ms']:,.0f}) | {share} | {r['peak_mb']:,.0f} |")
+        lines.append(
+            f"| {r['variant']} | {r['step_ms']:,.0f} ({r['p20_ms']:,.0f}–{r['p80_ms']:,.0f})"
+            f" | {share} | {r['peak_mb']:,.0f} |"
+        )
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("wrote", RESULTS / f"{stem}.md")
 

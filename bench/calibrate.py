@@ -11,6 +11,7 @@ beside the model's entry (tools/gpu_check.sh runs it; about 5 minutes on an H100
 backend), so that a typo costs no GPU time; python_tests/test_bench.py runs it.
 Writes <out>/calibrate-<part>.md (medians of 15 runs over 3 rotating input sets).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,10 @@ class Run:
         self.path = out / f"calibrate-{part}.md"
         self.path.write_text(f"# calibrate {part}{' (dry run, CPU, tiny shapes)' if dry else ''}\n\n")
         name = "cpu" if dry else torch.cuda.get_device_name()
-        self.say(f"device {name}; torch {torch.__version__}; cuda {torch.version.cuda}; model entries: "
-                 f"{self.gpu.name}, PREDICTED")
+        self.say(
+            f"device {name}; torch {torch.__version__}; cuda {torch.version.cuda}; model entries: "
+            f"{self.gpu.name}, PREDICTED"
+        )
 
     def say(self, line: str = ""):
         print(line, flush=True)
@@ -79,7 +82,7 @@ class Run:
                 fn()
             self.sync()
         table = "(no profiler table)"
-        for key in (["self_cpu_time_total"] if self.dry else ["self_device_time_total", "self_cuda_time_total"]):
+        for key in ["self_cpu_time_total"] if self.dry else ["self_device_time_total", "self_cuda_time_total"]:
             try:  # the key's name differs between torch versions
                 table = prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=80)
                 break
@@ -92,8 +95,13 @@ class Run:
 
     def inputs(self, name: str, dtype, sets: int = 3) -> list:
         N, C, d = self.shape(name)
-        return [([torch.randn(N, C, d, device=self.dev, dtype=dtype, requires_grad=True) for _ in range(2)],
-                 torch.rand(2, N, device=self.dev)) for _ in range(sets)]
+        return [
+            (
+                [torch.randn(N, C, d, device=self.dev, dtype=dtype, requires_grad=True) for _ in range(2)],
+                torch.rand(2, N, device=self.dev),
+            )
+            for _ in range(sets)
+        ]
 
 
 def fwd_bwd(loss_fn, sets):
@@ -105,6 +113,7 @@ def fwd_bwd(loss_fn, sets):
         for f in feats:
             f.grad = None
         loss_fn(feats, ce).backward()
+
     return run
 
 
@@ -116,12 +125,17 @@ def part_torch(r: Run):
     n, dt = (256, torch.float32) if r.dry else (8192, torch.bfloat16)
     a = torch.randn(n, n, device=r.dev, dtype=dt)
     b = torch.randn_like(a)
-    r.say(f"- GEMM {n}^3 {dt}: {2 * n**3 / r.ms(functools.partial(torch.matmul, a, b)) / 1e9:.1f} TFLOP/s "
-          f"(model ceiling {r.gpu.tflops['bf16']:.0f})")
+    r.say(
+        f"- GEMM {n}^3 {dt}: {2 * n**3 / r.ms(functools.partial(torch.matmul, a, b)) / 1e9:.1f} TFLOP/s "
+        f"(model ceiling {r.gpu.tflops['bf16']:.0f})"
+    )
     x = torch.empty(2**20 if r.dry else 2**31, dtype=torch.uint8, device=r.dev)
     y = torch.empty_like(x)
-    r.say(f"- copy {x.numel() >> 20} MiB: {2 * x.numel() / r.ms(functools.partial(y.copy_, x)) / 1e9:.2f} TB/s read+write "
-          f"(model {r.gpu.copy_tbs})")
+    r.say(
+        f"- copy {x.numel() >> 20} MiB: "
+        f"{2 * x.numel() / r.ms(functools.partial(y.copy_, x)) / 1e9:.2f} TB/s read+write "
+        f"(model {r.gpu.copy_tbs})"
+    )
     del a, b, x, y
     z = torch.zeros(1, device=r.dev, requires_grad=True)
     r.sync()
@@ -132,8 +146,10 @@ def part_torch(r: Run):
     t1 = time.perf_counter()
     v.sum().backward()
     r.sync()
-    r.say(f"- host per eager op: forward {(t1 - t0) / 2 * 1e3:.1f} us, backward "
-          f"{(time.perf_counter() - t1) / 2 * 1e3:.1f} us (model {G.HOST_US['eager']})")
+    r.say(
+        f"- host per eager op: forward {(t1 - t0) / 2 * 1e3:.1f} us, backward "
+        f"{(time.perf_counter() - t1) / 2 * 1e3:.1f} us (model {G.HOST_US['eager']})"
+    )
     # both algorithms' products at every shape (what the auto rule weighs), without mtut_ops._C
     # (not built yet at this step)
     r.say("\n## torch.bmm at our product shapes (bf16, ms; model low-high)\n")
@@ -144,11 +160,16 @@ def part_torch(r: Run):
             b_, m, n_, kk = k.gemm
             A = torch.randn(b_, m, kk, device=r.dev, dtype=torch.float32 if r.dry else torch.bfloat16)
             # the Gram blocks X_m X_n^T read their right operand transposed, as the backend does
-            B = (torch.randn(b_, n_, kk, device=r.dev, dtype=A.dtype).transpose(1, 2) if k.name.startswith("bmm P")
-                 else torch.randn(b_, kk, n_, device=r.dev, dtype=A.dtype))
+            B = (
+                torch.randn(b_, n_, kk, device=r.dev, dtype=A.dtype).transpose(1, 2)
+                if k.name.startswith("bmm P")
+                else torch.randn(b_, kk, n_, device=r.dev, dtype=A.dtype)
+            )
             t = r.ms(functools.partial(torch.bmm, A, B))
-            r.say(f"- {name} {algo} {k.name} {k.gemm}: {t:.3f} ms, {k.flops / t / 1e9:.1f} TFLOP/s; "
-                  f"model {_r(tuple(1e3 * u for u in G.kernel_time(k, r.gpu, 'bf16')))} ms")
+            r.say(
+                f"- {name} {algo} {k.name} {k.gemm}: {t:.3f} ms, {k.flops / t / 1e9:.1f} TFLOP/s; "
+                f"model {_r(tuple(1e3 * u for u in G.kernel_time(k, r.gpu, 'bf16')))} ms"
+            )
             del A, B
     for prec, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
         for name in SHAPES:
@@ -156,8 +177,10 @@ def part_torch(r: Run):
             run = fwd_bwd(expert_gram_ssa_loss, sets)
             N, C, d = r.shape(name)
             model = G.expert_eager(G.Problem(N, (C, C), d), prec).wall(r.gpu, prec)
-            r.say(f"\n## expert-eager {name} {prec}: {r.ms(run):.3f} ms fwd+bwd "
-                  f"(model {_r(tuple(1e3 * t for t in model))})\n")
+            r.say(
+                f"\n## expert-eager {name} {prec}: {r.ms(run):.3f} ms fwd+bwd "
+                f"(model {_r(tuple(1e3 * t for t in model))})\n"
+            )
             r.kernels(run)
             del sets
 
@@ -174,10 +197,14 @@ def part_mtut(r: Run):
             sets = r.inputs(name, dtype)
             run = fwd_bwd(lambda f, c: mtut_ops.ssa_loss(f, c, pair_cap=10.0, backend=backend), sets)
             model = G.mtut_cuda(p, prec, algo, r.gpu).wall(r.gpu, prec)
-            r.say(f"\n## mtut-{backend} auto ({algo}) {name} {prec}: {r.ms(run):.3f} ms fwd+bwd "
-                  f"(model {_r(tuple(1e3 * t for t in model))})\n")
-            r.say("model per kernel (us): " + "; ".join(f"{ps} {k} {lo:.1f}-{hi:.1f}"
-                                                      for ps, k, lo, hi in G.kernel_rows(p, prec, algo, r.gpu)))
+            r.say(
+                f"\n## mtut-{backend} auto ({algo}) {name} {prec}: {r.ms(run):.3f} ms fwd+bwd "
+                f"(model {_r(tuple(1e3 * t for t in model))})\n"
+            )
+            r.say(
+                "model per kernel (us): "
+                + "; ".join(f"{ps} {k} {lo:.1f}-{hi:.1f}" for ps, k, lo, hi in G.kernel_rows(p, prec, algo, r.gpu))
+            )
             r.kernels(run, rows=25)
             del sets
 

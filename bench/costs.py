@@ -9,6 +9,7 @@ focal weight rho_mn[b] = exp(beta max(0, l_m - l_n)) - 1 is zero unless network 
 than network n on sample b, so ``active[b, m, n]`` (m worse than n) says which ordered
 pairs carry gradient. For M = 2 that is one modality per sample (usually).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ def typical_active(N: int, M: int) -> torch.Tensor:
     (any strict order gives the same counts): (m, n) active iff m < n."""
     a = torch.zeros(N, M, M, dtype=torch.bool)
     for m in range(M):
-        a[:, m, m + 1:] = True
+        a[:, m, m + 1 :] = True
     return a
 
 

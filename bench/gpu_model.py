@@ -24,6 +24,7 @@ The auto choice is mtut_ops._validation.resolve_algo's (csrc/ssa_common.cpp:auto
 
 Run: python -m bench.gpu_model  -> bench/results/gpu-model-<date>.{md,csv}
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,14 @@ GPUS = {g.name: g for g in (H100, H200)}
 
 GEMM_EFF = (0.55, 0.85)  # of the ceiling for a bmm that fills the GPU (worst, best)
 FLOOR_US = (1.5, 3.0)  # a launch, back to back
-HOST_US = {"eager": (5.0, 9.0), "view": (1.0, 2.0), "graph": (25.0, 40.0), "inductor": (2.0, 4.0),
-           "op": (15.0, 30.0), "aten_in_op": (3.0, 5.0)}
+HOST_US = {
+    "eager": (5.0, 9.0),
+    "view": (1.0, 2.0),
+    "graph": (25.0, 40.0),
+    "inductor": (2.0, 4.0),
+    "op": (15.0, 30.0),
+    "aten_in_op": (3.0, 5.0),
+}
 RESIDENT = 4  # blocks of 256 threads per SM for our kernels (their registers allow more)
 OUR_INFLIGHT = 256 * 4 * 16  # bytes a block of ours keeps in flight: 4 independent 16-byte loads a thread
 
@@ -136,8 +143,27 @@ def elem(prec: str) -> int:
 
 # ------------------------------------------------------------------ the expert code, eager: traced
 
-_VIEWS = {"view", "_unsafe_view", "expand", "permute", "transpose", "t", "select", "slice", "unsqueeze", "squeeze",
-          "detach", "split_with_sizes", "split", "alias", "as_strided", "reshape", "narrow", "unbind", "lift_fresh"}
+_VIEWS = {
+    "view",
+    "_unsafe_view",
+    "expand",
+    "permute",
+    "transpose",
+    "t",
+    "select",
+    "slice",
+    "unsqueeze",
+    "squeeze",
+    "detach",
+    "split_with_sizes",
+    "split",
+    "alias",
+    "as_strided",
+    "reshape",
+    "narrow",
+    "unbind",
+    "lift_fresh",
+}
 
 
 class _Trace(TorchDispatchMode):
@@ -164,7 +190,7 @@ class _Trace(TorchDispatchMode):
         return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _trace(p: Problem, dtype: torch.dtype) -> tuple:
     feats = [torch.empty(p.N, c, p.d, device="meta", dtype=dtype).requires_grad_() for c in p.channels]
     with _Trace() as tr:
@@ -179,6 +205,7 @@ def expert_eager(p: Problem, prec: str) -> Plan:
 
     def host(ops):
         return _host({"eager": sum(o is not None for o in ops), "view": sum(o is None for o in ops)})
+
     return Plan([o for o in f if o], [o for o in b if o], host(f), host(b))
 
 
@@ -188,8 +215,12 @@ def expert_compile(p: Problem, prec: str) -> Plan:
     fused per modality."""
     e, N, d, C = elem(prec), p.N, p.d, p.C
     HH, X = N * C * C * e, N * C * d * e
-    fwd = [Kernel("normalize+cat", 0, 2 * X), Kernel("H=bmm", 2.0 * N * C * C * d, HH + 2 * X, (N, C, C, d)),
-           Kernel("block square-sums", 0, HH), Kernel("tail")]
+    fwd = [
+        Kernel("normalize+cat", 0, 2 * X),
+        Kernel("H=bmm", 2.0 * N * C * C * d, HH + 2 * X, (N, C, C, d)),
+        Kernel("block square-sums", 0, HH),
+        Kernel("tail"),
+    ]
     bwd = [Kernel("dH", 0, 2 * HH), Kernel("dX=bmm", 2.0 * N * C * C * d, HH + 2 * X, (N, C, d, C))]
     bwd += [Kernel("normalize backward", 0, 4 * N * c * d * e) for c in p.channels] + [Kernel("tail")]
     return Plan(fwd, bwd, _host({"graph": 1, "inductor": len(fwd)}), _host({"graph": 1, "inductor": len(bwd)}))
@@ -214,27 +245,39 @@ def mtut_cuda(p: Problem, prec: str, algo: str, gpu: GPU = H100) -> Plan:
         pairs = [(m, n) for m in range(p.M) for n in range(m, p.M)]
         kept = sum(N * ch[m] * ch[n] * 4 for m, n in pairs)  # float32 blocks
         for m, n in pairs:
-            fwd.append(Kernel(f"bmm P{m}{n}", 2.0 * N * ch[m] * ch[n] * d, N * (ch[m] + ch[n]) * d * e
-                              + N * ch[m] * ch[n] * 4, (N, ch[m], ch[n], d)))
+            fwd.append(
+                Kernel(
+                    f"bmm P{m}{n}",
+                    2.0 * N * ch[m] * ch[n] * d,
+                    N * (ch[m] + ch[n]) * d * e + N * ch[m] * ch[n] * 4,
+                    (N, ch[m], ch[n], d),
+                )
+            )
         fwd.append(Kernel("block_sqnorm", 0, kept, blocks=blocks))
         for m, rows in enumerate(students(p)):
             if rows:  # the stacked strip [rows, C_m, C] of scaled blocks, then one bmm against X
                 bwd.append(Kernel(f"fold strip {m}", 0, 2 * rows * ch[m] * p.C * e, blocks=blocks))
-                bwd.append(Kernel(f"bmm dX{m}", 2.0 * rows * ch[m] * p.C * d, rows * ch[m] * (p.C + d) * e
-                                  + X + rows * ch[m] * d * 4, (rows, ch[m], d, p.C)))
+                bwd.append(
+                    Kernel(
+                        f"bmm dX{m}",
+                        2.0 * rows * ch[m] * p.C * d,
+                        rows * ch[m] * (p.C + d) * e + X + rows * ch[m] * d * 4,
+                        (rows, ch[m], d, p.C),
+                    )
+                )
     else:  # direct: K_m = Xh_m^T Xh_m per modality, the squared differences of each pair
         KK = N * d * d * 4
         for m in range(p.M):
             fwd.append(Kernel(f"bmm K{m}", 2.0 * N * d * d * ch[m], KK + N * ch[m] * d * e, (N, d, d, ch[m])))
-        fwd += [Kernel(f"strip_sqdiff {m}{n}", 0, 2 * KK, blocks=blocks)
-                for m in range(p.M) for n in range(m + 1, p.M)]
+        fwd += [Kernel(f"strip_sqdiff {m}{n}", 0, 2 * KK, blocks=blocks) for m in range(p.M) for n in range(m + 1, p.M)]
         fwd.append(Kernel("combine strips", 0, 0, blocks=1))
         for m, rows in enumerate(students(p)):
             if rows:  # K recomputed, E = sum_n w (K_m - K_n), dX_m = Xh_m E
                 bwd += [Kernel(f"bmm K{n}", 2.0 * rows * d * d * ch[n], KK, (rows, d, d, ch[n])) for n in range(p.M)]
                 bwd.append(Kernel(f"E{m}", 0, (p.M + 1) * KK, blocks=blocks))
-                bwd.append(Kernel(f"bmm dX{m}", 2.0 * rows * ch[m] * d * d, KK + 2 * rows * ch[m] * d * 4,
-                                  (rows, ch[m], d, d)))
+                bwd.append(
+                    Kernel(f"bmm dX{m}", 2.0 * rows * ch[m] * d * d, KK + 2 * rows * ch[m] * d * 4, (rows, ch[m], d, d))
+                )
     fwd.append(Kernel("loss", 0, 0, blocks=1))
     bwd.append(Kernel("normalize backward", 0, 3 * sum(r * c * d * e for r, c in zip(students(p), ch)), blocks=blocks))
     return Plan(fwd, bwd, _host({"op": 1, "aten_in_op": len(fwd)}), _host({"op": 1, "aten_in_op": len(bwd)}))
@@ -249,8 +292,11 @@ def auto_algo(p: Problem, prec: str) -> str:
 # ------------------------------------------------------------------ predictions
 
 SHAPES = {  # name -> (N, C per modality, d); M = 2 and 3
-    "mixed5c_224": (6, 1024, 8 * 7 * 7), "mixed5c_112": (6, 1024, 2 * 3 * 3),
-    "mixed4f": (6, 832, 16 * 14 * 14), "mixed3c": (6, 480, 32 * 28 * 28)}
+    "mixed5c_224": (6, 1024, 8 * 7 * 7),
+    "mixed5c_112": (6, 1024, 2 * 3 * 3),
+    "mixed4f": (6, 832, 16 * 14 * 14),
+    "mixed3c": (6, 480, 32 * 28 * 28),
+}
 PRECS = ("bf16", "fp32")
 
 
@@ -269,20 +315,34 @@ def predict(gpus=("H100-SXM", "H200"), Ms=(2, 3)) -> list:
     for g, shape, M, prec in itertools.product(gpus, SHAPES, Ms, PRECS):
         gpu, p = GPUS[g], problem(shape, M)
         algo = auto_algo(p, prec)
-        w = {"expert-eager": expert_eager(p, prec).wall(gpu, prec), "expert-compile": expert_compile(p, prec).wall(
-            gpu, prec), "mtut-cuda": mtut_cuda(p, prec, algo, gpu).wall(gpu, prec)}
-        rows.append(dict(gpu=g, shape=shape, M=M, prec=prec, algo=algo,
-                         **{f"{k}_ms": (1e3 * v[0], 1e3 * v[1]) for k, v in w.items()},
-                         vs_eager=ratio(w["expert-eager"], w["mtut-cuda"]),
-                         vs_compile=ratio(w["expert-compile"], w["mtut-cuda"])))
+        w = {
+            "expert-eager": expert_eager(p, prec).wall(gpu, prec),
+            "expert-compile": expert_compile(p, prec).wall(gpu, prec),
+            "mtut-cuda": mtut_cuda(p, prec, algo, gpu).wall(gpu, prec),
+        }
+        rows.append(
+            dict(
+                gpu=g,
+                shape=shape,
+                M=M,
+                prec=prec,
+                algo=algo,
+                **{f"{k}_ms": (1e3 * v[0], 1e3 * v[1]) for k, v in w.items()},
+                vs_eager=ratio(w["expert-eager"], w["mtut-cuda"]),
+                vs_compile=ratio(w["expert-compile"], w["mtut-cuda"]),
+            )
+        )
     return rows
 
 
 def kernel_rows(p: Problem, prec: str, algo: str, gpu: GPU = H100) -> list:
     """(pass, kernel, low us, high us) of mtut-cuda: what gpu_check sets beside its measured rows."""
     pl = mtut_cuda(p, prec, algo, gpu)
-    return [(ps, k.name, *(1e6 * t for t in kernel_time(k, gpu, prec)))
-            for ps, ks in (("fwd", pl.forward), ("bwd", pl.backward)) for k in ks]
+    return [
+        (ps, k.name, *(1e6 * t for t in kernel_time(k, gpu, prec)))
+        for ps, ks in (("fwd", pl.forward), ("bwd", pl.backward))
+        for k in ks
+    ]
 
 
 def _r(t: tuple, scale: float = 1.0, fmt: str = "{:.2f}") -> str:
@@ -290,33 +350,51 @@ def _r(t: tuple, scale: float = 1.0, fmt: str = "{:.2f}") -> str:
 
 
 def markdown(rows: list, date: str) -> str:
-    out = [f"# GPU model, {date}: PREDICTED (no GPU has run this code)", "",
-           "`python -m bench.gpu_model`; the model and its assumptions: bench/gpu_model.py, docs/benchmarks.md.",
-           "Forward + backward wall time per call in ms (low-high), N = 6; ratios: expert time / mtut-cuda time,",
-           "worst-best (each end against the other end). mtut-cuda runs algo=auto.", "",
-           "Assumptions: " + "; ".join(f"{g.name} {g.sms} SMs, {g.l2_mb:.0f} MB L2, GEMM TFLOP/s {g.tflops}, "
-                                       f"copy {g.copy_tbs} TB/s" for g in GPUS.values())
-           + f"; latency DRAM {H100.dram_ns} ns, L2 {H100.l2_ns} ns; GEMM efficiency {GEMM_EFF} (low end times "
-           f"wave use); launch floor {FLOOR_US} us; host per op (us) {HOST_US}; our kernels {RESIDENT} blocks/SM "
-           f"resident, {OUR_INFLIGHT} B in flight per block.", "",
-           "| GPU | shape | M | prec | auto | expert-eager | expert-compile | mtut-cuda | vs eager | vs compiled |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        f"# GPU model, {date}: PREDICTED (no GPU has run this code)",
+        "",
+        "`python -m bench.gpu_model`; the model and its assumptions: bench/gpu_model.py, docs/benchmarks.md.",
+        "Forward + backward wall time per call in ms (low-high), N = 6; ratios: expert time / mtut-cuda time,",
+        "worst-best (each end against the other end). mtut-cuda runs algo=auto.",
+        "",
+        "Assumptions: "
+        + "; ".join(
+            f"{g.name} {g.sms} SMs, {g.l2_mb:.0f} MB L2, GEMM TFLOP/s {g.tflops}, copy {g.copy_tbs} TB/s"
+            for g in GPUS.values()
+        )
+        + f"; latency DRAM {H100.dram_ns} ns, L2 {H100.l2_ns} ns; GEMM efficiency {GEMM_EFF} (low end times "
+        f"wave use); launch floor {FLOOR_US} us; host per op (us) {HOST_US}; our kernels {RESIDENT} blocks/SM "
+        f"resident, {OUR_INFLIGHT} B in flight per block.",
+        "",
+        "| GPU | shape | M | prec | auto | expert-eager | expert-compile | mtut-cuda | vs eager | vs compiled |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        out.append(f"| {r['gpu']} | {r['shape']} | {r['M']} | {r['prec']} | {r['algo']} | {_r(r['expert-eager_ms'])} "
-                   f"| {_r(r['expert-compile_ms'])} | {_r(r['mtut-cuda_ms'])} | {_r(r['vs_eager'], fmt='{:.1f}')}x "
-                   f"| {_r(r['vs_compile'], fmt='{:.1f}')}x |")
+        out.append(
+            f"| {r['gpu']} | {r['shape']} | {r['M']} | {r['prec']} | {r['algo']} | {_r(r['expert-eager_ms'])} "
+            f"| {_r(r['expert-compile_ms'])} | {_r(r['mtut-cuda_ms'])} | {_r(r['vs_eager'], fmt='{:.1f}')}x "
+            f"| {_r(r['vs_compile'], fmt='{:.1f}')}x |"
+        )
     sq = [k for k in mtut_cuda(problem("mixed3c"), "bf16", "gram").forward if k.name == "block_sqnorm"][0]
     today = tuple(little(sq.bytes, 24, 256 * 4, H100.latency_ns(sq.bytes, e), H100.sms) for e in (0, 1))
-    out += ["", "## Why our kernels' grids matter (Little's law, H100)", "",
-            f"block_sqnorm at Mixed_3c bf16 reads {sq.bytes / 1e6:.1f} MB. With today's 24 blocks and one 4-byte load "
-            f"in flight a thread: {_r(today, 1e6, '{:.0f}')} us; with {sq.blocks} blocks and 4 16-byte loads a "
-            f"thread: {_r(kernel_time(sq, H100, 'bf16'), 1e6, '{:.1f}')} us.", "",
-            "## mtut-cuda per kernel, H100, bf16 (us)", ""]
+    out += [
+        "",
+        "## Why our kernels' grids matter (Little's law, H100)",
+        "",
+        f"block_sqnorm at Mixed_3c bf16 reads {sq.bytes / 1e6:.1f} MB. With today's 24 blocks and one 4-byte load "
+        f"in flight a thread: {_r(today, 1e6, '{:.0f}')} us; with {sq.blocks} blocks and 4 16-byte loads a "
+        f"thread: {_r(kernel_time(sq, H100, 'bf16'), 1e6, '{:.1f}')} us.",
+        "",
+        "## mtut-cuda per kernel, H100, bf16 (us)",
+        "",
+    ]
     for shape in ("mixed4f", "mixed3c"):
         q = problem(shape)
         algo = auto_algo(q, "bf16")
-        out.append(f"- {shape} ({algo}): " + "; ".join(f"{ps} {n} {lo:.1f}-{hi:.1f}"
-                                                         for ps, n, lo, hi in kernel_rows(q, "bf16", algo)))
+        out.append(
+            f"- {shape} ({algo}): "
+            + "; ".join(f"{ps} {n} {lo:.1f}-{hi:.1f}" for ps, n, lo, hi in kernel_rows(q, "bf16", algo))
+        )
     return "\n".join(out) + "\n"
 
 
@@ -327,9 +405,14 @@ def main(argv=None):
     rows = predict()
     out.mkdir(parents=True, exist_ok=True)
     (out / f"gpu-model-{date}.md").write_text(markdown(rows, date))
-    flat = [{k + e: round(x, 4) if isinstance(x, float) else x
-             for k, v in r.items() for e, x in (zip(("_lo", "_hi"), v) if isinstance(v, tuple) else [("", v)])}
-            for r in rows]
+    flat = [
+        {
+            k + e: round(x, 4) if isinstance(x, float) else x
+            for k, v in r.items()
+            for e, x in (zip(("_lo", "_hi"), v) if isinstance(v, tuple) else [("", v)])
+        }
+        for r in rows
+    ]
     with open(out / f"gpu-model-{date}.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(flat[0]))
         w.writeheader()

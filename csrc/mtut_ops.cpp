@@ -85,29 +85,21 @@ TORCH_LIBRARY_IMPL(mtut, CompositeExplicitAutograd, m) {
 
 // The composites decompose for autograd and, under vmap, for the batching rules of
 // their parts (without the FuncTorchBatchedDecomposition entry vmap would loop).
-#define MTUT_COMPOSITES(m)                                       \
-  m.impl("pairwise_sqdist", &mtut::pairwise_sqdist);             \
+#define MTUT_COMPOSITES(m)                           \
+  m.impl("pairwise_sqdist", &mtut::pairwise_sqdist); \
   m.impl("ssa_loss", &mtut::ssa_loss)
 
-TORCH_LIBRARY_IMPL(mtut, CompositeImplicitAutograd, m) {
-  MTUT_COMPOSITES(m);
-}
+TORCH_LIBRARY_IMPL(mtut, CompositeImplicitAutograd, m) { MTUT_COMPOSITES(m); }
 
-TORCH_LIBRARY_IMPL(mtut, FuncTorchBatchedDecomposition, m) {
-  MTUT_COMPOSITES(m);
-}
+TORCH_LIBRARY_IMPL(mtut, FuncTorchBatchedDecomposition, m) { MTUT_COMPOSITES(m); }
 
 // Inside an autocast region every mtut op runs as it does outside (see without_autocast).
-#define MTUT_WITHOUT_AUTOCAST(m)                                                                        \
-  for (const char* name : {"correlation", "correlation_backward", "sqdist_forward", "sqdist_backward",   \
-                           "pairwise_sqdist", "focal_weight", "ssa_loss_from_sqdist",                    \
-                           "ssa_loss_from_sqdist_backward", "ssa_loss"})                                 \
+#define MTUT_WITHOUT_AUTOCAST(m)                                                                                       \
+  for (const char* name :                                                                                              \
+       {"correlation", "correlation_backward", "sqdist_forward", "sqdist_backward", "pairwise_sqdist", "focal_weight", \
+        "ssa_loss_from_sqdist", "ssa_loss_from_sqdist_backward", "ssa_loss"})                                          \
   m.impl(name, torch::CppFunction::makeFromBoxedFunction<&mtut::without_autocast>())
 
-TORCH_LIBRARY_IMPL(mtut, AutocastCPU, m) {
-  MTUT_WITHOUT_AUTOCAST(m);
-}
+TORCH_LIBRARY_IMPL(mtut, AutocastCPU, m) { MTUT_WITHOUT_AUTOCAST(m); }
 
-TORCH_LIBRARY_IMPL(mtut, AutocastCUDA, m) {
-  MTUT_WITHOUT_AUTOCAST(m);
-}
+TORCH_LIBRARY_IMPL(mtut, AutocastCUDA, m) { MTUT_WITHOUT_AUTOCAST(m); }

@@ -20,22 +20,22 @@ bool is_supported_float(at::ScalarType t) {
   return t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble;
 }
 
-at::ScalarType compute_dtype_of(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
+at::ScalarType compute_dtype_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 // The mtut ops the composites call, through the dispatcher (so autograd, autocast,
 // vmap and tracing see them).
 const auto& sqdist_forward_op() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("mtut::sqdist_forward", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(at::TensorList, double, c10::string_view, bool, bool)>();
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("mtut::sqdist_forward", "")
+          .typed<std::tuple<at::Tensor, at::Tensor>(at::TensorList, double, c10::string_view, bool, bool)>();
   return op;
 }
 
 const auto& focal_weight_op() {
-  static auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("mtut::focal_weight", "").typed<at::Tensor(const at::Tensor&, double)>();
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mtut::focal_weight", "")
+                       .typed<at::Tensor(const at::Tensor&, double)>();
   return op;
 }
 
@@ -66,22 +66,20 @@ c10::SymInt sym_positions(const at::Tensor& f) {
 }  // namespace
 
 FeatInfo check_feats(at::TensorList feats) {
-  TORCH_CHECK_VALUE(
-      feats.size() >= 2, "mtut: feats must hold at least 2 modality feature maps [N, C_m, *S], got ",
-      feats.size());
+  TORCH_CHECK_VALUE(feats.size() >= 2, "mtut: feats must hold at least 2 modality feature maps [N, C_m, *S], got ",
+                    feats.size());
   FeatInfo info;
   info.M = static_cast<int64_t>(feats.size());
   for (size_t i = 0; i < feats.size(); ++i) {
     const at::Tensor& f = feats[i];
     TORCH_CHECK_VALUE(f.defined(), "mtut: feats[", i, "] is an undefined tensor");
-    TORCH_CHECK_TYPE(
-        is_supported_float(f.scalar_type()), "mtut: feats[", i,
-        "] must be a floating-point tensor (float16, bfloat16, float32 or float64), got ", f.scalar_type());
-    TORCH_CHECK_VALUE(
-        f.dim() >= 2, "mtut: feats[", i, "] must have shape [N, C, *S] (at least 2 dims), got shape ", f.sizes());
-    TORCH_CHECK_VALUE(
-        f.numel() > 0, "mtut: feats[", i, "] is empty (shape ", f.sizes(),
-        "); N, C and every spatiotemporal dim must be >= 1");
+    TORCH_CHECK_TYPE(is_supported_float(f.scalar_type()), "mtut: feats[", i,
+                     "] must be a floating-point tensor (float16, bfloat16, float32 or float64), got ",
+                     f.scalar_type());
+    TORCH_CHECK_VALUE(f.dim() >= 2, "mtut: feats[", i, "] must have shape [N, C, *S] (at least 2 dims), got shape ",
+                      f.sizes());
+    TORCH_CHECK_VALUE(f.numel() > 0, "mtut: feats[", i, "] is empty (shape ", f.sizes(),
+                      "); N, C and every spatiotemporal dim must be >= 1");
     int64_t d = 1;
     for (int64_t k = 2; k < f.dim(); ++k) d *= f.size(k);
     if (i == 0) {
@@ -90,18 +88,14 @@ FeatInfo check_feats(at::TensorList feats) {
       info.dtype = f.scalar_type();
       info.compute_dtype = compute_dtype_of(info.dtype);
     } else {
-      TORCH_CHECK_VALUE(
-          f.device() == feats[0].device(), "mtut: feats[", i, "] is on ", f.device(), " but feats[0] is on ",
-          feats[0].device(), "; all feature maps must be on one device");
-      TORCH_CHECK_TYPE(
-          f.scalar_type() == info.dtype, "mtut: feats[", i, "] has dtype ", f.scalar_type(), " but feats[0] has ",
-          info.dtype, "; all feature maps must share one dtype");
-      TORCH_CHECK_VALUE(
-          f.size(0) == info.N, "mtut: feats[", i, "] has batch size N = ", f.size(0), " but feats[0] has N = ",
-          info.N);
-      TORCH_CHECK_VALUE(
-          d == info.d, "mtut: feats[", i, "] has d = prod(spatiotemporal dims) = ", d, " (shape ", f.sizes(),
-          ") but feats[0] has d = ", info.d);
+      TORCH_CHECK_VALUE(f.device() == feats[0].device(), "mtut: feats[", i, "] is on ", f.device(),
+                        " but feats[0] is on ", feats[0].device(), "; all feature maps must be on one device");
+      TORCH_CHECK_TYPE(f.scalar_type() == info.dtype, "mtut: feats[", i, "] has dtype ", f.scalar_type(),
+                       " but feats[0] has ", info.dtype, "; all feature maps must share one dtype");
+      TORCH_CHECK_VALUE(f.size(0) == info.N, "mtut: feats[", i, "] has batch size N = ", f.size(0),
+                        " but feats[0] has N = ", info.N);
+      TORCH_CHECK_VALUE(d == info.d, "mtut: feats[", i, "] has d = prod(spatiotemporal dims) = ", d, " (shape ",
+                        f.sizes(), ") but feats[0] has d = ", info.d);
     }
     info.channels.push_back(f.size(1));
   }
@@ -112,48 +106,46 @@ void check_eps(double eps) {
   TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, "mtut: eps must be a finite number >= 0, got ", eps);
 }
 
-
-
 void check_weight(const at::Tensor& weight, const FeatInfo& info, const at::Tensor& like) {
-  TORCH_CHECK_TYPE(weight.is_floating_point(), "mtut: weight must be a floating-point tensor, got ", weight.scalar_type());
+  TORCH_CHECK_TYPE(weight.is_floating_point(), "mtut: weight must be a floating-point tensor, got ",
+                   weight.scalar_type());
   TORCH_CHECK_VALUE(
       weight.dim() == 3 && weight.size(0) == info.N && weight.size(1) == info.M && weight.size(2) == info.M,
       "mtut: weight must have shape [N, M, M] = [", info.N, ", ", info.M, ", ", info.M, "], got shape ",
       weight.sizes());
-  TORCH_CHECK_VALUE(
-      weight.device() == like.device(), "mtut: weight is on ", weight.device(), " but feats are on ", like.device());
+  TORCH_CHECK_VALUE(weight.device() == like.device(), "mtut: weight is on ", weight.device(), " but feats are on ",
+                    like.device());
 }
 
 void check_ce(const at::Tensor& ce, const c10::SymInt& M, const c10::SymInt& N, const at::Tensor& like) {
-  TORCH_CHECK_TYPE(
-      ce.is_floating_point(), "mtut: ce must be a floating-point tensor of per-sample losses, got ", ce.scalar_type());
-  TORCH_CHECK_VALUE(
-      ce.dim() == 2 && ce.sym_size(0) == M && ce.sym_size(1) == N, "mtut: ce must have shape [M, N] = [", M, ", ", N,
-      "] (one per-sample loss per modality and sample), got shape ", ce.sym_sizes());
-  TORCH_CHECK_VALUE(
-      ce.device() == like.device(), "mtut: ce is on ", ce.device(), " but feats are on ", like.device());
+  TORCH_CHECK_TYPE(ce.is_floating_point(), "mtut: ce must be a floating-point tensor of per-sample losses, got ",
+                   ce.scalar_type());
+  TORCH_CHECK_VALUE(ce.dim() == 2 && ce.sym_size(0) == M && ce.sym_size(1) == N, "mtut: ce must have shape [M, N] = [",
+                    M, ", ", N, "] (one per-sample loss per modality and sample), got shape ", ce.sym_sizes());
+  TORCH_CHECK_VALUE(ce.device() == like.device(), "mtut: ce is on ", ce.device(), " but feats are on ", like.device());
 }
 
 Needs check_needs_grad(const c10::List<bool>& needs_grad, const FeatInfo& info) {
-  TORCH_CHECK_VALUE(
-      static_cast<int64_t>(needs_grad.size()) == info.M, "mtut: needs_grad must hold one flag per modality (M = ",
-      info.M, "), got ", needs_grad.size());
+  TORCH_CHECK_VALUE(static_cast<int64_t>(needs_grad.size()) == info.M,
+                    "mtut: needs_grad must hold one flag per modality (M = ", info.M, "), got ", needs_grad.size());
   Needs needs;
   for (bool v : needs_grad) needs.push_back(v);
   return needs;
 }
 
 int64_t check_students(int64_t students, const FeatInfo& info) {
-  TORCH_CHECK_VALUE(students >= 0, "mtut: students must be >= 0 (0: any number of modalities per sample; k: at most k "
-                    "modalities per sample have a non-zero weight row), got ", students);
+  TORCH_CHECK_VALUE(students >= 0,
+                    "mtut: students must be >= 0 (0: any number of modalities per sample; k: at most k "
+                    "modalities per sample have a non-zero weight row), got ",
+                    students);
   return students == 0 ? info.M : std::min(students, info.M);
 }
 
 void check_loss_args(double beta, double lambda, std::optional<double> pair_cap) {
   TORCH_CHECK_VALUE(std::isfinite(beta) && beta >= 0, "mtut: beta must be a finite number >= 0, got ", beta);
   TORCH_CHECK_VALUE(std::isfinite(lambda) && lambda >= 0, "mtut: lambda_ must be a finite number >= 0, got ", lambda);
-  TORCH_CHECK_VALUE(
-      !pair_cap.has_value() || *pair_cap >= 0, "mtut: pair_cap must be None or a number >= 0, got ", *pair_cap);
+  TORCH_CHECK_VALUE(!pair_cap.has_value() || *pair_cap >= 0, "mtut: pair_cap must be None or a number >= 0, got ",
+                    *pair_cap);
 }
 
 Distance parse_distance(std::string_view distance) {
@@ -181,8 +173,7 @@ Algo resolve_algo(std::string_view algo, int64_t d, const std::vector<int64_t>& 
                   at::ScalarType /*dtype: not used by the provisional rule*/) {
   if (algo == "direct") return Algo::Direct;
   if (algo == "gram") return Algo::Gram;
-  TORCH_CHECK_VALUE(
-      algo == "auto", "mtut: algo must be 'auto', 'direct' or 'gram', got '", std::string(algo), "'");
+  TORCH_CHECK_VALUE(algo == "auto", "mtut: algo must be 'auto', 'direct' or 'gram', got '", std::string(algo), "'");
   int64_t C = 0;
   for (int64_t c : channels) C += c;
   const int64_t M = static_cast<int64_t>(channels.size());
@@ -230,11 +221,10 @@ int64_t saved_width(const std::vector<int64_t>& channels, Algo a, Backend backen
 void check_saved(const at::Tensor& saved, const FeatInfo& info, Algo a, Backend backend, const at::Tensor& like) {
   if (saved.numel() == 0) return;
   const int64_t width = saved_width(info.channels, a, backend);
-  TORCH_CHECK_VALUE(
-      width > 0 && saved.dim() == 2 && saved.size(0) == info.N && saved.size(1) == width &&
-          saved.scalar_type() == info.compute_dtype && saved.device() == like.device(),
-      "mtut: saved must be empty or what sqdist_forward returned for these feats with this algo ([N, ", width,
-      "] in ", info.compute_dtype, "), got shape ", saved.sizes(), " and ", saved.scalar_type());
+  TORCH_CHECK_VALUE(width > 0 && saved.dim() == 2 && saved.size(0) == info.N && saved.size(1) == width &&
+                        saved.scalar_type() == info.compute_dtype && saved.device() == like.device(),
+                    "mtut: saved must be empty or what sqdist_forward returned for these feats with this algo ([N, ",
+                    width, "] in ", info.compute_dtype, "), got shape ", saved.sizes(), " and ", saved.scalar_type());
 }
 
 Normalized normalize_rows(const at::Tensor& feat, const FeatInfo& info, double eps) {
@@ -245,7 +235,8 @@ Normalized normalize_rows(const at::Tensor& feat, const FeatInfo& info, double e
   return {xh, norm};
 }
 
-at::Tensor normalize_rows_backward(const at::Tensor& grad_xh, const Normalized& nx, double eps, const at::Tensor& feat) {
+at::Tensor normalize_rows_backward(const at::Tensor& grad_xh, const Normalized& nx, double eps,
+                                   const at::Tensor& feat) {
   at::Tensor r = nx.norm.unsqueeze(-1);
   at::Tensor dot = (nx.xh * grad_xh).sum(-1, /*keepdim=*/true);
   at::Tensor dx = at::where(r > eps, (grad_xh - nx.xh * dot) / r, grad_xh / eps);
@@ -262,9 +253,9 @@ at::Tensor correlation(const at::Tensor& feat, double eps) {
 at::Tensor correlation_backward(const at::Tensor& grad, const at::Tensor& feat, double eps) {
   const FeatInfo info = check_feats({feat, feat});
   check_eps(eps);
-  TORCH_CHECK_VALUE(
-      grad.dim() == 3 && grad.size(0) == info.N && grad.size(1) == info.d && grad.size(2) == info.d,
-      "mtut: grad must have shape [N, d, d] = [", info.N, ", ", info.d, ", ", info.d, "], got ", grad.sizes());
+  TORCH_CHECK_VALUE(grad.dim() == 3 && grad.size(0) == info.N && grad.size(1) == info.d && grad.size(2) == info.d,
+                    "mtut: grad must have shape [N, d, d] = [", info.N, ", ", info.d, ", ", info.d, "], got ",
+                    grad.sizes());
   const Normalized nx = normalize_rows(feat, info, eps);
   at::Tensor g = grad.to(info.compute_dtype);
   // K = Xh^T Xh, so dXh = Xh (g + g^T).
@@ -273,34 +264,32 @@ at::Tensor correlation_backward(const at::Tensor& grad, const at::Tensor& feat, 
 }
 
 at::Tensor focal_weight(const at::Tensor& ce, double beta) {
-  TORCH_CHECK_TYPE(
-      ce.is_floating_point(), "mtut: ce must be a floating-point tensor of per-sample losses, got ", ce.scalar_type());
-  TORCH_CHECK_VALUE(
-      ce.dim() == 2 && ce.sym_size(0) >= 2 && ce.sym_size(1) >= 1,
-      "mtut: ce must have shape [M, N] with M >= 2 modalities and N >= 1 samples, got shape ", ce.sym_sizes());
+  TORCH_CHECK_TYPE(ce.is_floating_point(), "mtut: ce must be a floating-point tensor of per-sample losses, got ",
+                   ce.scalar_type());
+  TORCH_CHECK_VALUE(ce.dim() == 2 && ce.sym_size(0) >= 2 && ce.sym_size(1) >= 1,
+                    "mtut: ce must have shape [M, N] with M >= 2 modalities and N >= 1 samples, got shape ",
+                    ce.sym_sizes());
   TORCH_CHECK_VALUE(std::isfinite(beta) && beta >= 0, "mtut: beta must be a finite number >= 0, got ", beta);
   at::Tensor c = ce.to(compute_dtype_of(ce.scalar_type())).t();  // [N, M]
-  at::Tensor diff = c.unsqueeze(2) - c.unsqueeze(1);               // [b, m, n] = ce[m, b] - ce[n, b]
-  return (diff.clamp_min(0) * beta).expm1().contiguous();          // clamp_min keeps NaN
+  at::Tensor diff = c.unsqueeze(2) - c.unsqueeze(1);             // [b, m, n] = ce[m, b] - ce[n, b]
+  return (diff.clamp_min(0) * beta).expm1().contiguous();        // clamp_min keeps NaN
 }
 
 at::Tensor pairwise_sqdist(at::TensorList feats, double eps, c10::string_view algo) {
   return std::get<0>(sqdist_forward_op().call(feats, eps, algo, /*directed=*/false, for_backward(feats)));
 }
 
-Distance check_loss_from_sqdist(
-    const at::Tensor& S, const at::Tensor& ce, double beta, double lambda, c10::string_view distance,
-    const c10::SymInt& d, std::optional<double> pair_cap) {
+Distance check_loss_from_sqdist(const at::Tensor& S, const at::Tensor& ce, double beta, double lambda,
+                                c10::string_view distance, const c10::SymInt& d, std::optional<double> pair_cap) {
   check_loss_args(beta, lambda, pair_cap);
   const Distance dist = parse_distance(distance);
-  TORCH_CHECK_TYPE(
-      S.scalar_type() == at::kFloat || S.scalar_type() == at::kDouble,
-      "mtut: S must be a float32 or float64 tensor of squared distances, got ", S.scalar_type());
-  TORCH_CHECK_VALUE(
-      S.dim() == 3 && S.sym_size(1) == S.sym_size(2), "mtut: S must have shape [N, M, M], got shape ", S.sym_sizes());
-  TORCH_CHECK_VALUE(
-      S.sym_size(0) >= 1 && S.sym_size(1) >= 2,
-      "mtut: S must have shape [N, M, M] with N >= 1 samples and M >= 2 modalities, got shape ", S.sym_sizes());
+  TORCH_CHECK_TYPE(S.scalar_type() == at::kFloat || S.scalar_type() == at::kDouble,
+                   "mtut: S must be a float32 or float64 tensor of squared distances, got ", S.scalar_type());
+  TORCH_CHECK_VALUE(S.dim() == 3 && S.sym_size(1) == S.sym_size(2), "mtut: S must have shape [N, M, M], got shape ",
+                    S.sym_sizes());
+  TORCH_CHECK_VALUE(S.sym_size(0) >= 1 && S.sym_size(1) >= 2,
+                    "mtut: S must have shape [N, M, M] with N >= 1 samples and M >= 2 modalities, got shape ",
+                    S.sym_sizes());
   check_ce(ce, S.sym_size(1), S.sym_size(0), S);
   TORCH_CHECK_VALUE(d >= 1, "mtut: d (the number of positions) must be >= 1, got ", d);
   return dist;
@@ -330,9 +319,8 @@ at::Tensor pair_terms(const at::Tensor& S, const at::Tensor& rho, double lambda,
 
 }  // namespace
 
-at::Tensor ssa_loss_from_sqdist(
-    const at::Tensor& S, const at::Tensor& ce, double beta, double lambda, c10::string_view distance,
-    c10::SymInt d, std::optional<double> pair_cap) {
+at::Tensor ssa_loss_from_sqdist(const at::Tensor& S, const at::Tensor& ce, double beta, double lambda,
+                                c10::string_view distance, c10::SymInt d, std::optional<double> pair_cap) {
   const Distance dist = check_loss_from_sqdist(S, ce, beta, lambda, distance, d, pair_cap);
   const at::Tensor rho = focal_weight_op().call(ce, beta).to(S.scalar_type());  // no gradient into ce
   at::Tensor terms = pair_terms(S, rho, lambda, dist, d);
@@ -344,9 +332,9 @@ at::Tensor ssa_loss_from_sqdist(
 // (sum -> clamp_max: where(terms <= cap) -> * lambda -> mean: / N -> * rho, 0 where S == 0
 // -> "rms": / d, then sqrt's grad / (2 sqrt)). A capped term's weight is selected to 0
 // before rho multiplies it: an overflowed rho never meets a 0 there (inf * 0 = NaN).
-at::Tensor ssa_loss_from_sqdist_backward(
-    const at::Tensor& grad, const at::Tensor& S, const at::Tensor& ce, double beta, double lambda,
-    c10::string_view distance, c10::SymInt d, std::optional<double> pair_cap) {
+at::Tensor ssa_loss_from_sqdist_backward(const at::Tensor& grad, const at::Tensor& S, const at::Tensor& ce, double beta,
+                                         double lambda, c10::string_view distance, c10::SymInt d,
+                                         std::optional<double> pair_cap) {
   const Distance dist = check_loss_from_sqdist(S, ce, beta, lambda, distance, d, pair_cap);
   TORCH_CHECK_VALUE(grad.dim() == 0, "mtut: grad of the loss must be a scalar, got shape ", grad.sym_sizes());
   const at::Tensor rho = focal_weight_op().call(ce, beta).to(S.scalar_type());
@@ -363,11 +351,10 @@ at::Tensor ssa_loss_from_sqdist_backward(
   return at::where(S == 0, at::zeros_like(S), g_root / (rms_root(S) * 2));
 }
 
-at::Tensor ssa_loss(
-    at::TensorList feats, const at::Tensor& ce, double beta, double lambda, c10::string_view distance, double eps,
-    c10::string_view algo, std::optional<double> pair_cap) {
-  TORCH_CHECK_VALUE(
-      feats.size() >= 2, "mtut: feats must hold at least 2 modality feature maps [N, C_m, *S], got ", feats.size());
+at::Tensor ssa_loss(at::TensorList feats, const at::Tensor& ce, double beta, double lambda, c10::string_view distance,
+                    double eps, c10::string_view algo, std::optional<double> pair_cap) {
+  TORCH_CHECK_VALUE(feats.size() >= 2, "mtut: feats must hold at least 2 modality feature maps [N, C_m, *S], got ",
+                    feats.size());
   // The cheap checks first: a bad ce or loss argument fails before the distances are computed.
   TORCH_CHECK_VALUE(feats[0].dim() >= 2, "mtut: feats[0] must have shape [N, C, *S] (at least 2 dims), got shape ",
                     feats[0].sym_sizes());

@@ -80,9 +80,8 @@ at::Tensor focal_weight(const at::Tensor& ce, double beta);
 //   pairwise_sqdist        = sqdist_forward(feats, directed=false)[0]
 //   ssa_loss               = ssa_loss_from_sqdist(sqdist_forward(feats, directed=true)[0], ...)
 at::Tensor pairwise_sqdist(at::TensorList feats, double eps, c10::string_view algo);
-at::Tensor ssa_loss(
-    at::TensorList feats, const at::Tensor& ce, double beta, double lambda, c10::string_view distance,
-    double eps, c10::string_view algo, std::optional<double> pair_cap);
+at::Tensor ssa_loss(at::TensorList feats, const at::Tensor& ce, double beta, double lambda, c10::string_view distance,
+                    double eps, c10::string_view algo, std::optional<double> pair_cap);
 
 // The loss arithmetic over S [N, M, M] (focal weight, distance, mean, lambda, cap, sum)
 // and its gradient w.r.t. S, an op pair with an autograd formula (mtut_ops/_registration.py).
@@ -90,15 +89,13 @@ at::Tensor ssa_loss(
 // backend replaces them with one kernel each (csrc/cuda/ssa_cuda.cu), because as ATen ops
 // they are ~16 tiny launches each way. check_loss_from_sqdist is the arguments' check
 // both share.
-Distance check_loss_from_sqdist(
-    const at::Tensor& S, const at::Tensor& ce, double beta, double lambda, c10::string_view distance,
-    const c10::SymInt& d, std::optional<double> pair_cap);
-at::Tensor ssa_loss_from_sqdist(
-    const at::Tensor& S, const at::Tensor& ce, double beta, double lambda, c10::string_view distance,
-    c10::SymInt d, std::optional<double> pair_cap);
-at::Tensor ssa_loss_from_sqdist_backward(
-    const at::Tensor& grad, const at::Tensor& S, const at::Tensor& ce, double beta, double lambda,
-    c10::string_view distance, c10::SymInt d, std::optional<double> pair_cap);
+Distance check_loss_from_sqdist(const at::Tensor& S, const at::Tensor& ce, double beta, double lambda,
+                                c10::string_view distance, const c10::SymInt& d, std::optional<double> pair_cap);
+at::Tensor ssa_loss_from_sqdist(const at::Tensor& S, const at::Tensor& ce, double beta, double lambda,
+                                c10::string_view distance, c10::SymInt d, std::optional<double> pair_cap);
+at::Tensor ssa_loss_from_sqdist_backward(const at::Tensor& grad, const at::Tensor& S, const at::Tensor& ce, double beta,
+                                         double lambda, c10::string_view distance, c10::SymInt d,
+                                         std::optional<double> pair_cap);
 
 // What sqdist_forward keeps for the backward with algorithm gram, [N, kept_gram_size]:
 // the unscaled blocks P_mn = X_m X_n^T, n >= m, of each sample one after the other (m
@@ -113,9 +110,9 @@ at::Tensor kept_block(const at::Tensor& kept, const std::vector<int64_t>& channe
 // row norms r and then the scales s = 1 / max(r, eps) of every modality (2 sum C_m entries,
 // padded to kSavedAlign), so that its backward reads neither the inputs for them nor recomputes them.
 struct SavedLayout {
-  int64_t norms = 0;   // where r of modality 0 starts (after the kept blocks); r of m at norms + sum_{k<m} C_k
-  int64_t rows = 0;    // sum C_m (cuda; 0 on cpu): the scales start at norms + rows
-  int64_t width = 0;   // entries per sample; [norms + 2 rows, width) is padding (zero)
+  int64_t norms = 0;  // where r of modality 0 starts (after the kept blocks); r of m at norms + sum_{k<m} C_k
+  int64_t rows = 0;   // sum C_m (cuda; 0 on cpu): the scales start at norms + rows
+  int64_t width = 0;  // entries per sample; [norms + 2 rows, width) is padding (zero)
   int64_t scales() const { return norms + rows; }
   int64_t padding() const { return norms + 2 * rows; }
 };

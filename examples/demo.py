@@ -52,18 +52,41 @@ MIXED_4F = (832, (16, 14, 14))
 MIXED_3C = (480, (32, 28, 28))
 
 # part 2: 4 classes x 8 clips of 4 subjects (subject 4 is the test subject): 24 train / 8 test clips
-DATA = SyntheticConfig(classes=(1, 2, 5, 6), clips_per_class=8, subjects=4, test_subjects=1, frames=16, width=64,
-                       height=48, seed=0)
+DATA = SyntheticConfig(
+    classes=(1, 2, 5, 6), clips_per_class=8, subjects=4, test_subjects=1, frames=16, width=64, height=48, seed=0
+)
 SSA_START = 3
 # An eighth-width I3D on 8 frames at 48x48, SSA at Mixed_3c (4x6x6 = 144 positions). The
 # focal weight is "constant" (both networks pulled toward each other on every clip) and
 # lambda 10: in trials here the paper's "exp" weight at lambda 0.1 and 1 left the test
 # clips' distance 4% and 27% *higher* after 4 SSA epochs, "constant" at lambda 3 and 10
 # 8% and 25% lower after 6 (the recipe's 5e-3 is for the full network's Mixed_5c).
-RUN = dict(modalities=("rgb", "depth"), epochs=8, batch_size=4, lr=1e-2, lr_steps=(), ssa_start=SSA_START,
-           lambda_=10.0, focal="constant", ssa_endpoints=("Mixed_3c",), width=0.125, frames=8, test_frames=8,
-           size=48, resize=52, fps=None, cache=True, workers=0, eval_every=1, watch_test=True, device="cpu",
-           progress=False, plots=False, tensorboard=False, preset="demo")
+RUN = dict(
+    modalities=("rgb", "depth"),
+    epochs=8,
+    batch_size=4,
+    lr=1e-2,
+    lr_steps=(),
+    ssa_start=SSA_START,
+    lambda_=10.0,
+    focal="constant",
+    ssa_endpoints=("Mixed_3c",),
+    width=0.125,
+    frames=8,
+    test_frames=8,
+    size=48,
+    resize=52,
+    fps=None,
+    cache=True,
+    workers=0,
+    eval_every=1,
+    watch_test=True,
+    device="cpu",
+    progress=False,
+    plots=False,
+    tensorboard=False,
+    preset="demo",
+)
 ARMS = ("ssa_off", "ssa_on")
 
 
@@ -83,12 +106,16 @@ def op_comparison(clips: int = OP_CLIPS, log=print) -> dict:
     g = torch.Generator().manual_seed(0)
     feats = [torch.randn(clips, C, *spatial, generator=g) for _ in range(2)]
     ce = torch.rand(2, clips, generator=g) * 3
-    impls = {"mmpose": lambda xs, c: mmpose_ssa_loss(xs, c, beta=2.0, lambda_=5e-3, cap=10.0),
-             "mtut_ops": lambda xs, c: mtut_ops.ssa_loss(xs, c, beta=2.0, lambda_=5e-3, pair_cap=10.0)}
+    impls = {
+        "mmpose": lambda xs, c: mmpose_ssa_loss(xs, c, beta=2.0, lambda_=5e-3, cap=10.0),
+        "mtut_ops": lambda xs, c: mtut_ops.ssa_loss(xs, c, beta=2.0, lambda_=5e-3, pair_cap=10.0),
+    }
     meter = Meter(torch.device("cpu"))
-    out: dict = {"shape": f"Mixed_4f: {clips} clips x C={C} x {'x'.join(map(str, spatial))} "
-                          f"(d={math.prod(spatial)}), 2 networks, float32",
-                 "threads": torch.get_num_threads()}
+    out: dict = {
+        "shape": f"Mixed_4f: {clips} clips x C={C} x {'x'.join(map(str, spatial))} "
+        f"(d={math.prod(spatial)}), 2 networks, float32",
+        "threads": torch.get_num_threads(),
+    }
     for name, fn in impls.items():
         log(f"[op] {name} at Mixed_4f: warm-up, then one timed forward + backward ...")
         meter.fwd_bwd(fn, feats, ce)
@@ -107,7 +134,9 @@ def op_comparison(clips: int = OP_CLIPS, log=print) -> dict:
     C3, s3 = MIXED_3C
     need = naive_bytes(Problem(RECIPE_CLIPS, (C3, C3), math.prod(s3)), 4)
     out["mixed3c_naive_gib"] = round(need / 2**30, 1)
-    out["mixed3c_shape"] = f"Mixed_3c: {RECIPE_CLIPS} clips (the recipe's batch) x C={C3} x {'x'.join(map(str, s3))} (d={math.prod(s3)})"
+    out["mixed3c_shape"] = (
+        f"Mixed_3c: {RECIPE_CLIPS} clips (the recipe's batch) x C={C3} x {'x'.join(map(str, s3))} (d={math.prod(s3)})"
+    )
     return out
 
 
@@ -136,10 +165,12 @@ def training_pair(out: Path, seed: int = 0, log=print, run: dict | None = None) 
         else:
             if folder.exists():
                 shutil.rmtree(folder)
-            log(f"[train] {arm}: {run['epochs']} epochs" + (f", SSA from epoch {run['ssa_start']}" if arm == "ssa_on"
-                                                            else ", SSA off") + " ...")
-            train(TrainConfig(data_root=str(out / "data"), out=str(folder), seed=seed, ssa=arm == "ssa_on",
-                              **run))
+            log(
+                f"[train] {arm}: {run['epochs']} epochs"
+                + (f", SSA from epoch {run['ssa_start']}" if arm == "ssa_on" else ", SSA off")
+                + " ..."
+            )
+            train(TrainConfig(data_root=str(out / "data"), out=str(folder), seed=seed, ssa=arm == "ssa_on", **run))
         finals[arm] = json.loads((folder / "final_eval.json").read_text())
         rows[arm] = json.loads((folder / "metrics.json").read_text())
     endpoint = run["ssa_endpoints"][0]
@@ -147,12 +178,16 @@ def training_pair(out: Path, seed: int = 0, log=print, run: dict | None = None) 
     curves = {arm: [r[key] for r in rows[arm]] for arm in ARMS}
     epochs = [r["epoch"] for r in rows["ssa_on"]]
     last = max(epochs)
-    preds = {arm: load_logits(out / arm / "evals" / f"epoch{last:03d}_test.npz")["logits"]["rgb"].argmax(1)
-             for arm in ARMS}
+    preds = {
+        arm: load_logits(out / arm / "evals" / f"epoch{last:03d}_test.npz")["logits"]["rgb"].argmax(1) for arm in ARMS
+    }
     test = {arm: finals[arm]["splits"]["test"] for arm in ARMS}
     before = [e for e in epochs if e < run["ssa_start"]]
     return {
-        "endpoint": endpoint, "epochs": epochs, "ssa_start": run["ssa_start"], "lambda": run["lambda_"],
+        "endpoint": endpoint,
+        "epochs": epochs,
+        "ssa_start": run["ssa_start"],
+        "lambda": run["lambda_"],
         "focal": run.get("focal", "exp"),
         "corr_distance": curves,
         "identical_before_ssa": all(curves["ssa_off"][i] == curves["ssa_on"][i] for i in range(len(before))),
@@ -196,16 +231,22 @@ def study_answer(path: Path = STUDY_RESULTS) -> str | None:
 def reading(pair: dict) -> str:
     """What part 2 shows, and what it does not."""
     change = pair["final_corr_distance_rel_change"]
-    verdict = ("SSA acts: it aligns the networks' features" if change < -0.05 else
-               "SSA moved the networks' features apart here" if change > 0.05 else
-               "SSA barely moved the networks' features here")
-    return (f"{verdict} (after {pair['epochs'][-1] - pair['ssa_start'] + 1} epochs with SSA the test clips' "
-            f"correlation distance is {abs(change):.0%} {'lower' if change < 0 else 'higher'} than without it; the "
-            f"two runs are {'identical' if pair['identical_before_ssa'] else 'not identical'} before SSA starts), "
-            f"and the RGB network classifies {pair['rgb_predictions_differ']} of {pair['test_clips']} test clips "
-            f"differently. That is the loss acting on the features, not a result about accuracy: networks this small "
-            f"after {pair['epochs'][-1]} epochs are far from trained, and {pair['test_clips']} clips of one pair cannot "
-            "tell a lift; whether the alignment lifts the RGB network is the registered study's question (part 3).")
+    verdict = (
+        "SSA acts: it aligns the networks' features"
+        if change < -0.05
+        else "SSA moved the networks' features apart here"
+        if change > 0.05
+        else "SSA barely moved the networks' features here"
+    )
+    return (
+        f"{verdict} (after {pair['epochs'][-1] - pair['ssa_start'] + 1} epochs with SSA the test clips' "
+        f"correlation distance is {abs(change):.0%} {'lower' if change < 0 else 'higher'} than without it; the "
+        f"two runs are {'identical' if pair['identical_before_ssa'] else 'not identical'} before SSA starts), "
+        f"and the RGB network classifies {pair['rgb_predictions_differ']} of {pair['test_clips']} test clips "
+        f"differently. That is the loss acting on the features, not a result about accuracy: networks this small "
+        f"after {pair['epochs'][-1]} epochs are far from trained, and {pair['test_clips']} clips of one pair cannot "
+        "tell a lift; whether the alignment lifts the RGB network is the registered study's question (part 3)."
+    )
 
 
 def _json_safe(obj):
@@ -224,39 +265,66 @@ def _json_safe(obj):
 def report(op: dict | None, pair: dict, answer: str | None) -> str:
     lines = ["# MTUT demo", ""]
     if op is not None:
-        lines += ["## 1. The SSA op against mmpose's code", "",
-                  f"{op['shape']}, forward + backward, {op['threads']} torch thread(s):", "",
-                  "| code | time | peak memory added | loss |", "|---|---|---|---|"]
+        lines += [
+            "## 1. The SSA op against mmpose's code",
+            "",
+            f"{op['shape']}, forward + backward, {op['threads']} torch thread(s):",
+            "",
+            "| code | time | peak memory added | loss |",
+            "|---|---|---|---|",
+        ]
         for name, label in (("mmpose", "mmpose (every d x d matrix)"), ("mtut_ops", "mtut_ops.ssa_loss")):
             r = op[name]
             lines.append(f"| {label} | {r['seconds']:.2f} s | {r['peak_mib']:.0f} MiB | {r['loss']:.6g} |")
-        lines += ["", f"mtut_ops: {op['speedup']:.1f}x faster, {op['memory_ratio']:.1f}x less memory, the same loss "
-                      f"(relative difference {op['loss_rel_diff']:.1e}). {op['mixed3c_shape']}: mmpose's matrices "
-                      f"alone would need {op['mixed3c_naive_gib']:.0f} GiB (not run); mtut_ops never builds them "
-                      "(README's benchmark: 14.6 s and 586 MB there on this CPU).", ""]
-    lines += ["## 2. SSA acting in training", "",
-              f"The same RGB + depth pair (seed 0, same batches), SSA off and SSA on from epoch {pair['ssa_start']} "
-              f"(lambda {pair['lambda']:g}, focal weight {pair['focal']}, at {pair['endpoint']}); test clips' "
-              "correlation distance per epoch "
-              "(corr_distance.png):", "",
-              "| epoch | " + " | ".join(str(e) for e in pair["epochs"]) + " |",
-              "|---|" + "---|" * len(pair["epochs"])]
+        lines += [
+            "",
+            f"mtut_ops: {op['speedup']:.1f}x faster, {op['memory_ratio']:.1f}x less memory, the same loss "
+            f"(relative difference {op['loss_rel_diff']:.1e}). {op['mixed3c_shape']}: mmpose's matrices "
+            f"alone would need {op['mixed3c_naive_gib']:.0f} GiB (not run); mtut_ops never builds them "
+            "(README's benchmark: 14.6 s and 586 MB there on this CPU).",
+            "",
+        ]
+    lines += [
+        "## 2. SSA acting in training",
+        "",
+        f"The same RGB + depth pair (seed 0, same batches), SSA off and SSA on from epoch {pair['ssa_start']} "
+        f"(lambda {pair['lambda']:g}, focal weight {pair['focal']}, at {pair['endpoint']}); test clips' "
+        "correlation distance per epoch "
+        "(corr_distance.png):",
+        "",
+        "| epoch | " + " | ".join(str(e) for e in pair["epochs"]) + " |",
+        "|---|" + "---|" * len(pair["epochs"]),
+    ]
     for arm in ARMS:
-        lines.append(f"| {arm.replace('_', ' ')} | " + " | ".join(f"{v:.4f}" for v in pair["corr_distance"][arm]) + " |")
+        lines.append(
+            f"| {arm.replace('_', ' ')} | " + " | ".join(f"{v:.4f}" for v in pair["corr_distance"][arm]) + " |"
+        )
     tops = ", ".join(f"{arm.replace('_', ' ')} {pair['test_top1'][arm]['rgb']:.3f}" for arm in ARMS)
-    lines += ["", f"RGB test top-1: {tops} ({pair['test_clips']} clips).", "", "Reading: " + reading(pair), "",
-              "## 3. The registered study's answer", "",
-              answer + " (docs/study/results.md)" if answer else
-              "No study results are committed (docs/study/results.md is missing): nothing to quote."]
+    lines += [
+        "",
+        f"RGB test top-1: {tops} ({pair['test_clips']} clips).",
+        "",
+        "Reading: " + reading(pair),
+        "",
+        "## 3. The registered study's answer",
+        "",
+        answer + " (docs/study/results.md)"
+        if answer
+        else "No study results are committed (docs/study/results.md is missing): nothing to quote.",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m examples.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/demo", help="demo folder (data, runs, results); default runs/demo")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: on a shared 2-core machine torch's 2 OpenMP threads ran a "
-                        "training step 20-50x slower whenever another job was busy)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a shared 2-core machine torch's 2 OpenMP threads ran a "
+        "training step 20-50x slower whenever another job was busy)",
+    )
     p.add_argument("--skip-op", action="store_true", help="leave out part 1 (the op against mmpose's code)")
     p.add_argument("--fresh", action="store_true", help="retrain instead of reusing finished runs")
     args = p.parse_args(argv)
@@ -282,11 +350,14 @@ def main(argv: list[str] | None = None) -> int:
     answer = study_answer()
     text = report(op, pair, answer)
     seconds = time.perf_counter() - started
-    print("\n" + text + f"\nwall time {seconds / 60:.1f} min; wrote {out / 'results.md'}, {out / 'results.json'}, "
-          f"{out / 'corr_distance.png'}")
+    print(
+        "\n" + text + f"\nwall time {seconds / 60:.1f} min; wrote {out / 'results.md'}, {out / 'results.json'}, "
+        f"{out / 'corr_distance.png'}"
+    )
     (out / "results.md").write_text(text, encoding="utf-8")
-    results = _json_safe({"op": op, "training": pair, "reading": reading(pair), "study_answer": answer,
-                          "seconds": seconds})
+    results = _json_safe(
+        {"op": op, "training": pair, "reading": reading(pair), "study_answer": answer, "seconds": seconds}
+    )
     (out / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False) + "\n", encoding="utf-8")
     return 0
 

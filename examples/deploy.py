@@ -42,25 +42,35 @@ def network_from_checkpoint(checkpoint: str | Path, modality: str) -> tuple[I3D,
     cfg = ckpt["config"]
     if modality not in cfg["modalities"]:
         raise ValueError(f"--modality {modality}: the run trained {', '.join(cfg['modalities'])}")
-    net = I3D(len(CLASS_NAMES), in_channels=MODALITIES[modality].channels, width=cfg["width"],
-              dropout=cfg["dropout"])
+    net = I3D(len(CLASS_NAMES), in_channels=MODALITIES[modality].channels, width=cfg["width"], dropout=cfg["dropout"])
     prefix = f"nets.{modality}."
-    net.load_state_dict({k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)})
+    net.load_state_dict({k[len(prefix) :]: v for k, v in ckpt["model"].items() if k.startswith(prefix)})
     return net.eval(), cfg, ckpt
 
 
 def metadata(cfg: dict, modality: str, frames: int, checkpoint: str | Path, epoch: int) -> dict:
     return {
-        "format": META_FORMAT, "modality": modality, "in_channels": MODALITIES[modality].channels,
-        "num_classes": len(CLASS_NAMES), "class_names": list(CLASS_NAMES), "frames": frames, "size": cfg["size"],
-        "resize": cfg["resize"], "fps": cfg["fps"], "mean": list(RGB_MEAN), "std": list(RGB_STD),
-        "hand_boxes": bool(cfg.get("hand_boxes")), "box_pipeline": cfg.get("box_pipeline", "margin"),
-        "checkpoint": str(checkpoint), "epoch": epoch,
+        "format": META_FORMAT,
+        "modality": modality,
+        "in_channels": MODALITIES[modality].channels,
+        "num_classes": len(CLASS_NAMES),
+        "class_names": list(CLASS_NAMES),
+        "frames": frames,
+        "size": cfg["size"],
+        "resize": cfg["resize"],
+        "fps": cfg["fps"],
+        "mean": list(RGB_MEAN),
+        "std": list(RGB_STD),
+        "hand_boxes": bool(cfg.get("hand_boxes")),
+        "box_pipeline": cfg.get("box_pipeline", "margin"),
+        "checkpoint": str(checkpoint),
+        "epoch": epoch,
     }
 
 
-def export_network(checkpoint: str | Path, modality: str, out: str | Path, *, frames: int | None = None,
-                   fmt: str = "export") -> dict:
+def export_network(
+    checkpoint: str | Path, modality: str, out: str | Path, *, frames: int | None = None, fmt: str = "export"
+) -> dict:
     """Export the ``modality`` network of ``checkpoint`` to ``out``; returns its metadata.
 
     ``frames``: the clip length T of the exported input (default: the run's evaluation
@@ -73,11 +83,15 @@ def export_network(checkpoint: str | Path, modality: str, out: str | Path, *, fr
     net, cfg, ckpt = network_from_checkpoint(checkpoint, modality)
     out = Path(out)
     if fmt == "export" and out.suffix != FORMATS["export"]:
-        raise ValueError(f"--out {out}: a torch.export program is written as {FORMATS['export']} (what --format "
-                         "export writes and infer_nvgesture.py reads; ONNX is not written by this tool)")
+        raise ValueError(
+            f"--out {out}: a torch.export program is written as {FORMATS['export']} (what --format "
+            "export writes and infer_nvgesture.py reads; ONNX is not written by this tool)"
+        )
     if fmt == "torchscript" and out.suffix == FORMATS["export"]:
-        raise ValueError(f"--out {out}: {FORMATS['export']} is read as a torch.export program; name a TorchScript "
-                         f"file {FORMATS['torchscript']}")
+        raise ValueError(
+            f"--out {out}: {FORMATS['export']} is read as a torch.export program; name a TorchScript "
+            f"file {FORMATS['torchscript']}"
+        )
     from examples.training.runlog import check_writable
 
     check_writable(out.parent)  # before the work, not after it
@@ -122,11 +136,21 @@ class Deployed:
     def transform(self, box: tuple[float, float, float, float] | None = None):
         m = self.meta
         if m["hand_boxes"] and box is None:
-            raise ValueError("this network was trained on hand-box crops: give the hand's box (--box x0,y0,x1,y1 "
-                             "as fractions of the frame)")
-        return build_transforms(False, frames=m["frames"], size=m["size"], resize=m["resize"], fps=m["fps"],
-                                boxes={"clip": box} if box is not None else None, mean=m["mean"], std=m["std"],
-                                box_pipeline=m["box_pipeline"])
+            raise ValueError(
+                "this network was trained on hand-box crops: give the hand's box (--box x0,y0,x1,y1 "
+                "as fractions of the frame)"
+            )
+        return build_transforms(
+            False,
+            frames=m["frames"],
+            size=m["size"],
+            resize=m["resize"],
+            fps=m["fps"],
+            boxes={"clip": box} if box is not None else None,
+            mean=m["mean"],
+            std=m["std"],
+            box_pipeline=m["box_pipeline"],
+        )
 
     def prepare(self, frames: np.ndarray, fps: float, box=None) -> torch.Tensor:
         """``[1, C, T, size, size]`` float32 from decoded frames ``[N, H, W, C]`` (uint8)."""
@@ -161,9 +185,13 @@ def check_video_modality(video: str | Path, modality: str) -> None:
     """A ValueError when ``video``'s name says it is another modality's sensor video."""
     said = SENSOR_FILES.get(Path(video).stem)
     if said is not None and said != modality:
-        theirs = next(f for f, m in SENSOR_FILES.items() if m == modality) if modality in SENSOR_FILES.values() else None
-        raise ValueError(f"--video {video}: by its name a {said} video, but the network classifies {modality}" +
-                         (f" (NVGesture's {modality} video is {theirs}.avi)" if theirs else ""))
+        theirs = (
+            next(f for f, m in SENSOR_FILES.items() if m == modality) if modality in SENSOR_FILES.values() else None
+        )
+        raise ValueError(
+            f"--video {video}: by its name a {said} video, but the network classifies {modality}"
+            + (f" (NVGesture's {modality} video is {theirs}.avi)" if theirs else "")
+        )
 
 
 def _not_exported(path: Path, error: Exception) -> str:
@@ -175,7 +203,11 @@ def _not_exported(path: Path, error: Exception) -> str:
     except (CheckpointError, OSError):
         obj = None
     if isinstance(obj, dict) and "model" in obj and "config" in obj:
-        return (f"--model {path} is a training checkpoint, not an exported network: export one network first "
-                f"(python examples/export_nvgesture.py --checkpoint {path} --modality rgb --out rgb.pt2)")
-    return (f"--model {path}: not an exported network (a .pt2 or .ts file written by examples/export_nvgesture.py; "
-            f"{type(error).__name__})")
+        return (
+            f"--model {path} is a training checkpoint, not an exported network: export one network first "
+            f"(python examples/export_nvgesture.py --checkpoint {path} --modality rgb --out rgb.pt2)"
+        )
+    return (
+        f"--model {path}: not an exported network (a .pt2 or .ts file written by examples/export_nvgesture.py; "
+        f"{type(error).__name__})"
+    )

@@ -44,10 +44,21 @@ def config_of(ckpt: dict, **overrides) -> TrainConfig:
     return cfg
 
 
-def evaluate_checkpoint(checkpoint: str | Path, split: str, out: str | Path | None = None, *,
-                        data_root: str | None = None, test_frames: int | None = None, device: str | None = None,
-                        workers: int | None = None, batch_size: int | None = None, fusion: str | None = None,
-                        skip_bad: bool | None = None, progress: bool = True, plots: bool = True) -> dict:
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    split: str,
+    out: str | Path | None = None,
+    *,
+    data_root: str | None = None,
+    test_frames: int | None = None,
+    device: str | None = None,
+    workers: int | None = None,
+    batch_size: int | None = None,
+    fusion: str | None = None,
+    skip_bad: bool | None = None,
+    progress: bool = True,
+    plots: bool = True,
+) -> dict:
     """Evaluate ``checkpoint`` on ``split`` (``val`` or ``test``) and write the outputs
     to ``out`` (default: ``<checkpoint folder>/eval_<checkpoint name>_<split>``).
 
@@ -55,14 +66,23 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str, out: str | Path | No
     (listed in ``eval.json``'s ``skipped``). Returns ``eval.json``'s content.
     """
     ckpt = load_checkpoint(checkpoint)
-    cfg = config_of(ckpt, data_root=data_root, device=device, workers=workers, batch_size=batch_size,
-                    fusion=fusion, skip_bad=skip_bad, progress=progress)
+    cfg = config_of(
+        ckpt,
+        data_root=data_root,
+        device=device,
+        workers=workers,
+        batch_size=batch_size,
+        fusion=fusion,
+        skip_bad=skip_bad,
+        progress=progress,
+    )
     if test_frames is not None:
         cfg.test_frames = test_frames or None
     validate(cfg)
     if split == "val" and not cfg.val_subjects:
-        raise ValueError(f"--split val: the run in {checkpoint} has no validation split (it was trained without "
-                         "--val-subjects)")
+        raise ValueError(
+            f"--split val: the run in {checkpoint} has no validation split (it was trained without --val-subjects)"
+        )
     out = Path(out) if out is not None else Path(checkpoint).parent / f"eval_{Path(checkpoint).stem}_{split}"
     check_writable(out)
     rt = dd.Runtime(0, 1, dd.resolve_device(cfg.device), dd.resolve_amp(cfg.amp, dd.resolve_device(cfg.device)))
@@ -74,9 +94,16 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str, out: str | Path | No
     dataset = datasets[split]
     result = evaluate(model, eval_loader(dataset, cfg, 0, 1), split, rt, fusion=cfg.fusion, progress=progress)
     summary = result.summary()
-    report = {"checkpoint": str(checkpoint), "epoch": ckpt["epoch"], "split": split, **summary,
-              "test_frames": cfg.test_frames, "fusion": cfg.fusion, "class_names": list(CLASS_NAMES),
-              "skipped": skipped_entries(datasets)}
+    report = {
+        "checkpoint": str(checkpoint),
+        "epoch": ckpt["epoch"],
+        "split": split,
+        **summary,
+        "test_frames": cfg.test_frames,
+        "fusion": cfg.fusion,
+        "class_names": list(CLASS_NAMES),
+        "skipped": skipped_entries(datasets),
+    }
     write_json_atomic(report, out / "eval.json")
     save_logits(result, out / "logits.npz", ckpt["epoch"])
     if plots:
@@ -87,11 +114,18 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str, out: str | Path | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python examples/evaluate_nvgesture.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python examples/evaluate_nvgesture.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--checkpoint", required=True, help="a training checkpoint (last.pt, best.pt)")
-    p.add_argument("--split", required=True, choices=("val", "test"),
-                   help="which split (val needs a run trained with --val-subjects); tune on val, report test")
+    p.add_argument(
+        "--split",
+        required=True,
+        choices=("val", "test"),
+        help="which split (val needs a run trained with --val-subjects); tune on val, report test",
+    )
     p.add_argument("--out", help="output folder (default: <checkpoint folder>/eval_<name>_<split>)")
     p.add_argument("--data-root", help="dataset root, if not where the run found it")
     p.add_argument("--test-frames", type=int, help="clip length T (0 = whole clip; default: the run's)")
@@ -99,16 +133,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, help="DataLoader workers (default: the run's)")
     p.add_argument("--batch-size", type=int, help="clips per batch (default: the run's)")
     p.add_argument("--fusion", choices=("softmax", "logits"), help="fused score (default: the run's)")
-    p.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=None,
-                   help="pass over bad clips with a warning (listed in eval.json) (default: the run's)")
+    p.add_argument(
+        "--skip-bad",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="pass over bad clips with a warning (listed in eval.json) (default: the run's)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="no confusion-matrix PNG")
     args = p.parse_args(argv)
     try:
-        report = evaluate_checkpoint(args.checkpoint, args.split, args.out, data_root=args.data_root,
-                                     test_frames=args.test_frames, device=args.device, workers=args.workers,
-                                     batch_size=args.batch_size, fusion=args.fusion, skip_bad=args.skip_bad,
-                                     progress=args.progress, plots=args.plots)
+        report = evaluate_checkpoint(
+            args.checkpoint,
+            args.split,
+            args.out,
+            data_root=args.data_root,
+            test_frames=args.test_frames,
+            device=args.device,
+            workers=args.workers,
+            batch_size=args.batch_size,
+            fusion=args.fusion,
+            skip_bad=args.skip_bad,
+            progress=args.progress,
+            plots=args.plots,
+        )
     except KeyboardInterrupt:
         print(f"{p.prog}: interrupted: nothing written", file=sys.stderr)
         return 130

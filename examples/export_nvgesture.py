@@ -24,15 +24,25 @@ from examples.training.checkpoint import CheckpointError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python examples/export_nvgesture.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python examples/export_nvgesture.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--checkpoint", required=True, help="training checkpoint (best.pt or last.pt)")
     p.add_argument("--modality", required=True, help="the network to export (rgb, depth, ir, flow)")
     p.add_argument("--out", required=True, help="file to write (.pt2 for torch.export, .ts for TorchScript)")
-    p.add_argument("--format", choices=sorted(FORMATS), default="export",
-                   help="torch.export program (batch dynamic) or TorchScript trace (deprecated by torch)")
-    p.add_argument("--frames", type=int, help="clip length T of the input (default: the run's evaluation length, "
-                                              "else its training length)")
+    p.add_argument(
+        "--format",
+        choices=sorted(FORMATS),
+        default="export",
+        help="torch.export program (batch dynamic) or TorchScript trace (deprecated by torch)",
+    )
+    p.add_argument(
+        "--frames",
+        type=int,
+        help="clip length T of the input (default: the run's evaluation length, else its training length)",
+    )
     args = p.parse_args(argv)
     if args.frames is not None and args.frames < 1:
         p.error(f"--frames must be >= 1, got {args.frames}")
@@ -44,8 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         p.exit(1, f"{p.prog}: error: {e}\n")
     except KeyboardInterrupt:
         p.exit(130, f"{p.prog}: interrupted\n")
-    print(f"wrote {args.out} ({args.format}): {meta['modality']} I3D, input [N, {meta['in_channels']}, "
-          f"{meta['frames']}, {meta['size']}, {meta['size']}], epoch {meta['epoch']}")
+    print(
+        f"wrote {args.out} ({args.format}): {meta['modality']} I3D, input [N, {meta['in_channels']}, "
+        f"{meta['frames']}, {meta['size']}, {meta['size']}], epoch {meta['epoch']}"
+    )
     return 0
 
 

@@ -42,12 +42,17 @@ def _box(text: str) -> tuple[float, float, float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python examples/infer_nvgesture.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python examples/infer_nvgesture.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--model", required=True, help="an exported network (examples/export_nvgesture.py)")
     p.add_argument("--video", required=True, help="the video of the network's modality (AVI or anything OpenCV reads)")
     p.add_argument("--window", type=_window, help="frames START:END to classify (default: the whole video)")
-    p.add_argument("--box", type=_box, help="the hand's box x0,y0,x1,y1 as fractions of the frame (box-trained networks)")
+    p.add_argument(
+        "--box", type=_box, help="the hand's box x0,y0,x1,y1 as fractions of the frame (box-trained networks)"
+    )
     p.add_argument("--top", type=int, default=5, help="classes to print")
     p.add_argument("--json", action="store_true", help="print the logits and the top classes as JSON")
     args = p.parse_args(argv)
@@ -62,8 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     top = probs.argsort(descending=True)[: max(1, args.top)].tolist()
     names = net.meta["class_names"]
     if args.json:
-        print(json.dumps({"logits": logits.tolist(), "top": [{"class": c + 1, "name": names[c],
-                                                              "probability": float(probs[c])} for c in top]}))
+        print(
+            json.dumps(
+                {
+                    "logits": logits.tolist(),
+                    "top": [{"class": c + 1, "name": names[c], "probability": float(probs[c])} for c in top],
+                }
+            )
+        )
     else:
         for c in top:
             print(f"{float(probs[c]):6.3f}  class {c + 1:2d}  {names[c]}")

@@ -82,9 +82,17 @@ def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     return torch.where(positive, torch.where(positive, x, torch.ones_like(x)).sqrt(), torch.zeros_like(x))
 
 
-def ssa_with_weights(feats: Sequence[torch.Tensor], rho: torch.Tensor, *, lambda_: float, distance: str = "rms",
-                     eps: float = 1e-8, algo: str = "auto", pair_cap: float | None = None,
-                     backend: str | None = None) -> torch.Tensor:
+def ssa_with_weights(
+    feats: Sequence[torch.Tensor],
+    rho: torch.Tensor,
+    *,
+    lambda_: float,
+    distance: str = "rms",
+    eps: float = 1e-8,
+    algo: str = "auto",
+    pair_cap: float | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
     """The SSA loss with given focal weights ``rho`` ``[N, M, M]`` (no gradient):
     ``lambda_ * sum_{m != n} mean_b(rho[b, m, n] * delta_mn[b])``, each pair term capped at
     ``pair_cap``, the gradient of term (m, n) into ``feats[m]`` only.
@@ -174,8 +182,16 @@ class MTUTModel(nn.Module):
         ssa: the SSA loss settings.
     """
 
-    def __init__(self, modalities: Sequence[str] = ("rgb", "depth"), num_classes: int = 25, *, width: float = 1.0,
-                 dropout: float = 0.0, ssa_endpoints: Sequence[str] = ("Mixed_5c",), ssa: SSAConfig = SSAConfig()):
+    def __init__(
+        self,
+        modalities: Sequence[str] = ("rgb", "depth"),
+        num_classes: int = 25,
+        *,
+        width: float = 1.0,
+        dropout: float = 0.0,
+        ssa_endpoints: Sequence[str] = ("Mixed_5c",),
+        ssa: SSAConfig = SSAConfig(),
+    ):
         super().__init__()
         self.modalities = _check_modalities(modalities)
         if isinstance(ssa_endpoints, str):
@@ -185,10 +201,12 @@ class MTUTModel(nn.Module):
         if unknown or not self.ssa_endpoints:
             raise ValueError(f"ssa_endpoints: {unknown or 'empty'} not I3D endpoints; known: {', '.join(ENDPOINTS)}")
         self.num_classes, self.ssa_config = num_classes, ssa
-        self.nets = nn.ModuleDict({
-            m: I3D(num_classes, in_channels=MODALITIES[m].channels, width=width, dropout=dropout)
-            for m in self.modalities
-        })
+        self.nets = nn.ModuleDict(
+            {
+                m: I3D(num_classes, in_channels=MODALITIES[m].channels, width=width, dropout=dropout)
+                for m in self.modalities
+            }
+        )
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> MTUTOutput:
         """Run every modality's network on its input ``[N, C_m, T, H, W]``."""
@@ -200,8 +218,9 @@ class MTUTModel(nn.Module):
             logits[m], features[m] = self.nets[m].extract(inputs[m], self.ssa_endpoints)
         return MTUTOutput(logits, features)
 
-    def loss(self, out: MTUTOutput, labels: torch.Tensor, ssa: bool = False,
-             perm: torch.Tensor | None = None) -> MTUTLoss:
+    def loss(
+        self, out: MTUTOutput, labels: torch.Tensor, ssa: bool = False, perm: torch.Tensor | None = None
+    ) -> MTUTLoss:
         """Cross-entropy of every network, plus the SSA loss when ``ssa`` is on.
 
         The CE is computed in float32 (also under autocast). In the SSA term (m, n) the
@@ -210,8 +229,9 @@ class MTUTModel(nn.Module):
         modalities, ``perm`` (a permutation of the batch) reorders their SSA features;
         the focal weights stay those of each clip's own CE.
         """
-        ce_per_sample = torch.stack([F.cross_entropy(out.logits[m].float(), labels, reduction="none")
-                                     for m in self.modalities])
+        ce_per_sample = torch.stack(
+            [F.cross_entropy(out.logits[m].float(), labels, reduction="none") for m in self.modalities]
+        )
         ce = {m: ce_per_sample[i].mean() for i, m in enumerate(self.modalities)}
         total = ce_per_sample.mean(1).sum()
         ssa_total = total.new_zeros(())
@@ -226,12 +246,28 @@ class MTUTModel(nn.Module):
                 if c.inputs_fp32:
                     feats = [f.float() for f in feats]
                 if rho is None:
-                    by_endpoint[e] = mtut_ops.ssa_loss(feats, ce_per_sample.detach(), beta=c.beta, lambda_=c.lambda_,
-                                                       distance=c.distance, eps=c.eps, algo=c.algo,
-                                                       pair_cap=c.pair_cap, backend=c.backend).float()
+                    by_endpoint[e] = mtut_ops.ssa_loss(
+                        feats,
+                        ce_per_sample.detach(),
+                        beta=c.beta,
+                        lambda_=c.lambda_,
+                        distance=c.distance,
+                        eps=c.eps,
+                        algo=c.algo,
+                        pair_cap=c.pair_cap,
+                        backend=c.backend,
+                    ).float()
                 else:
-                    by_endpoint[e] = ssa_with_weights(feats, rho, lambda_=c.lambda_, distance=c.distance, eps=c.eps,
-                                                      algo=c.algo, pair_cap=c.pair_cap, backend=c.backend)
+                    by_endpoint[e] = ssa_with_weights(
+                        feats,
+                        rho,
+                        lambda_=c.lambda_,
+                        distance=c.distance,
+                        eps=c.eps,
+                        algo=c.algo,
+                        pair_cap=c.pair_cap,
+                        backend=c.backend,
+                    )
             ssa_total = sum(by_endpoint.values())
             total = total + ssa_total
         return MTUTLoss(total, ce, ce_per_sample.detach(), ssa_total, by_endpoint)
@@ -244,8 +280,9 @@ class MTUTModel(nn.Module):
         stacked = torch.stack([lg.float() for lg in logits.values()])
         return (stacked.softmax(-1) if how == "softmax" else stacked).mean(0)
 
-    def load_pretrained(self, paths: Mapping[str, str | Path], *, stem: str = "mean",
-                        strict: bool = True) -> dict[str, LoadReport]:
+    def load_pretrained(
+        self, paths: Mapping[str, str | Path], *, stem: str = "mean", strict: bool = True
+    ) -> dict[str, LoadReport]:
         """Load converted Kinetics I3D checkpoints (local files) into the named modalities.
 
         ``paths`` maps a modality to its file (the same RGB file may serve every

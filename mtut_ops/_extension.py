@@ -8,6 +8,7 @@ load) ``import mtut_ops`` still succeeds, with one warning, and only the pure-Py
 ``reference`` backend runs: every other backend, the Triton one included (it uses the
 library's C++ ops), raises :class:`ExtensionUnavailableError` with the same message.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -18,6 +18,7 @@ The autograd kernels are registered by :func:`register_autograd` below rather th
 functorch does for its own transform-local nodes, so ``torch.func.grad`` and
 ``vmap(grad(...))`` work over the ops.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -203,8 +204,15 @@ def _sqdist_backward_vmap(op):
         B = info.batch_size
         saved = _fold(saved, in_dims[1], B) if saved.numel() > 0 else saved
         # (the batch entries' samples become samples: a per-sample promise `students` still holds)
-        grads = op([_fold(f, d, B) for f, d in zip(feats, in_dims[0])], saved, _fold(weight, in_dims[2], B), eps, algo,
-                   needs_grad, *students)
+        grads = op(
+            [_fold(f, d, B) for f, d in zip(feats, in_dims[0])],
+            saved,
+            _fold(weight, in_dims[2], B),
+            eps,
+            algo,
+            needs_grad,
+            *students,
+        )
         return _per_sample_outputs(grads, B)
 
     return rule
@@ -278,8 +286,12 @@ def _check_loss_from_sqdist(S, ce, beta, lambda_, distance, d, pair_cap):
     if S.dim() != 3:
         raise ValueError(f"mtut: S must have shape [N, M, M], got shape {list(S.shape)}")
     V._value_check(S.shape[1] == S.shape[2], lambda: f"mtut: S must have shape [N, M, M], got shape {list(S.shape)}")
-    V._value_check(S.shape[0] >= 1 and S.shape[1] >= 2, lambda: "mtut: S must have shape [N, M, M] with N >= 1 "
-                   f"samples and M >= 2 modalities, got shape {list(S.shape)}")
+    V._value_check(
+        S.shape[0] >= 1 and S.shape[1] >= 2,
+        lambda: (
+            f"mtut: S must have shape [N, M, M] with N >= 1 samples and M >= 2 modalities, got shape {list(S.shape)}"
+        ),
+    )
     V.check_ce(ce, V.FeatInfo(S.shape[0], S.shape[1], d, (), S.dtype, S.device), "ce")
     V._value_check(d >= 1, lambda: f"mtut: d (the number of positions) must be >= 1, got {d}")
 
@@ -423,5 +435,6 @@ def _ssa_loss_backward(ctx, grad):
     return ([g if n else None for g, n in zip(grads, needs)], *rest)
 
 
-register_autograd(f"{_NS}::ssa_loss", _no_saving, _ssa_loss_backward, compute=_ssa_loss_compute,
-                  keys=("AutogradCPU", "AutogradCUDA"))
+register_autograd(
+    f"{_NS}::ssa_loss", _no_saving, _ssa_loss_backward, compute=_ssa_loss_compute, keys=("AutogradCPU", "AutogradCUDA")
+)

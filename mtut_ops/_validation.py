@@ -10,13 +10,15 @@ a condition on a symbolic value goes through ``torch._check_*``, which raises at
 when the value is concrete and otherwise records a runtime assertion instead of
 specializing the shape; nothing here calls ``int()`` on a size.
 """
+
 from __future__ import annotations
 
 import math
 import sys
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import torch
 
@@ -75,13 +77,18 @@ def check_feats(feats: Sequence[torch.Tensor]) -> FeatInfo:
             raise TypeError(f"mtut: feats[{i}] must be a torch.Tensor, got {type(f).__name__}")
         if f.dtype not in _FLOATS:
             raise TypeError(
-                f"mtut: feats[{i}] must be a floating-point tensor (float16, bfloat16, float32 or float64), got {f.dtype}"
+                f"mtut: feats[{i}] must be a floating-point tensor (float16, bfloat16, float32 or float64), "
+                f"got {f.dtype}"
             )
         if f.dim() < 2:
-            raise ValueError(f"mtut: feats[{i}] must have shape [N, C, *S] (at least 2 dims), got shape {list(f.shape)}")
+            raise ValueError(
+                f"mtut: feats[{i}] must have shape [N, C, *S] (at least 2 dims), got shape {list(f.shape)}"
+            )
         _value_check(
             f.numel() != 0,
-            lambda: f"mtut: feats[{i}] is empty (shape {list(f.shape)}); N, C and every spatiotemporal dim must be >= 1",
+            lambda: (
+                f"mtut: feats[{i}] is empty (shape {list(f.shape)}); N, C and every spatiotemporal dim must be >= 1"
+            ),
         )
         d = _prod(f.shape[2:])
         if first is None:
@@ -103,8 +110,10 @@ def check_feats(feats: Sequence[torch.Tensor]) -> FeatInfo:
             )
             _value_check(
                 d == first.d,
-                lambda: f"mtut: feats[{i}] has d = prod(spatiotemporal dims) = {d} (shape {list(f.shape)}) "
-                f"but feats[0] has d = {first.d}",
+                lambda: (
+                    f"mtut: feats[{i}] has d = prod(spatiotemporal dims) = {d} (shape {list(f.shape)}) "
+                    f"but feats[0] has d = {first.d}"
+                ),
             )
         channels.append(f.shape[1])
     return FeatInfo(first.N, first.M, first.d, tuple(channels), first.dtype, first.device)
@@ -116,6 +125,7 @@ def check_ce(ce: torch.Tensor, info: FeatInfo, name: str = "ce_losses") -> None:
         raise TypeError(f"mtut: {name} must be a tensor [M, N] of per-sample losses, got {type(ce).__name__}")
     if not ce.is_floating_point():
         raise TypeError(f"mtut: {name} must be a floating-point tensor of per-sample losses, got {ce.dtype}")
+
     def message():
         return (
             f"mtut: {name} must have shape [M, N] = [{info.M}, {info.N}] (one per-sample loss per modality and "
@@ -153,14 +163,20 @@ def warn_single_position(info: FeatInfo) -> None:
             "mtut: the feature maps have d = 1 position (shape [N, C], or every spatiotemporal dim 1): each "
             "correlation K_m is then [[C_m]] whatever the features, so the SSA loss is a constant and sends them "
             "no gradient. SSA aligns correlations between positions: pass feature maps [N, C, *S] from before "
-            "global pooling (e.g. I3D Mixed_5c [N, 1024, 8, 7, 7])", UserWarning, stacklevel=4)
+            "global pooling (e.g. I3D Mixed_5c [N, 1024, 8, 7, 7])",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def check_weight(weight: torch.Tensor, info: FeatInfo) -> None:
     if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
         raise TypeError(f"mtut: weight must be a floating-point tensor, got {getattr(weight, 'dtype', type(weight))}")
+
     def message():
-        return f"mtut: weight must have shape [N, M, M] = [{info.N}, {info.M}, {info.M}], got shape {list(weight.shape)}"
+        return (
+            f"mtut: weight must have shape [N, M, M] = [{info.N}, {info.M}, {info.M}], got shape {list(weight.shape)}"
+        )
 
     if weight.dim() != 3:
         raise ValueError(message())
@@ -179,8 +195,10 @@ def check_students(students: int) -> None:
     """sqdist_backward's promise (csrc/ssa_common.h check_students): 0, or at most this many
     modalities per sample have a weight row that is neither 0 nor NaN."""
     if isinstance(students, bool) or not isinstance(students, int) or students < 0:
-        raise ValueError("mtut: students must be >= 0 (0: any number of modalities per sample; k: at most k "
-                         f"modalities per sample have a non-zero weight row), got {students}")
+        raise ValueError(
+            "mtut: students must be >= 0 (0: any number of modalities per sample; k: at most k "
+            f"modalities per sample have a non-zero weight row), got {students}"
+        )
 
 
 def _check_number(value, name: str, rule: str) -> None:
@@ -217,8 +235,9 @@ def check_algo(algo: str) -> None:
         raise ValueError(f"mtut: algo must be 'auto', 'direct' or 'gram', got {algo!r}")
 
 
-def check_loss_inputs(feats, ce, beta, lambda_, distance, eps, algo, pair_cap,
-                      info: Optional[FeatInfo] = None) -> FeatInfo:
+def check_loss_inputs(
+    feats, ce, beta, lambda_, distance, eps, algo, pair_cap, info: Optional[FeatInfo] = None
+) -> FeatInfo:
     """Every argument of ssa_loss (cheap checks only: no kernel runs); ``info``: feats'
     check_feats, where the caller has it."""
     info = check_feats(feats) if info is None else info
@@ -238,8 +257,10 @@ def _C_constant(name: str):
     if lib is None:
         return None
     if not hasattr(lib, name):
-        raise ImportError(f"mtut_ops._C lacks {name}: it was built from older sources; rebuild it "
-                          "(python setup.py build_ext --inplace, or make build)")
+        raise ImportError(
+            f"mtut_ops._C lacks {name}: it was built from older sources; rebuild it "
+            "(python setup.py build_ext --inplace, or make build)"
+        )
     return getattr(lib, name)
 
 
@@ -253,8 +274,9 @@ AUTO_FACTORS["triton"] = AUTO_FACTORS["cuda"]
 SAVED_ALIGN = _C_constant("SAVED_ALIGN")
 
 
-def resolve_algo(algo: str, d: int, channels: Sequence[int], backend: str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> str:
+def resolve_algo(
+    algo: str, d: int, channels: Sequence[int], backend: str = "cpu", dtype: torch.dtype = torch.float32
+) -> str:
     """'direct' or 'gram'; 'auto' by the FLOP rule of ``backend``'s device (``AUTO_FACTORS``).
 
     Per sample, with C = sum(channels) and P = M(M-1)/2 pairs, the direct algorithm costs

@@ -11,6 +11,7 @@ Without the compiled library (``_extension._HAS_OPS`` false: ``_C`` missing or b
 another torch) only "reference" runs; asking for any other backend, or for the default,
 raises ExtensionUnavailableError with the reason (``_extension._require_ops``).
 """
+
 from __future__ import annotations
 
 import importlib.util

@@ -1,4 +1,5 @@
 """The functional API: validated wrappers over the ops, dispatched through one backend table."""
+
 from __future__ import annotations
 
 import functools
@@ -43,8 +44,12 @@ def _reference_ops() -> _Ops:
 def _native_ops() -> _Ops:
     """The C++ ops: the cpu kernels for CPU tensors, the cuda kernels for CUDA tensors."""
     ops = torch.ops.mtut
-    return _Ops(pairwise_sqdist=ops.pairwise_sqdist, ssa_loss=ops.ssa_loss, correlation=ops.correlation,
-                focal_weight=ops.focal_weight)
+    return _Ops(
+        pairwise_sqdist=ops.pairwise_sqdist,
+        ssa_loss=ops.ssa_loss,
+        correlation=ops.correlation,
+        focal_weight=ops.focal_weight,
+    )
 
 
 def _triton_ops() -> _Ops:
@@ -74,6 +79,7 @@ def _stack_ce(ce_losses: Losses, info: V.FeatInfo) -> torch.Tensor:
                 f"mtut: ce_losses must be a tensor [M, N] or a list of M = {info.M} tensors [N], "
                 f"got a {type(ce_losses).__name__} of {len(ce_losses)}"
             )
+
         def message():
             shapes = [list(c.shape) for c in ce_losses]
             return f"mtut: each of ce_losses must have shape [N] = [{info.N}], got shapes {shapes}"

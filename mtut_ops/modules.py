@@ -1,4 +1,5 @@
 """nn.Module wrappers over mtut_ops.functional."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

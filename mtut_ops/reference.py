@@ -3,9 +3,11 @@
 It materializes the d x d correlation matrices K_m, so it is only for small inputs (and
 for fp64 checks). Every function works in the dtype of its inputs.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -45,8 +47,9 @@ def rms_distance(S: torch.Tensor, d: int) -> torch.Tensor:
     return torch.where(S == 0, torch.zeros_like(S), S).sqrt() / d
 
 
-def capped_term(rho: torch.Tensor, S: torch.Tensor, delta: torch.Tensor, lambda_: float,
-                pair_cap: Optional[float]) -> torch.Tensor:
+def capped_term(
+    rho: torch.Tensor, S: torch.Tensor, delta: torch.Tensor, lambda_: float, pair_cap: Optional[float]
+) -> torch.Tensor:
     """lambda mean_b(rho delta) over dim 0, min(., pair_cap). A capped term is the constant
     pair_cap (no gradient), its rho selected to 0 before anything multiplies it: an overflowed
     rho (inf) times a zero gradient would be NaN. As clamp(max=cap): the gradient passes where
@@ -64,16 +67,24 @@ def weighted(rho: torch.Tensor, S: torch.Tensor, delta: torch.Tensor) -> torch.T
     return torch.where(S.detach() == 0, torch.zeros_like(rho), rho) * delta
 
 
-def ssa_loss_from_sqdist(S: torch.Tensor, ce: torch.Tensor, beta: float = 2.0, lambda_: float = 5e-3,
-                         distance: str = "rms", d: int = 1, pair_cap: Optional[float] = None) -> torch.Tensor:
+def ssa_loss_from_sqdist(
+    S: torch.Tensor,
+    ce: torch.Tensor,
+    beta: float = 2.0,
+    lambda_: float = 5e-3,
+    distance: str = "rms",
+    d: int = 1,
+    pair_cap: Optional[float] = None,
+) -> torch.Tensor:
     """The loss over given squared distances S [N, M, M]: lambda * sum_{m, n} mean_b(rho_mn[b]
     delta_mn[b]), each pair's term capped at pair_cap (rho_mm = 0: the diagonal adds 0)."""
     delta = rms_distance(S, d) if distance == "rms" else S
     return capped_term(focal_weight(ce, beta).to(S.dtype), S, delta, lambda_, pair_cap).sum()
 
 
-def pair_terms(S: torch.Tensor, ce: torch.Tensor, beta: float = 2.0, lambda_: float = 5e-3, distance: str = "rms",
-               d: int = 1) -> torch.Tensor:
+def pair_terms(
+    S: torch.Tensor, ce: torch.Tensor, beta: float = 2.0, lambda_: float = 5e-3, distance: str = "rms", d: int = 1
+) -> torch.Tensor:
     """The uncapped terms of ssa_loss_from_sqdist, [M, M]: lambda mean_b(rho_mn[b] delta_mn[b])."""
     delta = rms_distance(S, d) if distance == "rms" else S
     return lambda_ * weighted(focal_weight(ce, beta).to(S.dtype), S, delta).mean(0)

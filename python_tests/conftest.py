@@ -4,6 +4,7 @@ Tiers (Makefile): `make test` runs `-m "not deep"`, `make test-deep` runs `-m de
 is `deep` when marked so, or when it runs on the interpreted triton backend through
 `backend_device` (MTUT_TEST_BACKEND=triton; see pytest_collection_modifyitems).
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,11 @@ import mtut_ops
 # a local hunt for new examples.
 _QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large]
 settings.register_profile(
-    "ci", max_examples=int(os.environ.get("MTUT_HYPOTHESIS_EXAMPLES", "30")), deadline=None,
-    suppress_health_check=_QUIET, derandomize=True,
+    "ci",
+    max_examples=int(os.environ.get("MTUT_HYPOTHESIS_EXAMPLES", "30")),
+    deadline=None,
+    suppress_health_check=_QUIET,
+    derandomize=True,
 )
 settings.register_profile("deep", max_examples=200, deadline=None, suppress_health_check=_QUIET, derandomize=True)
 settings.register_profile("dev", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -82,8 +86,11 @@ def pytest_collection_modifyitems(config, items):
             continue
         item.add_marker(pytest.mark.interpreted)
         # (the attribute @given sets: hypothesis's own marker comes after this hook, with -m's selection)
-        if (item.path.name not in _TRITON_FAST_MODULES or getattr(item.obj, "is_hypothesis_test", False)
-                or item.originalname in _TRITON_DEEP_TESTS):
+        if (
+            item.path.name not in _TRITON_FAST_MODULES
+            or getattr(item.obj, "is_hypothesis_test", False)
+            or item.originalname in _TRITON_DEEP_TESTS
+        ):
             item.add_marker(pytest.mark.deep)
 
 

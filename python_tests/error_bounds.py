@@ -61,6 +61,7 @@ pair terms (M^2 - 1) u of their absolute sum. So
 and 1 / (2 sqrt(S)) (sqrt, the factor 2 exact, the reciprocal or division, the product):
     |g' - g| <= gamma_{12 + 2 x_max} |g|   element-wise.
 """
+
 from __future__ import annotations
 
 import torch
@@ -112,8 +113,9 @@ def tf32(x: torch.Tensor, truncate: bool = False) -> torch.Tensor:
     return ((bits if truncate else bits + 0x1000) & ~0x1FFF).view(torch.float32)
 
 
-def cuda_operand_sqdist(feats: list[torch.Tensor], algo: str, stage=None, eps: float = 1e-8,
-                        truncate: bool = False) -> torch.Tensor:
+def cuda_operand_sqdist(
+    feats: list[torch.Tensor], algo: str, stage=None, eps: float = 1e-8, truncate: bool = False
+) -> torch.Tensor:
     """The exact S (float64) of the operands the cuda kernels' products see (csrc/cuda/ssa_cuda.cu).
 
     stage: None (operands exact: fp64 and fp32 inputs, fp16 inputs, and bf16 inputs where
@@ -170,7 +172,9 @@ def bf16_backward_bound(feats: list[torch.Tensor], weight: torch.Tensor, algo: s
     for m in range(M):
         c = [(-4 * w[:, m, n]) if n != m else 4 * (w[:, m].sum(1) - w[:, m, m]) for n in range(M)]
         if algo == "gram":
-            e = sum(u * c[n].abs()[:, None, None] * ((xh[m] @ xh[n].transpose(1, 2)).abs() @ xh[n].abs()) for n in range(M))
+            e = sum(
+                u * c[n].abs()[:, None, None] * ((xh[m] @ xh[n].transpose(1, 2)).abs() @ xh[n].abs()) for n in range(M)
+            )
         else:
             E = sum(c[n][:, None, None] * (xh[n].transpose(1, 2) @ xh[n]) for n in range(M))
             e = u * (xh[m].abs() @ E.abs())
@@ -199,8 +203,16 @@ def exact_sqdist(rows: list[torch.Tensor]) -> torch.Tensor:
     return _sqdist_of([r.transpose(1, 2) @ r for r in rows])
 
 
-def loss_from_sqdist_bounds(S: torch.Tensor, ce: torch.Tensor, beta: float, lambda_: float, distance: str, d: int,
-                            dtype: torch.dtype, reference_dtype: torch.dtype = torch.float64) -> tuple:
+def loss_from_sqdist_bounds(
+    S: torch.Tensor,
+    ce: torch.Tensor,
+    beta: float,
+    lambda_: float,
+    distance: str,
+    d: int,
+    dtype: torch.dtype,
+    reference_dtype: torch.dtype = torch.float64,
+) -> tuple:
     """(bound on |L' - L|, relative bound on each entry of dL/dS) for ssa_loss_from_sqdist in
     ``dtype`` (float32 or float64) against the loss of the same S and ce computed in
     ``reference_dtype`` (module docstring). A reference in the same dtype carries the same
@@ -234,7 +246,9 @@ def assert_cuda_grads_within_bound(grads, ref, feats, ce, algo: str, dtype: torc
     rel = grad_rtol(channels, d, torch.float32, algo, S_ref, S_err)
     if dtype == torch.bfloat16:
         S_leaf = S_ref.clone().requires_grad_()
-        (weight,) = torch.autograd.grad(torch.ops.mtut.ssa_loss_from_sqdist(S_leaf, ce, 2.0, 0.5, "rms", d, None), S_leaf)
+        (weight,) = torch.autograd.grad(
+            torch.ops.mtut.ssa_loss_from_sqdist(S_leaf, ce, 2.0, 0.5, "rms", d, None), S_leaf
+        )
         rounded = bf16_backward_bound([f.double() for f in feats], weight, algo)
     else:
         rounded = [torch.zeros(f.shape, dtype=torch.float64) for f in feats]

@@ -6,6 +6,7 @@ float32 (u = 2^-24); where the cuda kernels round product operands on purpose (b
 inputs; TF32 when torch allows it), their results are compared with the exact S of those
 operands under the float32 bound.
 """
+
 from __future__ import annotations
 
 import pytest

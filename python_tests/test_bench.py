@@ -1,6 +1,7 @@
 """The benchmark code itself: the expert baseline computes the loss of the spec, the harness
 refuses implementations that disagree, its statistics and work counts are right, and the
 GPU performance model's arithmetic matches a hand computation. Tiny shapes: seconds."""
+
 from __future__ import annotations
 
 import math
@@ -9,7 +10,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import mtut_ops
 from bench import bench_ssa as B
 from bench import gpu_model as G
 from bench.baselines import expert_gram_ssa_loss, mmpose_ssa_loss
@@ -25,8 +25,12 @@ def _pair_terms(feats, ce, lambda_=5e-3):
     rho = R.focal_weight(ce)
     d = math.prod(feats[0].shape[2:])
     M = len(feats)
-    return {(m, n): lambda_ * (rho[:, m, n] * S[:, m, n].sqrt() / d).mean().item()
-            for m in range(M) for n in range(M) if m != n}
+    return {
+        (m, n): lambda_ * (rho[:, m, n] * S[:, m, n].sqrt() / d).mean().item()
+        for m in range(M)
+        for n in range(M)
+        if m != n
+    }
 
 
 @pytest.mark.parametrize("M", [2, 3])
@@ -112,7 +116,10 @@ def _wrong_both_ways(feats, ce):
     c = feats[0].size(1)
     H = X @ X.transpose(1, 2)
     d = X.size(2)
-    t = [[H[:, i * c:(i + 1) * c, j * c:(j + 1) * c].double().square().sum((1, 2)) for j in range(2)] for i in range(2)]
+    t = [
+        [H[:, i * c : (i + 1) * c, j * c : (j + 1) * c].double().square().sum((1, 2)) for j in range(2)]
+        for i in range(2)
+    ]
     total = 0
     for m, n in ((0, 1), (1, 0)):
         rho = torch.exp(2 * (ce[m] - ce[n]).clamp(min=0)) - 1
@@ -123,11 +130,15 @@ def _wrong_both_ways(feats, ce):
 
 def test_run_shape_refuses_a_disagreeing_implementation_and_times_the_rest(capsys):
     shape = B.Shape("tiny", 3, (12, 12), (5, 6))
-    impls = {k: v for k, v in B.impl_table(torch.device("cpu")).items()
-             if k in ("mmpose-eager", "expert-eager", "mtut-cpu-gram", "mtut-cpu-direct")}
+    impls = {
+        k: v
+        for k, v in B.impl_table(torch.device("cpu")).items()
+        if k in ("mmpose-eager", "expert-eager", "mtut-cpu-gram", "mtut-cpu-direct")
+    }
     impls["wrong-both-ways"] = B.Impl("wrong-both-ways", "expert", lambda: _wrong_both_ways)
-    impls["wrong-lambda"] = B.Impl("wrong-lambda", "expert",
-                                   lambda: (lambda f, ce: expert_gram_ssa_loss(f, ce, lambda_=5.1e-3)))
+    impls["wrong-lambda"] = B.Impl(
+        "wrong-lambda", "expert", lambda: lambda f, ce: expert_gram_ssa_loss(f, ce, lambda_=5.1e-3)
+    )
     args = SimpleNamespace(naive_limit_gb=1.0, max_gflop=1e9, warmup=1, repeats=4, min_repeats=3, max_seconds=60.0)
     rows, record = B.run_shape(B.Meter(torch.device("cpu")), shape, "float32", impls, args, log=lambda s: None)
     by = {r.impl: r for r in rows}
@@ -257,8 +268,9 @@ def test_gpu_check_dry_run(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, GPU_PYTHON=sys.executable, GPU_CHECK_OUT=str(tmp_path), OMP_WAIT_POLICY="passive")
-    proc = subprocess.run(["bash", "tools/gpu_check.sh", "--dry-run"], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        ["bash", "tools/gpu_check.sh", "--dry-run"], cwd=root, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "=== gpu-check: passed" in proc.stdout
     torch_md = (tmp_path / "calibrate-torch.md").read_text()

@@ -3,6 +3,7 @@
 The rest of the suite runs every op test on CUDA too (conftest.FUSED); the kernels'
 logic is also checked on the CPU through the emulation (test_cuda_emulated.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -99,10 +100,13 @@ def test_half_inputs_with_1024_channels_stay_finite(algo, dtype):
     assert torch.isfinite(loss) and all(torch.isfinite(f.grad).all() for f in fs)
 
 
-@pytest.mark.parametrize("algo, channels, spatial", [
-    ("direct", [256, 256], [4, 7, 7]),
-    ("gram", [64, 64], [16, 16, 16]),  # d = 4096: the blocks' at::bmm, on torch's TF32 choice
-])
+@pytest.mark.parametrize(
+    "algo, channels, spatial",
+    [
+        ("direct", [256, 256], [4, 7, 7]),
+        ("gram", [64, 64], [16, 16, 16]),  # d = 4096: the blocks' at::bmm, on torch's TF32 choice
+    ],
+)
 def test_tf32_only_when_torch_allows_it(algo, channels, spatial):
     d = math.prod(spatial)
     feats = [f.to("cuda", torch.float32) for f in make_feats(2, channels, spatial, seed=4 if algo == "direct" else 5)]

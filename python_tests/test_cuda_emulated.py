@@ -13,6 +13,7 @@ Tolerances: the bounds of python_tests/error_bounds.py, against the exact S of t
 operands the products see (error_bounds.cuda_operand_sqdist: the reference itself, except
 the direct algorithm's bf16-rounded left operand).
 """
+
 from __future__ import annotations
 
 import os
@@ -69,8 +70,9 @@ class Emulated:
         args.update(loss_args)
         S, saved = self.ops.sqdist_forward(feats, EPS, algo, True, True)  # as autograd would: blocks kept
         S.requires_grad_()
-        L = torch.ops.mtut.ssa_loss_from_sqdist(S, ce, args["beta"], args["lambda_"], args["distance"],
-                                                feats[0][0, 0].numel(), args["pair_cap"])
+        L = torch.ops.mtut.ssa_loss_from_sqdist(
+            S, ce, args["beta"], args["lambda_"], args["distance"], feats[0][0, 0].numel(), args["pair_cap"]
+        )
         (weight,) = torch.autograd.grad(L, S)
         needs = [True] * len(feats) if needs_grad is None else needs_grad
         # the promise mtut::ssa_loss's backward makes (the lowest-ce modality teaches, never learns)
@@ -94,7 +96,9 @@ def operands_of(dtype):
 
 
 @pytest.mark.parametrize("algo", ["direct", "gram"])
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"N{s[0]}-C{'.'.join(map(str, s[1]))}-S{'x'.join(map(str, s[2]))}")
+@pytest.mark.parametrize(
+    "shape", SHAPES, ids=lambda s: f"N{s[0]}-C{'.'.join(map(str, s[1]))}-S{'x'.join(map(str, s[2]))}"
+)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
 def test_pairwise_sqdist(emulated, algo, shape, dtype):
     N, channels, spatial = shape
@@ -129,8 +133,9 @@ def test_zero_rows_and_nan(emulated):
     feats = make_feats(1, [3, 4], [2, 3], seed=2)
     feats[0][0, 1] = 0  # a zero row: scale 1 / eps, xh = 0
     for algo in ("direct", "gram"):
-        torch.testing.assert_close(emulated.pairwise_sqdist(feats, EPS, algo), R.pairwise_sqdist(feats),
-                                   rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            emulated.pairwise_sqdist(feats, EPS, algo), R.pairwise_sqdist(feats), rtol=1e-12, atol=1e-12
+        )
     feats[1][0, 2, 1, 1] = float("nan")
     for algo in ("direct", "gram"):
         assert emulated.pairwise_sqdist(feats, EPS, algo)[0, 0, 1].isnan()
@@ -205,7 +210,7 @@ def test_backward_reads_the_forwards_row_norms(emulated, algo):
     assert all(torch.equal(a, b) for a, b in zip(kept, again))
     scales = saved.shape[1] - 64 + 12  # the scales of both modalities (after their 12 norms)
     tampered = saved.clone()
-    tampered[:, scales:scales + 12] *= 2
+    tampered[:, scales : scales + 12] *= 2
     changed = emulated.ops.sqdist_backward(feats, tampered, weight, EPS, algo, [True, True])
     assert not any(torch.equal(a, b) for a, b in zip(changed, kept))
 
@@ -224,13 +229,13 @@ def test_forward_writes_every_entry(emulated, algo, dtype):
     assert not S.isnan().any() and torch.equal(S.diagonal(dim1=1, dim2=2), torch.zeros_like(S[:, 0]))
     assert saved.shape == (2, V.saved_width(channels, algo, "cuda")) and not saved.isnan().any()
     rows = sum(channels)
-    tail = saved[:, saved.shape[1] - V.saved_width(channels, "direct", "cuda"):]
+    tail = saved[:, saved.shape[1] - V.saved_width(channels, "direct", "cuda") :]
     r = torch.cat([f.reshape(2, c, -1).double() for f, c in zip(feats, channels)], dim=1).norm(dim=2)
     # fp64 sums of d = 35 squares in another order, sqrt and 1/r, then one rounding to saved's dtype
-    rtol = torch.finfo(saved.dtype).eps / 2 + (35 + 2) * 2.0 ** -53
+    rtol = torch.finfo(saved.dtype).eps / 2 + (35 + 2) * 2.0**-53
     torch.testing.assert_close(tail[:, :rows].double(), r, rtol=rtol, atol=0)
-    torch.testing.assert_close(tail[:, rows:2 * rows].double(), 1 / r, rtol=rtol, atol=0)
-    assert torch.equal(tail[:, 2 * rows:], torch.zeros_like(tail[:, 2 * rows:]))
+    torch.testing.assert_close(tail[:, rows : 2 * rows].double(), 1 / r, rtol=rtol, atol=0)
+    assert torch.equal(tail[:, 2 * rows :], torch.zeros_like(tail[:, 2 * rows :]))
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "padded_rows"])
@@ -286,9 +291,9 @@ def test_long_rows_in_segments(emulated, algo):
     feats = make_feats(2, [4, 4], [2100], seed=15)
     S, saved = emulated.ops.sqdist_forward(feats, EPS, algo, True, True)
     assert_sqdist_matches_reference(S, feats)
-    tail = saved[:, saved.shape[1] - V.saved_width([4, 4], "direct", "cuda"):]
+    tail = saved[:, saved.shape[1] - V.saved_width([4, 4], "direct", "cuda") :]
     r = torch.cat([f.reshape(2, 4, -1) for f in feats], dim=1).norm(dim=2)
-    torch.testing.assert_close(tail[:, :8], r, rtol=(2100 + 2) * 2.0 ** -53, atol=0)
+    torch.testing.assert_close(tail[:, :8], r, rtol=(2100 + 2) * 2.0**-53, atol=0)
     ce = make_ce(2, 2, seed=6)
     ref = leaf(feats)
     R.ssa_loss(ref, ce, lambda_=0.5).backward()
@@ -455,11 +460,13 @@ def test_student_promise_broken_or_nan(emulated, algo):
     weight[0, 2] = 0  # and modality 2 is nobody's student: modality 1 is its only student
     none = torch.empty(0, dtype=torch.float64)
     every = emulated.ops.sqdist_backward(feats, none, weight, EPS, algo, [True] * M, 0)
+
     def same(a, b):  # the same bits, NaN where NaN
         return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(0), b.nan_to_num(0))
 
-    assert all(same(a, b) for a, b in zip(every, emulated.ops.sqdist_backward(
-        feats, none, weight, EPS, algo, [True] * M, M)))
+    assert all(
+        same(a, b) for a, b in zip(every, emulated.ops.sqdist_backward(feats, none, weight, EPS, algo, [True] * M, M))
+    )
     one = emulated.ops.sqdist_backward(feats, none, weight, EPS, algo, [True] * M, 1)
     assert one[0][0].isnan().all() and every[0][0].isnan().all()
     assert torch.equal(one[1][0], every[1][0]) and one[1][0].abs().sum() > 0
@@ -476,22 +483,25 @@ def with_storage_offset(f):
     return flat[1:].view(f.shape)
 
 
-@pytest.mark.parametrize("case, algo, dtype, spatial, unaligned", [
-    # C d = 4 x 75: the bf16 gradient's sample stride and rows, 150 bytes
-    ("odd_cd", "gram", torch.bfloat16, [3, 25], "gram students"),
-    ("odd_cd_control", "gram", torch.bfloat16, [4, 20], None),  # C d = 4 x 80: aligned, the folded path
-    # the user's maps are the right operands of the fp64 gram student products, the left ones
-    # of the direct ones; the bf16 gram products read the stacked copy instead
-    ("storage_offset", "gram", torch.float64, [4, 20], "gram students"),
-    ("storage_offset", "direct", torch.float64, [4, 20], "direct students"),
-    ("storage_offset", "gram", torch.bfloat16, [4, 20], None),
-    # d = 70 in strips of 8 rows (the emulated budget, 5 rows, rounded up): the offsets i0 of
-    # every strip and the last strip's E (6 rows: 840 bytes a sample in bf16, padded) are
-    # aligned, so the products run
-    ("last_strip", "direct", torch.float64, [2, 35], None),
-    ("last_strip", "direct", torch.bfloat16, [2, 35], None),
-    ("last_strip", "direct", torch.float32, [4, 19], None),
-])
+@pytest.mark.parametrize(
+    "case, algo, dtype, spatial, unaligned",
+    [
+        # C d = 4 x 75: the bf16 gradient's sample stride and rows, 150 bytes
+        ("odd_cd", "gram", torch.bfloat16, [3, 25], "gram students"),
+        ("odd_cd_control", "gram", torch.bfloat16, [4, 20], None),  # C d = 4 x 80: aligned, the folded path
+        # the user's maps are the right operands of the fp64 gram student products, the left ones
+        # of the direct ones; the bf16 gram products read the stacked copy instead
+        ("storage_offset", "gram", torch.float64, [4, 20], "gram students"),
+        ("storage_offset", "direct", torch.float64, [4, 20], "direct students"),
+        ("storage_offset", "gram", torch.bfloat16, [4, 20], None),
+        # d = 70 in strips of 8 rows (the emulated budget, 5 rows, rounded up): the offsets i0 of
+        # every strip and the last strip's E (6 rows: 840 bytes a sample in bf16, padded) are
+        # aligned, so the products run
+        ("last_strip", "direct", torch.float64, [2, 35], None),
+        ("last_strip", "direct", torch.bfloat16, [2, 35], None),
+        ("last_strip", "direct", torch.float32, [4, 19], None),
+    ],
+)
 def test_unaligned_pointer_products_take_aten(emulated, case, algo, dtype, spatial, unaligned):
     """A student product (cublasGemmBatchedEx, pointers formed on the GPU) runs only where
     the host has proven every pointer and leading dimension 16-byte aligned; otherwise the
@@ -561,8 +571,9 @@ def test_products_run_in_the_input_precision(emulated, algo, dtype):
     fp64 inputs, their own dtype (fp32 becomes TF32 in cuBLAS exactly when torch allows it)."""
     feats = [f.to(dtype) for f in make_feats(2, [6, 9], [5, 7], seed=6)]
     emulated.ops.take_gemm_log()
-    emulated.ssa_loss_grads(feats, make_ce(2, 2, seed=3).to(torch.float64 if dtype == torch.float64 else torch.float32),
-                            algo)
+    emulated.ssa_loss_grads(
+        feats, make_ce(2, 2, seed=3).to(torch.float64 if dtype == torch.float64 else torch.float32), algo
+    )
     log = emulated.ops.take_gemm_log()
     name = {torch.bfloat16: "BFloat16", torch.float16: "Half", torch.float32: "Float", torch.float64: "Double"}[dtype]
     out = "Double" if dtype == torch.float64 else "Float"

@@ -1,4 +1,5 @@
 """Edge cases of docs/design.md §6: d = 1, N = 1, zero rows, identical inputs, NaN, determinism."""
+
 from __future__ import annotations
 
 import warnings
@@ -38,7 +39,10 @@ def test_zero_channel_rows_follow_the_eps_rule(backend_device, algo):
     ce = make_ce(2, 2, device=device)
     ours, ref = leaf(feats), leaf([f.cpu() for f in feats])
     torch.testing.assert_close(
-        mtut_ops.pairwise_sqdist(feats, algo=algo, backend=backend).cpu(), R.pairwise_sqdist(ref), rtol=1e-10, atol=1e-12
+        mtut_ops.pairwise_sqdist(feats, algo=algo, backend=backend).cpu(),
+        R.pairwise_sqdist(ref),
+        rtol=1e-10,
+        atol=1e-12,
     )
     L = mtut_ops.ssa_loss(ours, ce, lambda_=0.5, algo=algo, backend=backend)
     Lr = R.ssa_loss(ref, ce.cpu(), lambda_=0.5)
@@ -119,7 +123,9 @@ def test_module_matches_functional():
     feats, ce = make_feats(2, [6, 6], [2, 3]), make_ce(2, 2)
     crit = mtut_ops.SSALoss(beta=1.5, lambda_=0.1, distance="fro2", pair_cap=5.0)
     assert "fro2" in repr(crit) and "pair_cap=5.0" in repr(crit)
-    torch.testing.assert_close(crit(feats, ce), mtut_ops.ssa_loss(feats, ce, beta=1.5, lambda_=0.1, distance="fro2", pair_cap=5.0))
+    torch.testing.assert_close(
+        crit(feats, ce), mtut_ops.ssa_loss(feats, ce, beta=1.5, lambda_=0.1, distance="fro2", pair_cap=5.0)
+    )
     # ce_losses may also be a list of per-modality [N] losses.
     torch.testing.assert_close(crit(feats, list(ce)), crit(feats, ce))
 
@@ -166,8 +172,9 @@ def test_capped_term_sends_exactly_zero_gradient_at_any_gap(backend_device, whic
     assert ref[0].grad.abs().max().item() == 0.0
     tol = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(fs[1].grad.cpu().double(), ref[1].grad, **tol)
-    torch.testing.assert_close(L.cpu().double() - 10.0, R.ssa_loss([r.detach() for r in ref], ce_other, distance=distance),
-                               **tol)
+    torch.testing.assert_close(
+        L.cpu().double() - 10.0, R.ssa_loss([r.detach() for r in ref], ce_other, distance=distance), **tol
+    )
 
 
 @pytest.mark.parametrize("which", GAP_BACKENDS)

@@ -1,4 +1,5 @@
 """Bad input gets a clear error naming the argument, from the API and from torch.ops.mtut alike."""
+
 from __future__ import annotations
 
 import pytest
@@ -20,7 +21,13 @@ BAD_LOSS_INPUTS = {
     "integer feats": ([F2[0], F2[1].long()], CE, {}, TypeError, r"feats\[1\] must be a floating-point"),
     "complex feats": ([F2[0].cfloat(), F2[1].cfloat()], CE, {}, TypeError, r"feats\[0\] must be a floating-point"),
     "dtypes differ": ([F2[0], F2[1].float()], CE, {}, TypeError, r"feats\[1\] has dtype"),
-    "1-d feats": ([F2[0], torch.randn(4, dtype=torch.float64)], CE, {}, ValueError, r"feats\[1\] must have shape \[N, C, \*S\]"),
+    "1-d feats": (
+        [F2[0], torch.randn(4, dtype=torch.float64)],
+        CE,
+        {},
+        ValueError,
+        r"feats\[1\] must have shape \[N, C, \*S\]",
+    ),
     "empty feats": ([F2[0], torch.randn(2, 0, 2, 3, dtype=torch.float64)], CE, {}, ValueError, r"feats\[1\] is empty"),
     "ce transposed": (F2, make_ce(2, 3).t(), {}, ValueError, r"{ce} must have shape \[M, N\] = \[2, 2\]"),
     "ce 1-d": (F2, CE.flatten(), {}, ValueError, r"{ce} must have shape \[M, N\]"),
@@ -75,8 +82,15 @@ def test_torch_ops_rejects_bad_weight_and_grad():
         torch.ops.mtut.sqdist_backward(F2, torch.zeros(2, 5), torch.zeros(2, 2, 2), 1e-8, "gram", [True, True])
     for device in ("cpu", "meta"):  # the kernels and the fake
         with pytest.raises(ValueError, match=r"students must be >= 0 \(0: any number of modalities per sample"):
-            torch.ops.mtut.sqdist_backward([f.to(device) for f in F2], none.to(device),
-                                           torch.zeros(2, 2, 2, device=device), 1e-8, "gram", [True, True], -1)
+            torch.ops.mtut.sqdist_backward(
+                [f.to(device) for f in F2],
+                none.to(device),
+                torch.zeros(2, 2, 2, device=device),
+                1e-8,
+                "gram",
+                [True, True],
+                -1,
+            )
     with pytest.raises(ValueError, match=r"grad must have shape \[N, d, d\]"):
         torch.ops.mtut.correlation_backward(torch.zeros(2, 3, 3), F2[0], 1e-8)
     with pytest.raises(ValueError, match=r"ce must have shape \[M, N\] with M >= 2"):
@@ -124,7 +138,10 @@ def test_backend_fast_path_chooses_as_the_list(monkeypatch, interpret, triton_op
 
     for device in (torch.device("cpu"), torch.device("cuda"), torch.device("meta")):
         for backend in (None, *B.BACKENDS, "tpu"):
-            assert outcome(B.pick_backend, backend, device) == outcome(B._pick_listed, backend, device), (backend, device)
+            assert outcome(B.pick_backend, backend, device) == outcome(B._pick_listed, backend, device), (
+                backend,
+                device,
+            )
 
 
 def test_module_rejects_bad_config():

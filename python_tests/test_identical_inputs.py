@@ -18,6 +18,7 @@ here; with MTUT_TEST_BACKEND=triton (and TRITON_INTERPRET=1 without a GPU) it is
 which test_triton_backend_under_the_interpreter runs in a subprocess (deep tier); the CUDA kernels
 run on the CPU through the emulation of test_cuda_emulated.py.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -103,11 +104,15 @@ def _scale_for(dtype, scale_exp):
 def _random_weight(N, M, gen, scale_exp):
     """Positive weights (dL/dS), some as large as a focal weight near the cap makes them."""
     mag = torch.rand(N, M, M, generator=gen, dtype=torch.float64) * scale_exp
-    return (10.0 ** mag) * torch.rand(N, M, M, generator=gen, dtype=torch.float64)
+    return (10.0**mag) * torch.rand(N, M, M, generator=gen, dtype=torch.float64)
 
 
-@given(case=identical_case(), algo=st.sampled_from(["direct", "gram"]), scale_exp=st.sampled_from([0.0, 5.0, 11.0]),
-       seed=st.integers(0, 2**16))
+@given(
+    case=identical_case(),
+    algo=st.sampled_from(["direct", "gram"]),
+    scale_exp=st.sampled_from([0.0, 5.0, 11.0]),
+    seed=st.integers(0, 2**16),
+)
 def test_op_identical_pair_adds_exactly_zero(case, algo, scale_exp, seed):
     feats, i, j = case
     forward, backward = _ops()
@@ -129,8 +134,15 @@ CAPS = st.sampled_from([None, 1e-3, 10.0])
 
 
 @pytest.mark.parametrize("backend", LOSS_BACKENDS)
-@given(case=identical_case(max_m=2), algo=st.sampled_from(["direct", "gram"]), distance=st.sampled_from(["rms", "fro2"]),
-       gap=GAPS, cap=CAPS, ce_dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2**16))
+@given(
+    case=identical_case(max_m=2),
+    algo=st.sampled_from(["direct", "gram"]),
+    distance=st.sampled_from(["rms", "fro2"]),
+    gap=GAPS,
+    cap=CAPS,
+    ce_dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=st.integers(0, 2**16),
+)
 def test_loss_of_identical_maps_is_exactly_zero(backend, case, algo, distance, gap, cap, ce_dtype, seed):
     feats, _, _ = case
     feats = [f.detach().requires_grad_() for f in feats]
@@ -146,8 +158,14 @@ def test_loss_of_identical_maps_is_exactly_zero(backend, case, algo, distance, g
         assert torch.count_nonzero(f.grad) == 0, f"{backend} {algo}: max |grad feats[{m}]| {f.grad.abs().max():.3g}"
 
 
-@given(case=identical_case(), algo=st.sampled_from(["direct", "gram"]), distance=st.sampled_from(["rms", "fro2"]),
-       gap=GAPS, cap=CAPS, seed=st.integers(0, 2**16))
+@given(
+    case=identical_case(),
+    algo=st.sampled_from(["direct", "gram"]),
+    distance=st.sampled_from(["rms", "fro2"]),
+    gap=GAPS,
+    cap=CAPS,
+    seed=st.integers(0, 2**16),
+)
 def test_loss_gradient_has_nothing_from_the_identical_pair(case, algo, distance, gap, cap, seed):
     """ssa_loss's gradient is the op's with the identical pair's weights zeroed, bit for bit.
     Uncapped, the gaps stay where rho is finite (an uncapped overflow is inf by design)."""
@@ -215,11 +233,27 @@ def test_triton_backend_under_the_interpreter():
     """This file with the triton backend, interpreted on the CPU (a subprocess: TRITON_INTERPRET
     must be set before triton builds the kernels); fewer examples, the interpreter is slow."""
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "MTUT_REGISTER_TRITON")}
-    env.update(TRITON_INTERPRET="1", MTUT_TEST_BACKEND="triton", MTUT_HYPOTHESIS_EXAMPLES="6",
-               OMP_WAIT_POLICY="passive")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
-                           "not under_the_interpreter and not emulated"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=1200)
+    env.update(
+        TRITON_INTERPRET="1", MTUT_TEST_BACKEND="triton", MTUT_HYPOTHESIS_EXAMPLES="6", OMP_WAIT_POLICY="passive"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            __file__,
+            "-k",
+            "not under_the_interpreter and not emulated",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-4000:]
 
 
@@ -232,8 +266,9 @@ def test_cuda_emulated_loss_kernels_capped_and_zero_terms(emulated, dtype, dista
     of 40-1000 nats (rho overflows past ~44.4 in float32, ~354.9 in float64). Pair (0, 1) is
     capped and pair (0, 2) has S == 0: both send exactly 0, never NaN; the loss is the cap
     plus the one finite term (2, 1), within error_bounds.loss_from_sqdist_bounds of fp64."""
-    from .error_bounds import loss_from_sqdist_bounds
     from mtut_ops import reference as R
+
+    from .error_bounds import loss_from_sqdist_bounds
 
     N, M, d, beta, lambda_, cap = 3, 3, 16, 2.0, 5e-3, 10.0
     g = torch.Generator().manual_seed(int(gap))

@@ -3,6 +3,7 @@
 Each case runs in a fresh process and reports how far forward + backward raised the
 process's peak resident memory above what it held before (inputs included).
 """
+
 from __future__ import annotations
 
 import json

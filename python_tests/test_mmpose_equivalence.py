@@ -1,4 +1,5 @@
 """The defaults reproduce the published mmpose formulation (and the eager Gram baseline agrees)."""
+
 from __future__ import annotations
 
 import pytest

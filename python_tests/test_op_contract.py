@@ -8,6 +8,7 @@ that a way of calling changes nothing, bit for bit with the plain eager call.
 Under the triton interpreter (make test-triton-interp: TRITON_INTERPRET=1 and
 MTUT_TEST_BACKEND=triton) the same tests run on the triton backend.
 """
+
 from __future__ import annotations
 
 import collections
@@ -73,8 +74,17 @@ def test_autocast_changes_nothing(backend_device, algo, dtype):
 
 def test_autocast_kernels_are_registered():
     """Every C++ op has its autocast kernel on CPU and CUDA (checked without a GPU)."""
-    for op in ("correlation", "correlation_backward", "sqdist_forward", "sqdist_backward", "pairwise_sqdist",
-               "focal_weight", "ssa_loss_from_sqdist", "ssa_loss_from_sqdist_backward", "ssa_loss"):
+    for op in (
+        "correlation",
+        "correlation_backward",
+        "sqdist_forward",
+        "sqdist_backward",
+        "pairwise_sqdist",
+        "focal_weight",
+        "ssa_loss_from_sqdist",
+        "ssa_loss_from_sqdist_backward",
+        "ssa_loss",
+    ):
         for key in ("AutocastCPU", "AutocastCUDA"):
             assert torch._C._dispatch_has_kernel_for_dispatch_key(f"mtut::{op}", key), (op, key)
 
@@ -120,7 +130,9 @@ def test_compile_dynamic_shapes_one_graph(backend_device, algo):
     counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
     step = torch.compile(
         lambda fs, ce: mtut_ops.ssa_loss(fs, ce, lambda_=0.5, algo=algo, pair_cap=10.0, backend=backend),
-        fullgraph=True, dynamic=True, backend=counter,
+        fullgraph=True,
+        dynamic=True,
+        backend=counter,
     )
     # (N, C, spatial): all in auto's direct regime (d (C + 2) <= C^2); no two sizes of a call equal (duck
     # sizing would tie them) and none equal to M = 2
@@ -186,8 +198,9 @@ def test_vmap_folds_into_the_batch(backend_device):
         rho = torch.vmap(lambda c: mtut_ops.focal_weight(c, backend=backend))(ce)
     for i in range(B):
         torch.testing.assert_close(S[i].cpu(), R.pairwise_sqdist([xa[i].cpu(), xb[i].cpu()]), rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(L[i].cpu(), R.ssa_loss([xa[i].cpu(), xb[i].cpu()], ce[i].cpu(), lambda_=0.5),
-                                   rtol=1e-10, atol=1e-14)
+        torch.testing.assert_close(
+            L[i].cpu(), R.ssa_loss([xa[i].cpu(), xb[i].cpu()], ce[i].cpu(), lambda_=0.5), rtol=1e-10, atol=1e-14
+        )
         torch.testing.assert_close(K[i].cpu(), R.correlation(xa[i].cpu()), rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(rho[i].cpu(), R.focal_weight(ce[i].cpu()), rtol=1e-12, atol=0)
 
@@ -273,7 +286,7 @@ def test_empty_batch_is_rejected_alike_by_kernels_and_fakes(backend_device):
         "focal_weight": (lambda f, c: torch.ops.mtut.focal_weight(c, 2.0), r"N >= 1 samples"),
         "sqdist_forward": (lambda f, c: forward(f, 1e-8, "auto", True, False), r"feats\[0\] is empty"),
     }
-    for name, (call, pattern) in cases.items():
+    for call, pattern in cases.values():
         with pytest.raises(ValueError, match=pattern):
             call(feats, ce)
         with FakeTensorMode() as mode, pytest.raises(ValueError, match=pattern):

@@ -1,4 +1,5 @@
 """torch.library.opcheck on every op, gradcheck in fp64, torch.compile(fullgraph=True)."""
+
 from __future__ import annotations
 
 import pytest
@@ -22,8 +23,14 @@ def _opcheck_backward_op(op, args):
     """opcheck of a backward op: with differentiable inputs all but the AOT test (which
     would take its refused double backward), then everything on detached inputs."""
     torch.library.opcheck(op, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
-    detached = [[t.detach() for t in a] if isinstance(a, list) and a and isinstance(a[0], torch.Tensor)
-                else a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    detached = [
+        [t.detach() for t in a]
+        if isinstance(a, list) and a and isinstance(a[0], torch.Tensor)
+        else a.detach()
+        if isinstance(a, torch.Tensor)
+        else a
+        for a in args
+    ]
     torch.library.opcheck(op, tuple(detached))
 
 
@@ -66,13 +73,15 @@ def test_opcheck_triton_sqdist_forward_and_backward(backend_device, algo):
     feats = _feats(device)
     tests = ("test_schema", "test_autograd_registration", "test_faketensor")
     for directed in (False, True):
-        torch.library.opcheck(torch.ops.mtut.triton_sqdist_forward.default, (feats, 1e-8, algo, directed, True),
-                              test_utils=tests)
+        torch.library.opcheck(
+            torch.ops.mtut.triton_sqdist_forward.default, (feats, 1e-8, algo, directed, True), test_utils=tests
+        )
     weight = torch.rand(2, 2, 2, dtype=torch.float64, device=device, requires_grad=True)
     saved = torch.empty(0, dtype=torch.float64, device=device)
     for needs in ([True, True], [True, False]):
-        torch.library.opcheck(torch.ops.mtut.triton_sqdist_backward.default, (feats, saved, weight, 1e-8, algo, needs),
-                              test_utils=tests)
+        torch.library.opcheck(
+            torch.ops.mtut.triton_sqdist_backward.default, (feats, saved, weight, 1e-8, algo, needs), test_utils=tests
+        )
 
 
 def test_vmap_of_the_backward_op_passes_students_on(backend_device):
@@ -109,8 +118,10 @@ def test_opcheck_ssa_loss(backend_device, algo, cap):
     for distance in ("rms", "fro2"):
         torch.library.opcheck(torch.ops.mtut.ssa_loss_from_sqdist.default, (S, ce, 2.0, 0.5, distance, 6, cap))
         grad = torch.tensor(1.5, dtype=S.dtype, device=device, requires_grad=True)
-        _opcheck_backward_op(torch.ops.mtut.ssa_loss_from_sqdist_backward.default,
-                             (grad, S.detach().requires_grad_(), ce, 2.0, 0.5, distance, 6, cap))
+        _opcheck_backward_op(
+            torch.ops.mtut.ssa_loss_from_sqdist_backward.default,
+            (grad, S.detach().requires_grad_(), ce, 2.0, 0.5, distance, 6, cap),
+        )
 
 
 @pytest.mark.parametrize("cap", [None, 0.05])
@@ -153,9 +164,7 @@ def test_gradcheck(backend_device, algo):
     backend, device = backend_device
     feats = _feats(device)
     ce = make_ce(2, 2, device=device)
-    assert torch.autograd.gradcheck(
-        lambda *fs: mtut_ops.pairwise_sqdist(list(fs), algo=algo, backend=backend), feats
-    )
+    assert torch.autograd.gradcheck(lambda *fs: mtut_ops.pairwise_sqdist(list(fs), algo=algo, backend=backend), feats)
     # The SSA gradient is the student-only one (X_n constant in term (m, n)). With
     # network m worse on every sample, term (m, n) is the only one that depends on X_m,
     # so there the student-only gradient is the true derivative that gradcheck measures.
@@ -216,8 +225,11 @@ def test_torch_compile_fullgraph_matches_eager(backend_device, algo):
     ce = make_ce(2, 2, device=device)
 
     def step(fs, ce):
-        return torch.ops.mtut.ssa_loss(fs, ce, 2.0, 0.5, "rms", 1e-8, algo, 10.0) if backend in ("cpu", "cuda") \
+        return (
+            torch.ops.mtut.ssa_loss(fs, ce, 2.0, 0.5, "rms", 1e-8, algo, 10.0)
+            if backend in ("cpu", "cuda")
             else mtut_ops.ssa_loss(fs, ce, lambda_=0.5, algo=algo, pair_cap=10.0, backend=backend)
+        )
 
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager" if device == "cpu" else "inductor")
     eager_feats, comp_feats = leaf(feats), leaf(feats)
@@ -228,7 +240,9 @@ def test_torch_compile_fullgraph_matches_eager(backend_device, algo):
     L_comp.backward()
     for a, b in zip(comp_feats, eager_feats):
         torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
-    torch.testing.assert_close(L_eager.cpu(), R.ssa_loss([f.cpu() for f in feats], ce.cpu(), lambda_=0.5, pair_cap=10.0))
+    torch.testing.assert_close(
+        L_eager.cpu(), R.ssa_loss([f.cpu() for f in feats], ce.cpu(), lambda_=0.5, pair_cap=10.0)
+    )
 
 
 def test_compile_python_api_with_module(backend_device):
@@ -241,8 +255,10 @@ def test_compile_python_api_with_module(backend_device):
     torch.testing.assert_close(compiled(feats, ce), crit(feats, ce), rtol=0, atol=0)
 
 
-@pytest.mark.skipif(not (mtut_ops._extension.BUILD_INFO or {}).get("cuda_arch_list"),
-                    reason="built without the CUDA kernels (make gpu-static builds them and runs this test)")
+@pytest.mark.skipif(
+    not (mtut_ops._extension.BUILD_INFO or {}).get("cuda_arch_list"),
+    reason="built without the CUDA kernels (make gpu-static builds them and runs this test)",
+)
 def test_cuda_kernels_are_compiled_in():
     """A library built with the CUDA kernels (its build record says so: make test on a GPU
     machine; make gpu-static on a CPU one, i.e. CI) carries them, and it imports without a GPU."""
@@ -250,8 +266,13 @@ def test_cuda_kernels_are_compiled_in():
     for op in ("sqdist_forward", "sqdist_backward", "ssa_loss_from_sqdist", "ssa_loss_from_sqdist_backward"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"mtut::{op}", "CUDA"), op
     # the device-agnostic ops and the composites are registered once, for every device
-    for op in ("correlation", "correlation_backward", "focal_weight", "ssa_loss_from_sqdist",
-               "ssa_loss_from_sqdist_backward"):
+    for op in (
+        "correlation",
+        "correlation_backward",
+        "focal_weight",
+        "ssa_loss_from_sqdist",
+        "ssa_loss_from_sqdist_backward",
+    ):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"mtut::{op}", "CompositeExplicitAutograd"), op
     for op in ("pairwise_sqdist", "ssa_loss"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"mtut::{op}", "CompositeImplicitAutograd"), op

@@ -4,6 +4,7 @@ old triton. Each check runs in seconds (subprocesses on copies of the package); 
 slow ones (a fresh venv with another torch, the sdist built into a wheel, CMake) are in
 .ci/check_install.sh.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -41,8 +42,9 @@ def run_python(code: str, pythonpath: Path, cwd: Path, env: dict | None = None) 
     e = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TRITON_INTERPRET")}
     e.update(env or {})
     e["PYTHONPATH"] = str(pythonpath)
-    return subprocess.run([sys.executable, "-W", "always", "-c", code], cwd=cwd, env=e, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-W", "always", "-c", code], cwd=cwd, env=e, capture_output=True, text=True, timeout=300
+    )
 
 
 def copy_package(dest: Path, build_info: str | None = "keep", with_library: bool = True) -> Path:
@@ -165,10 +167,12 @@ def test_old_triton_is_not_used(tmp_path):
     fake = tmp_path / "fake" / "triton"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("__version__ = '3.3.1'\n")
-    code = ("import mtut_ops, mtut_ops.triton as t\n"
-            "from mtut_ops.backends import has_triton_kernels\n"
-            "print('UNAVAILABLE', t.UNAVAILABLE)\nprint('REGISTERED', has_triton_kernels())\n"
-            "print('BACKENDS', mtut_ops.available_backends('cpu'))\n")
+    code = (
+        "import mtut_ops, mtut_ops.triton as t\n"
+        "from mtut_ops.backends import has_triton_kernels\n"
+        "print('UNAVAILABLE', t.UNAVAILABLE)\nprint('REGISTERED', has_triton_kernels())\n"
+        "print('BACKENDS', mtut_ops.available_backends('cpu'))\n"
+    )
     pythonpath = f"{tmp_path / 'fake'}{os.pathsep}{PKG.parent}"
     out = run_python(code, pythonpath, tmp_path, env={"TRITON_INTERPRET": "1"})
     assert out.returncode == 0, out.stderr
@@ -179,18 +183,20 @@ def test_old_triton_is_not_used(tmp_path):
 def test_without_the_library_the_api_binds_the_one_backends_module(tmp_path):
     """Without _C, mtut_ops.backends is still backends.py (no module stands in for it), so
     what functional.py binds does not depend on import order; it answers reference-only."""
-    code = ("import sys, torch, mtut_ops, mtut_ops.functional as F\n"
-            "from mtut_ops import backends, _extension\n"
-            "print('HAS_OPS', mtut_ops._HAS_OPS)\n"
-            "print('MODULE', sys.modules['mtut_ops.backends'].__file__.endswith('backends.py'), "
-            "F.pick_backend is backends.pick_backend)\n"
-            "print('CUDA', backends.available_backends('cuda'), backends.has_triton_kernels())\n"
-            "print('PICK', backends.pick_backend('reference', torch.device('cpu')))\n"
-            "for b in ('cpu', 'triton'):\n"
-            "    try:\n"
-            "        backends.pick_backend(b, torch.device('cpu'))\n"
-            "    except _extension.ExtensionUnavailableError as e:\n"
-            "        print('RAISED', b, 'not built' in str(e))\n")
+    code = (
+        "import sys, torch, mtut_ops, mtut_ops.functional as F\n"
+        "from mtut_ops import backends, _extension\n"
+        "print('HAS_OPS', mtut_ops._HAS_OPS)\n"
+        "print('MODULE', sys.modules['mtut_ops.backends'].__file__.endswith('backends.py'), "
+        "F.pick_backend is backends.pick_backend)\n"
+        "print('CUDA', backends.available_backends('cuda'), backends.has_triton_kernels())\n"
+        "print('PICK', backends.pick_backend('reference', torch.device('cpu')))\n"
+        "for b in ('cpu', 'triton'):\n"
+        "    try:\n"
+        "        backends.pick_backend(b, torch.device('cpu'))\n"
+        "    except _extension.ExtensionUnavailableError as e:\n"
+        "        print('RAISED', b, 'not built' in str(e))\n"
+    )
     out = run_python(code, copy_package(tmp_path, None, with_library=False), tmp_path)
     assert out.returncode == 0, out.stderr
     assert "HAS_OPS False" in out.stdout and "MODULE True True" in out.stdout
@@ -217,8 +223,14 @@ def test_setup_without_torch_fails_fast_with_the_command(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(poisoned_torch(tmp_path))
     start = time.monotonic()
-    out = subprocess.run([sys.executable, str(ROOT / "setup.py"), "dist_info", "--output-dir", str(tmp_path)],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "setup.py"), "dist_info", "--output-dir", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     elapsed = time.monotonic() - start
     assert out.returncode != 0
     assert "pip install --no-build-isolation ." in out.stderr, out.stderr[-2000:]
@@ -233,20 +245,32 @@ def test_sdist_is_complete_and_needs_no_torch(tmp_path):
     if subprocess.run(["git", "-C", str(ROOT), "rev-parse"], capture_output=True).returncode != 0:
         pytest.skip("not a git checkout")
     tree = tmp_path / "tree"  # the tracked files only, so that the checkout's mtut.egg-info is left alone
-    for f in subprocess.run(["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True, check=True).stdout.split():
+    for f in subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True, check=True
+    ).stdout.split():
         if (ROOT / f).is_file():
             (tree / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, tree / f)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(poisoned_torch(tmp_path))
-    out = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path)],
-                         cwd=tree, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path)],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     (sdist,) = tmp_path.glob("mtut-*.tar.gz")
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files", "csrc", "CMakeLists.txt", "setup.py",
-                              "pyproject.toml", "MANIFEST.in"], capture_output=True, text=True, check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "csrc", "CMakeLists.txt", "setup.py", "pyproject.toml", "MANIFEST.in"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     wanted = set(tracked)  # everything under csrc/ ships (the CUDA emulation lives with the tests)
     assert any(f.endswith(".cu") for f in wanted) and any(f.endswith(".h") for f in wanted)
     assert wanted <= names, sorted(wanted - names)
@@ -258,8 +282,11 @@ def function_of_setup_py(name: str):
     import ast
 
     tree = ast.parse((ROOT / "setup.py").read_text())
-    body = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
-            or (isinstance(n, ast.FunctionDef) and n.name in (name, "_fail"))]
+    body = [
+        n
+        for n in tree.body
+        if isinstance(n, (ast.Import, ast.ImportFrom)) or (isinstance(n, ast.FunctionDef) and n.name in (name, "_fail"))
+    ]
     namespace: dict = {}
     exec(compile(ast.Module(body=body, type_ignores=[]), str(ROOT / "setup.py"), "exec"), namespace)
     return namespace[name]
@@ -298,9 +325,22 @@ def test_nvcc_of_another_cuda_major_is_named(tmp_path):
     nvcc.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MTUT_CPU_ONLY", "TORCH_CUDA_ARCH_LIST")}
     env.update(CUDA_HOME=str(tmp_path), FORCE_CUDA="1")
-    out = subprocess.run([sys.executable, str(ROOT / "setup.py"), "build_ext", "--build-temp", str(tmp_path / "tmp"),
-                          "--build-lib", str(tmp_path / "lib")], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "setup.py"),
+            "build_ext",
+            "--build-temp",
+            str(tmp_path / "tmp"),
+            "--build-lib",
+            str(tmp_path / "lib"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0
     assert f"CUDA {other}" in out.stderr and f"CUDA {torch.version.cuda}" in out.stderr, out.stderr[-2000:]
     assert "MTUT_CPU_ONLY=1" in out.stderr

@@ -10,6 +10,7 @@ triton ops are only registered with MTUT_REGISTER_TRITON=1: make test runs the t
 tests below (tracing the GPU registration on fake CUDA tensors) in a pytest run with that
 set; in the main run they are skipped.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -31,7 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 # The triton_op registration (not the interpreter's custom ops) is live in this process.
 REGISTERED = has_triton_kernels() and not triton_interpreted()
-registered_ops = pytest.mark.skipif(not REGISTERED, reason="no triton ops registered here (make test runs these with MTUT_REGISTER_TRITON=1)")
+registered_ops = pytest.mark.skipif(
+    not REGISTERED, reason="no triton ops registered here (make test runs these with MTUT_REGISTER_TRITON=1)"
+)
 
 
 def _run(args, env_extra=None, timeout=600):
@@ -50,7 +53,9 @@ def test_triton_op_annotations_say_the_schema():
     give exactly these schemas (a bare `list` makes importing mtut_ops fail)."""
     ops = importlib.import_module("mtut_ops.triton.ops")
     schemas = {
-        "triton_sqdist_forward": "(Tensor[] feats, float eps, str algo, bool directed, bool for_backward) -> (Tensor, Tensor)",
+        "triton_sqdist_forward": (
+            "(Tensor[] feats, float eps, str algo, bool directed, bool for_backward) -> (Tensor, Tensor)"
+        ),
         "triton_sqdist_backward": (
             "(Tensor[] feats, Tensor saved, Tensor weight, float eps, str algo, bool[] needs_grad) -> Tensor[]"
         ),
@@ -86,11 +91,18 @@ def test_triton_dots_with_an_accumulator_say_its_dtype():
 
     for path in sorted((ROOT / "mtut_ops" / "triton").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "dot"
-                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "tl"):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "dot"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "tl"
+            ):
                 keywords = {k.arg for k in node.keywords}
                 if len(node.args) >= 3 or "acc" in keywords:
-                    assert "out_dtype" in keywords, f"{path.name}:{node.lineno}: tl.dot with an accumulator, no out_dtype"
+                    assert "out_dtype" in keywords, (
+                        f"{path.name}:{node.lineno}: tl.dot with an accumulator, no out_dtype"
+                    )
 
 
 def test_import_without_triton():
@@ -131,7 +143,9 @@ def test_cpu_tensors_need_the_interpreter():
 @registered_ops
 def test_op_rejects_cpu_tensors_without_the_interpreter():
     feats = make_feats(2, [3, 4], [2, 3])
-    with pytest.raises(ValueError, match=r"the triton ops need CUDA tensors \(or CPU tensors with TRITON_INTERPRET=1\)"):
+    with pytest.raises(
+        ValueError, match=r"the triton ops need CUDA tensors \(or CPU tensors with TRITON_INTERPRET=1\)"
+    ):
         torch.ops.mtut.triton_sqdist_forward(feats, 1e-8, "gram", False, False)
 
 
@@ -169,8 +183,9 @@ def test_op_decomposes_into_kernel_launches(algo):
         return names
 
     fwd = launched(lambda f: torch.ops.mtut.triton_sqdist_forward(f, 1e-8, algo, True, True), feats)
-    bwd = launched(lambda f, s, w: torch.ops.mtut.triton_sqdist_backward(f, s, w, 1e-8, algo, [True, True]),
-                   feats, saved, weight)
+    bwd = launched(
+        lambda f, s, w: torch.ops.mtut.triton_sqdist_backward(f, s, w, 1e-8, algo, [True, True]), feats, saved, weight
+    )
     stage = ["_stage_rows"] * 2  # one launch per modality: normalized rows in the operand type
     if algo == "direct":
         assert fwd == stage + ["_direct_forward"] and bwd == stage + ["_direct_backward"]
@@ -230,8 +245,9 @@ def test_op_traced_operand_type_follows_dtype_and_tf32_switch(algo, dtype, tf32_
         with mode:
             gm = make_fx(dispatch_functionalize(step))(feats, weight)
         launches = _launches(gm)
-        want_mode = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "tf32" if tf32 and dtype == torch.float32
-                                                                         else "ieee")
+        want_mode = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(
+            dtype, "tf32" if tf32 and dtype == torch.float32 else "ieee"
+        )
         round_code = {"ieee": 0, "fp16": 1, "bf16": 2, "tf32": 3}[want_mode]
         gemms = [(name, c) for name, c in launches if name != "_stage_rows"]
         assert len(gemms) == (2 if algo == "direct" else 3), launches
@@ -263,8 +279,9 @@ def test_op_compiled_graph_recompiles_when_tf32_switch_flips(tf32_state):
 
     mode = FakeTensorMode()
     feats = [_fake_cuda(mode, (2, c, 6)) for c in (3, 5)]
-    step = torch.compile(lambda fs: mtut_ops.pairwise_sqdist(fs, algo="gram", backend="triton"), fullgraph=True,
-                         backend=backend)
+    step = torch.compile(
+        lambda fs: mtut_ops.pairwise_sqdist(fs, algo="gram", backend="triton"), fullgraph=True, backend=backend
+    )
     with mode:
         torch.backends.cuda.matmul.allow_tf32 = False
         step(feats)

@@ -7,6 +7,7 @@ No GPU here: the ops run on CPU under the triton interpreter (a subprocess, as i
 test_triton.py), with torch.tensor / torch.as_tensor / torch.from_numpy counted during a second,
 identical forward and backward of each algorithm; the first call may build the tables.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -59,8 +60,9 @@ print("COUNTS", counts)
 def test_second_call_builds_no_tensor_from_host_values():
     env = {k: v for k, v in os.environ.items() if k != "MTUT_REGISTER_TRITON"}
     env.update(TRITON_INTERPRET="1", OMP_WAIT_POLICY="passive")
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", _SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     line = [s for s in proc.stdout.splitlines() if s.startswith("COUNTS ")][-1]
     assert line == "COUNTS {'direct': [], 'gram': []}", line

@@ -19,6 +19,7 @@ operand type (float32 accumulation): those paths are held to the exact results o
 rounded operands, with the bounds derived below ("tensor-core operands"); float32 inputs
 without TF32 run exact IEEE fp32 dots.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -81,7 +82,13 @@ def test_pairwise_sqdist_and_grad_fp64(case, algo):
     S = mtut_ops.pairwise_sqdist(ours, algo=algo, backend="triton")
     Sr = R.pairwise_sqdist(ref)
     assert S.shape == (N, M, M) and S.dtype == torch.float64 and S.device.type == DEVICE
-    bound = sqdist_bound(channels, d_of(feats), torch.float64, V.resolve_algo(algo, d_of(feats), channels, "triton", feats[0].dtype), Sr.detach())
+    bound = sqdist_bound(
+        channels,
+        d_of(feats),
+        torch.float64,
+        V.resolve_algo(algo, d_of(feats), channels, "triton", feats[0].dtype),
+        Sr.detach(),
+    )
     assert ((S.detach().cpu() - Sr).abs() <= bound).all()
     assert torch.equal(S, S.transpose(1, 2)) and (S.diagonal(dim1=1, dim2=2) == 0).all()
 
@@ -202,7 +209,7 @@ def tc_backward_model(rows, weight, mode, algo):
       then fl(4 w (A' - B_n')) summed over n: gamma_{M+2} 4 |w| (|G| + dH) A on those columns.
     """
     u_op, eta = U_OP[mode], ETA[mode]
-    N, M = weight.shape[0], weight.shape[1]
+    M = weight.shape[1]
     channels = [r.shape[1] for r in rows]
     d = rows[0].shape[2]
     W = weight.double().cpu().masked_fill(torch.eye(M, dtype=torch.bool), 0)
@@ -216,8 +223,10 @@ def tc_backward_model(rows, weight, mode, algo):
         E = sum(4 * W[:, m, n, None, None] * (K[m] - K[n]) for n in range(M))
         grads.append(rows[m] @ E)
         if algo == "direct":
-            dE = sum(4 * W[:, m, n, None, None].abs() * gamma(max(channels) + 2 * M, U_ACC) * (KA[m] + KA[n])
-                     for n in range(M))
+            dE = sum(
+                4 * W[:, m, n, None, None].abs() * gamma(max(channels) + 2 * M, U_ACC) * (KA[m] + KA[n])
+                for n in range(M)
+            )
             Ebar = E.abs() + dE
             big = 2 * eta * Ebar.amax((1, 2), keepdim=True)
             bounds.append(A[m] @ (dE + u_op * Ebar + big) + gamma(d, U_ACC) * (A[m] @ ((1 + u_op) * Ebar + big)))
@@ -321,7 +330,7 @@ def test_backward_kernels_within_bound(algo, mode, w_scale, tf32_switch):
     assert out.shape == (2, 37, 48)  # d padded to a multiple of 16: zeros there
     assert (out[:, :19, d:] == 0).all()
     for m in (0, 1):
-        got = out[:, offsets[m]:offsets[m + 1], :d].double().cpu()
+        got = out[:, offsets[m] : offsets[m + 1], :d].double().cpu()
         err = (got - want[m]).abs()
         assert (err <= bound[m]).all(), (err / bound[m]).max()
         # the bound is tight enough to mean something: far below what it bounds
@@ -370,8 +379,9 @@ def test_low_precision_inputs_within_bound(algo, mode, tf32_switch):
     Lr.backward()
     # the weights the reference applies (the kernels' differ by the weights' error, in rel)
     S_leaf = S_ref.detach().requires_grad_()
-    (weight,) = torch.autograd.grad(torch.ops.mtut.ssa_loss_from_sqdist(S_leaf, ce.cpu(), 2.0, 5e-3, "rms", d, None),
-                                    S_leaf)
+    (weight,) = torch.autograd.grad(
+        torch.ops.mtut.ssa_loss_from_sqdist(S_leaf, ce.cpu(), 2.0, 5e-3, "rms", d, None), S_leaf
+    )
     grads, bounds = tc_backward_model(rows, weight, mode, algo)
     staged_dx, staged_bound = normalize_backward_model(feats, grads, bounds)
     for a, b, sdx, sb in zip(ours, ref, staged_dx, staged_bound):
@@ -433,7 +443,9 @@ def test_ops_check_their_inputs():
     with pytest.raises(ValueError, match=r"algo must be 'auto', 'direct' or 'gram', got 'fast'"):
         torch.ops.mtut.triton_sqdist_forward(feats, 1e-8, "fast", False, False)
     with pytest.raises(ValueError, match=r"weight must have shape \[N, M, M\] = \[2, 2, 2\]"):
-        torch.ops.mtut.triton_sqdist_backward(feats, saved, torch.zeros(2, 2, device=DEVICE), 1e-8, "gram", [True, True])
+        torch.ops.mtut.triton_sqdist_backward(
+            feats, saved, torch.zeros(2, 2, device=DEVICE), 1e-8, "gram", [True, True]
+        )
     with pytest.raises(ValueError, match=r"needs_grad must hold one flag per modality"):
         torch.ops.mtut.triton_sqdist_backward(feats, saved, torch.zeros(2, 2, 2, device=DEVICE), 1e-8, "gram", [True])
 
@@ -441,7 +453,7 @@ def test_ops_check_their_inputs():
 def test_api_errors_match_the_cpu_backend():
     from .test_errors import BAD_LOSS_INPUTS
 
-    for name, (feats, ce, kwargs, exc, pattern) in BAD_LOSS_INPUTS.items():
+    for feats, ce, kwargs, exc, pattern in BAD_LOSS_INPUTS.values():
         feats = [f.to(DEVICE) for f in feats]
         with pytest.raises(exc, match=pattern):
             mtut_ops.ssa_loss(feats, ce.to(DEVICE), backend="triton", **kwargs)

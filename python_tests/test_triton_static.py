@@ -7,6 +7,7 @@ bundled ptxas and cuobjdump): a few seconds a kernel.
 The check itself, over every kernel x config x dtype x arch (minutes), is
 ``python tools/triton_static.py -j 2`` (make gpu-static).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -40,8 +41,9 @@ def fresh_cache():
 
 
 @triton.jit
-def _gemm(a, b, c, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, UPCAST: tl.constexpr,
-          PRECISION: tl.constexpr):
+def _gemm(
+    a, b, c, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr
+):
     """c[BM, BN] = a[BM, K] b[K, BN]: one tile, a pipelined loop over K."""
     offs_m = tl.arange(0, BM)
     offs_n = tl.arange(0, BN)
@@ -58,8 +60,17 @@ def _gemm(a, b, c, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, UPCA
 
 
 def _gemm_result(dtype, arch, BM=64, BN=64, BK=32, upcast=False, precision="ieee", warps=4, stages=3, mode=None):
-    signature = dict(a="*" + dtype, b="*" + dtype, c="*fp32", K="i32", BM="constexpr", BN="constexpr",
-                     BK="constexpr", UPCAST="constexpr", PRECISION="constexpr")
+    signature = dict(
+        a="*" + dtype,
+        b="*" + dtype,
+        c="*fp32",
+        K="i32",
+        BM="constexpr",
+        BN="constexpr",
+        BK="constexpr",
+        UPCAST="constexpr",
+        PRECISION="constexpr",
+    )
     constants = dict(BM=BM, BN=BN, BK=BK, UPCAST=upcast, PRECISION=precision)
     attrs = {(i,): [["tt.divisibility", 16]] for i in range(4)}
     job = S.Job("gemm", mode or dtype, arch, "-", 0, dict(kwargs={}, num_warps=warps, num_stages=stages))
@@ -125,9 +136,19 @@ def test_the_sample_covers_every_kernel_config_dtype_and_arch():
     """The default job list compiles every config of every kind (tc16, tf32, ieee, fp64) of
     every kernel for both archs at its home specialization."""
     jobs = S.jobs((80, 90))
-    seen = {(j.kernel, j.mode, j.arch, tuple(sorted(j.config["kwargs"].items())), j.config["num_warps"],
-             j.config["num_stages"]) for j in jobs if (j.shape, j.M) == S.SPECIALIZATIONS[j.kernel][0]}
-    for name, (fn, launchers, _, _) in S.kernels().items():
+    seen = {
+        (
+            j.kernel,
+            j.mode,
+            j.arch,
+            tuple(sorted(j.config["kwargs"].items())),
+            j.config["num_warps"],
+            j.config["num_stages"],
+        )
+        for j in jobs
+        if (j.shape, j.M) == S.SPECIALIZATIONS[j.kernel][0]
+    }
+    for name, (_fn, launchers, _, _) in S.kernels().items():
         for mode in S.MODES:
             if mode == "fp16" and name not in S.FP16_OWN_CODE:
                 continue

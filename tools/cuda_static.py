@@ -26,6 +26,7 @@ build's budgets and logs each launch instead of running it. A launch short of tw
 fails the check unless its kernel is small by design (below, with the reason); needs no
 CUDA toolkit. Given a library as well, both checks run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,12 @@ SMS, BLOCKS_PER_SM = 132, 8  # H100 SXM; 2048 threads an SM in blocks of 256
 TWO_WAVES = 2 * SMS * BLOCKS_PER_SM
 # name: (C, spatial) at 224 input (64 frames) and 112 input (32 frames)
 SHAPES = {
-    "Mixed_3c@224": (480, (32, 28, 28)), "Mixed_4f@224": (832, (16, 14, 14)), "Mixed_5c@224": (1024, (8, 7, 7)),
-    "Mixed_3c@112": (480, (16, 14, 14)), "Mixed_4f@112": (832, (8, 7, 7)), "Mixed_5c@112": (1024, (2, 3, 3)),
+    "Mixed_3c@224": (480, (32, 28, 28)),
+    "Mixed_4f@224": (832, (16, 14, 14)),
+    "Mixed_5c@224": (1024, (8, 7, 7)),
+    "Mixed_3c@112": (480, (16, 14, 14)),
+    "Mixed_4f@112": (832, (8, 7, 7)),
+    "Mixed_5c@112": (1024, (2, 3, 3)),
 }
 # Kernels small by design: what one launch reads at these shapes, and why that is its size.
 SMALL = {
@@ -61,10 +66,11 @@ SMALL = {
 # a chunk): the grid is at most the rows, (N, C, M, d) -> rows. Short of two waves only where
 # there are fewer rows than that.
 ROWS = {
-    "normalize_backward_kernel": ("a block a row: the row's <x, graw> and its projection in one pass",
-                                  lambda N, C, M, d: N * C),
-    "folded_blocks_kernel": ("a block a row of B_m: the row's t_c over its M C entries",
-                             lambda N, C, M, d: N * C),
+    "normalize_backward_kernel": (
+        "a block a row: the row's <x, graw> and its projection in one pass",
+        lambda N, C, M, d: N * C,
+    ),
+    "folded_blocks_kernel": ("a block a row of B_m: the row's t_c over its M C entries", lambda N, C, M, d: N * C),
     "scaled_strip_kernel": ("whole rows a chunk", lambda N, C, M, d: N * M * C),
     "strip_sqdiff_kernel": ("whole strip rows a chunk", lambda N, C, M, d: N * d),
 }
@@ -160,9 +166,14 @@ def emulated_ops():
     here = ROOT / "python_tests" / "cuda_emulation"
     build = ROOT / "build" / "cuda_emulated"
     build.mkdir(parents=True, exist_ok=True)
-    cpp_extension.load(name="mtut_cuda_emulated", sources=[str(here / "ssa_cuda_emulated.cpp"), str(ROOT / "csrc" / "ssa_common.cpp")],
-                       extra_include_paths=[str(ROOT / "csrc"), str(here)], extra_cflags=["-O2", "-std=c++20"],
-                       build_directory=str(build), is_python_module=False)
+    cpp_extension.load(
+        name="mtut_cuda_emulated",
+        sources=[str(here / "ssa_cuda_emulated.cpp"), str(ROOT / "csrc" / "ssa_common.cpp")],
+        extra_include_paths=[str(ROOT / "csrc"), str(here)],
+        extra_cflags=["-O2", "-std=c++20"],
+        build_directory=str(build),
+        is_python_module=False,
+    )
     return torch.ops.mtut_emulated
 
 
@@ -205,9 +216,13 @@ def check_launches() -> list[str]:
 
     ops = emulated_ops()
     problems = []
-    print(f"cuda_static: launches at the named shapes, two waves = {TWO_WAVES} blocks of 256 threads "
-          f"({SMS} SMs x {BLOCKS_PER_SM} blocks)")
-    print(f"{'shape':13} {'N':>2} {'M':>2} {'dtype':5} {'algo':6} {'pass':8} {'kernel':34} {'grid':>18} {'n':>4}  verdict")
+    print(
+        f"cuda_static: launches at the named shapes, two waves = {TWO_WAVES} blocks of 256 threads "
+        f"({SMS} SMs x {BLOCKS_PER_SM} blocks)"
+    )
+    print(
+        f"{'shape':13} {'N':>2} {'M':>2} {'dtype':5} {'algo':6} {'pass':8} {'kernel':34} {'grid':>18} {'n':>4}  verdict"
+    )
     for name, (C, spatial) in SHAPES.items():
         for N in (1, 6):
             for M in (2, 3):
@@ -220,7 +235,10 @@ def check_launches() -> list[str]:
                             if not ok and algo != auto:  # (reported, not failed: auto never runs it here)
                                 says, ok = says + f" (auto picks {auto} here)", True
                             g = "x".join(map(str, grid))
-                            print(f"{name:13} {N:>2} {M:>2} {dname:5} {algo:6} {phase:8} {kernel:34} {g:>18} {n:>4}  {says}")
+                            print(
+                                f"{name:13} {N:>2} {M:>2} {dname:5} {algo:6} {phase:8} {kernel:34} {g:>18} {n:>4}"
+                                f"  {says}"
+                            )
                             if not ok:
                                 problems.append(f"{name} N={N} M={M} {dname} {algo} {phase}: {kernel} {g}: {says}")
     return problems
@@ -229,7 +247,9 @@ def check_launches() -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("library", type=Path, nargs="?")
-    parser.add_argument("--arch", help='what TORCH_CUDA_ARCH_LIST asked for, e.g. "8.0;9.0+PTX" (default: the build record)')
+    parser.add_argument(
+        "--arch", help='what TORCH_CUDA_ARCH_LIST asked for, e.g. "8.0;9.0+PTX" (default: the build record)'
+    )
     parser.add_argument("--launches", action="store_true", help="the launch table (no CUDA toolkit needed)")
     args = parser.parse_args()
     if args.library is None and not args.launches:

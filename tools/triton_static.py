@@ -34,6 +34,7 @@ dtype on both archs where each kernel runs at the I3D shapes, float16 sampled wh
 code is bfloat16's with another MMA type; one config per dtype at the other argument
 specialization); --full compiles everything, --quick one config per (kernel, dtype, arch).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -121,9 +122,11 @@ def kernels():
     def direct_forward(mode, d, Cm, M):
         op, cd, kind, *_ = MODE[mode]
         P = M * (M - 1) // 2
-        n_slots = -(-padded(d) // _common.min_block(direct._FORWARD[kind], "BLOCK_D")) ** 2
-        return (dict(z="*" + op, offsets="*i32", pairs="*i32", partial="*fp64"),
-                dict(d=padded(d), C=M * Cm, P=P, n_slots=n_slots))
+        n_slots = -((-padded(d) // _common.min_block(direct._FORWARD[kind], "BLOCK_D")) ** 2)
+        return (
+            dict(z="*" + op, offsets="*i32", pairs="*i32", partial="*fp64"),
+            dict(d=padded(d), C=M * Cm, P=P, n_slots=n_slots),
+        )
 
     def direct_backward(mode, d, Cm, M):
         op, cd, *_ = MODE[mode]
@@ -131,25 +134,33 @@ def kernels():
 
     def gram_forward(mode, d, Cm, M):
         op, cd, kind, *_ = MODE[mode]
-        n_slots = -(-Cm // _common.min_block(gram._FORWARD[kind], "BLOCK_C")) ** 2
-        return (dict(z="*" + op, offsets="*i32", blocks="*i32", partial="*fp64"),
-                dict(d=padded(d), C=M * Cm, C_max=Cm, n_slots=n_slots))
+        n_slots = -((-Cm // _common.min_block(gram._FORWARD[kind], "BLOCK_C")) ** 2)
+        return (
+            dict(z="*" + op, offsets="*i32", blocks="*i32", partial="*fp64"),
+            dict(d=padded(d), C=M * Cm, C_max=Cm, n_slots=n_slots),
+        )
 
     def gram_coef(mode, d, Cm, M):
         op, cd, *_ = MODE[mode]
-        return (dict(z="*" + op, offsets="*i32", needed="*i32", h="*" + op),
-                dict(d=padded(d), C=M * Cm, ldh=padded(M * Cm), M=M, C_max=Cm))
+        return (
+            dict(z="*" + op, offsets="*i32", needed="*i32", h="*" + op),
+            dict(d=padded(d), C=M * Cm, ldh=padded(M * Cm), M=M, C_max=Cm),
+        )
 
     def gram_apply(mode, d, Cm, M):
         op, cd, *_ = MODE[mode]
-        return (dict(z="*" + op, h="*" + op, offsets="*i32", needed="*i32", weight="*" + cd, out="*" + cd),
-                dict(d=padded(d), C=M * Cm, ldh=padded(M * Cm), M=M, C_max=Cm))
+        return (
+            dict(z="*" + op, h="*" + op, offsets="*i32", needed="*i32", weight="*" + cd, out="*" + cd),
+            dict(d=padded(d), C=M * Cm, ldh=padded(M * Cm), M=M, C_max=Cm),
+        )
 
     def stage_rows(mode, d, Cm, M):
         op, cd, *_ = MODE[mode]
         # contiguous [N, C_m, d] input: stride_d = 1; the second modality starts at row C_m
-        return (dict(x="*" + op, z="*" + op, norm="*" + cd, inv="*" + cd),
-                dict(stride_n=Cm * d, stride_c=d, stride_d=1, row0=Cm, C=M * Cm, C_m=Cm, d=d, ld=padded(d)))
+        return (
+            dict(x="*" + op, z="*" + op, norm="*" + cd, inv="*" + cd),
+            dict(stride_n=Cm * d, stride_c=d, stride_d=1, row0=Cm, C=M * Cm, C_m=Cm, d=d, ld=padded(d)),
+        )
 
     return {
         "direct_forward": (direct._direct_forward, direct._FORWARD, direct_forward, True),
@@ -182,7 +193,9 @@ def configs_of(kernel: str, mode: str, launchers, quick: bool) -> list:
 
         return [dict(kwargs={}, num_warps=_common._STAGE_WARPS, num_stages=1)]
     kind = MODE[mode][2]
-    cfgs = [dict(kwargs=dict(c.kwargs), num_warps=c.num_warps, num_stages=c.num_stages) for c in launchers[kind].configs]
+    cfgs = [
+        dict(kwargs=dict(c.kwargs), num_warps=c.num_warps, num_stages=c.num_stages) for c in launchers[kind].configs
+    ]
     return cfgs[:1] if quick else cfgs
 
 
@@ -214,7 +227,7 @@ def jobs(archs, quick: bool = False, full: bool = False, only=None) -> list:
     of each dtype for the newest arch. quick: one config per kernel, dtype and arch, home
     specialization only."""
     out = []
-    for name, (fn, launchers, _, _) in kernels().items():
+    for name, (_fn, launchers, _, _) in kernels().items():
         if only and name not in only:
             continue
         for i, (shape, M) in enumerate(SPECIALIZATIONS[name]):
@@ -270,8 +283,9 @@ def _signature(fn, ptr_types: dict, ints: dict, consts: dict):
     return signature, constants, attrs
 
 
-def compile_and_read(fn, signature: dict, constants: dict, attrs: dict, arch: int, num_warps: int,
-                     num_stages: int, res: Result) -> Result:
+def compile_and_read(
+    fn, signature: dict, constants: dict, attrs: dict, arch: int, num_warps: int, num_stages: int, res: Result
+) -> Result:
     """AOT-compile one kernel for sm_<arch> and fill ``res`` with what its code does."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -309,8 +323,9 @@ def compile_and_read(fn, signature: dict, constants: dict, attrs: dict, arch: in
     res.cp_async = "cp.async" in ptx
     res.tma = "cp.async.bulk.tensor" in ptx
     mma = re.findall(r"\b(mma\.sync\.aligned\.[\w.]+|wgmma\.mma_async\.sync\.aligned\.[\w.]+)", ptx)
-    res.tensor_core = ",".join(sorted({("wgmma" if s.startswith("wgmma") else "mma.sync") + "." + _operand_type(s)
-                                       for s in mma}))
+    res.tensor_core = ",".join(
+        sorted({("wgmma" if s.startswith("wgmma") else "mma.sync") + "." + _operand_type(s) for s in mma})
+    )
     res.dots, res.mma_dots = _dots(ttgir)
     return res
 
@@ -345,7 +360,9 @@ def check(res: Result, mode: str, is_gemm: bool, arch: int) -> Result:
             if res.mma_dots < res.dots:
                 res.problems.append(f"{res.dots - res.mma_dots} of {res.dots} dots not on tensor cores (FMA)")
             if not any(k.endswith("." + want) for k in kinds):
-                res.problems.append(f"no tensor-core instruction on {want} operands in the PTX (found: {kinds or 'none'})")
+                res.problems.append(
+                    f"no tensor-core instruction on {want} operands in the PTX (found: {kinds or 'none'})"
+                )
             if not (res.sass_mma.get("HMMA") or res.sass_mma.get("HGMMA")):
                 res.problems.append("no HMMA/HGMMA in the SASS")
         elif mode == "fp32":
@@ -407,8 +424,12 @@ def run(archs=(80, 90), jobs_n=1, quick=False, full=False, only=None, progress=T
 def _progress(i, n, r, t0):
     j = r.job
     flag = "ok  " if r.ok else "FAIL"
-    print(f"[{i:3d}/{n}] {time.time() - t0:6.1f}s {flag} {j.kernel:15s} {j.mode:4s} sm_{j.arch} {j.shape}/M{j.M} "
-          f"{_cfg(j.config)}", file=sys.stderr, flush=True)
+    print(
+        f"[{i:3d}/{n}] {time.time() - t0:6.1f}s {flag} {j.kernel:15s} {j.mode:4s} sm_{j.arch} {j.shape}/M{j.M} "
+        f"{_cfg(j.config)}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _cfg(c) -> str:
@@ -429,13 +450,16 @@ def markdown(results, seconds, archs) -> str:
             f"| {j.kernel} | {j.mode} | {_cfg(j.config)} | {j.shape} M={j.M} | sm_{j.arch} | {r.mma_dots}/{r.dots} "
             f"| {r.tensor_core or '-'} / {sass} "
             f"| {r.registers} | {r.spill_stores}/{r.spill_loads} | {r.local_sass} | {r.shared}"
-            f"{' (>99K)' if r.shared > SHARED_SMALL_GPU else ''} | {'TMA' if r.tma else ('yes' if r.cp_async else 'no')} "
+            f"{' (>99K)' if r.shared > SHARED_SMALL_GPU else ''}"
+            f" | {'TMA' if r.tma else ('yes' if r.cp_async else 'no')} "
             f"| {'yes' if r.ok else 'NO: ' + '; '.join(r.problems)} |"
         )
     n_bad = sum(not r.ok for r in results)
     lines.append("")
-    lines.append(f"{len(results)} kernels compiled for {', '.join(f'sm_{a}' for a in archs)} in {seconds:.0f} s; "
-                 f"{n_bad} failing.")
+    lines.append(
+        f"{len(results)} kernels compiled for {', '.join(f'sm_{a}' for a in archs)} in {seconds:.0f} s; "
+        f"{n_bad} failing."
+    )
     return "\n".join(lines)
 
 
@@ -459,8 +483,11 @@ def main(argv=None) -> int:
     if a.markdown:
         Path(a.markdown).write_text(table + "\n")
     if a.json:
-        Path(a.json).write_text(json.dumps([dict(asdict(r.job), **{k: v for k, v in asdict(r).items() if k != "job"})
-                                            for r in results], indent=1))
+        Path(a.json).write_text(
+            json.dumps(
+                [dict(asdict(r.job), **{k: v for k, v in asdict(r).items() if k != "job"}) for r in results], indent=1
+            )
+        )
     bad = [r for r in results if not r.ok]
     for r in bad:
         j = r.job

@@ -152,8 +152,8 @@ at::Tensor sqdist_direct(const std::vector<Rows>& rows, const FeatInfo& info) {
 // columns J get X_I E[I, J] and columns I get X_J E[I, J]^T (the diagonal tile once).
 // Only modalities with needs[m] get a buffer and any work.
 template <typename T>
-std::vector<at::Tensor> sqdist_grad_direct(const std::vector<Rows>& rows, const FeatInfo& info, const at::Tensor& weight,
-                                           const Needs& needs) {
+std::vector<at::Tensor> sqdist_grad_direct(const std::vector<Rows>& rows, const FeatInfo& info,
+                                           const at::Tensor& weight, const Needs& needs) {
   const int64_t N = info.N, M = info.M, d = info.d;
   auto w = weight.accessor<double, 3>();
   std::vector<at::Tensor> graw(M);
@@ -184,7 +184,7 @@ std::vector<at::Tensor> sqdist_grad_direct(const std::vector<Rows>& rows, const 
           const at::Tensor x = rows[m].x.select(0, b);
           at::Tensor g = graw[m].select(0, b);
           g.narrow(1, j0, tj).addmm_(x.narrow(1, i0, ti), E);  // rows I of E into columns J
-          const int64_t skip = j0 == i0 ? ti : 0;             // the diagonal tile is already complete
+          const int64_t skip = j0 == i0 ? ti : 0;              // the diagonal tile is already complete
           if (tj > skip)
             g.narrow(1, i0, ti).addmm_(x.narrow(1, j0 + skip, tj - skip), E.narrow(1, skip, tj - skip).t());
         }
@@ -224,8 +224,10 @@ void compute_blocks(const std::vector<Rows>& rows, int64_t b, GramBlocks& G,
       if (!wanted[m][n]) continue;
       at::Tensor& out = G.upper[m * G.M + n];
       const at::Tensor xn_t = rows[n].x.select(0, b).t();
-      if (out.defined()) at::mm_out(out, xm, xn_t);
-      else out = at::mm(xm, xn_t);
+      if (out.defined())
+        at::mm_out(out, xm, xn_t);
+      else
+        out = at::mm(xm, xn_t);
     }
   }
 }
@@ -256,7 +258,8 @@ double scaled_sum_squares(const at::Tensor& P, const at::Tensor& sm, const at::T
 // S_mn = ||G_mm||^2 - 2 ||G_mn||^2 + ||G_nn||^2 of one sample: a difference of large terms,
 // so the norms are accumulated in double and the result is clamped at 0 (NaN passes).
 template <typename T>
-void gram_sqdist_sample(const GramBlocks& G, const std::vector<Rows>& rows, int64_t b, at::TensorAccessor<double, 2> s) {
+void gram_sqdist_sample(const GramBlocks& G, const std::vector<Rows>& rows, int64_t b,
+                        at::TensorAccessor<double, 2> s) {
   const int64_t M = G.M;
   std::vector<double> t(M * M);
   for (int64_t m = 0; m < M; ++m)
@@ -278,7 +281,8 @@ at::Tensor sqdist_gram(const std::vector<Rows>& rows, const FeatInfo& info, cons
   auto s = S.accessor<double, 3>();
   const std::vector<std::vector<char>> all(info.M, std::vector<char>(info.M, 1));
   for (int64_t b = 0; b < info.N; ++b) {
-    GramBlocks G = kept.defined() ? kept_blocks(kept, info, b) : GramBlocks{std::vector<at::Tensor>(info.M * info.M), info.M};
+    GramBlocks G =
+        kept.defined() ? kept_blocks(kept, info, b) : GramBlocks{std::vector<at::Tensor>(info.M * info.M), info.M};
     compute_blocks(rows, b, G, all);
     gram_sqdist_sample<T>(G, rows, b, s[b]);
   }
@@ -312,8 +316,10 @@ std::vector<at::Tensor> sqdist_grad_gram(const std::vector<Rows>& rows, const Fe
         }
     if (!any) continue;  // e.g. the better network of a pair gets no SSA gradient
     GramBlocks G{std::vector<at::Tensor>(M * M), M};
-    if (kept.numel() > 0) G = kept_blocks(kept, info, b);
-    else compute_blocks(rows, b, G, wanted);
+    if (kept.numel() > 0)
+      G = kept_blocks(kept, info, b);
+    else
+      compute_blocks(rows, b, G, wanted);
     for (int64_t m = 0; m < M; ++m) {
       if (!needs[m]) continue;
       const at::Tensor sm = rows[m].scale.select(0, b);
@@ -346,8 +352,8 @@ std::tuple<at::Tensor, at::Tensor> sqdist_forward(at::TensorList feats, double e
   const std::vector<Rows> rows = rows_of(feats, info, eps);
   const auto options = at::TensorOptions().dtype(info.compute_dtype);
   at::Tensor S;
-  at::Tensor kept = a == Algo::Gram && for_backward ? at::zeros({info.N, kept_gram_size(info.channels)}, options)
-                                                    : at::Tensor();
+  at::Tensor kept =
+      a == Algo::Gram && for_backward ? at::zeros({info.N, kept_gram_size(info.channels)}, options) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(info.compute_dtype, "mtut_sqdist_forward_cpu", [&] {
     S = a == Algo::Direct ? sqdist_direct<scalar_t>(rows, info) : sqdist_gram<scalar_t>(rows, info, kept);
   });
@@ -368,11 +374,12 @@ std::vector<at::Tensor> sqdist_backward(at::TensorList feats, const at::Tensor& 
   const at::Tensor w = weight.to(at::kDouble).contiguous();
   std::vector<at::Tensor> grads;
   AT_DISPATCH_FLOATING_TYPES(info.compute_dtype, "mtut_sqdist_backward_cpu", [&] {
-    std::vector<at::Tensor> graw = a == Algo::Direct ? sqdist_grad_direct<scalar_t>(rows, info, w, needs)
-                                                     : sqdist_grad_gram<scalar_t>(rows, info, w, saved.contiguous(), needs);
+    std::vector<at::Tensor> graw = a == Algo::Direct
+                                       ? sqdist_grad_direct<scalar_t>(rows, info, w, needs)
+                                       : sqdist_grad_gram<scalar_t>(rows, info, w, saved.contiguous(), needs);
     for (int64_t m = 0; m < info.M; ++m)
       grads.push_back(needs[m] ? normalize_backward_inplace<scalar_t>(graw[m], rows[m], eps, feats[m])
-                                    : at::empty({0}, feats[m].options()));
+                               : at::empty({0}, feats[m].options()));
   });
   return grads;
 }

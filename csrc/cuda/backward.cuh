@@ -22,10 +22,11 @@ namespace {
 // (At least 4 blocks per SM: lets ptxas use up to 64 registers; for sm_80 it otherwise
 // chose 32 and spilled to the stack.)
 template <typename Tin>
-__global__ void __launch_bounds__(kThreads, 4) normalize_backward_kernel(
-    const Cmp<Tin>* graw, const Tin* __restrict__ x, int64_t sn, int64_t sc, int64_t sd, int64_t C, int64_t d,
-    const Cmp<Tin>* __restrict__ norm, const Cmp<Tin>* __restrict__ scale, int64_t s_ld,
-    const Cmp<Tin>* __restrict__ factor, double eps, double inv_eps, Tin* out) {
+__global__ void __launch_bounds__(kThreads, 4)
+    normalize_backward_kernel(const Cmp<Tin>* graw, const Tin* __restrict__ x, int64_t sn, int64_t sc, int64_t sd,
+                              int64_t C, int64_t d, const Cmp<Tin>* __restrict__ norm,
+                              const Cmp<Tin>* __restrict__ scale, int64_t s_ld, const Cmp<Tin>* __restrict__ factor,
+                              double eps, double inv_eps, Tin* out) {
   using T = Cmp<Tin>;
   __shared__ double scratch[kThreads / 32];
   __shared__ double dot;
@@ -71,11 +72,10 @@ struct Coefficients {
   at::Tensor ref;     // [M, N]: ref_m of every sample, modality-major (contiguous per modality)
 };
 
-
 template <typename T>
-__global__ void __launch_bounds__(kThreads) pair_coefficients_kernel(
-    const T* __restrict__ w, int64_t sb, int64_t sm, int64_t sn, int64_t N, int M, T* __restrict__ factor,
-    T* __restrict__ ref) {
+__global__ void __launch_bounds__(kThreads)
+    pair_coefficients_kernel(const T* __restrict__ w, int64_t sb, int64_t sm, int64_t sn, int64_t N, int M,
+                             T* __restrict__ factor, T* __restrict__ ref) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;  // (b, m)
   if (row >= N * M) return;
   const int64_t b = row / M;
@@ -105,9 +105,10 @@ template <typename T>
 Coefficients pair_coefficients(const at::Tensor& w, cudaStream_t stream) {
   const int64_t N = w.size(0), M = w.size(1);
   Coefficients c{at::empty({N, M, M}, w.options()), at::empty({M, N}, w.options())};
-  launch("pair_coefficients_kernel", pair_coefficients_kernel<T>, dim3(static_cast<unsigned>((N * M + kThreads - 1) / kThreads)), dim3(kThreads),
-         stream, w.const_data_ptr<T>(), w.stride(0), w.stride(1), w.stride(2), N, static_cast<int>(M),
-         c.factor.mutable_data_ptr<T>(), c.ref.mutable_data_ptr<T>());
+  launch("pair_coefficients_kernel", pair_coefficients_kernel<T>,
+         dim3(static_cast<unsigned>((N * M + kThreads - 1) / kThreads)), dim3(kThreads), stream, w.const_data_ptr<T>(),
+         w.stride(0), w.stride(1), w.stride(2), N, static_cast<int>(M), c.factor.mutable_data_ptr<T>(),
+         c.ref.mutable_data_ptr<T>());
   return c;
 }
 
@@ -116,10 +117,11 @@ Coefficients pair_coefficients(const at::Tensor& w, cudaStream_t stream) {
 // block P_mn itself) or its rows (n < m: the kept P_nm, whose transpose is the operand).
 // The same operations, in the same order, as block * s^2 * factor in ATen.
 template <typename Top>
-__global__ void __launch_bounds__(kThreads) weighted_block_kernel(
-    const Cmp<Top>* __restrict__ P, int64_t stride, int64_t rows, int64_t cols, int64_t rows_per_chunk,
-    const Cmp<Top>* __restrict__ s, int64_t s_ld, bool scale_rows, const Cmp<Top>* __restrict__ factor,
-    int64_t factor_stride, Top* __restrict__ out, int64_t out_stride) {
+__global__ void __launch_bounds__(kThreads)
+    weighted_block_kernel(const Cmp<Top>* __restrict__ P, int64_t stride, int64_t rows, int64_t cols,
+                          int64_t rows_per_chunk, const Cmp<Top>* __restrict__ s, int64_t s_ld, bool scale_rows,
+                          const Cmp<Top>* __restrict__ factor, int64_t factor_stride, Top* __restrict__ out,
+                          int64_t out_stride) {
   using T = Cmp<Top>;
   const int64_t chunk = blockIdx.x, b = blockIdx.y;
   const int64_t r0 = chunk * rows_per_chunk, r1 = std::min(rows, r0 + rows_per_chunk);
@@ -172,8 +174,8 @@ __global__ void __launch_bounds__(kThreads) folded_finish_kernel(const Tg* g, in
 // dL/dX of the rows with weight already (student_gram_grads), only the others are written.
 template <typename T>
 std::vector<at::Tensor> finish(std::vector<at::Tensor>& graw, const Prepared& p, const Coefficients& c,
-                               const FeatInfo& info, double eps, at::TensorList feats, const Needs& needs,
-                               bool folded, cudaStream_t stream) {
+                               const FeatInfo& info, double eps, at::TensorList feats, const Needs& needs, bool folded,
+                               cudaStream_t stream) {
   using Tin = typename Raw<T>::type;
   std::vector<at::Tensor> grads;
   for (size_t m = 0; m < graw.size(); ++m) {
@@ -197,7 +199,8 @@ std::vector<at::Tensor> finish(std::vector<at::Tensor>& graw, const Prepared& p,
              graw[m].const_data_ptr<Cmp<Tin>>(), v.size(1), info.d, seg_len, factor.const_data_ptr<Cmp<Tin>>(),
              reinterpret_cast<Tin*>(out.mutable_data_ptr()));
     } else {
-      launch("normalize_backward_kernel", normalize_backward_kernel<Tin>, dim3(static_cast<unsigned>(info.N * v.size(1))), dim3(kThreads), stream,
+      launch("normalize_backward_kernel", normalize_backward_kernel<Tin>,
+             dim3(static_cast<unsigned>(info.N * v.size(1))), dim3(kThreads), stream,
              graw[m].const_data_ptr<Cmp<Tin>>(), reinterpret_cast<const Tin*>(v.const_data_ptr<T>()), v.stride(0),
              v.stride(1), v.stride(2), v.size(1), info.d, p.norms[m].const_data_ptr<Cmp<Tin>>(),
              p.scales[m].const_data_ptr<Cmp<Tin>>(), p.scales[m].stride(0), factor.const_data_ptr<Cmp<Tin>>(), eps,

@@ -46,23 +46,47 @@ namespace {
 constexpr int kThreads = 256;  // threads per block (8 warps) of every kernel here
 
 // CUDA spelling of the ATen element types.
-template <typename T> struct Raw { using type = T; };
-template <> struct Raw<at::Half> { using type = __half; };
-template <> struct Raw<at::BFloat16> { using type = __nv_bfloat16; };
+template <typename T>
+struct Raw {
+  using type = T;
+};
+template <>
+struct Raw<at::Half> {
+  using type = __half;
+};
+template <>
+struct Raw<at::BFloat16> {
+  using type = __nv_bfloat16;
+};
 
 // What a kernel computes in: fp64 for fp64 inputs, fp32 otherwise.
-template <typename Tin> using Cmp = std::conditional_t<std::is_same_v<Tin, double>, double, float>;
+template <typename Tin>
+using Cmp = std::conditional_t<std::is_same_v<Tin, double>, double, float>;
 
 // Conversions that do not rely on the implicit ones torch's build flags switch off.
-template <typename T> __device__ __forceinline__ double to_double(T v) { return static_cast<double>(v); }
-template <> __device__ __forceinline__ double to_double<__half>(__half v) { return static_cast<double>(__half2float(v)); }
-template <> __device__ __forceinline__ double to_double<__nv_bfloat16>(__nv_bfloat16 v) {
+template <typename T>
+__device__ __forceinline__ double to_double(T v) {
+  return static_cast<double>(v);
+}
+template <>
+__device__ __forceinline__ double to_double<__half>(__half v) {
+  return static_cast<double>(__half2float(v));
+}
+template <>
+__device__ __forceinline__ double to_double<__nv_bfloat16>(__nv_bfloat16 v) {
   return static_cast<double>(__bfloat162float(v));
 }
 
-template <typename Tin> __device__ __forceinline__ Tin from_compute(Cmp<Tin> v) { return static_cast<Tin>(v); }
-template <> __device__ __forceinline__ __half from_compute<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_compute<__nv_bfloat16>(float v) {
+template <typename Tin>
+__device__ __forceinline__ Tin from_compute(Cmp<Tin> v) {
+  return static_cast<Tin>(v);
+}
+template <>
+__device__ __forceinline__ __half from_compute<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_compute<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
 
@@ -127,7 +151,6 @@ __device__ __forceinline__ double block_sum_strided(const double* p, int64_t cou
   return block_sum(acc, scratch);
 }
 
-
 // Blocks of kThreads that fill `sms` SMs twice at full occupancy (2048 threads an SM): what a
 // launch of ours must have at least, unless it is small by design (the launch table,
 // tools/cuda_static.py, checks every launch at the named shapes).
@@ -174,7 +197,8 @@ __device__ __forceinline__ T power_of_two_above(T v) {
 }
 
 // The operand dtype of the scaled products: the input's, fp32 for fp16 (see the header).
-template <typename Tin> using Operand = std::conditional_t<std::is_same_v<Tin, __half>, float, Tin>;
+template <typename Tin>
+using Operand = std::conditional_t<std::is_same_v<Tin, __half>, float, Tin>;
 
 }  // namespace
 }  // namespace cuda

@@ -22,8 +22,7 @@ struct StripPairs {
 };
 
 void check_direct_modalities(int64_t M) {
-  TORCH_CHECK_VALUE(M <= 8, "mtut: the cuda direct algorithm takes at most 8 modalities, got ", M,
-                    "; use algo='gram'");
+  TORCH_CHECK_VALUE(M <= 8, "mtut: the cuda direct algorithm takes at most 8 modalities, got ", M, "; use algo='gram'");
 }
 
 // The strips K[m] (contiguous, fp32 or fp64) of every modality, from sample b0 on (each
@@ -32,21 +31,29 @@ StripPairs strip_pairs(const std::vector<at::Tensor>& K, int64_t b0, int64_t per
   StripPairs s{};
   s.M = static_cast<int>(K.size());
   for (size_t m = 0; m < K.size(); ++m) {
-    if (K[m].scalar_type() == at::kDouble) s.k64[m] = K[m].const_data_ptr<double>() + b0 * per_sample;
-    else s.k[m] = K[m].const_data_ptr<float>() + b0 * per_sample;
+    if (K[m].scalar_type() == at::kDouble)
+      s.k64[m] = K[m].const_data_ptr<double>() + b0 * per_sample;
+    else
+      s.k[m] = K[m].const_data_ptr<float>() + b0 * per_sample;
   }
   return s;
 }
 
 template <typename T>
 __device__ __forceinline__ const T* strip_of(const StripPairs& s, int m);
-template <> __device__ __forceinline__ const float* strip_of<float>(const StripPairs& s, int m) { return s.k[m]; }
-template <> __device__ __forceinline__ const double* strip_of<double>(const StripPairs& s, int m) { return s.k64[m]; }
+template <>
+__device__ __forceinline__ const float* strip_of<float>(const StripPairs& s, int m) {
+  return s.k[m];
+}
+template <>
+__device__ __forceinline__ const double* strip_of<double>(const StripPairs& s, int m) {
+  return s.k64[m];
+}
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) strip_sqdiff_kernel(
-    const StripPairs strips, int64_t ti, int64_t width, int64_t rows_per_chunk, int64_t chunks, int64_t slot,
-    int64_t slots, double* __restrict__ partial) {
+__global__ void __launch_bounds__(kThreads)
+    strip_sqdiff_kernel(const StripPairs strips, int64_t ti, int64_t width, int64_t rows_per_chunk, int64_t chunks,
+                        int64_t slot, int64_t slots, double* __restrict__ partial) {
   __shared__ double scratch[kThreads / 32];
   const int64_t chunk = blockIdx.x, b = blockIdx.y;
   const int64_t r0 = chunk * rows_per_chunk, r1 = std::min(ti, r0 + rows_per_chunk);
@@ -59,7 +66,7 @@ __global__ void __launch_bounds__(kThreads) strip_sqdiff_kernel(
       const T* kn = strip_of<T>(strips, n) + b * ti * width;
       double acc = 0;
       for (int64_t r = r0; r < r1; ++r)  // column j of the strip is row r's column i0 + j:
-        for (int64_t j = r + threadIdx.x; j < width; j += kThreads) {  // j < r lies below the diagonal
+        for (int64_t j = r + threadIdx.x; j < width; j += kThreads) {                   // j < r lies below the diagonal
           const double v = static_cast<double>(km[r * width + j] - kn[r * width + j]);  // no cancellation
           acc += (j == r ? 1.0 : 2.0) * v * v;  // an entry above the diagonal stands for its mirror too
         }
@@ -71,8 +78,8 @@ __global__ void __launch_bounds__(kThreads) strip_sqdiff_kernel(
 // S[b, m, n] = S[b, n, m] = sum over slots of partial[b, p, :] for pair p = (m < n), and
 // S[b, m, m] = 0 (pair 0's block writes the diagonal: S needs no zero-fill launch).
 template <typename Out>
-__global__ void __launch_bounds__(kThreads) sum_pair_partials_kernel(
-    const double* __restrict__ partial, int64_t slots, int M, Out* __restrict__ S) {
+__global__ void __launch_bounds__(kThreads)
+    sum_pair_partials_kernel(const double* __restrict__ partial, int64_t slots, int M, Out* __restrict__ S) {
   __shared__ double scratch[kThreads / 32];
   const int64_t b = blockIdx.x;
   const int p = blockIdx.y;
@@ -88,7 +95,6 @@ __global__ void __launch_bounds__(kThreads) sum_pair_partials_kernel(
 }
 
 // ------------------------------------------------------------------ direct
-
 
 // The rows of every modality (at most 8: check_direct_modalities) for one scaled_strip_kernel
 // launch: modality m's rows are [first[m], first[m + 1]) of the channels of all modalities.
@@ -106,9 +112,9 @@ struct StripSources {
 // at out + N first[m] ti (x s^2 as ATen forms it: the product in the compute dtype, then
 // rounded). One block per chunk of rows (over all modalities' channels) and sample b0 + y.
 template <typename Tin>
-__global__ void __launch_bounds__(kThreads) scaled_strip_kernel(
-    const StripSources<Tin> src, int64_t N, int64_t b0, int64_t i0, int64_t ti, int64_t rows_per_chunk, int64_t s_ld,
-    Operand<Tin>* __restrict__ out) {
+__global__ void __launch_bounds__(kThreads)
+    scaled_strip_kernel(const StripSources<Tin> src, int64_t N, int64_t b0, int64_t i0, int64_t ti,
+                        int64_t rows_per_chunk, int64_t s_ld, Operand<Tin>* __restrict__ out) {
   using T = Cmp<Tin>;
   const int64_t b = b0 + blockIdx.y;
   const int64_t r0 = blockIdx.x * rows_per_chunk, r1 = std::min(src.first[src.M], r0 + rows_per_chunk);
@@ -145,9 +151,9 @@ std::vector<at::Tensor> strip_lefts(const Prepared& p, int64_t i0, int64_t ti, c
   const int64_t rows_per_chunk = fill_rows(rows, ti, N, multiprocessors());
   for (int64_t b0 = 0; b0 < N; b0 += kMaxGrid) {
     const int64_t nb = std::min(kMaxGrid, N - b0);
-    launch("scaled_strip_kernel", scaled_strip_kernel<Tin>, dim3(grid_dim((rows + rows_per_chunk - 1) / rows_per_chunk), grid_dim(nb)),
-           dim3(kThreads), stream, src, N, b0, i0, ti, rows_per_chunk, s_ld,
-           static_cast<Operand<Tin>*>(out.mutable_data_ptr()));
+    launch("scaled_strip_kernel", scaled_strip_kernel<Tin>,
+           dim3(grid_dim((rows + rows_per_chunk - 1) / rows_per_chunk), grid_dim(nb)), dim3(kThreads), stream, src, N,
+           b0, i0, ti, rows_per_chunk, s_ld, static_cast<Operand<Tin>*>(out.mutable_data_ptr()));
   }
   std::vector<at::Tensor> lefts;
   for (int m = 0; m < M; ++m) {
@@ -182,26 +188,26 @@ at::Tensor sqdist_direct(const Prepared& p, const FeatInfo& info, cudaStream_t s
   for (int64_t s = 0; s < strips; ++s) {
     const int64_t i0 = s * rows, ti = std::min(rows, d - i0), width = d - i0;
     std::vector<at::Tensor> K = strip_lefts<Tin>(p, i0, ti, stream);  // each replaced by its product (frees
-    for (int64_t m = 0; m < M; ++m)                                       // the operands with the last)
-      K[m] = gemm(K[m], p.operands[m].narrow(2, i0, width), cdt);  // [N, ti, d - i0]
+    for (int64_t m = 0; m < M; ++m)                                   // the operands with the last)
+      K[m] = gemm(K[m], p.operands[m].narrow(2, i0, width), cdt);     // [N, ti, d - i0]
     for (int64_t b0 = 0; b0 < N; b0 += kMaxGrid) {
       const int64_t nb = std::min(kMaxGrid, N - b0);
       const StripPairs shifted = strip_pairs(K, b0, ti * width);  // the same strips, from sample b0 on
       const dim3 grid(grid_dim(chunks), grid_dim(nb));
       double* out = partial.mutable_data_ptr<double>() + b0 * pairs * slots;
       if (cdt == at::kDouble)
-        launch("strip_sqdiff_kernel", strip_sqdiff_kernel<double>, grid, dim3(kThreads), stream, shifted, ti, width, rows_per_chunk, chunks,
-               s, slots, out);
+        launch("strip_sqdiff_kernel", strip_sqdiff_kernel<double>, grid, dim3(kThreads), stream, shifted, ti, width,
+               rows_per_chunk, chunks, s, slots, out);
       else
-        launch("strip_sqdiff_kernel", strip_sqdiff_kernel<float>, grid, dim3(kThreads), stream, shifted, ti, width, rows_per_chunk, chunks,
-               s, slots, out);
+        launch("strip_sqdiff_kernel", strip_sqdiff_kernel<float>, grid, dim3(kThreads), stream, shifted, ti, width,
+               rows_per_chunk, chunks, s, slots, out);
     }
   }
   at::Tensor S = unwritten({N, M, M}, p.norms[0].options());  // every entry written here (M >= 2)
   for (int64_t b0 = 0; b0 < N; b0 += kMaxGrid) {
     const int64_t nb = std::min(kMaxGrid, N - b0);
-    launch("sum_pair_partials_kernel", sum_pair_partials_kernel<Out>, dim3(grid_dim(nb), static_cast<unsigned>(pairs)), dim3(kThreads), stream,
-           partial.const_data_ptr<double>() + b0 * pairs * slots, slots, static_cast<int>(M),
+    launch("sum_pair_partials_kernel", sum_pair_partials_kernel<Out>, dim3(grid_dim(nb), static_cast<unsigned>(pairs)),
+           dim3(kThreads), stream, partial.const_data_ptr<double>() + b0 * pairs * slots, slots, static_cast<int>(M),
            S.mutable_data_ptr<Out>() + b0 * M * M);
   }
   return S;

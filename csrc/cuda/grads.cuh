@@ -30,10 +30,10 @@ std::vector<at::Tensor> gram_grad_raw(const Prepared& p, const at::Tensor& kept,
       const at::Tensor factor = c.factor.select(1, m).select(1, n);  // [N], stride M * M
       for (int64_t b0 = 0; b0 < N; b0 += kMaxGrid) {
         const int64_t nb = std::min(kMaxGrid, N - b0);
-        launch("weighted_block_kernel", weighted_block_kernel<Top>, dim3(grid_dim((rows + rows_per_chunk - 1) / rows_per_chunk), grid_dim(nb)),
-               dim3(kThreads), stream, block.const_data_ptr<Cmp<Top>>() + b0 * block.stride(0), block.stride(0), rows,
-               cols, rows_per_chunk, p.scales[n].const_data_ptr<Cmp<Top>>() + b0 * p.scales[n].stride(0),
-               p.scales[n].stride(0), !upper,
+        launch("weighted_block_kernel", weighted_block_kernel<Top>,
+               dim3(grid_dim((rows + rows_per_chunk - 1) / rows_per_chunk), grid_dim(nb)), dim3(kThreads), stream,
+               block.const_data_ptr<Cmp<Top>>() + b0 * block.stride(0), block.stride(0), rows, cols, rows_per_chunk,
+               p.scales[n].const_data_ptr<Cmp<Top>>() + b0 * p.scales[n].stride(0), p.scales[n].stride(0), !upper,
                factor.const_data_ptr<Cmp<Top>>() + b0 * factor.stride(0), factor.stride(0),
                static_cast<Top*>(weighted.mutable_data_ptr()) + b0 * rows * cols, rows * cols);
       }
@@ -51,9 +51,9 @@ std::vector<at::Tensor> gram_grad_raw(const Prepared& p, const at::Tensor& kept,
 // as in the forward: a pair with K_m = K_n bit for bit adds exactly 0 (f_mm K_m + f_mn K_n
 // would leave a rounding residue).
 template <typename Top>
-__global__ void __launch_bounds__(kThreads, 4) combine_strips_kernel(
-    const StripPairs strips, int64_t count, int64_t chunk, int m, const Cmp<Top>* __restrict__ factor,
-    Top* __restrict__ out, int64_t out_stride) {
+__global__ void __launch_bounds__(kThreads, 4)
+    combine_strips_kernel(const StripPairs strips, int64_t count, int64_t chunk, int m,
+                          const Cmp<Top>* __restrict__ factor, Top* __restrict__ out, int64_t out_stride) {
   using T = Cmp<Top>;
   const int64_t b = blockIdx.y;
   const int M = strips.M;
@@ -124,8 +124,8 @@ std::vector<at::Tensor> direct_grad_raw(const Prepared& p, const Coefficients& c
   const RowsLayout lx = rows_layout(p.operands[0]);
   for (int64_t i0 = 0; i0 < d; i0 += rows) {
     const int64_t ti = std::min(rows, d - i0), count = ti * d;
-    K = strip_lefts<Tin>(p, i0, ti, stream);  // each replaced by its product, as in sqdist_direct
-    for (int64_t m = 0; m < M; ++m)  // K_m enters E_m and every other E_n: all are formed
+    K = strip_lefts<Tin>(p, i0, ti, stream);                 // each replaced by its product, as in sqdist_direct
+    for (int64_t m = 0; m < M; ++m)                          // K_m enters E_m and every other E_n: all are formed
       K[m] = gemm(K[m], p.operands[m], info.compute_dtype);  // [N, ti, d]
     std::vector<at::Tensor> E(M);
     const Chunks ch = fill_chunks(count, N, multiprocessors());
@@ -135,8 +135,8 @@ std::vector<at::Tensor> direct_grad_raw(const Prepared& p, const Coefficients& c
       E[m] = at::empty({N, es}, K[m].options().dtype(p.operand)).narrow(1, 0, count).view({N, ti, d});
       for (int64_t b0 = 0; b0 < N; b0 += kMaxGrid) {
         const int64_t nb = std::min(kMaxGrid, N - b0);
-        launch("combine_strips_kernel", combine_strips_kernel<Top>, dim3(grid_dim(ch.count), grid_dim(nb)), dim3(kThreads), stream,
-               strip_pairs(K, b0, count), count, ch.entries, static_cast<int>(m),
+        launch("combine_strips_kernel", combine_strips_kernel<Top>, dim3(grid_dim(ch.count), grid_dim(nb)),
+               dim3(kThreads), stream, strip_pairs(K, b0, count), count, ch.entries, static_cast<int>(m),
                c.factor.const_data_ptr<T>() + b0 * M * M, static_cast<Top*>(E[m].mutable_data_ptr()) + b0 * es, es);
       }
       if (!students) gemm_acc(g[m], p.operands[m].narrow(2, i0, ti), E[m], info.compute_dtype);

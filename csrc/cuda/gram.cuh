@@ -17,9 +17,10 @@ namespace {
 // added in a fixed order. The scales sm, sn live in the same buffer as the blocks
 // (new_saved), so a sample's are `stride` apart too.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) block_sqnorm_kernel(
-    const T* __restrict__ P, int64_t stride, int64_t entries, int64_t Cn, int64_t chunk,
-    const T* __restrict__ sm, const T* __restrict__ sn, int64_t row_stride, double* __restrict__ partial) {
+__global__ void __launch_bounds__(kThreads)
+    block_sqnorm_kernel(const T* __restrict__ P, int64_t stride, int64_t entries, int64_t Cn, int64_t chunk,
+                        const T* __restrict__ sm, const T* __restrict__ sn, int64_t row_stride,
+                        double* __restrict__ partial) {
   __shared__ double scratch[kThreads / 32];
   const int64_t b = blockIdx.y;
   const int64_t e1 = std::min(entries, (static_cast<int64_t>(blockIdx.x) + 1) * chunk);
@@ -54,8 +55,8 @@ __global__ void __launch_bounds__(kThreads) block_sqnorm_kernel(
 }
 
 // out[b, k] = sum_t in[b, k, t] (count values each), one block per (b, k).
-__global__ void __launch_bounds__(kThreads) sum_partials_kernel(
-    const double* __restrict__ in, int64_t count, int64_t K, double* __restrict__ out) {
+__global__ void __launch_bounds__(kThreads)
+    sum_partials_kernel(const double* __restrict__ in, int64_t count, int64_t K, double* __restrict__ out) {
   __shared__ double scratch[kThreads / 32];
   const int64_t b = blockIdx.x, k = blockIdx.y;
   const double total = block_sum_strided(in + (b * K + k) * count, count, 1, scratch);
@@ -116,13 +117,13 @@ at::Tensor sqdist_from_blocks(const Prepared& p, const FeatInfo& info, at::Tenso
       const int64_t entries = info.channels[m] * info.channels[n];
       const Chunks ch = fill_chunks(entries, info.N, sms);
       at::Tensor out = partial.select(1, q);  // [N, chunks], row stride blocks * chunks
-      const int64_t ld = block.stride(0);  // (N = 1: a size-1 dimension's stride is arbitrary)
+      const int64_t ld = block.stride(0);     // (N = 1: a size-1 dimension's stride is arbitrary)
       TORCH_CHECK(info.N == 1 || (p.scales[m].stride(0) == ld && p.scales[n].stride(0) == ld),
                   "mtut: internal: the scales and the kept blocks are not in one buffer");
       for (int64_t b0 = 0; b0 < info.N; b0 += kMaxGrid) {
         const int64_t nb = std::min(kMaxGrid, info.N - b0);
-        launch("block_sqnorm_kernel", block_sqnorm_kernel<T>, dim3(grid_dim(ch.count), grid_dim(nb)), dim3(kThreads), stream,
-               block.const_data_ptr<T>() + b0 * ld, ld, entries, info.channels[n], ch.entries,
+        launch("block_sqnorm_kernel", block_sqnorm_kernel<T>, dim3(grid_dim(ch.count), grid_dim(nb)), dim3(kThreads),
+               stream, block.const_data_ptr<T>() + b0 * ld, ld, entries, info.channels[n], ch.entries,
                p.scales[m].const_data_ptr<T>() + b0 * p.scales[m].stride(0),
                p.scales[n].const_data_ptr<T>() + b0 * p.scales[n].stride(0), blocks * chunks,
                out.mutable_data_ptr<double>() + b0 * blocks * chunks);
@@ -131,14 +132,15 @@ at::Tensor sqdist_from_blocks(const Prepared& p, const FeatInfo& info, at::Tenso
   at::Tensor t = at::empty({info.N, blocks}, f64);
   for (int64_t b0 = 0; b0 < info.N; b0 += kMaxGrid) {
     const int64_t nb = std::min(kMaxGrid, info.N - b0);
-    launch("sum_partials_kernel", sum_partials_kernel, dim3(grid_dim(nb), static_cast<unsigned>(blocks)), dim3(kThreads), stream,
-           partial.const_data_ptr<double>() + b0 * blocks * chunks, chunks, static_cast<int64_t>(blocks),
-           t.mutable_data_ptr<double>() + b0 * blocks);
+    launch("sum_partials_kernel", sum_partials_kernel, dim3(grid_dim(nb), static_cast<unsigned>(blocks)),
+           dim3(kThreads), stream, partial.const_data_ptr<double>() + b0 * blocks * chunks, chunks,
+           static_cast<int64_t>(blocks), t.mutable_data_ptr<double>() + b0 * blocks);
   }
   at::Tensor S = at::empty({info.N, info.M, info.M}, kept.options());
   const int64_t count = info.N * M * M;
-  launch("combine_gram_kernel", combine_gram_kernel<Out>, dim3(static_cast<unsigned>((count + kThreads - 1) / kThreads)), dim3(kThreads),
-         stream, t.const_data_ptr<double>(), info.N, M, S.mutable_data_ptr<Out>());
+  launch("combine_gram_kernel", combine_gram_kernel<Out>,
+         dim3(static_cast<unsigned>((count + kThreads - 1) / kThreads)), dim3(kThreads), stream,
+         t.const_data_ptr<double>(), info.N, M, S.mutable_data_ptr<Out>());
   return S;
 }
 

@@ -66,8 +66,8 @@ __global__ void __launch_bounds__(kThreads) loss_from_sqdist_kernel(const LossIn
 // g_mn is 0 or S == 0 (an overflowed rho, inf, times 0 would be NaN). grad_S is [N, M, M]
 // contiguous.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) loss_from_sqdist_backward_kernel(
-    const LossInputs<T> in, const T* __restrict__ grad, T* __restrict__ grad_S) {
+__global__ void __launch_bounds__(kThreads)
+    loss_from_sqdist_backward_kernel(const LossInputs<T> in, const T* __restrict__ grad, T* __restrict__ grad_S) {
   __shared__ double scratch[kThreads / 32];
   __shared__ bool passes;
   const T g = *grad;
@@ -91,12 +91,24 @@ __global__ void __launch_bounds__(kThreads) loss_from_sqdist_backward_kernel(
 
 template <typename T>
 LossInputs<T> loss_inputs(const at::Tensor& S, const at::Tensor& ce, double beta, double lambda, Distance dist,
-                             int64_t d, std::optional<double> pair_cap) {
+                          int64_t d, std::optional<double> pair_cap) {
   const int64_t N = S.size(0);
-  return {S.const_data_ptr<T>(), S.stride(0), S.stride(1), S.stride(2), ce.const_data_ptr<T>(), ce.stride(0),
-          ce.stride(1), N, static_cast<int>(S.size(1)), static_cast<T>(beta), static_cast<T>(lambda),
-          static_cast<T>(1.0 / static_cast<double>(N)), static_cast<T>(1.0 / static_cast<double>(d)),
-          static_cast<T>(pair_cap.value_or(0)), dist == Distance::Rms, pair_cap.has_value()};
+  return {S.const_data_ptr<T>(),
+          S.stride(0),
+          S.stride(1),
+          S.stride(2),
+          ce.const_data_ptr<T>(),
+          ce.stride(0),
+          ce.stride(1),
+          N,
+          static_cast<int>(S.size(1)),
+          static_cast<T>(beta),
+          static_cast<T>(lambda),
+          static_cast<T>(1.0 / static_cast<double>(N)),
+          static_cast<T>(1.0 / static_cast<double>(d)),
+          static_cast<T>(pair_cap.value_or(0)),
+          dist == Distance::Rms,
+          pair_cap.has_value()};
 }
 
 // S's dtype T (float or double); ce is read in T too. (The ATen arithmetic computes rho in
@@ -105,8 +117,10 @@ LossInputs<T> loss_inputs(const at::Tensor& S, const at::Tensor& ce, double beta
 template <typename F>
 void dispatch_loss(const at::Tensor& S, const at::Tensor& ce, F&& body) {
   const at::Tensor c = ce.to(S.scalar_type());
-  if (S.scalar_type() == at::kDouble) body(double{}, c);
-  else body(float{}, c);
+  if (S.scalar_type() == at::kDouble)
+    body(double{}, c);
+  else
+    body(float{}, c);
 }
 
 }  // namespace

@@ -26,8 +26,10 @@ RowsLayout rows_layout(const at::Tensor& v) {
   const int64_t C = v.size(1), d = v.size(2), sc = v.stride(1), sd = v.stride(2);
   constexpr int64_t kIntMax = 2147483647;  // cuBLAS takes int sizes and leading dimensions
   RowsLayout r;
-  if (sd == 1 && (sc >= d || C == 1)) r = {true, true, C == 1 ? d : sc};
-  else if (sc == 1 && (sd >= C || d == 1)) r = {true, false, d == 1 ? C : sd};
+  if (sd == 1 && (sc >= d || C == 1))
+    r = {true, true, C == 1 ? d : sc};
+  else if (sc == 1 && (sd >= C || d == 1))
+    r = {true, false, d == 1 ? C : sd};
   r.ok = r.ok && r.lead <= kIntMax && C <= kIntMax && d <= kIntMax;
   return r;
 }
@@ -84,26 +86,34 @@ void gemm_acc(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b, at::Sca
     acc = gemm(a, b, out);
     return;
   }
-  if (a.scalar_type() == acc.scalar_type()) acc.baddbmm_(a, b);
-  else at::baddbmm_out(acc, acc, a, b, acc.scalar_type());
+  if (a.scalar_type() == acc.scalar_type())
+    acc.baddbmm_(a, b);
+  else
+    at::baddbmm_out(acc, acc, a, b, acc.scalar_type());
 }
 
 // out = a @ b into a preallocated fp32/fp64 view.
 void gemm_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b) {
-  if (a.scalar_type() == out.scalar_type()) at::bmm_out(out, a, b);
-  else at::bmm_out(out, a, b, out.scalar_type());
+  if (a.scalar_type() == out.scalar_type())
+    at::bmm_out(out, a, b);
+  else
+    at::bmm_out(out, a, b, out.scalar_type());
 }
 
 cudaDataType_t cuda_type(at::ScalarType t) {
   switch (t) {
-    case at::kDouble: return CUDA_R_64F;
-    case at::kFloat: return CUDA_R_32F;
-    case at::kHalf: return CUDA_R_16F;
-    case at::kBFloat16: return CUDA_R_16BF;
-    default: TORCH_CHECK(false, "mtut: internal: no cuBLAS type for ", t);
+    case at::kDouble:
+      return CUDA_R_64F;
+    case at::kFloat:
+      return CUDA_R_32F;
+    case at::kHalf:
+      return CUDA_R_16F;
+    case at::kBFloat16:
+      return CUDA_R_16BF;
+    default:
+      TORCH_CHECK(false, "mtut: internal: no cuBLAS type for ", t);
   }
 }
-
 
 // out_e [rows, cols] (row-major, rows out_lead apart; `accumulate`: +=) = left_e [rows, k]
 // right_e [k, cols] for the entries [first, first + count) of `ptrs` ([3, total]: left_e,
@@ -127,13 +137,13 @@ void pointer_product(const at::Tensor& ptrs, int64_t first, int64_t count, int64
   cublasMath_t mode;
   TORCH_CUDABLAS_CHECK(cublasGetMathMode(handle, &mode));
   if (narrow)
-    TORCH_CUDABLAS_CHECK(cublasSetMathMode(
-        handle, static_cast<cublasMath_t>(mode | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
+    TORCH_CUDABLAS_CHECK(
+        cublasSetMathMode(handle, static_cast<cublasMath_t>(mode | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
   const cublasStatus_t status = cublasGemmBatchedEx(
       handle, right.row_major ? CUBLAS_OP_N : CUBLAS_OP_T, left.row_major ? CUBLAS_OP_N : CUBLAS_OP_T,
-      static_cast<int>(cols), static_cast<int>(rows), static_cast<int>(k), f64 ? static_cast<const void*>(&one64) : &one,
-      const_cast<const void**>(p + total + first), cuda_type(in), static_cast<int>(right.lead),
-      const_cast<const void**>(p + first), cuda_type(in), static_cast<int>(left.lead),
+      static_cast<int>(cols), static_cast<int>(rows), static_cast<int>(k),
+      f64 ? static_cast<const void*>(&one64) : &one, const_cast<const void**>(p + total + first), cuda_type(in),
+      static_cast<int>(right.lead), const_cast<const void**>(p + first), cuda_type(in), static_cast<int>(left.lead),
       f64 ? static_cast<const void*>(&beta64) : &beta, const_cast<void**>(p + 2 * total + first), cuda_type(out),
       static_cast<int>(out_lead), static_cast<int>(count), f64 ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F,
       CUBLAS_GEMM_DEFAULT);

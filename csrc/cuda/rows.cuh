@@ -35,8 +35,8 @@ int64_t row_segments(int64_t rows, int64_t d, int64_t sms) {
 // every row of a group (up to kRowGroup modalities): a warp per (row, segment), four sums a
 // lane (four loads in flight) added in a fixed order, then the warp's shuffle sum.
 template <typename Tin>
-__global__ void __launch_bounds__(kThreads) row_sqsum_kernel(const RowGroup<Tin> rows, int64_t d, int64_t seg_len,
-                                                              double* __restrict__ partial) {
+__global__ void __launch_bounds__(kThreads)
+    row_sqsum_kernel(const RowGroup<Tin> rows, int64_t d, int64_t seg_len, double* __restrict__ partial) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32;
   if (row >= rows.first[rows.count]) return;  // whole warps leave together
   const int lane = threadIdx.x % 32;
@@ -68,9 +68,9 @@ __global__ void __launch_bounds__(kThreads) row_sqsum_kernel(const RowGroup<Tin>
 // 1 / max(norm, eps) of every row of a group, a thread per row. The threads of rows b < N also
 // zero sample b's entries [pad_from, ld) of saved (pad_from = ld: none).
 template <typename Tin>
-__global__ void __launch_bounds__(kThreads) row_scale_kernel(
-    const RowGroup<Tin> rows, const double* __restrict__ partial, int64_t segs, double eps, int64_t N, int64_t ld,
-    int64_t s_offset, int64_t pad_from, Cmp<Tin>* __restrict__ saved) {
+__global__ void __launch_bounds__(kThreads)
+    row_scale_kernel(const RowGroup<Tin> rows, const double* __restrict__ partial, int64_t segs, double eps, int64_t N,
+                     int64_t ld, int64_t s_offset, int64_t pad_from, Cmp<Tin>* __restrict__ saved) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (row >= rows.first[rows.count]) return;
   if (row < N)

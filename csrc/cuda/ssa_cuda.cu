@@ -4,15 +4,15 @@
 // docs/cuda.md. The parts below, each one concern, are this one translation unit.
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 // (one anonymous namespace: internal linkage, no exported symbols)
+#include "backward.cuh"
 #include "common.cuh"
+#include "direct.cuh"
+#include "grads.cuh"
+#include "gram.cuh"
+#include "loss.cuh"
 #include "products.cuh"
 #include "rows.cuh"
-#include "gram.cuh"
-#include "direct.cuh"
-#include "backward.cuh"
 #include "students.cuh"
-#include "grads.cuh"
-#include "loss.cuh"
 
 namespace mtut {
 namespace cuda {
@@ -52,8 +52,8 @@ std::vector<at::Tensor> sqdist_backward(at::TensorList feats, const at::Tensor& 
   const DeviceScope guard(feats[0].device());
   cudaStream_t stream = current_stream();
   const at::Tensor w = weight.to(info.compute_dtype);
-  const Coefficients c = info.compute_dtype == at::kDouble ? pair_coefficients<double>(w, stream)
-                                                           : pair_coefficients<float>(w, stream);
+  const Coefficients c =
+      info.compute_dtype == at::kDouble ? pair_coefficients<double>(w, stream) : pair_coefficients<float>(w, stream);
   std::vector<at::Tensor> grads;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, info.dtype, "mtut_sqdist_backward_cuda", [&] {
     // the forward's row norms and Gram blocks, or (not kept: an empty saved) both again
@@ -88,8 +88,8 @@ at::Tensor ssa_loss_from_sqdist(const at::Tensor& S, const at::Tensor& ce, doubl
   return loss;
 }
 
-at::Tensor ssa_loss_from_sqdist_backward(const at::Tensor& grad, const at::Tensor& S, const at::Tensor& ce,
-                                         double beta, double lambda, c10::string_view distance, c10::SymInt d,
+at::Tensor ssa_loss_from_sqdist_backward(const at::Tensor& grad, const at::Tensor& S, const at::Tensor& ce, double beta,
+                                         double lambda, c10::string_view distance, c10::SymInt d,
                                          std::optional<double> pair_cap) {
   const Distance dist = check_loss_from_sqdist(S, ce, beta, lambda, distance, d, pair_cap);
   TORCH_CHECK_VALUE(grad.dim() == 0, "mtut: grad of the loss must be a scalar, got shape ", grad.sizes());
@@ -99,8 +99,8 @@ at::Tensor ssa_loss_from_sqdist_backward(const at::Tensor& grad, const at::Tenso
   at::Tensor grad_S = at::empty(S.sizes(), S.options());
   dispatch_loss(S, ce, [&](auto t, const at::Tensor& cv) {
     using T = decltype(t);
-    launch("loss_from_sqdist_backward_kernel", loss_from_sqdist_backward_kernel<T>, dim3(1), dim3(kThreads), current_stream(),
-           loss_inputs<T>(S, cv, beta, lambda, dist, d.expect_int(), pair_cap), g.const_data_ptr<T>(),
+    launch("loss_from_sqdist_backward_kernel", loss_from_sqdist_backward_kernel<T>, dim3(1), dim3(kThreads),
+           current_stream(), loss_inputs<T>(S, cv, beta, lambda, dist, d.expect_int(), pair_cap), g.const_data_ptr<T>(),
            grad_S.mutable_data_ptr<T>());
   });
   return grad_S;

@@ -43,9 +43,9 @@ struct StudentBases {
 // for j = 0, else the j-th other modality; `terms` of them) entry e = (j N + b) L + k of the
 // pointer arrays: the left and right operands of (m, n), graw_m.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) student_pointers_kernel(
-    const StudentBases bases, int64_t graw_sample, int64_t N, int M, int L, int terms, T* __restrict__ ref,
-    const void** left, const void** right, void** out) {
+__global__ void __launch_bounds__(kThreads)
+    student_pointers_kernel(const StudentBases bases, int64_t graw_sample, int64_t N, int M, int L, int terms,
+                            T* __restrict__ ref, const void** left, const void** right, void** out) {
   const int64_t b = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (b >= N) return;
   unsigned slots = 0, taken = 0;  // (bit fields, not arrays: no local memory)
@@ -76,7 +76,6 @@ __global__ void __launch_bounds__(kThreads) student_pointers_kernel(
     }
   }
 }
-
 
 // Whether the student products apply: at most kMaxStudentModalities modalities, one channel
 // count, and operands cuBLAS reads with one operation and leading dimension.
@@ -115,9 +114,10 @@ at::Tensor student_pointers(const StudentBases& bases, const FeatInfo& info, int
   const int64_t N = info.N, total = terms * N * L;
   at::Tensor ptrs = at::empty({3, total}, c.ref.options().dtype(at::kLong));
   auto* arr = reinterpret_cast<void**>(ptrs.mutable_data_ptr<int64_t>());
-  launch("student_pointers_kernel", student_pointers_kernel<T>, dim3(static_cast<unsigned>((N + kThreads - 1) / kThreads)), dim3(kThreads),
-         stream, bases, info.channels[0] * info.d * graw_elem, N, static_cast<int>(info.M), static_cast<int>(L),
-         terms, c.ref.mutable_data_ptr<T>(), const_cast<const void**>(arr), const_cast<const void**>(arr + total),
+  launch("student_pointers_kernel", student_pointers_kernel<T>,
+         dim3(static_cast<unsigned>((N + kThreads - 1) / kThreads)), dim3(kThreads), stream, bases,
+         info.channels[0] * info.d * graw_elem, N, static_cast<int>(info.M), static_cast<int>(L), terms,
+         c.ref.mutable_data_ptr<T>(), const_cast<const void**>(arr), const_cast<const void**>(arr + total),
          arr + 2 * total);
   return ptrs;
 }
@@ -142,12 +142,12 @@ at::Tensor student_pointers(const StudentBases& bases, const FeatInfo& info, int
 // in the parameters: indexed at run time they were copied to the stack). (4 blocks per SM, as
 // normalize_backward_kernel: otherwise ptxas spilled two registers.)
 template <typename Top>
-__global__ void __launch_bounds__(kThreads, 4) folded_blocks_kernel(
-    const Cmp<Top>* __restrict__ blocks, int64_t kept_step, int64_t block_stride, const Cmp<Top>* __restrict__ scales,
-    int64_t s_ld, int64_t C, int M, int m, int64_t b0, const Cmp<Top>* __restrict__ norm, double eps,
-    const Cmp<Top>* __restrict__ factor,
-    const Cmp<Top>* __restrict__ ref, Top* __restrict__ out, int64_t out_stride, int64_t block_step,
-    int64_t row_step) {
+__global__ void __launch_bounds__(kThreads, 4)
+    folded_blocks_kernel(const Cmp<Top>* __restrict__ blocks, int64_t kept_step, int64_t block_stride,
+                         const Cmp<Top>* __restrict__ scales, int64_t s_ld, int64_t C, int M, int m, int64_t b0,
+                         const Cmp<Top>* __restrict__ norm, double eps, const Cmp<Top>* __restrict__ factor,
+                         const Cmp<Top>* __restrict__ ref, Top* __restrict__ out, int64_t out_stride,
+                         int64_t block_step, int64_t row_step) {
   using T = Cmp<Top>;
   __shared__ double scratch[kThreads / 32];
   __shared__ double t;
@@ -163,7 +163,7 @@ __global__ void __launch_bounds__(kThreads, 4) folded_blocks_kernel(
   };
   const T sc = sb[m * C + c];
   const bool project = norm[b * s_ld + c] > eps;  // r_m of row c (the rule of normalize_backward)
-  if (project) {  // (uniform over the block: the __syncthreads in block_sum are safe)
+  if (project) {                                  // (uniform over the block: the __syncthreads in block_sum are safe)
     double acc = 0;
     for (int n = 0; n < M; ++n) {
       const T* P = block(n);
@@ -206,9 +206,9 @@ struct StackSources {
 };
 
 template <typename Tin>
-__global__ void __launch_bounds__(kThreads) stack_strip_kernel(const StackSources src, int M, int64_t C, int64_t i0,
-                                                               int64_t width, int64_t seg_len, int64_t lead,
-                                                               Tin* __restrict__ out) {
+__global__ void __launch_bounds__(kThreads)
+    stack_strip_kernel(const StackSources src, int M, int64_t C, int64_t i0, int64_t width, int64_t seg_len,
+                       int64_t lead, Tin* __restrict__ out) {
   // grid.x = N M C < 2^31, so 32-bit division (64-bit division is a called routine: a stack frame)
   const unsigned row = blockIdx.x, mc = static_cast<unsigned>(M * C);
   const unsigned b = row / mc, rest = row - b * mc, m = rest / static_cast<unsigned>(C);
@@ -248,7 +248,9 @@ void require_aligned(const StudentBases& bases, const FeatInfo& info, int64_t gr
   proof.bytes(many ? info.channels[0] * info.d * graw_elem : 0);
   for (int q = 0; q < kMaxStudentModalities * kMaxStudentModalities; ++q)
     if (bases.left[q] != nullptr)
-      proof.pointer(bases.left[q]).pointer(bases.right[q]).bytes(many ? bases.left_sample[q] : 0)
+      proof.pointer(bases.left[q])
+          .pointer(bases.right[q])
+          .bytes(many ? bases.left_sample[q] : 0)
           .bytes(many ? bases.right_sample[q] : 0);
   for (const char* g : bases.graw) proof.pointer(g);
   TORCH_CHECK(proof.ok, "mtut: internal: a student product's pointer is not 16-byte aligned");
@@ -316,9 +318,10 @@ std::vector<at::Tensor> student_gram_grads(const Prepared& p, const at::Tensor& 
   for (int m = 0; m < M; ++m) {
     if (!needs[m]) continue;
     for (int64_t b0 = 0; b0 < N; b0 += kMaxGrid)
-      launch("folded_blocks_kernel", folded_blocks_kernel<Top>, dim3(static_cast<unsigned>(C), grid_dim(std::min(kMaxGrid, N - b0))),
-             dim3(kThreads), stream, blocks, kept_step, kept.stride(0), scales, p.scales[0].stride(0), C, M, m, b0,
-             p.norms[m].const_data_ptr<T>(), eps, c.factor.const_data_ptr<T>(), c.ref.select(0, m).const_data_ptr<T>(),
+      launch("folded_blocks_kernel", folded_blocks_kernel<Top>,
+             dim3(static_cast<unsigned>(C), grid_dim(std::min(kMaxGrid, N - b0))), dim3(kThreads), stream, blocks,
+             kept_step, kept.stride(0), scales, p.scales[0].stride(0), C, M, m, b0, p.norms[m].const_data_ptr<T>(), eps,
+             c.factor.const_data_ptr<T>(), c.ref.select(0, m).const_data_ptr<T>(),
              static_cast<Top*>(W.select(0, m).mutable_data_ptr()), out_stride, block_step, stacked ? MC : C);
   }
   const int64_t elem_w = W.element_size(), elem_out = c10::elementSize(out_dtype);
@@ -368,8 +371,8 @@ std::vector<at::Tensor> student_gram_grads(const Prepared& p, const at::Tensor& 
     }
     const at::Tensor ptrs = student_pointers<T>(bases, info, L, 1, c, elem_out, stream);
     require_aligned(bases, info, elem_out);
-    pointer_product(ptrs, 0, N * L, C, w, MC, {true, MC}, {true, width}, /*accumulate=*/false, p.operand,
-                    p.operand, /*out_lead=*/d);
+    pointer_product(ptrs, 0, N * L, C, w, MC, {true, MC}, {true, width}, /*accumulate=*/false, p.operand, p.operand,
+                    /*out_lead=*/d);
   }
   return g;
 }

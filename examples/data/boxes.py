@@ -54,8 +54,10 @@ def load_frame_boxes(path: str | Path) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for clip, frames in raw.items():
         if not isinstance(frames, list) or (frames and all(isinstance(v, (int, float)) for v in frames)):
-            raise ValueError(f"{path}: clip {clip}: expected one list of detections per frame (mmpose's bboxes.json); "
-                             "a single [x0, y0, x1, y1] per clip is the hand_boxes.json format (--box-pipeline margin)")
+            raise ValueError(
+                f"{path}: clip {clip}: expected one list of detections per frame (mmpose's bboxes.json); "
+                "a single [x0, y0, x1, y1] per clip is the hand_boxes.json format (--box-pipeline margin)"
+            )
         boxes = np.full((len(frames), 4), np.nan, np.float32)
         for i, dets in enumerate(frames):
             if not isinstance(dets, list):
@@ -66,8 +68,10 @@ def load_frame_boxes(path: str | Path) -> dict[str, np.ndarray]:
             box = det.get("bbox") if isinstance(det, dict) else None
             ok = isinstance(box, list) and len(box) >= 4 and all(isinstance(v, (int, float)) for v in box[:4])
             if not ok or not (box[0] <= box[2] and box[1] <= box[3]):
-                raise ValueError(f"{path}: clip {clip}: frame {i}: detection {det!r} has no bbox [x0, y0, x1, y1] "
-                                 "with x0 <= x1, y0 <= y1")
+                raise ValueError(
+                    f"{path}: clip {clip}: frame {i}: detection {det!r} has no bbox [x0, y0, x1, y1] "
+                    "with x0 <= x1, y0 <= y1"
+                )
             boxes[i] = box[:4]
         out[normalize_clip_path(clip)] = boxes
     return out
@@ -142,13 +146,20 @@ class BoxJitterCrop:
     pipeline uses ``scale = ratio = (1, 1)``, ``shift = 0``.
     """
 
-    def __init__(self, size: int, scale: Sequence[float] = (1.0, 1.0), ratio: Sequence[float] = (1.0, 1.0),
-                 shift: float = 0.0, random: bool = True):
+    def __init__(
+        self,
+        size: int,
+        scale: Sequence[float] = (1.0, 1.0),
+        ratio: Sequence[float] = (1.0, 1.0),
+        shift: float = 0.0,
+        random: bool = True,
+    ):
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         if not (0 < scale[0] <= scale[1] and 0 < ratio[0] <= ratio[1] and shift >= 0):
-            raise ValueError(f"need 0 < scale[0] <= scale[1], 0 < ratio[0] <= ratio[1], shift >= 0; got {scale}, "
-                             f"{ratio}, {shift}")
+            raise ValueError(
+                f"need 0 < scale[0] <= scale[1], 0 < ratio[0] <= ratio[1], shift >= 0; got {scale}, {ratio}, {shift}"
+            )
         self.size, self.scale, self.ratio, self.shift, self.random = size, tuple(scale), tuple(ratio), shift, random
 
     def draw(self) -> tuple[float, float, float, float]:
@@ -184,14 +195,17 @@ class BoxJitterCrop:
             crop = x[:, y0 : y1 + 1, x0 : x1 + 1]
             out = np.empty((t, self.size, self.size, c), x.dtype)
             for i in range(t):  # bilinear, as mmcv.imresize
-                out[i] = cv2.resize(np.ascontiguousarray(crop[i]), (self.size, self.size),
-                                    interpolation=cv2.INTER_LINEAR).reshape(self.size, self.size, c)
+                out[i] = cv2.resize(
+                    np.ascontiguousarray(crop[i]), (self.size, self.size), interpolation=cv2.INTER_LINEAR
+                ).reshape(self.size, self.size, c)
             sample[m] = out
         return sample
 
     def __repr__(self) -> str:
-        return (f"BoxJitterCrop({self.size}, scale={self.scale}, ratio={self.ratio}, shift={self.shift}, "
-                f"random={self.random})")
+        return (
+            f"BoxJitterCrop({self.size}, scale={self.scale}, ratio={self.ratio}, shift={self.shift}, "
+            f"random={self.random})"
+        )
 
 
 class ColorJitter:

@@ -106,8 +106,9 @@ class NVGestureDataset(Dataset):
         self.modalities = tuple(modalities)
         unknown = [m for m in self.modalities if m not in MODALITIES]
         if unknown:
-            raise UnknownModalityError(f"unknown modality {unknown[0]!r} in modalities={list(self.modalities)}; "
-                                       f"known: {', '.join(MODALITIES)}")
+            raise UnknownModalityError(
+                f"unknown modality {unknown[0]!r} in modalities={list(self.modalities)}; known: {', '.join(MODALITIES)}"
+            )
         if not self.modalities or len(set(self.modalities)) != len(self.modalities):
             raise ValueError(f"modalities must be non-empty and without repeats, got {list(self.modalities)}")
         if list_file is None:
@@ -243,5 +244,7 @@ class NVGestureDataset(Dataset):
         raise RuntimeError(f"every clip in {self.list_file} failed to load")
 
     def __repr__(self) -> str:
-        return (f"NVGestureDataset(root={str(self.root)!r}, split={self.split!r}, modalities={self.modalities}, "
-                f"clips={len(self)}, skipped={self.num_skipped})")
+        return (
+            f"NVGestureDataset(root={str(self.root)!r}, split={self.split!r}, modalities={self.modalities}, "
+            f"clips={len(self)}, skipped={self.num_skipped})"
+        )

@@ -71,9 +71,11 @@ def tvl1_factory():
         create = getattr(owner, "DualTVL1OpticalFlow_create", None) if owner is not None else None
         if create is not None:
             return create
-    raise RuntimeError(f"TV-L1 optical flow needs OpenCV's contrib modules (cv2.optflow), which this OpenCV "
-                       f"{_cv2.__version__} lacks: pip uninstall opencv-python-headless && pip install "
-                       "opencv-contrib-python-headless (or use --method farneback)")
+    raise RuntimeError(
+        f"TV-L1 optical flow needs OpenCV's contrib modules (cv2.optflow), which this OpenCV "
+        f"{_cv2.__version__} lacks: pip uninstall opencv-python-headless && pip install "
+        "opencv-contrib-python-headless (or use --method farneback)"
+    )
 
 
 def tvl1(frames: np.ndarray) -> np.ndarray:
@@ -133,15 +135,21 @@ def compute_clip_flow(
     return quantize(flow, bound), fps
 
 
-def save_flow(path: str | Path, q: np.ndarray, *, start: int, end: int, bound: float, fps: float,
-              method: str = "farneback") -> None:
+def save_flow(
+    path: str | Path, q: np.ndarray, *, start: int, end: int, bound: float, fps: float, method: str = "farneback"
+) -> None:
     """Write a flow file atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
             np.savez_compressed(
-                f, flow=q, bound=np.float32(bound), start=np.int64(start), end=np.int64(end), fps=np.float64(fps),
+                f,
+                flow=q,
+                bound=np.float32(bound),
+                start=np.int64(start),
+                end=np.int64(end),
+                fps=np.float64(fps),
                 method=np.array(method),
             )
         os.replace(tmp, path)

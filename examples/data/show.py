@@ -35,8 +35,15 @@ def _pick(dataset: NVGestureDataset, clips: int) -> list[int]:
     return picked + rest[: clips - len(picked)]
 
 
-def show(root: str | Path, out: str | Path, *, split: str = "train", clips: int = 4, frames: int = 8,
-         modalities: tuple[str, ...] = ("rgb", "depth", "ir", "flow")) -> Path:
+def show(
+    root: str | Path,
+    out: str | Path,
+    *,
+    split: str = "train",
+    clips: int = 4,
+    frames: int = 8,
+    modalities: tuple[str, ...] = ("rgb", "depth", "ir", "flow"),
+) -> Path:
     """Save a PNG grid: for each of ``clips`` clips (one per class first), one row per
     modality, ``frames`` frames evenly spaced over the valid window.
 
@@ -56,8 +63,10 @@ def show(root: str | Path, out: str | Path, *, split: str = "train", clips: int 
     if "flow" in modalities:
         probe = NVGestureDataset(root, split, ("rgb",), check_videos=False)
         indices = _pick(probe, clips)
-        have_files = all(flow_file(probe.records[i].clip_dir(root) / f"{probe.records[i].sensors['color'].file}.avi")
-                         .is_file() for i in indices)
+        have_files = all(
+            flow_file(probe.records[i].clip_dir(root) / f"{probe.records[i].sensors['color'].file}.avi").is_file()
+            for i in indices
+        )
         load += ["flow"] if have_files else ([] if "rgb" in load else ["rgb"])
     dataset = NVGestureDataset(root, split, tuple(load), check_videos=False)
     indices = _pick(dataset, clips)
@@ -81,8 +90,13 @@ def show(root: str | Path, out: str | Path, *, split: str = "train", clips: int 
 
     h, w = rows[0][2][0].shape[:2]
     cell = 1.6  # inches per frame
-    fig, axes = plt.subplots(len(rows), frames, figsize=(cell * frames + 0.4, (cell * h / w + 0.12) * len(rows) + 0.3),
-                             squeeze=False, gridspec_kw=dict(wspace=0.03, hspace=0.25))
+    fig, axes = plt.subplots(
+        len(rows),
+        frames,
+        figsize=(cell * frames + 0.4, (cell * h / w + 0.12) * len(rows) + 0.3),
+        squeeze=False,
+        gridspec_kw=dict(wspace=0.03, hspace=0.25),
+    )
     for r, (title, m, images) in enumerate(rows):
         for c, img in enumerate(images):
             ax = axes[r][c]

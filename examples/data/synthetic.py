@@ -139,8 +139,9 @@ class SyntheticConfig:
         if not self.classes or bad or len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes must be distinct 1-based labels in 1..{NUM_CLASSES}, got {self.classes}")
         if self.subjects < 2 or not 1 <= self.test_subjects < self.subjects:
-            raise ValueError(f"need subjects >= 2 and 1 <= test_subjects < subjects, got {self.subjects}, "
-                             f"{self.test_subjects}")
+            raise ValueError(
+                f"need subjects >= 2 and 1 <= test_subjects < subjects, got {self.subjects}, {self.test_subjects}"
+            )
         if self.first_subject < 1:
             raise ValueError(f"first_subject must be >= 1, got {self.first_subject}")
         if self.clips_per_class < 1:
@@ -166,10 +167,12 @@ class SyntheticConfig:
         train_subjects = self.subjects - self.test_subjects
         if self.clips_per_class <= train_subjects:
             # clip i goes to subject i % subjects: the first clips fill the training subjects
-            raise ValueError(f"clips_per_class {self.clips_per_class} with subjects {self.subjects} and "
-                             f"test_subjects {self.test_subjects} leaves the test list empty (clip i is subject "
-                             f"i % subjects; the last {self.test_subjects} subjects are test): give clips_per_class "
-                             f">= {train_subjects + 1}, or fewer subjects")
+            raise ValueError(
+                f"clips_per_class {self.clips_per_class} with subjects {self.subjects} and "
+                f"test_subjects {self.test_subjects} leaves the test list empty (clip i is subject "
+                f"i % subjects; the last {self.test_subjects} subjects are test): give clips_per_class "
+                f">= {train_subjects + 1}, or fewer subjects"
+            )
 
 
 # ----------------------------------------------------------------------------- gestures
@@ -261,8 +264,9 @@ def gesture(label: int, p: np.ndarray, amp: float = 1.0) -> dict[str, np.ndarray
 # ----------------------------------------------------------------------------- rendering
 
 
-def draw_hand(height: int, width: int, cx: float, cy: float, radius: float, theta: float, ext: np.ndarray,
-              chirality: int) -> np.ndarray:
+def draw_hand(
+    height: int, width: int, cx: float, cy: float, radius: float, theta: float, ext: np.ndarray, chirality: int
+) -> np.ndarray:
     """Antialiased hand mask, float32 ``[height, width]`` in ``[0, 1]``.
 
     ``(cx, cy)`` is the palm center in pixels, ``radius`` the palm radius in pixels,
@@ -473,8 +477,16 @@ def render_clip(cfg: SyntheticConfig, label: int, subject: int, rep: int, rgb_ha
         d_scale = radius0 * hard_rng.uniform(0.8, 1.1)
         for i in range(length):
             ang = angle0 + speed * i
-            fake = draw_hand(h, w, x0 + orbit * math.cos(ang), y0 + 0.7 * orbit * math.sin(ang), d_scale,
-                             d_theta0 + d_wobble * math.sin(0.3 * i), d_ext, -sub.chirality)
+            fake = draw_hand(
+                h,
+                w,
+                x0 + orbit * math.cos(ang),
+                y0 + 0.7 * orbit * math.sin(ang),
+                d_scale,
+                d_theta0 + d_wobble * math.sin(0.3 * i),
+                d_ext,
+                -sub.chirality,
+            )
             frames[i] += (tone - frames[i]) * (s * fake)[..., None]
     # Rounded shading, darker toward the outline, as a real hand under a lamp; it
     # gives the hand luminance edges whatever its color against the wall.
@@ -508,14 +520,18 @@ def render_clip(cfg: SyntheticConfig, label: int, subject: int, rep: int, rgb_ha
     # odd case of a hand that never enters it, e.g. a very narrow frame).
     ys, xs = np.nonzero(masks[pre : pre + n, :, :, 0].max(axis=0) > 0.1)
     if len(xs):
-        clip.box = tuple(round(float(v), 4) for v in (xs.min() / w, ys.min() / h, (xs.max() + 1) / w,
-                                                     (ys.max() + 1) / h))
+        clip.box = tuple(
+            round(float(v), 4) for v in (xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h)
+        )
     # Per-frame "detections" in mmpose's bboxes.json format (pixels, end exclusive), none
     # where the hand is out of the frame, as a hand detector would report them.
     for i in range(length):
         ys, xs = np.nonzero(masks[i, :, :, 0] > 0.1)
-        clip.frame_boxes.append([{"bbox": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
-                                  "score": 1.0}] if len(xs) else [])
+        clip.frame_boxes.append(
+            [{"bbox": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1], "score": 1.0}]
+            if len(xs)
+            else []
+        )
     return clip
 
 
@@ -547,8 +563,11 @@ def generate(out: str | Path, cfg: SyntheticConfig = SyntheticConfig(), *, progr
     boxes: dict[str, list[float]] = {}
     frame_boxes: dict[str, list] = {}
     hard: dict[str, bool] = {}
-    jobs = [(label, cfg.first_subject + i % cfg.subjects, i // cfg.subjects)
-            for label in sorted(cfg.classes) for i in range(cfg.clips_per_class)]
+    jobs = [
+        (label, cfg.first_subject + i % cfg.subjects, i // cfg.subjects)
+        for label in sorted(cfg.classes)
+        for i in range(cfg.clips_per_class)
+    ]
     first_test = cfg.first_subject + cfg.subjects - cfg.test_subjects
     for label, subject, rep in tqdm(jobs, desc="synthetic", unit="clip", disable=not progress):
         clip = render_clip(cfg, label, subject, rep)
@@ -571,16 +590,26 @@ def generate(out: str | Path, cfg: SyntheticConfig = SyntheticConfig(), *, progr
     for split, name in (("train", TRAIN_LIST), ("test", TEST_LIST)):
         (out / name).write_text("".join(line + "\n" for line in lines[split]), encoding="utf-8")
     (out / BOXES_FILE).write_text(json.dumps(boxes, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    (out / FRAME_BOXES_FILE).write_text(json.dumps(frame_boxes, sort_keys=True, separators=(",", ":")) + "\n",
-                                        encoding="utf-8")
+    (out / FRAME_BOXES_FILE).write_text(
+        json.dumps(frame_boxes, sort_keys=True, separators=(",", ":")) + "\n", encoding="utf-8"
+    )
     if cfg.rgb_hard_p > 0:
-        sidecar = {"format": HARD_FORMAT, "p": cfg.rgb_hard_p, "strength": cfg.rgb_hard_strength, "seed": cfg.seed,
-                   "clips": dict(sorted(hard.items()))}
+        sidecar = {
+            "format": HARD_FORMAT,
+            "p": cfg.rgb_hard_p,
+            "strength": cfg.rgb_hard_strength,
+            "seed": cfg.seed,
+            "clips": dict(sorted(hard.items())),
+        }
         (out / HARD_FILE).write_text(json.dumps(sidecar, indent=1) + "\n", encoding="utf-8")
     info = asdict(cfg) | {"class_names": {c: CLASS_NAMES[c - 1] for c in sorted(cfg.classes)}}
     (out / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-    return {"train": len(lines["train"]), "test": len(lines["test"]), "hard": sum(hard.values()),
-            "seconds": time.perf_counter() - started}
+    return {
+        "train": len(lines["train"]),
+        "test": len(lines["test"]),
+        "hard": sum(hard.values()),
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def load_hard_clips(root: str | Path) -> dict[str, bool] | None:

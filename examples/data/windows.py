@@ -71,8 +71,14 @@ def _clip_job(args: tuple[str, str, ClipRecord, str]) -> tuple[str, dict, int, i
         try:
             frames, fps = read_window(video, w.start, w.end, gray=False)
         except VideoError as e:
-            return "", dict(reason=e.reason, file=e.file, clip=record.path, list_file=record.list_file,
-                            line_no=record.line_no), bytes_in, bytes_out
+            return (
+                "",
+                dict(
+                    reason=e.reason, file=e.file, clip=record.path, list_file=record.list_file, line_no=record.line_no
+                ),
+                bytes_in,
+                bytes_out,
+            )
         target = dst / f"{w.file}.avi"
         _write(target, frames, fps, codec)
         bytes_in += video.stat().st_size
@@ -92,8 +98,15 @@ def _clip_job(args: tuple[str, str, ClipRecord, str]) -> tuple[str, dict, int, i
     return format_line(record.path, record.label, sensors), {}, bytes_in, bytes_out
 
 
-def extract_windows(root: str | Path, out: str | Path, *, codec: str = "MJPG", workers: int = 1,
-                    skip_bad: bool = False, progress: bool = True) -> ExtractStats:
+def extract_windows(
+    root: str | Path,
+    out: str | Path,
+    *,
+    codec: str = "MJPG",
+    workers: int = 1,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> ExtractStats:
     """Write the windows of every clip of both list files of ``root`` as a new dataset at ``out``.
 
     Raises:
@@ -136,15 +149,16 @@ def extract_windows(root: str | Path, out: str | Path, *, codec: str = "MJPG", w
                 record = records[i]
                 if boxes is not None and record.key in boxes and "color" in record.sensors:
                     w = record.sensors["color"]
-                    new_boxes[record.key] = boxes[record.key][w.start:w.end]
+                    new_boxes[record.key] = boxes[record.key][w.start : w.end]
         finally:
             bar.close()
             if ctx:
                 ctx.close()
         (out / name).write_text("".join(lines[i] + "\n" for i in sorted(lines)), encoding="utf-8")
     if boxes is not None:
-        (out / FRAME_BOXES_FILE).write_text(json.dumps(new_boxes, sort_keys=True, separators=(",", ":")) + "\n",
-                                            encoding="utf-8")
+        (out / FRAME_BOXES_FILE).write_text(
+            json.dumps(new_boxes, sort_keys=True, separators=(",", ":")) + "\n", encoding="utf-8"
+        )
     for name in (HAND_BOXES_FILE, "rgb_hard.json"):  # per-clip sidecars, keyed by the list paths
         if (root / name).is_file():
             shutil.copyfile(root / name, out / name)

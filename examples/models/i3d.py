@@ -89,8 +89,17 @@ class Unit3D(nn.Module):
     asymmetric for the given input (stride 2) pad explicitly.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size=1, stride=1, *,
-                 activation: bool = True, use_bn: bool = True, use_bias: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size=1,
+        stride=1,
+        *,
+        activation: bool = True,
+        use_bn: bool = True,
+        use_bias: bool = False,
+    ):
         super().__init__()
         self.kernel_size, self.stride = _triple(kernel_size), _triple(stride)
         self.conv3d = nn.Conv3d(in_channels, out_channels, self.kernel_size, self.stride, bias=use_bias)
@@ -156,8 +165,7 @@ class I3D(nn.Module):
     time. ``forward`` returns ``[N, num_classes]``; :meth:`extract` also returns features.
     """
 
-    def __init__(self, num_classes: int | None = 400, in_channels: int = 3, width: float = 1.0,
-                 dropout: float = 0.0):
+    def __init__(self, num_classes: int | None = 400, in_channels: int = 3, width: float = 1.0, dropout: float = 0.0):
         super().__init__()
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {in_channels}")
@@ -195,8 +203,9 @@ class I3D(nn.Module):
         self.feature_channels = self.channels["Mixed_5c"]
         if num_classes is not None:
             self.dropout = nn.Dropout(dropout)
-            self.conv3d_0c_1x1 = Unit3D(self.feature_channels, num_classes, activation=False, use_bn=False,
-                                        use_bias=True)
+            self.conv3d_0c_1x1 = Unit3D(
+                self.feature_channels, num_classes, activation=False, use_bn=False, use_bias=True
+            )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -240,8 +249,9 @@ class I3D(nn.Module):
         x = self.conv3d_0c_1x1(self.dropout(x))
         return x.flatten(2)
 
-    def extract(self, x: torch.Tensor, endpoints: Iterable[str] = ("Mixed_5c",)
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def extract(
+        self, x: torch.Tensor, endpoints: Iterable[str] = ("Mixed_5c",)
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``(logits [N, num_classes], {endpoint: feature map})`` in one pass."""
         endpoints = tuple(endpoints)
         feats = self.features(x, (*endpoints, "Mixed_5c"))

@@ -33,7 +33,7 @@ STEM_MODES = ("mean", "sum")
 class I3DWeightsError(ValueError):
     """A checkpoint does not fit the model; ``report`` lists every difference."""
 
-    def __init__(self, message: str, report: "LoadReport"):
+    def __init__(self, message: str, report: LoadReport):
         super().__init__(f"{message}\n{report}")
         self.report = report
 
@@ -104,7 +104,7 @@ def _unwrap(state: Mapping) -> dict[str, torch.Tensor]:
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError("checkpoint is not a state dict of tensors")
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
 
 
@@ -136,8 +136,13 @@ def load_i3d_state_dict(model: I3D, state: Mapping, *, stem: str = "mean", stric
                 report.unexpected.append(key)
             continue
         want = target[key].shape
-        if key == STEM_KEY and value.dim() == 5 and value.shape[1] != want[1] and value.shape[2:] == want[2:] \
-                and value.shape[0] == want[0]:
+        if (
+            key == STEM_KEY
+            and value.dim() == 5
+            and value.shape[1] != want[1]
+            and value.shape[2:] == want[2:]
+            and value.shape[0] == want[0]
+        ):
             value = adapt_stem(value, want[1], stem)
             report.adapted.append(f"{key} ({stem} over {source[key].shape[1]} input channels -> {want[1]})")
         if value.shape != want:
@@ -173,19 +178,24 @@ def load_i3d_weights(model: I3D, path: str | Path, *, stem: str = "mean", strict
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"I3D checkpoint not found: {path} (weights are never downloaded; "
-                                "give a local converted Kinetics file)")
+        raise FileNotFoundError(
+            f"I3D checkpoint not found: {path} (weights are never downloaded; give a local converted Kinetics file)"
+        )
     from examples.training.checkpoint import CheckpointError, read_safely  # training builds on models
 
     state = read_safely(path)  # weights_only, with a CheckpointError for what is not a torch file
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{path}: expected a state dict of I3D weights, got {type(state).__name__}")
     if "model" in state and "config" in state and "optimizer" in state:
-        raise CheckpointError(f"{path}: a training checkpoint of this package, not converted Kinetics I3D weights: "
-                              f"start from its weights with --init-from {path} (or continue its run with --resume)")
+        raise CheckpointError(
+            f"{path}: a training checkpoint of this package, not converted Kinetics I3D weights: "
+            f"start from its weights with --init-from {path} (or continue its run with --resume)"
+        )
     try:
         return load_i3d_state_dict(model, state, stem=stem, strict=strict)
     except I3DWeightsError as e:
-        raise I3DWeightsError(f"{path}: these weights do not fit this I3D (a converted Kinetics I3D checkpoint is "
-                              "expected; a file of this package's training runs goes with --init-from)",
-                              e.report) from None
+        raise I3DWeightsError(
+            f"{path}: these weights do not fit this I3D (a converted Kinetics I3D checkpoint is "
+            "expected; a file of this package's training runs goes with --init-from)",
+            e.report,
+        ) from None

@@ -41,14 +41,21 @@ COMMANDS = ("pretext", "pair", "aggregate", "recheck")
 def pair_parser() -> argparse.ArgumentParser:
     p = build_parser()
     p.prog = "python -m examples.study pair"
-    p.description = ("Paired runs: per seed, train the joint model with SSA off to the branch epoch (seed<S>/trunk), "
-                     "then continue every arm from that checkpoint with the same data order and random streams "
-                     "(seed<S>/<arm>). The training options describe the SSA-on arm.")
+    p.description = (
+        "Paired runs: per seed, train the joint model with SSA off to the branch epoch (seed<S>/trunk), "
+        "then continue every arm from that checkpoint with the same data order and random streams "
+        "(seed<S>/<arm>). The training options describe the SSA-on arm."
+    )
     g = p.add_argument_group("paired study")
     g.add_argument("--seeds", type=int, nargs="+", required=True, help="training seeds (one pair each)")
-    g.add_argument("--arms", nargs="+", choices=ARMS, default=list(DEFAULT_ARMS),
-                   help="arms continued from each trunk (ssa_off is the baseline; ssa_shuffled, ssa_constant and "
-                        "ssa_indicator are controls)")
+    g.add_argument(
+        "--arms",
+        nargs="+",
+        choices=ARMS,
+        default=list(DEFAULT_ARMS),
+        help="arms continued from each trunk (ssa_off is the baseline; ssa_shuffled, ssa_constant and "
+        "ssa_indicator are controls)",
+    )
     g.add_argument("--branch-epoch", type=int, help="last epoch of the SSA-off trunk (default --ssa-start - 1)")
     return p
 
@@ -80,12 +87,17 @@ def pair_main(argv: list[str]) -> int:
 def pretext_parser() -> argparse.ArgumentParser:
     p = build_parser()
     p.prog = "python -m examples.study pretext"
-    p.description = ("Train the study's pretext network once: an RGB I3D on a dataset that shares no class and no "
-                     "subject with the target dataset (checked from both list files), exported as "
-                     "OUT/pretext_rgb.pth for --pretrained (both networks of every target run). Re-running reuses "
-                     "or resumes it.")
-    p.add_argument("--target-root", required=True,
-                   help="the target dataset (its list files' labels and subjects are read, never its clips)")
+    p.description = (
+        "Train the study's pretext network once: an RGB I3D on a dataset that shares no class and no "
+        "subject with the target dataset (checked from both list files), exported as "
+        "OUT/pretext_rgb.pth for --pretrained (both networks of every target run). Re-running reuses "
+        "or resumes it."
+    )
+    p.add_argument(
+        "--target-root",
+        required=True,
+        help="the target dataset (its list files' labels and subjects are read, never its clips)",
+    )
     return p
 
 
@@ -107,11 +119,13 @@ def pretext_main(argv: list[str]) -> int:
 
 
 def aggregate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m examples.study aggregate",
-                                description="Read paired runs (ROOT/seed<S>/<arm>/), write the paired table "
-                                            "(paired.csv, per_clip.csv, paired.md), the statistics, seed- and "
-                                            "clip-level (stats.json) and a plot (paired.png).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m examples.study aggregate",
+        description="Read paired runs (ROOT/seed<S>/<arm>/), write the paired table "
+        "(paired.csv, per_clip.csv, paired.md), the statistics, seed- and "
+        "clip-level (stats.json) and a plot (paired.png).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("roots", nargs="+", help="study folders (each holding seed<S>/<arm>/ run folders)")
     p.add_argument("--out", help="output folder (default: FIRST_ROOT/aggregate_<split>)")
     p.add_argument("--split", default="test", help="which evaluation: val or test")
@@ -119,9 +133,12 @@ def aggregate_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default=BASELINE, help="the arm every other arm is paired with")
     p.add_argument("--arms", nargs="+", help="arms to compare (default: every arm found)")
     p.add_argument("--modality", help="the network whose top-1 is compared (default: the first, rgb)")
-    p.add_argument("--hard-clips", default="auto",
-                   help="RGB-hard sidecar (rgb_hard.json or its dataset folder); auto: the runs' data root; "
-                        "none: no hard/easy split")
+    p.add_argument(
+        "--hard-clips",
+        default="auto",
+        help="RGB-hard sidecar (rgb_hard.json or its dataset folder); auto: the runs' data root; "
+        "none: no hard/easy split",
+    )
     p.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap's generator")
     p.add_argument("--level", type=float, default=0.95, help="interval level")
@@ -140,16 +157,29 @@ def aggregate_main(argv: list[str]) -> int:
     out = Path(args.out) if args.out else Path(args.roots[0]) / f"aggregate_{args.split}"
     hard = None if args.hard_clips == "none" else args.hard_clips
     try:
-        stats = aggregate(args.roots, out, split=args.split, epoch=epoch, baseline=args.baseline, arms=args.arms,
-                          modality=args.modality, hard_clips=hard, resamples=args.resamples,
-                          bootstrap_seed=args.bootstrap_seed, level=args.level, plot=args.plot)
+        stats = aggregate(
+            args.roots,
+            out,
+            split=args.split,
+            epoch=epoch,
+            baseline=args.baseline,
+            arms=args.arms,
+            modality=args.modality,
+            hard_clips=hard,
+            resamples=args.resamples,
+            bootstrap_seed=args.bootstrap_seed,
+            level=args.level,
+            plot=args.plot,
+        )
     except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     print((out / "paired.md").read_text())
     for arm, tests in stats["tests"].items():
         if "gain" in tests:
-            print(f"{arm} vs {stats['baseline']}, {stats['modality']} {stats['split']} top-1 gain: "
-                  f"{format_test(tests['gain'])}")
+            print(
+                f"{arm} vs {stats['baseline']}, {stats['modality']} {stats['split']} top-1 gain: "
+                f"{format_test(tests['gain'])}"
+            )
     for arm, c in stats["clip_level"].items():
         print(f"{arm} vs {stats['baseline']}, clip level: {format_clip_level(c)}")
     print(f"wrote {out}/paired.csv, per_clip.csv, paired.md, stats.json" + (", paired.png" if args.plot else ""))
@@ -159,8 +189,10 @@ def aggregate_main(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
-        print(__doc__.strip() + f"\n\ncommands: {', '.join(COMMANDS)} (COMMAND --help for its options)",
-              file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        print(
+            __doc__.strip() + f"\n\ncommands: {', '.join(COMMANDS)} (COMMAND --help for its options)",
+            file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout,
+        )
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     if argv[0] == "recheck":
         from examples.study.recheck import main as recheck_main

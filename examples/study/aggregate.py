@@ -89,8 +89,9 @@ def find_runs(roots: Sequence[str | Path]) -> dict[int, dict[str, Path]]:
                     continue
                 arms = runs.setdefault(seed, {})
                 if arm_dir.name in arms:
-                    raise ValueError(f"seed {seed} arm {arm_dir.name} is in two folders: {arms[arm_dir.name]} and "
-                                     f"{arm_dir}")
+                    raise ValueError(
+                        f"seed {seed} arm {arm_dir.name} is in two folders: {arms[arm_dir.name]} and {arm_dir}"
+                    )
                 arms[arm_dir.name] = arm_dir
     return runs
 
@@ -107,8 +108,7 @@ def eval_file(folder: Path, split: str, epoch: int | str = "last") -> Path:
     if epoch == "last":
         return files[max(files)]
     if int(epoch) not in files:
-        raise FileNotFoundError(f"{folder}: no evaluation of the {split} split at epoch {epoch} (have "
-                                f"{sorted(files)})")
+        raise FileNotFoundError(f"{folder}: no evaluation of the {split} split at epoch {epoch} (have {sorted(files)})")
     return files[int(epoch)]
 
 
@@ -135,10 +135,16 @@ def seed_row(base: ArmEval, arm: ArmEval, modality: str, hard: dict[str, bool] |
     if base.logits["paths"] != arm.logits["paths"]:
         raise ValueError(f"seed {base.seed}: {base.folder} and {arm.folder} evaluated different clips")
     if base.logits["epoch"] != arm.logits["epoch"]:
-        raise ValueError(f"seed {base.seed}: {base.folder} (epoch {base.logits['epoch']}) and {arm.folder} "
-                         f"(epoch {arm.logits['epoch']}) are evaluations of different epochs")
-    row: dict = {"seed": base.seed, "arm": arm.arm, "epoch": int(arm.logits["epoch"]),
-                 "clips": len(arm.logits["paths"])}
+        raise ValueError(
+            f"seed {base.seed}: {base.folder} (epoch {base.logits['epoch']}) and {arm.folder} "
+            f"(epoch {arm.logits['epoch']}) are evaluations of different epochs"
+        )
+    row: dict = {
+        "seed": base.seed,
+        "arm": arm.arm,
+        "epoch": int(arm.logits["epoch"]),
+        "clips": len(arm.logits["paths"]),
+    }
     ok_base, ok_arm = _correct(base, modality), _correct(arm, modality)
     row["base"], row["arm_top1"] = float(ok_base.mean()), float(ok_arm.mean())
     row["gain"] = row["arm_top1"] - row["base"]
@@ -157,8 +163,9 @@ def seed_row(base: ArmEval, arm: ArmEval, modality: str, hard: dict[str, bool] |
                 row[f"{name}_gain"] = row[f"{name}_arm"] - row[f"{name}_base"]
         if "hard_gain" in row and "easy_gain" in row:
             row["hard_minus_easy_gain"] = row["hard_gain"] - row["easy_gain"]
-    others = [m for m in arm.logits["modalities"] if m != modality] + (["fused"] if arm.logits["fused"] is not None
-                                                                       else [])
+    others = [m for m in arm.logits["modalities"] if m != modality] + (
+        ["fused"] if arm.logits["fused"] is not None else []
+    )
     for name in others:
         row[f"{name}_base"] = float(_correct(base, name).mean())
         row[f"{name}_arm"] = float(_correct(arm, name).mean())
@@ -187,14 +194,30 @@ def seed_row(base: ArmEval, arm: ArmEval, modality: str, hard: dict[str, bool] |
 
 
 # Quantities tested over seeds (one-sided: > 0): column of the per-seed rows, label
-TESTED = (("gain", "overall gain"), ("hard_gain", "gain on RGB-hard clips"), ("easy_gain", "gain on easy clips"),
-          ("hard_minus_easy_gain", "hard gain - easy gain"))
+TESTED = (
+    ("gain", "overall gain"),
+    ("hard_gain", "gain on RGB-hard clips"),
+    ("easy_gain", "gain on easy clips"),
+    ("hard_minus_easy_gain", "hard gain - easy gain"),
+)
 
 
-def aggregate(roots: Sequence[str | Path], out: str | Path, *, split: str = "test", epoch: int | str = "last",
-              baseline: str = BASELINE, arms: Sequence[str] | None = None, modality: str | None = None,
-              hard_clips: str | Path | None = "auto", resamples: int = 10_000, bootstrap_seed: int = 0,
-              level: float = 0.95, plot: bool = True, seeds: Sequence[int] | None = None) -> dict:
+def aggregate(
+    roots: Sequence[str | Path],
+    out: str | Path,
+    *,
+    split: str = "test",
+    epoch: int | str = "last",
+    baseline: str = BASELINE,
+    arms: Sequence[str] | None = None,
+    modality: str | None = None,
+    hard_clips: str | Path | None = "auto",
+    resamples: int = 10_000,
+    bootstrap_seed: int = 0,
+    level: float = 0.95,
+    plot: bool = True,
+    seeds: Sequence[int] | None = None,
+) -> dict:
     """Read the runs under ``roots``, write the paired table, statistics and plot to
     ``out``; returns ``stats.json``'s content. ``seeds``: only these seeds (default:
     every seed found).
@@ -209,8 +232,9 @@ def aggregate(roots: Sequence[str | Path], out: str | Path, *, split: str = "tes
         raise ValueError(f"no runs under {', '.join(map(str, roots))} (expected <root>/seed<S>/<arm>/)")
     found_arms = sorted({a for r in runs.values() for a in r if a != baseline})
     arms = list(arms) if arms else found_arms
-    incomplete = {s: sorted(set([baseline, *arms]) - set(r)) for s, r in runs.items()
-                  if not set([baseline, *arms]) <= set(r)}
+    incomplete = {
+        s: sorted(set([baseline, *arms]) - set(r)) for s, r in runs.items() if not set([baseline, *arms]) <= set(r)
+    }
     seeds = sorted(s for s in runs if s not in incomplete)
     if not seeds:
         raise ValueError(f"no seed has both {baseline} and {arms} (incomplete: {incomplete})")
@@ -218,18 +242,28 @@ def aggregate(roots: Sequence[str | Path], out: str | Path, *, split: str = "tes
     modality = modality or evals[seeds[0]][baseline].logits["modalities"][0]
     hard = _hard_table(hard_clips, evals[seeds[0]][baseline])
     rows = [seed_row(evals[s][baseline], evals[s][a], modality, hard) for a in arms for s in seeds]
-    stats: dict = {"split": split, "epoch": epoch, "modality": modality, "baseline": baseline, "arms": arms,
-                   "seeds": seeds, "incomplete_seeds": incomplete, "level": level, "resamples": resamples,
-                   "bootstrap_seed": bootstrap_seed, "hard_clips": hard is not None,
-                   "roots": [str(r) for r in roots], "tests": {}}
+    stats: dict = {
+        "split": split,
+        "epoch": epoch,
+        "modality": modality,
+        "baseline": baseline,
+        "arms": arms,
+        "seeds": seeds,
+        "incomplete_seeds": incomplete,
+        "level": level,
+        "resamples": resamples,
+        "bootstrap_seed": bootstrap_seed,
+        "hard_clips": hard is not None,
+        "roots": [str(r) for r in roots],
+        "tests": {},
+    }
     for a in arms:
         arm_rows = [r for r in rows if r["arm"] == a]
         stats["tests"][a] = {}
         for key, _ in TESTED:
             values = [r[key] for r in arm_rows if key in r]
             if len(values) == len(arm_rows):
-                stats["tests"][a][key] = summarize_gains(values, resamples=resamples, seed=bootstrap_seed,
-                                                         level=level)
+                stats["tests"][a][key] = summarize_gains(values, resamples=resamples, seed=bootstrap_seed, level=level)
         changes = sorted(k for k in arm_rows[0] if k.startswith("corr_dist_") and k.endswith("_change"))
         for key in changes:  # one-sided the other way: does the arm bring the networks closer?
             values = [r[key] for r in arm_rows if key in r]
@@ -239,8 +273,9 @@ def aggregate(roots: Sequence[str | Path], out: str | Path, *, split: str = "tes
     # the clips as a sample too: per seed and clip, arm minus baseline correctness
     stats["clip_level"] = {}
     for a in arms:
-        D = np.stack([_correct(evals[s][a], modality).astype(np.int8) - _correct(evals[s][baseline], modality)
-                      for s in seeds])
+        D = np.stack(
+            [_correct(evals[s][a], modality).astype(np.int8) - _correct(evals[s][baseline], modality) for s in seeds]
+        )
         stats["clip_level"][a] = clip_level(D, resamples=resamples, seed=bootstrap_seed, level=level)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -261,8 +296,10 @@ def per_clip_rows(evals: dict, seeds: Sequence[int], arms: Sequence[str], modali
         for a in arms:
             lg = evals[s][a].logits
             pred = lg["logits"][modality].argmax(1)
-            rows += [{"seed": s, "arm": a, "clip": p, "label": int(y), "pred": int(k)}
-                     for p, y, k in zip(lg["paths"], lg["labels"], pred)]
+            rows += [
+                {"seed": s, "arm": a, "clip": p, "label": int(y), "pred": int(k)}
+                for p, y, k in zip(lg["paths"], lg["labels"], pred)
+            ]
     return rows
 
 
@@ -300,33 +337,42 @@ def _f(v, fmt: str = ".3f") -> str:
 def format_test(t: dict) -> str:
     """One line: mean [bootstrap interval], t interval, one-sided p, counts."""
     pct = round(100 * (t.get("level") or 0.95))
-    return (f"mean {_f(t['mean'], '+.4f')}, {pct}% bootstrap [{_f(t['bootstrap_low'], '+.4f')}, "
-            f"{_f(t['bootstrap_high'], '+.4f')}] ({t['resamples']} resamples, seed {t['bootstrap_seed']}), "
-            f"{pct}% t interval [{_f(t['ci_low'], '+.4f')}, {_f(t['ci_high'], '+.4f')}], t = {_f(t['t'], '.3f')} "
-            f"(df {t['df']}), one-sided p = {_f(t['p_one_sided'], '.4g')}"
-            + (f", MDE {_f(t['mde'], '.4f')}" if "mde" in t else "") + f"; {t['positive']} up, {t['zero']} level, "
-            f"{t['negative']} down")
+    return (
+        f"mean {_f(t['mean'], '+.4f')}, {pct}% bootstrap [{_f(t['bootstrap_low'], '+.4f')}, "
+        f"{_f(t['bootstrap_high'], '+.4f')}] ({t['resamples']} resamples, seed {t['bootstrap_seed']}), "
+        f"{pct}% t interval [{_f(t['ci_low'], '+.4f')}, {_f(t['ci_high'], '+.4f')}], t = {_f(t['t'], '.3f')} "
+        f"(df {t['df']}), one-sided p = {_f(t['p_one_sided'], '.4g')}"
+        + (f", MDE {_f(t['mde'], '.4f')}" if "mde" in t else "")
+        + f"; {t['positive']} up, {t['zero']} level, "
+        f"{t['negative']} down"
+    )
 
 
 def format_clip_level(c: dict) -> str:
     """One line: the clip and the crossed bootstrap intervals with their MDEs, and counts."""
     pct = round(100 * c["clip_bootstrap"]["level"])
     cb, xb = c["clip_bootstrap"], c["crossed_bootstrap"]
-    return (f"{c['clips']} clips x {c['seeds']} seeds, mean {_f(c['mean'], '+.4f')}; {pct}% clip bootstrap "
-            f"[{_f(cb['low'], '+.4f')}, {_f(cb['high'], '+.4f')}] (SE {_f(cb['se'], '.4f')}, MDE "
-            f"{_f(cb['mde'], '.4f')}), {pct}% crossed clip x seed bootstrap [{_f(xb['low'], '+.4f')}, "
-            f"{_f(xb['high'], '+.4f')}] (SE {_f(xb['se'], '.4f')}, MDE {_f(xb['mde'], '.4f')}); fixed per seed "
-            f"{c['fixed_per_seed']}, broken {c['broken_per_seed']}; {c['clips_changed_in_some_seed']} clips changed "
-            f"in some seed ({c['clips_fixed_in_some_seed']} fixed, {c['clips_broken_in_some_seed']} broken, "
-            f"{c['clips_fixed_and_broken']} both)")
+    return (
+        f"{c['clips']} clips x {c['seeds']} seeds, mean {_f(c['mean'], '+.4f')}; {pct}% clip bootstrap "
+        f"[{_f(cb['low'], '+.4f')}, {_f(cb['high'], '+.4f')}] (SE {_f(cb['se'], '.4f')}, MDE "
+        f"{_f(cb['mde'], '.4f')}), {pct}% crossed clip x seed bootstrap [{_f(xb['low'], '+.4f')}, "
+        f"{_f(xb['high'], '+.4f')}] (SE {_f(xb['se'], '.4f')}, MDE {_f(xb['mde'], '.4f')}); fixed per seed "
+        f"{c['fixed_per_seed']}, broken {c['broken_per_seed']}; {c['clips_changed_in_some_seed']} clips changed "
+        f"in some seed ({c['clips_fixed_in_some_seed']} fixed, {c['clips_broken_in_some_seed']} broken, "
+        f"{c['clips_fixed_and_broken']} both)"
+    )
 
 
 def markdown(rows: list[dict], stats: dict) -> str:
     m, base = stats["modality"], stats["baseline"]
-    lines = [f"# Paired study: {m} top-1 on the {stats['split']} split, each arm against {base}", "",
-             f"Seeds: {', '.join(map(str, stats['seeds']))} ({len(stats['seeds'])} pairs)"
-             + (f"; left out (incomplete): {stats['incomplete_seeds']}" if stats["incomplete_seeds"] else "") + ".",
-             ""]
+    lines = [
+        f"# Paired study: {m} top-1 on the {stats['split']} split, each arm against {base}",
+        "",
+        f"Seeds: {', '.join(map(str, stats['seeds']))} ({len(stats['seeds'])} pairs)"
+        + (f"; left out (incomplete): {stats['incomplete_seeds']}" if stats["incomplete_seeds"] else "")
+        + ".",
+        "",
+    ]
     hard = stats["hard_clips"]
     for a in stats["arms"]:
         arm_rows = [r for r in rows if r["arm"] == a]
@@ -336,8 +382,14 @@ def markdown(rows: list[dict], stats: dict) -> str:
             head += ["hard gain", "easy gain"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
         for r in arm_rows:
-            cells = [str(r["seed"]), _f(r["base"]), _f(r["arm_top1"]), _f(r["gain"], "+.3f"), str(r["fixed"]),
-                     str(r["broken"])]
+            cells = [
+                str(r["seed"]),
+                _f(r["base"]),
+                _f(r["arm_top1"]),
+                _f(r["gain"], "+.3f"),
+                str(r["fixed"]),
+                str(r["broken"]),
+            ]
             if hard:
                 cells += [_f(r.get("hard_gain"), "+.3f"), _f(r.get("easy_gain"), "+.3f")]
             lines.append("| " + " | ".join(cells) + " |")
@@ -351,8 +403,15 @@ def markdown(rows: list[dict], stats: dict) -> str:
             if key.startswith("corr_dist_"):
                 e = key.removeprefix("corr_dist_").removesuffix("_change_decrease")
                 lines.append(f"- correlation distance at {e}, decrease (baseline - arm): {format_test(t)}")
-        secondary = sorted({k for r in arm_rows for k in r if k.startswith(("at_branch_", "ssa_epochs_"))
-                            or (k.endswith("_arm") and not k.startswith(("hard_", "easy_")))})
+        secondary = sorted(
+            {
+                k
+                for r in arm_rows
+                for k in r
+                if k.startswith(("at_branch_", "ssa_epochs_"))
+                or (k.endswith("_arm") and not k.startswith(("hard_", "easy_")))
+            }
+        )
         if secondary:
             lines += ["", "Secondary (mean over seeds):", ""]
             for k in secondary:
@@ -378,8 +437,12 @@ def plot_paired(rows: list[dict], stats: dict, path: Path) -> None:
         for r in (r for r in rows if r["arm"] == a):
             color = "tab:green" if r["gain"] > 0 else "tab:red" if r["gain"] < 0 else "gray"
             ax.plot([2 * i, 2 * i + 1], [r["base"], r["arm_top1"]], color=color, marker="o", alpha=0.7)
-    ax.set_xticks([x for i in range(len(arms)) for x in (2 * i, 2 * i + 1)],
-                  [x for a in arms for x in (stats["baseline"], a)], rotation=20, fontsize="small")
+    ax.set_xticks(
+        [x for i in range(len(arms)) for x in (2 * i, 2 * i + 1)],
+        [x for a in arms for x in (stats["baseline"], a)],
+        rotation=20,
+        fontsize="small",
+    )
     ax.set_ylabel(f"{stats['modality']} top-1 ({stats['split']})")
     ax.set_title("per seed: baseline -> arm")
     ax = axes[1]

@@ -53,8 +53,16 @@ def clip_bootstrap(D, resamples: int = 10_000, seed: int = 0, level: float = 0.9
     lo, hi = bootstrap_ci(per_clip, resamples, seed, level)
     # the bootstrap SE of a mean of n i.i.d. resampled values is exactly sd_pop / sqrt(n)
     se = float(per_clip.std(ddof=0) / math.sqrt(per_clip.size))
-    return {"mean": float(D.mean()), "low": lo, "high": hi, "se": se, "mde": min_detectable_effect(se),
-            "resamples": resamples, "bootstrap_seed": seed, "level": level}
+    return {
+        "mean": float(D.mean()),
+        "low": lo,
+        "high": hi,
+        "se": se,
+        "mde": min_detectable_effect(se),
+        "resamples": resamples,
+        "bootstrap_seed": seed,
+        "level": level,
+    }
 
 
 def crossed_means(D, resamples: int, seed: int) -> np.ndarray:
@@ -77,27 +85,39 @@ def crossed_bootstrap(D, resamples: int = 10_000, seed: int = 0, level: float = 
     """The percentile interval of the mean gain under the crossed clip x seed bootstrap,
     its bootstrap standard error and minimum detectable effect."""
     means = crossed_means(D, resamples, seed)
-    return {"mean": float(_check(D).mean()), **_interval(means, level), "resamples": resamples,
-            "bootstrap_seed": seed, "level": level}
+    return {
+        "mean": float(_check(D).mean()),
+        **_interval(means, level),
+        "resamples": resamples,
+        "bootstrap_seed": seed,
+        "level": level,
+    }
 
 
 def clip_counts(D) -> dict:
     """Fixed / broken clips per seed and across seeds."""
     D = _check(D)
-    return {"fixed_per_seed": [int(v) for v in (D > 0).sum(axis=1)],
-            "broken_per_seed": [int(v) for v in (D < 0).sum(axis=1)],
-            "clips_changed_in_some_seed": int((D != 0).any(axis=0).sum()),
-            "clips_fixed_in_some_seed": int((D > 0).any(axis=0).sum()),
-            "clips_broken_in_some_seed": int((D < 0).any(axis=0).sum()),
-            "clips_fixed_and_broken": int(((D > 0).any(axis=0) & (D < 0).any(axis=0)).sum())}
+    return {
+        "fixed_per_seed": [int(v) for v in (D > 0).sum(axis=1)],
+        "broken_per_seed": [int(v) for v in (D < 0).sum(axis=1)],
+        "clips_changed_in_some_seed": int((D != 0).any(axis=0).sum()),
+        "clips_fixed_in_some_seed": int((D > 0).any(axis=0).sum()),
+        "clips_broken_in_some_seed": int((D < 0).any(axis=0).sum()),
+        "clips_fixed_and_broken": int(((D > 0).any(axis=0) & (D < 0).any(axis=0)).sum()),
+    }
 
 
 def clip_level(D, resamples: int = 10_000, seed: int = 0, level: float = 0.95) -> dict:
     """Counts, the clip bootstrap and the crossed bootstrap of one arm's ``D``."""
     D = _check(D)
-    return {"seeds": D.shape[0], "clips": D.shape[1], "mean": float(D.mean()), **clip_counts(D),
-            "clip_bootstrap": clip_bootstrap(D, resamples, seed, level),
-            "crossed_bootstrap": crossed_bootstrap(D, resamples, seed, level)}
+    return {
+        "seeds": D.shape[0],
+        "clips": D.shape[1],
+        "mean": float(D.mean()),
+        **clip_counts(D),
+        "clip_bootstrap": clip_bootstrap(D, resamples, seed, level),
+        "crossed_bootstrap": crossed_bootstrap(D, resamples, seed, level),
+    }
 
 
 def worst_case_matrix(net: Sequence[int], changed: Sequence[int], clips: int) -> np.ndarray:
@@ -117,5 +137,5 @@ def worst_case_matrix(net: Sequence[int], changed: Sequence[int], clips: int) ->
             raise ValueError(f"seed {s}: {f} fixed + {b} broken clips do not fit in {clips} clips")
         D[s, :f] = 1
         if b:
-            D[s, clips - b:] = -1
+            D[s, clips - b :] = -1
     return D

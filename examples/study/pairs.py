@@ -41,8 +41,10 @@ def branch_epoch_of(cfg: TrainConfig, branch_epoch: int | None = None) -> int:
     """The branch epoch: ``branch_epoch``, or the epoch before SSA starts."""
     epoch = cfg.ssa_start - 1 if branch_epoch is None else branch_epoch
     if not 1 <= epoch < cfg.epochs:
-        raise ValueError(f"the branch epoch must be in 1..{cfg.epochs - 1} (--epochs {cfg.epochs}), got {epoch}"
-                         + (" (--ssa-start - 1)" if branch_epoch is None else ""))
+        raise ValueError(
+            f"the branch epoch must be in 1..{cfg.epochs - 1} (--epochs {cfg.epochs}), got {epoch}"
+            + (" (--ssa-start - 1)" if branch_epoch is None else "")
+        )
     if epoch >= cfg.ssa_start:
         raise ValueError(f"--branch-epoch {epoch} must come before SSA starts (--ssa-start {cfg.ssa_start})")
     return epoch
@@ -74,8 +76,15 @@ def _epoch_of(checkpoint: Path) -> int | None:
     return int(load_checkpoint(checkpoint)["epoch"]) if checkpoint.is_file() else None
 
 
-def run_pair(base: TrainConfig, seed: int, out: str | Path, *, branch_epoch: int | None = None,
-             arms: Sequence[str] = DEFAULT_ARMS, log=print) -> dict:
+def run_pair(
+    base: TrainConfig,
+    seed: int,
+    out: str | Path,
+    *,
+    branch_epoch: int | None = None,
+    arms: Sequence[str] = DEFAULT_ARMS,
+    log=print,
+) -> dict:
     """Train (or finish) the trunk and the arms of one seed under ``out/seed<seed>``.
 
     Returns ``{"seed", "branch_epoch", "seconds": {run: wall seconds of this call},
@@ -91,8 +100,10 @@ def run_pair(base: TrainConfig, seed: int, out: str | Path, *, branch_epoch: int
     trunk_ckpt = root / TRUNK / "last.pt"
     done = _epoch_of(trunk_ckpt)
     if done is not None and done > E:
-        raise ValueError(f"{trunk_ckpt} is at epoch {done}, past the branch epoch {E}: another branch epoch "
-                         "was used there; choose another --out")
+        raise ValueError(
+            f"{trunk_ckpt} is at epoch {done}, past the branch epoch {E}: another branch epoch "
+            "was used there; choose another --out"
+        )
     if done != E:
         log(f"== seed {seed}: trunk (SSA off) to the branch epoch {E}" + (f", resuming after {done}" if done else ""))
         t0 = time.perf_counter()
@@ -116,9 +127,16 @@ def run_pair(base: TrainConfig, seed: int, out: str | Path, *, branch_epoch: int
             log(f"== seed {seed}: {arm}: branching from {trunk_ckpt} (epoch {E})")
             finals[arm] = Trainer(cfg, branch_from=trunk_ckpt).run()
         seconds[arm] = time.perf_counter() - t0
-    summary = {"seed": seed, "branch_epoch": E, "arms": list(arms), "seconds": seconds,
-               "finals": {a: {k: v for k, v in f.items() if k in ("epochs", "splits", "best", "branched_from")}
-                          for a, f in finals.items()}}
+    summary = {
+        "seed": seed,
+        "branch_epoch": E,
+        "arms": list(arms),
+        "seconds": seconds,
+        "finals": {
+            a: {k: v for k, v in f.items() if k in ("epochs", "splits", "best", "branched_from")}
+            for a, f in finals.items()
+        },
+    }
     previous = root / "pair.json"
     if previous.is_file():  # keep the wall times of earlier calls (an interrupted study's first part)
         old = json.loads(previous.read_text()).get("seconds", {})

@@ -43,22 +43,34 @@ PRETEXT_WEIGHTS = "pretext_rgb.pth"
 PRETEXT_INFO = "pretext.json"
 
 
-def pretext_data_config(target: SyntheticConfig, *, classes: Iterable[int] | None = None,
-                        subjects: int | None = None, clips_per_class: int | None = None,
-                        test_subjects: int = 1) -> SyntheticConfig:
+def pretext_data_config(
+    target: SyntheticConfig,
+    *,
+    classes: Iterable[int] | None = None,
+    subjects: int | None = None,
+    clips_per_class: int | None = None,
+    test_subjects: int = 1,
+) -> SyntheticConfig:
     """Generator settings of a pretext dataset for the ``target`` dataset: the same
     rendering (size, frames, RGB difficulty and hard clips, seed), ``classes`` (default:
     every NVGesture class the target does not have) and subjects numbered right after
     the target's (``subjects`` of them, default as many as the target)."""
-    chosen = tuple(sorted(classes)) if classes is not None else \
-        tuple(c for c in range(1, NUM_CLASSES + 1) if c not in target.classes)
+    chosen = (
+        tuple(sorted(classes))
+        if classes is not None
+        else tuple(c for c in range(1, NUM_CLASSES + 1) if c not in target.classes)
+    )
     shared = sorted(set(chosen) & set(target.classes))
     if shared:
         raise ValueError(f"pretext classes {shared} are target classes")
     return dataclasses.replace(
-        target, classes=chosen, first_subject=target.first_subject + target.subjects,
-        subjects=target.subjects if subjects is None else subjects, test_subjects=test_subjects,
-        clips_per_class=target.clips_per_class if clips_per_class is None else clips_per_class)
+        target,
+        classes=chosen,
+        first_subject=target.first_subject + target.subjects,
+        subjects=target.subjects if subjects is None else subjects,
+        test_subjects=test_subjects,
+        clips_per_class=target.clips_per_class if clips_per_class is None else clips_per_class,
+    )
 
 
 def dataset_identity(root: str | Path) -> dict[str, set[int]]:
@@ -88,9 +100,11 @@ def check_disjoint(pretext_root: str | Path, target_root: str | Path) -> dict:
     if pre["subjects"] & tgt["subjects"]:
         problems.append(f"subjects {sorted(pre['subjects'] & tgt['subjects'])}")
     if problems:
-        raise ValueError(f"the pretext dataset {pretext_root} shares {' and '.join(problems)} with the target "
-                         f"dataset {target_root}: a pretext network must never see the target's classes or "
-                         "subjects (make it with other --classes and a disjoint --first-subject)")
+        raise ValueError(
+            f"the pretext dataset {pretext_root} shares {' and '.join(problems)} with the target "
+            f"dataset {target_root}: a pretext network must never see the target's classes or "
+            "subjects (make it with other --classes and a disjoint --first-subject)"
+        )
     return {"pretext": {k: sorted(v) for k, v in pre.items()}, "target": {k: sorted(v) for k, v in tgt.items()}}
 
 
@@ -100,7 +114,7 @@ def export_pretext(checkpoint: str | Path, out: str | Path, labels: Iterable[int
     classes, in order), so that loading it into a target network skips the classifier."""
     state = load_checkpoint(checkpoint)["model"]
     prefix = f"nets.{modality}."
-    net = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    net = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if not net:
         raise ValueError(f"{checkpoint}: no {modality} network (keys {prefix}*)")
     rows = torch.tensor(sorted(labels))
@@ -137,17 +151,24 @@ def train_pretext(cfg: TrainConfig, target_root: str | Path, log=print) -> Path:
         log(f"pretext: reusing finished run {out}")
         final = json.loads(final_path.read_text())
     else:
-        log(f"pretext: training RGB on {cfg.data_root} ({len(identity['pretext']['labels'])} classes, subjects "
-            f"{identity['pretext']['subjects'][0]}..{identity['pretext']['subjects'][-1]})")
+        log(
+            f"pretext: training RGB on {cfg.data_root} ({len(identity['pretext']['labels'])} classes, subjects "
+            f"{identity['pretext']['subjects'][0]}..{identity['pretext']['subjects'][-1]})"
+        )
         final = Trainer(cfg, resume=done is not None).run()
     export_pretext(ckpt, weights, identity["pretext"]["labels"])
-    info = {"weights": PRETEXT_WEIGHTS, "sha256": _sha256(weights), "data_root": str(cfg.data_root),
-            "target_root": str(target_root), "classes": [c + 1 for c in identity["pretext"]["labels"]],
-            "subjects": identity["pretext"]["subjects"],
-            "target_classes": [c + 1 for c in identity["target"]["labels"]],
-            "target_subjects": identity["target"]["subjects"],
-            "top1": {split: res["top1"] for split, res in final.get("splits", {}).items()},
-            "config": cfg.to_dict()}
+    info = {
+        "weights": PRETEXT_WEIGHTS,
+        "sha256": _sha256(weights),
+        "data_root": str(cfg.data_root),
+        "target_root": str(target_root),
+        "classes": [c + 1 for c in identity["pretext"]["labels"]],
+        "subjects": identity["pretext"]["subjects"],
+        "target_classes": [c + 1 for c in identity["target"]["labels"]],
+        "target_subjects": identity["target"]["subjects"],
+        "top1": {split: res["top1"] for split, res in final.get("splits", {}).items()},
+        "config": cfg.to_dict(),
+    }
     write_json_atomic(info, info_path)
     log(f"pretext: wrote {weights} (load it into both networks with --pretrained {weights})")
     return weights

@@ -45,11 +45,20 @@ def _read_csv(path: Path) -> list[dict]:
 
 def _test_summary(prefix: str, x: np.ndarray, out: dict) -> None:
     s = summarize_gains(x)
-    out |= {f"{prefix}.mean": s["mean"], f"{prefix}.boot_low": s["bootstrap_low"],
-            f"{prefix}.boot_high": s["bootstrap_high"], f"{prefix}.t_low": s["ci_low"],
-            f"{prefix}.t_high": s["ci_high"], f"{prefix}.t": s["t"], f"{prefix}.p": s["p_one_sided"],
-            f"{prefix}.se": s["se"], f"{prefix}.mde": s["mde"], f"{prefix}.up": s["positive"],
-            f"{prefix}.level": s["zero"], f"{prefix}.down": s["negative"]}
+    out |= {
+        f"{prefix}.mean": s["mean"],
+        f"{prefix}.boot_low": s["bootstrap_low"],
+        f"{prefix}.boot_high": s["bootstrap_high"],
+        f"{prefix}.t_low": s["ci_low"],
+        f"{prefix}.t_high": s["ci_high"],
+        f"{prefix}.t": s["t"],
+        f"{prefix}.p": s["p_one_sided"],
+        f"{prefix}.se": s["se"],
+        f"{prefix}.mde": s["mde"],
+        f"{prefix}.up": s["positive"],
+        f"{prefix}.level": s["zero"],
+        f"{prefix}.down": s["negative"],
+    }
 
 
 def _range(prefix: str, x: np.ndarray, out: dict) -> None:
@@ -133,8 +142,11 @@ def recompute(folder: Path) -> dict[str, float]:
             if key != f"corr_dist_{BASELINE}":
                 _test_summary(f"corr_decrease.{name}", base - col(key), out)
                 _range(f"corr_rel.{name}", col(key) / base - 1, out)
-    for key, name in (("rgb_train_top1_at_branch", "rgb"), ("depth_train_top1_at_branch", "depth"),
-                      ("rgb_focal_top10_share", "focal_top10")):
+    for key, name in (
+        ("rgb_train_top1_at_branch", "rgb"),
+        ("depth_train_top1_at_branch", "depth"),
+        ("rgb_focal_top10_share", "focal_top10"),
+    ):
         if key in cols:
             _range(f"branch.{name}", col(key), out)
     if "depth_train_top1_at_branch" in cols:
@@ -202,8 +214,10 @@ def check(folder: str | Path, doc: str | Path | None = None) -> tuple[list[str],
         body = printed.removesuffix("%")
         half_ulp = 0.5 * 10 ** -(len(body.split(".")[1]) if "." in body else 0)
         ok = got == printed or (tol > 0 and abs(v * scale - float(body)) <= tol + half_ulp)
-        lines.append(f"{'ok ' if ok else 'BAD'} {q} = {v:.6g}: printed {printed}, recomputed {got}"
-                     + (f" (tolerance {c['tolerance']}: {c.get('source', '')})" if tol > 0 else ""))
+        lines.append(
+            f"{'ok ' if ok else 'BAD'} {q} = {v:.6g}: printed {printed}, recomputed {got}"
+            + (f" (tolerance {c['tolerance']}: {c.get('source', '')})" if tol > 0 else "")
+        )
         if not ok:
             problems.append(f"{q}: printed {printed}, recomputed {got} ({v:.6g})")
         if printed not in text:
@@ -216,9 +230,11 @@ def check(folder: str | Path, doc: str | Path | None = None) -> tuple[list[str],
 def main(argv: list[str]) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m examples.study recheck",
-                                description="Recompute every number a study's write-up prints from its committed "
-                                            "outputs (per_seed.csv, per_clip.csv if any, claims.csv).")
+    p = argparse.ArgumentParser(
+        prog="python -m examples.study recheck",
+        description="Recompute every number a study's write-up prints from its committed "
+        "outputs (per_seed.csv, per_clip.csv if any, claims.csv).",
+    )
     p.add_argument("folder", help="the folder of the committed outputs (e.g. docs/study)")
     p.add_argument("--doc", help="the write-up whose numbers are checked (default FOLDER/results.md)")
     args = p.parse_args(argv)

@@ -74,8 +74,15 @@ def _bootstrap(x: np.ndarray, resamples: int, seed: int, level: float):
         raise ValueError(f"resamples must be >= 1, got {resamples}")
     # percentile: the interval the study registered; one batch draws
     # rng.integers(0, n, (resamples, n)), the resample indices of the numpy-only version
-    return st.bootstrap((x,), np.mean, n_resamples=resamples, confidence_level=level, method="percentile",
-                        rng=np.random.default_rng(seed), vectorized=True)
+    return st.bootstrap(
+        (x,),
+        np.mean,
+        n_resamples=resamples,
+        confidence_level=level,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+        vectorized=True,
+    )
 
 
 def bootstrap_means(diffs: Sequence[float], resamples: int, seed: int) -> np.ndarray:
@@ -85,8 +92,9 @@ def bootstrap_means(diffs: Sequence[float], resamples: int, seed: int) -> np.nda
     return _bootstrap(x, resamples, seed, 0.95).bootstrap_distribution
 
 
-def bootstrap_ci(diffs: Sequence[float], resamples: int = 10_000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    diffs: Sequence[float], resamples: int = 10_000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """The percentile bootstrap ``level`` interval of the mean of ``diffs`` (a single
     value has the degenerate interval ``(value, value)``)."""
     x = np.asarray(diffs, dtype=np.float64)
@@ -114,6 +122,11 @@ def summarize_gains(diffs: Sequence[float], *, resamples: int = 10_000, seed: in
     else:
         out["bootstrap_low"] = out["bootstrap_high"] = math.nan
     out["mde"] = min_detectable_effect(out["se"], out["df"]) if out["df"] > 0 else math.nan
-    out |= {"resamples": resamples, "bootstrap_seed": seed, "positive": int((x > 0).sum()),
-            "zero": int((x == 0).sum()), "negative": int((x < 0).sum())}
+    out |= {
+        "resamples": resamples,
+        "bootstrap_seed": seed,
+        "positive": int((x > 0).sum()),
+        "zero": int((x == 0).sum()),
+        "negative": int((x < 0).sum()),
+    }
     return out

@@ -71,10 +71,18 @@ def rng_state() -> dict:
     version, mt, gauss_next = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": {"version": int(version), "state": torch.tensor(mt, dtype=torch.int64),
-                   "gauss_next": None if gauss_next is None else float(gauss_next)},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {
+            "version": int(version),
+            "state": torch.tensor(mt, dtype=torch.int64),
+            "gauss_next": None if gauss_next is None else float(gauss_next),
+        },
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -85,8 +93,9 @@ def set_rng_state(state: dict) -> None:
     """Restore what :func:`rng_state` captured."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
@@ -120,7 +129,8 @@ def read_safely(path: str | Path) -> Any:
             f"{path}: refused: the file holds objects other than tensors and plain Python data "
             f"({first}). Checkpoints are read with torch.load(weights_only=True) so that a file someone "
             "hands you cannot run code; a checkpoint written by an older version of this package (with numpy "
-            "RNG states) or by another program is not loaded") from None
+            "RNG states) or by another program is not loaded"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path}: not a torch checkpoint file ({type(e).__name__}: {e})") from None
 
@@ -135,17 +145,20 @@ def load_checkpoint(path: str | Path) -> dict:
     """
     ckpt = read_safely(path)
     if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{path}: not a training checkpoint (a {type(ckpt).__name__}, expected a dict with "
-                              f"{', '.join(CHECKPOINT_KEYS)})")
+        raise CheckpointError(
+            f"{path}: not a training checkpoint (a {type(ckpt).__name__}, expected a dict with "
+            f"{', '.join(CHECKPOINT_KEYS)})"
+        )
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
     if missing:
-        hint = (" (it looks like a bare state dict: use it with --init-from or --pretrained)"
-                if all(isinstance(v, torch.Tensor) for v in ckpt.values()) else "")
-        raise CheckpointError(f"{path}: not a training checkpoint of this package: it lacks "
-                              f"{', '.join(missing)}{hint}")
+        hint = (
+            " (it looks like a bare state dict: use it with --init-from or --pretrained)"
+            if all(isinstance(v, torch.Tensor) for v in ckpt.values())
+            else ""
+        )
+        raise CheckpointError(f"{path}: not a training checkpoint of this package: it lacks {', '.join(missing)}{hint}")
     if ckpt["format"] != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: checkpoint format {ckpt['format']!r}, this version reads "
-                              f"{CHECKPOINT_FORMAT!r}")
+        raise CheckpointError(f"{path}: checkpoint format {ckpt['format']!r}, this version reads {CHECKPOINT_FORMAT!r}")
     return ckpt
 
 

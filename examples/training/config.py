@@ -119,15 +119,44 @@ class TrainConfig:
 
 # Fields that may differ between a run and its resumption (they do not change the trajectory).
 # skip_bad may be switched on to get past a clip found bad after the run started.
-RESUMABLE_CHANGES = frozenset({"epochs", "out", "workers", "eval_every", "progress", "plots", "threads", "data_root",
-                               "watch_test", "eval_test", "save_logits", "tensorboard", "log_every", "skip_bad",
-                               "keep_every"})
+RESUMABLE_CHANGES = frozenset(
+    {
+        "epochs",
+        "out",
+        "workers",
+        "eval_every",
+        "progress",
+        "plots",
+        "threads",
+        "data_root",
+        "watch_test",
+        "eval_test",
+        "save_logits",
+        "tensorboard",
+        "log_every",
+        "skip_bad",
+        "keep_every",
+    }
+)
 # Fields that may differ between a run and a branch started from one of its checkpoints
 # (``Trainer(cfg, branch_from=...)``): the SSA settings, which play no part while SSA is
 # off; a branch point must lie before SSA starts in both runs.
-BRANCH_CHANGES = RESUMABLE_CHANGES | frozenset({"ssa", "ssa_start", "beta", "lambda_", "distance", "pair_cap",
-                                                "ssa_endpoints", "algo", "ssa_backend", "ssa_fp32", "focal",
-                                                "ssa_shuffle"})
+BRANCH_CHANGES = RESUMABLE_CHANGES | frozenset(
+    {
+        "ssa",
+        "ssa_start",
+        "beta",
+        "lambda_",
+        "distance",
+        "pair_cap",
+        "ssa_endpoints",
+        "algo",
+        "ssa_backend",
+        "ssa_fp32",
+        "focal",
+        "ssa_shuffle",
+    }
+)
 
 # mmpose 0.x's NVGesture MTUT configs (configs/hand/gesture_sview_rgbd_vid/mtut/nvgesture/),
 # read from the OpenMMLab mmpose repository. Values they share: SGD momentum 0.9, no weight
@@ -142,20 +171,71 @@ BRANCH_CHANGES = RESUMABLE_CHANGES | frozenset({"ssa", "ssa_start", "beta", "lam
 # Not reproduced: the 112 recipe's head pools (1, 2, 2) windows (avg_pool_kernel) where this
 # I3D averages the whole 4x4 map; mmpose's head averages per-time-step logits after a
 # (1, 7, 7) pool, this I3D after the original's (2, 7, 7) pool (a 2-step window in time).
-_MMPOSE_COMMON = dict(batch_size=6, momentum=0.9, weight_decay=0.0, beta=2.0, distance="rms", pair_cap=10.0,
-                      ssa_endpoints=("Mixed_5c",), flip=True, test_frames=None, eval_every=5,
-                      modalities=("rgb", "depth"))
+_MMPOSE_COMMON = dict(
+    batch_size=6,
+    momentum=0.9,
+    weight_decay=0.0,
+    beta=2.0,
+    distance="rms",
+    pair_cap=10.0,
+    ssa_endpoints=("Mixed_5c",),
+    flip=True,
+    test_frames=None,
+    eval_every=5,
+    modalities=("rgb", "depth"),
+)
 MMPOSE_224 = dict(  # i3d_nvgesture_224x224_fps30.py: reported RGB 0.739 / depth 0.809 (i3d_nvgesture.md)
-    **_MMPOSE_COMMON, lr=1e-2, lr_steps=(30, 50), lr_gamma=0.1, epochs=75, ssa_start=61, lambda_=5e-3,
-    frames=64, fps=30.0, size=224, resize=256, box_pipeline="margin", hand_boxes=None, color_jitter=None)
+    **_MMPOSE_COMMON,
+    lr=1e-2,
+    lr_steps=(30, 50),
+    lr_gamma=0.1,
+    epochs=75,
+    ssa_start=61,
+    lambda_=5e-3,
+    frames=64,
+    fps=30.0,
+    size=224,
+    resize=256,
+    box_pipeline="margin",
+    hand_boxes=None,
+    color_jitter=None,
+)
 MMPOSE_224_BOX = dict(  # i3d_nvgesture_bbox_224x224_fps30.py: reported RGB 0.782 / depth 0.811
-    **_MMPOSE_COMMON, lr=1e-2, lr_steps=(30, 50), lr_gamma=0.1, epochs=75, ssa_start=61, lambda_=5e-3,
-    frames=64, fps=30.0, size=224, resize=None, box_pipeline="mmpose", box_scale=(0.8, 1.25),
-    box_ratio=(0.75, 1.33), box_shift=0.3, color_jitter=None)
+    **_MMPOSE_COMMON,
+    lr=1e-2,
+    lr_steps=(30, 50),
+    lr_gamma=0.1,
+    epochs=75,
+    ssa_start=61,
+    lambda_=5e-3,
+    frames=64,
+    fps=30.0,
+    size=224,
+    resize=None,
+    box_pipeline="mmpose",
+    box_scale=(0.8, 1.25),
+    box_ratio=(0.75, 1.33),
+    box_shift=0.3,
+    color_jitter=None,
+)
 MMPOSE_112_BOX_FPS15 = dict(  # i3d_nvgesture_bbox_112x112_fps15.py: reported RGB 0.725 / depth 0.730
-    **_MMPOSE_COMMON, lr=1e-1, lr_steps=(30, 60, 90, 110), lr_gamma=0.1, epochs=130, ssa_start=111,
-    lambda_=1e-3, frames=16, fps=15.0, size=112, resize=None, box_pipeline="mmpose", box_scale=(0.8, 1.25),
-    box_ratio=(0.75, 1.33), box_shift=0.3, color_jitter=(0.4, 0.3))
+    **_MMPOSE_COMMON,
+    lr=1e-1,
+    lr_steps=(30, 60, 90, 110),
+    lr_gamma=0.1,
+    epochs=130,
+    ssa_start=111,
+    lambda_=1e-3,
+    frames=16,
+    fps=15.0,
+    size=112,
+    resize=None,
+    box_pipeline="mmpose",
+    box_scale=(0.8, 1.25),
+    box_ratio=(0.75, 1.33),
+    box_shift=0.3,
+    color_jitter=(0.4, 0.3),
+)
 
 # The recipe's schedule (mmpose's 224x224 NVGesture MTUT config): 75 epochs, the LR divided
 # by 10 after epochs 30 and 50, SSA from epoch 61, i.e. after 40%, 67% and 80% of the run.
@@ -188,8 +268,21 @@ PRESETS: dict[str, dict] = {
     # (1024 / 392), the scale mmpose's lambda was tuned for; this small network's
     # Mixed_5c (d = 2x2x2, C = 256) has a ~12x larger distance.
     "cpu-small": dict(
-        epochs=14, batch_size=8, lr=1e-2, lr_steps=(10,), ssa_start=8, ssa_endpoints=("Mixed_4f",), width=0.25,
-        frames=16, test_frames=16, size=64, resize=72, fps=15.0, cache=True, workers=0, eval_every=0,
+        epochs=14,
+        batch_size=8,
+        lr=1e-2,
+        lr_steps=(10,),
+        ssa_start=8,
+        ssa_endpoints=("Mixed_4f",),
+        width=0.25,
+        frames=16,
+        test_frames=16,
+        size=64,
+        resize=72,
+        fps=15.0,
+        cache=True,
+        workers=0,
+        eval_every=0,
         device="cpu",
     ),
     # The paired study's regime in miniature on a 2-core CPU (docs/study/design.md): the
@@ -202,15 +295,41 @@ PRESETS: dict[str, dict] = {
     # examples.study pretext``, then --pretrained PRETEXT/pretext_rgb.pth); lambda, the
     # SSA endpoint and the branch epoch are chosen on validation (docs/study/design.md).
     "cpu-study": dict(
-        **recipe_schedule(15), batch_size=8, lr=1e-2, lambda_=5e-2, ssa_endpoints=("Mixed_3c",), width=0.25, frames=16,
-        test_frames=16, size=64, resize=72, fps=15.0, cache=True, workers=0, eval_every=1, device="cpu",
+        **recipe_schedule(15),
+        batch_size=8,
+        lr=1e-2,
+        lambda_=5e-2,
+        ssa_endpoints=("Mixed_3c",),
+        width=0.25,
+        frames=16,
+        test_frames=16,
+        size=64,
+        resize=72,
+        fps=15.0,
+        cache=True,
+        workers=0,
+        eval_every=1,
+        device="cpu",
     ),
     # The pretext network of the study (a stand-in for the recipe's Kinetics weights): the
     # cpu-study network, RGB alone, trained on other classes and subjects than the
     # target's (examples/study/pretext.py), with the recipe's LR steps in 10 epochs.
     "cpu-pretext": dict(
-        epochs=10, lr_steps=recipe_schedule(10)["lr_steps"], batch_size=8, lr=1e-2, modalities=("rgb",), ssa=False,
-        width=0.25, frames=16, test_frames=16, size=64, resize=72, fps=15.0, cache=True, workers=0, eval_every=0,
+        epochs=10,
+        lr_steps=recipe_schedule(10)["lr_steps"],
+        batch_size=8,
+        lr=1e-2,
+        modalities=("rgb",),
+        ssa=False,
+        width=0.25,
+        frames=16,
+        test_frames=16,
+        size=64,
+        resize=72,
+        fps=15.0,
+        cache=True,
+        workers=0,
+        eval_every=0,
         device="cpu",
     ),
 }
@@ -227,67 +346,114 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python examples/train_nvgesture.py",
         description="Train one I3D per modality on NVGesture (real or synthetic) with the MTUT SSA loss; "
-                    "one modality trains the unimodal baseline.",
+        "one modality trains the unimodal baseline.",
         epilog="Defaults in [brackets] are the 'full' preset's (mmpose's 224x224 recipe without hand boxes). "
-               "Settings come from the preset, then the --config file, then the options given here (each "
-               "overrides the one before); --print-config shows the result.",
+        "Settings come from the preset, then the --config file, then the options given here (each "
+        "overrides the one before); --print-config shows the result.",
     )
     a = p.add_argument
     a("--data-root", help="dataset root (NVGesture layout: Video_data/ and the two list files); required")
-    a("--config", metavar="FILE", help="settings file (JSON, or YAML with PyYAML installed): TrainConfig field "
-                                       "names, e.g. {\"lr\": 0.01, \"lr_steps\": [30, 50]}; --print-config writes one")
+    a(
+        "--config",
+        metavar="FILE",
+        help="settings file (JSON, or YAML with PyYAML installed): TrainConfig field "
+        'names, e.g. {"lr": 0.01, "lr_steps": [30, 50]}; --print-config writes one',
+    )
     a("--print-config", action="store_true", help="print the resolved settings as JSON and exit")
     a("--out", help="run folder: checkpoints, metrics, plots")
-    a("--preset", choices=list(PRESETS),
-      help="settings to start from: 'full' = 'mmpose-224' (mmpose's 224x224 recipe without boxes), "
-           "'mmpose-224-box', 'mmpose-112-box-fps15' (mmpose's hand-box recipes; GPU), 'cpu-small' "
-           "(minutes on a CPU), 'cpu-study' (the paired study's fit-then-align regime on a CPU) or 'cpu-pretext' "
-           "(its pretext network)")
-    a("--modalities", nargs="+", metavar="M", help=f"modalities, one I3D each ({', '.join(MODALITIES)}); "
-      "one modality = unimodal baseline")
+    a(
+        "--preset",
+        choices=list(PRESETS),
+        help="settings to start from: 'full' = 'mmpose-224' (mmpose's 224x224 recipe without boxes), "
+        "'mmpose-224-box', 'mmpose-112-box-fps15' (mmpose's hand-box recipes; GPU), 'cpu-small' "
+        "(minutes on a CPU), 'cpu-study' (the paired study's fit-then-align regime on a CPU) or 'cpu-pretext' "
+        "(its pretext network)",
+    )
+    a(
+        "--modalities",
+        nargs="+",
+        metavar="M",
+        help=f"modalities, one I3D each ({', '.join(MODALITIES)}); one modality = unimodal baseline",
+    )
     g = p.add_argument_group("optimization")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int, help="clips per process (per GPU)")
     g.add_argument("--lr", type=float)
     g.add_argument("--momentum", type=float)
     g.add_argument("--weight-decay", type=float)
-    g.add_argument("--lr-steps", type=int, nargs="*", metavar="EPOCH",
-                   help="multiply the LR by LR_GAMMA after these epochs (none: a constant LR)")
+    g.add_argument(
+        "--lr-steps",
+        type=int,
+        nargs="*",
+        metavar="EPOCH",
+        help="multiply the LR by LR_GAMMA after these epochs (none: a constant LR)",
+    )
     g.add_argument("--lr-gamma", type=float)
-    g.add_argument("--lr-scaling", choices=("none", "linear"),
-                   help="linear: multiply --lr by the total batch (--batch-size x processes) / --lr-reference-batch")
-    g.add_argument("--lr-reference-batch", type=int, metavar="B",
-                   help="the total batch --lr was tuned for (mmpose: 6 per GPU; its GPU count is not published)")
+    g.add_argument(
+        "--lr-scaling",
+        choices=("none", "linear"),
+        help="linear: multiply --lr by the total batch (--batch-size x processes) / --lr-reference-batch",
+    )
+    g.add_argument(
+        "--lr-reference-batch",
+        type=int,
+        metavar="B",
+        help="the total batch --lr was tuned for (mmpose: 6 per GPU; its GPU count is not published)",
+    )
     g = p.add_argument_group("SSA loss")
-    g.add_argument("--ssa", action=argparse.BooleanOptionalAction, default=None,
-                   help="--no-ssa never switches SSA on (the SSA-off arm of a paired study)")
+    g.add_argument(
+        "--ssa",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="--no-ssa never switches SSA on (the SSA-off arm of a paired study)",
+    )
     g.add_argument("--ssa-start", type=int, metavar="EPOCH", help="first (1-based) epoch with the SSA loss")
-    g.add_argument("--beta", type=float,
-                   help="focal regularization parameter (0 is refused while SSA runs with --focal exp: "
-                        "it makes rho = 0 for every sample, i.e. no SSA at all; use --focal constant)")
-    g.add_argument("--focal", choices=FOCAL_MODES,
-                   help="focal weight rho: exp (the paper's), constant (rho = 1 on every ordered pair: focal "
-                        "weighting off) or indicator (rho = 1 where the other network's CE is lower, else 0)")
-    g.add_argument("--ssa-shuffle", nargs="*", metavar="MODALITY",
-                   help="control: permute these modalities' SSA features within the batch (a derangement from its "
-                        "own seeded generator; the focal weights stay each clip's own), e.g. --ssa-shuffle depth")
+    g.add_argument(
+        "--beta",
+        type=float,
+        help="focal regularization parameter (0 is refused while SSA runs with --focal exp: "
+        "it makes rho = 0 for every sample, i.e. no SSA at all; use --focal constant)",
+    )
+    g.add_argument(
+        "--focal",
+        choices=FOCAL_MODES,
+        help="focal weight rho: exp (the paper's), constant (rho = 1 on every ordered pair: focal "
+        "weighting off) or indicator (rho = 1 where the other network's CE is lower, else 0)",
+    )
+    g.add_argument(
+        "--ssa-shuffle",
+        nargs="*",
+        metavar="MODALITY",
+        help="control: permute these modalities' SSA features within the batch (a derangement from its "
+        "own seeded generator; the focal weights stay each clip's own), e.g. --ssa-shuffle depth",
+    )
     g.add_argument("--lambda", dest="lambda_", type=float, metavar="LAMBDA", help="SSA weight (tuned for 'rms')")
     g.add_argument("--distance", choices=("rms", "fro2"))
-    g.add_argument("--pair-cap", type=float,
-                   help="cap every ordered pair's term, as mmpose does (0 = no cap)")
+    g.add_argument("--pair-cap", type=float, help="cap every ordered pair's term, as mmpose does (0 = no cap)")
     g.add_argument("--ssa-endpoints", nargs="+", metavar="ENDPOINT", help="I3D endpoints to align")
     g.add_argument("--algo", choices=("auto", "direct", "gram"))
-    g.add_argument("--ssa-backend", choices=("auto", "cpu", "cuda", "triton", "reference"),
-                   help="mtut_ops backend of the SSA op (auto = the device's default: cuda, then triton, on GPUs; "
-                        "reference builds the d x d matrices, as mmpose does)")
-    g.add_argument("--ssa-fp32", action=argparse.BooleanOptionalAction, default=None,
-                   help="cast the features to float32 before the SSA op (the op's bf16/fp16 path has "
-                        "not been checked on a GPU yet)")
+    g.add_argument(
+        "--ssa-backend",
+        choices=("auto", "cpu", "cuda", "triton", "reference"),
+        help="mtut_ops backend of the SSA op (auto = the device's default: cuda, then triton, on GPUs; "
+        "reference builds the d x d matrices, as mmpose does)",
+    )
+    g.add_argument(
+        "--ssa-fp32",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="cast the features to float32 before the SSA op (the op's bf16/fp16 path has "
+        "not been checked on a GPU yet)",
+    )
     g = p.add_argument_group("model")
     g.add_argument("--width", type=float, help="I3D width multiplier (1.0 = original)")
     g.add_argument("--dropout", type=float)
-    g.add_argument("--pretrained", nargs="+", metavar="[MODALITY=]PATH",
-                   help="converted Kinetics I3D checkpoint(s), local files; a bare PATH serves every modality")
+    g.add_argument(
+        "--pretrained",
+        nargs="+",
+        metavar="[MODALITY=]PATH",
+        help="converted Kinetics I3D checkpoint(s), local files; a bare PATH serves every modality",
+    )
     g.add_argument("--stem", choices=("mean", "sum"), help="adapting the RGB stem to 1/2 channels")
     g = p.add_argument_group("data")
     g.add_argument("--frames", type=int, help="training clip length T")
@@ -296,42 +462,82 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resize", type=int, help="short edge before cropping")
     g.add_argument("--fps", type=float, help="temporal sampling rate (0 = every frame)")
     g.add_argument("--no-flip", dest="flip", action="store_false", default=None, help="no random horizontal flips")
-    g.add_argument("--hand-boxes", metavar="JSON",
-                   help="hand boxes: hand_boxes.json (one box per clip; --box-pipeline margin) or mmpose's "
-                        "bboxes.json (per-frame detections; --box-pipeline mmpose; the box presets look for "
-                        "DATA_ROOT/bboxes.json and DATA_ROOT/annotations/bboxes.json)")
-    g.add_argument("--box-pipeline", choices=("margin", "mmpose"),
-                   help="margin: crop to the clip's box plus a margin, resize, crop; mmpose: merge the sampled "
-                        "frames' boxes, jittered crop (--box-scale/--box-ratio/--box-shift) resized to --size")
+    g.add_argument(
+        "--hand-boxes",
+        metavar="JSON",
+        help="hand boxes: hand_boxes.json (one box per clip; --box-pipeline margin) or mmpose's "
+        "bboxes.json (per-frame detections; --box-pipeline mmpose; the box presets look for "
+        "DATA_ROOT/bboxes.json and DATA_ROOT/annotations/bboxes.json)",
+    )
+    g.add_argument(
+        "--box-pipeline",
+        choices=("margin", "mmpose"),
+        help="margin: crop to the clip's box plus a margin, resize, crop; mmpose: merge the sampled "
+        "frames' boxes, jittered crop (--box-scale/--box-ratio/--box-shift) resized to --size",
+    )
     g.add_argument("--box-scale", type=float, nargs=2, metavar=("LO", "HI"), help="mmpose box crop: random scale")
     g.add_argument("--box-ratio", type=float, nargs=2, metavar=("LO", "HI"), help="mmpose box crop: random aspect")
     g.add_argument("--box-shift", type=float, help="mmpose box crop: random shift, fraction of the crop side")
-    g.add_argument("--color-jitter", type=float, nargs=2, metavar=("BRIGHTNESS", "CONTRAST"),
-                   help="RGB colour jitter (mmpose's 112 recipe: 0.4 0.3; 0 0 = none)")
-    g.add_argument("--val-subjects", type=int, metavar="K",
-                   help="hold out the last K training subjects as a validation split (for tuning)")
-    g.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=None,
-                   help="pass over bad list lines and clips with a warning (counted) instead of stopping the run")
-    g.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
-                   help="decode every clip once and keep it in memory (small datasets)")
+    g.add_argument(
+        "--color-jitter",
+        type=float,
+        nargs=2,
+        metavar=("BRIGHTNESS", "CONTRAST"),
+        help="RGB colour jitter (mmpose's 112 recipe: 0.4 0.3; 0 0 = none)",
+    )
+    g.add_argument(
+        "--val-subjects",
+        type=int,
+        metavar="K",
+        help="hold out the last K training subjects as a validation split (for tuning)",
+    )
+    g.add_argument(
+        "--skip-bad",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="pass over bad list lines and clips with a warning (counted) instead of stopping the run",
+    )
+    g.add_argument(
+        "--cache",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decode every clip once and keep it in memory (small datasets)",
+    )
     g.add_argument("--workers", type=int, help="DataLoader worker processes: 4, at most the cores - 1")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-every", type=int, metavar="E", help="evaluate every E epochs (0 = only at the end)")
     g.add_argument("--fusion", choices=FUSIONS, help="fused score: mean of softmaxes or of logits")
-    g.add_argument("--best-metric", metavar="NAME",
-                   help="validation top-1 that picks best.pt: a modality or 'fused' (auto = the first modality; "
-                        "needs --val-subjects; the test split is never used)")
-    g.add_argument("--watch-test", action=argparse.BooleanOptionalAction, default=None,
-                   help="also evaluate the test split every --eval-every epochs (logged only, never used to choose "
-                        "anything; mmpose's configs validate on test)")
-    g.add_argument("--eval-test", action=argparse.BooleanOptionalAction, default=None,
-                   help="evaluate the test split after the last epoch; --no-eval-test never loads it (runs that "
-                        "choose settings on validation before a preregistered test)")
-    g.add_argument("--save-logits", action=argparse.BooleanOptionalAction, default=None,
-                   help="write every evaluation's per-clip logits to evals/epochNNN_SPLIT.npz")
-    g.add_argument("--init-from", metavar="CKPT",
-                   help="start from these weights only (a training checkpoint or a state dict; no optimizer, "
-                        "epoch or RNG state)")
+    g.add_argument(
+        "--best-metric",
+        metavar="NAME",
+        help="validation top-1 that picks best.pt: a modality or 'fused' (auto = the first modality; "
+        "needs --val-subjects; the test split is never used)",
+    )
+    g.add_argument(
+        "--watch-test",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also evaluate the test split every --eval-every epochs (logged only, never used to choose "
+        "anything; mmpose's configs validate on test)",
+    )
+    g.add_argument(
+        "--eval-test",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="evaluate the test split after the last epoch; --no-eval-test never loads it (runs that "
+        "choose settings on validation before a preregistered test)",
+    )
+    g.add_argument(
+        "--save-logits",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write every evaluation's per-clip logits to evals/epochNNN_SPLIT.npz",
+    )
+    g.add_argument(
+        "--init-from",
+        metavar="CKPT",
+        help="start from these weights only (a training checkpoint or a state dict; no optimizer, epoch or RNG state)",
+    )
     g = p.add_argument_group("runtime")
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
@@ -339,14 +545,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, help="torch CPU threads")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
     g.add_argument("--no-plots", dest="plots", action="store_false", default=None, help="no PNG plots at the end")
-    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
-                   help="write TensorBoard scalars to OUT/tb (loss terms, lr, throughput, memory per iteration)")
+    g.add_argument(
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write TensorBoard scalars to OUT/tb (loss terms, lr, throughput, memory per iteration)",
+    )
     g.add_argument("--log-every", type=int, metavar="N", help="TensorBoard: every N iterations")
-    g.add_argument("--keep-every", type=int, metavar="K",
-                   help="also keep the checkpoint of every K-th epoch (OUT/epochNNN.pt; 0 = only last.pt and best.pt)")
-    g.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last.pt, with the settings saved in it (options given "
-                        "here override them; only those that keep the trajectory are accepted)")
+    g.add_argument(
+        "--keep-every",
+        type=int,
+        metavar="K",
+        help="also keep the checkpoint of every K-th epoch (OUT/epochNNN.pt; 0 = only last.pt and best.pt)",
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last.pt, with the settings saved in it (options given "
+        "here override them; only those that keep the trajectory are accepted)",
+    )
     _add_defaults(p)
     return p
 
@@ -382,11 +599,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     saved = _saved_config(args, from_file.get("out"))
     if saved is not None:
         if args.preset and args.preset != saved.get("preset"):
-            raise ValueError(f"--resume: the run in {saved['out']} was started with --preset {saved.get('preset')}, "
-                             f"not {args.preset}; leave --preset out to continue it with its settings")
+            raise ValueError(
+                f"--resume: the run in {saved['out']} was started with --preset {saved.get('preset')}, "
+                f"not {args.preset}; leave --preset out to continue it with its settings"
+            )
         preset = saved.get("preset", "full")
-        cfg = TrainConfig(**{k: typed(k, v, f"{saved['out']}/last.pt: {k!r}") for k, v in saved.items()
-                             if k in typed_fields()})
+        cfg = TrainConfig(
+            **{k: typed(k, v, f"{saved['out']}/last.pt: {k!r}") for k, v in saved.items() if k in typed_fields()}
+        )
         from_file.pop("preset", None)
     else:
         preset = args.preset or from_file.pop("preset", None) or "full"
@@ -416,9 +636,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if cfg.box_pipeline == "mmpose" and cfg.hand_boxes is None and cfg.data_root:
         found = [Path(cfg.data_root) / c for c in FRAME_BOX_CANDIDATES if (Path(cfg.data_root) / c).is_file()]
         if not found:
-            raise ValueError(f"--preset {preset} (--box-pipeline mmpose) crops to per-frame hand boxes: give "
-                             f"mmpose's bboxes.json with --hand-boxes (not found at {' or '.join(FRAME_BOX_CANDIDATES)} "
-                             f"under {cfg.data_root})")
+            raise ValueError(
+                f"--preset {preset} (--box-pipeline mmpose) crops to per-frame hand boxes: give "
+                f"mmpose's bboxes.json with --hand-boxes (not found at {' or '.join(FRAME_BOX_CANDIDATES)} "
+                f"under {cfg.data_root})"
+            )
         cfg.hand_boxes = str(found[0])
     validate(cfg)
     return cfg
@@ -453,16 +675,22 @@ def schedule_warnings(cfg: TrainConfig) -> list[str]:
 
     def source(name: str, flag: str) -> str:
         default = preset.get(name, getattr(TrainConfig, name, None))
-        return f"the value of preset {cfg.preset!r}" if _norm_value(getattr(cfg, name)) == _norm_value(default) else flag
+        return (
+            f"the value of preset {cfg.preset!r}" if _norm_value(getattr(cfg, name)) == _norm_value(default) else flag
+        )
 
     if cfg.ssa and len(cfg.modalities) > 1 and cfg.ssa_start > cfg.epochs:
-        out.append(f"SSA never runs: --ssa-start {cfg.ssa_start} ({source('ssa_start', 'as given')}) is after the last "
-                   f"epoch (--epochs {cfg.epochs}), so the {len(cfg.modalities)} networks train independently. Give "
-                   f"--ssa-start E with E <= {cfg.epochs} for SSA, or --no-ssa to train without it")
+        out.append(
+            f"SSA never runs: --ssa-start {cfg.ssa_start} ({source('ssa_start', 'as given')}) is after the last "
+            f"epoch (--epochs {cfg.epochs}), so the {len(cfg.modalities)} networks train independently. Give "
+            f"--ssa-start E with E <= {cfg.epochs} for SSA, or --no-ssa to train without it"
+        )
     late = [e for e in cfg.lr_steps if e >= cfg.epochs]
     if late:
-        out.append(f"--lr-steps {' '.join(map(str, late))} ({source('lr_steps', 'as given')}): the LR would drop after "
-                   f"epoch(s) at or past the last one (--epochs {cfg.epochs}), so it never does there")
+        out.append(
+            f"--lr-steps {' '.join(map(str, late))} ({source('lr_steps', 'as given')}): the LR would drop after "
+            f"epoch(s) at or past the last one (--epochs {cfg.epochs}), so it never does there"
+        )
     return out
 
 
@@ -486,15 +714,21 @@ def parse_pretrained(items: tuple[str, ...], modalities: tuple[str, ...]) -> dic
 
 def validate(cfg: TrainConfig) -> None:
     """Raise ``ValueError`` naming the option for any setting out of range."""
+
     def need(ok: bool, message: str) -> None:
         if not ok:
             raise ValueError(message)
 
     need(bool(cfg.data_root), "--data-root is required")
-    need(Path(cfg.data_root).is_dir(), f"--data-root {cfg.data_root!r} is not a folder (make a synthetic dataset "
-                                       "with `python -m examples.data make-synthetic --out DIR`)")
+    need(
+        Path(cfg.data_root).is_dir(),
+        f"--data-root {cfg.data_root!r} is not a folder (make a synthetic dataset "
+        "with `python -m examples.data make-synthetic --out DIR`)",
+    )
     unknown = [m for m in cfg.modalities if m not in MODALITIES]
-    need(not unknown, f"--modalities: unknown modality {unknown[0]!r}; known: {', '.join(MODALITIES)}" if unknown else "")
+    need(
+        not unknown, f"--modalities: unknown modality {unknown[0]!r}; known: {', '.join(MODALITIES)}" if unknown else ""
+    )
     need(len(cfg.modalities) >= 1, "--modalities needs at least one modality")
     need(len(set(cfg.modalities)) == len(cfg.modalities), f"--modalities has repeats: {list(cfg.modalities)}")
     need(cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}")
@@ -509,20 +743,29 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.beta >= 0 and cfg.lambda_ >= 0, "--beta and --lambda must be >= 0")
     need(cfg.focal in FOCAL_MODES, f"--focal must be one of {', '.join(FOCAL_MODES)}, got {cfg.focal!r}")
     ssa_runs = cfg.ssa and len(cfg.modalities) > 1 and cfg.ssa_start <= cfg.epochs
-    need(not (ssa_runs and cfg.focal == "exp" and cfg.beta == 0),
-         "--beta 0 with --focal exp makes rho = exp(0) - 1 = 0 for every sample: the SSA loss would be 0 and "
-         "SSA silently off. For SSA without focal weighting use --focal constant; to train without SSA use --no-ssa")
+    need(
+        not (ssa_runs and cfg.focal == "exp" and cfg.beta == 0),
+        "--beta 0 with --focal exp makes rho = exp(0) - 1 = 0 for every sample: the SSA loss would be 0 and "
+        "SSA silently off. For SSA without focal weighting use --focal constant; to train without SSA use --no-ssa",
+    )
     bad = [m for m in cfg.ssa_shuffle if m not in cfg.modalities]
     need(not bad, f"--ssa-shuffle: {bad} not among --modalities {' '.join(cfg.modalities)}")
-    need(len(cfg.ssa_shuffle) < len(cfg.modalities) or not cfg.ssa_shuffle,
-         "--ssa-shuffle: shuffling every modality's features together keeps them paired; leave at least one out")
+    need(
+        len(cfg.ssa_shuffle) < len(cfg.modalities) or not cfg.ssa_shuffle,
+        "--ssa-shuffle: shuffling every modality's features together keeps them paired; leave at least one out",
+    )
     need(cfg.pair_cap is None or cfg.pair_cap > 0, f"--pair-cap must be >= 0 (0 = no cap), got {cfg.pair_cap}")
     bad = [e for e in cfg.ssa_endpoints if e not in ENDPOINTS]
-    need(not bad and bool(cfg.ssa_endpoints), f"--ssa-endpoints: {bad} not I3D endpoints; known: {', '.join(ENDPOINTS)}")
+    need(
+        not bad and bool(cfg.ssa_endpoints), f"--ssa-endpoints: {bad} not I3D endpoints; known: {', '.join(ENDPOINTS)}"
+    )
     need(cfg.width > 0, f"--width must be > 0, got {cfg.width}")
     need(0 <= cfg.dropout < 1, f"--dropout must be in [0, 1), got {cfg.dropout}")
     for m, path in parse_pretrained(cfg.pretrained, cfg.modalities).items():
-        need(m in cfg.modalities, f"--pretrained: modality {m!r} is not trained (--modalities {' '.join(cfg.modalities)})")
+        need(
+            m in cfg.modalities,
+            f"--pretrained: modality {m!r} is not trained (--modalities {' '.join(cfg.modalities)})",
+        )
         need(Path(path).is_file(), f"--pretrained: {path!r} is not a file (weights are never downloaded)")
     need(cfg.frames >= 1, f"--frames must be >= 1, got {cfg.frames}")
     need(cfg.test_frames is None or cfg.test_frames >= 1, f"--test-frames must be >= 0, got {cfg.test_frames}")
@@ -531,8 +774,10 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.fps is None or cfg.fps > 0, f"--fps must be > 0, got {cfg.fps}")
     need(cfg.hand_boxes is None or Path(cfg.hand_boxes).is_file(), f"--hand-boxes {cfg.hand_boxes!r} is not a file")
     need(cfg.box_pipeline in ("margin", "mmpose"), f"--box-pipeline must be margin or mmpose, got {cfg.box_pipeline!r}")
-    need(cfg.box_pipeline != "mmpose" or cfg.hand_boxes is not None,
-         "--box-pipeline mmpose needs --hand-boxes (mmpose's per-frame bboxes.json)")
+    need(
+        cfg.box_pipeline != "mmpose" or cfg.hand_boxes is not None,
+        "--box-pipeline mmpose needs --hand-boxes (mmpose's per-frame bboxes.json)",
+    )
     need(0 < cfg.box_scale[0] <= cfg.box_scale[1], f"--box-scale must be 0 < LO <= HI, got {list(cfg.box_scale)}")
     need(0 < cfg.box_ratio[0] <= cfg.box_ratio[1], f"--box-ratio must be 0 < LO <= HI, got {list(cfg.box_ratio)}")
     need(cfg.box_shift >= 0, f"--box-shift must be >= 0, got {cfg.box_shift}")
@@ -547,8 +792,10 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.lr_reference_batch >= 1, f"--lr-reference-batch must be >= 1, got {cfg.lr_reference_batch}")
     need(cfg.fusion in FUSIONS, f"--fusion must be one of {FUSIONS}, got {cfg.fusion!r}")
     scores = (*cfg.modalities, "fused") if len(cfg.modalities) > 1 else cfg.modalities
-    need(cfg.best_metric == "auto" or cfg.best_metric in scores,
-         f"--best-metric must be auto or one of {', '.join(scores)}, got {cfg.best_metric!r}")
+    need(
+        cfg.best_metric == "auto" or cfg.best_metric in scores,
+        f"--best-metric must be auto or one of {', '.join(scores)}, got {cfg.best_metric!r}",
+    )
     need(cfg.init_from is None or Path(cfg.init_from).is_file(), f"--init-from {cfg.init_from!r} is not a file")
     need(cfg.distance in ("rms", "fro2"), f"--distance must be 'rms' or 'fro2', got {cfg.distance!r}")
     need(cfg.algo in ("auto", "direct", "gram"), f"--algo must be auto, direct or gram, got {cfg.algo!r}")
@@ -560,8 +807,10 @@ def validate(cfg: TrainConfig) -> None:
         import mtut_ops
 
         available = mtut_ops.available_backends(device)
-        need(cfg.ssa_backend in available, f"--ssa-backend {cfg.ssa_backend}: not available on {device} "
-                                           f"(available: {', '.join(available)})")
+        need(
+            cfg.ssa_backend in available,
+            f"--ssa-backend {cfg.ssa_backend}: not available on {device} (available: {', '.join(available)})",
+        )
 
 
 @dataclass

@@ -28,8 +28,10 @@ def read_config_file(path: str | Path) -> dict:
         try:
             import yaml
         except ImportError:
-            raise ValueError(f"--config {path}: reading YAML needs PyYAML (pip install pyyaml); or write the file as "
-                             "JSON (--print-config prints one)") from None
+            raise ValueError(
+                f"--config {path}: reading YAML needs PyYAML (pip install pyyaml); or write the file as "
+                "JSON (--print-config prints one)"
+            ) from None
         raw = yaml.safe_load(text)
     else:
         try:
@@ -63,8 +65,11 @@ def typed(name: str, value, where: str):
         items = typing.get_args(hint)
         item = items[0]
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list of {item.__name__}" + (" or null" if optional else "") +
-                             f", e.g. {_example(name)}, got {value!r}")
+            raise ValueError(
+                f"{where}: expected a list of {item.__name__}"
+                + (" or null" if optional else "")
+                + f", e.g. {_example(name)}, got {value!r}"
+            )
         if items[-1] is not Ellipsis and len(value) != len(items):
             raise ValueError(f"{where}: expected {len(items)} values, got {len(value)}: {value!r}")
         return tuple(_scalar(item, v, where) for v in value)
@@ -72,10 +77,15 @@ def typed(name: str, value, where: str):
 
 
 def _scalar(kind: type, value, where: str):
-    ok = (isinstance(value, bool) if kind is bool else
-          isinstance(value, int) and not isinstance(value, bool) if kind is int else
-          isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
-          isinstance(value, kind))
+    ok = (
+        isinstance(value, bool)
+        if kind is bool
+        else isinstance(value, int) and not isinstance(value, bool)
+        if kind is int
+        else isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is float
+        else isinstance(value, kind)
+    )
     if not ok:
         wanted = "a number" if kind is float else "an integer" if kind is int else kind.__name__
         raise ValueError(f"{where}: expected {wanted}, got {value!r} ({type(value).__name__})")

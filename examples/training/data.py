@@ -61,19 +61,30 @@ def split_by_subject(dataset: NVGestureDataset, held_out: int) -> tuple[list[int
     subjects = [subject_of(r.path) for r in dataset.records]
     distinct = sorted(set(subjects))
     if not 0 < held_out < len(distinct):
-        raise ValueError(f"--val-subjects must be in 1..{len(distinct) - 1} (the training list has "
-                         f"{len(distinct)} subjects), got {held_out}")
+        raise ValueError(
+            f"--val-subjects must be in 1..{len(distinct) - 1} (the training list has "
+            f"{len(distinct)} subjects), got {held_out}"
+        )
     val = set(distinct[-held_out:])
     return [i for i, s in enumerate(subjects) if s not in val], [i for i, s in enumerate(subjects) if s in val]
 
 
 def transforms_of(cfg: TrainConfig, train: bool, boxes=None, resize: int | None = None):
     """The run's train or test pipeline (``boxes``: a loaded box table, default the file)."""
-    return build_transforms(train, frames=cfg.frames if train else cfg.test_frames, size=cfg.size,
-                            resize=cfg.resize if resize is None else resize, fps=cfg.fps, flip=cfg.flip,
-                            boxes=cfg.hand_boxes if boxes is None else boxes, box_pipeline=cfg.box_pipeline,
-                            box_scale=cfg.box_scale, box_ratio=cfg.box_ratio, box_shift=cfg.box_shift,
-                            color_jitter=cfg.color_jitter if train else None)
+    return build_transforms(
+        train,
+        frames=cfg.frames if train else cfg.test_frames,
+        size=cfg.size,
+        resize=cfg.resize if resize is None else resize,
+        fps=cfg.fps,
+        flip=cfg.flip,
+        boxes=cfg.hand_boxes if boxes is None else boxes,
+        box_pipeline=cfg.box_pipeline,
+        box_scale=cfg.box_scale,
+        box_ratio=cfg.box_ratio,
+        box_shift=cfg.box_shift,
+        color_jitter=cfg.color_jitter if train else None,
+    )
 
 
 def _dataset(cfg: TrainConfig, split: str, train: bool) -> NVGestureDataset:
@@ -85,17 +96,20 @@ def _dataset(cfg: TrainConfig, split: str, train: bool) -> NVGestureDataset:
         # (when asked for) holds the decoded windows as they are.
         transform = transforms_of(cfg, train)
         if cfg.cache:
-            return CachedNVGesture(cfg.data_root, split, cfg.modalities, transform, skip_bad=cfg.skip_bad,
-                                   check_frames=True)
-        return NVGestureDataset(cfg.data_root, split, cfg.modalities, transform, skip_bad=cfg.skip_bad,
-                                check_frames=True)
+            return CachedNVGesture(
+                cfg.data_root, split, cfg.modalities, transform, skip_bad=cfg.skip_bad, check_frames=True
+            )
+        return NVGestureDataset(
+            cfg.data_root, split, cfg.modalities, transform, skip_bad=cfg.skip_bad, check_frames=True
+        )
     # The cache holds clips already cropped to the hand and resized; the per-epoch
     # transform's Resize is then a no-op and it only samples, crops, flips, normalizes.
     resize = cfg.resize if cfg.resize is not None else round(cfg.size * 8 / 7)
     prepare = Compose(([HandBoxCrop(cfg.hand_boxes)] if cfg.hand_boxes else []) + [Resize(resize)])
     transform = build_transforms(train, frames=frames, size=cfg.size, resize=resize, fps=cfg.fps, flip=cfg.flip)
-    return CachedNVGesture(cfg.data_root, split, cfg.modalities, transform, prepare=prepare, skip_bad=cfg.skip_bad,
-                           check_frames=True)
+    return CachedNVGesture(
+        cfg.data_root, split, cfg.modalities, transform, prepare=prepare, skip_bad=cfg.skip_bad, check_frames=True
+    )
 
 
 def build_datasets(cfg: TrainConfig, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, Dataset]:
@@ -131,8 +145,10 @@ def require_clips(datasets: dict[str, Dataset]) -> None:
         base = ds.dataset if isinstance(ds, Subset) else ds
         skipped = getattr(base, "skipped", [])
         if skipped:
-            why = (f"--skip-bad passed over every one of its {len(skipped)} entries (first: {skipped[0]}); "
-                   "fix or restore the data, the warnings above say what is wrong with each")
+            why = (
+                f"--skip-bad passed over every one of its {len(skipped)} entries (first: {skipped[0]}); "
+                "fix or restore the data, the warnings above say what is wrong with each"
+            )
         else:
             why = f"its list file {getattr(base, 'list_file', '?')} lists no clip"
         hint = " (--no-eval-test trains without it)" if name == "test" else ""
@@ -161,8 +177,14 @@ def preload(datasets: dict[str, Dataset], progress: bool = False) -> None:
 def train_loader(ds: Dataset, cfg: TrainConfig, rank: int, world: int) -> tuple[DataLoader, DistributedSampler]:
     """Shuffled loader; the sampler's order depends only on (seed, epoch): call ``set_epoch``."""
     sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
-    loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                        pin_memory=cfg.device.startswith("cuda"), persistent_workers=False)
+    loader = DataLoader(
+        ds,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        pin_memory=cfg.device.startswith("cuda"),
+        persistent_workers=False,
+    )
     return loader, sampler
 
 
@@ -173,5 +195,11 @@ def eval_loader(ds: Dataset, cfg: TrainConfig, rank: int, world: int) -> DataLoa
     batch = cfg.batch_size if cfg.test_frames is not None else 1
     # Its own generator: evaluating must not draw from the global RNG the training run
     # continues with (an exact resume may evaluate at other epochs than the first run).
-    return DataLoader(shard, batch_size=batch, shuffle=False, num_workers=cfg.workers,
-                      pin_memory=cfg.device.startswith("cuda"), generator=torch.Generator().manual_seed(0))
+    return DataLoader(
+        shard,
+        batch_size=batch,
+        shuffle=False,
+        num_workers=cfg.workers,
+        pin_memory=cfg.device.startswith("cuda"),
+        generator=torch.Generator().manual_seed(0),
+    )

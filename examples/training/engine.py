@@ -52,10 +52,20 @@ def seed_everything(seed: int) -> None:
 
 def build_model(cfg: TrainConfig, verbose: bool = True) -> MTUTModel:
     """The MTUT model of ``cfg`` (pretrained weights loaded, their reports printed when ``verbose``)."""
-    ssa = SSAConfig(beta=cfg.beta, lambda_=cfg.lambda_, distance=cfg.distance, algo=cfg.algo, pair_cap=cfg.pair_cap,
-                    backend=cfg.ssa_backend, inputs_fp32=cfg.ssa_fp32, focal=cfg.focal, shuffle=tuple(cfg.ssa_shuffle))
-    model = MTUTModel(cfg.modalities, NUM_CLASSES, width=cfg.width, dropout=cfg.dropout,
-                      ssa_endpoints=cfg.ssa_endpoints, ssa=ssa)
+    ssa = SSAConfig(
+        beta=cfg.beta,
+        lambda_=cfg.lambda_,
+        distance=cfg.distance,
+        algo=cfg.algo,
+        pair_cap=cfg.pair_cap,
+        backend=cfg.ssa_backend,
+        inputs_fp32=cfg.ssa_fp32,
+        focal=cfg.focal,
+        shuffle=tuple(cfg.ssa_shuffle),
+    )
+    model = MTUTModel(
+        cfg.modalities, NUM_CLASSES, width=cfg.width, dropout=cfg.dropout, ssa_endpoints=cfg.ssa_endpoints, ssa=ssa
+    )
     paths = parse_pretrained(cfg.pretrained, cfg.modalities)
     for m, report in model.load_pretrained(paths, stem=cfg.stem).items():
         if verbose:
@@ -92,15 +102,24 @@ def init_from(model: MTUTModel, path: str | Path) -> list[str]:
                 target[k].copy_(state[k])
         loaded.append(m)
     if problems or not loaded:
-        raise ValueError(f"--init-from {path}: " + ("; ".join(problems) if problems else
-                         f"holds no network of {list(model.modalities)} (keys like nets.rgb.*)"))
+        raise ValueError(
+            f"--init-from {path}: "
+            + (
+                "; ".join(problems)
+                if problems
+                else f"holds no network of {list(model.modalities)} (keys like nets.rgb.*)"
+            )
+        )
     return loaded
 
 
 def _config_diffs(saved: Mapping, cfg: TrainConfig, allowed) -> list[str]:
     """The settings of ``cfg`` outside ``allowed`` that differ from a checkpoint's ``saved``."""
-    return [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in cfg.to_dict().items()
-            if k not in allowed and _norm(saved.get(k)) != _norm(v)]
+    return [
+        f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}"
+        for k, v in cfg.to_dict().items()
+        if k not in allowed and _norm(saved.get(k)) != _norm(v)
+    ]
 
 
 def check_resumable(saved: Mapping, cfg: TrainConfig) -> None:
@@ -108,8 +127,10 @@ def check_resumable(saved: Mapping, cfg: TrainConfig) -> None:
     ``saved`` config in ways that would change the run's trajectory."""
     diffs = _config_diffs(saved, cfg, RESUMABLE_CHANGES)
     if diffs:
-        raise ValueError("--resume: the run was started with other settings (they would change its "
-                         "trajectory):\n  " + "\n  ".join(diffs))
+        raise ValueError(
+            "--resume: the run was started with other settings (they would change its "
+            "trajectory):\n  " + "\n  ".join(diffs)
+        )
 
 
 def check_branchable(saved: Mapping, cfg: TrainConfig, epoch: int) -> None:
@@ -124,18 +145,24 @@ def check_branchable(saved: Mapping, cfg: TrainConfig, epoch: int) -> None:
     """
     diffs = _config_diffs(saved, cfg, BRANCH_CHANGES)
     if diffs:
-        raise ValueError("--branch-from: the branch differs from the run it branches from in settings other than "
-                         "SSA's (they would change the shared prefix):\n  " + "\n  ".join(diffs))
+        raise ValueError(
+            "--branch-from: the branch differs from the run it branches from in settings other than "
+            "SSA's (they would change the shared prefix):\n  " + "\n  ".join(diffs)
+        )
 
     def ssa_before(c: Mapping) -> bool:
         return bool(c.get("ssa", True)) and len(c["modalities"]) > 1 and c["ssa_start"] <= epoch
 
     if ssa_before(saved):
-        raise ValueError(f"--branch-from: the checkpoint's run had SSA on from epoch {saved['ssa_start']}, before the "
-                         f"branch point (epoch {epoch}); branch from an SSA-off run (--no-ssa)")
+        raise ValueError(
+            f"--branch-from: the checkpoint's run had SSA on from epoch {saved['ssa_start']}, before the "
+            f"branch point (epoch {epoch}); branch from an SSA-off run (--no-ssa)"
+        )
     if ssa_before(cfg.to_dict()):
-        raise ValueError(f"--branch-from: this run would have SSA on from epoch {cfg.ssa_start}, but its first "
-                         f"{epoch} epochs come from an SSA-off checkpoint: --ssa-start must be > {epoch}")
+        raise ValueError(
+            f"--branch-from: this run would have SSA on from epoch {cfg.ssa_start}, but its first "
+            f"{epoch} epochs come from an SSA-off checkpoint: --ssa-start must be > {epoch}"
+        )
 
 
 def _norm(v):
@@ -173,22 +200,31 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.paths = Paths(Path(cfg.out))
         if self.paths.checkpoint.exists() and not resume:
-            raise ValueError(f"--out {cfg.out} already holds a run (last.pt): pass --resume to continue it, "
-                             "or choose another --out")
+            raise ValueError(
+                f"--out {cfg.out} already holds a run (last.pt): pass --resume to continue it, or choose another --out"
+            )
         self.say = TextLog(check_writable(self.paths.root) / "train.log" if self.rt.main else None)
         if self.rt.main:
             for warning in schedule_warnings(cfg):
                 self.say(f"WARNING: {warning}", error=True)
         seed_everything(cfg.seed)  # the same initial weights in every process
         self.model = build_model(cfg, verbose=self.rt.main).to(self.rt.device)
-        self.ddp = DistributedDataParallel(self.model, device_ids=[self.rt.device.index]
-                                           if self.rt.device.type == "cuda" else None) if self.rt.distributed else None
+        self.ddp = (
+            DistributedDataParallel(
+                self.model, device_ids=[self.rt.device.index] if self.rt.device.type == "cuda" else None
+            )
+            if self.rt.distributed
+            else None
+        )
         self.lr = effective_lr(cfg, self.rt.world)
         if self.rt.main and self.lr != cfg.lr:
-            self.say(f"--lr-scaling linear: lr {cfg.lr:g} x total batch {cfg.batch_size * self.rt.world} / "
-                  f"{cfg.lr_reference_batch} = {self.lr:g}")
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay)
+            self.say(
+                f"--lr-scaling linear: lr {cfg.lr:g} x total batch {cfg.batch_size * self.rt.world} / "
+                f"{cfg.lr_reference_batch} = {self.lr:g}"
+            )
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=self.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(cfg.lr_steps), cfg.lr_gamma)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.rt.amp_dtype == torch.float16)
         seed_everything(cfg.seed + 1000 * self.rt.rank)  # different augmentations per process
@@ -196,17 +232,25 @@ class Trainer:
         D.require_clips(self.datasets)
         self.datasets_skipped = D.skipped_entries(self.datasets)
         self.train_loader, self.sampler = D.train_loader(self.datasets["train"], cfg, self.rt.rank, self.rt.world)
-        self.eval_loaders = {name: D.eval_loader(ds, cfg, self.rt.rank, self.rt.world)
-                             for name, ds in self.datasets.items() if name != "train"}
+        self.eval_loaders = {
+            name: D.eval_loader(ds, cfg, self.rt.rank, self.rt.world)
+            for name, ds in self.datasets.items()
+            if name != "train"
+        }
         self.start_epoch = 1
         # best.pt: chosen by a validation top-1 only (never by the test split)
         self.best_metric = f"val/top1/{cfg.modalities[0] if cfg.best_metric == 'auto' else cfg.best_metric}"
         self.best: dict | None = None  # {"metric", "value", "epoch"}
         if self.rt.main and "val" not in self.eval_loaders:
-            self.say("no validation split (--val-subjects K): no best.pt and no evaluation during training; " +
-                  ("the test split is evaluated after the last epoch" + (" and watched (--watch-test)"
-                                                                        if cfg.watch_test else "")
-                   if cfg.eval_test else "the test split is not evaluated either (--no-eval-test)"))
+            self.say(
+                "no validation split (--val-subjects K): no best.pt and no evaluation during training; "
+                + (
+                    "the test split is evaluated after the last epoch"
+                    + (" and watched (--watch-test)" if cfg.watch_test else "")
+                    if cfg.eval_test
+                    else "the test split is not evaluated either (--no-eval-test)"
+                )
+            )
         history: list[dict] = []
         self.branched_from: dict | None = None
         self.pending: list[str] = []
@@ -234,8 +278,9 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         states = ckpt["rng"]
         if len(states) != self.rt.world:
-            raise ValueError(f"{flag}: the checkpoint was written by {len(states)} processes, this run has "
-                             f"{self.rt.world}; {advice}")
+            raise ValueError(
+                f"{flag}: the checkpoint was written by {len(states)} processes, this run has {self.rt.world}; {advice}"
+            )
         set_rng_state(states[self.rt.rank])
         self.start_epoch = ckpt["epoch"] + 1
         self.best = ckpt.get("best")
@@ -247,8 +292,10 @@ class Trainer:
         self._load_training_state(ckpt, "--resume", "resume with the same number to continue exactly")
         self.branched_from = ckpt.get("branched_from")
         if self.rt.main:
-            self.say(f"resumed {self.paths.checkpoint} after epoch {ckpt['epoch']}" +
-                     (f" (its evaluation of {', '.join(self.pending)} follows)" if self.pending else ""))
+            self.say(
+                f"resumed {self.paths.checkpoint} after epoch {ckpt['epoch']}"
+                + (f" (its evaluation of {', '.join(self.pending)} follows)" if self.pending else "")
+            )
         return ckpt["history"]
 
     def _branch(self, path: Path) -> list[dict]:
@@ -285,10 +332,17 @@ class Trainer:
         states = dd.gather(rng_state(), self.rt)  # every process's RNG, captured after its epoch
         if self.rt.main:
             ckpt = {
-                "format": CHECKPOINT_FORMAT, "epoch": epoch, "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": states, "config": self.cfg.to_dict(),
-                "history": self.log.rows, "best": self.best, "pending_eval": list(self.pending),
+                "format": CHECKPOINT_FORMAT,
+                "epoch": epoch,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": states,
+                "config": self.cfg.to_dict(),
+                "history": self.log.rows,
+                "best": self.best,
+                "pending_eval": list(self.pending),
             }
             if self.branched_from is not None:
                 ckpt["branched_from"] = self.branched_from
@@ -319,8 +373,13 @@ class Trainer:
         mods = cfg.modalities
         # sums over samples: total, ssa, ce per modality, correct per modality, count
         sums = np.zeros(3 + 2 * len(mods))
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{cfg.epochs}" + (" +SSA" if use_ssa else ""),
-                   unit="batch", leave=False, disable=not (cfg.progress and self.rt.main))
+        bar = tqdm(
+            self.train_loader,
+            desc=f"epoch {epoch}/{cfg.epochs}" + (" +SSA" if use_ssa else ""),
+            unit="batch",
+            leave=False,
+            disable=not (cfg.progress and self.rt.main),
+        )
         cuda = self.rt.device.type == "cuda"
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.rt.device)
@@ -355,12 +414,17 @@ class Trainer:
             done = time.perf_counter()
             step = (epoch - 1) * steps_per_epoch + i + 1
             if self.tb is not None and (step % cfg.log_every == 0 or i + 1 == steps_per_epoch):
-                scalars = {"train/loss": values[0], "train/ssa": values[1], "train/lr": self.optimizer.param_groups[0]["lr"],
-                           **{f"train/ce/{m}": v for m, v in zip(mods, values[2:])},
-                           **{f"train/ssa/{e}": v.item() for e, v in losses.ssa_by_endpoint.items()},
-                           "perf/clips_per_s": n * self.rt.world / max(done - waited, 1e-9),
-                           "perf/step_seconds": done - waited, "perf/data_seconds": loaded - waited,
-                           "perf/max_memory_mib": _max_memory_mib(self.rt.device)}
+                scalars = {
+                    "train/loss": values[0],
+                    "train/ssa": values[1],
+                    "train/lr": self.optimizer.param_groups[0]["lr"],
+                    **{f"train/ce/{m}": v for m, v in zip(mods, values[2:])},
+                    **{f"train/ssa/{e}": v.item() for e, v in losses.ssa_by_endpoint.items()},
+                    "perf/clips_per_s": n * self.rt.world / max(done - waited, 1e-9),
+                    "perf/step_seconds": done - waited,
+                    "perf/data_seconds": loaded - waited,
+                    "perf/max_memory_mib": _max_memory_mib(self.rt.device),
+                }
                 add_scalars(self.tb, step, scalars)
             waited = time.perf_counter()
         seconds = time.perf_counter() - started
@@ -390,19 +454,27 @@ class Trainer:
         if finite:
             return
         ce = ", ".join(f"{m} {v.item():.4g}" for m, v in losses.ce.items())
-        kept = (f"{self.paths.checkpoint} keeps epoch {self.saved_epoch}" if self.saved_epoch >= 1 else
-                "no epoch was saved")
+        kept = (
+            f"{self.paths.checkpoint} keeps epoch {self.saved_epoch}" if self.saved_epoch >= 1 else "no epoch was saved"
+        )
         raise DivergenceError(
             f"training diverged: the loss is {losses.total.item()} at epoch {epoch}, step {step} (CE {ce}; SSA "
             f"{losses.ssa.item():.4g}); stopped before stepping into non-finite weights, {kept}. Lower --lr "
             f"(now {self.lr:g}) or --lambda, and start a new run (--init-from {self.paths.checkpoint} keeps the "
-            "weights)")
+            "weights)"
+        )
 
     def evaluate(self, split: str, epoch: int) -> dict:
         """Top-1 per modality and fused, and confusion matrices, on ``split`` (all processes);
         the per-clip logits go to ``evals/epochNNN_SPLIT.npz`` (``--save-logits``)."""
-        result: EvalResult = evaluate(self.model, self.eval_loaders[split], split, self.rt, fusion=self.cfg.fusion,
-                                      progress=self.cfg.progress and self.rt.main)
+        result: EvalResult = evaluate(
+            self.model,
+            self.eval_loaders[split],
+            split,
+            self.rt,
+            fusion=self.cfg.fusion,
+            progress=self.cfg.progress and self.rt.main,
+        )
         if self.rt.main and self.cfg.save_logits:
             save_logits(result, self.paths.logits(epoch, split), epoch)
         return result.summary()
@@ -430,8 +502,10 @@ class Trainer:
                 self._write_run_records()
             if self.rt.main and self.start_epoch == 1:
                 sizes = ", ".join(f"{k} {len(v)}" for k, v in self.datasets.items())
-                self.say(f"training {'+'.join(cfg.modalities)} on {cfg.data_root} ({sizes} clips), "
-                         f"{self.rt.world} process(es) on {self.rt.device}, out {cfg.out}")
+                self.say(
+                    f"training {'+'.join(cfg.modalities)} on {cfg.data_root} ({sizes} clips), "
+                    f"{self.rt.world} process(es) on {self.rt.device}, out {cfg.out}"
+                )
             D.preload(self.datasets, cfg.progress and self.rt.main)
             first = self.start_epoch - 1 if self.pending else self.start_epoch
             for epoch in range(first, last + 1):
@@ -454,17 +528,26 @@ class Trainer:
                 if epoch == cfg.epochs:
                     results = evals
                 for split, res in evals.items():
-                    row |= {f"{split}/{acc}/{k}": v for acc in ("top1", "top5", "mean_class")
-                            for k, v in res.get(acc, {}).items()}
+                    row |= {
+                        f"{split}/{acc}/{k}": v
+                        for acc in ("top1", "top5", "mean_class")
+                        for k, v in res.get(acc, {}).items()
+                    }
                     row |= {f"{split}/corr_dist/{e}": v for e, v in res.get("corr_dist", {}).items()}
                 best = self._update_best(epoch, row)
                 if self.rt.main:
                     self.log.write()
                     self.say(_epoch_line(row, cfg.ssa_start) + (" | best" if best else ""))
                     if self.tb is not None:
-                        add_scalars(self.tb, epoch * len(self.train_loader), {
-                            f"epoch/{k}": float(v) for k, v in row.items()
-                            if k != "epoch" and isinstance(v, (int, float))})
+                        add_scalars(
+                            self.tb,
+                            epoch * len(self.train_loader),
+                            {
+                                f"epoch/{k}": float(v)
+                                for k, v in row.items()
+                                if k != "epoch" and isinstance(v, (int, float))
+                            },
+                        )
                         self.tb.flush()
                 if splits or best:
                     self._save(epoch, best=best)
@@ -472,9 +555,15 @@ class Trainer:
                 return {"stopped_after": last}
             if not results:  # resumed a finished run: evaluate its final weights
                 results = {split: self.evaluate(split, cfg.epochs) for split in self.eval_loaders}
-            final = {"epochs": cfg.epochs, "modalities": list(cfg.modalities), "splits": results,
-                     "best": self.best, "class_names": list(CLASS_NAMES), "config": cfg.to_dict(),
-                     "branched_from": self.branched_from}
+            final = {
+                "epochs": cfg.epochs,
+                "modalities": list(cfg.modalities),
+                "splits": results,
+                "best": self.best,
+                "class_names": list(CLASS_NAMES),
+                "config": cfg.to_dict(),
+                "branched_from": self.branched_from,
+            }
             if self.rt.main:
                 self._write_outputs(final)
             return final
@@ -482,8 +571,10 @@ class Trainer:
             kept = self.saved_epoch
             raise TrainingInterrupted(
                 f"interrupted after epoch {kept}: {self.paths.checkpoint} holds it; resume with "
-                f"{resume_command(cfg.out)}" if kept >= 1 else
-                "interrupted before the first epoch ended: nothing was saved; start the run again") from None
+                f"{resume_command(cfg.out)}"
+                if kept >= 1
+                else "interrupted before the first epoch ended: nothing was saved; start the run again"
+            ) from None
         finally:
             if self.tb is not None:
                 self.tb.close()
@@ -504,8 +595,11 @@ class Trainer:
         write_json_atomic(self.cfg.to_dict(), self.paths.root / "config.json")
         write_json_atomic(environment(self.rt.device, self.rt.world), self.paths.root / "environment.json")
         if self.datasets_skipped:
-            self.say(f"--skip-bad: passed over {len(self.datasets_skipped)} bad list lines or clips:\n  " +
-                     "\n  ".join(self.datasets_skipped), error=True)
+            self.say(
+                f"--skip-bad: passed over {len(self.datasets_skipped)} bad list lines or clips:\n  "
+                + "\n  ".join(self.datasets_skipped),
+                error=True,
+            )
 
     def _write_outputs(self, final: dict) -> None:
         write_json_atomic(final, self.paths.final)
@@ -513,18 +607,23 @@ class Trainer:
             from .plots import plot_accuracy, plot_confusion, plot_losses  # matplotlib only when plotting
 
             rows = self.log.rows
-            plot_losses(rows, self.paths.root / "loss.png",
-                        self.cfg.ssa_start if len(self.cfg.modalities) > 1 else None)
+            plot_losses(
+                rows, self.paths.root / "loss.png", self.cfg.ssa_start if len(self.cfg.modalities) > 1 else None
+            )
             plot_accuracy(rows, self.paths.root / "accuracy.png")
             for split, res in final["splits"].items():
-                plot_confusion(res["confusion"], self.paths.root / f"confusion_{split}.png",
-                               f"{split} split, epoch {final['epochs']}")
+                plot_confusion(
+                    res["confusion"],
+                    self.paths.root / f"confusion_{split}.png",
+                    f"{split} split, epoch {final['epochs']}",
+                )
         for split, res in final["splits"].items():
             self.say(accuracy_lines(split, res))
 
 
-def focal_statistics(ce: np.ndarray, paths: list[str], modalities: tuple[str, ...], beta: float,
-                     hard: Mapping[str, bool] | None = None) -> dict:
+def focal_statistics(
+    ce: np.ndarray, paths: list[str], modalities: tuple[str, ...], beta: float, hard: Mapping[str, bool] | None = None
+) -> dict:
     """Where the paper's focal weight falls over one epoch's training clips.
 
     ``ce`` ``[N, M]``: every clip's per-sample CE (as the training step computed it, in
@@ -573,8 +672,11 @@ def open_tensorboard(logdir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        print("[tensorboard] package not installed, training without TensorBoard scalars "
-              "(pip install tensorboard; --no-tensorboard silences this)", flush=True)
+        print(
+            "[tensorboard] package not installed, training without TensorBoard scalars "
+            "(pip install tensorboard; --no-tensorboard silences this)",
+            flush=True,
+        )
         return None
     return SummaryWriter(str(logdir))
 
@@ -596,6 +698,7 @@ def _max_memory_mib(device: torch.device) -> float:
 
 def accuracy_lines(split: str, res: dict, where: str = "") -> str:
     """``test top-1 (3 clips): rgb 0.333, ...`` and a line of top-5 and mean class accuracy."""
+
     def accs(kind: str) -> str:
         return ", ".join(f"{k} {v:.3f}" for k, v in res.get(kind, {}).items())
 
@@ -610,8 +713,9 @@ def _epoch_line(row: dict, ssa_start: int) -> str:
     if row["epoch"] >= ssa_start and row["train/ssa"]:
         parts.append(f"ssa {row['train/ssa']:.4f}")
     parts += [f"{k.removeprefix('train/top1/')} {v:.2f}" for k, v in row.items() if k.startswith("train/top1/")]
-    parts += [f"{k.replace('/top1/', ' ')} {v:.3f}" for k, v in row.items() if "/top1/" in k and
-              not k.startswith("train/")]
+    parts += [
+        f"{k.replace('/top1/', ' ')} {v:.3f}" for k, v in row.items() if "/top1/" in k and not k.startswith("train/")
+    ]
     parts.append(f"{row['train/seconds']:.0f}s")
     return " | ".join(parts)
 

@@ -38,11 +38,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-import mtut_ops
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+import mtut_ops
 from examples.data import NUM_CLASSES
 
 from ..mtut_model import MTUTModel
@@ -73,8 +72,10 @@ class EvalResult:
         networks' correlation distance) with two or more modalities."""
         out = summarize(self.logits, self.labels, NUM_CLASSES)
         if self.sqdist:
-            out["corr_dist"] = {e: float(correlation_distance(S.numpy(), self.positions[e].numpy()).mean())
-                                for e, S in self.sqdist.items()}
+            out["corr_dist"] = {
+                e: float(correlation_distance(S.numpy(), self.positions[e].numpy()).mean())
+                for e, S in self.sqdist.items()
+            }
         return out
 
 
@@ -85,8 +86,9 @@ def correlation_distance(sqdist: np.ndarray, positions: np.ndarray, pair: tuple[
 
 
 @torch.no_grad()
-def evaluate(model: MTUTModel, loader: DataLoader, split: str, rt: dd.Runtime, *, fusion: str = "softmax",
-             progress: bool = False) -> EvalResult:
+def evaluate(
+    model: MTUTModel, loader: DataLoader, split: str, rt: dd.Runtime, *, fusion: str = "softmax", progress: bool = False
+) -> EvalResult:
     """Run every network of ``model`` on this process's shard of ``loader``, gather the
     shards from every process and put the clips back in list order.
 
@@ -120,11 +122,14 @@ def evaluate(model: MTUTModel, loader: DataLoader, split: str, rt: dd.Runtime, *
         paths += list(batch["path"])
     model.train(was_training)
     M = len(modalities)
-    mine = ({m: torch.cat(v) if v else torch.empty(0, model.num_classes) for m, v in logits.items()},
-            torch.cat(labels) if labels else torch.empty(0, dtype=torch.long), paths,
-            list(getattr(loader.dataset, "indices", range(len(paths)))),
-            {e: torch.cat(v) if v else torch.empty(0, M, M) for e, v in sqdist.items()},
-            {e: torch.cat(v) if v else torch.empty(0, dtype=torch.long) for e, v in positions.items()})
+    mine = (
+        {m: torch.cat(v) if v else torch.empty(0, model.num_classes) for m, v in logits.items()},
+        torch.cat(labels) if labels else torch.empty(0, dtype=torch.long),
+        paths,
+        list(getattr(loader.dataset, "indices", range(len(paths)))),
+        {e: torch.cat(v) if v else torch.empty(0, M, M) for e, v in sqdist.items()},
+        {e: torch.cat(v) if v else torch.empty(0, dtype=torch.long) for e, v in positions.items()},
+    )
     parts = dd.gather(mine, rt)
     order = torch.as_tensor([i for p in parts for i in p[3]], dtype=torch.long).argsort()
     scores = {m: torch.cat([p[0][m] for p in parts])[order] for m in modalities}
@@ -141,9 +146,13 @@ def evaluate(model: MTUTModel, loader: DataLoader, split: str, rt: dd.Runtime, *
 def save_logits(result: EvalResult, path: str | Path, epoch: int) -> None:
     """Write ``result`` as a logits file (see the module doc), atomically."""
     arrays: dict[str, np.ndarray] = {
-        "format": np.array(LOGITS_FORMAT), "split": np.array(result.split), "epoch": np.array(epoch, np.int64),
-        "modalities": np.array(result.modalities, dtype=str), "paths": np.array(result.paths, dtype=str),
-        "labels": result.labels.numpy().astype(np.int64), "fusion": np.array(result.fusion),
+        "format": np.array(LOGITS_FORMAT),
+        "split": np.array(result.split),
+        "epoch": np.array(epoch, np.int64),
+        "modalities": np.array(result.modalities, dtype=str),
+        "paths": np.array(result.paths, dtype=str),
+        "labels": result.labels.numpy().astype(np.int64),
+        "fusion": np.array(result.fusion),
     }
     for m in result.modalities:
         arrays[f"logits_{m}"] = result.logits[m].numpy().astype(np.float32)
@@ -168,10 +177,14 @@ def load_logits(path: str | Path) -> dict:
             raise ValueError(f"{path}: not a logits file of format {LOGITS_FORMAT!r}")
         modalities = [str(m) for m in z["modalities"]]
         return {
-            "split": str(z["split"]), "epoch": int(z["epoch"]), "modalities": modalities,
-            "paths": [str(p) for p in z["paths"]], "labels": z["labels"].copy(),
+            "split": str(z["split"]),
+            "epoch": int(z["epoch"]),
+            "modalities": modalities,
+            "paths": [str(p) for p in z["paths"]],
+            "labels": z["labels"].copy(),
             "logits": {m: z[f"logits_{m}"].copy() for m in modalities},
-            "fused": z["fused"].copy() if "fused" in z else None, "fusion": str(z["fusion"]),
+            "fused": z["fused"].copy() if "fused" in z else None,
+            "fusion": str(z["fusion"]),
             "sqdist": {k.removeprefix("sqdist_"): z[k].copy() for k in z.files if k.startswith("sqdist_")},
             "positions": {k.removeprefix("positions_"): z[k].copy() for k in z.files if k.startswith("positions_")},
         }
@@ -186,14 +199,20 @@ def top1_from_logits(data: dict, names: Sequence[str] | None = None) -> dict[str
     return {n: float((scores[n].argmax(1) == data["labels"]).mean()) for n in names}
 
 
-def save_train_ce(path: str | Path, paths: Sequence[str], ce: np.ndarray, modalities: Sequence[str], epoch: int,
-                  beta: float) -> None:
+def save_train_ce(
+    path: str | Path, paths: Sequence[str], ce: np.ndarray, modalities: Sequence[str], epoch: int, beta: float
+) -> None:
     """One epoch's per-clip training CE (``[N, M]``, in the order the clips were seen) as
     ``.npz`` (no pickle): ``format`` ``"mtut-train-ce/1"``, ``epoch``, ``modalities``,
     ``paths``, ``ce`` and the run's ``beta``. Written atomically."""
-    arrays = {"format": np.array(TRAIN_CE_FORMAT), "epoch": np.array(epoch, np.int64),
-              "modalities": np.array(list(modalities), dtype=str), "paths": np.array(list(paths), dtype=str),
-              "ce": np.asarray(ce, np.float64), "beta": np.array(beta, np.float64)}
+    arrays = {
+        "format": np.array(TRAIN_CE_FORMAT),
+        "epoch": np.array(epoch, np.int64),
+        "modalities": np.array(list(modalities), dtype=str),
+        "paths": np.array(list(paths), dtype=str),
+        "ce": np.asarray(ce, np.float64),
+        "beta": np.array(beta, np.float64),
+    }
     _atomic_write(Path(path), lambda f: np.savez_compressed(f, **arrays))
 
 
@@ -202,5 +221,10 @@ def load_train_ce(path: str | Path) -> dict:
     with np.load(path, allow_pickle=False) as z:
         if "format" not in z or str(z["format"]) != TRAIN_CE_FORMAT:
             raise ValueError(f"{path}: not a training-CE file of format {TRAIN_CE_FORMAT!r}")
-        return {"epoch": int(z["epoch"]), "modalities": [str(m) for m in z["modalities"]],
-                "paths": [str(p) for p in z["paths"]], "ce": z["ce"].copy(), "beta": float(z["beta"])}
+        return {
+            "epoch": int(z["epoch"]),
+            "modalities": [str(m) for m in z["modalities"]],
+            "paths": [str(p) for p in z["paths"]],
+            "ce": z["ce"].copy(),
+            "beta": float(z["beta"]),
+        }

@@ -45,8 +45,13 @@ def plot_accuracy(rows: Sequence[dict], path: str | Path) -> None:
     keys = sorted({k for r in rows for k in r if "/top1/" in k})
     for key in keys:
         xs, ys = _series(rows, key)
-        ax.plot(xs, ys, marker="o" if len(xs) < 3 else ".", linestyle="--" if key.startswith("train/") else "-",
-                label=key.replace("/top1/", " "))
+        ax.plot(
+            xs,
+            ys,
+            marker="o" if len(xs) < 3 else ".",
+            linestyle="--" if key.startswith("train/") else "-",
+            label=key.replace("/top1/", " "),
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("top-1 accuracy")
     ax.set_ylim(0, 1)
@@ -67,8 +72,15 @@ def plot_confusion(confusions: dict[str, list[list[int]]], path: str | Path, tit
         m = m[np.ix_(used, used)]
         ax.imshow(m, cmap="Blues")
         for i, j in zip(*np.nonzero(m)):
-            ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if m[i, j] > m.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                int(m[i, j]),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if m[i, j] > m.max() / 2 else "black",
+            )
         labels = [f"{c + 1}" for c in used]
         ax.set_xticks(range(len(used)), labels, fontsize=7)
         ax.set_yticks(range(len(used)), labels, fontsize=7)

@@ -54,12 +54,21 @@ def environment(device: torch.device, world: int) -> dict:
     """What a run ran on: versions, device, commit (written as ``environment.json``)."""
     import mtut_ops
 
-    env = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": sys.version.split()[0],
-           "platform": platform.platform(), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-           "mtut_ops": getattr(mtut_ops, "__version__", None), "git_commit": git_commit(),
-           "device": str(device), "processes": world, "cpu_count": os.cpu_count(),
-           "torch_threads": torch.get_num_threads(), "argv": sys.argv}
+    env = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "mtut_ops": getattr(mtut_ops, "__version__", None),
+        "git_commit": git_commit(),
+        "device": str(device),
+        "processes": world,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "argv": sys.argv,
+    }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env

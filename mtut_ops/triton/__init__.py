@@ -17,6 +17,7 @@ Importable without triton installed, or with a triton older than MIN_TRITON: it 
 registers nothing (UNAVAILABLE says why), and asking for backend="triton" gives a clear
 error (mtut_ops.backends.pick_backend).
 """
+
 import os
 
 import torch
@@ -49,8 +50,6 @@ else:
         triton = None
 
 if triton is not None and (
-    torch.cuda.is_available()
-    or triton.knobs.runtime.interpret
-    or os.environ.get("MTUT_REGISTER_TRITON", "0") == "1"
+    torch.cuda.is_available() or triton.knobs.runtime.interpret or os.environ.get("MTUT_REGISTER_TRITON", "0") == "1"
 ):
     from .ops import pairwise_sqdist, ssa_loss  # noqa: F401

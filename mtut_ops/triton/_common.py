@@ -38,6 +38,7 @@ as uint16 and would multiply those integers in its dot, so there bfloat16 operan
 widened to float32 first (exactly: every bfloat16 is a float32), which is also what the
 tensor cores compute (exact products, float32 sums).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,9 +52,12 @@ from .. import _validation as V
 from .._torch_private import is_fake
 
 #: True when triton.jit builds interpreted kernels (TRITON_INTERPRET=1): fixed at import.
-INTERPRETED = bool(getattr(triton, "knobs", None) and triton.knobs.runtime.interpret)  # no knobs: triton < 3.4, never registered
+INTERPRETED = bool(
+    getattr(triton, "knobs", None) and triton.knobs.runtime.interpret
+)  # no knobs: triton < 3.4, never registered
 
 if INTERPRETED:
+
     def wrap_triton(kernel):
         """The kernel as it is: under the interpreter the ops are custom_ops that nothing
         traces into, and torch 2.11's wrap_triton fails on triton 3.6's interpreted kernels."""
@@ -205,8 +209,23 @@ def round_operand(v, ROUND: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _stage_rows(x, stride_n, stride_c, stride_d, z, norm, inv, row0, C, C_m, d, ld, eps: "fp64",
-                ROUND: tl.constexpr, BLOCK: tl.constexpr):
+def _stage_rows(
+    x,
+    stride_n,
+    stride_c,
+    stride_d,
+    z,
+    norm,
+    inv,
+    row0,
+    C,
+    C_m,
+    d,
+    ld,
+    eps: "fp64",
+    ROUND: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """One channel row (sample b, channel c of one modality, strided x) -> row row0 + c of
     the stack z[b] (zeros from d to ld): norm = ||x|| (float64 sum), inv = 1 / max(norm, eps)
     rounded to the compute type, z = round(x * inv). The row is read twice (the second time
@@ -315,8 +334,22 @@ def pack(feats, info: V.FeatInfo, eps: float) -> Packed:
             x = f.reshape(info.N, f.shape[1], info.d)  # a view for the usual strided inputs
             C_m = f.shape[1]
             wrap_triton(_stage_rows)[(info.N * C_m,)](
-                x, x.stride(0), x.stride(1), x.stride(2), z, norm, inv, offsets[m], C, C_m, info.d, z.shape[2], eps,
-                ROUND=ROUND_CODE[mode], BLOCK=_STAGE_BLOCK, num_warps=_STAGE_WARPS,
+                x,
+                x.stride(0),
+                x.stride(1),
+                x.stride(2),
+                z,
+                norm,
+                inv,
+                offsets[m],
+                C,
+                C_m,
+                info.d,
+                z.shape[2],
+                eps,
+                ROUND=ROUND_CODE[mode],
+                BLOCK=_STAGE_BLOCK,
+                num_warps=_STAGE_WARPS,
             )
     offsets_t = index_table(tuple(offsets), torch.int32, z)
     return Packed(info, mode, z, norm, inv, offsets, offsets_t)
@@ -324,9 +357,10 @@ def pack(feats, info: V.FeatInfo, eps: float) -> Packed:
 
 def normalize_backward(grad_xh: torch.Tensor, pk: Packed, feats, eps: float, needs_grad) -> list:
     """dX from dXh ([N, C, ld]: the padding is dropped here) for every modality with
-    needs_grad[m]: dx = (g - xh <xh, g>) / r where r > eps, else g / eps (csrc/ssa_common.cpp:normalize_rows_backward), each in its
-    input's shape and dtype; an empty tensor for the others. xh here is the unrounded
-    x * inv in the compute dtype (the staged operands are only for the dots)."""
+    needs_grad[m]: dx = (g - xh <xh, g>) / r where r > eps, else g / eps
+    (csrc/ssa_common.cpp:normalize_rows_backward), each in its input's shape and dtype; an
+    empty tensor for the others. xh here is the unrounded x * inv in the compute dtype (the
+    staged operands are only for the dots)."""
     grads = []
     for m, f in enumerate(feats):
         if not needs_grad[m]:

@@ -29,36 +29,65 @@ So |E~ sigma - E| <= u |E| + 2^-25 sigma elementwise (u = 2^-11; the second term
 entries that land among float16's subnormals, < 2^-24 max|E_tile| in total). bfloat16 and
 TF32 have float32's exponent range and need no scale (u = 2^-8, 2^-11).
 """
+
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import (Packed, configs, dot_precision, index_table, launcher_kind, launchers, min_block, on_device,
-                      round_operand, wrap_triton)
+from ._common import (
+    Packed,
+    configs,
+    dot_precision,
+    index_table,
+    launcher_kind,
+    launchers,
+    min_block,
+    on_device,
+    round_operand,
+    wrap_triton,
+)
 
 # (BLOCK_D, BLOCK_C, num_warps, num_stages) per kind of operand; each free of spills and
 # within shared memory on sm_80 and sm_90 (tools/triton_static.py), with triton 3.8 and with
 # 3.6 (torch 2.11's; three configs one stage less than before: 3.6 spilled 8-32 B on sm_80)
-_FORWARD_CONFIGS = configs(("BLOCK_D", "BLOCK_C"), {
-    "tc16": [(64, 32, 4, 2), (64, 64, 4, 3), (128, 32, 8, 3), (128, 64, 8, 2)],
-    "tf32": [(64, 32, 4, 3), (64, 32, 8, 3), (128, 32, 8, 2)],
-    "ieee": [(32, 32, 4, 2), (64, 16, 4, 2), (64, 32, 8, 2)],
-    "fp64": [(32, 32, 4, 2)],
-})
-_BACKWARD_CONFIGS = configs(("BLOCK_D", "BLOCK_C"), {
-    "tc16": [(64, 32, 4, 3), (64, 32, 8, 3), (64, 64, 8, 3)],
-    "tf32": [(64, 16, 4, 2), (64, 32, 8, 3), (64, 64, 8, 1)],
-    "ieee": [(32, 32, 4, 1), (32, 16, 4, 2)],
-    "fp64": [(32, 32, 4, 1)],
-})
+_FORWARD_CONFIGS = configs(
+    ("BLOCK_D", "BLOCK_C"),
+    {
+        "tc16": [(64, 32, 4, 2), (64, 64, 4, 3), (128, 32, 8, 3), (128, 64, 8, 2)],
+        "tf32": [(64, 32, 4, 3), (64, 32, 8, 3), (128, 32, 8, 2)],
+        "ieee": [(32, 32, 4, 2), (64, 16, 4, 2), (64, 32, 8, 2)],
+        "fp64": [(32, 32, 4, 2)],
+    },
+)
+_BACKWARD_CONFIGS = configs(
+    ("BLOCK_D", "BLOCK_C"),
+    {
+        "tc16": [(64, 32, 4, 3), (64, 32, 8, 3), (64, 64, 8, 3)],
+        "tf32": [(64, 16, 4, 2), (64, 32, 8, 3), (64, 64, 8, 1)],
+        "ieee": [(32, 32, 4, 1), (32, 16, 4, 2)],
+        "fp64": [(32, 32, 4, 1)],
+    },
+)
 _INTERPRETED_CONFIG = triton.Config({"BLOCK_D": 16, "BLOCK_C": 16})
 
 
 @triton.jit
-def _k_tile(z, c_start, c_end, offs_i, offs_j, mask_i, mask_j, d,
-            BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _k_tile(
+    z,
+    c_start,
+    c_end,
+    offs_i,
+    offs_j,
+    mask_i,
+    mask_j,
+    d,
+    BLOCK_D: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """K[I, J] = sum_c z[c, I] z[c, J] over the staged rows [c_start, c_end) of one sample;
     float64 for float64 operands, else float32."""
     if z.dtype.element_ty == tl.float64:
@@ -79,8 +108,20 @@ def _k_tile(z, c_start, c_end, offs_i, offs_j, mask_i, mask_j, d,
 
 
 @triton.jit
-def _direct_forward(z, offsets, pairs, partial, d, C, P, n_slots,
-                    BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _direct_forward(
+    z,
+    offsets,
+    pairs,
+    partial,
+    d,
+    C,
+    P,
+    n_slots,
+    BLOCK_D: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """partial[b, p, tile] = sum over the tile (I, J), I <= J, of (K_m - K_n)^2 for pair p = (m, n)."""
     tile = tl.program_id(0)
     b = tl.program_id(1)
@@ -96,10 +137,34 @@ def _direct_forward(z, offsets, pairs, partial, d, C, P, n_slots,
         offs_j = tj * BLOCK_D + tl.arange(0, BLOCK_D)
         mask_i = offs_i < d
         mask_j = offs_j < d
-        k_m = _k_tile(z_b, tl.load(offsets + m), tl.load(offsets + m + 1), offs_i, offs_j, mask_i, mask_j,
-                      d, BLOCK_D, BLOCK_C, PRECISION, UPCAST)
-        k_n = _k_tile(z_b, tl.load(offsets + n), tl.load(offsets + n + 1), offs_i, offs_j, mask_i, mask_j,
-                      d, BLOCK_D, BLOCK_C, PRECISION, UPCAST)
+        k_m = _k_tile(
+            z_b,
+            tl.load(offsets + m),
+            tl.load(offsets + m + 1),
+            offs_i,
+            offs_j,
+            mask_i,
+            mask_j,
+            d,
+            BLOCK_D,
+            BLOCK_C,
+            PRECISION,
+            UPCAST,
+        )
+        k_n = _k_tile(
+            z_b,
+            tl.load(offsets + n),
+            tl.load(offsets + n + 1),
+            offs_i,
+            offs_j,
+            mask_i,
+            mask_j,
+            d,
+            BLOCK_D,
+            BLOCK_C,
+            PRECISION,
+            UPCAST,
+        )
         diff = (k_m - k_n).to(tl.float64)  # D rounded once, then squared and summed in float64
         total = tl.sum(tl.sum(diff * diff, axis=1), axis=0)
         if ti < tj:
@@ -121,9 +186,20 @@ def _pow2_scale(e):
 
 
 @triton.jit
-def _direct_backward(z, offsets, weight, out, d, C, M,
-                     BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                     ROUND: tl.constexpr):
+def _direct_backward(
+    z,
+    offsets,
+    weight,
+    out,
+    d,
+    C,
+    M,
+    BLOCK_D: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    ROUND: tl.constexpr,
+):
     """out[b, c, J] = sum_I xh[c, I] E_m[I, J] for the channels c of modality m, E_m = 4 sum_n w_mn (K_m - K_n)."""
     tj = tl.program_id(0)
     b = tl.program_id(1)
@@ -148,8 +224,20 @@ def _direct_backward(z, offsets, weight, out, d, C, M,
             for n in range(0, M):
                 w = tl.load(w_row + n).to(k_m.dtype)
                 if (n != m) & (w != 0):
-                    k_n = _k_tile(z_b, tl.load(offsets + n), tl.load(offsets + n + 1), offs_i, offs_j,
-                                  mask_i, mask_j, d, BLOCK_D, BLOCK_C, PRECISION, UPCAST)
+                    k_n = _k_tile(
+                        z_b,
+                        tl.load(offsets + n),
+                        tl.load(offsets + n + 1),
+                        offs_i,
+                        offs_j,
+                        mask_i,
+                        mask_j,
+                        d,
+                        BLOCK_D,
+                        BLOCK_C,
+                        PRECISION,
+                        UPCAST,
+                    )
                     e += (4.0 * w) * (k_m - k_n)  # D formed element-wise, as in the forward
             if ROUND == 1:  # float16: scale E into range first (module docstring)
                 sigma, inv_sigma = _pow2_scale(e)
@@ -176,8 +264,9 @@ def _direct_backward(z, offsets, weight, out, d, C, M,
 
 
 # reset_to_zero: a config with bigger tiles leaves the extra slots of a finer one alone.
-_FORWARD = launchers(_direct_forward, _FORWARD_CONFIGS, _INTERPRETED_CONFIG, key=["d", "C", "P"],
-                     reset_to_zero=["partial"])
+_FORWARD = launchers(
+    _direct_forward, _FORWARD_CONFIGS, _INTERPRETED_CONFIG, key=["d", "C", "P"], reset_to_zero=["partial"]
+)
 # No reset needed: whatever the config, a program either writes all of its columns of
 # rows m (the first row block stores, later ones add) or, with no weight, none of them.
 _BACKWARD = launchers(_direct_backward, _BACKWARD_CONFIGS, _INTERPRETED_CONFIG, key=["d", "C", "M"])
@@ -198,8 +287,16 @@ def direct_forward(pk: Packed, pairs: torch.Tensor) -> torch.Tensor:
 
     with on_device(pk.z):
         wrap_triton(kernel)[grid](
-            pk.z, pk.offsets_t, pairs, partial, pk.ld, pk.C, P, n_slots,
-            PRECISION=dot_precision(pk.mode), UPCAST=pk.upcast,
+            pk.z,
+            pk.offsets_t,
+            pairs,
+            partial,
+            pk.ld,
+            pk.C,
+            P,
+            n_slots,
+            PRECISION=dot_precision(pk.mode),
+            UPCAST=pk.upcast,
         )
     return partial.sum(-1)
 
@@ -218,7 +315,15 @@ def direct_backward(pk: Packed, weight: torch.Tensor, needs_grad) -> torch.Tenso
 
     with on_device(pk.z):
         wrap_triton(kernel)[grid](
-            pk.z, pk.offsets_t, w, out, pk.ld, pk.C, info.M,
-            PRECISION=dot_precision(pk.mode), UPCAST=pk.upcast, ROUND=pk.round_code,
+            pk.z,
+            pk.offsets_t,
+            w,
+            out,
+            pk.ld,
+            pk.C,
+            info.M,
+            PRECISION=dot_precision(pk.mode),
+            UPCAST=pk.upcast,
+            ROUND=pk.round_code,
         )
     return out

@@ -29,45 +29,76 @@ Computing the mirror blocks (n, m) themselves rather than transposing (m, n) cos
 first kernel twice the Gram work of a triangle. |G| <= 1 (unit rows), so H needs no scale
 even in float16; the weights are applied in the accumulator's type (float32/float64).
 """
+
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import (Packed, configs, dot_precision, index_table, launcher_kind, launchers, min_block, on_device,
-                      padded, round_operand, wrap_triton)
+from ._common import (
+    Packed,
+    configs,
+    dot_precision,
+    index_table,
+    launcher_kind,
+    launchers,
+    min_block,
+    on_device,
+    padded,
+    round_operand,
+    wrap_triton,
+)
 
 # (BLOCK_C, BLOCK_K, num_warps, num_stages) per kind of operand; each free of spills and
 # within shared memory on sm_80 and sm_90 (tools/triton_static.py), with triton 3.8 and
 # with 3.6 (torch 2.11's): the coefficient kernel holds more than its Gram tile (3.6 spilled
 # 8-156 B in every 128-wide tile of it), the float64 apply one stage less (3.6: 8 B on sm_90)
-_CONFIGS = configs(("BLOCK_C", "BLOCK_K"), {
-    "tc16": [(64, 32, 4, 4), (64, 64, 4, 3), (128, 32, 8, 3), (128, 64, 8, 3)],
-    "tf32": [(64, 32, 4, 4), (64, 32, 8, 3), (128, 32, 8, 2)],
-    "ieee": [(32, 32, 4, 2), (32, 64, 4, 2), (64, 16, 8, 2)],
-    "fp64": [(32, 32, 4, 2)],
-})
-_COEF_CONFIGS = configs(("BLOCK_C", "BLOCK_K"), {
-    "tc16": [(64, 32, 4, 4), (64, 64, 4, 3), (64, 64, 8, 3)],
-    "tf32": [(64, 32, 4, 4), (64, 32, 8, 3)],
-    "ieee": [(32, 32, 4, 2), (32, 64, 4, 2), (64, 16, 8, 2)],
-    "fp64": [(32, 32, 4, 2)],
-})
+_CONFIGS = configs(
+    ("BLOCK_C", "BLOCK_K"),
+    {
+        "tc16": [(64, 32, 4, 4), (64, 64, 4, 3), (128, 32, 8, 3), (128, 64, 8, 3)],
+        "tf32": [(64, 32, 4, 4), (64, 32, 8, 3), (128, 32, 8, 2)],
+        "ieee": [(32, 32, 4, 2), (32, 64, 4, 2), (64, 16, 8, 2)],
+        "fp64": [(32, 32, 4, 2)],
+    },
+)
+_COEF_CONFIGS = configs(
+    ("BLOCK_C", "BLOCK_K"),
+    {
+        "tc16": [(64, 32, 4, 4), (64, 64, 4, 3), (64, 64, 8, 3)],
+        "tf32": [(64, 32, 4, 4), (64, 32, 8, 3)],
+        "ieee": [(32, 32, 4, 2), (32, 64, 4, 2), (64, 16, 8, 2)],
+        "fp64": [(32, 32, 4, 2)],
+    },
+)
 # (the apply kernel holds two C x K tiles through a product: it spilled in the 128-wide tiles
 # (sm_80 and sm_90) and in the ieee 32 x 64 one (sm_80), which are left out)
-_APPLY_CONFIGS = configs(("BLOCK_C", "BLOCK_K"), {
-    "tc16": [(64, 32, 4, 4), (64, 64, 4, 3)],
-    "tf32": [(64, 32, 4, 4), (64, 32, 8, 3), (128, 32, 8, 2)],
-    "ieee": [(32, 32, 4, 2), (64, 16, 8, 2)],
-    "fp64": [(32, 32, 4, 1)],
-})
+_APPLY_CONFIGS = configs(
+    ("BLOCK_C", "BLOCK_K"),
+    {
+        "tc16": [(64, 32, 4, 4), (64, 64, 4, 3)],
+        "tf32": [(64, 32, 4, 4), (64, 32, 8, 3), (128, 32, 8, 2)],
+        "ieee": [(32, 32, 4, 2), (64, 16, 8, 2)],
+        "fp64": [(32, 32, 4, 1)],
+    },
+)
 _INTERPRETED_CONFIG = triton.Config({"BLOCK_C": 16, "BLOCK_K": 16})
 
 
 @triton.jit
-def _g_tile(z, offs_r, offs_c, mask_r, mask_c, d,
-            BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _g_tile(
+    z,
+    offs_r,
+    offs_c,
+    mask_r,
+    mask_c,
+    d,
+    BLOCK_C: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """G[R, Cc] = sum_t z[R, t] z[Cc, t] for one sample's staged rows; float64 for float64 operands, else float32."""
     if z.dtype.element_ty == tl.float64:
         acc = tl.zeros((BLOCK_C, BLOCK_C), dtype=tl.float64)
@@ -88,8 +119,20 @@ def _g_tile(z, offs_r, offs_c, mask_r, mask_c, d,
 
 
 @triton.jit
-def _gram_forward(z, offsets, blocks, partial, d, C, C_max, n_slots,
-                  BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _gram_forward(
+    z,
+    offsets,
+    blocks,
+    partial,
+    d,
+    C,
+    C_max,
+    n_slots,
+    BLOCK_C: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """partial[b, q, tile] = ||tile (ta, tb) of the block G_mn||^2 for block q = (m, n), m <= n."""
     tile = tl.program_id(0)
     b = tl.program_id(1)
@@ -106,19 +149,43 @@ def _gram_forward(z, offsets, blocks, partial, d, C, C_max, n_slots,
     if (r_start < r_end) & (c_start < c_end):  # the tile grid is sized for the widest modality
         offs_r = r_start + tl.arange(0, BLOCK_C)
         offs_c = c_start + tl.arange(0, BLOCK_C)
-        g = _g_tile(z + b.to(tl.int64) * C * d, offs_r, offs_c, offs_r < r_end, offs_c < c_end, d,
-                    BLOCK_C, BLOCK_K, PRECISION, UPCAST).to(tl.float64)
+        g = _g_tile(
+            z + b.to(tl.int64) * C * d,
+            offs_r,
+            offs_c,
+            offs_r < r_end,
+            offs_c < c_end,
+            d,
+            BLOCK_C,
+            BLOCK_K,
+            PRECISION,
+            UPCAST,
+        ).to(tl.float64)
         slot = partial + (b * tl.num_programs(2) + q).to(tl.int64) * n_slots + tile
         tl.store(slot, tl.sum(tl.sum(g * g, axis=1), axis=0))
 
 
 @triton.jit
-def _gram_coef(z, offsets, needed, h, d, C, ldh, M, C_max,
-                BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                ROUND: tl.constexpr):
+def _gram_coef(
+    z,
+    offsets,
+    needed,
+    h,
+    d,
+    C,
+    ldh,
+    M,
+    C_max,
+    BLOCK_C: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    ROUND: tl.constexpr,
+):
     """(The coefficients are applied later, in _gram_apply.) h[b, R, Cc] = G[R, Cc] in the operand type for the
     tile (ta, tb) of the ordered block (m, n) = (q // M, q % M),
-    tiled from the block's own start (as the forward), for the modalities m with needed[m] (only their rows are read)."""
+    tiled from the block's own start (as the forward), for the modalities m with needed[m]
+    (only their rows are read)."""
     tile = tl.program_id(0)
     b = tl.program_id(1)
     q = tl.program_id(2)
@@ -138,20 +205,37 @@ def _gram_coef(z, offsets, needed, h, d, C, ldh, M, C_max,
         mask_c = offs_c < c_end
         g = _g_tile(z + b.to(tl.int64) * C * d, offs_r, offs_c, mask_r, mask_c, d, BLOCK_C, BLOCK_K, PRECISION, UPCAST)
         h_b = h + b.to(tl.int64) * C * ldh
-        tl.store(h_b + offs_r[:, None] * ldh + offs_c[None, :], round_operand(g, ROUND, False),
-                 mask=mask_r[:, None] & mask_c[None, :])
+        tl.store(
+            h_b + offs_r[:, None] * ldh + offs_c[None, :],
+            round_operand(g, ROUND, False),
+            mask=mask_r[:, None] & mask_c[None, :],
+        )
 
 
 @triton.jit
-def _block_times_rows(acc, h_rows, z_b, mask_r, offs_k, mask_k, c_start, c_end, d,
-                      BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _block_times_rows(
+    acc,
+    h_rows,
+    z_b,
+    mask_r,
+    offs_k,
+    mask_k,
+    c_start,
+    c_end,
+    d,
+    BLOCK_C: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """acc (zeros) + sum_{c in [c_start, c_end)} h[R, c] z[c, K], the columns walked from the block's own start."""
     for c0 in range(c_start, c_end, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
         mask_c = offs_c < c_end
         hh = tl.load(h_rows + offs_c[None, :], mask=mask_r[:, None] & mask_c[None, :], other=0.0)
-        x = tl.load(z_b + offs_c[:, None].to(tl.int64) * d + offs_k[None, :],
-                    mask=mask_c[:, None] & mask_k[None, :], other=0.0)
+        x = tl.load(
+            z_b + offs_c[:, None].to(tl.int64) * d + offs_k[None, :], mask=mask_c[:, None] & mask_k[None, :], other=0.0
+        )
         if UPCAST:
             hh = hh.to(tl.float32)
             x = x.to(tl.float32)
@@ -160,8 +244,23 @@ def _block_times_rows(acc, h_rows, z_b, mask_r, offs_k, mask_k, c_start, c_end, 
 
 
 @triton.jit
-def _gram_apply(z, h, offsets, needed, weight, out, d, C, ldh, M, C_max,
-                BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _gram_apply(
+    z,
+    h,
+    offsets,
+    needed,
+    weight,
+    out,
+    d,
+    C,
+    ldh,
+    M,
+    C_max,
+    BLOCK_C: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """out[b, R, K] = sum_{n != m} 4 w_mn (A - B_n)[R, K], A = G_mm Xh_m, B_n = G_mn Xh_n, for the row tile R of
     modality m (tiled from its start) with needed[m]; a zero weight adds nothing (not even a NaN of G)."""
     n_rows = tl.cdiv(C_max, BLOCK_C)
@@ -189,10 +288,36 @@ def _gram_apply(z, h, offsets, needed, weight, out, d, C, ldh, M, C_max,
         for n in range(0, M):
             w = tl.load(w_row + n).to(out.dtype.element_ty)
             if (n != m) & (w != 0):  # NaN counts as non-zero: it must propagate
-                a = _block_times_rows(zeros, h_rows, z_b, mask_r, offs_k, mask_k, tl.load(offsets + m), r_end, d,
-                                      BLOCK_C, BLOCK_K, PRECISION, UPCAST)
-                bn = _block_times_rows(zeros, h_rows, z_b, mask_r, offs_k, mask_k, tl.load(offsets + n),
-                                       tl.load(offsets + n + 1), d, BLOCK_C, BLOCK_K, PRECISION, UPCAST)
+                a = _block_times_rows(
+                    zeros,
+                    h_rows,
+                    z_b,
+                    mask_r,
+                    offs_k,
+                    mask_k,
+                    tl.load(offsets + m),
+                    r_end,
+                    d,
+                    BLOCK_C,
+                    BLOCK_K,
+                    PRECISION,
+                    UPCAST,
+                )
+                bn = _block_times_rows(
+                    zeros,
+                    h_rows,
+                    z_b,
+                    mask_r,
+                    offs_k,
+                    mask_k,
+                    tl.load(offsets + n),
+                    tl.load(offsets + n + 1),
+                    d,
+                    BLOCK_C,
+                    BLOCK_K,
+                    PRECISION,
+                    UPCAST,
+                )
                 term = (4.0 * w) * (a - bn)
                 if written > 0:
                     term += tl.load(ptrs, mask=mask, other=0.0)
@@ -223,8 +348,16 @@ def gram_forward(pk: Packed) -> torch.Tensor:
 
     with on_device(pk.z):
         wrap_triton(kernel)[grid](
-            pk.z, pk.offsets_t, index_table(tuple(blocks), torch.int32, pk.z), partial,
-            pk.ld, pk.C, C_max, n_slots, PRECISION=dot_precision(pk.mode), UPCAST=pk.upcast,
+            pk.z,
+            pk.offsets_t,
+            index_table(tuple(blocks), torch.int32, pk.z),
+            partial,
+            pk.ld,
+            pk.C,
+            C_max,
+            n_slots,
+            PRECISION=dot_precision(pk.mode),
+            UPCAST=pk.upcast,
         )
     norms = partial.sum(-1)  # [N, blocks]: ||G_mn||^2
     q = {mn: i for i, mn in enumerate(blocks)}
@@ -258,11 +391,32 @@ def gram_backward(pk: Packed, weight: torch.Tensor, needs_grad) -> torch.Tensor:
     precision = dot_precision(pk.mode)
     with on_device(pk.z):
         wrap_triton(_COEF[kind])[coef_grid](
-            pk.z, pk.offsets_t, needed, h, pk.ld, C, ldh, info.M, C_max, PRECISION=precision, UPCAST=pk.upcast,
+            pk.z,
+            pk.offsets_t,
+            needed,
+            h,
+            pk.ld,
+            C,
+            ldh,
+            info.M,
+            C_max,
+            PRECISION=precision,
+            UPCAST=pk.upcast,
             ROUND=pk.round_code,
         )
         wrap_triton(_APPLY[kind])[apply_grid](
-            pk.z, h, pk.offsets_t, needed, w, out, pk.ld, C, ldh, info.M, C_max, PRECISION=precision,
+            pk.z,
+            h,
+            pk.offsets_t,
+            needed,
+            w,
+            out,
+            pk.ld,
+            C,
+            ldh,
+            info.M,
+            C_max,
+            PRECISION=precision,
             UPCAST=pk.upcast,
         )
     return out

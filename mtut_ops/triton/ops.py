@@ -21,6 +21,7 @@ with explicit fake implementations instead: torch's wrap_triton hands interprete
 back unwrapped, so a triton_op could not be traced there; torch.compile then sees the
 op as one opaque node.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -55,8 +56,9 @@ def _check_backward(feats, weight, eps, algo, needs_grad) -> V.FeatInfo:
 # ------------------------------------------------------------------ ops
 
 
-def triton_sqdist_forward(feats: list[torch.Tensor], eps: float, algo: str, directed: bool,
-                          for_backward: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def triton_sqdist_forward(
+    feats: list[torch.Tensor], eps: float, algo: str, directed: bool, for_backward: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     info = _check_sqdist(feats, eps, algo)
     pk = pack(feats, info, eps)
     pairs, index = pair_tables(info.M, pk.z)
@@ -68,8 +70,9 @@ def triton_sqdist_forward(feats: list[torch.Tensor], eps: float, algo: str, dire
     return S, S.new_empty((0,))  # nothing kept: the backward recomputes its tiles
 
 
-def triton_sqdist_backward(feats: list[torch.Tensor], saved: torch.Tensor, weight: torch.Tensor, eps: float,
-                           algo: str, needs_grad: list[bool]) -> list[torch.Tensor]:
+def triton_sqdist_backward(
+    feats: list[torch.Tensor], saved: torch.Tensor, weight: torch.Tensor, eps: float, algo: str, needs_grad: list[bool]
+) -> list[torch.Tensor]:
     info = _check_backward(feats, weight, eps, algo, needs_grad)
     pk = pack(feats, info, eps)
     if V.resolve_algo(algo, info.d, info.channels, "triton", info.dtype) == "direct":
@@ -136,8 +139,16 @@ def pairwise_sqdist(feats: list, eps: float, algo: str) -> torch.Tensor:
     return torch.ops.mtut.triton_sqdist_forward(feats, eps, algo, False, _for_backward(feats))[0]
 
 
-def ssa_loss(feats: list, ce: torch.Tensor, beta: float, lambda_: float, distance: str, eps: float, algo: str,
-             pair_cap: Optional[float]) -> torch.Tensor:
+def ssa_loss(
+    feats: list,
+    ce: torch.Tensor,
+    beta: float,
+    lambda_: float,
+    distance: str,
+    eps: float,
+    algo: str,
+    pair_cap: Optional[float],
+) -> torch.Tensor:
     S = torch.ops.mtut.triton_sqdist_forward(feats, eps, algo, True, _for_backward(feats))[0]
     d = V.check_feats(feats).d
     return torch.ops.mtut.ssa_loss_from_sqdist(S, ce, beta, lambda_, distance, d, pair_cap)

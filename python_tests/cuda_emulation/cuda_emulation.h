@@ -20,13 +20,13 @@
 #include <array>
 #include <atomic>
 #include <barrier>
-#include <functional>
-#include <limits>
-#include <map>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <limits>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -55,9 +55,9 @@ inline __nv_bfloat16 __float2bfloat16_rn(float v) { return __nv_bfloat16(v); }
 inline void __trap() { std::abort(); }
 inline float __frcp_rn(float v) { return 1.0f / v; }  // the correctly rounded reciprocal, as on the GPU
 inline double __drcp_rn(double v) { return 1.0 / v; }
+using std::expm1;
 using std::fma;  // fma(float, float, float) stays in float, as on the GPU
 using std::sqrt;
-using std::expm1;
 
 namespace mtut {
 namespace cuda {
@@ -210,5 +210,3 @@ T __shfl_down_sync(unsigned, T v, int offset) {
   b->warps[warp]->arrive_and_wait();
   return out;
 }
-
-

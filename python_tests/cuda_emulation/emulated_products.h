@@ -63,15 +63,20 @@ void pointer_product(const at::Tensor& ptrs, int64_t first, int64_t count, int64
     TORCH_CHECK(p[e] % 16 == 0 && p[total + e] % 16 == 0 && p[2 * total + e] % 16 == 0,
                 "emulated cuBLAS: misaligned address (entry ", e, ")");
   const auto options = at::TensorOptions().dtype(in);
-  const auto strides = [](Matrix x) { return x.row_major ? std::vector<int64_t>{x.lead, 1} : std::vector<int64_t>{1, x.lead}; };
+  const auto strides = [](Matrix x) {
+    return x.row_major ? std::vector<int64_t>{x.lead, 1} : std::vector<int64_t>{1, x.lead};
+  };
   for (int64_t e = first; e < first + count; ++e) {
     const at::Tensor L = at::from_blob(reinterpret_cast<void*>(p[e]), {rows, k}, strides(left), options);
     const at::Tensor R = at::from_blob(reinterpret_cast<void*>(p[total + e]), {k, cols}, strides(right), options);
-    at::Tensor G = at::from_blob(reinterpret_cast<void*>(p[2 * total + e]), {rows, cols}, {out_lead, 1}, options.dtype(out));
+    at::Tensor G =
+        at::from_blob(reinterpret_cast<void*>(p[2 * total + e]), {rows, cols}, {out_lead, 1}, options.dtype(out));
     const at::ScalarType acc = out == at::kDouble ? at::kDouble : at::kFloat;  // 16-bit products are exact in fp32
     const at::Tensor product = at::mm(L.to(acc), R.to(acc));                   // as on the tensor cores
-    if (accumulate) G.add_(product);
-    else G.copy_(product);
+    if (accumulate)
+      G.add_(product);
+    else
+      G.copy_(product);
   }
 }
 

@@ -42,10 +42,10 @@ std::vector<std::string> launch_plan(at::TensorList feats, c10::string_view algo
   sqdist_backward(feats, saved, weight, 1e-8, algo, needs, students);
   take("backward");
   const at::Tensor ce = at::zeros({M, N}, S.options());
-  const at::Tensor loss = ssa_loss_from_sqdist(S, ce, 2.0, 0.5, "rms", feats[0].numel() / (N * feats[0].size(1)),
-                                               std::nullopt);
-  ssa_loss_from_sqdist_backward(at::ones_like(loss), S, ce, 2.0, 0.5, "rms",
-                                feats[0].numel() / (N * feats[0].size(1)), std::nullopt);
+  const at::Tensor loss =
+      ssa_loss_from_sqdist(S, ce, 2.0, 0.5, "rms", feats[0].numel() / (N * feats[0].size(1)), std::nullopt);
+  ssa_loss_from_sqdist_backward(at::ones_like(loss), S, ce, 2.0, 0.5, "rms", feats[0].numel() / (N * feats[0].size(1)),
+                                std::nullopt);
   take("loss");
   return lines;
 }

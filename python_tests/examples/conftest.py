@@ -49,7 +49,8 @@ def coord_depth(n: int = COLOR_FRAMES) -> np.ndarray:
 def time_ir(n: int = IR_FRAMES) -> np.ndarray:
     """Gray frames with value = frame index * FRAME_STEP."""
     return np.repeat(np.arange(n, dtype=np.uint8)[:, None, None] * FRAME_STEP, COORD_H * COORD_W).reshape(
-        n, COORD_H, COORD_W)
+        n, COORD_H, COORD_W
+    )
 
 
 def coord_flow(n: int) -> np.ndarray:
@@ -78,15 +79,22 @@ def coord_root(tmp_path: Path) -> Path:
         write_avi(clip / "sk_depth.avi", coord_depth())
         write_avi(clip / "duo_left.avi", time_ir())
         n = COLOR_WINDOW[1] - COLOR_WINDOW[0]
-        save_flow(flow_file(clip / "sk_color.avi"), coord_flow(n), start=COLOR_WINDOW[0], end=COLOR_WINDOW[1],
-                  bound=20.0, fps=30.0)
+        save_flow(
+            flow_file(clip / "sk_color.avi"),
+            coord_flow(n),
+            start=COLOR_WINDOW[0],
+            end=COLOR_WINDOW[1],
+            bound=20.0,
+            fps=30.0,
+        )
         lines.append(coord_line(rel, label0))
     (tmp_path / TRAIN_LIST).write_text("\n".join(lines) + "\n")
     return tmp_path
 
 
-TINY = SyntheticConfig(classes=(1, 2, 11), clips_per_class=4, subjects=2, test_subjects=1, frames=8, width=64,
-                       height=48, seed=3)
+TINY = SyntheticConfig(
+    classes=(1, 2, 11), clips_per_class=4, subjects=2, test_subjects=1, frames=8, width=64, height=48, seed=3
+)
 
 
 @pytest.fixture(scope="session")

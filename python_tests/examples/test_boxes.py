@@ -27,8 +27,13 @@ def coords(t: int, h: int, w: int, channels: int = 3) -> np.ndarray:
 
 
 def sample(t=20, h=60, w=80, start=0) -> dict:
-    return {"rgb": coords(t, h, w), "depth": coords(t, h, w, 1), "label": 0, "path": "./Video_data/class_01/s1_r0",
-            "meta": {"fps": {"rgb": 30.0, "depth": 30.0}, "start": {"rgb": start, "depth": start}}}
+    return {
+        "rgb": coords(t, h, w),
+        "depth": coords(t, h, w, 1),
+        "label": 0,
+        "path": "./Video_data/class_01/s1_r0",
+        "meta": {"fps": {"rgb": 30.0, "depth": 30.0}, "start": {"rgb": start, "depth": start}},
+    }
 
 
 def test_merge_uses_exactly_the_sampled_frames():
@@ -97,8 +102,7 @@ def test_frame_boxes_of_the_synthetic_data(tiny_synthetic):
         w = r.sensors["color"]
         merged = merge_boxes(boxes, list(range(w.start, w.end)))
         # the union of the per-frame boxes over the valid window is the clip's box
-        frac = (merged[0] / video.width, merged[1] / video.height, merged[2] / video.width,
-                merged[3] / video.height)
+        frac = (merged[0] / video.width, merged[1] / video.height, merged[2] / video.width, merged[3] / video.height)
         assert frac == pytest.approx(per_clip[r.key], abs=1e-4)
 
 
@@ -113,13 +117,21 @@ def test_bboxes_json_errors(tmp_path):
 
 
 def test_box_pipeline_through_the_dataset(tiny_synthetic):
-    transform = build_transforms(True, frames=6, size=32, fps=15.0, boxes=tiny_synthetic / "bboxes.json",
-                                 box_pipeline="mmpose", color_jitter=(0.4, 0.3))
+    transform = build_transforms(
+        True,
+        frames=6,
+        size=32,
+        fps=15.0,
+        boxes=tiny_synthetic / "bboxes.json",
+        box_pipeline="mmpose",
+        color_jitter=(0.4, 0.3),
+    )
     ds = NVGestureDataset(tiny_synthetic, "train", ("rgb", "depth"), transform)
     item = ds[0]
     assert item["rgb"].shape == (3, 6, 32, 32) and item["depth"].shape == (1, 6, 32, 32)
-    test = build_transforms(False, frames=None, size=32, fps=15.0, boxes=tiny_synthetic / "bboxes.json",
-                            box_pipeline="mmpose")
+    test = build_transforms(
+        False, frames=None, size=32, fps=15.0, boxes=tiny_synthetic / "bboxes.json", box_pipeline="mmpose"
+    )
     a = NVGestureDataset(tiny_synthetic, "test", ("rgb",), test)[0]["rgb"]
     b = NVGestureDataset(tiny_synthetic, "test", ("rgb",), test)[0]["rgb"]
     assert torch.equal(a, b)  # the test pipeline is deterministic
@@ -127,18 +139,68 @@ def test_box_pipeline_through_the_dataset(tiny_synthetic):
 
 # Values transcribed from mmpose 0.x configs/hand/gesture_sview_rgbd_vid/mtut/nvgesture/*.py
 MMPOSE = {
-    "mmpose-224": dict(lr=1e-2, lr_steps=(30, 50), epochs=75, ssa_start=61, lambda_=5e-3, beta=2.0, frames=64,
-                       fps=30.0, size=224, resize=256, batch_size=6, momentum=0.9, weight_decay=0.0,
-                       box_pipeline="margin", hand_boxes=None, color_jitter=None, test_frames=None, eval_every=5),
-    "mmpose-224-box": dict(lr=1e-2, lr_steps=(30, 50), epochs=75, ssa_start=61, lambda_=5e-3, beta=2.0, frames=64,
-                           fps=30.0, size=224, batch_size=6, momentum=0.9, weight_decay=0.0, box_pipeline="mmpose",
-                           box_scale=(0.8, 1.25), box_ratio=(0.75, 1.33), box_shift=0.3, color_jitter=None,
-                           test_frames=None, eval_every=5),
-    "mmpose-112-box-fps15": dict(lr=1e-1, lr_steps=(30, 60, 90, 110), epochs=130, ssa_start=111, lambda_=1e-3,
-                                 beta=2.0, frames=16, fps=15.0, size=112, batch_size=6, momentum=0.9,
-                                 weight_decay=0.0, box_pipeline="mmpose", box_scale=(0.8, 1.25),
-                                 box_ratio=(0.75, 1.33), box_shift=0.3, color_jitter=(0.4, 0.3), test_frames=None,
-                                 eval_every=5),
+    "mmpose-224": dict(
+        lr=1e-2,
+        lr_steps=(30, 50),
+        epochs=75,
+        ssa_start=61,
+        lambda_=5e-3,
+        beta=2.0,
+        frames=64,
+        fps=30.0,
+        size=224,
+        resize=256,
+        batch_size=6,
+        momentum=0.9,
+        weight_decay=0.0,
+        box_pipeline="margin",
+        hand_boxes=None,
+        color_jitter=None,
+        test_frames=None,
+        eval_every=5,
+    ),
+    "mmpose-224-box": dict(
+        lr=1e-2,
+        lr_steps=(30, 50),
+        epochs=75,
+        ssa_start=61,
+        lambda_=5e-3,
+        beta=2.0,
+        frames=64,
+        fps=30.0,
+        size=224,
+        batch_size=6,
+        momentum=0.9,
+        weight_decay=0.0,
+        box_pipeline="mmpose",
+        box_scale=(0.8, 1.25),
+        box_ratio=(0.75, 1.33),
+        box_shift=0.3,
+        color_jitter=None,
+        test_frames=None,
+        eval_every=5,
+    ),
+    "mmpose-112-box-fps15": dict(
+        lr=1e-1,
+        lr_steps=(30, 60, 90, 110),
+        epochs=130,
+        ssa_start=111,
+        lambda_=1e-3,
+        beta=2.0,
+        frames=16,
+        fps=15.0,
+        size=112,
+        batch_size=6,
+        momentum=0.9,
+        weight_decay=0.0,
+        box_pipeline="mmpose",
+        box_scale=(0.8, 1.25),
+        box_ratio=(0.75, 1.33),
+        box_shift=0.3,
+        color_jitter=(0.4, 0.3),
+        test_frames=None,
+        eval_every=5,
+    ),
 }
 
 
@@ -169,8 +231,18 @@ def test_box_presets_need_frame_boxes(data_root, tmp_path, capsys):
 
 
 def test_training_with_the_box_pipeline(data_root, tmp_path):
-    final = train(tiny_config(data_root, tmp_path / "run", epochs=1, eval_every=0, box_pipeline="mmpose",
-                              hand_boxes=str(data_root / "bboxes.json"), color_jitter=(0.4, 0.3), resize=None))
+    final = train(
+        tiny_config(
+            data_root,
+            tmp_path / "run",
+            epochs=1,
+            eval_every=0,
+            box_pipeline="mmpose",
+            hand_boxes=str(data_root / "bboxes.json"),
+            color_jitter=(0.4, 0.3),
+            resize=None,
+        )
+    )
     assert final["splits"]["test"]["clips"] == 3
 
 

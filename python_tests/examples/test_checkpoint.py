@@ -31,8 +31,17 @@ class _Payload:
 
 
 def _valid(**extra) -> dict:
-    ckpt = {"format": CHECKPOINT_FORMAT, "epoch": 1, "model": {"w": torch.ones(2)}, "optimizer": {},
-            "scheduler": {}, "scaler": {}, "rng": [rng_state()], "config": {"lr": 0.01}, "history": []}
+    ckpt = {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": 1,
+        "model": {"w": torch.ones(2)},
+        "optimizer": {},
+        "scheduler": {},
+        "scaler": {},
+        "rng": [rng_state()],
+        "config": {"lr": 0.01},
+        "history": [],
+    }
     ckpt.update(extra)
     return ckpt
 
@@ -63,13 +72,21 @@ def test_old_checkpoints_with_numpy_rng_states_are_refused(tmp_path):
         load_checkpoint(tmp_path / "old.pt")
 
 
-@pytest.mark.parametrize("content,message", [
-    (b"not a checkpoint at all\n", "not a torch checkpoint"),
-    ({"conv.weight": torch.zeros(1)}, "bare state dict"),
-    ([1, 2, 3], "not a training checkpoint"),
-    ({"format": "something-else", **{k: 0 for k in ("epoch", "model", "optimizer", "scheduler", "scaler", "rng",
-                                                    "config", "history")}}, "checkpoint format"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"not a checkpoint at all\n", "not a torch checkpoint"),
+        ({"conv.weight": torch.zeros(1)}, "bare state dict"),
+        ([1, 2, 3], "not a training checkpoint"),
+        (
+            {
+                "format": "something-else",
+                **{k: 0 for k in ("epoch", "model", "optimizer", "scheduler", "scaler", "rng", "config", "history")},
+            },
+            "checkpoint format",
+        ),
+    ],
+)
 def test_files_that_are_not_checkpoints_get_a_clear_error(tmp_path, content, message):
     path = tmp_path / "x.pt"
     if isinstance(content, bytes):

@@ -16,12 +16,18 @@ from .helpers import tiny_config
 
 def test_help_shows_the_defaults():
     text = " ".join(build_parser().format_help().split())
-    text = text[text.index("options:"):]  # past the usage line
-    for option, default in [("--lr LR", "[0.01]"), ("--lr-steps [EPOCH ...]", "[30 50]"), ("--epochs EPOCHS", "[75]"),
-                            ("--ssa-start EPOCH", "[61]"), ("--batch-size BATCH_SIZE", "[6]"),
-                            ("--ssa-fp32, --no-ssa-fp32", "[on]"), ("--pair-cap PAIR_CAP", "[10.0]")]:
+    text = text[text.index("options:") :]  # past the usage line
+    for option, default in [
+        ("--lr LR", "[0.01]"),
+        ("--lr-steps [EPOCH ...]", "[30 50]"),
+        ("--epochs EPOCHS", "[75]"),
+        ("--ssa-start EPOCH", "[61]"),
+        ("--batch-size BATCH_SIZE", "[6]"),
+        ("--ssa-fp32, --no-ssa-fp32", "[on]"),
+        ("--pair-cap PAIR_CAP", "[10.0]"),
+    ]:
         start = text.index(option)
-        assert default in text[start:text.index(" --", start + len(option))], option
+        assert default in text[start : text.index(" --", start + len(option))], option
 
 
 def test_print_config_round_trips_through_a_config_file(data_root, tmp_path, capsys):
@@ -33,8 +39,9 @@ def test_print_config_round_trips_through_a_config_file(data_root, tmp_path, cap
     again = config_from_args(build_parser().parse_args(["--config", str(tmp_path / "cfg.json")]))
     assert json.loads(json.dumps(again.to_dict())) == printed
     # preset < file < command line
-    (tmp_path / "small.json").write_text(json.dumps({"preset": "cpu-small", "epochs": 3, "lambda": 1e-4,
-                                                     "data-root": str(data_root)}))
+    (tmp_path / "small.json").write_text(
+        json.dumps({"preset": "cpu-small", "epochs": 3, "lambda": 1e-4, "data-root": str(data_root)})
+    )
     cfg = config_from_args(build_parser().parse_args(["--config", str(tmp_path / "small.json"), "--epochs", "5"]))
     assert (cfg.preset, cfg.width, cfg.lambda_, cfg.epochs) == ("cpu-small", 0.25, 1e-4, 5)
     (tmp_path / "bad.json").write_text(json.dumps({"learning_rate": 1}))
@@ -77,8 +84,16 @@ def _tensorboard_scalars(logdir) -> dict[int, dict[str, float]]:
 
 def test_tensorboard_scalars_per_iteration(data_root, tmp_path):
     pytest.importorskip("tensorboard")
-    cfg = tiny_config(data_root, tmp_path / "run", epochs=1, eval_every=0, lr=0.01, lr_scaling="linear",
-                      lr_reference_batch=2, lr_steps=())
+    cfg = tiny_config(
+        data_root,
+        tmp_path / "run",
+        epochs=1,
+        eval_every=0,
+        lr=0.01,
+        lr_scaling="linear",
+        lr_reference_batch=2,
+        lr_steps=(),
+    )
     train(cfg)
     assert len(list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))) == 1
     by_step = _tensorboard_scalars(tmp_path / "run" / "tb")

@@ -63,8 +63,11 @@ def test_exactly_the_requested_modalities(coord_root, modalities):
 
 
 def test_crops_flips_and_time_are_aligned_across_modalities(coord_root):
-    ds = NVGestureDataset(coord_root, modalities=ALL, transform=Compose(
-        [TemporalSample(5, random=True), Resize(64), RandomCrop((24, 32)), RandomHorizontalFlip()]))
+    ds = NVGestureDataset(
+        coord_root,
+        modalities=ALL,
+        transform=Compose([TemporalSample(5, random=True), Resize(64), RandomCrop((24, 32)), RandomHorizontalFlip()]),
+    )
     torch.manual_seed(0)
     seen_x0, flips = set(), 0
     for _ in range(12):
@@ -139,8 +142,9 @@ def _break(root, how: str):
         flow_file(clip / "sk_color.avi").unlink()
         return "flow file is missing.*compute-flow", "sk_color_flow.npz"
     if how == "stale_flow":
-        save_flow(flow_file(clip / "sk_color.avi"), np.zeros((3, 64, 96, 2), np.uint8), start=0, end=3, bound=20.0,
-                  fps=30.0)
+        save_flow(
+            flow_file(clip / "sk_color.avi"), np.zeros((3, 64, 96, 2), np.uint8), start=0, end=3, bound=20.0, fps=30.0
+        )
         return "flow file is unreadable or not for window 2:12", "sk_color_flow.npz"
     raise AssertionError(how)
 

@@ -119,8 +119,24 @@ def test_flow_modality(data):
 
 def test_cli(tmp_path, capsys):
     root = tmp_path / "cli"
-    args = ["make-synthetic", "--out", str(root), "--classes", "1,2", "--clips-per-class", "2", "--subjects", "2",
-            "--test-subjects", "1", "--frames", "6", "--size", "48x36", "--quiet"]
+    args = [
+        "make-synthetic",
+        "--out",
+        str(root),
+        "--classes",
+        "1,2",
+        "--clips-per-class",
+        "2",
+        "--subjects",
+        "2",
+        "--test-subjects",
+        "1",
+        "--frames",
+        "6",
+        "--size",
+        "48x36",
+        "--quiet",
+    ]
     assert main(args) == 0
     assert "wrote 2 train / 2 test clips" in capsys.readouterr().out
     assert main(["compute-flow", "--root", str(root), "--list", TRAIN_LIST, "--quiet"]) == 0

@@ -10,8 +10,10 @@ from hypothesis import strategies as st
 
 from examples.data import BadClipWarning, ListFormatError, SensorWindow, format_line, parse_line, read_list
 
-REAL_LINE = ("path:./Video_data/class_01/subject13_r0 depth:sk_depth:138:218 color:sk_color:138:218 "
-             "duo_left:duo_left:161:254 label:1")
+REAL_LINE = (
+    "path:./Video_data/class_01/subject13_r0 depth:sk_depth:138:218 color:sk_color:138:218 "
+    "duo_left:duo_left:161:254 label:1"
+)
 
 
 def test_real_line():

@@ -26,7 +26,9 @@ def test_extracted_windows_decode_to_the_same_clips(tiny_synthetic, tmp_path):
         new, _ = read_list(out / name)
         assert [r.path for r in new] == [r.path for r in old] and [r.label for r in new] == [r.label for r in old]
         for a, b in zip(old, new):
-            assert {k: (0, w.length) for k, w in a.sensors.items()} == {k: (w.start, w.end) for k, w in b.sensors.items()}
+            assert {k: (0, w.length) for k, w in a.sensors.items()} == {
+                k: (w.start, w.end) for k, w in b.sensors.items()
+            }
     mods = ("rgb", "depth", "ir")
     for split in ("train", "test"):
         a, b = NVGestureDataset(tiny_synthetic, split, mods), NVGestureDataset(out, split, mods)
@@ -38,14 +40,18 @@ def test_extracted_windows_decode_to_the_same_clips(tiny_synthetic, tmp_path):
     old_boxes, new_boxes = load_frame_boxes(tiny_synthetic / "bboxes.json"), load_frame_boxes(out / "bboxes.json")
     for r in read_list(tiny_synthetic / TRAIN_LIST)[0]:
         w = r.sensors["color"]
-        np.testing.assert_array_equal(merge_boxes(old_boxes[r.key], list(range(w.start, w.end))),
-                                      merge_boxes(new_boxes[r.key], list(range(w.length))))
+        np.testing.assert_array_equal(
+            merge_boxes(old_boxes[r.key], list(range(w.start, w.end))),
+            merge_boxes(new_boxes[r.key], list(range(w.length))),
+        )
     # and the mmpose box pipeline gives the same test items on both
     t = build_transforms(False, frames=None, size=32, boxes=None, box_pipeline="margin")
     t_old = build_transforms(False, frames=None, size=32, boxes=tiny_synthetic / "bboxes.json", box_pipeline="mmpose")
     t_new = build_transforms(False, frames=None, size=32, boxes=out / "bboxes.json", box_pipeline="mmpose")
-    assert torch.equal(NVGestureDataset(tiny_synthetic, "test", ("rgb",), t_old)[0]["rgb"],
-                       NVGestureDataset(out, "test", ("rgb",), t_new)[0]["rgb"])
+    assert torch.equal(
+        NVGestureDataset(tiny_synthetic, "test", ("rgb",), t_old)[0]["rgb"],
+        NVGestureDataset(out, "test", ("rgb",), t_new)[0]["rgb"],
+    )
     assert t is not None
     assert (out / "hand_boxes.json").read_bytes() == (tiny_synthetic / "hand_boxes.json").read_bytes()
 
@@ -111,6 +117,7 @@ def test_list_files_in_mmposes_annotations_folder(tiny_synthetic, tmp_path):
     for name in (TRAIN_LIST, TEST_LIST, "bboxes.json"):
         (root / "annotations" / name).symlink_to(tiny_synthetic / name)
     assert len(NVGestureDataset(root, "train", ("rgb",))) == len(NVGestureDataset(tiny_synthetic, "train", ("rgb",)))
-    cfg = config_from_args(build_parser().parse_args(["--data-root", str(root), "--preset", "mmpose-224-box",
-                                                      "--device", "cpu"]))
+    cfg = config_from_args(
+        build_parser().parse_args(["--data-root", str(root), "--preset", "mmpose-224-box", "--device", "cpu"])
+    )
     assert cfg.hand_boxes == str(root / "annotations" / "bboxes.json")

@@ -51,8 +51,9 @@ def test_read_back_through_the_dataset(tiny_synthetic):
         item = ds[i]
         assert [item[m].shape[0] for m in mods] == [3, 1, 1]
         assert all(item[m].shape[1:] == (6, 32, 32) for m in mods)
-    boxed = NVGestureDataset(tiny_synthetic, "test", mods,
-                             build_transforms(False, frames=6, size=32, boxes=tiny_synthetic / BOXES_FILE))
+    boxed = NVGestureDataset(
+        tiny_synthetic, "test", mods, build_transforms(False, frames=6, size=32, boxes=tiny_synthetic / BOXES_FILE)
+    )
     assert boxed[0]["rgb"].shape == (3, 6, 32, 32)
 
 

@@ -33,8 +33,13 @@ def coords(t: int, h: int, w: int, channels: int = 3) -> np.ndarray:
 
 
 def sample(t=20, h=60, w=80, label=0, fps=30.0, **extra) -> dict:
-    s = {"rgb": coords(t, h, w), "depth": coords(t, h, w, 1), "label": label, "path": "./Video_data/class_01/s1_r0",
-         "meta": {"fps": {"rgb": fps, "depth": fps}}}
+    s = {
+        "rgb": coords(t, h, w),
+        "depth": coords(t, h, w, 1),
+        "label": label,
+        "path": "./Video_data/class_01/s1_r0",
+        "meta": {"fps": {"rgb": fps, "depth": fps}},
+    }
     for m, arr in extra.items():
         s[m] = arr
         s["meta"]["fps"][m] = fps
@@ -142,8 +147,9 @@ class TestFlip:
         assert hflip(sample(label=label))["label"] == flipped
 
     def test_hflip_mirrors_every_modality_and_negates_flow_dx(self):
-        flow = np.stack(np.broadcast_arrays(np.float32(0.5), np.float32(-0.25), np.zeros((20, 60, 80), np.float32)),
-                        axis=3)[..., :2]
+        flow = np.stack(
+            np.broadcast_arrays(np.float32(0.5), np.float32(-0.25), np.zeros((20, 60, 80), np.float32)), axis=3
+        )[..., :2]
         s = hflip(sample(w=80, flow=flow.copy()))
         assert s["rgb"][0, 0, :, 0].tolist() == list(range(79, -1, -1))
         assert s["depth"][0, 0, :, 0].tolist() == list(range(79, -1, -1))

@@ -15,9 +15,15 @@ from .helpers import TINY_RUN_DATA
 def _pair(change: float, differ: int = 3) -> dict:
     off = [0.10, 0.10, 0.10, 0.10]
     on = [0.10, 0.10, 0.10, 0.10 * (1 + change)]
-    return {"corr_distance": {"ssa_off": off, "ssa_on": on}, "epochs": [1, 2, 3, 4], "ssa_start": 3,
-            "identical_before_ssa": True, "final_corr_distance_rel_change": change, "rgb_predictions_differ": differ,
-            "test_clips": 8}
+    return {
+        "corr_distance": {"ssa_off": off, "ssa_on": on},
+        "epochs": [1, 2, 3, 4],
+        "ssa_start": 3,
+        "identical_before_ssa": True,
+        "final_corr_distance_rel_change": change,
+        "rgb_predictions_differ": differ,
+        "test_clips": 8,
+    }
 
 
 def test_reading_says_what_the_pair_shows_and_what_it_cannot():
@@ -33,8 +39,17 @@ def test_study_answer_is_quoted_or_its_absence_said(tmp_path):
     answer = demo.study_answer()
     assert answer is None or answer.startswith("**Answer")
     assert demo.study_answer(tmp_path / "missing.md") is None
-    page = demo.report(None, {**_pair(-0.2), "endpoint": "Mixed_3c", "lambda": 10.0, "focal": "constant",
-                              "test_top1": {a: {"rgb": 0.5} for a in demo.ARMS}}, None)
+    page = demo.report(
+        None,
+        {
+            **_pair(-0.2),
+            "endpoint": "Mixed_3c",
+            "lambda": 10.0,
+            "focal": "constant",
+            "test_top1": {a: {"rgb": 0.5} for a in demo.ARMS},
+        },
+        None,
+    )
     assert "No study results are committed" in page
 
 

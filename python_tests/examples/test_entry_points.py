@@ -10,8 +10,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPTS = ["examples/train_nvgesture.py", "examples/demo.py", "examples/evaluate_nvgesture.py",
-           "examples/export_nvgesture.py", "examples/infer_nvgesture.py"]
+SCRIPTS = [
+    "examples/train_nvgesture.py",
+    "examples/demo.py",
+    "examples/evaluate_nvgesture.py",
+    "examples/export_nvgesture.py",
+    "examples/infer_nvgesture.py",
+]
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:

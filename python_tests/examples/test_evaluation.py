@@ -54,8 +54,10 @@ def test_best_checkpoint_is_chosen_on_validation_never_on_test(data_root, tmp_pa
         logged = rows[epoch - 1]
         assert top1_from_logits(data) == {k: logged[f"{split}/top1/{k}"] for k in ("rgb", "depth", "fused")}
     test = load_logits(tmp_path / "run" / "evals" / "epoch003_test.npz")
-    listed = [line.split()[0].removeprefix("path:") for line in
-              (data_root / "nvgesture_test_correct_cvpr2016_v2.lst").read_text().splitlines()]
+    listed = [
+        line.split()[0].removeprefix("path:")
+        for line in (data_root / "nvgesture_test_correct_cvpr2016_v2.lst").read_text().splitlines()
+    ]
     assert test["paths"] == listed and test["logits"]["rgb"].shape == (3, 25)
 
 
@@ -81,8 +83,21 @@ def test_evaluate_only_reproduces_the_final_evaluation(data_root, tmp_path, caps
     assert ours["paths"] == during["paths"] and np.array_equal(ours["labels"], during["labels"])
     assert (tmp_path / "ev" / "confusion.png").is_file() and (tmp_path / "ev" / "eval.json").is_file()
     # the command line, on the validation split
-    assert evaluate_main(["--checkpoint", str(tmp_path / "run" / "last.pt"), "--split", "val", "--out",
-                          str(tmp_path / "ev_val"), "--no-progress", "--no-plots"]) == 0
+    assert (
+        evaluate_main(
+            [
+                "--checkpoint",
+                str(tmp_path / "run" / "last.pt"),
+                "--split",
+                "val",
+                "--out",
+                str(tmp_path / "ev_val"),
+                "--no-progress",
+                "--no-plots",
+            ]
+        )
+        == 0
+    )
     assert "val top-1 (3 clips, epoch 1)" in capsys.readouterr().out
     # a run without a validation split has none to evaluate
     train(tiny_config(data_root, tmp_path / "noval", epochs=1, eval_every=0, modalities=("rgb",)))
@@ -95,8 +110,15 @@ def test_init_from_copies_weights_only(data_root, tmp_path):
     train(tiny_config(data_root, tmp_path / "a", epochs=1, eval_every=0))
     source = load_checkpoint(tmp_path / "a" / "last.pt")["model"]
     # an RGB-only run started from the RGB network of an RGB+depth run: epoch 1, fresh optimizer
-    cfg = tiny_config(data_root, tmp_path / "b", epochs=1, eval_every=0, modalities=("rgb",), lr=1e-12,
-                      init_from=str(tmp_path / "a" / "last.pt"))
+    cfg = tiny_config(
+        data_root,
+        tmp_path / "b",
+        epochs=1,
+        eval_every=0,
+        modalities=("rgb",),
+        lr=1e-12,
+        init_from=str(tmp_path / "a" / "last.pt"),
+    )
     trainer = Trainer(cfg)
     assert trainer.start_epoch == 1 and not trainer.optimizer.state
     for k, v in trainer.model.state_dict().items():

@@ -61,8 +61,9 @@ def test_any_input_channels(in_channels):
 
 
 @pytest.mark.parametrize("size", [(15, 17, 19), (16, 112, 112), (7, 9, 5)])
-@pytest.mark.parametrize("kernel,stride", [((7, 7, 7), (2, 2, 2)), ((1, 3, 3), (1, 2, 2)), ((3, 3, 3), (1, 1, 1)),
-                                           ((2, 2, 2), (2, 2, 2))])
+@pytest.mark.parametrize(
+    "kernel,stride", [((7, 7, 7), (2, 2, 2)), ((1, 3, 3), (1, 2, 2)), ((3, 3, 3), (1, 1, 1)), ((2, 2, 2), (2, 2, 2))]
+)
 def test_same_padding_gives_ceil(size, kernel, stride):
     pads = same_padding(size, kernel, stride)
     for i, (n, k, s) in enumerate(zip(size, kernel, stride)):

@@ -38,8 +38,10 @@ def test_outputs_and_loss_terms():
     torch.testing.assert_close(off.total, ce["rgb"] + ce["depth"])
     on = model.loss(out, labels, ssa=True)
     assert set(on.ssa_by_endpoint) == {"Mixed_4f", "Mixed_5c"}
-    expected = sum(mtut_ops.ssa_loss([out.features[m][e] for m in ("rgb", "depth")], on.ce_per_sample)
-                   for e in ("Mixed_4f", "Mixed_5c"))
+    expected = sum(
+        mtut_ops.ssa_loss([out.features[m][e] for m in ("rgb", "depth")], on.ce_per_sample)
+        for e in ("Mixed_4f", "Mixed_5c")
+    )
     torch.testing.assert_close(on.ssa, expected)
     torch.testing.assert_close(on.total, off.total + on.ssa)
     assert not on.ce_per_sample.requires_grad and on.ce_per_sample.shape == (2, N)

@@ -18,8 +18,14 @@ _MIXED = ("mixed_3b", "mixed_3c", "mixed_4b", "mixed_4c", "mixed_4d", "mixed_4e"
 def converted_layout_keys() -> set[str]:
     units = ["conv3d_1a_7x7", "conv3d_2b_1x1", "conv3d_2c_3x3"]
     for m in _MIXED:
-        units += [f"{m}.branch_0", f"{m}.branch_1.0", f"{m}.branch_1.1", f"{m}.branch_2.0", f"{m}.branch_2.1",
-                  f"{m}.branch_3.1"]
+        units += [
+            f"{m}.branch_0",
+            f"{m}.branch_1.0",
+            f"{m}.branch_1.1",
+            f"{m}.branch_2.0",
+            f"{m}.branch_2.1",
+            f"{m}.branch_3.1",
+        ]
     keys = {f"{u}.conv3d.weight" for u in units} | {f"{u}.batch3d.{p}" for u in units for p in _BN}
     return keys | {"conv3d_0c_1x1.conv3d.weight", "conv3d_0c_1x1.conv3d.bias"}
 

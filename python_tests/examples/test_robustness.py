@@ -53,6 +53,7 @@ def _truncate_first_clip(root: Path, list_name: str) -> str:
 
 # ---------------------------------------------------------------------- refusing what cannot be meant
 
+
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_an_empty_list_is_refused(data_root, tmp_path, split):
     # observed: an empty train list trained "loss 0.000" and exited 0; an empty test list printed "rgb nan"
@@ -67,8 +68,18 @@ def test_skip_bad_that_leaves_nothing_is_refused(data_root, tmp_path, capsys):
     # observed: --skip-bad with Video_data/ missing skipped all 32 clips and exited 0
     root = _copy(data_root, tmp_path)
     shutil.rmtree(root / "Video_data")
-    args = ["--data-root", str(root), "--out", str(tmp_path / "run"), "--preset", "cpu-small", "--no-progress",
-            "--skip-bad", "--epochs", "1"]
+    args = [
+        "--data-root",
+        str(root),
+        "--out",
+        str(tmp_path / "run"),
+        "--preset",
+        "cpu-small",
+        "--no-progress",
+        "--skip-bad",
+        "--epochs",
+        "1",
+    ]
     with pytest.warns(UserWarning):
         assert main(args) == 1
     err = capsys.readouterr().err
@@ -81,8 +92,10 @@ def test_ssa_after_the_last_epoch_and_late_lr_steps_are_named(data_root, tmp_pat
     cfg = tiny_config(data_root, tmp_path / "run", epochs=3, ssa_start=61, lr_steps=(30, 2), preset="full")
     warnings = schedule_warnings(cfg)
     assert len(warnings) == 2
-    assert ("SSA never runs: --ssa-start 61 (the value of preset 'full') is after the last epoch (--epochs 3)"
-            in warnings[0])
+    assert (
+        "SSA never runs: --ssa-start 61 (the value of preset 'full') is after the last epoch (--epochs 3)"
+        in warnings[0]
+    )
     assert "--lr-steps 30 (as given)" in warnings[1]
     assert schedule_warnings(dataclasses.replace(cfg, ssa_start=3, lr_steps=(2,))) == []
     assert schedule_warnings(dataclasses.replace(cfg, ssa=False, lr_steps=(2,))) == []  # SSA off is said
@@ -92,6 +105,7 @@ def test_ssa_after_the_last_epoch_and_late_lr_steps_are_named(data_root, tmp_pat
 
 
 # ---------------------------------------------------------------------- divergence
+
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data_root, tmp_path, monkeypatch):
     # observed: --lr 50 went 1.8e9 then nan, trained on, wrote a NaN last.pt and exited 0
@@ -114,6 +128,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data
 
 
 # ---------------------------------------------------------------------- no lost epochs
+
 
 def test_a_truncated_clip_is_found_before_training(data_root, tmp_path):
     # observed: only headers were read at start-up; a truncated test video crashed epoch 2's evaluation
@@ -157,13 +172,43 @@ def test_an_unwritable_out_fails_before_any_work(data_root, tmp_path):
 
 # ---------------------------------------------------------------------- entry points
 
+
 def test_interrupt_says_how_to_resume_and_the_folder_alone_resumes(data_root, tmp_path, monkeypatch, capsys):
     # observed: a KeyboardInterrupt traceback; --out X --resume needed the whole command again
     out = tmp_path / "run"
-    args = ["--data-root", str(data_root), "--out", str(out), "--preset", "cpu-small", "--no-progress",
-            "--epochs", "2", "--ssa-start", "2", "--lr-steps", "1", "--width", "0.125", "--frames", "8",
-            "--test-frames", "8", "--size", "48", "--resize", "52", "--fps", "0", "--batch-size", "4",
-            "--no-plots", "--no-tensorboard", "--keep-every", "1"]
+    args = [
+        "--data-root",
+        str(data_root),
+        "--out",
+        str(out),
+        "--preset",
+        "cpu-small",
+        "--no-progress",
+        "--epochs",
+        "2",
+        "--ssa-start",
+        "2",
+        "--lr-steps",
+        "1",
+        "--width",
+        "0.125",
+        "--frames",
+        "8",
+        "--test-frames",
+        "8",
+        "--size",
+        "48",
+        "--resize",
+        "52",
+        "--fps",
+        "0",
+        "--batch-size",
+        "4",
+        "--no-plots",
+        "--no-tensorboard",
+        "--keep-every",
+        "1",
+    ]
     train_epoch = Trainer.train_epoch
 
     def interrupted(self, epoch):
@@ -195,11 +240,14 @@ def test_interrupt_says_how_to_resume_and_the_folder_alone_resumes(data_root, tm
     assert set(final["top5"]) == {"rgb", "depth", "fused"} and all(0 <= v <= 1 for v in final["mean_class"].values())
 
 
-@pytest.mark.parametrize("setting,message", [
-    ({"lr": "0.1"}, "'lr': expected a number, got '0.1' (str)"),
-    ({"epochs": 2.5}, "'epochs': expected an integer, got 2.5"),
-    ({"modalities": "rgb"}, "'modalities': expected a list of str, e.g. [\"rgb\", \"depth\"], got 'rgb'"),
-])
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ({"lr": "0.1"}, "'lr': expected a number, got '0.1' (str)"),
+        ({"epochs": 2.5}, "'epochs': expected an integer, got 2.5"),
+        ({"modalities": "rgb"}, "'modalities': expected a list of str, e.g. [\"rgb\", \"depth\"], got 'rgb'"),
+    ],
+)
 def test_config_files_follow_the_command_lines_rules(data_root, tmp_path, capsys, setting, message):
     # observed: TypeError '>' not supported; --print-config passing epochs 2.5; "unknown modality 'r'"
     path = tmp_path / "c.json"
@@ -227,14 +275,18 @@ def test_wrong_weight_files_get_a_checkpoint_error_with_the_fix(data_root, tmp_p
     with pytest.raises(SystemExit):
         infer_nvgesture.main(["--model", str(tmp_path / "run" / "last.pt"), "--video", "x.avi"])
     assert "is a training checkpoint, not an exported network" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="by its name a depth video, but the network classifies rgb "
-                                         r"\(NVGesture's rgb video is sk_color.avi\)"):
+    with pytest.raises(
+        ValueError,
+        match="by its name a depth video, but the network classifies rgb "
+        r"\(NVGesture's rgb video is sk_color.avi\)",
+    ):
         check_video_modality("clips/x/sk_depth.avi", "rgb")
     check_video_modality("clips/x/sk_color.avi", "rgb")
     check_video_modality("my_clip.avi", "depth")  # a name that says nothing is not checked
     with pytest.raises(SystemExit):  # observed: --out x.onnx wrote a torch.export archive
-        export_nvgesture.main(["--checkpoint", str(tmp_path / "run" / "last.pt"), "--modality", "rgb",
-                               "--out", str(tmp_path / "x.onnx")])
+        export_nvgesture.main(
+            ["--checkpoint", str(tmp_path / "run" / "last.pt"), "--modality", "rgb", "--out", str(tmp_path / "x.onnx")]
+        )
     assert "is written as .pt2" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()
 
 
@@ -268,11 +320,35 @@ def test_skip_bad_may_be_switched_on_at_resume(tmp_path):
 def test_divergence_ends_the_command_with_one_line(data_root, tmp_path, monkeypatch, capsys):
     # observed: training went on after nan and exited 0
     loss = MTUTModel.loss
-    monkeypatch.setattr(MTUTModel, "loss", lambda self, *a, **kw: dataclasses.replace(
-        loss(self, *a, **kw), total=torch.tensor(float("inf"))))
-    args = ["--data-root", str(data_root), "--out", str(tmp_path / "run"), "--preset", "cpu-small", "--no-progress",
-            "--epochs", "1", "--width", "0.125", "--frames", "8", "--test-frames", "8", "--size", "48",
-            "--resize", "52", "--batch-size", "4", "--no-tensorboard"]
+    monkeypatch.setattr(
+        MTUTModel,
+        "loss",
+        lambda self, *a, **kw: dataclasses.replace(loss(self, *a, **kw), total=torch.tensor(float("inf"))),
+    )
+    args = [
+        "--data-root",
+        str(data_root),
+        "--out",
+        str(tmp_path / "run"),
+        "--preset",
+        "cpu-small",
+        "--no-progress",
+        "--epochs",
+        "1",
+        "--width",
+        "0.125",
+        "--frames",
+        "8",
+        "--test-frames",
+        "8",
+        "--size",
+        "48",
+        "--resize",
+        "52",
+        "--batch-size",
+        "4",
+        "--no-tensorboard",
+    ]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "error: training diverged: the loss is inf at epoch 1, step 1" in err and "no epoch was saved" in err

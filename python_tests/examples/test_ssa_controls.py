@@ -26,8 +26,9 @@ def _grads(loss, feats):
 @pytest.mark.parametrize("pair_cap", [None, 0.02])
 def test_weighted_ssa_with_the_papers_rho_is_the_library_loss(distance, pair_cap):
     feats = _feats()
-    ce = torch.tensor([[2.0, 0.1, 0.7, 1.5, 0.0], [0.3, 0.9, 0.7, 0.2, 2.5], [1.0, 1.0, 0.1, 3.0, 0.4]],
-                      dtype=torch.float64)
+    ce = torch.tensor(
+        [[2.0, 0.1, 0.7, 1.5, 0.0], [0.3, 0.9, 0.7, 0.2, 2.5], [1.0, 1.0, 0.1, 3.0, 0.4]], dtype=torch.float64
+    )
     kw = dict(lambda_=5e-3, distance=distance, pair_cap=pair_cap)
     ours = ssa_with_weights(feats, mtut_ops.focal_weight(ce, 2.0), **kw)
     lib = mtut_ops.ssa_loss(feats, ce, beta=2.0, **kw)
@@ -61,8 +62,13 @@ def _output(n=4, seed=1):
 
 def test_constant_focal_weight_is_the_plain_mean_distance_both_ways():
     out, y = _output()
-    model = MTUTModel(("rgb", "depth"), 25, width=0.125, ssa_endpoints=("Mixed_4f",),
-                      ssa=SSAConfig(lambda_=0.1, focal="constant", pair_cap=None))
+    model = MTUTModel(
+        ("rgb", "depth"),
+        25,
+        width=0.125,
+        ssa_endpoints=("Mixed_4f",),
+        ssa=SSAConfig(lambda_=0.1, focal="constant", pair_cap=None),
+    )
     loss = model.loss(out, y, ssa=True).ssa
     fr, fd = out.features["rgb"]["Mixed_4f"], out.features["depth"]["Mixed_4f"]
     K = [mtut_ops.correlation(f.detach().double(), backend="reference") for f in (fr, fd)]
@@ -76,8 +82,13 @@ def test_constant_focal_weight_is_the_plain_mean_distance_both_ways():
 def test_shuffled_features_are_aligned_with_other_clips_and_keep_each_clips_weight():
     out, y = _output()
     perm = torch.tensor([2, 0, 3, 1])
-    model = MTUTModel(("rgb", "depth"), 25, width=0.125, ssa_endpoints=("Mixed_4f",),
-                      ssa=SSAConfig(lambda_=0.1, shuffle=("depth",), pair_cap=None))
+    model = MTUTModel(
+        ("rgb", "depth"),
+        25,
+        width=0.125,
+        ssa_endpoints=("Mixed_4f",),
+        ssa=SSAConfig(lambda_=0.1, shuffle=("depth",), pair_cap=None),
+    )
     loss = model.loss(out, y, ssa=True, perm=perm)
     fr, fd = out.features["rgb"]["Mixed_4f"], out.features["depth"]["Mixed_4f"]
     expected = mtut_ops.ssa_loss([fr, fd[perm]], loss.ce_per_sample, beta=2.0, lambda_=0.1, pair_cap=None)
@@ -104,8 +115,9 @@ def test_derangements_have_no_fixed_points_and_do_not_touch_the_global_rng():
 
 
 def _cfg(data_root, tmp_path, *extra):
-    args = build_parser().parse_args(["--data-root", str(data_root), "--out", str(tmp_path / "run"),
-                                      "--preset", "cpu-small", *extra])
+    args = build_parser().parse_args(
+        ["--data-root", str(data_root), "--out", str(tmp_path / "run"), "--preset", "cpu-small", *extra]
+    )
     return config_from_args(args)
 
 

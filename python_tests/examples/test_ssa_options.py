@@ -36,8 +36,10 @@ def test_ssa_inputs_are_cast_to_float32_unless_asked(monkeypatch, fp32, expected
 
 def test_backends_give_the_same_loss():
     out, y = _output(torch.float32)
-    losses = {b: MTUTModel(("rgb", "depth"), 25, width=0.125, ssa=SSAConfig(backend=b)).loss(out, y, ssa=True).ssa
-              for b in ("reference", "cpu")}
+    losses = {
+        b: MTUTModel(("rgb", "depth"), 25, width=0.125, ssa=SSAConfig(backend=b)).loss(out, y, ssa=True).ssa
+        for b in ("reference", "cpu")
+    }
     assert losses["cpu"] > 0
     torch.testing.assert_close(losses["cpu"], losses["reference"], rtol=1e-5, atol=1e-7)
 

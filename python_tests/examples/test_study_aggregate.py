@@ -25,17 +25,23 @@ HARD_GAINS = [0.25, 0.0, 0.5, 0.25, 0.0]
 EASY_GAINS = [0.0, 0.0, -1 / 6, 0.0, -1 / 6]
 
 
-def _write_eval(folder: Path, easy: int, hard: int, sqdist: float, epoch: int = 5,
-                paths: list[str] = PATHS) -> None:
+def _write_eval(folder: Path, easy: int, hard: int, sqdist: float, epoch: int = 5, paths: list[str] = PATHS) -> None:
     correct = torch.tensor([i < easy for i in range(N_EASY)] + [i < hard for i in range(N_HARD)])
     pred = torch.where(correct, LABELS, (LABELS + 1) % 25)
     rgb = torch.nn.functional.one_hot(pred, 25).float() * 5
     depth = torch.nn.functional.one_hot(LABELS, 25).float() * 5  # depth always right
     S = torch.zeros(len(paths), 2, 2)
     S[:, 0, 1] = S[:, 1, 0] = sqdist
-    result = EvalResult("test", ("rgb", "depth"), {"rgb": rgb, "depth": depth, "fused": (rgb + depth) / 2},
-                        LABELS, list(paths), "softmax", {"Mixed_4f": S},
-                        {"Mixed_4f": torch.full((len(paths),), 4, dtype=torch.long)})
+    result = EvalResult(
+        "test",
+        ("rgb", "depth"),
+        {"rgb": rgb, "depth": depth, "fused": (rgb + depth) / 2},
+        LABELS,
+        list(paths),
+        "softmax",
+        {"Mixed_4f": S},
+        {"Mixed_4f": torch.full((len(paths),), 4, dtype=torch.long)},
+    )
     save_logits(result, folder / "evals" / f"epoch{epoch:03d}_test.npz", epoch)
 
 
@@ -49,8 +55,9 @@ def toy(tmp_path):
         _write_eval(root / f"seed{seed}" / "ssa_on", 0, 0, sqdist=9.0, epoch=3)
     _write_eval(root / "seed5" / "ssa_off", 6, 4, sqdist=4.0)  # no ssa_on: an incomplete pair
     sidecar = tmp_path / "rgb_hard.json"
-    sidecar.write_text(json.dumps({"format": "mtut-rgb-hard/1", "p": 0.4, "clips": {
-        p: i >= N_EASY for i, p in enumerate(PATHS)}}))
+    sidecar.write_text(
+        json.dumps({"format": "mtut-rgb-hard/1", "p": 0.4, "clips": {p: i >= N_EASY for i, p in enumerate(PATHS)}})
+    )
     return root, sidecar
 
 
@@ -90,8 +97,11 @@ def test_paired_table_and_statistics_on_a_toy_input(toy, tmp_path):
     clip = stats["clip_level"]["ssa_on"]
     assert clip["fixed_per_seed"] == [1, 0, 2, 1, 0] and clip["broken_per_seed"] == [0, 0, 1, 0, 1]
     assert [rows[s]["fixed"] for s in range(5)] == clip["fixed_per_seed"]
-    assert (clip["clips_changed_in_some_seed"], clip["clips_fixed_in_some_seed"],
-            clip["clips_broken_in_some_seed"]) == (5, 3, 2)
+    assert (
+        clip["clips_changed_in_some_seed"],
+        clip["clips_fixed_in_some_seed"],
+        clip["clips_broken_in_some_seed"],
+    ) == (5, 3, 2)
     assert clip["mean"] == pytest.approx(0.04) and clip["clip_bootstrap"]["se"] == pytest.approx(math.sqrt(0.00304))
     assert clip["crossed_bootstrap"]["low"] < 0.04 < clip["crossed_bootstrap"]["high"]
     with open(out / "per_clip.csv") as f:

@@ -18,8 +18,7 @@ from examples.study.clips import (
 )
 
 # 2 seeds x 4 clips: clip means over the seeds 1, 0.5, 0, -0.5 (mean 0.25)
-D = np.array([[1, 0, 0, -1],
-              [1, 1, 0, 0]])
+D = np.array([[1, 0, 0, -1], [1, 1, 0, 0]])
 
 
 def _exact_quantile(sorted_values: np.ndarray, p: float) -> float:  # inverted CDF
@@ -41,11 +40,15 @@ def test_clip_bootstrap_against_its_exact_distribution():
 
 
 def test_crossed_bootstrap_against_its_exact_distribution():
-    d = np.array([[1, 0, -1],
-                  [1, 1, 0]])
+    d = np.array([[1, 0, -1], [1, 1, 0]])
     # every one of the 2^2 seed draws x 3^3 clip draws is equally likely
-    exact = np.sort([d[np.ix_(s, c)].mean() for s in itertools.product(range(2), repeat=2)
-                     for c in itertools.product(range(3), repeat=3)])
+    exact = np.sort(
+        [
+            d[np.ix_(s, c)].mean()
+            for s in itertools.product(range(2), repeat=2)
+            for c in itertools.product(range(3), repeat=3)
+        ]
+    )
     means = crossed_means(d, 40_000, seed=5)
     assert means.mean() == pytest.approx(exact.mean(), abs=3e-3) and exact.mean() == pytest.approx(1 / 3)
     assert means.std() == pytest.approx(exact.std(), rel=0.02)
@@ -69,8 +72,12 @@ def test_crossed_bootstrap_reduces_to_one_way_when_one_source_has_no_spread():
 def test_counts_per_seed_and_across_seeds():
     c = clip_counts(D)
     assert c["fixed_per_seed"] == [1, 2] and c["broken_per_seed"] == [1, 0]
-    assert (c["clips_changed_in_some_seed"], c["clips_fixed_in_some_seed"], c["clips_broken_in_some_seed"],
-            c["clips_fixed_and_broken"]) == (3, 2, 1, 0)
+    assert (
+        c["clips_changed_in_some_seed"],
+        c["clips_fixed_in_some_seed"],
+        c["clips_broken_in_some_seed"],
+        c["clips_fixed_and_broken"],
+    ) == (3, 2, 1, 0)
     assert clip_counts([[1, -1], [-1, 0]])["clips_fixed_and_broken"] == 1
     full = clip_level(D, resamples=500)
     assert (full["seeds"], full["clips"], full["mean"]) == (2, 4, 0.25)

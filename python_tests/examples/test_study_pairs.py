@@ -88,7 +88,7 @@ def test_every_arm_shares_the_prefix_and_the_data_order(study):
     assert _train_columns(trunk["history"]) == _train_columns(straight["history"][:BRANCH])
     steps = len(study["batches"]["trunk"]) // BRANCH
     assert study["batches"]["trunk"] == study["batches"]["straight"][: BRANCH * steps]
-    after = study["batches"]["straight"][BRANCH * steps:]
+    after = study["batches"]["straight"][BRANCH * steps :]
     for arm in (*ARMS, "lambda0"):
         assert study["batches"][arm] == after, arm  # same clips, same augmented inputs, same order
         ckpt = load_checkpoint((study["root"] / "lambda0" if arm == "lambda0" else study["study"] / arm) / "last.pt")
@@ -103,7 +103,7 @@ def test_every_arm_shares_the_prefix_and_the_data_order(study):
     # SSA on changes the RGB network from the branch on, and each control changes it differently
     finals = {a: _weights(study["study"] / a / "last.pt")["nets.rgb.conv3d_1a_7x7.conv3d.weight"] for a in ARMS}
     for i, a in enumerate(ARMS):
-        for b in ARMS[i + 1:]:
+        for b in ARMS[i + 1 :]:
             assert not torch.equal(finals[a], finals[b]), (a, b)
     rows = json.loads((study["study"] / "ssa_on" / "metrics.json").read_text())
     assert [r["train/ssa"] > 0 for r in rows] == [False, False, True, True]
@@ -121,8 +121,10 @@ def test_branching_refuses_what_would_break_the_prefix(study, hard_data_root, tm
     # a run that had SSA on before the branch point is no trunk
     ssa_run = study["study"] / "ssa_on" / "last.pt"
     with pytest.raises(ValueError, match="had SSA on from epoch 3"):
-        Trainer(dataclasses.replace(arm_config(base, "ssa_on", 0, tmp_path / "d"), epochs=5, ssa_start=5),
-                branch_from=ssa_run)
+        Trainer(
+            dataclasses.replace(arm_config(base, "ssa_on", 0, tmp_path / "d"), epochs=5, ssa_start=5),
+            branch_from=ssa_run,
+        )
     with pytest.raises(ValueError, match="must come before SSA starts"):
         run_pair(base, 0, tmp_path / "e", branch_epoch=SSA_START)
 
@@ -166,7 +168,8 @@ def test_focal_weight_statistics_are_logged_per_epoch(study, hard_data_root):
         expected = focal_statistics(record["ce"], record["paths"], ("rgb", "depth"), 2.0, hard)
         assert {k: row[k] for k in expected} == pytest.approx(expected)
         assert 0 <= row["train/focal/rgb/hard_share"] <= 1 and row["train/hard_fraction"] == pytest.approx(
-            np.mean([hard[p] for p in record["paths"]]))
+            np.mean([hard[p] for p in record["paths"]])
+        )
         assert row["train/ce/rgb"] == pytest.approx(record["ce"][:, 0].mean(), rel=1e-6)
 
 
@@ -179,6 +182,7 @@ def test_focal_statistics_on_a_toy_epoch():
     w_rgb = np.array([np.e**2 - 1, 0, 0, np.e - 1] + [0] * 6)
     w_depth = np.array([0, 0, np.e - 1, 0] + [0] * 6)
     assert out["train/focal/rgb/mean"] == pytest.approx(w_rgb.mean())
+    assert out["train/focal/depth/mean"] == pytest.approx(w_depth.mean())
     assert out["train/focal/rgb/top10_share"] == pytest.approx((np.e**2 - 1) / w_rgb.sum())  # 1 clip of 10
     assert out["train/focal/rgb/hard_share"] == pytest.approx((np.e**2 - 1) / w_rgb.sum())
     assert out["train/focal/depth/hard_share"] == pytest.approx(1.0)
@@ -223,15 +227,53 @@ def test_pair_and_aggregate_on_the_command_line_never_touch_test(hard_data_root,
 
     monkeypatch.setattr("examples.training.engine.D.build_datasets", spy)
     out = tmp_path / "val_study"
-    args = ["pair", "--data-root", str(hard_data_root), "--out", str(out), "--preset", "cpu-small", "--epochs", "2",
-            "--ssa-start", "2", "--seeds", "0", "1", "--val-subjects", "1", "--no-eval-test", "--eval-every", "1",
-            "--width", "0.125", "--frames", "8", "--test-frames", "8", "--size", "48", "--resize", "52", "--fps", "0",
-            "--batch-size", "4", "--no-progress", "--no-plots", "--no-tensorboard"]
+    args = [
+        "pair",
+        "--data-root",
+        str(hard_data_root),
+        "--out",
+        str(out),
+        "--preset",
+        "cpu-small",
+        "--epochs",
+        "2",
+        "--ssa-start",
+        "2",
+        "--seeds",
+        "0",
+        "1",
+        "--val-subjects",
+        "1",
+        "--no-eval-test",
+        "--eval-every",
+        "1",
+        "--width",
+        "0.125",
+        "--frames",
+        "8",
+        "--test-frames",
+        "8",
+        "--size",
+        "48",
+        "--resize",
+        "52",
+        "--fps",
+        "0",
+        "--batch-size",
+        "4",
+        "--no-progress",
+        "--no-plots",
+        "--no-tensorboard",
+    ]
     assert study_main(args) == 0
     assert built and all("test" not in s for s in built)
     for seed in (0, 1):
         assert sorted(p.name for p in (out / f"seed{seed}" / "ssa_on" / "evals").iterdir()) == [
-            "epoch001_train_ce.npz", "epoch001_val.npz", "epoch002_train_ce.npz", "epoch002_val.npz"]
+            "epoch001_train_ce.npz",
+            "epoch001_val.npz",
+            "epoch002_train_ce.npz",
+            "epoch002_val.npz",
+        ]
     capsys.readouterr()
     assert study_main(["aggregate", str(out), "--split", "val", "--resamples", "500"]) == 0
     printed = capsys.readouterr().out

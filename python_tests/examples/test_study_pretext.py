@@ -16,8 +16,7 @@ from examples.data.listfile import TEST_LIST, TRAIN_LIST, read_list
 from examples.data.synthetic import render_clip
 from examples.models.weights import LOGITS_PREFIX, STEM_KEY
 from examples.study.__main__ import main as study_main
-from examples.study.pretext import (PRETEXT_INFO, PRETEXT_WEIGHTS, check_disjoint, dataset_identity,
-                                    pretext_data_config)
+from examples.study.pretext import PRETEXT_INFO, PRETEXT_WEIGHTS, check_disjoint, dataset_identity, pretext_data_config
 from examples.training.checkpoint import load_checkpoint
 from examples.training.config import PRESETS, RECIPE_LR_STEPS, RECIPE_SSA_START, recipe_schedule
 from examples.training.data import subject_of
@@ -57,8 +56,13 @@ def test_pretext_data_config_defaults_to_every_other_class():
     cfg = pretext_data_config(TARGET)
     assert set(cfg.classes).isdisjoint(TARGET.classes) and len(cfg.classes) == 25 - len(TARGET.classes)
     assert cfg.first_subject == TARGET.first_subject + TARGET.subjects
-    assert (cfg.width, cfg.height, cfg.frames, cfg.rgb_difficulty, cfg.seed) == \
-        (TARGET.width, TARGET.height, TARGET.frames, TARGET.rgb_difficulty, TARGET.seed)
+    assert (cfg.width, cfg.height, cfg.frames, cfg.rgb_difficulty, cfg.seed) == (
+        TARGET.width,
+        TARGET.height,
+        TARGET.frames,
+        TARGET.rgb_difficulty,
+        TARGET.seed,
+    )
     with pytest.raises(ValueError, match="target classes"):
         pretext_data_config(TARGET, classes=(1, 3))
 
@@ -80,11 +84,26 @@ def test_check_disjoint(roots, tmp_path):
 def pretext_run(roots, tmp_path_factory):
     out = tmp_path_factory.mktemp("pretext_run")
     cfg = tiny_config(roots["pretext"], out, modalities=("rgb",), ssa=False, epochs=1, lr_steps=())
-    argv = ["pretext", "--data-root", str(roots["pretext"]), "--target-root", str(roots["target"]), "--out", str(out),
-            "--config", str(out.parent / "pretext_cfg.json")]
-    (out.parent / "pretext_cfg.json").write_text(json.dumps({k: list(v) if isinstance(v, tuple) else v
-                                                             for k, v in cfg.to_dict().items()
-                                                             if k not in ("data_root", "out", "preset")}))
+    argv = [
+        "pretext",
+        "--data-root",
+        str(roots["pretext"]),
+        "--target-root",
+        str(roots["target"]),
+        "--out",
+        str(out),
+        "--config",
+        str(out.parent / "pretext_cfg.json"),
+    ]
+    (out.parent / "pretext_cfg.json").write_text(
+        json.dumps(
+            {
+                k: list(v) if isinstance(v, tuple) else v
+                for k, v in cfg.to_dict().items()
+                if k not in ("data_root", "out", "preset")
+            }
+        )
+    )
     assert study_main(argv) == 0
     return out, argv
 

@@ -28,8 +28,11 @@ def test_every_claim_of_the_committed_study_is_recomputed(capsys):
 
 
 def test_per_seed_csv_is_the_table_of_results_md():
-    table = [[c.strip() for c in line.strip().strip("|").split("|")]
-             for line in (STUDY / "results.md").read_text().splitlines() if re.match(r"^\| \d+ \|", line)]
+    table = [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in (STUDY / "results.md").read_text().splitlines()
+        if re.match(r"^\| \d+ \|", line)
+    ]
     with open(STUDY / "per_seed.csv", newline="") as f:
         rows = list(csv.reader(f))
     assert len(table) == 10 and len(rows) == 11
@@ -56,8 +59,11 @@ def test_the_toy_study_rechecks_to_its_hand_worked_numbers(tmp_path, capsys):
     # a per-clip prediction that disagrees with the per-seed table is an error
     (toy / "claims.csv").write_text(claims)
     per_clip = (toy / "per_clip.csv").read_text()
-    (toy / "per_clip.csv").write_text(per_clip.replace("0,ssa_on,./Video_data/class_01/subject1_r3,0,1",
-                                                       "0,ssa_on,./Video_data/class_01/subject1_r3,0,0"))
+    (toy / "per_clip.csv").write_text(
+        per_clip.replace(
+            "0,ssa_on,./Video_data/class_01/subject1_r3,0,1", "0,ssa_on,./Video_data/class_01/subject1_r3,0,0"
+        )
+    )
     with pytest.raises(ValueError, match="seed 0 ssa_on top-1 0.75, per_clip.csv gives 1.0000"):
         check(toy)
 
@@ -70,7 +76,15 @@ def test_top1_must_be_a_count_of_the_test_clips(tmp_path):
         check(toy)
 
 
-@pytest.mark.parametrize("value,printed,expected", [(0.00208, "+0.0021", "+0.0021"), (-0.0356, "-3.5%", "-3.6%"),
-                                                    (0.892, "89%", "89%"), (5, "5", "5"), (0.2669, "0.27", "0.27")])
+@pytest.mark.parametrize(
+    "value,printed,expected",
+    [
+        (0.00208, "+0.0021", "+0.0021"),
+        (-0.0356, "-3.5%", "-3.6%"),
+        (0.892, "89%", "89%"),
+        (5, "5", "5"),
+        (0.2669, "0.27", "0.27"),
+    ],
+)
 def test_format_like_takes_the_printed_digits_sign_and_percent(value, printed, expected):
     assert format_like(value, printed) == expected

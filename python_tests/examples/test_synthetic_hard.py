@@ -68,7 +68,9 @@ def test_sidecar_matches_the_rendering(hard_root):
         norm_h = color_h / color_h.mean(axis=(1, 2, 3), keepdims=True)
         norm_e = color_e / color_e.mean(axis=(1, 2, 3), keepdims=True)
         surroundings = norm_e[ring].mean(0)
-        assert np.abs(norm_h[hand].mean(0) - surroundings).sum() < 0.8 * np.abs(norm_e[hand].mean(0) - surroundings).sum()
+        assert (
+            np.abs(norm_h[hand].mean(0) - surroundings).sum() < 0.8 * np.abs(norm_e[hand].mean(0) - surroundings).sum()
+        )
 
 
 def test_hard_clips_have_a_skin_toned_distractor_near_the_hand():
@@ -94,13 +96,25 @@ def test_hard_clips_have_a_skin_toned_distractor_near_the_hand():
 def test_proportion_is_near_p_and_marks_are_deterministic():
     for p in (0.2, 0.7):
         cfg = replace(HARD, rgb_hard_p=p)
-        marks = [is_rgb_hard(cfg, label, subject, rep) for label in range(1, 26) for subject in range(1, 21)
-                 for rep in range(4)]
+        marks = [
+            is_rgb_hard(cfg, label, subject, rep)
+            for label in range(1, 26)
+            for subject in range(1, 21)
+            for rep in range(4)
+        ]
         assert abs(np.mean(marks) - p) < 4 * np.sqrt(p * (1 - p) / len(marks))  # 2000 draws: within 4 sd
-        assert marks == [is_rgb_hard(cfg, label, subject, rep) for label in range(1, 26) for subject in range(1, 21)
-                         for rep in range(4)]
-        other_seed = [is_rgb_hard(replace(cfg, seed=cfg.seed + 1), label, subject, rep) for label in range(1, 26)
-                      for subject in range(1, 21) for rep in range(4)]
+        assert marks == [
+            is_rgb_hard(cfg, label, subject, rep)
+            for label in range(1, 26)
+            for subject in range(1, 21)
+            for rep in range(4)
+        ]
+        other_seed = [
+            is_rgb_hard(replace(cfg, seed=cfg.seed + 1), label, subject, rep)
+            for label in range(1, 26)
+            for subject in range(1, 21)
+            for rep in range(4)
+        ]
         assert marks != other_seed
     assert not any(is_rgb_hard(replace(HARD, rgb_hard_p=0.0), 1, s, 0) for s in range(1, 50))
 
@@ -126,9 +140,35 @@ def test_options_are_validated_and_on_the_command_line(tmp_path, capsys):
         SyntheticConfig(rgb_hard_p=1.5)
     with pytest.raises(ValueError, match="rgb_hard_strength"):
         SyntheticConfig(rgb_hard_strength=-0.1)
-    assert data_main(["make-synthetic", "--out", str(tmp_path / "d"), "--classes", "1,2", "--clips-per-class", "3",
-                      "--subjects", "3", "--test-subjects", "1", "--frames", "6", "--size", "48x32",
-                      "--rgb-hard-p", "0.5", "--hand-scale", "1.5", "--seed", "5", "--quiet"]) == 0
+    assert (
+        data_main(
+            [
+                "make-synthetic",
+                "--out",
+                str(tmp_path / "d"),
+                "--classes",
+                "1,2",
+                "--clips-per-class",
+                "3",
+                "--subjects",
+                "3",
+                "--test-subjects",
+                "1",
+                "--frames",
+                "6",
+                "--size",
+                "48x32",
+                "--rgb-hard-p",
+                "0.5",
+                "--hand-scale",
+                "1.5",
+                "--seed",
+                "5",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "RGB-hard" in capsys.readouterr().out
     assert json.loads((tmp_path / "d" / INFO_FILE).read_text())["hand_scale"] == 1.5
     assert len(load_hard_clips(tmp_path / "d")) == 6

@@ -25,8 +25,15 @@ REPO = Path(__file__).resolve().parents[2]
 def test_run_writes_every_output(data_root, tmp_path):
     final = train(tiny_config(data_root, tmp_path / "run", plots=True))
     run = tmp_path / "run"
-    for name in ("last.pt", "metrics.json", "metrics.csv", "final_eval.json", "loss.png", "accuracy.png",
-                 "confusion_test.png"):
+    for name in (
+        "last.pt",
+        "metrics.json",
+        "metrics.csv",
+        "final_eval.json",
+        "loss.png",
+        "accuracy.png",
+        "confusion_test.png",
+    ):
         assert (run / name).is_file(), name
     test = final["splits"]["test"]
     assert set(test["top1"]) == {"rgb", "depth", "fused"} and test["clips"] == 3
@@ -50,6 +57,7 @@ def test_resume_continues_the_same_trajectory(data_root, tmp_path):
         assert torch.equal(value, b["model"][key]), key
     for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(pa["momentum_buffer"], pb["momentum_buffer"])
+
     # the training columns agree; the split run also evaluated test after its (then last) epoch 1
     def train_columns(rows):
         timing = ("train/seconds", "train/clips_per_s", "train/max_memory_mib")
@@ -95,17 +103,28 @@ def test_cached_clips_equal_decoded_clips(data_root, tmp_path):
             torch.testing.assert_close(a[m], b[m], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--data-root", "/nonexistent/nvgesture"], "is not a folder"),
-    (["--modalities", "rgb", "thermal"], "unknown modality 'thermal'"),
-    (["--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a GPU"),
-    (["--resize", "40", "--size", "48"], "--resize (40) must be >= --size (48)"),
-    (["--ssa-endpoints", "Mixed_9z"], "--ssa-endpoints"),
-    (["--pretrained", "/nonexistent/model_rgb.pth"], "is not a file"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--data-root", "/nonexistent/nvgesture"], "is not a folder"),
+        (["--modalities", "rgb", "thermal"], "unknown modality 'thermal'"),
+        (["--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a GPU"),
+        (["--resize", "40", "--size", "48"], "--resize (40) must be >= --size (48)"),
+        (["--ssa-endpoints", "Mixed_9z"], "--ssa-endpoints"),
+        (["--pretrained", "/nonexistent/model_rgb.pth"], "is not a file"),
+    ],
+)
 def test_cli_errors_name_the_argument(data_root, tmp_path, capsys, argv, message):
-    args = ["--data-root", str(data_root), "--out", str(tmp_path / "run"), "--preset", "cpu-small",
-            "--no-progress", *argv]
+    args = [
+        "--data-root",
+        str(data_root),
+        "--out",
+        str(tmp_path / "run"),
+        "--preset",
+        "cpu-small",
+        "--no-progress",
+        *argv,
+    ]
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code == 2
@@ -115,11 +134,47 @@ def test_cli_errors_name_the_argument(data_root, tmp_path, capsys, argv, message
 @pytest.mark.deep
 def test_ddp_two_processes_gloo(data_root, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "examples.train_nvgesture", "--data-root", str(data_root), "--out", str(out),
-           "--preset", "cpu-small", "--modalities", "rgb", "depth", "--epochs", "1", "--ssa-start", "1",
-           "--batch-size", "2", "--width", "0.125", "--frames", "8", "--test-frames", "8", "--size", "48",
-           "--resize", "52", "--fps", "0", "--threads", "1", "--no-progress", "--no-plots"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "examples.train_nvgesture",
+        "--data-root",
+        str(data_root),
+        "--out",
+        str(out),
+        "--preset",
+        "cpu-small",
+        "--modalities",
+        "rgb",
+        "depth",
+        "--epochs",
+        "1",
+        "--ssa-start",
+        "1",
+        "--batch-size",
+        "2",
+        "--width",
+        "0.125",
+        "--frames",
+        "8",
+        "--test-frames",
+        "8",
+        "--size",
+        "48",
+        "--resize",
+        "52",
+        "--fps",
+        "0",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--no-plots",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "passive"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
