@@ -258,6 +258,7 @@ def test_gpu_model_writes_predicted_ranges(tmp_path):
     assert len(next(tmp_path.glob("gpu-model-*.csv")).read_text().splitlines()) == 1 + 2 * 4 * 2 * 2
 
 
+@pytest.mark.deep  # ~10 s: the whole first-contact script on tiny CPU shapes
 def test_gpu_check_dry_run(tmp_path):
     """tools/gpu_check.sh runs once, on a GPU we rarely get: its dry run (the calibration on tiny
     CPU shapes, no build) goes through every step, so a typo costs no GPU time."""

@@ -282,7 +282,8 @@ def test_gram_square_sums_in_long_chunks(emulated):
     assert torch.equal(S, torch.zeros_like(S))
 
 
-@pytest.mark.parametrize("algo", ["gram", "direct"])
+# direct at d = 2100 emulates ~70 s of strips on 2 cores: the deep tier's
+@pytest.mark.parametrize("algo", ["gram", pytest.param("direct", marks=pytest.mark.deep)])
 def test_long_rows_in_segments(emulated, algo):
     """Rows long enough that the passes over them are cut into segments of blocks (on the
     emulated 4-SM device, d = 2100: the row norms in 16 segments, summed in order; the folded
@@ -396,7 +397,8 @@ def loss_weight(emulated, feats, ce, algo):
 
 
 @pytest.mark.parametrize("algo", ["gram", "direct"])
-@pytest.mark.parametrize("M", [2, 3])
+# M = 3 direct (~7 s each, emulated) in the deep tier; M = 2 direct keeps every layout fast
+@pytest.mark.parametrize("M", [2, pytest.param(3, marks=pytest.mark.deep)])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "padded_rows"])
 def test_student_products(emulated, M, layout, algo):
     """Equal channel counts: the backward's products run over the students' rows only, over
