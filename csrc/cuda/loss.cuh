@@ -81,7 +81,8 @@ __global__ void __launch_bounds__(kThreads)
       const T g_mean = (in.capped && !passes ? T(0) : g) * in.lambda * in.inv_n;
       for (int64_t b = threadIdx.x; b < in.N; b += kThreads) {
         const T s = in.S[b * in.sb + m * in.sm + n * in.sn];
-        const T g_delta = g_mean * (g_mean == 0 || s == 0 ? T(0) : focal_rho(in, b, m, n));
+        const T rho = focal_rho(in, b, m, n);  // evaluated unconditionally: a branch around it spilled on sm_90
+        const T g_delta = g_mean * (g_mean == 0 || s == 0 ? T(0) : rho);
         grad_S[(b * in.M + m) * in.M + n] =
             !in.rms ? g_delta : (s == 0 ? T(0) : g_delta * in.inv_d * reciprocal(sqrt(s) * T(2)));
       }
