@@ -43,7 +43,7 @@ __device__ T pair_term(const LossInputs<T>& in, int m, int n, double* scratch) {
   for (int64_t b = threadIdx.x; b < in.N; b += kThreads) {
     const T s = in.S[b * in.sb + m * in.sm + n * in.sn];
     const T delta = in.rms ? (s == 0 ? T(0) : sqrt(s) * in.inv_d) : s;
-    acc += static_cast<double>((s == 0 ? T(0) : focal_rho(in, b, m, n)) * delta);
+    if (s != 0) acc += static_cast<double>(focal_rho(in, b, m, n) * delta);
   }
   return static_cast<T>(block_sum(acc, scratch) * static_cast<double>(in.inv_n)) * in.lambda;
 }
