@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 STUDY_RESULTS = REPO / "docs" / "study" / "results.md"
 
 # part 1: I3D shapes at a 64x224x224 input (bench/bench_ssa.py's NAMED shapes); 3 clips
-# keep mmpose's two calls within a minute on a 2-core CPU (the README's benchmark has 6)
+# keep mmpose's two calls within a minute on a 2-core CPU (bench/results/cpu-2026-12-01.md has 6)
 OP_CLIPS = 3
 RECIPE_CLIPS = 6  # the recipe's batch, for what mmpose's code would need at Mixed_3c
 MIXED_4F = (832, (16, 14, 14))
@@ -281,7 +281,7 @@ def report(op: dict | None, pair: dict, answer: str | None) -> str:
             f"mtut_ops: {op['speedup']:.1f}x faster, {op['memory_ratio']:.1f}x less memory, the same loss "
             f"(relative difference {op['loss_rel_diff']:.1e}). {op['mixed3c_shape']}: mmpose's matrices "
             f"alone would need {op['mixed3c_naive_gib']:.0f} GiB (not run); mtut_ops never builds them "
-            "(README's benchmark: 14.6 s and 586 MB there on this CPU).",
+            "(bench/results/cpu-2026-12-01.md: 14.6 s and 586 MB there on this CPU).",
             "",
         ]
     lines += [
