@@ -12,6 +12,9 @@ TINY_RUN_DATA = SyntheticConfig(
     classes=(1, 2, 11), clips_per_class=4, subjects=4, test_subjects=1, frames=8, width=64, height=48
 )
 
+# The same network and clips as tiny_config, on the command line.
+TINY_MODEL_ARGS = ["--width", "0.125", "--frames", "8", "--test-frames", "8", "--size", "48", "--resize", "52"]
+
 
 def tiny_config(data_root: Path, out: Path, **kw) -> TrainConfig:
     """Two epochs of an eighth-width I3D on 8 frames at 48x48 (seconds on a CPU)."""

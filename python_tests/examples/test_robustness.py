@@ -26,7 +26,7 @@ from examples.training.config import default_workers, schedule_warnings
 from examples.training.engine import check_resumable
 from examples.training.runlog import DivergenceError
 
-from .helpers import tiny_config
+from .helpers import TINY_MODEL_ARGS, tiny_config
 
 
 def _copy(data_root: Path, tmp_path: Path) -> Path:
@@ -190,16 +190,7 @@ def test_interrupt_says_how_to_resume_and_the_folder_alone_resumes(data_root, tm
         "2",
         "--lr-steps",
         "1",
-        "--width",
-        "0.125",
-        "--frames",
-        "8",
-        "--test-frames",
-        "8",
-        "--size",
-        "48",
-        "--resize",
-        "52",
+        *TINY_MODEL_ARGS,
         "--fps",
         "0",
         "--batch-size",
@@ -335,16 +326,7 @@ def test_divergence_ends_the_command_with_one_line(data_root, tmp_path, monkeypa
         "--no-progress",
         "--epochs",
         "1",
-        "--width",
-        "0.125",
-        "--frames",
-        "8",
-        "--test-frames",
-        "8",
-        "--size",
-        "48",
-        "--resize",
-        "52",
+        *TINY_MODEL_ARGS,
         "--batch-size",
         "4",
         "--no-tensorboard",

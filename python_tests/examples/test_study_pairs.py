@@ -22,7 +22,7 @@ from examples.training.data import build_datasets
 from examples.training.engine import Trainer, build_model, focal_statistics
 from examples.training.evaluation import load_logits, load_train_ce
 
-from .helpers import tiny_config
+from .helpers import TINY_MODEL_ARGS, tiny_config
 
 EPOCHS, SSA_START, BRANCH = 4, 3, 2
 ARMS = ("ssa_off", "ssa_on", "ssa_shuffled", "ssa_constant")
@@ -247,16 +247,7 @@ def test_pair_and_aggregate_on_the_command_line_never_touch_test(hard_data_root,
         "--no-eval-test",
         "--eval-every",
         "1",
-        "--width",
-        "0.125",
-        "--frames",
-        "8",
-        "--test-frames",
-        "8",
-        "--size",
-        "48",
-        "--resize",
-        "52",
+        *TINY_MODEL_ARGS,
         "--fps",
         "0",
         "--batch-size",

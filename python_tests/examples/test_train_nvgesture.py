@@ -17,7 +17,7 @@ from examples.training import train
 from examples.training.checkpoint import load_checkpoint
 from examples.training.data import build_datasets, split_by_subject, subject_of
 
-from .helpers import tiny_config
+from .helpers import TINY_MODEL_ARGS, tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -158,16 +158,7 @@ def test_ddp_two_processes_gloo(data_root, tmp_path):
         "1",
         "--batch-size",
         "2",
-        "--width",
-        "0.125",
-        "--frames",
-        "8",
-        "--test-frames",
-        "8",
-        "--size",
-        "48",
-        "--resize",
-        "52",
+        *TINY_MODEL_ARGS,
         "--fps",
         "0",
         "--threads",
