@@ -30,11 +30,16 @@ def _loss(feats, ce, backend, algo, **kw):
     return mtut_ops.ssa_loss(feats, ce, lambda_=0.5, algo=algo, backend=backend, **kw)
 
 
-def _profiled(fn):
-    """The names of the dispatcher ops fn() ran (C++-internal calls included), counted."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+def _profiled(fn, shapes=False):
+    """The names of the dispatcher ops fn() ran (C++-internal calls included), counted;
+    with ``shapes``, also the input shapes of every GEMM among them."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=shapes) as prof:
         fn()
-    return collections.Counter(e.name for e in prof.events())
+    names = collections.Counter(e.name for e in prof.events())
+    if not shapes:
+        return names
+    gemms = ("aten::mm", "aten::addmm_", "aten::mm.out")
+    return names, [e.input_shapes for e in prof.events() if e.name in gemms]
 
 
 def _ce_each_worse_somewhere(M, N, device, dtype=torch.float64):
@@ -265,17 +270,13 @@ def test_backward_does_not_recompute_the_forward(backend_device, algo):
     backend, device = backend_device
     feats = leaf(make_feats(3, [5, 7], [4, 4], device=device, seed=9))
     L = _loss(feats, _ce_each_worse_somewhere(2, 3, device), backend, algo)
-    work = _profiled(L.backward)
+    work, products = _profiled(L.backward, shapes=True)
     assert not any("sqdist_forward" in name for name in work), work
     assert sum(n for name, n in work.items() if "sqdist_backward" in name) >= 1
     if backend == "cpu" and algo == "gram":
         # A product that applies a kept block multiplies it [C_m, C_n] into rows [C_n, d];
         # one that forms a block again would multiply rows [C, d] by rows transposed [d, C].
         d = 16
-        L = _loss(leaf([f.detach() for f in feats]), _ce_each_worse_somewhere(2, 3, device), backend, algo)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
-            L.backward()
-        products = [e.input_shapes for e in prof.events() if e.name in ("aten::mm", "aten::addmm_", "aten::mm.out")]
         right = [shapes[-1] for shapes in products if len(shapes) >= 2 and len(shapes[-1]) == 2]
         assert right and all(r[1] == d for r in right), products
         assert not any(r[0] == d for r in right), products
