@@ -172,9 +172,20 @@ def bf16_backward_bound(feats: list[torch.Tensor], weight: torch.Tensor, algo: s
     for m in range(M):
         c = [(-4 * w[:, m, n]) if n != m else 4 * (w[:, m].sum(1) - w[:, m, m]) for n in range(M)]
         if algo == "gram":
-            e = sum(
-                u * c[n].abs()[:, None, None] * ((xh[m] @ xh[n].transpose(1, 2)).abs() @ xh[n].abs()) for n in range(M)
-            )
+            # the pair form (csrc/cuda/grads.cuh gram_grad_raw): A_m X_m + sum B_mn R_mn, each of
+            # A_m, B_mn and R_mn rounded once; equal channel counts: R_mn = X_n - X_m and
+            # |A_m| <= sum |c_mn| (|G_mn| + |G_mm|); else R_mn = X_n (exact) and A_m holds G_mm
+            Gmm = (xh[m] @ xh[m].transpose(1, 2)).abs()
+            e = 0
+            for n in range(M):
+                if n == m:
+                    continue
+                Gmn = (xh[m] @ xh[n].transpose(1, 2)).abs()
+                if xh[n].shape == xh[m].shape:
+                    part = (Gmn + Gmm) @ xh[m].abs() + 2 * Gmn @ (xh[n] - xh[m]).abs()
+                else:
+                    part = Gmm @ xh[m].abs() + Gmn @ xh[n].abs()
+                e = e + u * c[n].abs()[:, None, None] * part
         else:
             E = sum(c[n][:, None, None] * (xh[n].transpose(1, 2) @ xh[n]) for n in range(M))
             e = u * (xh[m].abs() @ E.abs())

@@ -138,6 +138,39 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// A_m += f_mn (P_mn diag(s_n^2) - P_mm^(n) diag(s_m^2)) of the pair form (folded_blocks_kernel)
+// in the compute dtype, [N, C, C] (`first`: A_m = that, nothing read): C rows of every sample,
+// P_mm^(n) the kept P_mm read as P_mn is (transposed for n < m: `lower`). `same`: equal channel
+// counts; else the pair's P_mn diag(s_n^2) X_n is a product of its own and A_m takes
+// -f_mn P_mm^(n) diag(s_m^2) only. The two sides are formed alike before they are weighted: a
+// pair with X_m = X_n bit for bit adds exactly 0.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    pair_difference_kernel(const T* __restrict__ Pmn, int64_t mn_stride, const T* __restrict__ Pmm, int64_t mm_stride,
+                           int64_t C, int64_t rows_per_chunk, bool lower, bool same, const T* __restrict__ sn,
+                           const T* __restrict__ sm, int64_t s_ld, const T* __restrict__ factor, int64_t factor_stride,
+                           bool first, T* __restrict__ acc) {
+  const int64_t chunk = blockIdx.x, b = blockIdx.y;
+  const int64_t r0 = chunk * rows_per_chunk, r1 = std::min(C, r0 + rows_per_chunk);
+  const T* pn = Pmn + b * mn_stride;
+  const T* pm = Pmm + b * mm_stride;
+  const T* s_n = sn + b * s_ld;
+  const T* s_m = sm + b * s_ld;
+  const T f = factor[b * factor_stride];
+  T* o = acc + b * C * C;
+  for (int64_t i = r0; i < r1; ++i) {  // consecutive threads: consecutive columns
+    for (int64_t j = threadIdx.x; j < C; j += kThreads) {
+      const T smj = s_m[j], m_side = (lower ? pm[j * C + i] : pm[i * C + j]) * (smj * smj);
+      T v = -m_side;
+      if (same) {
+        const T snj = s_n[j];
+        v = (lower ? pn[j * C + i] : pn[i * C + j]) * (snj * snj) - m_side;
+      }
+      o[i * C + j] = first ? f * v : o[i * C + j] + f * v;
+    }
+  }
+}
+
 // The last pass after the folded student products (student_gram_grads), one block per row
 // (b, c): a row without weight (ref = 0) gets its zero gradient and a NaN-weighted one NaN,
 // neither read (the products may have written them from a filler slot); a row with weight is

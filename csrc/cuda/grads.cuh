@@ -9,19 +9,46 @@ namespace mtut {
 namespace cuda {
 namespace {
 
-// graw_m with dL/dXh_m = diag(ref_m s_m) graw_m = sum_n coef_mn G_mn Xh_n:
-// graw_m = sum_n (coef_mn / ref_m) P_mn diag(s_n^2) X_n, from the kept blocks: per block one
-// pass that weights it (weighted_block_kernel) and one product; the first product writes
-// graw_m (no zero-filled accumulator). (Channel counts that differ, or layouts the student
+// graw_m with dL/dXh_m = diag(ref_m s_m) graw_m in the pair form (folded_blocks_kernel):
+// graw_m = A_m X_m + sum_{n != m} (f_mn P_mn diag(s_n^2)) R_mn, R_mn = X_n - X_m (equal
+// channel counts; else R_mn = X_n and A_m holds only the P_mm side of that pair), from the
+// kept blocks: A_m (pair_difference_kernel, one pass per pair) and its product first (it
+// writes graw_m: no zero-filled accumulator), then per pair one weighted block
+// (weighted_block_kernel) and its product. A pair with X_m = X_n bit for bit adds exactly 0:
+// its part of A_m is 0 and R_mn is 0. (Channel counts that differ, or layouts the student
 // products cannot read alike: every sample of a modality.)
 template <typename Top>
 std::vector<at::Tensor> gram_grad_raw(const Prepared& p, const at::Tensor& kept, const Coefficients& c,
                                       const FeatInfo& info, const Needs& needs, cudaStream_t stream) {
+  using T = Cmp<Top>;
   const int64_t M = info.M, N = info.N;
   std::vector<at::Tensor> g(M);
   for (int64_t m = 0; m < M; ++m) {
     if (!needs[m]) continue;
+    const int64_t Cm = info.channels[m];
+    const at::Tensor mm = kept_block(kept, info.channels, m, m);
+    at::Tensor A = at::empty({N, Cm, Cm}, mm.options());
+    const int64_t a_rows = fill_rows(Cm, Cm, N, multiprocessors());
+    for (int64_t n = 0, first = 1; n < M; ++n) {
+      if (n == m) continue;
+      const bool same = info.channels[n] == Cm;
+      const at::Tensor mn = kept_block(kept, info.channels, std::min(m, n), std::max(m, n));
+      const at::Tensor factor = c.factor.select(1, m).select(1, n);  // [N], stride M * M
+      for (int64_t b0 = 0; b0 < N; b0 += kMaxGrid) {
+        const int64_t nb = std::min(kMaxGrid, N - b0);
+        launch("pair_difference_kernel", pair_difference_kernel<T>,
+               dim3(grid_dim((Cm + a_rows - 1) / a_rows), grid_dim(nb)), dim3(kThreads), stream,
+               mn.const_data_ptr<T>() + b0 * mn.stride(0), mn.stride(0), mm.const_data_ptr<T>() + b0 * mm.stride(0),
+               mm.stride(0), Cm, a_rows, n < m, same, p.scales[n].const_data_ptr<T>() + b0 * p.scales[n].stride(0),
+               p.scales[m].const_data_ptr<T>() + b0 * p.scales[m].stride(0), p.scales[m].stride(0),
+               factor.const_data_ptr<T>() + b0 * factor.stride(0), factor.stride(0), first != 0,
+               A.mutable_data_ptr<T>() + b0 * Cm * Cm);
+      }
+      first = 0;
+    }
+    gemm_acc(g[m], A.scalar_type() == p.operand ? A : A.to(p.operand), p.operands[m], info.compute_dtype);
     for (int64_t n = 0; n < M; ++n) {
+      if (n == m) continue;
       const bool upper = m <= n;
       const at::Tensor block = kept_block(kept, info.channels, std::min(m, n), std::max(m, n));
       const int64_t rows = block.size(1), cols = block.size(2);
@@ -32,13 +59,14 @@ std::vector<at::Tensor> gram_grad_raw(const Prepared& p, const at::Tensor& kept,
         const int64_t nb = std::min(kMaxGrid, N - b0);
         launch("weighted_block_kernel", weighted_block_kernel<Top>,
                dim3(grid_dim((rows + rows_per_chunk - 1) / rows_per_chunk), grid_dim(nb)), dim3(kThreads), stream,
-               block.const_data_ptr<Cmp<Top>>() + b0 * block.stride(0), block.stride(0), rows, cols, rows_per_chunk,
-               p.scales[n].const_data_ptr<Cmp<Top>>() + b0 * p.scales[n].stride(0), p.scales[n].stride(0), !upper,
-               factor.const_data_ptr<Cmp<Top>>() + b0 * factor.stride(0), factor.stride(0),
+               block.const_data_ptr<T>() + b0 * block.stride(0), block.stride(0), rows, cols, rows_per_chunk,
+               p.scales[n].const_data_ptr<T>() + b0 * p.scales[n].stride(0), p.scales[n].stride(0), !upper,
+               factor.const_data_ptr<T>() + b0 * factor.stride(0), factor.stride(0),
                static_cast<Top*>(weighted.mutable_data_ptr()) + b0 * rows * cols, rows * cols);
       }
-      const at::Tensor A = upper ? weighted : weighted.transpose(1, 2);  // [N, C_m, C_n]
-      gemm_acc(g[m], A, p.operands[n], info.compute_dtype);
+      const at::Tensor W = upper ? weighted : weighted.transpose(1, 2);  // [N, C_m, C_n]
+      const at::Tensor R = info.channels[n] == Cm ? p.operands[n] - p.operands[m] : p.operands[n];
+      gemm_acc(g[m], W, R, info.compute_dtype);
     }
   }
   return g;

@@ -62,7 +62,7 @@ std::vector<at::Tensor> sqdist_backward(at::TensorList feats, const at::Tensor& 
     const Prepared p = prepare<scalar_t>(feats, info, eps, /*scaled_products=*/true, buffer, a, kept, stream);
     using Tin = typename Raw<scalar_t>::type;
     std::vector<at::Tensor> g;
-    const bool folded = a == Algo::Gram && student_products_apply(p, info) && student_gram_aligned(p, info);
+    const bool folded = a == Algo::Gram && student_products_apply(p, info) && student_gram_aligned(p, info, needs);
     if (a == Algo::Direct) {
       g = direct_grad_raw<Tin>(p, c, info, needs, slots, stream);
     } else {

@@ -23,10 +23,10 @@ namespace {
 // last pass writes their 0, or for a NaN weight NaN, without reading). L is sqdist_backward's
 // `students` (the loss's backward promises M - 1), at most the number of modalities that need
 // a gradient; a student beyond it gets ref = NaN, i.e. a NaN gradient.
-//   gram:   the normalization backward folded into the weighted blocks (folded_blocks_kernel),
-//           so that the products write dL/dX_m itself: for bf16 inputs per strip of positions
-//           ONE product of K = M C over the maps' stacked columns (stack_strip_kernel), written
-//           in bf16; else M products (term 0: dx_m = B_mm X_m; term j: dx_m += B_mn X_n).
+//   gram:   the pair form with the normalization backward folded into the weighted blocks
+//           (folded_blocks_kernel), so that the products write dL/dX_m itself: per strip of
+//           positions ONE product of K = M C per student over its stacked right operand
+//           [X_m; X_n - X_m ...] (stack_strip_kernel), written in the operand dtype.
 //   direct: per strip of rows I one product graw_m (+)= X_m[:, I] E_m[I, :].
 constexpr int kMaxStudentModalities = 8;  // slot lists are 3-bit fields of one word
 struct StudentBases {
@@ -123,24 +123,32 @@ at::Tensor student_pointers(const StudentBases& bases, const FeatInfo& info, int
 }
 
 // The normalization backward folded into the weighted blocks, so that the student products
-// write dL/dX_m itself (no graw buffer, no pass over it). With f_mn = coef_mn / ref_m and
-// t_c = <x_c, graw_c> = sum_n f_mn sum_k (P_mn[c, k] s_nk)^2 (from the kept blocks, no pass
-// over the maps), normalize_backward_kernel's dx_c = ref s_c^2 (graw_c - s_c^2 x_c t_c)
-// (r_c > eps; else without the second term) is dx_m = sum_n B_mn X_n with
-//   B_mn[c, k] = ref s_c^2 f_mn P_mn[c, k] s_nk^2, except on the diagonal of B_mm:
-//   B_mm[c, c] = ref s_c^2 (f_mm P_mm[c, c] s_c^2 - s_c^2 t_c),
-// every entry computed in the compute dtype (the diagonal in fp64: its two terms nearly cancel
-// where graw_c lies along x_c) and rounded once to the operand dtype. (Bound: a rounded entry
-// adds what the rounded weighted block adds before the projection, the diagonal at most
+// write dL/dX_m itself (no graw buffer, no pass over it). The pair form (docs/design.md §2):
+// with f_mn = coef_mn / ref_m (n != m) and P_mm^(n) the kept P_mm read as P_mn is (its
+// transpose for n < m: P_mn is then the kept P_nm transposed, and a computed P_mm is
+// symmetric only up to rounding),
+//   graw_m = A_m X_m + sum_{n != m} B'_mn (X_n - X_m),   B'_mn = f_mn P_mn diag(s_n^2),
+//   A_m = sum_{n != m} f_mn (P_mn diag(s_n^2) - P_mm^(n) diag(s_m^2)).
+// Each pair's two sides are formed alike before they are weighted, so a pair with X_m = X_n
+// bit for bit (then P_mn = P_mm^(n)) adds exactly 0 to A_m, and its B'_mn multiplies rows
+// X_n - X_m that are exactly 0 (stack_strip_kernel): the pair adds exactly nothing.
+// With t_c = <x_c, graw_c> = sum_{n != m} f_mn sum_k ((P_mn[c, k] s_nk)^2 - (P_mm^(n)[c, k] s_mk)^2)
+// (from the kept blocks, no pass over the maps), normalize_backward_kernel's
+// dx_c = ref s_c^2 (graw_c - s_c^2 x_c t_c) (r_c > eps; else without the second term) is
+// dx_m = B_m [X_m; X_n - X_m ...] with B_mn = ref s_c^2 B'_mn[c, k] (n != m) and
+// B_mm = ref s_c^2 A_m[c, k], on its diagonal ref s_c^2 (A_m[c, c] - s_c^2 t_c), every entry
+// computed in the compute dtype (the diagonal in fp64: its terms nearly cancel where graw_c
+// lies along x_c) and rounded once to the operand dtype. (Bound: a rounded entry adds what
+// the rounded weighted block adds before the projection, the diagonal at most
 // u |<xh_c, dL/dxh_c>| |xh_c| more, which the projection's own error term covers:
 // python_tests/error_bounds.py bf16_backward_bound.) One block per row (c, b) of modality m:
-// row c of every B_mn at out + b out_stride + n block_step + c row_step (the stacked operand
-// B_m = [B_m0 | B_m1 | ...], [C, M C] row-major: block_step C, row_step M C; or separate
-// [C, C] blocks); rows of samples without weight (ref_m = 0) are left unwritten. The kept
-// blocks P_ij (i <= j) of sample 0 are `blocks` + (their upper-triangle index) kept_step and
-// the scales s_n `scales` + n C, `norm` the norms r_m (equal channel counts; no pointer arrays
-// in the parameters: indexed at run time they were copied to the stack). (4 blocks per SM, as
-// normalize_backward_kernel: otherwise ptxas spilled two registers.)
+// row c of every B_mn at out + b out_stride + n block_step + c row_step (B_m = [B_m0 | B_m1 |
+// ...], [C, M C] row-major: block_step C, row_step M C); rows of samples without weight
+// (ref_m = 0) are left unwritten. The kept blocks P_ij (i <= j) of sample 0 are `blocks` +
+// (their upper-triangle index) kept_step and the scales s_n `scales` + n C, `norm` the norms
+// r_m (equal channel counts; no pointer arrays in the parameters: indexed at run time they
+// were copied to the stack). (4 blocks per SM, as normalize_backward_kernel: otherwise ptxas
+// spilled two registers.)
 template <typename Top>
 __global__ void __launch_bounds__(kThreads, 4)
     folded_blocks_kernel(const Cmp<Top>* __restrict__ blocks, int64_t kept_step, int64_t block_stride,
@@ -161,17 +169,22 @@ __global__ void __launch_bounds__(kThreads, 4)
     const int i = n < m ? n : m, j = n < m ? m : n;
     return blocks + (i * M - i * (i - 1) / 2 + j - i) * kept_step + b * block_stride;
   };
-  const T sc = sb[m * C + c];
+  // entry k of row c of a block read as P_mn is (transposed for n < m)
+  const auto entry = [&](const T* P, int n, int64_t k) { return n >= m ? P[c * C + k] : P[k * C + c]; };
+  const T* Pmm = block(m);
+  const T* sm = sb + m * C;
+  const T sc = sm[c];
   const bool project = norm[b * s_ld + c] > eps;  // r_m of row c (the rule of normalize_backward)
   if (project) {                                  // (uniform over the block: the __syncthreads in block_sum are safe)
     double acc = 0;
     for (int n = 0; n < M; ++n) {
+      if (n == m) continue;
       const T* P = block(n);
       const T* s = sb + n * C;
       double part = 0;
       for (int64_t k = threadIdx.x; k < C; k += kThreads) {
-        const double v = static_cast<double>(n >= m ? P[c * C + k] : P[k * C + c]) * s[k];
-        part += v * v;
+        const double v = static_cast<double>(entry(P, n, k)) * s[k], w = static_cast<double>(entry(Pmm, n, k)) * sm[k];
+        part += v * v - w * w;
       }
       acc += static_cast<double>(f[n]) * part;
     }
@@ -181,25 +194,35 @@ __global__ void __launch_bounds__(kThreads, 4)
   }
   const T a = rf * sc * sc;
   Top* o = out + b * out_stride + c * row_step;
-  for (int n = 0; n < M; ++n) {
-    const T* P = block(n);
-    const T* s = sb + n * C;
-    const T fa = a * f[n];
-    for (int64_t k = threadIdx.x; k < C; k += kThreads) {
-      if (n == m && k == c) continue;  // the diagonal, below
-      const T sk = s[k];
-      o[n * block_step + k] = from_compute<Top>(fa * (n >= m ? P[c * C + k] : P[k * C + c]) * (sk * sk));
+  for (int64_t k = threadIdx.x; k < C; k += kThreads) {
+    T diag = 0;  // A_m[c, k]
+    for (int n = 0; n < M; ++n) {
+      if (n == m) continue;
+      const T sk = sb[n * C + k], smk = sm[k];
+      const T pn = entry(block(n), n, k) * (sk * sk);
+      diag += f[n] * (pn - entry(Pmm, n, k) * (smk * smk));
+      o[n * block_step + k] = from_compute<Top>(a * f[n] * pn);
     }
+    if (k != c) o[m * block_step + k] = from_compute<Top>(a * diag);
   }
   if (threadIdx.x == 0) {
     const double s2 = static_cast<double>(sc) * sc;
-    const double diag = static_cast<double>(f[m]) * block(m)[c * C + c] * s2 - (project ? s2 * t : 0.0);
+    double diag = 0;
+    for (int n = 0; n < M; ++n) {
+      if (n == m) continue;
+      const double sn = sb[n * C + c];
+      diag += static_cast<double>(f[n]) *
+              (static_cast<double>(block(n)[c * C + c]) * (sn * sn) - static_cast<double>(Pmm[c * C + c]) * s2);
+    }
+    diag -= project ? s2 * t : 0.0;
     o[m * block_step + c] = from_compute<Top>(static_cast<T>(static_cast<double>(a) * diag));
   }
 }
 
-// Xs[b, m C + c, i] = x_m[b, c, i0 + i], i < width, rows `lead` apart: the maps' columns of one
-// strip stacked (the right operand of K = M C), one block per row (b, m, c).
+// The right operand of modality m's stacked product for one strip of positions (the pair
+// form, folded_blocks_kernel): Xs[b, n C + c, i] = x_m[b, c, i0 + i] for n = m, else
+// x_n[b, c, i0 + i] - x_m[b, c, i0 + i] (formed in the compute dtype, rounded once: exactly 0
+// where the two maps are equal), i < width, rows `lead` apart; one block per row (b, n, c).
 struct StackSources {
   const void* base[kMaxStudentModalities];
   int64_t sn[kMaxStudentModalities], sc[kMaxStudentModalities], sd[kMaxStudentModalities];  // elements
@@ -207,34 +230,50 @@ struct StackSources {
 
 template <typename Tin>
 __global__ void __launch_bounds__(kThreads)
-    stack_strip_kernel(const StackSources src, int M, int64_t C, int64_t i0, int64_t width, int64_t seg_len,
+    stack_strip_kernel(const StackSources src, int M, int m, int64_t C, int64_t i0, int64_t width, int64_t seg_len,
                        int64_t lead, Tin* __restrict__ out) {
+  using T = Cmp<Tin>;
   // grid.x = N M C < 2^31, so 32-bit division (64-bit division is a called routine: a stack frame)
   const unsigned row = blockIdx.x, mc = static_cast<unsigned>(M * C);
-  const unsigned b = row / mc, rest = row - b * mc, m = rest / static_cast<unsigned>(C);
-  const int64_t c = rest - m * static_cast<unsigned>(C), sd = src.sd[m];
+  const unsigned b = row / mc, rest = row - b * mc, n = rest / static_cast<unsigned>(C);
+  const int64_t c = rest - n * static_cast<unsigned>(C), sd = src.sd[n], sdm = src.sd[m];
   const int64_t k0 = static_cast<int64_t>(blockIdx.y) * seg_len, k1 = std::min(width, k0 + seg_len);  // (row_split)
-  const Tin* x = static_cast<const Tin*>(src.base[m]) + b * src.sn[m] + c * src.sc[m] + i0 * sd;
+  const Tin* x = static_cast<const Tin*>(src.base[n]) + b * src.sn[n] + c * src.sc[n] + i0 * sd;
+  const Tin* xm = static_cast<const Tin*>(src.base[m]) + b * src.sn[m] + c * src.sc[m] + i0 * sdm;
   Tin* o = out + static_cast<int64_t>(row) * lead;
   int64_t i = k0 + threadIdx.x;
-  for (; i + 3 * kThreads < k1; i += 4 * kThreads) {  // four loads in flight
-    Tin v[4];
+  if (static_cast<int>(n) == m) {
+    for (; i + 3 * kThreads < k1; i += 4 * kThreads) {  // four loads in flight
+      Tin v[4];
 #pragma unroll
-    for (int u = 0; u < 4; ++u) v[u] = x[(i + u * kThreads) * sd];
+      for (int u = 0; u < 4; ++u) v[u] = x[(i + u * kThreads) * sd];
 #pragma unroll
-    for (int u = 0; u < 4; ++u) o[i + u * kThreads] = v[u];
+      for (int u = 0; u < 4; ++u) o[i + u * kThreads] = v[u];
+    }
+    for (; i < k1; i += kThreads) o[i] = x[i * sd];
+    return;
   }
-  for (; i < k1; i += kThreads) o[i] = x[i * sd];
+  const auto diff = [](Tin p, Tin q) {
+    return from_compute<Tin>(static_cast<T>(to_double<Tin>(p)) - static_cast<T>(to_double<Tin>(q)));
+  };
+  for (; i + 3 * kThreads < k1; i += 4 * kThreads) {  // eight loads in flight
+    Tin v[4], w[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) v[u] = x[(i + u * kThreads) * sd], w[u] = xm[(i + u * kThreads) * sdm];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) o[i + u * kThreads] = diff(v[u], w[u]);
+  }
+  for (; i < k1; i += kThreads) o[i] = diff(x[i * sd], xm[i * sdm]);
 }
 
-// Positions per stacked strip: the most that keep N M C of them within kStripBudget entries, a
-// multiple of 256 (the product's output tile width) where that is at least 256, but at least
-// kMinStackWidth (large N M C: thin strips would be launches, not products; a strip of 256
-// positions is still far less than the fp32 buffer of every position it replaces), at most d
-// (bench/gpu_model.py stack_strip_width is the same rule).
-int64_t stack_strip_width(int64_t N, int64_t M, int64_t C, int64_t d, int64_t budget = kStripBudget,
+// Positions per stacked strip: the most that keep the `groups` C rows of every sample's stacked
+// operands (M per modality that needs a gradient) within kStripBudget entries, a multiple of
+// 256 (the product's output tile width) where that is at least 256, but at least
+// kMinStackWidth (many rows: thin strips would be launches, not products; a strip of 256
+// positions is still far less than the fp32 buffer of every position it replaces), at most d.
+int64_t stack_strip_width(int64_t N, int64_t groups, int64_t C, int64_t d, int64_t budget = kStripBudget,
                           int64_t min_width = kMinStackWidth) {
-  int64_t width = budget / std::max<int64_t>(N * M * C, 1);
+  int64_t width = budget / std::max<int64_t>(N * groups * C, 1);
   if (width >= 256) width = width / 256 * 256;
   return std::min(std::max(width, min_width), d);
 }
@@ -256,35 +295,35 @@ void require_aligned(const StudentBases& bases, const FeatInfo& info, int64_t gr
   TORCH_CHECK(proof.ok, "mtut: internal: a student product's pointer is not 16-byte aligned");
 }
 
+// The modalities that need a gradient (one stacked right operand each, student_gram_grads).
+int64_t needed(const Needs& needs) { return std::count(needs.begin(), needs.end(), true); }
+
+// The entries of one modality's stacked strips, [N, M C, width], rounded up to 64 entries (so
+// that every modality's starts 128-byte aligned, as W's blocks do).
+int64_t stack_region(int64_t N, int64_t MC, int64_t width) { return (N * MC * width + 63) / 64 * 64; }
+
 // Whether every pointer of student_gram_grads's products is proven aligned (AlignmentProof).
-// Its own buffers are: W's blocks and samples start 64 entries apart, the stacked strips are
-// a fresh buffer. What remains: the gradient's sample stride, and (16-bit operands) the
-// stacked strips' sample stride and their offsets into the gradient; else the inputs' rows
-// (the right operands).
-bool student_gram_aligned(const Prepared& p, const FeatInfo& info) {
+// Its own buffers are: W's blocks and samples start 64 entries apart, every modality's stacked
+// strips too. What remains: the gradient's sample stride, the stacked strips' sample stride and
+// the strips' offsets into the gradient.
+bool student_gram_aligned(const Prepared& p, const FeatInfo& info, const Needs& needs) {
   const int64_t N = info.N, M = info.M, C = info.channels[0], d = info.d, e = c10::elementSize(p.operand);
   const bool many = N > 1;
+  const int64_t width = stack_strip_width(N, M * needed(needs), C, d);
   AlignmentProof proof;
-  if (p.operand == at::kBFloat16 || p.operand == at::kHalf) {  // (as student_gram_grads's `stacked`)
-    const int64_t width = stack_strip_width(N, M, C, d);
-    proof.bytes(many ? C * d * e : 0).bytes(many ? M * C * width * e : 0);
-    for (int64_t i0 = 0; i0 < d; i0 += width) proof.bytes(i0 * e);
-  } else {
-    proof.bytes(many ? C * d * c10::elementSize(info.compute_dtype) : 0);
-    for (const at::Tensor& x : p.operands) proof.rows(x);
-  }
+  proof.bytes(many ? C * d * e : 0).bytes(many ? M * C * width * e : 0);
+  for (int64_t i0 = 0; i0 < d; i0 += width) proof.bytes(i0 * e);
   if (!proof.ok) note_fallback("gram students");
   return proof.ok;
 }
 
-// dL/dX_m of the gram backward through the student products (`slots` = L per sample), the
-// normalization backward folded in (folded_blocks_kernel): for 16-bit operands (bf16 inputs)
-// per strip of positions the maps' columns stacked (stack_strip_kernel) and ONE product,
-// dx_m[:, strip] = B_m [C, M C] Xs [M C, width], written in the input dtype (no fp32 buffer:
-// the product's K = M C instead of M products of K = C accumulating in fp32 memory); else M
-// products dx_m (+)= B_mn X_n (the left operand a column block of B_m) into the compute-dtype
-// result (float32/float64: the gradient itself; float16: its fp32 buffer). The rows without
-// weight: finish (folded) writes them.
+// dL/dX_m of the gram backward through the student products (`slots` = L per sample), in the
+// pair form with the normalization backward folded in (folded_blocks_kernel): per strip of
+// positions every modality m that needs a gradient gets its right operand [X_m; X_n - X_m ...]
+// (stack_strip_kernel), and ONE product per student, dx_m[:, strip] = B_m [C, M C] Xs_m
+// [M C, width] (K = M C), writes the gradient's strip in the operand dtype: the gradient itself
+// (bf16, float32, float64 inputs) or its fp32 buffer (float16). The rows without weight: finish
+// (folded) writes them.
 template <typename Top>
 std::vector<at::Tensor> student_gram_grads(const Prepared& p, const at::Tensor& kept, const Coefficients& c,
                                            const FeatInfo& info, const Needs& needs, int64_t slots, double eps,
@@ -292,18 +331,14 @@ std::vector<at::Tensor> student_gram_grads(const Prepared& p, const at::Tensor& 
   using T = Cmp<Top>;
   const int M = static_cast<int>(info.M);
   const int64_t N = info.N, C = info.channels[0], d = info.d, MC = M * C;
-  const bool stacked = p.operand == at::kBFloat16 || p.operand == at::kHalf;
   std::vector<at::Tensor> g(M);
   StudentBases bases{};
-  const auto out_dtype = stacked ? p.operand : info.compute_dtype;
-  const int64_t L = student_graw(info, needs, slots, kept.options().dtype(out_dtype), g, bases);
+  const int64_t L = student_graw(info, needs, slots, kept.options().dtype(p.operand), g, bases);
   if (L == 0) return g;
-  // B_mn of every m that needs it: stacked, B_m [C, M C] row-major; else the blocks [C, C]
-  // apart. Every operand a product reads starts on a 64-entry boundary (its pointer
-  // 128-byte aligned, as cuBLAS's vectorized loads like).
-  const int64_t w_block = (C * C + 63) / 64 * 64, w_sample = stacked ? (C * MC + 63) / 64 * 64 : M * N * w_block;
-  at::Tensor W = unwritten({M, stacked ? N * w_sample : w_sample}, kept.options().dtype(p.operand));
-  const int64_t out_stride = stacked ? w_sample : w_block, block_step = stacked ? C : N * w_block;
+  // B_m [C, M C] row-major of every m that needs it. Every operand a product reads starts on a
+  // 64-entry boundary (its pointer 128-byte aligned, as cuBLAS's vectorized loads like).
+  const int64_t w_sample = (C * MC + 63) / 64 * 64;
+  at::Tensor W = unwritten({M, N * w_sample}, kept.options().dtype(p.operand));
   // the kept blocks in upper-triangle order one kept_step apart, the scales C apart (saved's layout)
   const T* blocks = kept_block(kept, info.channels, 0, 0).const_data_ptr<T>();
   const int64_t kept_step = M > 1 ? kept_block(kept, info.channels, 0, 1).const_data_ptr<T>() - blocks : 0;
@@ -322,55 +357,34 @@ std::vector<at::Tensor> student_gram_grads(const Prepared& p, const at::Tensor& 
              dim3(static_cast<unsigned>(C), grid_dim(std::min(kMaxGrid, N - b0))), dim3(kThreads), stream, blocks,
              kept_step, kept.stride(0), scales, p.scales[0].stride(0), C, M, m, b0, p.norms[m].const_data_ptr<T>(), eps,
              c.factor.const_data_ptr<T>(), c.ref.select(0, m).const_data_ptr<T>(),
-             static_cast<Top*>(W.select(0, m).mutable_data_ptr()), out_stride, block_step, stacked ? MC : C);
+             static_cast<Top*>(W.select(0, m).mutable_data_ptr()), w_sample, C, MC);
   }
-  const int64_t elem_w = W.element_size(), elem_out = c10::elementSize(out_dtype);
-  const auto left_base = [&](int m, int n) {
-    return static_cast<const char*>(W.select(0, m).const_data_ptr()) + n * block_step * elem_w;
-  };
-  if (!stacked) {
-    const int64_t elem = p.operands[0].element_size();
-    for (int m = 0; m < M; ++m) {
-      if (!needs[m]) continue;
-      for (int n = 0; n < M; ++n) {
-        bases.left[m * M + n] = left_base(m, n);
-        bases.left_sample[m * M + n] = out_stride * elem_w;
-        bases.right[m * M + n] = static_cast<const char*>(p.operands[n].const_data_ptr());
-        bases.right_sample[m * M + n] = p.operands[n].stride(0) * elem;
-      }
-    }
-    const at::Tensor ptrs = student_pointers<T>(bases, info, L, M, c, elem_out, stream);
-    require_aligned(bases, info, elem_out);
-    const Matrix x = rows_matrix(rows_layout(p.operands[0]));
-    for (int j = 0; j < M; ++j)
-      pointer_product(ptrs, j * N * L, N * L, C, d, C, {true, C}, x, /*accumulate=*/j > 0, p.operand,
-                      info.compute_dtype);
-    return g;
-  }
-  const int64_t width = stack_strip_width(N, M, C, d);
-  at::Tensor Xs = unwritten({N, MC, width}, kept.options().dtype(p.operand));
+  // one stacked right operand per modality that needs a gradient, each region 64-entry aligned
+  const int64_t width = stack_strip_width(N, M * needed(needs), C, d), region = stack_region(N, MC, width);
+  at::Tensor Xs = unwritten({needed(needs), region}, kept.options().dtype(p.operand));
   StackSources src{};
   for (int m = 0; m < M; ++m) {
     const at::Tensor& x = p.operands[m];
     src.base[m] = x.const_data_ptr();
     src.sn[m] = x.stride(0), src.sc[m] = x.stride(1), src.sd[m] = x.stride(2);
   }
-  const int64_t elem_x = Xs.element_size();
+  const int64_t elem = Xs.element_size();
   for (int64_t i0 = 0; i0 < d; i0 += width) {
     const int64_t w = std::min(width, d - i0);
     const int64_t segs = row_split(N * MC, w, multiprocessors()), seg_len = (w + segs - 1) / segs;
-    launch("stack_strip_kernel", stack_strip_kernel<Top>, dim3(static_cast<unsigned>(N * MC), grid_dim(segs)),
-           dim3(kThreads), stream, src, M, C, i0, w, seg_len, width, static_cast<Top*>(Xs.mutable_data_ptr()));
-    for (int m = 0; m < M; ++m) {
+    for (int m = 0, slot = 0; m < M; ++m) {
       if (!needs[m]) continue;
-      bases.left[m * M + m] = left_base(m, 0);  // one term: all of B_m
-      bases.left_sample[m * M + m] = out_stride * elem_w;
-      bases.right[m * M + m] = static_cast<const char*>(Xs.const_data_ptr());
-      bases.right_sample[m * M + m] = MC * width * elem_x;
-      bases.graw[m] = static_cast<char*>(g[m].mutable_data_ptr()) + i0 * elem_out;  // the strip's columns
+      Top* xs = static_cast<Top*>(Xs.select(0, slot++).mutable_data_ptr());
+      launch("stack_strip_kernel", stack_strip_kernel<Top>, dim3(static_cast<unsigned>(N * MC), grid_dim(segs)),
+             dim3(kThreads), stream, src, M, m, C, i0, w, seg_len, width, xs);
+      bases.left[m * M + m] = static_cast<const char*>(W.select(0, m).const_data_ptr());  // one term: all of B_m
+      bases.left_sample[m * M + m] = w_sample * elem;
+      bases.right[m * M + m] = reinterpret_cast<const char*>(xs);
+      bases.right_sample[m * M + m] = MC * width * elem;
+      bases.graw[m] = static_cast<char*>(g[m].mutable_data_ptr()) + i0 * elem;  // the strip's columns
     }
-    const at::Tensor ptrs = student_pointers<T>(bases, info, L, 1, c, elem_out, stream);
-    require_aligned(bases, info, elem_out);
+    const at::Tensor ptrs = student_pointers<T>(bases, info, L, 1, c, elem, stream);
+    require_aligned(bases, info, elem);
     pointer_product(ptrs, 0, N * L, C, w, MC, {true, MC}, {true, width}, /*accumulate=*/false, p.operand, p.operand,
                     /*out_lead=*/d);
   }
