@@ -254,6 +254,9 @@ def mtut_cuda(p: Problem, prec: str, algo: str, gpu: GPU = H100) -> Plan:
                 )
             )
         fwd.append(Kernel("block_sqnorm", 0, kept, blocks=blocks))
+        # the pair form's right operands: [X_0; X_1 - X_0] for M = 2, else [X_m; X_n - X_m ...] per modality
+        for m in range(1 if p.M == 2 else p.M):
+            bwd.append(Kernel(f"stack {m}", 0, 2 * X + (p.M - 1) * N * ch[m] * d * e, blocks=blocks))
         for m, rows in enumerate(students(p)):
             if rows:  # the stacked strip [rows, C_m, C] of scaled blocks, then one bmm against X
                 bwd.append(Kernel(f"fold strip {m}", 0, 2 * rows * ch[m] * p.C * e, blocks=blocks))

@@ -172,9 +172,10 @@ def bf16_backward_bound(feats: list[torch.Tensor], weight: torch.Tensor, algo: s
     for m in range(M):
         c = [(-4 * w[:, m, n]) if n != m else 4 * (w[:, m].sum(1) - w[:, m, m]) for n in range(M)]
         if algo == "gram":
-            # the pair form (csrc/cuda/grads.cuh gram_grad_raw): A_m X_m + sum B_mn R_mn, each of
-            # A_m, B_mn and R_mn rounded once; equal channel counts: R_mn = X_n - X_m and
-            # |A_m| <= sum |c_mn| (|G_mn| + |G_mm|); else R_mn = X_n (exact) and A_m holds G_mm
+            # the pair form (csrc/cuda/grads.cuh gram_grad_raw, students.cuh folded_blocks_kernel):
+            # A_m X_m + sum B_mn R_mn, each of A_m, B_mn and R_mn rounded once; equal channel
+            # counts: R_mn = X_n - X_m and |A_m| <= sum |c_mn| (|G_mn| + |G_mm|); else R_mn = X_n
+            # (exact) and A_m holds G_mm. The bound of whichever path ran: the larger.
             Gmm = (xh[m] @ xh[m].transpose(1, 2)).abs()
             e = 0
             for n in range(M):
@@ -183,6 +184,9 @@ def bf16_backward_bound(feats: list[torch.Tensor], weight: torch.Tensor, algo: s
                 Gmn = (xh[m] @ xh[n].transpose(1, 2)).abs()
                 if xh[n].shape == xh[m].shape:
                     part = (Gmn + Gmm) @ xh[m].abs() + 2 * Gmn @ (xh[n] - xh[m]).abs()
+                    if M == 2 and m == 1:  # the students' shared [X_0; X_1 - X_0]: [A_1 | A_1 - B_10]
+                        shared = (Gmn + Gmm) @ xh[0].abs() + 2 * (2 * Gmn + Gmm) @ (xh[1] - xh[0]).abs()
+                        part = torch.maximum(part, shared)
                 else:
                     part = Gmm @ xh[m].abs() + Gmn @ xh[n].abs()
                 e = e + u * c[n].abs()[:, None, None] * part

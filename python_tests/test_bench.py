@@ -245,6 +245,13 @@ def test_gpu_model_work_of_whole_plans_by_hand():
     pl = G.mtut_cuda(p, "bf16", "gram")
     assert flops(pl.forward) == 2 * 6 * 832 * 832 * 3136 * 3
     assert flops(pl.backward) == 2 * 6 * 832 * 1664 * 3136
+    # the pair form's right operand (M = 2: one, shared): X read and written, X_0 read once more
+    X = 6 * 1664 * 3136 * 2
+    assert [k.bytes for k in pl.backward if k.name.startswith("stack")] == [2 * X + 6 * 832 * 3136 * 2]
+    # M = 3: one per modality
+    pl = G.mtut_cuda(Problem(6, (832,) * 3, 3136), "bf16", "gram")
+    X3 = 6 * 3 * 832 * 3136 * 2
+    assert [k.bytes for k in pl.backward if k.name.startswith("stack")] == [2 * X3 + 2 * 6 * 832 * 3136 * 2] * 3
     # direct: K_0, K_1 forward; backward both recomputed for the student rows, then Xh_0 E
     pl = G.mtut_cuda(p, "bf16", "direct")
     assert flops(pl.forward) == flops(pl.backward) - 2 * 6 * 832 * 3136**2 == 2 * 6 * 3136**2 * 1664

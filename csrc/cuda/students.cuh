@@ -25,8 +25,8 @@ namespace {
 // a gradient; a student beyond it gets ref = NaN, i.e. a NaN gradient.
 //   gram:   the pair form with the normalization backward folded into the weighted blocks
 //           (folded_blocks_kernel), so that the products write dL/dX_m itself: per strip of
-//           positions ONE product of K = M C per student over its stacked right operand
-//           [X_m; X_n - X_m ...] (stack_strip_kernel), written in the operand dtype.
+//           positions ONE product of K = M C per student over a stacked right operand
+//           ([X_0; X_1 - X_0] for M = 2, else [X_m; X_n - X_m ...]), in the operand dtype.
 //   direct: per strip of rows I one product graw_m (+)= X_m[:, I] E_m[I, :].
 constexpr int kMaxStudentModalities = 8;  // slot lists are 3-bit fields of one word
 struct StudentBases {
@@ -155,7 +155,7 @@ __global__ void __launch_bounds__(kThreads, 4)
                          const Cmp<Top>* __restrict__ scales, int64_t s_ld, int64_t C, int M, int m, int64_t b0,
                          const Cmp<Top>* __restrict__ norm, double eps, const Cmp<Top>* __restrict__ factor,
                          const Cmp<Top>* __restrict__ ref, Top* __restrict__ out, int64_t out_stride,
-                         int64_t block_step, int64_t row_step) {
+                         int64_t block_step, int64_t row_step, bool shared) {
   using T = Cmp<Top>;
   __shared__ double scratch[kThreads / 32];
   __shared__ double t;
@@ -194,16 +194,30 @@ __global__ void __launch_bounds__(kThreads, 4)
   }
   const T a = rf * sc * sc;
   Top* o = out + b * out_stride + c * row_step;
+  // M = 2 shares one right operand [X_0; X_1 - X_0] (stack_strip_kernel for m = 0): modality 1's
+  // X_1 = X_0 + (X_1 - X_0), so its B_1 = [A_1 | A_1 - B'_10]
+  const bool swap = shared && m == 1;
   for (int64_t k = threadIdx.x; k < C; k += kThreads) {
-    T diag = 0;  // A_m[c, k]
+    T diag = 0, other = 0;  // A_m[c, k]; (swap) B_10[c, k]
     for (int n = 0; n < M; ++n) {
       if (n == m) continue;
       const T sk = sb[n * C + k], smk = sm[k];
       const T pn = entry(block(n), n, k) * (sk * sk);
       diag += f[n] * (pn - entry(Pmm, n, k) * (smk * smk));
-      o[n * block_step + k] = from_compute<Top>(a * f[n] * pn);
+      const T bn = a * f[n] * pn;
+      if (swap)
+        other = bn;
+      else
+        o[n * block_step + k] = from_compute<Top>(bn);
     }
-    if (k != c) o[m * block_step + k] = from_compute<Top>(a * diag);
+    if (k == c) continue;  // the diagonal, below
+    const T av = a * diag;
+    if (swap) {
+      o[k] = from_compute<Top>(av);
+      o[block_step + k] = from_compute<Top>(av - other);
+    } else {
+      o[m * block_step + k] = from_compute<Top>(av);
+    }
   }
   if (threadIdx.x == 0) {
     const double s2 = static_cast<double>(sc) * sc;
@@ -215,7 +229,15 @@ __global__ void __launch_bounds__(kThreads, 4)
               (static_cast<double>(block(n)[c * C + c]) * (sn * sn) - static_cast<double>(Pmm[c * C + c]) * s2);
     }
     diag -= project ? s2 * t : 0.0;
-    o[m * block_step + c] = from_compute<Top>(static_cast<T>(static_cast<double>(a) * diag));
+    const double av = static_cast<double>(a) * diag;
+    if (swap) {
+      const T sk = sb[c];  // s_0c: B'_10[c, c] as the loop forms it
+      const T other = a * f[0] * (entry(block(0), 0, c) * (sk * sk));
+      o[c] = from_compute<Top>(static_cast<T>(av));
+      o[block_step + c] = from_compute<Top>(static_cast<T>(av - static_cast<double>(other)));
+    } else {
+      o[m * block_step + c] = from_compute<Top>(static_cast<T>(av));
+    }
   }
 }
 
@@ -295,8 +317,13 @@ void require_aligned(const StudentBases& bases, const FeatInfo& info, int64_t gr
   TORCH_CHECK(proof.ok, "mtut: internal: a student product's pointer is not 16-byte aligned");
 }
 
-// The modalities that need a gradient (one stacked right operand each, student_gram_grads).
-int64_t needed(const Needs& needs) { return std::count(needs.begin(), needs.end(), true); }
+// The stacked right operands of student_gram_grads: one for M = 2 ([X_0; X_1 - X_0], shared),
+// else one per modality that needs a gradient ([X_m; X_n - X_m ...]). (M = 2 with a shared
+// operand is exact too: its one pair involves X_0. For M >= 3 a shared base would not be: a pair
+// of two other modalities would enter as two rows of a product, not as their difference.)
+int64_t stacked_operands(const FeatInfo& info, const Needs& needs) {
+  return info.M == 2 ? 1 : std::count(needs.begin(), needs.end(), true);
+}
 
 // The entries of one modality's stacked strips, [N, M C, width], rounded up to 64 entries (so
 // that every modality's starts 128-byte aligned, as W's blocks do).
@@ -309,7 +336,7 @@ int64_t stack_region(int64_t N, int64_t MC, int64_t width) { return (N * MC * wi
 bool student_gram_aligned(const Prepared& p, const FeatInfo& info, const Needs& needs) {
   const int64_t N = info.N, M = info.M, C = info.channels[0], d = info.d, e = c10::elementSize(p.operand);
   const bool many = N > 1;
-  const int64_t width = stack_strip_width(N, M * needed(needs), C, d);
+  const int64_t width = stack_strip_width(N, M * stacked_operands(info, needs), C, d);
   AlignmentProof proof;
   proof.bytes(many ? C * d * e : 0).bytes(many ? M * C * width * e : 0);
   for (int64_t i0 = 0; i0 < d; i0 += width) proof.bytes(i0 * e);
@@ -319,9 +346,10 @@ bool student_gram_aligned(const Prepared& p, const FeatInfo& info, const Needs& 
 
 // dL/dX_m of the gram backward through the student products (`slots` = L per sample), in the
 // pair form with the normalization backward folded in (folded_blocks_kernel): per strip of
-// positions every modality m that needs a gradient gets its right operand [X_m; X_n - X_m ...]
-// (stack_strip_kernel), and ONE product per student, dx_m[:, strip] = B_m [C, M C] Xs_m
-// [M C, width] (K = M C), writes the gradient's strip in the operand dtype: the gradient itself
+// positions the stacked right operands (stacked_operands: [X_0; X_1 - X_0] for M = 2, else
+// [X_m; X_n - X_m ...] per modality m that needs a gradient; stack_strip_kernel), and ONE
+// product per student, dx_m[:, strip] = B_m [C, M C] Xs [M C, width] (K = M C), writes the
+// gradient's strip in the operand dtype: the gradient itself
 // (bf16, float32, float64 inputs) or its fp32 buffer (float16). The rows without weight: finish
 // (folded) writes them.
 template <typename Top>
@@ -357,11 +385,13 @@ std::vector<at::Tensor> student_gram_grads(const Prepared& p, const at::Tensor& 
              dim3(static_cast<unsigned>(C), grid_dim(std::min(kMaxGrid, N - b0))), dim3(kThreads), stream, blocks,
              kept_step, kept.stride(0), scales, p.scales[0].stride(0), C, M, m, b0, p.norms[m].const_data_ptr<T>(), eps,
              c.factor.const_data_ptr<T>(), c.ref.select(0, m).const_data_ptr<T>(),
-             static_cast<Top*>(W.select(0, m).mutable_data_ptr()), w_sample, C, MC);
+             static_cast<Top*>(W.select(0, m).mutable_data_ptr()), w_sample, C, MC, M == 2);
   }
-  // one stacked right operand per modality that needs a gradient, each region 64-entry aligned
-  const int64_t width = stack_strip_width(N, M * needed(needs), C, d), region = stack_region(N, MC, width);
-  at::Tensor Xs = unwritten({needed(needs), region}, kept.options().dtype(p.operand));
+  // the stacked right operands (stacked_operands), each region 64-entry aligned
+  const bool shared = M == 2;
+  const int64_t stacks = stacked_operands(info, needs);
+  const int64_t width = stack_strip_width(N, M * stacks, C, d), region = stack_region(N, MC, width);
+  at::Tensor Xs = unwritten({stacks, region}, kept.options().dtype(p.operand));
   StackSources src{};
   for (int m = 0; m < M; ++m) {
     const at::Tensor& x = p.operands[m];
@@ -374,9 +404,12 @@ std::vector<at::Tensor> student_gram_grads(const Prepared& p, const at::Tensor& 
     const int64_t segs = row_split(N * MC, w, multiprocessors()), seg_len = (w + segs - 1) / segs;
     for (int m = 0, slot = 0; m < M; ++m) {
       if (!needs[m]) continue;
-      Top* xs = static_cast<Top*>(Xs.select(0, slot++).mutable_data_ptr());
-      launch("stack_strip_kernel", stack_strip_kernel<Top>, dim3(static_cast<unsigned>(N * MC), grid_dim(segs)),
-             dim3(kThreads), stream, src, M, m, C, i0, w, seg_len, width, xs);
+      const bool fresh = !shared || slot == 0;  // (shared: the first modality stacks, the other reads it)
+      Top* xs = static_cast<Top*>(Xs.select(0, shared ? 0 : slot).mutable_data_ptr());
+      ++slot;
+      if (fresh)
+        launch("stack_strip_kernel", stack_strip_kernel<Top>, dim3(static_cast<unsigned>(N * MC), grid_dim(segs)),
+               dim3(kThreads), stream, src, M, shared ? 0 : m, C, i0, w, seg_len, width, xs);
       bases.left[m * M + m] = static_cast<const char*>(W.select(0, m).const_data_ptr());  // one term: all of B_m
       bases.left_sample[m * M + m] = w_sample * elem;
       bases.right[m * M + m] = reinterpret_cast<const char*>(xs);
