@@ -192,11 +192,6 @@ def test_loss_gradient_has_nothing_from_the_identical_pair(case, algo, distance,
     _assert_bitwise_equal([f.grad for f in feats], expected, f"{BACKEND} {algo} {distance} cap {cap}")
 
 
-# The CUDA gram backward still sums coef_mm P_mm s^2 X_m and coef_mn P_mn s^2 X_n as separate
-# products into one accumulator (gram_grad_raw, student_gram_grads): not yet the same
-# operations on both sides of each difference (2e-16 fp64 at M = 2; 0.03-0.25 at weights 1e6).
-
-
 @pytest.mark.skipif(TRITON, reason="the emulation runs in the cpu process")
 @pytest.mark.parametrize("algo", ["direct", "gram"])
 @given(case=identical_case(), scale_exp=st.sampled_from([0.0, 5.0, 11.0]), seed=st.integers(0, 2**16))
@@ -213,6 +208,18 @@ def test_cuda_emulated_identical_pair_adds_exactly_zero(emulated, algo, case, sc
     if info.M == 2:
         assert all(torch.count_nonzero(e) == 0 for e in expected)
     _assert_bitwise_equal(got, expected, f"cuda (emulated) {algo}")
+
+
+@pytest.mark.skipif(TRITON, reason="the emulation runs in the cpu process")
+@pytest.mark.parametrize("algo, C", [("direct", 8), ("direct", 1), ("gram", 1), ("gram", 8)])
+def test_issue_snippet_on_the_emulated_cuda_kernels(emulated, algo, C):  # noqa: F811
+    """The reproducer of issue 34 on the CUDA kernels (emulated): the loss's backward as
+    mtut::ssa_loss forms it, "fro2", gives exactly zero gradients."""
+    torch.manual_seed(0)
+    a = torch.randn(2, 8, 1, 3, 7)[:, :C]
+    ce = torch.tensor([[7.5, 9.6], [10.9, 8.6]])
+    grads = emulated.ssa_loss_grads([a.clone(), a.clone()], ce, algo, distance="fro2")
+    assert all(torch.count_nonzero(g) == 0 for g in grads)
 
 
 def test_issue_snippet_gives_zero_gradients():
