@@ -164,14 +164,16 @@ __global__ void __launch_bounds__(kThreads, 4)
   if (rf == T(0)) return;
   const T* f = factor + (b * M + m) * M;
   const T* sb = scales + b * s_ld;  // s_n of sample b at sb + n C
-  // P_mn[c, k]: the kept P_ij (i = min, j = max) at index i M - i (i - 1) / 2 + j - i
-  const auto block = [&](int n) {
+  const T* kept = blocks + b * block_stride;
+  // row c of P_mn as the product reads it, entries `step` apart: the kept P_ij (i = min, j = max,
+  // at index i M - i (i - 1) / 2 + j - i) read along its row c (n >= m) or its column c (n < m);
+  // `of` = m reads P_mm in the orientation of n (P_mm^(n))
+  const auto row = [&](int n, int of) {
     const int i = n < m ? n : m, j = n < m ? m : n;
-    return blocks + (i * M - i * (i - 1) / 2 + j - i) * kept_step + b * block_stride;
+    const T* P = kept + (i * M - i * (i - 1) / 2 + j - i) * kept_step;
+    return of >= m ? P + c * C : P + c;
   };
-  // entry k of row c of a block read as P_mn is (transposed for n < m)
-  const auto entry = [&](const T* P, int n, int64_t k) { return n >= m ? P[c * C + k] : P[k * C + c]; };
-  const T* Pmm = block(m);
+  const auto step = [&](int n) { return n >= m ? int64_t(1) : C; };
   const T* sm = sb + m * C;
   const T sc = sm[c];
   const bool project = norm[b * s_ld + c] > eps;  // r_m of row c (the rule of normalize_backward)
@@ -179,11 +181,12 @@ __global__ void __launch_bounds__(kThreads, 4)
     double acc = 0;
     for (int n = 0; n < M; ++n) {
       if (n == m) continue;
-      const T* P = block(n);
-      const T* s = sb + n * C;
+      const T *pn = row(n, n), *pm = row(m, n), *s = sb + n * C;
+      const int64_t st = step(n);
       double part = 0;
+#pragma unroll 1
       for (int64_t k = threadIdx.x; k < C; k += kThreads) {
-        const double v = static_cast<double>(entry(P, n, k)) * s[k], w = static_cast<double>(entry(Pmm, n, k)) * sm[k];
+        const double v = static_cast<double>(pn[k * st]) * s[k], w = static_cast<double>(pm[k * st]) * sm[k];
         part += v * v - w * w;
       }
       acc += static_cast<double>(f[n]) * part;
@@ -197,42 +200,54 @@ __global__ void __launch_bounds__(kThreads, 4)
   // M = 2 shares one right operand [X_0; X_1 - X_0] (stack_strip_kernel for m = 0): modality 1's
   // X_1 = X_0 + (X_1 - X_0), so its B_1 = [A_1 | A_1 - B'_10]
   const bool swap = shared && m == 1;
-  for (int64_t k = threadIdx.x; k < C; k += kThreads) {
-    T diag = 0, other = 0;  // A_m[c, k]; (swap) B_10[c, k]
+  // (loops of few live values: the sm_80 build of one loop for both kept over 64 registers)
+  if (!swap) {  // B_mn, n != m
     for (int n = 0; n < M; ++n) {
       if (n == m) continue;
-      const T sk = sb[n * C + k], smk = sm[k];
-      const T pn = entry(block(n), n, k) * (sk * sk);
-      diag += f[n] * (pn - entry(Pmm, n, k) * (smk * smk));
-      const T bn = a * f[n] * pn;
-      if (swap)
-        other = bn;
-      else
-        o[n * block_step + k] = from_compute<Top>(bn);
+      const T *pn = row(n, n), *s = sb + n * C;
+      const int64_t st = step(n);
+      const T fa = a * f[n];
+      for (int64_t k = threadIdx.x; k < C; k += kThreads) {
+        const T sk = s[k];
+        o[n * block_step + k] = from_compute<Top>(fa * (pn[k * st] * (sk * sk)));
+      }
     }
-    if (k == c) continue;  // the diagonal, below
+  }
+#pragma unroll 1
+  for (int64_t k = threadIdx.x; k < C; k += kThreads) {  // A_m off the diagonal (swap: and A_1 - B_10)
+    if (k == c) continue;                                // the diagonal, below
+    const T smk = sm[k];
+    T diag = 0, pk = 0;
+    for (int n = 0; n < M; ++n) {
+      if (n == m) continue;
+      const T sk = sb[n * C + k];
+      const int64_t st = step(n);
+      pk = row(n, n)[k * st] * (sk * sk);
+      diag += f[n] * (pk - row(m, n)[k * st] * (smk * smk));
+    }
     const T av = a * diag;
     if (swap) {
       o[k] = from_compute<Top>(av);
-      o[block_step + k] = from_compute<Top>(av - other);
+      o[block_step + k] = from_compute<Top>(av - a * f[0] * pk);  // (M = 2: pk is P_10's)
     } else {
       o[m * block_step + k] = from_compute<Top>(av);
     }
   }
   if (threadIdx.x == 0) {
     const double s2 = static_cast<double>(sc) * sc;
+    const T pmc = row(m, m)[c];  // P_mm[c, c] (either orientation)
     double diag = 0;
     for (int n = 0; n < M; ++n) {
       if (n == m) continue;
       const double sn = sb[n * C + c];
       diag += static_cast<double>(f[n]) *
-              (static_cast<double>(block(n)[c * C + c]) * (sn * sn) - static_cast<double>(Pmm[c * C + c]) * s2);
+              (static_cast<double>(row(n, n)[c * step(n)]) * (sn * sn) - static_cast<double>(pmc) * s2);
     }
     diag -= project ? s2 * t : 0.0;
     const double av = static_cast<double>(a) * diag;
     if (swap) {
       const T sk = sb[c];  // s_0c: B'_10[c, c] as the loop forms it
-      const T other = a * f[0] * (entry(block(0), 0, c) * (sk * sk));
+      const T other = a * f[0] * (row(0, 0)[c * step(0)] * (sk * sk));
       o[c] = from_compute<Top>(static_cast<T>(av));
       o[block_step + c] = from_compute<Top>(static_cast<T>(av - static_cast<double>(other)));
     } else {
