@@ -158,15 +158,19 @@ __global__ void __launch_bounds__(kThreads)
   const T* s_m = sm + b * s_ld;
   const T f = factor[b * factor_stride];
   T* o = acc + b * C * C;
+  const int64_t st = lower ? C : 1;    // row i of a block as the product reads it: i + j C (lower) or i C + j
   for (int64_t i = r0; i < r1; ++i) {  // consecutive threads: consecutive columns
+    const T* mrow = pm + (lower ? i : i * C);
+    const T* nrow = pn + (lower ? i : i * C);
+    T* orow = o + i * C;
     for (int64_t j = threadIdx.x; j < C; j += kThreads) {
-      const T smj = s_m[j], m_side = (lower ? pm[j * C + i] : pm[i * C + j]) * (smj * smj);
+      const T smj = s_m[j], m_side = mrow[j * st] * (smj * smj);
       T v = -m_side;
       if (same) {
         const T snj = s_n[j];
-        v = (lower ? pn[j * C + i] : pn[i * C + j]) * (snj * snj) - m_side;
+        v = nrow[j * st] * (snj * snj) - m_side;
       }
-      o[i * C + j] = first ? f * v : o[i * C + j] + f * v;
+      orow[j] = first ? f * v : orow[j] + f * v;
     }
   }
 }
