@@ -16,38 +16,22 @@ the direct algorithm's bf16-rounded left operand).
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
 from mtut_ops import _validation as V
 from mtut_ops import reference as R
 
+from . import cuda_emulation
 from .conftest import leaf, make_ce, make_feats
 from .error_bounds import assert_cuda_grads_within_bound, cuda_operand_sqdist, loss_from_sqdist_bounds, sqdist_bound
 
-ROOT = Path(__file__).resolve().parents[1]
 EPS = 1e-8
 
 
 @pytest.fixture(scope="module")
 def emulated():
-    from torch.utils import cpp_extension
-
-    build = ROOT / "build" / os.environ.get("MTUT_EMULATION_BUILD_DIR", "cuda_emulated")
-    build.mkdir(parents=True, exist_ok=True)
-    here = Path(__file__).resolve().parent / "cuda_emulation"
-    cpp_extension.load(
-        name="mtut_cuda_emulated",
-        sources=[str(here / "ssa_cuda_emulated.cpp"), str(ROOT / "csrc" / "ssa_common.cpp")],
-        extra_include_paths=[str(ROOT / "csrc"), str(here)],
-        extra_cflags=["-O2", "-std=c++20"],  # the emulation's std::barrier; torch may default to C++17
-        build_directory=str(build),
-        is_python_module=False,
-    )
-    return Emulated(torch.ops.mtut_emulated)
+    return Emulated(cuda_emulation.load())
 
 
 class Emulated:
