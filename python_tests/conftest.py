@@ -101,12 +101,22 @@ _EMULATED_DEEP_TESTS = {
     "test_gradcheck": None,
     "test_gradcheck_loss_from_sqdist": None,
 }
-#: What cannot apply to the emulation, and why.
-_EMULATED_SKIPS = {
-    name: "the fake implementations describe the kernels of the tensors' device (CPU tensors: the cpu "
+
+_FAKES_DESCRIBE_THE_DEVICE = (
+    "the fake implementations describe the kernels of the tensors' device (CPU tensors: the cpu "
     "kernels' saved buffer); the emulated CUDA kernels keep CUDA's (on a GPU the main run opchecks them)"
-    for name in ("test_opcheck_sqdist_forward_and_backward", "test_opcheck_ssa_loss")
-}
+)
+
+
+def _emulated_skip(item):
+    """Why a backend_device test does not run on the emulated CUDA kernels, or None."""
+    if item.originalname in ("test_opcheck_sqdist_forward_and_backward", "test_opcheck_ssa_loss"):
+        return _FAKES_DESCRIBE_THE_DEVICE
+    if item.originalname == "test_opcheck_correlation_and_focal_weight":
+        return "ops without a CUDA kernel of their own (the same code on every device): the main run's"
+    if hasattr(item, "callspec") and item.callspec.params.get("which") == "reference":
+        return "the reference, whatever the backend: the main run's"
+    return None
 
 
 def _emulated_deep(item) -> bool:
@@ -130,8 +140,9 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason="no backend_device: the main run's, not the emulation's"))
                 continue
             item.add_marker(pytest.mark.emulated)
-            if item.originalname in _EMULATED_SKIPS:
-                item.add_marker(pytest.mark.skip(reason=_EMULATED_SKIPS[item.originalname]))
+            why = _emulated_skip(item)
+            if why is not None:
+                item.add_marker(pytest.mark.skip(reason=why))
             elif _emulated_deep(item):
                 item.add_marker(pytest.mark.deep)
         return
