@@ -6,8 +6,12 @@
 #   make test-fast        the fast tier only, on what is built (no setup, no build)
 #   make test-deep        the deep tier: hypothesis at full budget, DDP, the demo end to end,
 #                         packaging subprocesses, long emulations, every op test on the
-#                         interpreted triton backend (make test-triton-interp)
+#                         interpreted triton backend (make test-triton-interp) and on the
+#                         emulated CUDA kernels (make test-cuda-emulated)
 #   make gpu-static       the CUDA kernels compiled for every architecture, checked (CI)
+# The shared op tests (fixture backend_device, python_tests/conftest.py) run on the interpreted
+# triton backend and on the CUDA kernels emulated on the CPU in pytest runs of their own, which
+# set MTUT_TEST_BACKEND (test-fast-triton-kernels, test-fast-cuda-emulated and their deep runs).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -45,7 +49,8 @@ define pytest_tier
 endef
 
 .PHONY: setup build build-here built test test-fast test-fast-main test-fast-triton-registration \
-	test-fast-triton-kernels test-deep test-deep-main test-hypothesis test-triton-interp \
+	test-fast-triton-kernels test-fast-cuda-emulated test-deep test-deep-main test-hypothesis \
+	test-triton-interp test-cuda-emulated \
 	lint format check-install gpu-static gpu-check demo bench test-gpu bench-gpu clean
 
 $(VENV)/.deps: requirements-dev.txt
@@ -78,9 +83,12 @@ test: build-here
 # The fast tier: the main run; the triton ops' GPU registration traced without a GPU
 # (MTUT_REGISTER_TRITON=1); the triton kernels and the per-op reference checks on the
 # triton backend, interpreted (TRITON_INTERPRET=1, which must be set before mtut_ops is
-# imported; conftest.py). With a GPU the main run covers both. Each is its own target:
-# `make -k test-fast` runs them all even when one fails.
-test-fast: test-fast-main test-fast-triton-registration test-fast-triton-kernels
+# imported; conftest.py); the edge cases, op contract and op registration tests on the CUDA
+# kernels emulated on the CPU (MTUT_TEST_BACKEND=cuda-emulated: python_tests/cuda_emulation
+# routes torch.ops.mtut's CPU kernels to them in that run; conftest.py marks the slow ones
+# deep). With a GPU the main run covers all three. Each is its own target: `make -k test-fast`
+# runs them all even when one fails.
+test-fast: test-fast-main test-fast-triton-registration test-fast-triton-kernels test-fast-cuda-emulated
 
 test-fast-main: built
 	$(call pytest_tier,fast tier,,-m "not deep" python_tests)
@@ -95,8 +103,14 @@ ifneq ($(HAS_GPU),1)
 	$(call pytest_tier,fast tier: triton interpreted,TRITON_INTERPRET=1 MTUT_TEST_BACKEND=triton,-m "not deep" python_tests/test_triton_kernels.py python_tests/test_accuracy.py)
 endif
 
+EMULATED_FAST = python_tests/test_edge_cases.py python_tests/test_op_contract.py python_tests/test_op_registration.py
+test-fast-cuda-emulated: built
+ifneq ($(HAS_GPU),1)
+	$(call pytest_tier,fast tier: cuda emulated,MTUT_TEST_BACKEND=cuda-emulated,-m "not deep" $(EMULATED_FAST))
+endif
+
 # The deep tier: what the fast one leaves out (seconds to minutes a test).
-test-deep: test-deep-main test-hypothesis test-triton-interp
+test-deep: test-deep-main test-hypothesis test-triton-interp test-cuda-emulated
 
 test-deep-main: built
 	$(call pytest_tier,deep tier,,-m deep python_tests)
@@ -111,6 +125,14 @@ test-hypothesis: built
 test-triton-interp: built
 ifneq ($(HAS_GPU),1)
 	$(call pytest_tier,triton interpreted: every op test,TRITON_INTERPRET=1 MTUT_TEST_BACKEND=triton MTUT_HYPOTHESIS_EXAMPLES=10,-m "interpreted and deep" python_tests)
+endif
+
+# The other backend_device tests (the accuracy against the reference, gradcheck, compile, the
+# property tests at 10 examples) on the CUDA kernels emulated on the CPU (conftest marks them
+# deep). With a GPU the deep run has them on the CUDA kernels themselves.
+test-cuda-emulated: built
+ifneq ($(HAS_GPU),1)
+	$(call pytest_tier,cuda emulated: every op test,MTUT_TEST_BACKEND=cuda-emulated MTUT_HYPOTHESIS_EXAMPLES=10,-m "emulated and deep" python_tests)
 endif
 
 # Lint and format checks (CI): ruff with pyproject.toml's settings, clang-format with

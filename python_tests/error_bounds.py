@@ -246,9 +246,9 @@ def loss_from_sqdist_bounds(
     return both * loss, both * gamma(12 + 2 * x_max, u)
 
 
-def assert_cuda_grads_within_bound(grads, ref, feats, ce, algo: str, dtype: torch.dtype) -> None:
+def assert_cuda_grads_within_bound(grads, ref, feats, ce, algo: str, dtype: torch.dtype, lambda_: float = 0.5) -> None:
     """Each entry of the CUDA kernels' float32/float16/bfloat16 gradients (``grads``, of the loss
-    with beta 2, lambda_ 0.5, "rms") within its bound of the fp64 reference's (``ref``: leaves
+    with beta 2, ``lambda_``, "rms") within its bound of the fp64 reference's (``ref``: leaves
     with .grad) for the inputs ``feats`` (on the CPU) and losses ``ce``."""
     from mtut_ops import reference as R
 
@@ -262,7 +262,7 @@ def assert_cuda_grads_within_bound(grads, ref, feats, ce, algo: str, dtype: torc
     if dtype == torch.bfloat16:
         S_leaf = S_ref.clone().requires_grad_()
         (weight,) = torch.autograd.grad(
-            torch.ops.mtut.ssa_loss_from_sqdist(S_leaf, ce, 2.0, 0.5, "rms", d, None), S_leaf
+            torch.ops.mtut.ssa_loss_from_sqdist(S_leaf, ce, 2.0, lambda_, "rms", d, None), S_leaf
         )
         rounded = bf16_backward_bound([f.double() for f in feats], weight, algo)
     else:

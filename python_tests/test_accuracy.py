@@ -19,7 +19,7 @@ from mtut_ops import _validation as V
 from mtut_ops import reference as R
 
 from .conftest import leaf, make_ce, make_feats
-from .error_bounds import cuda_operand_sqdist, grad_rtol, sqdist_bound
+from .error_bounds import assert_cuda_grads_within_bound, cuda_operand_sqdist, grad_rtol, sqdist_bound
 
 ALGOS = ["direct", "gram", "auto"]
 
@@ -149,6 +149,11 @@ def test_low_precision_inputs_within_bound(backend_device, algo, dtype):
     torch.testing.assert_close(L.double().cpu(), Lr, rtol=rel, atol=0)
     L.backward()
     Lr.backward()
+    if backend == "cuda":  # the same bound, plus the rounding of the bf16 backward's scaled operands
+        assert_cuda_grads_within_bound(
+            [a.grad for a in ours], ref, [f.detach().cpu() for f in feats], ce.cpu(), which, dtype, lambda_=5e-3
+        )
+        return
     for a, b in zip(ours, ref):
         assert a.grad.dtype == dtype  # gradients come back in the input dtype
         # the arithmetic bound, plus the final rounding of the exact gradient to dtype:
@@ -204,14 +209,22 @@ def test_focal_weight_matches_reference(backend_device):
 
 
 def test_auto_matches_the_documented_cost_model(backend_device):
-    """algo='auto' inside the kernels picks what mtut_ops._validation.resolve_algo picks."""
+    """algo='auto' inside the kernels picks what mtut_ops._validation.resolve_algo picks, on
+    both sides of the backend's crossover too; which algorithm ran shows in the distances and
+    in what the forward keeps for the backward (the Gram blocks, or not)."""
     backend, device = backend_device
-    for channels, spatial in [([16, 16], [2, 3]), ([4, 4], [8, 8]), ([40, 8], [7, 7]), ([50, 50], [4, 4, 4])]:
+    d_last = int(V.AUTO_FACTORS[backend] * 64 // 10)  # C = 8, P = 1: direct while 10 d <= factor 64
+    cases = [([16, 16], [2, 3]), ([4, 4], [8, 8]), ([40, 8], [7, 7]), ([50, 50], [4, 4, 4])]
+    for channels, spatial in cases + [([4, 4], [1, d_last]), ([4, 4], [1, d_last + 1])]:
         feats = make_feats(2, channels, spatial, device=device, dtype=torch.float32)
         choice = V.resolve_algo("auto", feats[0][0, 0].numel(), channels, backend, torch.float32)
-        auto = torch.ops.mtut.pairwise_sqdist(feats, 1e-8, "auto") if backend in ("cpu", "cuda") else None
-        if auto is not None:
-            assert torch.equal(auto, torch.ops.mtut.pairwise_sqdist(feats, 1e-8, choice))
+        if backend in ("cpu", "cuda"):
+            auto, kept = torch.ops.mtut.sqdist_forward(feats, 1e-8, "auto", False, True)
+            S, kept_choice = torch.ops.mtut.sqdist_forward(feats, 1e-8, choice, False, True)
+            assert torch.equal(auto, S) and kept.shape == kept_choice.shape, (channels, spatial, choice)
+    assert V.resolve_algo("auto", d_last, [4, 4], backend, torch.float32) == "direct"
+    assert V.resolve_algo("auto", d_last + 1, [4, 4], backend, torch.float32) == "gram"
+    assert V.saved_width([4, 4], "gram", backend) != V.saved_width([4, 4], "direct", backend)
     for b in V.AUTO_FACTORS:
         for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             assert V.resolve_algo("auto", 392, [1024, 1024], b, dtype) == "direct"  # I3D Mixed_5c at 224

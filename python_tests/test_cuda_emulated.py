@@ -9,6 +9,14 @@ indexing with ragged edges, the upper-triangle weights, the per-pair slots and t
 fixed-order reductions of our kernels, and the normalization backward. It says nothing
 about speed, races, or cuBLAS itself; python_tests run the real kernels on a GPU.
 
+The properties every backend shares (edge cases, the op contract: autocast, vmap, frozen
+modalities..., the accuracy against the reference) are the backend_device tests', which
+run on these kernels as the backend ("cuda", "cpu") in a run of their own
+(MTUT_TEST_BACKEND=cuda-emulated: make test-fast-cuda-emulated, make test-cuda-emulated;
+cuda_emulation/__init__.py routes torch.ops.mtut to them). This file keeps what is
+specific to the CUDA kernels: their host code, budgets, products and promises, called
+through torch.ops.mtut_emulated.
+
 Tolerances: the bounds of python_tests/error_bounds.py, against the exact S of the
 operands the products see (error_bounds.cuda_operand_sqdist: the reference itself, except
 the direct algorithm's bf16-rounded left operand).
@@ -16,38 +24,22 @@ the direct algorithm's bf16-rounded left operand).
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
 from mtut_ops import _validation as V
 from mtut_ops import reference as R
 
+from . import cuda_emulation
 from .conftest import leaf, make_ce, make_feats
 from .error_bounds import assert_cuda_grads_within_bound, cuda_operand_sqdist, loss_from_sqdist_bounds, sqdist_bound
 
-ROOT = Path(__file__).resolve().parents[1]
 EPS = 1e-8
 
 
 @pytest.fixture(scope="module")
 def emulated():
-    from torch.utils import cpp_extension
-
-    build = ROOT / "build" / os.environ.get("MTUT_EMULATION_BUILD_DIR", "cuda_emulated")
-    build.mkdir(parents=True, exist_ok=True)
-    here = Path(__file__).resolve().parent / "cuda_emulation"
-    cpp_extension.load(
-        name="mtut_cuda_emulated",
-        sources=[str(here / "ssa_cuda_emulated.cpp"), str(ROOT / "csrc" / "ssa_common.cpp")],
-        extra_include_paths=[str(ROOT / "csrc"), str(here)],
-        extra_cflags=["-O2", "-std=c++20"],  # the emulation's std::barrier; torch may default to C++17
-        build_directory=str(build),
-        is_python_module=False,
-    )
-    return Emulated(torch.ops.mtut_emulated)
+    return Emulated(cuda_emulation.load())
 
 
 class Emulated:
@@ -118,29 +110,6 @@ def test_pairwise_sqdist(emulated, algo, shape, dtype):
     assert torch.equal(S, S.transpose(1, 2)) and (S.diagonal(dim1=1, dim2=2) == 0).all()
 
 
-@pytest.mark.parametrize("algo", ["direct", "gram"])
-def test_noncontiguous_and_deterministic(emulated, algo):
-    feats = make_feats(2, [6, 33], [3, 23], noncontiguous=True, dtype=torch.float32, seed=5)
-    assert not feats[0].is_contiguous()
-    S1 = emulated.pairwise_sqdist(feats, EPS, algo)
-    S2 = emulated.pairwise_sqdist(feats, EPS, algo)
-    assert torch.equal(S1, S2)
-    ref = R.pairwise_sqdist([f.double() for f in feats])
-    assert ((S1.double() - ref).abs() <= sqdist_bound([6, 33], 69, torch.float32, algo, ref)).all()
-
-
-def test_zero_rows_and_nan(emulated):
-    feats = make_feats(1, [3, 4], [2, 3], seed=2)
-    feats[0][0, 1] = 0  # a zero row: scale 1 / eps, xh = 0
-    for algo in ("direct", "gram"):
-        torch.testing.assert_close(
-            emulated.pairwise_sqdist(feats, EPS, algo), R.pairwise_sqdist(feats), rtol=1e-12, atol=1e-12
-        )
-    feats[1][0, 2, 1, 1] = float("nan")
-    for algo in ("direct", "gram"):
-        assert emulated.pairwise_sqdist(feats, EPS, algo)[0, 0, 1].isnan()
-
-
 def assert_sqdist_matches_reference(S, feats):
     """S of fp64 maps against the fp64 reference."""
     S_ref = R.pairwise_sqdist(feats)
@@ -162,10 +131,12 @@ def assert_backward_matches_reference(emulated, feats, kept, algo, seed):
 
 @pytest.mark.parametrize("algo", ["direct", "gram"])
 def test_backward_ops_fp64(emulated, algo):
-    """sqdist_backward, for the symmetric distances and for the loss, against autograd
-    through the reference, on strided inputs, from the kept blocks and without them."""
+    """The distances, and sqdist_backward for the symmetric distances and for the loss,
+    against the reference (autograd through it), on strided inputs, from the kept blocks
+    and without them."""
     feats = make_feats(2, [5, 7, 3], [2, 35], seed=9, noncontiguous=True)
-    _, kept = emulated.ops.sqdist_forward(feats, EPS, algo, False, True)
+    S, kept = emulated.ops.sqdist_forward(feats, EPS, algo, False, True)
+    assert_sqdist_matches_reference(S, feats)
     # 6 blocks, each padded to 64 entries (gram), then the 2 x 15 row norms and scales, padded to 64
     assert kept.shape == (2, (6 * 64 if algo == "gram" else 0) + 64)
     assert kept.shape[1] == V.saved_width([5, 7, 3], algo, "cuda")
@@ -540,36 +511,6 @@ def test_unaligned_pointer_products_take_aten(emulated, case, algo, dtype, spati
 
 @pytest.mark.parametrize("algo", ["direct", "gram"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
-def test_identical_inputs_give_exact_zeros(emulated, algo, dtype):
-    """X_m = X_n: S is exactly 0 (every Gram block is its own product of the same rows,
-    every K strip too), and so is the loss's gradient. C = 66 and d = 65 make the blocks'
-    row chunks and the direct strips ragged."""
-    (f,) = make_feats(1, [66], [5, 13], seed=8)
-    feats = [f.to(dtype), f.clone().to(dtype)]
-    S = emulated.pairwise_sqdist(feats, EPS, algo)
-    assert torch.equal(S, torch.zeros_like(S))
-    grads = emulated.ssa_loss_grads(feats, make_ce(2, 1, seed=2).to(S.dtype), algo)
-    for g in grads:
-        assert torch.equal(g, torch.zeros_like(g))
-
-
-@pytest.mark.parametrize("algo", ["direct", "gram"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d)[6:])
-def test_autocast_changes_nothing(emulated, algo, dtype):
-    """The CUDA host code calls at::bmm / at::baddbmm_: without the autocast kernel
-    (registered here for the CPU key the emulation runs on, as for AutocastCUDA on a GPU)
-    those would run in 16 bits inside an autocast region."""
-    feats = [f.to(dtype) for f in make_feats(2, [6, 9], [5, 7], seed=6)]
-    ce = make_ce(2, 2, seed=3).float()
-    plain = [emulated.pairwise_sqdist(feats, EPS, algo)] + emulated.ssa_loss_grads(feats, ce, algo)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        autocast = [emulated.pairwise_sqdist(feats, EPS, algo)] + emulated.ssa_loss_grads(feats, ce, algo)
-    for a, b in zip(plain, autocast):
-        assert torch.equal(a, b)
-
-
-@pytest.mark.parametrize("algo", ["direct", "gram"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
 def test_products_run_in_the_input_precision(emulated, algo, dtype):
     """The cuBLAS products' operand dtypes, forward and backward (what runs on tensor cores):
     bf16 inputs, every product on bf16 operands; fp16 inputs, the forward Gram blocks on fp16
@@ -590,25 +531,6 @@ def test_products_run_in_the_input_precision(emulated, algo, dtype):
         assert log[:blocks] == [own] * blocks and set(log[blocks:]) == {fp32}, log
     else:
         assert set(log) == {own}, log
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("expected", ["direct", "gram"])
-def test_auto_follows_the_cuda_rule(emulated, dtype, expected):
-    """algo='auto' in the CUDA kernels is the CUDA rule (csrc/ssa_common.cpp auto_factor, read
-    by mtut_ops._validation.AUTO_FACTORS) on both sides of its crossover. Which algorithm
-    ran shows in what the forward keeps for the backward: the Gram blocks and the row norms,
-    or the norms alone."""
-    channels = [4, 4]  # C = 8, P = 1: direct while 10 d <= factor * 64
-    d_last = int(V.AUTO_FACTORS["cuda"] * 64 // 10)
-    d = d_last if expected == "direct" else d_last + 1
-    spatial = (1, 1, d)
-    assert V.resolve_algo("auto", d, channels, "cuda", dtype) == expected
-    feats = [f.to(dtype) for f in make_feats(1, channels, list(spatial), seed=3)]
-    S, kept = emulated.ops.sqdist_forward(feats, EPS, "auto", True, True)
-    assert kept.shape == (1, V.saved_width(channels, expected, "cuda"))
-    assert V.saved_width(channels, "gram", "cuda") != V.saved_width(channels, "direct", "cuda")
-    assert torch.equal(S, emulated.pairwise_sqdist(feats, EPS, expected))
 
 
 # ------------------------------------------------------------------ the loss over S
