@@ -23,7 +23,8 @@ each with its minimum detectable effect (MDE: one-sided 5%, power 0.8; the seed-
 test's MDE uses its t quantiles).
 
 Outputs (``--out``): ``paired.csv`` (one row per seed and arm), ``per_clip.csv`` (one
-row per seed, arm and clip: label and prediction), ``paired.md`` (the tables and the
+row per seed, arm and clip: label and prediction), ``per_seed.csv`` (the write-up's per-seed
+table, as :mod:`examples.study.recheck` reads it), ``paired.md`` (the tables and the
 statistics), ``stats.json`` and ``paired.png`` (per-seed paired lines and the gains'
 intervals).
 """
@@ -281,11 +282,41 @@ def aggregate(
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(_csv(rows), out / "paired.csv")
     write_text_atomic(_csv(per_clip_rows(evals, seeds, [baseline, *arms], modality)), out / "per_clip.csv")
+    write_text_atomic(_csv(per_seed_rows(rows, baseline)), out / "per_seed.csv")
     write_text_atomic(markdown(rows, stats), out / "paired.md")
     write_json_atomic({**stats, "rows": rows}, out / "stats.json")
     if plot:
         plot_paired(rows, stats, out / "paired.png")
     return {**stats, "rows": rows}
+
+
+def per_seed_rows(rows: list[dict], baseline: str = BASELINE) -> list[dict]:
+    """One row per seed in the write-up's per-seed table (the columns examples.study.recheck
+    reads), rounded as printed: top-1 3 digits, correlation distances 4, the regime at the
+    branch and the focal shares 2."""
+    table: dict[int, dict] = {}
+    for r in rows:
+        t = table.setdefault(r["seed"], {"seed": r["seed"], "test_clips": r["clips"]})
+        regime = (
+            ("rgb_train_top1_at_branch", "at_branch_top1_rgb"),
+            ("depth_train_top1_at_branch", "at_branch_top1_depth"),
+            ("rgb_focal_top10_share", "at_branch_focal_rgb_top10_share"),
+        )
+        for key, src in regime:
+            if src in r and key not in t:
+                t[key] = f"{r[src]:.2f}"
+        t[f"top1_{baseline}"] = f"{r['base']:.3f}"
+        t[f"top1_{r['arm']}"] = f"{r['arm_top1']:.3f}"
+        corr = [k for k in r if k.startswith("corr_dist_") and k.endswith("_base")]
+        if len(corr) == 1:  # one SSA endpoint
+            t[f"corr_dist_{baseline}"] = f"{r[corr[0]]:.4f}"
+            t[f"corr_dist_{r['arm']}"] = f"{r[corr[0].removesuffix('_base') + '_arm']:.4f}"
+        if "ssa_epochs_focal_hard_share" in r and r["arm"] == "ssa_on":
+            t["focal_on_hard_ssa_on"] = f"{r['ssa_epochs_focal_hard_share']:.2f}"
+    arms = [baseline, *dict.fromkeys(r["arm"] for r in rows)]
+    order = ["seed", "test_clips", "rgb_train_top1_at_branch", "depth_train_top1_at_branch", "rgb_focal_top10_share"]
+    order += [f"top1_{a}" for a in arms] + [f"corr_dist_{a}" for a in arms] + ["focal_on_hard_ssa_on"]
+    return [{k: table[s][k] for k in order if k in table[s]} for s in sorted(table)]
 
 
 def per_clip_rows(evals: dict, seeds: Sequence[int], arms: Sequence[str], modality: str) -> list[dict]:

@@ -166,3 +166,39 @@ def test_only_the_chosen_seeds(toy, tmp_path):
     assert [r["gain"] for r in stats["rows"]] == pytest.approx([GAINS[0], GAINS[2]])
     with pytest.raises(ValueError, match="no runs"):
         aggregate([root], tmp_path / "none", hard_clips=None, plot=False, seeds=[9])
+
+
+def test_per_seed_table_as_the_recheck_reads_it():
+    """per_seed.csv: one row per seed, the baseline's top-1 once, each arm's beside it, rounded as
+    printed; the regime at the branch from the first row that has it."""
+    from examples.study.aggregate import per_seed_rows
+
+    rows = [
+        {
+            "seed": 1,
+            "arm": "ssa_on",
+            "clips": 4,
+            "base": 0.5,
+            "arm_top1": 0.75,
+            "at_branch_top1_rgb": 0.666,
+            "corr_dist_Mixed_3c_base": 0.05,
+            "corr_dist_Mixed_3c_arm": 0.04,
+            "ssa_epochs_focal_hard_share": 0.914,
+        },
+        {"seed": 0, "arm": "ssa_on", "clips": 4, "base": 0.25, "arm_top1": 0.25},
+        {"seed": 0, "arm": "ssa_shuffled", "clips": 4, "base": 0.25, "arm_top1": 0.0},
+    ]
+    table = per_seed_rows(rows)
+    assert table == [
+        {"seed": 0, "test_clips": 4, "top1_ssa_off": "0.250", "top1_ssa_on": "0.250", "top1_ssa_shuffled": "0.000"},
+        {
+            "seed": 1,
+            "test_clips": 4,
+            "rgb_train_top1_at_branch": "0.67",
+            "top1_ssa_off": "0.500",
+            "top1_ssa_on": "0.750",
+            "corr_dist_ssa_off": "0.0500",
+            "corr_dist_ssa_on": "0.0400",
+            "focal_on_hard_ssa_on": "0.91",
+        },
+    ]
