@@ -158,19 +158,19 @@ __global__ void __launch_bounds__(kThreads)
   const T* s_m = sm + b * s_ld;
   const T f = factor[b * factor_stride];
   T* o = acc + b * C * C;
-  const int64_t st = lower ? C : 1;    // row i of a block as the product reads it: i + j C (lower) or i C + j
+  const int64_t st = lower ? C : 1;  // row i of a block as the product reads it: i + j C (lower) or i C + j
+  // (loops not unrolled nor versioned: the sm_86 fp64 build parked a register on the stack)
+#pragma unroll 1
   for (int64_t i = r0; i < r1; ++i) {  // consecutive threads: consecutive columns
     const T* mrow = pm + (lower ? i : i * C);
     const T* nrow = pn + (lower ? i : i * C);
     T* orow = o + i * C;
+#pragma unroll 1
     for (int64_t j = threadIdx.x; j < C; j += kThreads) {
-      const T smj = s_m[j], m_side = mrow[j * st] * (smj * smj);
-      T v = -m_side;
-      if (same) {
-        const T snj = s_n[j];
-        v = nrow[j * st] * (snj * snj) - m_side;
-      }
-      orow[j] = first ? f * v : orow[j] + f * v;
+      const T smj = s_m[j], snj = same ? s_n[j] : T(0);
+      const T n_side = same ? nrow[j * st] * (snj * snj) : T(0);
+      const T add = f * (n_side - mrow[j * st] * (smj * smj));
+      orow[j] = first ? add : orow[j] + add;
     }
   }
 }
