@@ -27,6 +27,16 @@ def test_every_claim_of_the_committed_study_is_recomputed(capsys):
     assert "every claim agrees" in capsys.readouterr().out
 
 
+def test_every_claim_of_the_rerun_is_recomputed_from_its_per_clip_outputs(capsys):
+    """docs/study/rerun: the registered test phase rerun with its per-clip outputs committed, so
+    the clip-level intervals are rechecked too (and every top-1 of its table against them)."""
+    lines, problems = check(STUDY / "rerun")
+    assert problems == []
+    assert any(line.startswith("ok  clip.on.crossed_low") for line in lines)
+    assert study_main(["recheck", str(STUDY / "rerun")]) == 0
+    assert "every claim agrees" in capsys.readouterr().out
+
+
 def test_per_seed_csv_is_the_table_of_results_md():
     table = [
         [c.strip() for c in line.strip().strip("|").split("|")]
