@@ -232,9 +232,10 @@ def test_unaligned_inputs_on_cublas(case, dtype, algo):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_folded_student_products_bf16_on_cublas(layout, M):
     """bf16, equal channel counts, gram: the folded student products (per strip of positions
-    one cuBLAS product over the maps' stacked columns, K = M C, bf16 output with the gradient's
-    leading dimension) within the bf16 bound of the fp64 reference; d = 16384 is cut into two
-    strips of 2^24 / (N M C) positions (rounded to 256) for M = 2, four for M = 3."""
+    one cuBLAS product over the stacked [X_0; X_1 - X_0] (M = 2) or [X_m; X_n - X_m] (M = 3),
+    K = M C, bf16 output with the gradient's leading dimension) within the bf16 bound of the
+    fp64 reference; d = 16384 is cut into strips of 2^24 / (N M C x stacks) positions (rounded
+    to 256): two for M = 2 (one stack), ten for M = 3 (three)."""
     N, C, spatial = 4, 256, [4, 64, 64]
     feats = [f.to(torch.bfloat16) for f in make_feats(N, [C] * M, spatial, seed=13)]
     if layout == "channels_last":
